@@ -1,0 +1,113 @@
+//! HTTP only: routes, body limits, error mapping. Handlers read the body, hand it to the
+//! [`Service`] on a blocking thread (SM2 and fsync must not stall the async executor) and
+//! return its signed answer.
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+
+use crate::envelope::response::SignedResponse;
+use crate::error::ApiError;
+use crate::service::Service;
+use crate::time::unix_now;
+
+/// Shared state of the HTTP layer.
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub max_body_bytes: usize,
+}
+
+/// Registers every route; unknown paths and methods get JSON errors too.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/healthz")
+            .route(web::get().to(healthz))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/keys")
+            .route(web::get().to(keys))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/enroll")
+            .route(web::post().to(enroll))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/assess")
+            .route(web::post().to(assess))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .default_service(web::to(not_found));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn keys(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.service.keys_document())
+}
+
+async fn enroll(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&request, payload, state.max_body_bytes).await?;
+    let service = state.service.clone();
+    signed(web::block(move || service.enroll(&body, unix_now())).await)
+}
+
+async fn assess(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&request, payload, state.max_body_bytes).await?;
+    let service = state.service.clone();
+    signed(web::block(move || service.assess(&body, unix_now())).await)
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+fn signed(
+    outcome: Result<Result<SignedResponse, ApiError>, actix_web::error::BlockingError>,
+) -> Result<HttpResponse, ApiError> {
+    let response = outcome.map_err(|_| ApiError::Internal)??;
+    Ok(HttpResponse::Ok().json(response))
+}
+
+/// Reads the whole body, refusing it as soon as it exceeds `limit` (by its declared length
+/// or by what actually arrives).
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::IncompleteBody)?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,228 @@
+//! Configuration: built-in defaults (the file `config/default.toml`, embedded at build time),
+//! overlaid by an optional operator file, then by command-line flags and environment
+//! variables (see `main.rs`). Unknown keys are errors, so a typo never goes unnoticed.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::risk::{Calibration, RiskPolicy};
+
+/// The documented defaults; also the example file operators copy.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub keys: KeysConfig,
+    pub protocol: ProtocolConfig,
+    pub features: FeaturesConfig,
+    pub risk: RiskConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Whether to run in development mode (generated master key kept beside the data).
+    pub dev: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Where the public keys are written as PEM for clients that pin them.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolConfig {
+    /// Accepted |now − iat| in seconds.
+    pub iat_window_secs: i64,
+    /// Request ids remembered at most; beyond this, requests get 503 until ids expire.
+    pub replay_cache_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesConfig {
+    pub dimension: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskConfig {
+    pub allow_max_risk: f64,
+    pub step_up_max_risk: f64,
+    pub min_liveness: f32,
+    pub max_templates: usize,
+    /// (similarity, false-match rate) points from `tee-risk calibrate`.
+    pub calibration: Vec<(f32, f64)>,
+}
+
+impl Config {
+    /// The built-in defaults.
+    pub fn builtin() -> Self {
+        Self::from_toml_layers(&[DEFAULT_CONFIG_TOML]).expect("config/default.toml is valid")
+    }
+
+    /// Defaults overlaid by the operator's file, if any.
+    pub fn load(path: Option<&Path>) -> Result<Self, String> {
+        match path {
+            None => Ok(Self::builtin()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                Self::from_toml_layers(&[DEFAULT_CONFIG_TOML, &text])
+                    .map_err(|e| format!("config {}: {e}", path.display()))
+            }
+        }
+    }
+
+    /// Deep-merges TOML documents, later ones winning, then checks the result.
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Self, String> {
+        let mut merged = toml::Table::new();
+        for layer in layers {
+            let table: toml::Table = layer.parse().map_err(|e| format!("{e}"))?;
+            merge(&mut merged, table);
+        }
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 8] = [
+            (
+                self.server.max_body_bytes >= 1024,
+                "server.max_body_bytes must be at least 1024",
+            ),
+            (
+                self.server.max_body_bytes <= 16 << 20,
+                "server.max_body_bytes must be at most 16 MiB",
+            ),
+            (
+                (1..=86_400).contains(&self.protocol.iat_window_secs),
+                "protocol.iat_window_secs must be in 1..=86400",
+            ),
+            (
+                self.protocol.replay_cache_capacity >= 1,
+                "protocol.replay_cache_capacity must be positive",
+            ),
+            (
+                (1..=4096).contains(&self.features.dimension),
+                "features.dimension must be in 1..=4096",
+            ),
+            (
+                0.0 <= self.risk.allow_max_risk
+                    && self.risk.allow_max_risk <= self.risk.step_up_max_risk
+                    && self.risk.step_up_max_risk <= 1.0,
+                "risk thresholds must satisfy 0 <= allow_max_risk <= step_up_max_risk <= 1",
+            ),
+            (
+                (0.0..=1.0).contains(&self.risk.min_liveness),
+                "risk.min_liveness must be in [0, 1]",
+            ),
+            (
+                (1..=100).contains(&self.risk.max_templates),
+                "risk.max_templates must be in 1..=100",
+            ),
+        ];
+        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err((*message).to_string());
+        }
+        self.listen_addr()?;
+        Calibration::new(self.risk.calibration.clone()).map(|_| ())
+    }
+
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, String> {
+        self.server.listen.parse().map_err(|_| {
+            format!(
+                "server.listen `{}` is not an address like 127.0.0.1:8080",
+                self.server.listen
+            )
+        })
+    }
+
+    pub fn risk_policy(&self) -> RiskPolicy {
+        RiskPolicy {
+            allow_max_risk: self.risk.allow_max_risk,
+            step_up_max_risk: self.risk.step_up_max_risk,
+            min_liveness: self.risk.min_liveness,
+            calibration: Calibration::new(self.risk.calibration.clone())
+                .expect("validated when loaded"),
+        }
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_defaults_load() {
+        let config = Config::builtin();
+        assert_eq!(config.features.dimension, 128);
+        assert_eq!(config.protocol.iat_window_secs, 120);
+        assert!(!config.server.dev);
+    }
+
+    #[test]
+    fn overlay_changes_only_what_it_names() {
+        let config =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[protocol]\niat_window_secs = 30\n"])
+                .unwrap();
+        assert_eq!(config.protocol.iat_window_secs, 30);
+        assert_eq!(
+            config.protocol.replay_cache_capacity,
+            Config::builtin().protocol.replay_cache_capacity
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let typo =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[protocol]\niat_windw_secs = 30\n"]);
+        assert!(typo.unwrap_err().contains("iat_windw_secs"));
+        let bad = Config::from_toml_layers(&[
+            DEFAULT_CONFIG_TOML,
+            "[risk]\nallow_max_risk = 0.5\nstep_up_max_risk = 0.1\n",
+        ]);
+        assert!(bad.unwrap_err().contains("thresholds"));
+        let addr =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[server]\nlisten = \"nowhere\"\n"]);
+        assert!(addr.unwrap_err().contains("not an address"));
+        let curve = Config::from_toml_layers(&[
+            DEFAULT_CONFIG_TOML,
+            "[risk]\ncalibration = [[0.9, 0.1], [0.8, 0.01]]\n",
+        ]);
+        assert!(curve.unwrap_err().contains("increase"));
+    }
+}

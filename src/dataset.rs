@@ -1,0 +1,78 @@
+//! Loads labelled face-embedding files (the format of `shared/data/faces`:
+//! `{"dim", "items": [{"identity", "image", "embedding": [..]}]}`), for calibration and tests.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::features::normalise;
+
+#[derive(Deserialize)]
+struct File {
+    dim: usize,
+    items: Vec<Item>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    identity: String,
+    image: String,
+    embedding: Vec<f32>,
+}
+
+/// One labelled, unit-length embedding.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub identity: String,
+    pub image: String,
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub dim: usize,
+    pub samples: Vec<Sample>,
+}
+
+impl Dataset {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let file: File = serde_json::from_slice(&text)
+            .map_err(|e| format!("{} is not an embeddings file: {e}", path.display()))?;
+        let samples = file
+            .items
+            .into_iter()
+            .map(|item| {
+                let embedding = normalise(&item.embedding, file.dim)
+                    .map_err(|e| format!("{}: {e}", item.image))?;
+                Ok(Sample {
+                    identity: item.identity,
+                    image: item.image,
+                    embedding: embedding.to_vec(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            dim: file.dim,
+            samples,
+        })
+    }
+
+    /// A dense identity number per sample, for pair labelling.
+    pub fn identity_indices(&self) -> Vec<usize> {
+        let mut ids: HashMap<&str, usize> = HashMap::new();
+        self.samples
+            .iter()
+            .map(|s| {
+                let next = ids.len();
+                *ids.entry(s.identity.as_str()).or_insert(next)
+            })
+            .collect()
+    }
+
+    pub fn embeddings(&self) -> Vec<Vec<f32>> {
+        self.samples.iter().map(|s| s.embedding.clone()).collect()
+    }
+}

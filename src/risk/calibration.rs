@@ -1,0 +1,175 @@
+//! Maps a similarity to the false-match rate measured at that similarity on real impostor
+//! pairs, so a risk score means "how often a different person scores this high".
+//! `tee-risk calibrate` measures the curve for a deployment's own embedding model.
+
+use crate::risk::cosine;
+
+/// FMR levels at which `measure` places curve points.
+pub const CALIBRATION_FMR_LEVELS: [f64; 15] = [
+    0.99, 0.9, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001,
+    0.00005,
+];
+
+/// Points (similarity, FMR), similarity strictly increasing, FMR strictly decreasing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    points: Vec<(f32, f64)>,
+}
+
+impl Calibration {
+    pub fn new(points: Vec<(f32, f64)>) -> Result<Self, String> {
+        if points.len() < 2 {
+            return Err("calibration needs at least two points".into());
+        }
+        for &(s, f) in &points {
+            if !(-1.0..=1.0).contains(&s) || !(f > 0.0 && f <= 1.0) {
+                return Err(format!(
+                    "calibration point ({s}, {f}) must have similarity in [-1, 1] and FMR in (0, 1]"
+                ));
+            }
+        }
+        if points
+            .windows(2)
+            .any(|w| w[0].0 >= w[1].0 || w[0].1 <= w[1].1)
+        {
+            return Err("calibration similarities must increase and FMRs decrease strictly".into());
+        }
+        Ok(Self { points })
+    }
+
+    pub fn points(&self) -> &[(f32, f64)] {
+        &self.points
+    }
+
+    /// FMR at `similarity`: log-linear between points (impostor tails fall off roughly
+    /// exponentially), the first point's FMR below the curve, and linear to 0 at
+    /// similarity 1 above it.
+    pub fn false_match_rate(&self, similarity: f32) -> f64 {
+        let first = self.points[0];
+        let last = self.points[self.points.len() - 1];
+        if similarity <= first.0 {
+            return first.1;
+        }
+        if similarity >= last.0 {
+            let span = 1.0 - f64::from(last.0);
+            if span <= 0.0 {
+                return 0.0;
+            }
+            let left = (1.0 - f64::from(similarity)).max(0.0);
+            return last.1 * left / span;
+        }
+        let i = self.points.partition_point(|&(s, _)| s <= similarity);
+        let (s0, f0) = self.points[i - 1];
+        let (s1, f1) = self.points[i];
+        let t = f64::from(similarity - s0) / f64::from(s1 - s0);
+        (f0.ln() + t * (f1.ln() - f0.ln())).exp()
+    }
+
+    /// Measures the curve on labelled unit embeddings: every pair of different identities is
+    /// an impostor attempt.
+    pub fn measure(identities: &[usize], embeddings: &[Vec<f32>]) -> Result<Self, String> {
+        let impostor = impostor_scores(identities, embeddings);
+        if impostor.len() < 1000 {
+            return Err(format!(
+                "{} impostor pairs are too few to calibrate (need at least 1000)",
+                impostor.len()
+            ));
+        }
+        let n = impostor.len() as f64;
+        let mut points: Vec<(f32, f64)> = Vec::new();
+        for level in CALIBRATION_FMR_LEVELS {
+            // Smallest threshold whose share of impostor scores at or above it is ≤ level.
+            let above = (level * n).floor() as usize;
+            if above == 0 {
+                break;
+            }
+            let threshold = impostor[impostor.len() - above];
+            let measured = impostor.len() - impostor.partition_point(|&s| s < threshold);
+            let fmr = measured as f64 / n;
+            if points.last().is_none_or(|&(s, f)| threshold > s && fmr < f) {
+                points.push((threshold, fmr));
+            }
+        }
+        Self::new(points)
+    }
+}
+
+/// Sorted cosine scores of all pairs with different identities.
+pub fn impostor_scores(identities: &[usize], embeddings: &[Vec<f32>]) -> Vec<f32> {
+    let mut scores = Vec::new();
+    for i in 0..embeddings.len() {
+        for j in (i + 1)..embeddings.len() {
+            if identities[i] != identities[j] {
+                scores.push(cosine(&embeddings[i], &embeddings[j]));
+            }
+        }
+    }
+    scores.sort_by(f32::total_cmp);
+    scores
+}
+
+/// Cosine scores of all pairs with the same identity.
+pub fn genuine_scores(identities: &[usize], embeddings: &[Vec<f32>]) -> Vec<f32> {
+    let mut scores = Vec::new();
+    for i in 0..embeddings.len() {
+        for j in (i + 1)..embeddings.len() {
+            if identities[i] == identities[j] {
+                scores.push(cosine(&embeddings[i], &embeddings[j]));
+            }
+        }
+    }
+    scores
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_curves() {
+        assert!(Calibration::new(vec![(0.5, 0.1)]).is_err());
+        assert!(Calibration::new(vec![(0.5, 0.1), (0.4, 0.01)]).is_err());
+        assert!(Calibration::new(vec![(0.5, 0.1), (0.6, 0.2)]).is_err());
+        assert!(Calibration::new(vec![(0.5, 0.0), (0.6, 0.0)]).is_err());
+        assert!(Calibration::new(vec![(0.5, 0.1), (1.5, 0.01)]).is_err());
+    }
+
+    #[test]
+    fn interpolates_log_linearly_and_clamps() {
+        let c = Calibration::new(vec![(0.8, 0.1), (0.9, 0.001)]).unwrap();
+        assert_eq!(c.false_match_rate(0.1), 0.1);
+        assert!((c.false_match_rate(0.85) - 0.01).abs() < 1e-7);
+        assert!((c.false_match_rate(0.9) - 0.001).abs() < 1e-12);
+        assert!((c.false_match_rate(0.95) - 0.0005).abs() < 1e-7);
+        assert_eq!(c.false_match_rate(1.0), 0.0);
+    }
+
+    #[test]
+    fn measured_curve_matches_its_data() {
+        // Two-dimensional unit vectors at random angles, one identity each: every pair is
+        // an impostor pair, so the curve must report the share of pairs above each point.
+        let mut state = 0x1234_5678u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 10_000) as f32 / 10_000.0 * std::f32::consts::PI
+        };
+        let embeddings: Vec<Vec<f32>> = (0..200)
+            .map(|_| {
+                let a = next();
+                vec![a.cos(), a.sin()]
+            })
+            .collect();
+        let ids: Vec<usize> = (0..200).collect();
+        let curve = Calibration::measure(&ids, &embeddings).unwrap();
+        let scores = impostor_scores(&ids, &embeddings);
+        for &(s, f) in curve.points() {
+            let share = scores.iter().filter(|&&x| x >= s).count() as f64 / scores.len() as f64;
+            assert!(
+                (share - f).abs() < 1e-12,
+                "point ({s}, {f}) vs measured {share}"
+            );
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The flow of one request, independent of HTTP: open the envelope, check freshness and
+//! replay, validate, score, store, sign. Every plaintext and session key is wiped before
+//! the function returns.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::crypto::CryptoError;
+use crate::crypto::sm2::{DecryptionKey, IdentityKey, PublicKey};
+use crate::crypto::sm3_hex;
+use crate::envelope::b64_encode;
+use crate::envelope::request::{ProtectedHeader, RequestEnvelope};
+use crate::envelope::response::{ResponseSigner, SignedResponse};
+use crate::error::ApiError;
+use crate::features::Probe;
+use crate::replay::{ReplayCache, ReplayCheck};
+use crate::risk::{self, Assessment, Decision, MODEL_VERSION, RiskPolicy};
+use crate::store::vault::{RiskLogEntry, Vault, VaultError};
+
+/// `GET /v1/keys`.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct KeysDocument {
+    pub keys: Vec<PublicJwk>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicJwk {
+    pub kid: String,
+    #[serde(rename = "use")]
+    pub key_use: String,
+    pub crv: String,
+    pub x: String,
+    pub y: String,
+}
+
+impl PublicJwk {
+    pub fn new(key: &PublicKey, key_use: &str) -> Self {
+        Self {
+            kid: key.kid(),
+            key_use: key_use.into(),
+            crv: "SM2".into(),
+            x: b64_encode(key.x()),
+            y: b64_encode(key.y()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EnrollPayload<'a> {
+    op: &'static str,
+    rid: &'a str,
+    req_sm3: String,
+    iat: i64,
+    outcome: &'static str,
+    templates: usize,
+}
+
+#[derive(Serialize)]
+struct AssessPayload<'a> {
+    op: &'static str,
+    rid: &'a str,
+    req_sm3: String,
+    iat: i64,
+    decision: Decision,
+    score: f64,
+    reasons: &'a [risk::Reason],
+    model: &'static str,
+}
+
+pub struct Service {
+    identity: IdentityKey,
+    encryption: DecryptionKey,
+    signer: ResponseSigner,
+    vault: Vault,
+    replay: ReplayCache,
+    policy: RiskPolicy,
+    dimension: usize,
+    iat_window_secs: i64,
+    max_templates: usize,
+}
+
+impl Service {
+    /// Generates the identity and encryption keys in memory.
+    pub fn new(config: &Config, vault: Vault) -> Result<Self, CryptoError> {
+        let identity = IdentityKey::generate()?;
+        let encryption = DecryptionKey::generate()?;
+        Ok(Self {
+            signer: ResponseSigner::new(identity.public()),
+            identity,
+            encryption,
+            vault,
+            replay: ReplayCache::new(
+                config.protocol.iat_window_secs,
+                config.protocol.replay_cache_capacity,
+            ),
+            policy: config.risk_policy(),
+            dimension: config.features.dimension,
+            iat_window_secs: config.protocol.iat_window_secs,
+            max_templates: config.risk.max_templates,
+        })
+    }
+
+    pub fn identity_public(&self) -> &PublicKey {
+        self.identity.public()
+    }
+
+    pub fn encryption_public(&self) -> &PublicKey {
+        self.encryption.public()
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    pub fn keys_document(&self) -> KeysDocument {
+        KeysDocument {
+            keys: vec![
+                PublicJwk::new(self.identity.public(), "sig"),
+                PublicJwk::new(self.encryption.public(), "enc"),
+            ],
+        }
+    }
+
+    /// `POST /v1/enroll`: adds the probe as a template of the user.
+    pub fn enroll(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
+        let (header, probe) = self.open_request(body, now)?;
+        let user = self.vault.user_index(&probe.user_id);
+        let templates = match self
+            .vault
+            .enrol(&user, &probe.features, now, self.max_templates)
+        {
+            Ok(count) => count,
+            Err(VaultError::TemplateLimit(max)) => return Err(ApiError::TemplateLimit(max)),
+            Err(e) => return Err(internal(e)),
+        };
+        drop(probe);
+        self.vault.flush().map_err(internal)?;
+        self.sign(&EnrollPayload {
+            op: "enroll",
+            rid: &header.rid,
+            req_sm3: sm3_hex(body),
+            iat: now,
+            outcome: "enrolled",
+            templates,
+        })
+    }
+
+    /// `POST /v1/assess`: scores the probe against the user's templates.
+    pub fn assess(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
+        let (header, probe) = self.open_request(body, now)?;
+        let user = self.vault.user_index(&probe.user_id);
+        let templates = self.vault.templates(&user).map_err(internal)?;
+        let signals = risk::signals(&probe.features, probe.liveness, &templates);
+        drop(templates);
+        let Assessment {
+            decision,
+            score,
+            reasons,
+        } = self.policy.decide(&signals);
+        let score = (score * 1e6).round() / 1e6;
+        let log = RiskLogEntry {
+            rid: header.rid.clone(),
+            at: now,
+            user: hex::encode(user),
+            decision: decision.as_str().into(),
+            score,
+            reasons: reasons.iter().map(|r| r.as_str().to_owned()).collect(),
+            model: MODEL_VERSION.into(),
+            features: probe.features.clone(),
+            liveness: probe.liveness,
+            device_id: probe.device_id.clone(),
+        };
+        drop(probe);
+        self.vault
+            .record_assessment(&user, &log, decision == Decision::Allow)
+            .map_err(internal)?;
+        self.vault.flush().map_err(internal)?;
+        self.sign(&AssessPayload {
+            op: "assess",
+            rid: &header.rid,
+            req_sm3: sm3_hex(body),
+            iat: now,
+            decision,
+            score,
+            reasons: &reasons,
+            model: MODEL_VERSION,
+        })
+    }
+
+    /// The steps every encrypted request shares, cheapest checks first. Nothing is stored
+    /// unless they all pass; the request id is then spent.
+    fn open_request(&self, body: &[u8], now: i64) -> Result<(ProtectedHeader, Probe), ApiError> {
+        let envelope = RequestEnvelope::parse(body)?;
+        let header = &envelope.header;
+        if header.kid != self.encryption.public().kid() {
+            return Err(ApiError::UnknownKid);
+        }
+        if now.abs_diff(header.iat) > self.iat_window_secs.unsigned_abs() {
+            return Err(ApiError::StaleRequest(self.iat_window_secs));
+        }
+        if self.replay.contains(&header.rid) {
+            return Err(ApiError::ReplayedRequest);
+        }
+        let plaintext = envelope.open(&self.encryption)?;
+        let probe = Probe::parse(&plaintext, self.dimension)?;
+        drop(plaintext);
+        match self.replay.check_and_insert(&header.rid, header.iat, now) {
+            ReplayCheck::Fresh => Ok((envelope.header, probe)),
+            ReplayCheck::Replayed => Err(ApiError::ReplayedRequest),
+            ReplayCheck::Full => Err(ApiError::Overloaded),
+        }
+    }
+
+    fn sign<T: Serialize>(&self, payload: &T) -> Result<SignedResponse, ApiError> {
+        let json = serde_json::to_vec(payload).map_err(internal)?;
+        self.signer.sign(&self.identity, &json).map_err(internal)
+    }
+}
+
+/// Logs a fault of the service with its cause and returns the opaque error.
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "request failed inside the service");
+    ApiError::Internal
+}

@@ -1,0 +1,84 @@
+//! Storage: a small key-value [`Store`] trait (sled behind it today), the sealed record
+//! format, the key hierarchy derived from the DB master key, and the [`Vault`] that the
+//! service uses to keep templates, feature history and risk logs encrypted.
+
+pub mod keys;
+pub mod record;
+pub mod sled_store;
+pub mod vault;
+
+pub use keys::MasterKey;
+pub use sled_store::SledStore;
+pub use vault::{Vault, VaultError};
+
+/// The tables (sled trees) the service keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// Enrolled templates, keyed by the user's blind index.
+    UserData,
+    /// Accepted probes per user (blind index ‖ sequence), for drift and template adaptation.
+    FeatureHistory,
+    /// One record per assessment, keyed by a monotonic id.
+    RiskLogs,
+    /// Database salt and the master-key canary.
+    Meta,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [
+        Table::UserData,
+        Table::FeatureHistory,
+        Table::RiskLogs,
+        Table::Meta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::UserData => "user_data",
+            Table::FeatureHistory => "feature_history",
+            Table::RiskLogs => "risk_logs",
+            Table::Meta => "meta",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    /// A concurrent transaction touched the same keys; the backend retries it.
+    #[error("transaction conflict")]
+    Conflict,
+    /// The transaction body refused to go on (the message says why).
+    #[error("{0}")]
+    Aborted(String),
+}
+
+/// Reads and writes inside one atomic transaction.
+pub trait Txn {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn insert(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError>;
+}
+
+/// A durable, transactional key-value store with one namespace per [`Table`].
+pub trait Store: Send + Sync {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Runs `body` atomically over all tables; it may run again on conflict, so it must not
+    /// have side effects outside the transaction.
+    fn transaction(
+        &self,
+        body: &dyn Fn(&dyn Txn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// A fresh, strictly increasing id (for log keys).
+    fn next_id(&self) -> Result<u64, StoreError>;
+    /// All records of a table, in key order.
+    fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn len(&self, table: Table) -> usize;
+}
