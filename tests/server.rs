@@ -1,0 +1,414 @@
+//! End to end against the real server on a loopback port: enrol → assess with real
+//! embeddings, signed answers, and every kind of bad input refused with a typed 4xx and no
+//! change to the stored data.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{MASTER_KEY, TestServer, dev_dataset};
+use serde_json::{Value, json};
+use tee_risk::client::{Client, FeatureRequest, ServerKeys};
+use tee_risk::config::Config;
+use tee_risk::envelope::request::{ProtectedHeader, seal};
+use tee_risk::envelope::{b64_decode, b64_encode};
+use tee_risk::risk::{self, Decision};
+use tee_risk::server::{ENCRYPTION_PEM, IDENTITY_PEM};
+use tee_risk::store::vault::TableCounts;
+use tee_risk::store::{MasterKey, SledStore, Store, Vault};
+use tee_risk::time::unix_now;
+
+struct Faces {
+    enrol: Vec<f32>,
+    genuine: Vec<f32>,
+    impostor: Vec<f32>,
+}
+
+/// A genuine pair (the best-matching pair of the first identity) and an impostor, with the
+/// decisions the configured policy gives them checked first.
+fn faces() -> Faces {
+    let data = dev_dataset();
+    let ids = data.identity_indices();
+    let first: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == ids[0]).collect();
+    let enrol = &data.samples[first[0]].embedding;
+    let genuine = first[1..]
+        .iter()
+        .map(|&i| &data.samples[i].embedding)
+        .max_by(|a, b| risk::cosine(enrol, a).total_cmp(&risk::cosine(enrol, b)))
+        .unwrap();
+    let impostor = &data.samples[(0..ids.len()).find(|&i| ids[i] != ids[0]).unwrap()].embedding;
+    let policy = Config::builtin().risk_policy();
+    let decide = |probe: &[f32]| {
+        policy
+            .decide(&risk::signals(probe, None, &[enrol]))
+            .decision
+    };
+    assert_eq!(decide(genuine), Decision::Allow);
+    assert_eq!(decide(impostor), Decision::Deny);
+    Faces {
+        enrol: enrol.clone(),
+        genuine: genuine.clone(),
+        impostor: impostor.clone(),
+    }
+}
+
+fn request(user: &str, features: &[f32]) -> FeatureRequest {
+    FeatureRequest {
+        user_id: user.into(),
+        features: features.to_vec(),
+        liveness: Some(0.95),
+        device_id: Some("phone-1".into()),
+    }
+}
+
+fn error_code(raw: &tee_risk::client::RawResponse) -> (u16, String) {
+    let body: Value = serde_json::from_slice(&raw.body).unwrap_or_else(|_| {
+        panic!(
+            "error body is JSON: {:?}",
+            String::from_utf8_lossy(&raw.body)
+        )
+    });
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "every error has a detail"
+    );
+    (raw.status, body["error"].as_str().unwrap().to_owned())
+}
+
+fn open_vault(data_dir: &std::path::Path, key: &str) -> Result<Vault, tee_risk::store::VaultError> {
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("db")).unwrap());
+    Vault::open(store, &MasterKey::from_hex(key).unwrap())
+}
+
+#[test]
+fn enrol_assess_signed_and_pinned() {
+    let faces = faces();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+
+    // GET /v1/keys: both keys, kid = hex(SM3(SEC1)[..16]), and the same keys in keys/*.pem.
+    let client = Client::fetch_keys(&server.url).unwrap();
+    let pinned = ServerKeys::from_pem(
+        &std::fs::read_to_string(keys.join(IDENTITY_PEM)).unwrap(),
+        &std::fs::read_to_string(keys.join(ENCRYPTION_PEM)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pinned.identity, client.keys().identity);
+    assert_eq!(pinned.encryption, client.keys().encryption);
+    assert_ne!(
+        pinned.identity, pinned.encryption,
+        "signing and encryption keys are separate"
+    );
+    let pinned_client = Client::with_keys(&server.url, pinned);
+
+    let enrolled = pinned_client
+        .enroll(&request("alice", &faces.enrol))
+        .unwrap();
+    assert_eq!(
+        (
+            enrolled["op"].as_str(),
+            enrolled["outcome"].as_str(),
+            enrolled["templates"].as_u64()
+        ),
+        (Some("enroll"), Some("enrolled"), Some(1))
+    );
+
+    let genuine = client.assess(&request("alice", &faces.genuine)).unwrap();
+    assert_eq!(genuine["decision"], "allow", "{genuine}");
+    assert_eq!(genuine["reasons"], json!([]));
+    assert_eq!(genuine["model"], risk::MODEL_VERSION);
+    assert!(genuine["score"].as_f64().unwrap() <= 0.001);
+    let iat = genuine["iat"].as_i64().unwrap();
+    assert!((iat - unix_now()).abs() < 60);
+
+    let impostor = client.assess(&request("alice", &faces.impostor)).unwrap();
+    assert_eq!(impostor["decision"], "deny");
+    assert_eq!(impostor["reasons"], json!(["no_match"]));
+
+    let unknown = client.assess(&request("nobody", &faces.genuine)).unwrap();
+    assert_eq!(
+        (unknown["decision"].as_str(), unknown["score"].as_f64()),
+        (Some("deny"), Some(1.0))
+    );
+    assert_eq!(unknown["reasons"], json!(["no_enrolment"]));
+
+    let low_liveness = client
+        .assess(&FeatureRequest {
+            user_id: "alice".into(),
+            features: faces.genuine.clone(),
+            liveness: Some(0.1),
+            device_id: None,
+        })
+        .unwrap();
+    assert_eq!(
+        (low_liveness["decision"].as_str(), &low_liveness["reasons"]),
+        (Some("step_up"), &json!(["low_liveness"]))
+    );
+
+    // The payload carries no feature values.
+    for payload in [&enrolled, &genuine, &impostor] {
+        assert!(payload.get("features").is_none());
+        assert!(
+            !payload
+                .to_string()
+                .contains(&format!("{}", faces.genuine[0]))
+        );
+    }
+
+    // A response signed by another key is refused by the client.
+    let (header, body) = client.seal(&request("alice", &faces.genuine)).unwrap();
+    let raw = client.post_raw("/v1/assess", &body).unwrap();
+    let impostor_keys = ServerKeys {
+        identity: tee_risk::crypto::sm2::IdentityKey::generate()
+            .unwrap()
+            .public()
+            .clone(),
+        encryption: client.keys().encryption.clone(),
+    };
+    let wrong = Client::with_keys(&server.url, impostor_keys);
+    assert!(wrong.verify_answer(&header, &body, &raw).is_err());
+    // …and an answer to another body is refused even with the right key.
+    let (_, other_body) = client.seal(&request("alice", &faces.genuine)).unwrap();
+    assert!(client.verify_answer(&header, &other_body, &raw).is_err());
+    client.verify_answer(&header, &body, &raw).unwrap();
+
+    assert!(server.stop().success(), "SIGTERM stops the server cleanly");
+
+    // Reopen the database with the same master key and read every record back.
+    let vault = open_vault(&data, MASTER_KEY).unwrap();
+    assert_eq!(
+        vault.verify_all().unwrap(),
+        TableCounts {
+            user_data: 1,
+            feature_history: 2,
+            risk_logs: 5
+        }
+    );
+    let logs = vault.risk_logs().unwrap();
+    let decisions: Vec<&str> = logs.iter().map(|l| l.decision.as_str()).collect();
+    assert_eq!(decisions, ["allow", "deny", "deny", "step_up", "allow"]);
+    assert_eq!(
+        logs[0].features.len(),
+        128,
+        "the risk log keeps the re-encrypted probe"
+    );
+    assert!(
+        logs.iter()
+            .all(|l| l.user.len() == 64 && !l.user.contains("alice"))
+    );
+}
+
+/// Every bad request gets its typed 4xx, and the stored data is exactly what the good
+/// requests wrote.
+#[test]
+fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
+    let faces = faces();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start(&data, &dir.path().join("keys"), Some(MASTER_KEY), &[]);
+    let client = Client::fetch_keys(&server.url).unwrap();
+    client.enroll(&request("alice", &faces.enrol)).unwrap();
+
+    let (header, body) = client.seal(&request("alice", &faces.genuine)).unwrap();
+    let envelope: Value = serde_json::from_slice(&body).unwrap();
+    let with = |field: &str, value: Value| {
+        let mut e = envelope.clone();
+        e[field] = value;
+        serde_json::to_vec(&e).unwrap()
+    };
+    let flip = |field: &str| {
+        let mut bytes = b64_decode(envelope[field].as_str().unwrap()).unwrap();
+        let i = bytes.len() / 2;
+        bytes[i] ^= 0x40;
+        with(field, json!(b64_encode(&bytes)))
+    };
+    let enc = client.keys().encryption.clone();
+    let sealed_with =
+        |header: &ProtectedHeader, plaintext: &[u8]| seal(&enc, header, plaintext).unwrap();
+    let fresh = || ProtectedHeader::new(&enc.kid(), unix_now()).unwrap();
+    let payload =
+        |features: &str| format!(r#"{{"user_id":"alice","features":{features}}}"#).into_bytes();
+    let ones = |n: usize| format!("[{}]", vec!["0.1"; n].join(","));
+
+    let mut stale = fresh();
+    stale.iat -= 1000;
+    let mut future = fresh();
+    future.iat += 1000;
+    let mut wrong_kid = fresh();
+    wrong_kid.kid = "00".repeat(16);
+    let mut huge_number = ones(127);
+    huge_number.insert_str(1, "1e39,");
+
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("not JSON", b"{not json".to_vec(), 400, "malformed_envelope"),
+        ("empty body", Vec::new(), 400, "malformed_envelope"),
+        ("JSON array", b"[]".to_vec(), 400, "malformed_envelope"),
+        ("missing field", { let mut e = envelope.clone(); e.as_object_mut().unwrap().remove("tag"); serde_json::to_vec(&e).unwrap() }, 400, "malformed_envelope"),
+        ("unknown field", with("extra", json!("x")), 400, "malformed_envelope"),
+        ("bad base64", with("ciphertext", json!("###")), 400, "bad_base64"),
+        ("padded base64", with("iv", json!(format!("{}=", envelope["iv"].as_str().unwrap()))), 400, "bad_base64"),
+        ("short iv", with("iv", json!(b64_encode(&[0u8; 8]))), 400, "bad_length"),
+        ("header not JSON", with("protected", json!(b64_encode(b"nope"))), 400, "bad_header"),
+        ("wrong alg", with("protected", json!(b64_encode(br#"{"alg":"RSA","enc":"SM4-GCM","kid":"x","rid":"AAAAAAAAAAAAAAAAAAAAAA","iat":1}"#))), 400, "unsupported_algorithm"),
+        ("tampered encrypted_key", flip("encrypted_key"), 400, "decryption_failed"),
+        ("tampered ciphertext", flip("ciphertext"), 400, "decryption_failed"),
+        ("tampered tag", flip("tag"), 400, "decryption_failed"),
+        ("tampered iv", flip("iv"), 400, "decryption_failed"),
+        ("unknown kid", sealed_with(&wrong_kid, &payload(&ones(128))), 400, "unknown_kid"),
+        ("stale iat", sealed_with(&stale, &payload(&ones(128))), 400, "stale_request"),
+        ("future iat", sealed_with(&future, &payload(&ones(128))), 400, "stale_request"),
+        ("plaintext not JSON", sealed_with(&fresh(), b"\x00\x01"), 422, "malformed_payload"),
+        ("missing user_id", sealed_with(&fresh(), br#"{"features":[1]}"#), 422, "malformed_payload"),
+        ("wrong dimension", sealed_with(&fresh(), &payload(&ones(127))), 422, "wrong_dimension"),
+        ("empty features", sealed_with(&fresh(), &payload("[]")), 422, "wrong_dimension"),
+        ("infinite feature", sealed_with(&fresh(), &payload(&huge_number)), 422, "non_finite_feature"),
+        ("zero vector", sealed_with(&fresh(), &payload(&format!("[{}]", vec!["0"; 128].join(",")))), 422, "zero_norm"),
+        ("liveness out of range", sealed_with(&fresh(), &format!(r#"{{"user_id":"alice","features":{},"liveness":2}}"#, ones(128)).into_bytes()), 422, "invalid_field"),
+        ("empty user id", sealed_with(&fresh(), &format!(r#"{{"user_id":"","features":{}}}"#, ones(128)).into_bytes()), 422, "invalid_field"),
+        ("oversized body", vec![b' '; 70_000], 413, "body_too_large"),
+    ];
+    for path in ["/v1/assess", "/v1/enroll"] {
+        for (name, bad_body, status, code) in &cases {
+            let raw = client.post_raw(path, bad_body).unwrap();
+            assert_eq!(
+                error_code(&raw),
+                (*status, code.to_string()),
+                "{name} on {path}"
+            );
+        }
+    }
+
+    // Replays: the first use succeeds, the second is refused.
+    let first = client.post_raw("/v1/assess", &body).unwrap();
+    client.verify_answer(&header, &body, &first).unwrap();
+    let again = client.post_raw("/v1/assess", &body).unwrap();
+    assert_eq!(error_code(&again), (409, "replayed_request".into()));
+    let cross = client.post_raw("/v1/enroll", &body).unwrap();
+    assert_eq!(
+        error_code(&cross),
+        (409, "replayed_request".into()),
+        "a request id is spent on every endpoint"
+    );
+
+    // Routing errors are JSON too.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let mut not_found = agent
+        .get(format!("{}/v1/nothing", server.url))
+        .call()
+        .unwrap();
+    assert_eq!(not_found.status().as_u16(), 404);
+    assert!(
+        not_found
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("not_found")
+    );
+    let mut wrong_method = agent
+        .get(format!("{}/v1/assess", server.url))
+        .call()
+        .unwrap();
+    assert_eq!(wrong_method.status().as_u16(), 405);
+    assert!(
+        wrong_method
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("method_not_allowed")
+    );
+    let mut health = agent.get(format!("{}/healthz", server.url)).call().unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert!(health.body_mut().read_to_string().unwrap().contains("ok"));
+
+    // The service still works after all that, and nothing bad was stored.
+    client.assess(&request("alice", &faces.genuine)).unwrap();
+    let stderr = server.stderr();
+    assert!(server.stop().success());
+    assert!(!stderr.contains("panicked"), "no panic in the server log");
+    let vault = open_vault(&data, MASTER_KEY).unwrap();
+    assert_eq!(
+        vault.verify_all().unwrap(),
+        TableCounts {
+            user_data: 1,
+            feature_history: 2,
+            risk_logs: 2
+        }
+    );
+}
+
+#[test]
+fn wrong_master_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    TestServer::start(&data, &keys, Some(MASTER_KEY), &[]).stop();
+    let other = "ff".repeat(32);
+    let (status, log) = TestServer::try_start(&data, &keys, Some(&other), &[])
+        .err()
+        .expect("must refuse");
+    assert!(status.is_some_and(|s| !s.success()));
+    assert!(
+        log.contains("DB_MASTER_KEY does not match this database"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&other) && !log.contains(MASTER_KEY),
+        "keys never reach the log"
+    );
+    let (_, malformed) = TestServer::try_start(&data, &keys, Some("1234"), &[])
+        .err()
+        .expect("must refuse");
+    assert!(malformed.contains("64 hex characters"), "{malformed}");
+    // The right key still opens it: nothing was damaged by the refused starts.
+    TestServer::start(&data, &keys, Some(MASTER_KEY), &[]).stop();
+}
+
+#[test]
+fn dev_mode_generates_a_key_and_warns_and_production_mode_needs_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let (status, log) = TestServer::try_start(&data, &keys, None, &[])
+        .err()
+        .expect("no key, no dev: refuse");
+    assert!(status.is_some_and(|s| !s.success()));
+    assert!(log.contains("DB_MASTER_KEY is not set"), "{log}");
+
+    let faces = faces();
+    let server = TestServer::start(&data, &keys, None, &["--dev"]);
+    assert!(server.stderr().contains("DEVELOPMENT MODE"));
+    Client::fetch_keys(&server.url)
+        .unwrap()
+        .enroll(&request("dev-user", &faces.enrol))
+        .unwrap();
+    server.stop();
+    let key_file = data.join(tee_risk::server::DEV_KEY_FILE);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // The same dev key is used on the next start, with the warning again.
+    let again = TestServer::start(&data, &keys, None, &["--dev"]);
+    assert!(again.stderr().contains("DEVELOPMENT MODE"));
+    let answer = Client::fetch_keys(&again.url)
+        .unwrap()
+        .assess(&request("dev-user", &faces.genuine))
+        .unwrap();
+    assert_eq!(answer["decision"], "allow");
+    again.stop();
+    let dev_key = std::fs::read_to_string(key_file).unwrap();
+    assert_eq!(
+        open_vault(&data, dev_key.trim())
+            .unwrap()
+            .verify_all()
+            .unwrap()
+            .user_data,
+        1
+    );
+}
