@@ -22,7 +22,7 @@ impl Calibration {
             return Err("calibration needs at least two points".into());
         }
         for &(s, f) in &points {
-            if !(-1.0..=1.0).contains(&s) || !(f > 0.0 && f <= 1.0) {
+            if !((-1.0..=1.0).contains(&s) && f > 0.0 && f <= 1.0) {
                 return Err(format!(
                     "calibration point ({s}, {f}) must have similarity in [-1, 1] and FMR in (0, 1]"
                 ));

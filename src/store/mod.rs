@@ -59,6 +59,9 @@ pub enum StoreError {
     Aborted(String),
 }
 
+/// One stored record: (key, value).
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Reads and writes inside one atomic transaction.
 pub trait Txn {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -79,6 +82,6 @@ pub trait Store: Send + Sync {
     /// A fresh, strictly increasing id (for log keys).
     fn next_id(&self) -> Result<u64, StoreError>;
     /// All records of a table, in key order.
-    fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, table: Table) -> Result<Vec<KeyValue>, StoreError>;
     fn len(&self, table: Table) -> usize;
 }

@@ -7,7 +7,7 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
-use super::{Store, StoreError, Table, Txn};
+use super::{KeyValue, Store, StoreError, Table, Txn};
 
 pub struct SledStore {
     db: sled::Db,
@@ -94,7 +94,7 @@ impl Store for SledStore {
         self.db.generate_id().map_err(backend)
     }
 
-    fn scan(&self, table: Table) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, table: Table) -> Result<Vec<KeyValue>, StoreError> {
         self.tree(table)
             .iter()
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
