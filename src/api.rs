@@ -32,12 +32,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/v1/enroll")
-            .route(web::post().to(enroll))
+            .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, Service::enroll)))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
         web::resource("/v1/assess")
-            .route(web::post().to(assess))
+            .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, Service::assess)))
             .default_service(web::to(method_not_allowed)),
     )
     .default_service(web::to(not_found));
@@ -51,24 +51,19 @@ async fn keys(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.service.keys_document())
 }
 
-async fn enroll(
+/// The one shape of every encrypted endpoint: bounded body, then the service operation on a
+/// blocking thread, then the signed answer.
+async fn handle_encrypted(
     state: web::Data<AppState>,
     request: HttpRequest,
     payload: web::Payload,
+    operation: fn(&Service, &[u8], i64) -> Result<SignedResponse, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&request, payload, state.max_body_bytes).await?;
     let service = state.service.clone();
-    signed(web::block(move || service.enroll(&body, unix_now())).await)
-}
-
-async fn assess(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&request, payload, state.max_body_bytes).await?;
-    let service = state.service.clone();
-    signed(web::block(move || service.assess(&body, unix_now())).await)
+    let outcome = web::block(move || operation(&service, &body, unix_now())).await;
+    let response = outcome.map_err(|_| ApiError::Internal)??;
+    Ok(HttpResponse::Ok().json(response))
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -77,13 +72,6 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
-}
-
-fn signed(
-    outcome: Result<Result<SignedResponse, ApiError>, actix_web::error::BlockingError>,
-) -> Result<HttpResponse, ApiError> {
-    let response = outcome.map_err(|_| ApiError::Internal)??;
-    Ok(HttpResponse::Ok().json(response))
 }
 
 /// Reads the whole body, refusing it as soon as it exceeds `limit` (by its declared length

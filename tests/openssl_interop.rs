@@ -59,6 +59,19 @@ fn distid() -> String {
     format!("distid:{DEFAULT_DISTID}")
 }
 
+/// `openssl pkeyutl -verify` of `sig` over the file `msg` with pub.pem and the default ID.
+fn openssl_verify(dir: &Path, msg: &str) -> std::process::Output {
+    let distid = distid();
+    Command::new("openssl")
+        .args([
+            "pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-digest", "sm3",
+        ])
+        .args(["-pkeyopt", &distid, "-in", msg, "-sigfile", "sig"])
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command is needed")
+}
+
 #[test]
 fn openssl_signature_verifies_here() {
     if skip() {
@@ -102,51 +115,13 @@ fn our_signature_verifies_in_openssl() {
     let signature = key.sign_der(&[b"signed by tee-risk"]).unwrap();
     std::fs::write(dir.path().join("msg"), b"signed by tee-risk").unwrap();
     std::fs::write(dir.path().join("sig"), &signature).unwrap();
-    let out = openssl(
-        &[
-            "pkeyutl",
-            "-verify",
-            "-pubin",
-            "-inkey",
-            "pub.pem",
-            "-rawin",
-            "-digest",
-            "sm3",
-            "-pkeyopt",
-            &distid(),
-            "-in",
-            "msg",
-            "-sigfile",
-            "sig",
-        ],
-        dir.path(),
-    );
-    assert!(String::from_utf8_lossy(&out).contains("Signature Verified Successfully"));
+    let out = openssl_verify(dir.path(), "msg");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Signature Verified Successfully"));
 
     // Its failing twin: OpenSSL must refuse our signature over another message.
     std::fs::write(dir.path().join("msg2"), b"signed by tee-risk?").unwrap();
-    let status = Command::new("openssl")
-        .args([
-            "pkeyutl",
-            "-verify",
-            "-pubin",
-            "-inkey",
-            "pub.pem",
-            "-rawin",
-            "-digest",
-            "sm3",
-            "-pkeyopt",
-            &distid(),
-            "-in",
-            "msg2",
-            "-sigfile",
-            "sig",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap()
-        .status;
-    assert!(!status.success());
+    assert!(!openssl_verify(dir.path(), "msg2").status.success());
 }
 
 #[test]

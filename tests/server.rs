@@ -296,33 +296,29 @@ fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
         .http_status_as_error(false)
         .build()
         .new_agent();
-    let mut not_found = agent
-        .get(format!("{}/v1/nothing", server.url))
-        .call()
-        .unwrap();
-    assert_eq!(not_found.status().as_u16(), 404);
-    assert!(
-        not_found
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-            .contains("not_found")
-    );
-    let mut wrong_method = agent
-        .get(format!("{}/v1/assess", server.url))
-        .call()
-        .unwrap();
-    assert_eq!(wrong_method.status().as_u16(), 405);
-    assert!(
-        wrong_method
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-            .contains("method_not_allowed")
-    );
-    let mut health = agent.get(format!("{}/healthz", server.url)).call().unwrap();
-    assert_eq!(health.status().as_u16(), 200);
-    assert!(health.body_mut().read_to_string().unwrap().contains("ok"));
+    for (method, path, status, expected) in [
+        ("GET", "/v1/nothing", 404, "not_found"),
+        ("GET", "/v1/assess", 405, "method_not_allowed"),
+        ("DELETE", "/v1/keys", 405, "method_not_allowed"),
+        ("GET", "/healthz", 200, "ok"),
+    ] {
+        let url = format!("{}{path}", server.url);
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(url)
+            .body(())
+            .unwrap();
+        let mut response = agent.run(request).unwrap();
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        assert!(
+            response
+                .body_mut()
+                .read_to_string()
+                .unwrap()
+                .contains(expected),
+            "{method} {path}"
+        );
+    }
 
     // The service still works after all that, and nothing bad was stored.
     client.assess(&request("alice", &faces.genuine)).unwrap();

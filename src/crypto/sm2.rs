@@ -105,6 +105,19 @@ impl PublicKey {
     }
 }
 
+// Private-key sources shared by both key roles. `SecretKey` wipes itself on drop.
+fn new_secret() -> Result<SecretKey, CryptoError> {
+    SecretKey::try_generate().map_err(|_| CryptoError::Random)
+}
+
+fn secret_from_pem(pem: &str) -> Result<SecretKey, CryptoError> {
+    SecretKey::from_pkcs8_pem(pem).map_err(|_| CryptoError::InvalidKey)
+}
+
+fn secret_from_scalar(scalar: &SecretBytes<32>) -> Result<SecretKey, CryptoError> {
+    SecretKey::from_slice(scalar.expose()).map_err(|_| CryptoError::InvalidKey)
+}
+
 /// The service's identity key: signs responses (and, later, attestation statements).
 pub struct IdentityKey {
     key: Box<Wiped<SigningKey>>,
@@ -114,18 +127,17 @@ pub struct IdentityKey {
 impl IdentityKey {
     /// A new random key, generated in memory.
     pub fn generate() -> Result<Self, CryptoError> {
-        Self::from_secret_key(&SecretKey::try_generate().map_err(|_| CryptoError::Random)?)
+        Self::from_secret_key(&new_secret()?)
     }
 
     /// Loads a PKCS#8 private key PEM (for interoperability tests and pinned deployments).
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, CryptoError> {
-        Self::from_secret_key(&SecretKey::from_pkcs8_pem(pem).map_err(|_| CryptoError::InvalidKey)?)
+        Self::from_secret_key(&secret_from_pem(pem)?)
     }
 
     /// Loads a 32-byte big-endian private scalar.
     pub fn from_scalar(scalar: &SecretBytes<32>) -> Result<Self, CryptoError> {
-        let secret = SecretKey::from_slice(scalar.expose()).map_err(|_| CryptoError::InvalidKey)?;
-        Self::from_secret_key(&secret)
+        Self::from_secret_key(&secret_from_scalar(scalar)?)
     }
 
     fn from_secret_key(secret: &SecretKey) -> Result<Self, CryptoError> {
@@ -162,16 +174,15 @@ pub struct DecryptionKey {
 
 impl DecryptionKey {
     pub fn generate() -> Result<Self, CryptoError> {
-        Self::from_secret_key(&SecretKey::try_generate().map_err(|_| CryptoError::Random)?)
+        Self::from_secret_key(&new_secret()?)
     }
 
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, CryptoError> {
-        Self::from_secret_key(&SecretKey::from_pkcs8_pem(pem).map_err(|_| CryptoError::InvalidKey)?)
+        Self::from_secret_key(&secret_from_pem(pem)?)
     }
 
     pub fn from_scalar(scalar: &SecretBytes<32>) -> Result<Self, CryptoError> {
-        let secret = SecretKey::from_slice(scalar.expose()).map_err(|_| CryptoError::InvalidKey)?;
-        Self::from_secret_key(&secret)
+        Self::from_secret_key(&secret_from_scalar(scalar)?)
     }
 
     fn from_secret_key(secret: &SecretKey) -> Result<Self, CryptoError> {
