@@ -96,24 +96,22 @@ impl Calibration {
 
 /// Sorted cosine scores of all pairs with different identities.
 pub fn impostor_scores(identities: &[usize], embeddings: &[Vec<f32>]) -> Vec<f32> {
-    let mut scores = Vec::new();
-    for i in 0..embeddings.len() {
-        for j in (i + 1)..embeddings.len() {
-            if identities[i] != identities[j] {
-                scores.push(cosine(&embeddings[i], &embeddings[j]));
-            }
-        }
-    }
+    let mut scores = pair_scores(identities, embeddings, false);
     scores.sort_by(f32::total_cmp);
     scores
 }
 
 /// Cosine scores of all pairs with the same identity.
 pub fn genuine_scores(identities: &[usize], embeddings: &[Vec<f32>]) -> Vec<f32> {
+    pair_scores(identities, embeddings, true)
+}
+
+/// Cosine scores of every unordered pair whose identities are equal (`same`) or differ.
+fn pair_scores(identities: &[usize], embeddings: &[Vec<f32>], same: bool) -> Vec<f32> {
     let mut scores = Vec::new();
     for i in 0..embeddings.len() {
         for j in (i + 1)..embeddings.len() {
-            if identities[i] == identities[j] {
+            if (identities[i] == identities[j]) == same {
                 scores.push(cosine(&embeddings[i], &embeddings[j]));
             }
         }
