@@ -1,27 +1,54 @@
-//! Criterion benchmarks of the per-request crypto and the whole in-process request flow.
-//! `make bench` runs them; no timing is asserted anywhere in the test suite.
+//! Criterion benchmarks of the primitives, the per-request crypto floor and the in-process
+//! request flow. `make bench` runs them, then `benches/reference.rs` prints them beside
+//! OpenSSL's figures from the same run. No timing is asserted anywhere in the test suite.
 
 use std::sync::Arc;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use tee_risk::client::FeatureRequest;
 use tee_risk::config::Config;
 use tee_risk::crypto::aead::Sm4Gcm;
-use tee_risk::crypto::kdf::hmac_sm3;
+use tee_risk::crypto::kdf::{hkdf_sm3, hmac_sm3};
 use tee_risk::crypto::secret::SecretBytes;
 use tee_risk::crypto::sm2::{DecryptionKey, IdentityKey};
-use tee_risk::crypto::sm3;
+use tee_risk::crypto::{sm3, sm3_hex};
 use tee_risk::envelope::request::{ProtectedHeader, RequestEnvelope, seal};
+use tee_risk::envelope::response::ResponseSigner;
+use tee_risk::risk;
 use tee_risk::service::Service;
-use tee_risk::store::{MasterKey, SledStore, Store, Vault};
+use tee_risk::store::keys::{SALT_LEN, TableKeys};
+use tee_risk::store::{MasterKey, SledStore, Store, Table, Vault, record};
 use tee_risk::time::unix_now;
+use zeroize::Zeroizing;
+
+const KIB4: usize = 4096;
+
+/// A deterministic 128-d unit vector, different for each `seed`.
+fn embedding(seed: usize) -> Vec<f32> {
+    let raw: Vec<f32> = (0..128)
+        .map(|i| (((i * 37 + seed * 101) % 211) as f32 - 105.0) / 100.0)
+        .collect();
+    let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
+    raw.iter().map(|v| v / norm).collect()
+}
+
+/// The plaintext of a realistic assess request (128 floats, liveness, device id).
+fn request_plaintext() -> Vec<u8> {
+    serde_json::to_vec(&FeatureRequest {
+        user_id: "bench-user".into(),
+        features: embedding(1),
+        liveness: Some(0.9),
+        device_id: Some("device-1".into()),
+    })
+    .unwrap()
+}
 
 fn primitives(c: &mut Criterion) {
     let identity = IdentityKey::generate().unwrap();
     let decryption = DecryptionKey::generate().unwrap();
     let wrapped = decryption.public().encrypt_der(&[7u8; 16]).unwrap();
     let signature = identity.sign_der(&[b"payload"]).unwrap();
-    let data = vec![0x5au8; 4096];
+    let data = vec![0x5au8; KIB4];
     let gcm = Sm4Gcm::new(&SecretBytes::from_slice(&[1u8; 16]).unwrap());
 
     c.bench_function("sm2_sign", |b| {
@@ -38,10 +65,126 @@ fn primitives(c: &mut Criterion) {
     });
     c.bench_function("sm3_4KiB", |b| b.iter(|| sm3(&data)));
     c.bench_function("hmac_sm3_4KiB", |b| b.iter(|| hmac_sm3(b"key", &data)));
+    c.bench_function("hkdf_sm3_16B", |b| {
+        let mut out = [0u8; 16];
+        b.iter(|| hkdf_sm3(&[3u8; 32], &[4u8; 32], b"tee-risk/bench", &mut out).unwrap())
+    });
     c.bench_function("sm4_gcm_seal_4KiB", |b| {
         let mut buffer = data.clone();
         b.iter(|| gcm.seal_in_place(&[0u8; 12], b"aad", &mut buffer).unwrap())
     });
+    c.bench_function("sm4_gcm_open_4KiB", |b| {
+        let mut sealed = data.clone();
+        let tag = gcm.seal_in_place(&[0u8; 12], b"aad", &mut sealed).unwrap();
+        b.iter_batched_ref(
+            || sealed.clone(),
+            |buffer| gcm.open_in_place(&[0u8; 12], b"aad", buffer, &tag).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    // SM4-CBC only as the like-for-like comparison with `openssl speed -evp sm4-cbc`
+    // (Debian's OpenSSL 3.0 has no SM4-GCM); the service never uses CBC.
+    c.bench_function("sm4_cbc_encrypt_4KiB", |b| {
+        use cbc::cipher::{BlockModeEncrypt, KeyIvInit};
+        let mut blocks = vec![sm4::cipher::Block::<sm4::Sm4>::default(); KIB4 / 16];
+        b.iter(|| {
+            cbc::Encryptor::<sm4::Sm4>::new(&[1u8; 16].into(), &[2u8; 16].into())
+                .encrypt_blocks(&mut blocks)
+        })
+    });
+}
+
+/// The SM2/SM3/SM4 work one assess request cannot avoid: unwrap the session key, open the
+/// payload, seal the stored record, hash the request, sign the answer.
+fn crypto_floor(c: &mut Criterion) {
+    let identity = IdentityKey::generate().unwrap();
+    let decryption = DecryptionKey::generate().unwrap();
+    let plaintext = request_plaintext();
+    let header = ProtectedHeader::new(&decryption.public().kid(), unix_now()).unwrap();
+    let body = seal(decryption.public(), &header, &plaintext).unwrap();
+    let envelope = RequestEnvelope::parse(&body).unwrap();
+    let keys = TableKeys::derive(&MasterKey::generate().unwrap(), &[9; SALT_LEN]).unwrap();
+    let signer = ResponseSigner::new(identity.public());
+    let answer = br#"{"op":"assess","rid":"0123456789abcdef0123456789abcdef","decision":"allow","score":0.000038,"reasons":[],"model":"cosine-fmr-v1"}"#;
+    c.bench_function("crypto_floor_per_request", |b| {
+        b.iter(|| {
+            let plain = envelope.open(&decryption).unwrap();
+            let sealed = record::seal(
+                keys.cipher(Table::RiskLogs),
+                keys.key_id(),
+                Table::RiskLogs,
+                b"log-key",
+                Zeroizing::new(plain.to_vec()),
+            )
+            .unwrap();
+            let digest = sm3_hex(&body);
+            let response = signer.sign(&identity, answer).unwrap();
+            (sealed, digest, response)
+        })
+    });
+}
+
+fn components(c: &mut Criterion) {
+    let identity = IdentityKey::generate().unwrap();
+    let decryption = DecryptionKey::generate().unwrap();
+    let plaintext = request_plaintext();
+    let header = ProtectedHeader::new(&decryption.public().kid(), unix_now()).unwrap();
+    let body = seal(decryption.public(), &header, &plaintext).unwrap();
+    let envelope = RequestEnvelope::parse(&body).unwrap();
+    c.bench_function("envelope_parse", |b| {
+        b.iter(|| RequestEnvelope::parse(&body).unwrap())
+    });
+    c.bench_function("envelope_open", |b| {
+        b.iter(|| envelope.open(&decryption).unwrap())
+    });
+    let signer = ResponseSigner::new(identity.public());
+    c.bench_function("response_sign", |b| {
+        b.iter(|| signer.sign(&identity, br#"{"decision":"allow"}"#).unwrap())
+    });
+
+    let keys = TableKeys::derive(&MasterKey::generate().unwrap(), &[9; SALT_LEN]).unwrap();
+    let sealed = record::seal(
+        keys.cipher(Table::UserData),
+        keys.key_id(),
+        Table::UserData,
+        b"k",
+        Zeroizing::new(plaintext.clone()),
+    )
+    .unwrap();
+    c.bench_function("record_seal", |b| {
+        b.iter(|| {
+            record::seal(
+                keys.cipher(Table::UserData),
+                keys.key_id(),
+                Table::UserData,
+                b"k",
+                Zeroizing::new(plaintext.clone()),
+            )
+            .unwrap()
+        })
+    });
+    c.bench_function("record_open", |b| {
+        b.iter(|| {
+            record::open(
+                keys.cipher(Table::UserData),
+                keys.key_id(),
+                Table::UserData,
+                b"k",
+                &sealed,
+            )
+            .unwrap()
+        })
+    });
+
+    let probe = embedding(0);
+    let mut group = c.benchmark_group("risk_score_templates");
+    for count in [1usize, 1_000, 100_000] {
+        let templates: Vec<Vec<f32>> = (1..=count).map(embedding).collect();
+        group.bench_with_input(BenchmarkId::from_parameter(count), &templates, |b, t| {
+            b.iter(|| risk::signals(&probe, Some(0.9), t))
+        });
+    }
+    group.finish();
 }
 
 fn request_flow(c: &mut Criterion) {
@@ -51,35 +194,22 @@ fn request_flow(c: &mut Criterion) {
     let mut config = Config::builtin();
     config.protocol.replay_cache_capacity = 10_000_000;
     let service = Service::new(&config, vault).unwrap();
-    let features: Vec<f32> = (0..128)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0)
-        .collect();
-    let request = FeatureRequest {
-        user_id: "bench-user".into(),
-        features,
-        liveness: Some(0.9),
-        device_id: None,
-    };
-    let plaintext = serde_json::to_vec(&request).unwrap();
+    let plaintext = request_plaintext();
     let body_for = |now| {
         let header = ProtectedHeader::new(&service.encryption_public().kid(), now).unwrap();
         seal(service.encryption_public(), &header, &plaintext).unwrap()
     };
     service.enroll(&body_for(unix_now()), unix_now()).unwrap();
 
-    let body = body_for(unix_now());
-    c.bench_function("envelope_parse", |b| {
-        b.iter(|| RequestEnvelope::parse(&body).unwrap())
-    });
     // Each iteration needs a fresh request id; sealing happens outside the timed routine.
     c.bench_function("service_assess_with_flush", |b| {
         b.iter_batched(
             || body_for(unix_now()),
             |body| service.assess(&body, unix_now()).unwrap(),
-            criterion::BatchSize::SmallInput,
+            BatchSize::SmallInput,
         )
     });
 }
 
-criterion_group!(benches, primitives, request_flow);
+criterion_group!(benches, primitives, crypto_floor, components, request_flow);
 criterion_main!(benches);

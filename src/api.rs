@@ -3,12 +3,14 @@
 //! return its signed answer.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
 use crate::envelope::response::SignedResponse;
 use crate::error::ApiError;
+use crate::metrics::Stage;
 use crate::service::Service;
 use crate::time::unix_now;
 
@@ -26,18 +28,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/keys")
             .route(web::get().to(keys))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
         web::resource("/v1/enroll")
-            .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, Service::enroll)))
+            .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, ENROLL)))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
         web::resource("/v1/assess")
-            .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, Service::assess)))
+            .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, ASSESS)))
             .default_service(web::to(method_not_allowed)),
     )
     .default_service(web::to(not_found));
@@ -51,17 +58,68 @@ async fn keys(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.service.keys_document())
 }
 
+type Operation = fn(&Service, &[u8], i64) -> Result<SignedResponse, ApiError>;
+
+/// An encrypted endpoint: its name in metrics and the service operation behind it.
+struct Encrypted {
+    route: &'static str,
+    operation: Operation,
+}
+
+const ENROLL: Encrypted = Encrypted {
+    route: "enroll",
+    operation: Service::enroll,
+};
+const ASSESS: Encrypted = Encrypted {
+    route: "assess",
+    operation: Service::assess,
+};
+
+/// Aggregate counters only (see `metrics.rs`): nothing in them identifies a user or a key.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.service.metrics().render())
+}
+
 /// The one shape of every encrypted endpoint: bounded body, then the service operation on a
 /// blocking thread, then the signed answer.
 async fn handle_encrypted(
     state: web::Data<AppState>,
     request: HttpRequest,
     payload: web::Payload,
-    operation: fn(&Service, &[u8], i64) -> Result<SignedResponse, ApiError>,
+    endpoint: Encrypted,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(&request, payload, state.max_body_bytes).await?;
+    let received = Instant::now();
+    let result = run_encrypted(&state, &request, payload, endpoint.operation).await;
+    let status = match &result {
+        Ok(_) => 200,
+        Err(e) => actix_web::ResponseError::status_code(e).as_u16(),
+    };
+    state
+        .service
+        .metrics()
+        .record_request(endpoint.route, status, received.elapsed());
+    result
+}
+
+async fn run_encrypted(
+    state: &AppState,
+    request: &HttpRequest,
+    payload: web::Payload,
+    operation: Operation,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(request, payload, state.max_body_bytes).await?;
     let service = state.service.clone();
-    let outcome = web::block(move || operation(&service, &body, unix_now())).await;
+    let queued = Instant::now();
+    let outcome = web::block(move || {
+        let waited = queued.elapsed();
+        service
+            .metrics()
+            .record_stage(Stage::Queue, waited, std::time::Duration::ZERO);
+        operation(&service, &body, unix_now())
+    })
+    .await;
     let response = outcome.map_err(|_| ApiError::Internal)??;
     Ok(HttpResponse::Ok().json(response))
 }

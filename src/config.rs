@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// Threads per HTTP worker for the CPU and fsync work of requests; more wait in line.
+    pub blocking_threads_per_worker: usize,
     /// Whether to run in development mode (generated master key kept beside the data).
     pub dev: bool,
 }
@@ -106,7 +108,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 8] = [
+        let checks: [(bool, &str); 9] = [
+            (
+                (1..=512).contains(&self.server.blocking_threads_per_worker),
+                "server.blocking_threads_per_worker must be in 1..=512",
+            ),
             (
                 self.server.max_body_bytes >= 1024,
                 "server.max_body_bytes must be at least 1024",

@@ -119,7 +119,8 @@ pub async fn serve(
     });
     let listen: SocketAddr = config.listen_addr().map_err(anyhow::Error::msg)?;
     let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
-        .shutdown_timeout(30);
+        .shutdown_timeout(30)
+        .worker_max_blocking_threads(config.server.blocking_threads_per_worker);
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }

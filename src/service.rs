@@ -13,6 +13,7 @@ use crate::envelope::request::{ProtectedHeader, RequestEnvelope};
 use crate::envelope::response::{ResponseSigner, SignedResponse};
 use crate::error::ApiError;
 use crate::features::Probe;
+use crate::metrics::{Metrics, Stage, StageTimer};
 use crate::replay::{ReplayCache, ReplayCheck};
 use crate::risk::{self, Assessment, Decision, MODEL_VERSION, RiskPolicy};
 use crate::store::vault::{RiskLogEntry, Vault, VaultError};
@@ -71,6 +72,8 @@ struct AssessPayload<'a> {
 pub struct Service {
     identity: IdentityKey,
     encryption: DecryptionKey,
+    /// The encryption key's kid, computed once (requests name it).
+    encryption_kid: String,
     signer: ResponseSigner,
     vault: Vault,
     replay: ReplayCache,
@@ -78,6 +81,7 @@ pub struct Service {
     dimension: usize,
     iat_window_secs: i64,
     max_templates: usize,
+    metrics: Metrics,
 }
 
 impl Service {
@@ -88,6 +92,7 @@ impl Service {
         Ok(Self {
             signer: ResponseSigner::new(identity.public()),
             identity,
+            encryption_kid: encryption.public().kid(),
             encryption,
             vault,
             replay: ReplayCache::new(
@@ -98,6 +103,7 @@ impl Service {
             dimension: config.features.dimension,
             iat_window_secs: config.protocol.iat_window_secs,
             max_templates: config.risk.max_templates,
+            metrics: Metrics::default(),
         })
     }
 
@@ -113,6 +119,10 @@ impl Service {
         &self.vault
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn keys_document(&self) -> KeysDocument {
         KeysDocument {
             keys: vec![
@@ -124,7 +134,8 @@ impl Service {
 
     /// `POST /v1/enroll`: adds the probe as a template of the user.
     pub fn enroll(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
-        let (header, probe) = self.open_request(body, now)?;
+        let mut timer = StageTimer::start(&self.metrics);
+        let (header, probe) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user_index(&probe.user_id);
         let templates = match self
             .vault
@@ -135,20 +146,24 @@ impl Service {
             Err(e) => return Err(internal(e)),
         };
         drop(probe);
-        self.vault.flush().map_err(internal)?;
-        self.sign(&EnrollPayload {
+        timer.lap(Stage::StoreWrite);
+        self.make_durable(&mut timer)?;
+        let response = self.sign(&EnrollPayload {
             op: "enroll",
             rid: &header.rid,
             req_sm3: sm3_hex(body),
             iat: now,
             outcome: "enrolled",
             templates,
-        })
+        });
+        timer.lap(Stage::Sign);
+        response
     }
 
     /// `POST /v1/assess`: scores the probe against the user's templates.
     pub fn assess(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
-        let (header, probe) = self.open_request(body, now)?;
+        let mut timer = StageTimer::start(&self.metrics);
+        let (header, probe) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user_index(&probe.user_id);
         let templates = self.vault.templates(&user).map_err(internal)?;
         let signals = risk::signals(&probe.features, probe.liveness, &templates);
@@ -159,6 +174,7 @@ impl Service {
             reasons,
         } = self.policy.decide(&signals);
         let score = (score * 1e6).round() / 1e6;
+        timer.lap(Stage::Score);
         let log = RiskLogEntry {
             rid: header.rid.clone(),
             at: now,
@@ -175,8 +191,11 @@ impl Service {
         self.vault
             .record_assessment(&user, &log, decision == Decision::Allow)
             .map_err(internal)?;
-        self.vault.flush().map_err(internal)?;
-        self.sign(&AssessPayload {
+        drop(log);
+        timer.lap(Stage::StoreWrite);
+        self.make_durable(&mut timer)?;
+        self.metrics.record_decision(decision);
+        let response = self.sign(&AssessPayload {
             op: "assess",
             rid: &header.rid,
             req_sm3: sm3_hex(body),
@@ -185,15 +204,30 @@ impl Service {
             score,
             reasons: &reasons,
             model: MODEL_VERSION,
-        })
+        });
+        timer.lap(Stage::Sign);
+        response
+    }
+
+    /// Waits until this request's writes are on disk; concurrent requests share the fsync.
+    fn make_durable(&self, timer: &mut StageTimer) -> Result<(), ApiError> {
+        let flushed = self.vault.flush().map_err(internal)?;
+        self.metrics.record_commit(flushed);
+        timer.lap(Stage::Durable);
+        Ok(())
     }
 
     /// The steps every encrypted request shares, cheapest checks first. Nothing is stored
     /// unless they all pass; the request id is then spent.
-    fn open_request(&self, body: &[u8], now: i64) -> Result<(ProtectedHeader, Probe), ApiError> {
+    fn open_request(
+        &self,
+        body: &[u8],
+        now: i64,
+        timer: &mut StageTimer,
+    ) -> Result<(ProtectedHeader, Probe), ApiError> {
         let envelope = RequestEnvelope::parse(body)?;
         let header = &envelope.header;
-        if header.kid != self.encryption.public().kid() {
+        if header.kid != self.encryption_kid {
             return Err(ApiError::UnknownKid);
         }
         if now.abs_diff(header.iat) > self.iat_window_secs.unsigned_abs() {
@@ -202,10 +236,17 @@ impl Service {
         if self.replay.contains(&header.rid) {
             return Err(ApiError::ReplayedRequest);
         }
-        let plaintext = envelope.open(&self.encryption)?;
+        timer.lap(Stage::EnvelopeParse);
+        let session_key = envelope.unwrap_session_key(&self.encryption)?;
+        timer.lap(Stage::Sm2Unwrap);
+        let plaintext = envelope.open_payload(&session_key)?;
+        drop(session_key);
+        timer.lap(Stage::Sm4GcmOpen);
         let probe = Probe::parse(&plaintext, self.dimension)?;
         drop(plaintext);
-        match self.replay.check_and_insert(&header.rid, header.iat, now) {
+        let fresh = self.replay.check_and_insert(&header.rid, header.iat, now);
+        timer.lap(Stage::PayloadParse);
+        match fresh {
             ReplayCheck::Fresh => Ok((envelope.header, probe)),
             ReplayCheck::Replayed => Err(ApiError::ReplayedRequest),
             ReplayCheck::Full => Err(ApiError::Overloaded),

@@ -149,11 +149,27 @@ impl RequestEnvelope {
     /// Unwraps the session key with `key`, then decrypts and authenticates the payload.
     /// The session key is wiped when this returns; the plaintext is wiped when dropped.
     pub fn open(&self, key: &DecryptionKey) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
-        let session_key: SecretBytes<KEY_LEN> = key
-            .decrypt_der_exact(&self.encrypted_key)
-            .map_err(|_| EnvelopeError::DecryptionFailed)?;
+        let session_key = self.unwrap_session_key(key)?;
+        self.open_payload(&session_key)
+    }
+
+    /// The SM2 half of [`RequestEnvelope::open`]: the session key, wiped on drop.
+    pub fn unwrap_session_key(
+        &self,
+        key: &DecryptionKey,
+    ) -> Result<SecretBytes<KEY_LEN>, EnvelopeError> {
+        key.decrypt_der_exact(&self.encrypted_key)
+            .map_err(|_| EnvelopeError::DecryptionFailed)
+    }
+
+    /// The SM4-GCM half of [`RequestEnvelope::open`]: the authenticated plaintext, wiped on
+    /// drop (the envelope keeps its ciphertext).
+    pub fn open_payload(
+        &self,
+        session_key: &SecretBytes<KEY_LEN>,
+    ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
         let mut buffer = Zeroizing::new(self.ciphertext.clone());
-        Sm4Gcm::new(&session_key)
+        Sm4Gcm::new(session_key)
             .open_in_place(&self.iv, self.protected.as_bytes(), &mut buffer, &self.tag)
             .map_err(|_| EnvelopeError::DecryptionFailed)?;
         Ok(buffer)

@@ -2,6 +2,7 @@
 //! format, the key hierarchy derived from the DB master key, and the [`Vault`] that the
 //! service uses to keep templates, feature history and risk logs encrypted.
 
+pub mod group_commit;
 pub mod keys;
 pub mod record;
 pub mod sled_store;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use super::group_commit::GroupCommit;
 use super::keys::{KeyId, MasterKey, SALT_LEN, TableKeys};
 use super::record::{self, RecordError};
 use super::{Store, StoreError, Table, Txn};
@@ -103,6 +104,7 @@ pub struct TableCounts {
 pub struct Vault {
     store: Arc<dyn Store>,
     keys: TableKeys,
+    group_commit: GroupCommit,
 }
 
 impl Vault {
@@ -137,7 +139,7 @@ impl Vault {
                 if plain.as_slice() != CANARY_PLAINTEXT {
                     return Err(VaultError::CanaryFailed);
                 }
-                Ok(Self { store, keys })
+                Ok(Self::new(store, keys))
             }
             None => Self::initialise(store, master),
         }
@@ -170,7 +172,15 @@ impl Vault {
             txn.insert(Table::Meta, META_CANARY, canary.clone())
         })?;
         store.flush()?;
-        Ok(Self { store, keys })
+        Ok(Self::new(store, keys))
+    }
+
+    fn new(store: Arc<dyn Store>, keys: TableKeys) -> Self {
+        Self {
+            store,
+            keys,
+            group_commit: GroupCommit::default(),
+        }
     }
 
     pub fn key_id(&self) -> KeyId {
@@ -307,9 +317,10 @@ impl Vault {
         Ok(())
     }
 
-    /// Makes every acknowledged write durable.
-    pub fn flush(&self) -> Result<(), VaultError> {
-        Ok(self.store.flush()?)
+    /// Returns once every write completed before this call is durable. Concurrent callers
+    /// share one flush (group commit); `Ok(true)` means this caller ran it.
+    pub fn flush(&self) -> Result<bool, VaultError> {
+        Ok(self.group_commit.commit(|| self.store.flush())?)
     }
 
     /// Decrypts every record of every table and counts them; fails on the first record that

@@ -1,0 +1,662 @@
+//! The service load generator behind `make bench` (`cargo bench --bench load`).
+//!
+//! Starts the real `tee-risk` binary on a loopback port with a fresh database, enrols users
+//! with real dlib embeddings (the dev set when `../shared` is beside the repository, else the
+//! shipped samples), pre-builds unique encrypted assess requests (distinct `rid`, fresh SM2
+//! session key each), then drives the server over real HTTP:
+//! - closed loop: a fixed number of connections, each sending its next request as soon as
+//!   the previous one is answered (throughput);
+//! - open loop: requests scheduled at a fixed rate, latency counted from the scheduled send
+//!   time, so a slow server cannot hide queueing delay (coordinated omission).
+//!
+//! Every phase is bounded in time and the run stops by itself. Results: a table on stdout and
+//! `target/load-report.json`. Settings (environment): `LOAD_SECONDS` per phase (default 8),
+//! `LOAD_CONCURRENCY` (default `1,4,16,64`), `LOAD_RATES` (default `250,500,1000,1500`),
+//! `LOAD_SERVER_CONFIG` (a config file for the server, e.g. to try other thread counts).
+//! No timing is asserted anywhere: this measures, it does not judge.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tee_risk::client::{Client, FeatureRequest, ServerKeys};
+use tee_risk::dataset::Dataset;
+use tee_risk::metrics::{Stage, sample};
+use tee_risk::server::LISTENING_PREFIX;
+
+/// Share of assess requests that claim another user's identity (impostors).
+const IMPOSTOR_EVERY: usize = 10;
+/// Threads that send in open-loop phases; enough that a slow answer never delays a send.
+const OPEN_LOOP_SENDERS: usize = 64;
+
+fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .filter(|v: &Vec<u64>| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// (identity, embedding) pairs: the dev set if present, else the shipped samples.
+fn embeddings() -> (String, Vec<(String, Vec<f32>)>) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dev = manifest.join("../shared/data/faces/lfw_dlib128_dev.json");
+    if let Ok(set) = Dataset::load(&dev) {
+        let items = set
+            .samples
+            .into_iter()
+            .map(|s| (s.identity, s.embedding))
+            .collect();
+        return (dev.display().to_string(), items);
+    }
+    let items = ["alice-enrol", "alice-probe", "mallory-probe"]
+        .iter()
+        .map(|name| {
+            let path = manifest.join(format!("samples/{name}.json"));
+            let features = tee_risk::client::read_features_file(&path).expect("shipped sample");
+            (name.split('-').next().unwrap().to_owned(), features)
+        })
+        .collect();
+    ("samples/ (../shared not found)".into(), items)
+}
+
+/// Users to enrol (one template each) and the probes to assess, as (user, features).
+struct Workload {
+    enrolments: Vec<(String, Vec<f32>)>,
+    probes: Vec<(String, Vec<f32>)>,
+}
+
+fn workload(items: Vec<(String, Vec<f32>)>) -> Workload {
+    let mut by_identity: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
+    for (identity, features) in items {
+        by_identity.entry(identity).or_default().push(features);
+    }
+    let users: Vec<String> = by_identity.keys().cloned().collect();
+    let mut enrolments = Vec::new();
+    let mut probes = Vec::new();
+    for (identity, mut images) in by_identity {
+        enrolments.push((identity.clone(), images.remove(0)));
+        probes.extend(images.into_iter().map(|f| (identity.clone(), f)));
+    }
+    if probes.is_empty() {
+        probes = enrolments.clone();
+    }
+    // Every IMPOSTOR_EVERY-th probe claims the next user's account.
+    for (i, probe) in probes.iter_mut().enumerate() {
+        if i % IMPOSTOR_EVERY == IMPOSTOR_EVERY - 1 && users.len() > 1 {
+            let index = users.iter().position(|u| *u == probe.0).unwrap_or(0);
+            probe.0 = users[(index + 1) % users.len()].clone();
+        }
+    }
+    Workload { enrolments, probes }
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let master: String = (0..32).map(|i| format!("{:02x}", i * 7 + 3)).collect();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--keys-dir")
+            .arg(dir.path().join("keys"))
+            .env("DB_MASTER_KEY", master)
+            .env("RUST_LOG", "warn")
+            .env_remove("TEE_RISK_CONFIG")
+            .args(
+                std::env::var_os("LOAD_SERVER_CONFIG")
+                    .map(|path| vec!["--config".into(), path])
+                    .unwrap_or_default(),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the tee-risk binary");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
+                        break format!("http://{addr}");
+                    }
+                }
+                _ => panic!("the server exited before listening"),
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Self {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// User + system CPU seconds the server process has used so far.
+    fn cpu_seconds(&self) -> f64 {
+        process_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    fn metrics(&self) -> String {
+        ureq::get(format!("{}/metrics", self.url))
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn process_cpu_seconds(stat_path: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / clock_ticks_per_second()
+}
+
+/// One pre-built request: the envelope body, ready to post.
+struct Prepared {
+    body: Vec<u8>,
+}
+
+/// Seals `count` unique assess requests, cycling through the probes, on every core.
+fn prepare(
+    keys: &ServerKeys,
+    url: &str,
+    probes: &[(String, Vec<f32>)],
+    count: usize,
+) -> Vec<Prepared> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunks: Vec<Vec<Prepared>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let client = Client::with_keys(url, keys.clone());
+                    (t..count)
+                        .step_by(threads)
+                        .map(|i| {
+                            let (user, features) = &probes[i % probes.len()];
+                            let request = FeatureRequest {
+                                user_id: user.clone(),
+                                features: features.clone(),
+                                liveness: Some(0.95),
+                                device_id: Some(format!("device-{}", i % 97)),
+                            };
+                            let (_, body) = client.seal(&request).expect("seal");
+                            Prepared { body }
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    chunks.into_iter().flatten().collect()
+}
+
+#[derive(Default)]
+struct Outcome {
+    /// Latency of each answered request, in microseconds.
+    latencies_us: Vec<u64>,
+    errors: usize,
+    statuses: BTreeMap<u16, usize>,
+    /// Open loop: sends that started more than 1 ms after their scheduled time.
+    late_sends: usize,
+}
+
+impl Outcome {
+    fn merge(&mut self, other: Outcome) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        self.late_sends += other.late_sends;
+        for (status, n) in other.statuses {
+            *self.statuses.entry(status).or_default() += n;
+        }
+    }
+
+    fn record(&mut self, status: Option<u16>, latency: Duration) {
+        match status {
+            Some(200) => self.latencies_us.push(latency.as_micros() as u64),
+            Some(other) => {
+                self.errors += 1;
+                *self.statuses.entry(other).or_default() += 1;
+            }
+            None => self.errors += 1,
+        }
+    }
+}
+
+fn post(client: &Client, body: &[u8]) -> Option<u16> {
+    client.post_raw("/v1/assess", body).ok().map(|r| r.status)
+}
+
+/// `connections` senders, each posting its next request when the previous one is answered,
+/// until `deadline` or the requests run out.
+fn closed_loop(
+    url: &str,
+    keys: &ServerKeys,
+    requests: &[Prepared],
+    connections: usize,
+    duration: Duration,
+) -> Outcome {
+    let next = AtomicUsize::new(0);
+    let total = Mutex::new(Outcome::default());
+    let deadline = Instant::now() + duration;
+    std::thread::scope(|scope| {
+        for _ in 0..connections {
+            scope.spawn(|| {
+                let client = Client::with_keys(url, keys.clone());
+                let mut outcome = Outcome::default();
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(request) = requests.get(i) else {
+                        break;
+                    };
+                    let start = Instant::now();
+                    let status = post(&client, &request.body);
+                    outcome.record(status, start.elapsed());
+                }
+                total.lock().unwrap().merge(outcome);
+            });
+        }
+    });
+    total.into_inner().unwrap()
+}
+
+/// Requests sent at `rate` per second on a fixed schedule; latency counts from the scheduled
+/// time.
+fn open_loop(url: &str, keys: &ServerKeys, requests: &[Prepared], rate: u64) -> Outcome {
+    let next = AtomicUsize::new(0);
+    let total = Mutex::new(Outcome::default());
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now() + Duration::from_millis(50);
+    std::thread::scope(|scope| {
+        for _ in 0..OPEN_LOOP_SENDERS {
+            scope.spawn(|| {
+                let client = Client::with_keys(url, keys.clone());
+                let mut outcome = Outcome::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(request) = requests.get(i) else {
+                        break;
+                    };
+                    let scheduled = start + interval * i as u32;
+                    let now = Instant::now();
+                    if scheduled > now {
+                        std::thread::sleep(scheduled - now);
+                    } else if now - scheduled > Duration::from_millis(1) {
+                        outcome.late_sends += 1;
+                    }
+                    let status = post(&client, &request.body);
+                    outcome.record(status, scheduled.elapsed());
+                }
+                total.lock().unwrap().merge(outcome);
+            });
+        }
+    });
+    total.into_inner().unwrap()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+/// Mean (wall, CPU) microseconds per request of each stage between two `/metrics` snapshots.
+fn breakdown(before: &str, after: &str) -> Vec<(String, f64, f64)> {
+    let delta = |series: String| {
+        sample(after, &series).unwrap_or(0.0) - sample(before, &series).unwrap_or(0.0)
+    };
+    Stage::ALL
+        .iter()
+        .map(|stage| {
+            let label = format!("{{stage=\"{}\"}}", stage.name());
+            let wall = delta(format!("tee_risk_stage_seconds_total{label}"));
+            let cpu = delta(format!("tee_risk_stage_cpu_seconds_total{label}"));
+            let count = delta(format!("tee_risk_stage_total{label}")).max(1.0);
+            (
+                stage.name().to_owned(),
+                wall / count * 1e6,
+                cpu / count * 1e6,
+            )
+        })
+        .collect()
+}
+
+/// The crypto floor per request measured by `cargo bench --bench primitives` in this run
+/// (criterion's mean of `crypto_floor_per_request`), in microseconds.
+fn crypto_floor_us() -> Option<f64> {
+    let path = target_dir().join("criterion/crypto_floor_per_request/new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(value["mean"]["point_estimate"].as_f64()? / 1000.0)
+}
+
+struct Phase {
+    name: String,
+    kind: &'static str,
+    setting: u64,
+    outcome: Outcome,
+    wall_seconds: f64,
+    server_cpu_seconds: f64,
+    client_cpu_seconds: f64,
+    stages: Vec<(String, f64, f64)>,
+    commits: f64,
+    flushes: f64,
+}
+
+impl Phase {
+    fn answered(&self) -> usize {
+        self.outcome.latencies_us.len()
+    }
+
+    fn throughput(&self) -> f64 {
+        self.answered() as f64 / self.wall_seconds
+    }
+
+    fn server_cpu_us_per_request(&self) -> f64 {
+        self.server_cpu_seconds / (self.answered() + self.outcome.errors).max(1) as f64 * 1e6
+    }
+
+    fn to_json(&self, sorted: &[u64]) -> serde_json::Value {
+        json!({
+            "phase": self.name,
+            "kind": self.kind,
+            "setting": self.setting,
+            "answered": self.answered(),
+            "errors": self.outcome.errors,
+            "error_statuses": self.outcome.statuses,
+            "late_sends": self.outcome.late_sends,
+            "wall_seconds": self.wall_seconds,
+            "throughput_rps": self.throughput(),
+            "latency_ms": {
+                "p50": percentile(sorted, 50.0),
+                "p90": percentile(sorted, 90.0),
+                "p99": percentile(sorted, 99.0),
+                "max": percentile(sorted, 100.0),
+            },
+            "server_cpu_us_per_request": self.server_cpu_us_per_request(),
+            "client_cpu_us_per_request":
+                self.client_cpu_seconds / self.answered().max(1) as f64 * 1e6,
+            "stage_mean_us": self
+                .stages
+                .iter()
+                .map(|(stage, wall, cpu)| (stage.clone(), json!({"wall": wall, "cpu": cpu})))
+                .collect::<BTreeMap<_, _>>(),
+            "commits": self.commits,
+            "fsyncs": self.flushes,
+        })
+    }
+}
+
+fn run_phase(
+    server: &Server,
+    keys: &ServerKeys,
+    probes: &[(String, Vec<f32>)],
+    kind: &'static str,
+    setting: u64,
+    seconds: u64,
+    closed_loop_budget: usize,
+) -> Phase {
+    let count = match kind {
+        "closed" => closed_loop_budget,
+        _ => (setting * seconds) as usize,
+    };
+    let requests = prepare(keys, &server.url, probes, count);
+    let before = server.metrics();
+    let (server_cpu, client_cpu) = (server.cpu_seconds(), process_cpu_seconds("/proc/self/stat"));
+    let start = Instant::now();
+    let outcome = match kind {
+        "closed" => closed_loop(
+            &server.url,
+            keys,
+            &requests,
+            setting as usize,
+            Duration::from_secs(seconds),
+        ),
+        _ => open_loop(&server.url, keys, &requests, setting),
+    };
+    let wall_seconds = start.elapsed().as_secs_f64();
+    let server_cpu_seconds = server.cpu_seconds() - server_cpu;
+    let client_cpu_seconds = process_cpu_seconds("/proc/self/stat") - client_cpu;
+    let after = server.metrics();
+    let delta = |series: &str| {
+        sample(&after, series).unwrap_or(0.0) - sample(&before, series).unwrap_or(0.0)
+    };
+    let name = match kind {
+        "closed" => format!("closed c={setting}"),
+        _ => format!("open {setting}/s"),
+    };
+    Phase {
+        name,
+        kind,
+        setting,
+        wall_seconds,
+        server_cpu_seconds,
+        client_cpu_seconds,
+        stages: breakdown(&before, &after),
+        commits: delta("tee_risk_store_commits_total"),
+        flushes: delta("tee_risk_store_flushes_total"),
+        outcome,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`. Under `cargo test --all-targets` (no `--bench`) this
+    // runs as a smoke test: one short phase of each kind, proving the tool works end to end.
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let (seconds, concurrency, rates) = if benchmarking {
+        (
+            env_list("LOAD_SECONDS", &[8])[0].clamp(1, 60),
+            env_list("LOAD_CONCURRENCY", &[1, 4, 16, 64]),
+            env_list("LOAD_RATES", &[250, 500, 1000, 1500]),
+        )
+    } else {
+        (1, vec![2], vec![20])
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    let (source, items) = embeddings();
+    let workload = workload(items);
+    let server = Server::start();
+    let admin = Client::fetch_keys(&server.url).expect("GET /v1/keys");
+    let keys = admin.keys().clone();
+    for (user, features) in &workload.enrolments {
+        admin
+            .enroll(&FeatureRequest {
+                user_id: user.clone(),
+                features: features.clone(),
+                liveness: None,
+                device_id: None,
+            })
+            .expect("enrol");
+    }
+    println!(
+        "load: {} users enrolled, {} probe embeddings from {source}; server {} on {cores} cores; \
+         {seconds} s per phase",
+        workload.enrolments.len(),
+        workload.probes.len(),
+        server.url
+    );
+
+    // A short closed-loop warm-up sizes the request budget of the closed-loop phases.
+    let budget = if benchmarking {
+        let warm = run_phase(&server, &keys, &workload.probes, "closed", 16, 2, 4000);
+        ((warm.throughput() * 1.5).max(500.0) * seconds as f64) as usize
+    } else {
+        40
+    };
+
+    let mut phases = Vec::new();
+    for &c in &concurrency {
+        phases.push(run_phase(
+            &server,
+            &keys,
+            &workload.probes,
+            "closed",
+            c,
+            seconds,
+            budget,
+        ));
+    }
+    for &rate in &rates {
+        phases.push(run_phase(
+            &server,
+            &keys,
+            &workload.probes,
+            "open",
+            rate,
+            seconds,
+            0,
+        ));
+    }
+
+    let floor_us = crypto_floor_us();
+    println!();
+    println!(
+        "{:<14} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11}",
+        "phase",
+        "answered",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "srv CPU µs",
+        "fsync/req"
+    );
+    let mut reports = Vec::new();
+    for phase in &mut phases {
+        phase.outcome.latencies_us.sort_unstable();
+        let sorted = &phase.outcome.latencies_us;
+        println!(
+            "{:<14} {:>8} {:>6} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>11.0} {:>11.3}",
+            phase.name,
+            sorted.len(),
+            phase.outcome.errors,
+            phase.throughput(),
+            percentile(sorted, 50.0),
+            percentile(sorted, 90.0),
+            percentile(sorted, 99.0),
+            percentile(sorted, 100.0),
+            phase.server_cpu_us_per_request(),
+            phase.flushes / phase.commits.max(1.0),
+        );
+        reports.push(phase.to_json(sorted));
+    }
+
+    let best = phases
+        .iter()
+        .filter(|p| p.kind == "closed")
+        .max_by(|a, b| a.throughput().total_cmp(&b.throughput()))
+        .expect("at least one closed-loop phase");
+    let quiet = &phases[0];
+    println!(
+        "\nwhere a request's time goes (mean µs per request; wall includes waiting for a core, \
+         a lock or the disk):"
+    );
+    println!(
+        "  {:<16} {:>12} {:>12} {:>12} {:>12}",
+        "stage",
+        format!("{} wall", quiet.name),
+        "cpu",
+        format!("{} wall", best.name),
+        "cpu"
+    );
+    for ((stage, wall, cpu), (_, best_wall, best_cpu)) in quiet.stages.iter().zip(&best.stages) {
+        println!("  {stage:<16} {wall:>12.1} {cpu:>12.1} {best_wall:>12.1} {best_cpu:>12.1}");
+    }
+    let staged = |p: &Phase| p.stages.iter().map(|(_, _, cpu)| cpu).sum::<f64>();
+    println!(
+        "  {:<16} {:>12} {:>12.1} {:>12} {:>12.1}",
+        "(stages, CPU)",
+        "",
+        staged(quiet),
+        "",
+        staged(best)
+    );
+    println!(
+        "  {:<16} {:>12} {:>12.1} {:>12} {:>12.1}",
+        "(whole process)",
+        "",
+        quiet.server_cpu_us_per_request(),
+        "",
+        best.server_cpu_us_per_request()
+    );
+    let floor = floor_us.map(|floor| {
+        let floor_rps = cores as f64 * 1e6 / floor;
+        println!(
+            "\ncrypto floor (criterion crypto_floor_per_request): {floor:.0} µs CPU = {floor_rps:.0} \
+             req/s on {cores} cores\n  best throughput {:.0} req/s = {:.0} % of the floor; server \
+             CPU per request {:.0} µs = floor × {:.2}",
+            best.throughput(),
+            100.0 * best.throughput() / floor_rps,
+            best.server_cpu_us_per_request(),
+            best.server_cpu_us_per_request() / floor
+        );
+        json!({
+            "floor_us": floor,
+            "floor_rps": floor_rps,
+            "best_phase": best.name,
+            "best_rps": best.throughput(),
+            "throughput_vs_floor": best.throughput() / floor_rps,
+            "server_cpu_vs_floor": best.server_cpu_us_per_request() / floor,
+        })
+    });
+    if floor.is_none() {
+        println!("\nno crypto floor: run `cargo bench --bench primitives` first (make bench does)");
+    }
+    let report = json!({
+        "embeddings": source,
+        "cores": cores,
+        "seconds_per_phase": seconds,
+        "phases": reports,
+        "floor": floor,
+    });
+    let path = target_dir().join("load-report.json");
+    std::fs::create_dir_all(target_dir()).ok();
+    std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).expect("write report");
+    println!("\nfull report: {}", path.display());
+}
