@@ -30,7 +30,7 @@ pub enum Stage {
     PayloadParse,
     /// Reading and decrypting the user's templates, then scoring.
     Score,
-    /// Sealing the records and the sled transaction (in memory, not yet durable).
+    /// Sealing the records and writing them to sled (in memory, not yet durable).
     StoreWrite,
     /// Waiting until the write is on disk (group commit: one fsync serves many requests).
     Durable,

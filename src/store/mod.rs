@@ -4,6 +4,7 @@
 
 pub mod group_commit;
 pub mod keys;
+pub mod packed;
 pub mod record;
 pub mod sled_store;
 pub mod vault;
@@ -52,10 +53,7 @@ impl Table {
 pub enum StoreError {
     #[error("storage backend error: {0}")]
     Backend(String),
-    /// A concurrent transaction touched the same keys; the backend retries it.
-    #[error("transaction conflict")]
-    Conflict,
-    /// The transaction body refused to go on (the message says why).
+    /// The operation refused to go on (the message says why).
     #[error("{0}")]
     Aborted(String),
 }
@@ -63,21 +61,25 @@ pub enum StoreError {
 /// One stored record: (key, value).
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
-/// Reads and writes inside one atomic transaction.
-pub trait Txn {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    fn insert(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError>;
-}
-
-/// A durable, transactional key-value store with one namespace per [`Table`].
+/// A durable key-value store with one namespace per [`Table`].
+///
+/// Writes are atomic per key; there are deliberately no multi-key transactions. On sled,
+/// one transaction switches the whole process into a global reader-writer lock that every
+/// later read and write takes, which serialises concurrent requests (docs/PERFORMANCE.md).
+/// Read-modify-write goes through [`Store::compare_and_swap`]; writes that belong together
+/// are ordered so that a crash between them leaves nothing that claims more than happened.
 pub trait Store: Send + Sync {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Runs `body` atomically over all tables; it may run again on conflict, so it must not
-    /// have side effects outside the transaction.
-    fn transaction(
+    fn insert(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError>;
+    /// Sets `key` to `new` only if its value is still `expected` (`None`: absent). Returns
+    /// whether it did; `false` means a concurrent writer got there first.
+    fn compare_and_swap(
         &self,
-        body: &dyn Fn(&dyn Txn) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+        table: Table,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// A fresh, strictly increasing id (for log keys).

@@ -1,13 +1,10 @@
-//! [`Store`] on sled 0.34: one tree per table, transactions across all trees.
+//! [`Store`] on sled 0.34: one tree per table, atomic per key. No sled transactions or
+//! batches: either would put every later operation of the process behind sled's global
+//! reader-writer lock (see the [`Store`] trait).
 
 use std::path::Path;
 
-use sled::Transactional;
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
-
-use super::{KeyValue, Store, StoreError, Table, Txn};
+use super::{KeyValue, Store, StoreError, Table};
 
 pub struct SledStore {
     db: sled::Db,
@@ -35,31 +32,6 @@ fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-struct SledTxn<'a> {
-    trees: &'a [TransactionalTree],
-}
-
-fn unabortable(e: UnabortableTransactionError) -> StoreError {
-    match e {
-        UnabortableTransactionError::Conflict => StoreError::Conflict,
-        UnabortableTransactionError::Storage(e) => backend(e),
-    }
-}
-
-impl Txn for SledTxn<'_> {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let value = self.trees[table.index()].get(key).map_err(unabortable)?;
-        Ok(value.map(|v| v.to_vec()))
-    }
-
-    fn insert(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
-        self.trees[table.index()]
-            .insert(key, value)
-            .map_err(unabortable)?;
-        Ok(())
-    }
-}
-
 impl Store for SledStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
@@ -69,21 +41,23 @@ impl Store for SledStore {
             .map(|v| v.to_vec()))
     }
 
-    fn transaction(
+    fn insert(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.tree(table).insert(key, value).map_err(backend)?;
+        Ok(())
+    }
+
+    fn compare_and_swap(
         &self,
-        body: &dyn Fn(&dyn Txn) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let result = self.trees[..].transaction(|trees| {
-            body(&SledTxn { trees }).map_err(|e| match e {
-                // sled retries the closure on conflict.
-                StoreError::Conflict => ConflictableTransactionError::Conflict,
-                other => ConflictableTransactionError::Abort(other),
-            })
-        });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => backend(e),
-        })
+        table: Table,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let swapped = self
+            .tree(table)
+            .compare_and_swap(key, expected, Some(new))
+            .map_err(backend)?;
+        Ok(swapped.is_ok())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -111,27 +85,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transaction_is_atomic_and_aborts_cleanly() {
+    fn compare_and_swap_refuses_a_stale_expectation() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        store
-            .transaction(&|txn| {
-                txn.insert(Table::UserData, b"u", b"1".to_vec())?;
-                txn.insert(Table::RiskLogs, b"l", b"2".to_vec())
-            })
-            .unwrap();
-        assert_eq!(store.get(Table::UserData, b"u").unwrap().unwrap(), b"1");
-        assert_eq!(store.get(Table::RiskLogs, b"l").unwrap().unwrap(), b"2");
-
-        let err = store
-            .transaction(&|txn| {
-                txn.insert(Table::UserData, b"v", b"3".to_vec())?;
-                Err(StoreError::Aborted("no".into()))
-            })
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Aborted(m) if m == "no"));
-        assert!(store.get(Table::UserData, b"v").unwrap().is_none());
-        assert_eq!(store.len(Table::UserData), 1);
+        assert!(
+            store
+                .compare_and_swap(Table::UserData, b"u", None, b"1".to_vec())
+                .unwrap()
+        );
+        // Someone else wrote first: an expectation of "absent" or of an old value fails.
+        assert!(
+            !store
+                .compare_and_swap(Table::UserData, b"u", None, b"x".to_vec())
+                .unwrap()
+        );
+        assert!(
+            store
+                .compare_and_swap(Table::UserData, b"u", Some(b"1"), b"2".to_vec())
+                .unwrap()
+        );
+        assert!(
+            !store
+                .compare_and_swap(Table::UserData, b"u", Some(b"1"), b"3".to_vec())
+                .unwrap()
+        );
+        assert_eq!(store.get(Table::UserData, b"u").unwrap().unwrap(), b"2");
+        store.insert(Table::RiskLogs, b"l", b"4".to_vec()).unwrap();
+        assert_eq!(store.len(Table::RiskLogs), 1);
         assert!(store.next_id().unwrap() < store.next_id().unwrap());
     }
 }

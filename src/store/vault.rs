@@ -9,7 +9,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use super::group_commit::GroupCommit;
 use super::keys::{KeyId, MasterKey, SALT_LEN, TableKeys};
 use super::record::{self, RecordError};
-use super::{Store, StoreError, Table, Txn};
+use super::{Store, StoreError, Table};
 use crate::crypto::random_array;
 
 const META_SALT: &[u8] = b"salt";
@@ -56,6 +56,7 @@ struct UserRecord {
 #[derive(Serialize, Deserialize, Zeroize)]
 #[serde(deny_unknown_fields)]
 struct StoredTemplate {
+    #[serde(with = "super::packed")]
     features: Vec<f32>,
     enrolled_at: i64,
 }
@@ -64,6 +65,7 @@ struct StoredTemplate {
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 #[serde(deny_unknown_fields)]
 struct HistoryRecord {
+    #[serde(with = "super::packed")]
     features: Vec<f32>,
     at: i64,
     rid: String,
@@ -81,6 +83,7 @@ pub struct RiskLogEntry {
     pub score: f64,
     pub reasons: Vec<String>,
     pub model: String,
+    #[serde(with = "super::packed")]
     pub features: Vec<f32>,
     pub liveness: Option<f32>,
     pub device_id: Option<String>,
@@ -145,8 +148,12 @@ impl Vault {
         }
     }
 
+    /// Creates the salt and canary of a new database. The canary is written first and the
+    /// salt last: a database with a salt always has its canary, and a start interrupted
+    /// between the two leaves only a canary, which the next start overwrites.
     fn initialise(store: Arc<dyn Store>, master: &MasterKey) -> Result<Self, VaultError> {
-        if let Some(table) = Table::ALL.iter().find(|t| store.len(**t) > 0) {
+        let data_tables = Table::ALL.iter().filter(|t| **t != Table::Meta);
+        if let Some(table) = data_tables.into_iter().find(|t| store.len(**t) > 0) {
             return Err(VaultError::Corrupt(format!(
                 "table {} holds records but the database has no salt",
                 table.name()
@@ -167,10 +174,13 @@ impl Vault {
             table: "meta",
             source,
         })?;
-        store.transaction(&|txn| {
-            txn.insert(Table::Meta, META_SALT, salt.to_vec())?;
-            txn.insert(Table::Meta, META_CANARY, canary.clone())
-        })?;
+        store.insert(Table::Meta, META_CANARY, canary)?;
+        store.flush()?;
+        if !store.compare_and_swap(Table::Meta, META_SALT, None, salt.to_vec())? {
+            return Err(VaultError::Corrupt(
+                "another process initialised the database at the same time".into(),
+            ));
+        }
         store.flush()?;
         Ok(Self::new(store, keys))
     }
@@ -244,8 +254,9 @@ impl Vault {
             .collect())
     }
 
-    /// Adds a template atomically (a concurrent enrolment of the same user is never lost)
-    /// and returns the user's template count. Not durable until [`Vault::flush`].
+    /// Adds a template atomically (a concurrent enrolment of the same user is never lost:
+    /// compare-and-swap, retried on conflict) and returns the user's template count. Not
+    /// durable until [`Vault::flush`].
     pub fn enrol(
         &self,
         user: &UserIndex,
@@ -253,39 +264,32 @@ impl Vault {
         now: i64,
         max_templates: usize,
     ) -> Result<usize, VaultError> {
-        let count = std::sync::atomic::AtomicUsize::new(0);
-        let result = self.store.transaction(&|txn: &dyn Txn| {
-            let mut record: UserRecord = match txn.get(Table::UserData, user)? {
-                Some(sealed) => self
-                    .unseal(Table::UserData, user, &sealed)
-                    .map_err(|e| StoreError::Aborted(e.to_string()))?,
+        loop {
+            let current = self.store.get(Table::UserData, user)?;
+            let mut record: UserRecord = match &current {
+                Some(sealed) => self.unseal(Table::UserData, user, sealed)?,
                 None => UserRecord::default(),
             };
             if record.templates.len() >= max_templates {
-                return Err(StoreError::Aborted(TEMPLATE_LIMIT.into()));
+                return Err(VaultError::TemplateLimit(max_templates));
             }
             record.templates.push(StoredTemplate {
                 features: template.to_vec(),
                 enrolled_at: now,
             });
-            count.store(record.templates.len(), std::sync::atomic::Ordering::Relaxed);
-            txn.insert(
-                Table::UserData,
-                user,
-                self.seal_value(Table::UserData, user, &record)?,
-            )
-        });
-        match result {
-            Ok(()) => Ok(count.into_inner()),
-            Err(StoreError::Aborted(message)) if message == TEMPLATE_LIMIT => {
-                Err(VaultError::TemplateLimit(max_templates))
+            let sealed = self.seal_value(Table::UserData, user, &record)?;
+            if self
+                .store
+                .compare_and_swap(Table::UserData, user, current.as_deref(), sealed)?
+            {
+                return Ok(record.templates.len());
             }
-            Err(e) => Err(e.into()),
         }
     }
 
-    /// Appends the risk log (and, for an accepted probe, a history entry) atomically.
-    /// Not durable until [`Vault::flush`].
+    /// Appends the risk log and, for an accepted probe, a history entry. The log is written
+    /// first, so a crash between the two can leave a logged decision without its history
+    /// entry but never history without its log. Not durable until [`Vault::flush`].
     pub fn record_assessment(
         &self,
         user: &UserIndex,
@@ -294,7 +298,8 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let log_key = self.store.next_id()?.to_be_bytes();
         let log_record = self.seal_value(Table::RiskLogs, &log_key, log)?;
-        let history = if accepted {
+        self.store.insert(Table::RiskLogs, &log_key, log_record)?;
+        if accepted {
             let mut key = user.to_vec();
             key.extend_from_slice(&self.store.next_id()?.to_be_bytes());
             let entry = HistoryRecord {
@@ -303,17 +308,8 @@ impl Vault {
                 rid: log.rid.clone(),
             };
             let sealed = self.seal_value(Table::FeatureHistory, &key, &entry)?;
-            Some((key, sealed))
-        } else {
-            None
-        };
-        self.store.transaction(&|txn| {
-            txn.insert(Table::RiskLogs, &log_key, log_record.clone())?;
-            if let Some((key, sealed)) = &history {
-                txn.insert(Table::FeatureHistory, key, sealed.clone())?;
-            }
-            Ok(())
-        })?;
+            self.store.insert(Table::FeatureHistory, &key, sealed)?;
+        }
         Ok(())
     }
 
@@ -351,8 +347,6 @@ impl Vault {
             .collect()
     }
 }
-
-const TEMPLATE_LIMIT: &str = "template limit";
 
 #[cfg(test)]
 mod tests {
@@ -419,6 +413,72 @@ mod tests {
         assert!(matches!(err, VaultError::WrongMasterKey { .. }));
         assert!(message.contains(&master(1).key_id().to_string()));
         assert!(message.contains(&master(2).key_id().to_string()));
+    }
+
+    #[test]
+    fn concurrent_enrolments_of_one_user_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Arc::new(open_at(dir.path(), 1).unwrap());
+        let user = vault.user_index("dave");
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let vault = vault.clone();
+                std::thread::spawn(move || {
+                    for j in 0..10 {
+                        vault.enrol(&user, &[i as f32, j as f32], 1, 100).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        let templates = vault.templates(&user).unwrap();
+        assert_eq!(templates.len(), 80);
+        let mut seen: Vec<(u32, u32)> = templates
+            .iter()
+            .map(|t| (t[0] as u32, t[1] as u32))
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 80, "every enrolment is present exactly once");
+    }
+
+    #[test]
+    fn a_start_interrupted_before_the_salt_was_written_initialises_again() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store
+                .insert(Table::Meta, META_CANARY, b"left over".to_vec())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let vault = open_at(dir.path(), 1).unwrap();
+        let user = vault.user_index("erin");
+        vault.enrol(&user, &[1.0, 0.0], 1, 5).unwrap();
+        vault.flush().unwrap();
+        drop(vault);
+        assert_eq!(
+            open_at(dir.path(), 1)
+                .unwrap()
+                .verify_all()
+                .unwrap()
+                .user_data,
+            1
+        );
+    }
+
+    #[test]
+    fn data_without_a_salt_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.insert(Table::RiskLogs, b"1", b"x".to_vec()).unwrap();
+            store.flush().unwrap();
+        }
+        let err = open_at(dir.path(), 1).err().unwrap().to_string();
+        assert!(err.contains("risk_logs holds records"), "{err}");
     }
 
     #[test]
