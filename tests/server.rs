@@ -336,6 +336,95 @@ fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
     );
 }
 
+/// Concurrent requests share fsyncs (group commit) yet each is durable before its answer:
+/// after SIGKILL, which skips the final flush, every answered request is in the database.
+/// `/metrics` counts them and shows no identifier.
+#[test]
+fn concurrent_answers_are_durable_and_counted_without_identifiers() {
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 8;
+    let faces = faces();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let client = Client::fetch_keys(&server.url).unwrap();
+    client
+        .enroll(&request("metrics-user-7f3a", &faces.enrol))
+        .unwrap();
+    let rids: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let client = Client::with_keys(&server.url, client.keys().clone());
+                    (0..PER_THREAD)
+                        .map(|_| {
+                            let (header, body) = client
+                                .seal(&request("metrics-user-7f3a", &faces.genuine))
+                                .unwrap();
+                            let raw = client.post_raw("/v1/assess", &body).unwrap();
+                            let answer = client.verify_answer(&header, &body, &raw).unwrap();
+                            assert_eq!(answer["decision"], "allow");
+                            header.rid
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let answered = THREADS * PER_THREAD;
+
+    let metrics = ureq::get(format!("{}/metrics", server.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let value = |series: &str| tee_risk::metrics::sample(&metrics, series).unwrap();
+    assert_eq!(
+        value("tee_risk_http_requests_total{route=\"assess\",status=\"200\"}"),
+        answered as f64
+    );
+    assert_eq!(
+        value("tee_risk_decisions_total{decision=\"allow\"}"),
+        answered as f64
+    );
+    let commits = value("tee_risk_store_commits_total");
+    let flushes = value("tee_risk_store_flushes_total");
+    assert_eq!(commits, answered as f64 + 1.0);
+    assert!((1.0..=commits).contains(&flushes), "{flushes} of {commits}");
+    assert_eq!(
+        value("tee_risk_stage_total{stage=\"sign\"}"),
+        answered as f64 + 1.0
+    );
+    for secret in ["metrics-user-7f3a", "phone-1", &rids[0], MASTER_KEY] {
+        assert!(!metrics.contains(secret), "{secret} leaked into /metrics");
+    }
+
+    server.kill();
+    let vault = open_vault(&data, MASTER_KEY).unwrap();
+    let logged: Vec<String> = vault
+        .risk_logs()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.rid.clone())
+        .collect();
+    for rid in &rids {
+        assert!(logged.contains(rid), "answered request {rid} was lost");
+    }
+    assert_eq!(
+        vault.verify_all().unwrap(),
+        TableCounts {
+            user_data: 1,
+            feature_history: answered,
+            risk_logs: answered
+        }
+    );
+}
+
 #[test]
 fn wrong_master_key_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();

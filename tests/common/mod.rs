@@ -103,6 +103,13 @@ impl TestServer {
         terminate(&mut child)
     }
 
+    /// SIGKILL: no drain, no final flush, as in a crash.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
