@@ -17,8 +17,12 @@ lint:
 fmt:
 	cargo fmt --all
 
-# Criterion benchmarks of the primitives and the in-process request flow, with OpenSSL's
-# SM2 figures from the same machine and run for reference.
+# Benchmarks (docs/PERFORMANCE.md), about 7 minutes on 2 cores: criterion for the primitives
+# and the per-request crypto floor; `openssl speed` on this machine now, as the reference
+# column (skipped with a note when openssl is missing); then the load generator against the
+# real server over loopback. Reports: target/criterion, target/reference-report.json,
+# target/load-report.json.
 bench:
 	cargo bench --bench primitives
-	@if command -v openssl >/dev/null; then echo "== reference: openssl speed sm2"; openssl speed -seconds 3 sm2 2>/dev/null | tail -2; else echo "openssl not installed: no reference column"; fi
+	cargo bench --bench reference
+	cargo bench --bench load
