@@ -18,6 +18,8 @@ use crate::time::unix_now;
 pub struct AppState {
     pub service: Arc<Service>,
     pub max_body_bytes: usize,
+    /// SM3 of the operator bearer token; `None`: operator endpoints are off (404).
+    pub admin_token: Option<[u8; 32]>,
 }
 
 /// Registers every route; unknown paths and methods get JSON errors too.
@@ -30,6 +32,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/metrics")
             .route(web::get().to(metrics))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/admin/db/status")
+            .route(web::get().to(db_status))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -80,6 +87,36 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.service.metrics().render())
+}
+
+/// `GET /admin/db/status`: key ids, states, rotation progress, records per key. Needs
+/// `Authorization: Bearer <TEE_RISK_ADMIN_TOKEN>`; answers 404 when no token is configured.
+async fn db_status(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let Some(expected) = state.admin_token else {
+        return Err(ApiError::NotFound);
+    };
+    let presented = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| crate::crypto::sm3(token.as_bytes()));
+    // Comparing SM3 digests: equal-length, and a timing difference reveals nothing useful.
+    if presented != Some(expected) {
+        return Err(ApiError::Unauthorized);
+    }
+    let service = state.service.clone();
+    let status = web::block(move || service.vault().status())
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|error| {
+            tracing::error!(%error, "db status failed");
+            ApiError::Internal
+        })?;
+    Ok(HttpResponse::Ok().json(status))
 }
 
 /// The one shape of every encrypted endpoint: bounded body, then the service operation on a

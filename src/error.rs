@@ -32,6 +32,8 @@ pub enum ApiError {
     Overloaded,
     #[error("no such endpoint")]
     NotFound,
+    #[error("this endpoint needs the operator's bearer token")]
+    Unauthorized,
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
     /// A fault of the service; the cause is logged server-side, never sent.
@@ -72,6 +74,7 @@ impl ApiError {
             ApiError::TemplateLimit(_) => "template_limit",
             ApiError::Overloaded => "overloaded",
             ApiError::NotFound => "not_found",
+            ApiError::Unauthorized => "unauthorized",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Internal => "internal_error",
         }
@@ -90,6 +93,7 @@ impl ResponseError for ApiError {
             ApiError::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -1,4 +1,4 @@
-//! The `tee-risk` command: `serve`, `client …`, `calibrate`.
+//! The `tee-risk` command: `serve`, `client …`, `db …`, `calibrate`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +9,11 @@ use tee_risk::client::{Client, FeatureRequest, ServerKeys, read_features_file};
 use tee_risk::config::Config;
 use tee_risk::dataset::Dataset;
 use tee_risk::risk::Calibration;
-use tee_risk::server::{self, ENCRYPTION_PEM, IDENTITY_PEM, MASTER_KEY_ENV};
-use zeroize::Zeroizing;
+use tee_risk::server::{self, ENCRYPTION_PEM, IDENTITY_PEM, MasterKeyEnv};
+use tee_risk::store::audit;
+use tee_risk::store::keys::KeyId;
+use tee_risk::store::rotation::DEFAULT_BATCH;
+use tee_risk::store::{OpenMode, SledStore, Vault};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +33,11 @@ enum Command {
     /// Talk to a running service.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Operator commands on the database of a stopped service (keys from DB_MASTER_KEY and
+    /// DB_MASTER_KEY_PREVIOUS). Exit codes: 0 done, 1 could not run, 3 a check failed,
+    /// 4 refused (a precondition does not hold yet).
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Measure the similarity → false-match-rate curve on a labelled embeddings file and
     /// print it as the `[risk] calibration` TOML line.
     Calibrate {
@@ -55,6 +63,53 @@ struct ServeArgs {
     /// Development mode: without DB_MASTER_KEY, generate a master key beside the data.
     #[arg(long, env = "TEE_RISK_DEV", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     dev: Option<bool>,
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// Operator config file (for storage.data_dir).
+    #[arg(long, env = "TEE_RISK_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "TEE_RISK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Use the development master key kept beside the data.
+    #[arg(long, env = "TEE_RISK_DEV", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    dev: Option<bool>,
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Key ids and states, rotation progress, records per key (read-only; JSON).
+    Status(DbArgs),
+    /// Re-encrypt every record under DB_MASTER_KEY (offline; the service does the same
+    /// online when started with a new key). Safe to re-run; resumes where it stopped.
+    Rotate {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Only count, per table, the records that would move.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Decrypt every record, compare counts with those at rotation start, and confirm that
+    /// no record is still under an old key.
+    Verify(DbArgs),
+    /// Retire a decrypt-only key after `verify` passes: refused from then on, even if
+    /// supplied.
+    RetireKey {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The key id, as `db status` prints it.
+        id: String,
+    },
+    /// Check the SM3 chain of the audit log (needs no key).
+    VerifyLog(DbArgs),
+    /// Copy the database of the stopped service into DIR (which must not exist or be
+    /// empty), then open the copy and decrypt every record of it.
+    Backup {
+        #[command(flatten)]
+        db: DbArgs,
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -98,21 +153,147 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let outcome = match Cli::parse().command {
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Client(command) => client(command).map(|()| ExitCode::SUCCESS),
+        Command::Db(command) => db(command),
+        Command::Calibrate { data } => calibrate(&data).map(|()| ExitCode::SUCCESS),
+    };
+    outcome.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::FAILURE
+    })
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Client(command) => client(command),
-        Command::Calibrate { data } => calibrate(&data),
+/// `db` exit code: a check (verify, verify-log) found a problem.
+const EXIT_CHECK_FAILED: u8 = 3;
+/// `db` exit code: refused because a precondition does not hold yet.
+const EXIT_REFUSED: u8 = 4;
+
+fn db_data_dir(args: &DbArgs) -> anyhow::Result<(PathBuf, bool)> {
+    let config = Config::load(args.config.as_deref()).map_err(anyhow::Error::msg)?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or(config.storage.data_dir.clone());
+    Ok((data_dir, args.dev.unwrap_or(config.server.dev)))
+}
+
+fn open_db(args: &DbArgs, mode: OpenMode) -> anyhow::Result<Vault> {
+    let (data_dir, dev) = db_data_dir(args)?;
+    server::open_vault(MasterKeyEnv::from_process(), dev, &data_dir, mode)
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn db(command: DbCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DbCommand::Status(args) => {
+            print_json(&open_db(&args, OpenMode::Inspect)?.status()?)?;
+        }
+        DbCommand::Rotate { db, dry_run: true } => {
+            let vault = open_db(&db, OpenMode::Inspect)?;
+            print_json(&serde_json::json!({
+                "current_key": vault.key_id().to_string(),
+                "would_move": vault.pending_moves()?,
+            }))?;
+        }
+        DbCommand::Rotate { db, dry_run: false } => {
+            let vault = open_db(&db, OpenMode::Write)?;
+            let started = std::time::Instant::now();
+            let mut moved = 0u64;
+            vault.rotate_until_done(DEFAULT_BATCH, &|| false, &mut |n| moved += n)?;
+            let seconds = started.elapsed().as_secs_f64();
+            print_json(&serde_json::json!({
+                "current_key": vault.key_id().to_string(),
+                "moved": moved,
+                "seconds": seconds,
+                "records_per_second": moved as f64 / seconds.max(1e-9),
+                "next": "tee-risk db verify, then tee-risk db retire-key <old key id>",
+            }))?;
+        }
+        DbCommand::Verify(args) => {
+            let report = open_db(&args, OpenMode::Inspect)?.verify_rotation()?;
+            print_json(&report)?;
+            if !report.passed() {
+                return Ok(ExitCode::from(EXIT_CHECK_FAILED));
+            }
+        }
+        DbCommand::RetireKey { db, id } => {
+            let id: KeyId = id.parse().map_err(anyhow::Error::msg)?;
+            let vault = open_db(&db, OpenMode::Inspect)?;
+            match vault.retire_key(id) {
+                Ok(()) => println!("key {id} retired"),
+                Err(tee_risk::store::VaultError::Refused(why)) => {
+                    eprintln!("refused: {why}");
+                    return Ok(ExitCode::from(EXIT_REFUSED));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        DbCommand::VerifyLog(args) => {
+            let (data_dir, _) = db_data_dir(&args)?;
+            let store = SledStore::open(&data_dir.join("db"))?;
+            match audit::verify(&store) {
+                Ok(entries) => {
+                    let head = entries.last().map_or(audit::GENESIS, |e| e.hash.as_str());
+                    println!("audit log intact: {} entries, head {head}", entries.len());
+                }
+                Err(e) => {
+                    eprintln!("audit log broken: {e}");
+                    return Ok(ExitCode::from(EXIT_CHECK_FAILED));
+                }
+            }
+        }
+        DbCommand::Backup { db, dir } => backup(&db, &dir)?,
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies the flushed database while holding its lock, then proves the copy opens with the
+/// same keys and that every record of it decrypts.
+fn backup(args: &DbArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        anyhow::bail!("{} is not empty: choose a new folder", dir.display());
+    }
+    let (data_dir, _) = db_data_dir(args)?;
+    let vault = open_db(args, OpenMode::Inspect)?;
+    vault.flush()?;
+    copy_dir(&data_dir.join("db"), &dir.join("db"))?;
+    drop(vault);
+    let (data_dir, dev) = db_data_dir(args)?;
+    let env = MasterKeyEnv::from_process();
+    let previous = server::previous_keys(env.previous.as_ref())?;
+    let (master, _) = server::resolve_master_key(env.current, dev, &data_dir)?;
+    let store: std::sync::Arc<dyn tee_risk::store::Store> =
+        std::sync::Arc::new(SledStore::open(&dir.join("db"))?);
+    let copy = Vault::open_keyring(store, &master, &previous, OpenMode::Inspect)
+        .context("the copy does not open")?;
+    let counts = copy.verify_all()?;
+    print_json(&serde_json::json!({
+        "backup": dir.join("db"),
+        "user_data": counts.user_data,
+        "feature_history": counts.feature_history,
+        "risk_logs": counts.risk_logs,
+    }))
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -130,8 +311,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.server.dev = dev;
     }
     config.listen_addr().map_err(anyhow::Error::msg)?;
-    let master_key = std::env::var(MASTER_KEY_ENV).ok().map(Zeroizing::new);
-    actix_web::rt::System::new().block_on(server::serve(config, master_key))
+    actix_web::rt::System::new().block_on(server::serve(config, MasterKeyEnv::from_process()))
 }
 
 fn client(command: ClientCommand) -> anyhow::Result<()> {

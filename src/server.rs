@@ -6,6 +6,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpServer, web};
 use anyhow::{Context, bail};
@@ -14,10 +16,15 @@ use zeroize::Zeroizing;
 use crate::api::{AppState, routes};
 use crate::config::Config;
 use crate::service::Service;
-use crate::store::{MasterKey, SledStore, Store, Vault};
+use crate::store::rotation::DEFAULT_BATCH;
+use crate::store::{MasterKey, OpenMode, SledStore, Store, Vault};
 
 /// Name of the environment variable holding the DB master key (64 hex characters).
 pub const MASTER_KEY_ENV: &str = "DB_MASTER_KEY";
+/// Previous (decrypt-only) master keys during a rotation: comma-separated, 64 hex each.
+pub const PREVIOUS_KEYS_ENV: &str = "DB_MASTER_KEY_PREVIOUS";
+/// Bearer token for the operator endpoints (`/admin/…`); unset: they answer 404.
+pub const ADMIN_TOKEN_ENV: &str = "TEE_RISK_ADMIN_TOKEN";
 /// File beside the data holding the generated development master key.
 pub const DEV_KEY_FILE: &str = "dev-master-key.hex";
 /// The line printed on stdout once the server listens (tests and scripts wait for it).
@@ -93,29 +100,123 @@ fn warn_dev_key(data_dir: &Path) {
     tracing::warn!("{banner}");
 }
 
-/// Runs the service until SIGTERM or SIGINT.
-pub async fn serve(
-    config: Config,
-    master_key_env: Option<Zeroizing<String>>,
-) -> anyhow::Result<()> {
-    let data_dir = config.storage.data_dir.clone();
-    let (master, source) = resolve_master_key(master_key_env, config.server.dev, &data_dir)?;
-    if let MasterKeySource::DevFile = source {
-        warn_dev_key(&data_dir);
+/// The master keys from the environment (`DB_MASTER_KEY_PREVIOUS` parsed; the texts are
+/// wiped when dropped).
+pub struct MasterKeyEnv {
+    pub current: Option<Zeroizing<String>>,
+    pub previous: Option<Zeroizing<String>>,
+}
+
+impl MasterKeyEnv {
+    pub fn from_process() -> Self {
+        let read = |name| std::env::var(name).ok().map(Zeroizing::new);
+        Self {
+            current: read(MASTER_KEY_ENV),
+            previous: read(PREVIOUS_KEYS_ENV),
+        }
     }
+}
+
+/// Parses `DB_MASTER_KEY_PREVIOUS`.
+pub fn previous_keys(text: Option<&Zeroizing<String>>) -> anyhow::Result<Vec<MasterKey>> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(text) => {
+            MasterKey::parse_list(text).map_err(|e| anyhow::anyhow!("{PREVIOUS_KEYS_ENV}: {e}"))
+        }
+    }
+}
+
+/// Opens the database under `data_dir` with the keys from the environment (or the dev key).
+pub fn open_vault(
+    env: MasterKeyEnv,
+    dev: bool,
+    data_dir: &Path,
+    mode: OpenMode,
+) -> anyhow::Result<Vault> {
+    let (master, source) = resolve_master_key(env.current, dev, data_dir)?;
+    if let MasterKeySource::DevFile = source {
+        warn_dev_key(data_dir);
+    }
+    let previous = previous_keys(env.previous.as_ref())?;
     let db_path = data_dir.join("db");
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&db_path)?);
-    let vault = Vault::open(store, &master).context("cannot open the database")?;
-    drop(master);
-    tracing::info!(path = %db_path.display(), master_key_id = %vault.key_id(), "database open");
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&db_path).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (a running service holds the database: stop it first, or use its \
+             /admin/db/status endpoint)"
+        )
+    })?);
+    let vault =
+        Vault::open_keyring(store, &master, &previous, mode).context("cannot open the database")?;
+    tracing::info!(
+        path = %db_path.display(),
+        master_key_id = %vault.key_id(),
+        previous_key_ids = ?previous.iter().map(|k| k.key_id().to_string()).collect::<Vec<_>>(),
+        rotation_pending = vault.rotation_pending(),
+        "database open"
+    );
+    Ok(vault)
+}
+
+/// Re-encrypts under the current key in the background while the service serves; stops
+/// between batches when `stop` is set.
+fn spawn_rotation(
+    service: Arc<Service>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("key-rotation".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let mut moved = 0u64;
+            let mut last_report = Instant::now();
+            let result = service.vault().rotate_until_done(
+                DEFAULT_BATCH,
+                &|| stop.load(Ordering::Relaxed),
+                &mut |n| {
+                    moved += n;
+                    if last_report.elapsed() >= Duration::from_secs(5) {
+                        tracing::info!(moved, "key rotation in progress");
+                        last_report = Instant::now();
+                    }
+                },
+            );
+            match result {
+                Ok(true) => tracing::info!(
+                    moved,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "key rotation complete: run `tee-risk db verify`, then `tee-risk db \
+                     retire-key <old id>` with the service stopped"
+                ),
+                Ok(false) => tracing::info!(moved, "key rotation paused for shutdown"),
+                Err(error) => tracing::error!(%error, "key rotation stopped"),
+            }
+        })
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
+    let data_dir = config.storage.data_dir.clone();
+    let vault = open_vault(keys, config.server.dev, &data_dir, OpenMode::Write)?;
 
     let service =
         Arc::new(Service::new(&config, vault).context("cannot generate the service keys")?);
     publish_public_keys(&config.keys.dir, &service)?;
 
+    let stop_rotation = Arc::new(AtomicBool::new(false));
+    let rotation = if service.vault().rotation_pending() {
+        Some(spawn_rotation(service.clone(), stop_rotation.clone())?)
+    } else {
+        None
+    };
+
     let state = web::Data::new(AppState {
         service: service.clone(),
         max_body_bytes: config.server.max_body_bytes,
+        admin_token: std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(|t| crate::crypto::sm3(t.as_bytes())),
     });
     let listen: SocketAddr = config.listen_addr().map_err(anyhow::Error::msg)?;
     let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
@@ -134,6 +235,10 @@ pub async fn serve(
     std::io::stdout().flush().ok();
     // actix-web stops on SIGTERM/SIGINT after in-flight requests finish.
     server.run().await?;
+    stop_rotation.store(true, Ordering::Relaxed);
+    if let Some(rotation) = rotation {
+        let _ = rotation.join();
+    }
     service.vault().flush().context("final flush failed")?;
     tracing::info!("stopped cleanly");
     Ok(())

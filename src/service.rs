@@ -136,11 +136,14 @@ impl Service {
     pub fn enroll(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
         let mut timer = StageTimer::start(&self.metrics);
         let (header, probe) = self.open_request(body, now, &mut timer)?;
-        let user = self.vault.user_index(&probe.user_id);
-        let templates = match self
-            .vault
-            .enrol(&user, &probe.features, now, self.max_templates)
-        {
+        let user = self.vault.user(&probe.user_id);
+        let templates = match self.vault.enrol(
+            &user,
+            &probe.user_id,
+            &probe.features,
+            now,
+            self.max_templates,
+        ) {
             Ok(count) => count,
             Err(VaultError::TemplateLimit(max)) => return Err(ApiError::TemplateLimit(max)),
             Err(e) => return Err(internal(e)),
@@ -164,8 +167,11 @@ impl Service {
     pub fn assess(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
         let mut timer = StageTimer::start(&self.metrics);
         let (header, probe) = self.open_request(body, now, &mut timer)?;
-        let user = self.vault.user_index(&probe.user_id);
-        let templates = self.vault.templates(&user).map_err(internal)?;
+        let user = self.vault.user(&probe.user_id);
+        let templates = self
+            .vault
+            .templates(&user, &probe.user_id)
+            .map_err(internal)?;
         let signals = risk::signals(&probe.features, probe.liveness, &templates);
         drop(templates);
         let Assessment {
@@ -178,7 +184,7 @@ impl Service {
         let log = RiskLogEntry {
             rid: header.rid.clone(),
             at: now,
-            user: hex::encode(user),
+            user: hex::encode(user.current()),
             decision: decision.as_str().into(),
             score,
             reasons: reasons.iter().map(|r| r.as_str().to_owned()).collect(),
@@ -189,7 +195,7 @@ impl Service {
         };
         drop(probe);
         self.vault
-            .record_assessment(&user, &log, decision == Decision::Allow)
+            .record_assessment(user.current(), &log, decision == Decision::Allow)
             .map_err(internal)?;
         drop(log);
         timer.lap(Stage::StoreWrite);

@@ -41,6 +41,19 @@ impl MasterKey {
         SecretBytes::random().map(Self)
     }
 
+    /// Parses a comma-separated list of keys (`DB_MASTER_KEY_PREVIOUS`); blanks are ignored.
+    /// The error names the position of the bad entry, never its text.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .enumerate()
+            .map(|(i, entry)| {
+                Self::from_hex(entry).map_err(|e| format!("entry {} of the list: {e}", i + 1))
+            })
+            .collect()
+    }
+
     /// 64 lowercase hex digits, wiped on drop (for the dev key file only).
     pub fn to_hex_zeroizing(&self) -> zeroize::Zeroizing<String> {
         self.0.to_hex_zeroizing()
@@ -56,12 +69,55 @@ impl MasterKey {
 }
 
 /// A master key's public fingerprint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(pub [u8; KEY_ID_LEN]);
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::str::FromStr for KeyId {
+    type Err = String;
+
+    /// 16 hex digits, as printed.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut id = [0u8; KEY_ID_LEN];
+        hex::decode_to_slice(text.trim(), &mut id)
+            .map_err(|_| format!("`{text}` is not a key id (16 hex digits)"))?;
+        Ok(Self(id))
+    }
+}
+
+/// The master keys a process holds: the current one (seals everything new) and previous
+/// ones (open records that still name them), each derived for this database's salt.
+pub struct Keyring {
+    current: TableKeys,
+    previous: Vec<TableKeys>,
+}
+
+impl Keyring {
+    pub fn new(current: TableKeys, previous: Vec<TableKeys>) -> Self {
+        Self { current, previous }
+    }
+
+    pub fn current(&self) -> &TableKeys {
+        &self.current
+    }
+
+    /// The keys that name `id`; the choice is by the id in a record's header, never by trial.
+    pub fn get(&self, id: KeyId) -> Option<&TableKeys> {
+        self.all().find(|keys| keys.key_id() == id)
+    }
+
+    /// Current first.
+    pub fn all(&self) -> impl Iterator<Item = &TableKeys> {
+        std::iter::once(&self.current).chain(&self.previous)
+    }
+
+    pub fn ids(&self) -> Vec<KeyId> {
+        self.all().map(TableKeys::key_id).collect()
     }
 }
 
@@ -130,6 +186,22 @@ mod tests {
         let err = MasterKey::from_hex("deadbeef").err().unwrap();
         assert!(!err.contains("deadbeef"));
         assert!(MasterKey::from_hex(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn key_lists_and_ids_parse() {
+        let keys = MasterKey::parse_list(&format!(" {}, ,{} ", "11".repeat(32), "22".repeat(32)));
+        assert_eq!(keys.unwrap().len(), 2);
+        let err = MasterKey::parse_list(&format!("{},secretish", "11".repeat(32)))
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("entry 2") && !err.contains("secretish"),
+            "{err}"
+        );
+        let id = MasterKey::from_hex(&"11".repeat(32)).unwrap().key_id();
+        assert_eq!(id.to_string().parse::<KeyId>().unwrap(), id);
+        assert!("xyz".parse::<KeyId>().is_err());
     }
 
     #[test]

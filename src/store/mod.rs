@@ -2,19 +2,22 @@
 //! format, the key hierarchy derived from the DB master key, and the [`Vault`] that the
 //! service uses to keep templates, feature history and risk logs encrypted.
 
+pub mod audit;
 pub mod group_commit;
 pub mod keys;
 pub mod packed;
 pub mod record;
+pub mod registry;
+pub mod rotation;
 pub mod sled_store;
 pub mod vault;
 
 pub use keys::MasterKey;
 pub use sled_store::SledStore;
-pub use vault::{Vault, VaultError};
+pub use vault::{OpenMode, Vault, VaultError};
 
 /// The tables (sled trees) the service keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     /// Enrolled templates, keyed by the user's blind index.
     UserData,
@@ -22,17 +25,23 @@ pub enum Table {
     FeatureHistory,
     /// One record per assessment, keyed by a monotonic id.
     RiskLogs,
-    /// Database salt and the master-key canary.
+    /// Database salt, key registry, per-key canaries, rotation index map.
     Meta,
+    /// The append-only, SM3-chained audit log of key events (plain: no secrets).
+    Audit,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [
+    pub const ALL: [Table; 5] = [
         Table::UserData,
         Table::FeatureHistory,
         Table::RiskLogs,
         Table::Meta,
+        Table::Audit,
     ];
+
+    /// The tables of user data, every record sealed under a master key.
+    pub const DATA: [Table; 3] = [Table::UserData, Table::FeatureHistory, Table::RiskLogs];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -40,6 +49,7 @@ impl Table {
             Table::FeatureHistory => "feature_history",
             Table::RiskLogs => "risk_logs",
             Table::Meta => "meta",
+            Table::Audit => "audit",
         }
     }
 
@@ -71,20 +81,36 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub trait Store: Send + Sync {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn insert(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError>;
-    /// Sets `key` to `new` only if its value is still `expected` (`None`: absent). Returns
-    /// whether it did; `false` means a concurrent writer got there first.
+    /// Sets `key` to `new` (`None`: removes it) only if its value is still `expected`
+    /// (`None`: absent). Returns whether it did; `false` means another writer got there first.
     fn compare_and_swap(
         &self,
         table: Table,
         key: &[u8],
         expected: Option<&[u8]>,
-        new: Vec<u8>,
+        new: Option<Vec<u8>>,
     ) -> Result<bool, StoreError>;
+    fn remove(&self, table: Table, key: &[u8]) -> Result<(), StoreError>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// A fresh, strictly increasing id (for log keys).
     fn next_id(&self) -> Result<u64, StoreError>;
     /// All records of a table, in key order.
     fn scan(&self, table: Table) -> Result<Vec<KeyValue>, StoreError>;
+    /// Up to `limit` records with keys strictly after `after` (from the start: `None`).
+    fn scan_after(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
+    /// Calls `visit` on every record in key order without collecting them.
+    fn visit(
+        &self,
+        table: Table,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// The record with the greatest key.
+    fn last(&self, table: Table) -> Result<Option<KeyValue>, StoreError>;
     fn len(&self, table: Table) -> usize;
 }

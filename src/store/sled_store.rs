@@ -51,13 +51,18 @@ impl Store for SledStore {
         table: Table,
         key: &[u8],
         expected: Option<&[u8]>,
-        new: Vec<u8>,
+        new: Option<Vec<u8>>,
     ) -> Result<bool, StoreError> {
         let swapped = self
             .tree(table)
-            .compare_and_swap(key, expected, Some(new))
+            .compare_and_swap(key, expected, new)
             .map_err(backend)?;
         Ok(swapped.is_ok())
+    }
+
+    fn remove(&self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+        self.tree(table).remove(key).map_err(backend)?;
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -75,6 +80,44 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn scan_after(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(key) => Bound::Excluded(key.to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.tree(table)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+            .collect()
+    }
+
+    fn visit(
+        &self,
+        table: Table,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for kv in self.tree(table).iter() {
+            let (key, value) = kv.map_err(backend)?;
+            visit(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    fn last(&self, table: Table) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self
+            .tree(table)
+            .last()
+            .map_err(backend)?
+            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
     fn len(&self, table: Table) -> usize {
         self.tree(table).len()
     }
@@ -90,28 +133,40 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         assert!(
             store
-                .compare_and_swap(Table::UserData, b"u", None, b"1".to_vec())
+                .compare_and_swap(Table::UserData, b"u", None, Some(b"1".to_vec()))
                 .unwrap()
         );
         // Someone else wrote first: an expectation of "absent" or of an old value fails.
         assert!(
             !store
-                .compare_and_swap(Table::UserData, b"u", None, b"x".to_vec())
+                .compare_and_swap(Table::UserData, b"u", None, Some(b"x".to_vec()))
                 .unwrap()
         );
         assert!(
             store
-                .compare_and_swap(Table::UserData, b"u", Some(b"1"), b"2".to_vec())
+                .compare_and_swap(Table::UserData, b"u", Some(b"1"), Some(b"2".to_vec()))
                 .unwrap()
         );
         assert!(
             !store
-                .compare_and_swap(Table::UserData, b"u", Some(b"1"), b"3".to_vec())
+                .compare_and_swap(Table::UserData, b"u", Some(b"1"), Some(b"3".to_vec()))
                 .unwrap()
         );
         assert_eq!(store.get(Table::UserData, b"u").unwrap().unwrap(), b"2");
         store.insert(Table::RiskLogs, b"l", b"4".to_vec()).unwrap();
-        assert_eq!(store.len(Table::RiskLogs), 1);
+        store.insert(Table::RiskLogs, b"m", b"5".to_vec()).unwrap();
+        assert_eq!(store.len(Table::RiskLogs), 2);
+        let after_l = store.scan_after(Table::RiskLogs, Some(b"l"), 10).unwrap();
+        assert_eq!(after_l, vec![(b"m".to_vec(), b"5".to_vec())]);
+        assert_eq!(store.scan_after(Table::RiskLogs, None, 1).unwrap().len(), 1);
+        assert_eq!(store.last(Table::RiskLogs).unwrap().unwrap().0, b"m");
+        assert!(
+            store
+                .compare_and_swap(Table::RiskLogs, b"m", Some(b"5"), None)
+                .unwrap()
+        );
+        store.remove(Table::RiskLogs, b"l").unwrap();
+        assert_eq!(store.len(Table::RiskLogs), 0);
         assert!(store.next_id().unwrap() < store.next_id().unwrap());
     }
 }

@@ -1,19 +1,30 @@
 //! The encrypted database the service uses: every value sealed under its table's key, user
-//! ids replaced by blind indexes, a canary that proves the master key at start-up.
+//! ids replaced by blind indexes, and a keyring of master keys: the current one seals, previous
+//! ones open what rotation has not moved yet (`rotation.rs`). Opening checks the key registry
+//! and fails closed, with a message that tells the operator what to do.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use super::audit;
 use super::group_commit::GroupCommit;
-use super::keys::{KeyId, MasterKey, SALT_LEN, TableKeys};
+use super::keys::{KeyId, Keyring, MasterKey, SALT_LEN, TableKeys};
 use super::record::{self, RecordError};
+use super::registry::{KeyState, Registry, Rotation};
 use super::{Store, StoreError, Table};
 use crate::crypto::random_array;
+use crate::time::unix_now;
 
 const META_SALT: &[u8] = b"salt";
-const META_CANARY: &[u8] = b"canary";
+const META_REGISTRY: &[u8] = b"registry";
+/// The single canary of databases created before the key registry.
+const META_LEGACY_CANARY: &[u8] = b"canary";
+const CANARY_PREFIX: &str = "canary/";
+/// `idxmap/` ‖ old blind index → new blind index, while a rotation re-indexes users.
+pub(super) const INDEX_MAP_PREFIX: &[u8] = b"idxmap/";
 const CANARY_PLAINTEXT: &[u8] = b"tee-risk canary v1";
 
 /// A user's blind index (HMAC-SM3 of the user id).
@@ -25,16 +36,71 @@ pub enum VaultError {
     #[error(
         "DB_MASTER_KEY does not match this database: the database was sealed with master key id \
          {database}, but the key supplied has id {supplied}. Start with the master key this \
-         database was created with (key ids are printed at start-up)."
+         database was created with (key ids are printed at start-up), or, to rotate, set \
+         DB_MASTER_KEY to the new key and DB_MASTER_KEY_PREVIOUS to the current one (id \
+         {database})."
     )]
     WrongMasterKey { database: KeyId, supplied: KeyId },
     #[error(
-        "the master-key canary of this database failed to decrypt: the database or its meta \
-         table is corrupt or was tampered with. Restore it from a backup."
+        "DB_MASTER_KEY (id {supplied}) is an older key of this database, replaced by key \
+         {active}: set DB_MASTER_KEY to key {active} (and keep {supplied} in \
+         DB_MASTER_KEY_PREVIOUS until `tee-risk db status` shows no record under it)."
     )]
-    CanaryFailed,
+    ReplacedKey { supplied: KeyId, active: KeyId },
+    #[error(
+        "master key {0} was retired from this database after a verified rotation and is \
+         refused: remove it from DB_MASTER_KEY and DB_MASTER_KEY_PREVIOUS."
+    )]
+    RetiredKey(KeyId),
+    #[error(
+        "DB_MASTER_KEY_PREVIOUS holds key {0}, which this database has never used: remove it \
+         (check which keys the database knows with `tee-risk db status`)."
+    )]
+    UnknownPreviousKey(KeyId),
+    #[error(
+        "DB_MASTER_KEY_PREVIOUS is set but the database is new: start a new database with \
+         DB_MASTER_KEY alone."
+    )]
+    PreviousKeyOnNewDatabase,
+    #[error(
+        "the canary of master key {0} failed to decrypt: the database or its meta table is \
+         corrupt or was tampered with. Restore it from a backup."
+    )]
+    CanaryFailed(KeyId),
+    #[error(
+        "{count} records of table {table} are sealed under master key {key}, which was retired: \
+         the database was changed after the retirement or restored from an older backup. \
+         Restore a backup taken after the retirement."
+    )]
+    RecordsUnderRetiredKey {
+        table: &'static str,
+        key: KeyId,
+        count: u64,
+    },
+    #[error(
+        "{count} records of table {table} are sealed under master key {key}, which this \
+         database never registered: they were not written by this database. Restore it from a \
+         backup."
+    )]
+    RecordsUnderUnknownKey {
+        table: &'static str,
+        key: KeyId,
+        count: u64,
+    },
+    #[error(
+        "{count} records of table {table} are still sealed under master key {key}, which was not \
+         supplied: add that key to DB_MASTER_KEY_PREVIOUS until rotation has moved them (see \
+         `tee-risk db status`)."
+    )]
+    RecordsUnderMissingKey {
+        table: &'static str,
+        key: KeyId,
+        count: u64,
+    },
     #[error("the database is inconsistent: {0}. Restore it from a backup.")]
     Corrupt(String),
+    #[error("{0}")]
+    Refused(String),
     #[error("user already has the maximum of {0} templates")]
     TemplateLimit(usize),
     #[error("record {table}: {source}")]
@@ -46,16 +112,30 @@ pub enum VaultError {
     Store(#[from] StoreError),
 }
 
+/// How [`Vault::open_keyring`] may change the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Serving or an operator command that writes: registers a new current key (starting a
+    /// rotation) and upgrades a database from before the registry.
+    Write,
+    /// `db status` and friends: changes nothing, refuses what would need a change.
+    Inspect,
+}
+
 /// A user's enrolled templates (unit vectors), as stored. Wiped on drop.
 #[derive(Default, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 #[serde(deny_unknown_fields)]
-struct UserRecord {
-    templates: Vec<StoredTemplate>,
+pub(super) struct UserRecord {
+    /// Kept (sealed) so that a key rotation can compute the user's new blind index. Empty
+    /// in records written before rotation existed.
+    #[serde(default)]
+    pub(super) user_id: String,
+    pub(super) templates: Vec<StoredTemplate>,
 }
 
 #[derive(Serialize, Deserialize, Zeroize)]
 #[serde(deny_unknown_fields)]
-struct StoredTemplate {
+pub(super) struct StoredTemplate {
     #[serde(with = "super::packed")]
     features: Vec<f32>,
     enrolled_at: i64,
@@ -64,7 +144,7 @@ struct StoredTemplate {
 /// An accepted probe kept for drift checks. Wiped on drop.
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 #[serde(deny_unknown_fields)]
-struct HistoryRecord {
+pub(super) struct HistoryRecord {
     #[serde(with = "super::packed")]
     features: Vec<f32>,
     at: i64,
@@ -77,7 +157,8 @@ struct HistoryRecord {
 pub struct RiskLogEntry {
     pub rid: String,
     pub at: i64,
-    /// Hex of the user's blind index (never the user id).
+    /// Hex of the user's blind index (never the user id). Rotation rewrites it to the new
+    /// index for enrolled users; for ids that never enrolled it keeps the old one.
     pub user: String,
     pub decision: String,
     pub score: f64,
@@ -104,56 +185,299 @@ pub struct TableCounts {
     pub risk_logs: usize,
 }
 
+/// A user as the vault looks them up: the blind index under every key of the keyring,
+/// current first (during a rotation a record may still sit under an old index).
+pub struct UserRef {
+    indexes: Vec<UserIndex>,
+}
+
+impl UserRef {
+    /// The index new records are written under.
+    pub fn current(&self) -> &UserIndex {
+        &self.indexes[0]
+    }
+}
+
 pub struct Vault {
-    store: Arc<dyn Store>,
-    keys: TableKeys,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) keyring: Keyring,
+    pub(super) registry: Mutex<Registry>,
     group_commit: GroupCommit,
 }
 
+fn canary_key(id: KeyId) -> Vec<u8> {
+    format!("{CANARY_PREFIX}{id}").into_bytes()
+}
+
 impl Vault {
-    /// Opens (or initialises, when empty) the database under `master`. Refuses a master key
-    /// that did not create the database, and a database whose canary fails.
+    /// Opens (or initialises, when empty) the database with one master key and no previous
+    /// ones.
     pub fn open(store: Arc<dyn Store>, master: &MasterKey) -> Result<Self, VaultError> {
-        match store.get(Table::Meta, META_SALT)? {
-            Some(salt) => {
-                let salt: [u8; SALT_LEN] = salt.try_into().map_err(|_| {
-                    VaultError::Corrupt("the database salt has the wrong length".into())
-                })?;
-                let keys = TableKeys::derive(master, &salt)
-                    .map_err(|e| VaultError::Corrupt(e.to_string()))?;
-                let canary = store.get(Table::Meta, META_CANARY)?.ok_or_else(|| {
-                    VaultError::Corrupt("the database has a salt but no canary".into())
-                })?;
-                let database = record::key_id_of(&canary).map_err(|_| VaultError::CanaryFailed)?;
-                if database != keys.key_id() {
-                    return Err(VaultError::WrongMasterKey {
-                        database,
-                        supplied: keys.key_id(),
-                    });
-                }
-                let plain = record::open(
-                    keys.cipher(Table::Meta),
-                    keys.key_id(),
-                    Table::Meta,
-                    META_CANARY,
-                    &canary,
-                )
-                .map_err(|_| VaultError::CanaryFailed)?;
-                if plain.as_slice() != CANARY_PLAINTEXT {
-                    return Err(VaultError::CanaryFailed);
-                }
-                Ok(Self::new(store, keys))
-            }
-            None => Self::initialise(store, master),
-        }
+        Self::open_keyring(store, master, &[], OpenMode::Write)
     }
 
-    /// Creates the salt and canary of a new database. The canary is written first and the
-    /// salt last: a database with a salt always has its canary, and a start interrupted
-    /// between the two leaves only a canary, which the next start overwrites.
-    fn initialise(store: Arc<dyn Store>, master: &MasterKey) -> Result<Self, VaultError> {
-        let data_tables = Table::ALL.iter().filter(|t| **t != Table::Meta);
-        if let Some(table) = data_tables.into_iter().find(|t| store.len(**t) > 0) {
+    /// Opens the database with the current master key and previous (decrypt-only) ones, and
+    /// checks them against the key registry, failing closed:
+    /// - a current key the database does not know is accepted only when a previous key is
+    ///   the registered active key: that starts a rotation to it (in [`OpenMode::Write`]);
+    /// - a retired key, an unregistered previous key, or a failing canary is refused;
+    /// - so is any record sealed under a key that is retired, unknown, or not supplied.
+    pub fn open_keyring(
+        store: Arc<dyn Store>,
+        current: &MasterKey,
+        previous: &[MasterKey],
+        mode: OpenMode,
+    ) -> Result<Self, VaultError> {
+        let now = unix_now();
+        let Some(salt) = store.get(Table::Meta, META_SALT)? else {
+            if !previous.is_empty() {
+                return Err(VaultError::PreviousKeyOnNewDatabase);
+            }
+            if mode == OpenMode::Inspect {
+                return Err(VaultError::Refused(
+                    "the database is empty: nothing to inspect".into(),
+                ));
+            }
+            return Self::initialise(store, current, now);
+        };
+        let salt: [u8; SALT_LEN] = salt
+            .try_into()
+            .map_err(|_| VaultError::Corrupt("the database salt has the wrong length".into()))?;
+        let derive = |master: &MasterKey| {
+            TableKeys::derive(master, &salt).map_err(|e| VaultError::Corrupt(e.to_string()))
+        };
+        let keyring = Keyring::new(
+            derive(current)?,
+            previous.iter().map(derive).collect::<Result<_, _>>()?,
+        );
+        let current_id = keyring.current().key_id();
+        if previous.iter().any(|p| p.key_id() == current_id) {
+            return Err(VaultError::Refused(format!(
+                "key {current_id} is both DB_MASTER_KEY and in DB_MASTER_KEY_PREVIOUS: list it once"
+            )));
+        }
+
+        let (mut registry, legacy) = Self::load_registry(&*store, &keyring, current_id)?;
+        let mut changed = legacy;
+        let mut unregistered_current = false;
+        for keys in keyring.all() {
+            let id = keys.key_id();
+            match registry.state(id) {
+                Some(KeyState::Retired) => return Err(VaultError::RetiredKey(id)),
+                None if id != current_id => return Err(VaultError::UnknownPreviousKey(id)),
+                _ => {}
+            }
+        }
+        match registry.state(current_id) {
+            Some(KeyState::Active) => {}
+            Some(KeyState::DecryptOnly) => {
+                return Err(VaultError::ReplacedKey {
+                    supplied: current_id,
+                    active: registry.active().unwrap_or(current_id),
+                });
+            }
+            Some(KeyState::Retired) => return Err(VaultError::RetiredKey(current_id)),
+            None => {
+                let active = registry.active().ok_or_else(|| {
+                    VaultError::Corrupt("the key registry has no active key".into())
+                })?;
+                if keyring.get(active).is_none() {
+                    return Err(VaultError::WrongMasterKey {
+                        database: active,
+                        supplied: current_id,
+                    });
+                }
+                // Inspecting (e.g. `db rotate --dry-run`) shows what a rotation to this key
+                // would do without registering it.
+                if mode == OpenMode::Inspect {
+                    unregistered_current = true;
+                } else {
+                    registry.set_state(active, KeyState::DecryptOnly, now);
+                    registry.set_state(current_id, KeyState::Active, now);
+                    registry.rotation = Some(Rotation {
+                        to: current_id.to_string(),
+                        started_at: now,
+                        counts_at_start: BTreeMap::new(),
+                        cursor: BTreeMap::new(),
+                        moved: 0,
+                        completed_at: None,
+                        verified_at: None,
+                    });
+                    changed = true;
+                }
+            }
+        }
+        for keys in keyring.all() {
+            // A key registered just now has no canary yet: it is written below.
+            let new_here = keys.key_id() == current_id && (changed || unregistered_current);
+            if !new_here {
+                Self::check_canary(&*store, keys)?;
+            }
+        }
+        let vault = Self {
+            store,
+            keyring,
+            registry: Mutex::new(registry),
+            group_commit: GroupCommit::default(),
+        };
+        let by_key = vault.counts_by_key()?;
+        vault.check_records_have_keys(&by_key)?;
+        if changed && mode == OpenMode::Write {
+            vault.write_canary(vault.keyring.current())?;
+            let starting = {
+                let mut registry = vault.registry();
+                match registry.rotation.as_mut() {
+                    Some(rotation) if rotation.counts_at_start.is_empty() => {
+                        rotation.counts_at_start = table_totals(&by_key);
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            vault.save_registry()?;
+            if legacy {
+                vault.store.remove(Table::Meta, META_LEGACY_CANARY)?;
+            }
+            vault.store.flush()?;
+            if starting {
+                let from: Vec<String> = vault
+                    .keyring
+                    .ids()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                audit::append(
+                    &*vault.store,
+                    now,
+                    "rotation_started",
+                    from,
+                    table_totals(&by_key),
+                )?;
+                vault.store.flush()?;
+            }
+        }
+        Ok(vault)
+    }
+
+    /// The registry, or for a database created before it, one made from the legacy canary
+    /// (its key becomes the active key). Returns whether it is such a new one.
+    fn load_registry(
+        store: &dyn Store,
+        keyring: &Keyring,
+        current: KeyId,
+    ) -> Result<(Registry, bool), VaultError> {
+        if let Some(sealed) = store.get(Table::Meta, META_REGISTRY)? {
+            let sealer = record::key_id_of(&sealed)
+                .map_err(|e| VaultError::Corrupt(format!("key registry: {e}")))?;
+            let Some(keys) = keyring.get(sealer) else {
+                return Err(VaultError::WrongMasterKey {
+                    database: sealer,
+                    supplied: current,
+                });
+            };
+            let plain = record::open(
+                keys.cipher(Table::Meta),
+                sealer,
+                Table::Meta,
+                META_REGISTRY,
+                &sealed,
+            )
+            .map_err(|_| VaultError::CanaryFailed(sealer))?;
+            let registry = serde_json::from_slice(&plain)
+                .map_err(|e| VaultError::Corrupt(format!("key registry: {e}")))?;
+            return Ok((registry, false));
+        }
+        let canary = store
+            .get(Table::Meta, META_LEGACY_CANARY)?
+            .ok_or_else(|| VaultError::Corrupt("the database has a salt but no canary".into()))?;
+        let id = record::key_id_of(&canary).map_err(|_| VaultError::CanaryFailed(current))?;
+        let Some(keys) = keyring.get(id) else {
+            return Err(VaultError::WrongMasterKey {
+                database: id,
+                supplied: current,
+            });
+        };
+        let plain = record::open(
+            keys.cipher(Table::Meta),
+            id,
+            Table::Meta,
+            META_LEGACY_CANARY,
+            &canary,
+        )
+        .map_err(|_| VaultError::CanaryFailed(id))?;
+        if plain.as_slice() != CANARY_PLAINTEXT {
+            return Err(VaultError::CanaryFailed(id));
+        }
+        // Registered now, with a per-key canary written when the registry is saved.
+        store.insert(
+            Table::Meta,
+            &canary_key(id),
+            seal_canary(keys, &canary_key(id))?,
+        )?;
+        Ok((Registry::new(id, unix_now()), true))
+    }
+
+    fn check_canary(store: &dyn Store, keys: &TableKeys) -> Result<(), VaultError> {
+        let id = keys.key_id();
+        let key = canary_key(id);
+        let sealed = store
+            .get(Table::Meta, &key)?
+            .ok_or(VaultError::CanaryFailed(id))?;
+        let plain = record::open(keys.cipher(Table::Meta), id, Table::Meta, &key, &sealed)
+            .map_err(|_| VaultError::CanaryFailed(id))?;
+        if plain.as_slice() != CANARY_PLAINTEXT {
+            return Err(VaultError::CanaryFailed(id));
+        }
+        Ok(())
+    }
+
+    fn write_canary(&self, keys: &TableKeys) -> Result<(), VaultError> {
+        let key = canary_key(keys.key_id());
+        self.store
+            .insert(Table::Meta, &key, seal_canary(keys, &key)?)?;
+        Ok(())
+    }
+
+    /// Refuses to go on while a data record names a key that is retired, unknown, or not
+    /// supplied.
+    fn check_records_have_keys(
+        &self,
+        by_key: &BTreeMap<(Table, KeyId), u64>,
+    ) -> Result<(), VaultError> {
+        let registry = self.registry();
+        for (&(table, key), &count) in by_key {
+            if self.keyring.get(key).is_some() {
+                continue;
+            }
+            let table = table.name();
+            return Err(match registry.state(key) {
+                Some(KeyState::Retired) => VaultError::RecordsUnderRetiredKey { table, key, count },
+                None => VaultError::RecordsUnderUnknownKey { table, key, count },
+                Some(_) => VaultError::RecordsUnderMissingKey { table, key, count },
+            });
+        }
+        Ok(())
+    }
+
+    /// Records of each data table per master key id named in their headers (no decryption).
+    pub fn counts_by_key(&self) -> Result<BTreeMap<(Table, KeyId), u64>, VaultError> {
+        let mut counts = BTreeMap::new();
+        for table in Table::DATA {
+            self.store.visit(table, &mut |_, value| {
+                let id = record::key_id_of(value)
+                    .map_err(|e| StoreError::Aborted(format!("{}: {e}", table.name())))?;
+                *counts.entry((table, id)).or_insert(0) += 1;
+                Ok(())
+            })?;
+        }
+        Ok(counts)
+    }
+
+    /// Creates a new database: the active key's canary, the registry, then the salt last. A
+    /// database with a salt always has the rest; a start interrupted before the salt leaves
+    /// only meta records, which the next start overwrites.
+    fn initialise(store: Arc<dyn Store>, master: &MasterKey, now: i64) -> Result<Self, VaultError> {
+        if let Some(table) = Table::DATA.iter().find(|t| store.len(**t) > 0) {
             return Err(VaultError::Corrupt(format!(
                 "table {} holds records but the database has no salt",
                 table.name()
@@ -163,45 +487,64 @@ impl Vault {
             random_array().map_err(|e| VaultError::Corrupt(e.to_string()))?;
         let keys =
             TableKeys::derive(master, &salt).map_err(|e| VaultError::Corrupt(e.to_string()))?;
-        let canary = record::seal(
-            keys.cipher(Table::Meta),
-            keys.key_id(),
-            Table::Meta,
-            META_CANARY,
-            Zeroizing::new(CANARY_PLAINTEXT.to_vec()),
-        )
-        .map_err(|source| VaultError::Record {
-            table: "meta",
-            source,
-        })?;
-        store.insert(Table::Meta, META_CANARY, canary)?;
-        store.flush()?;
-        if !store.compare_and_swap(Table::Meta, META_SALT, None, salt.to_vec())? {
+        let id = keys.key_id();
+        let vault = Self {
+            store,
+            keyring: Keyring::new(keys, Vec::new()),
+            registry: Mutex::new(Registry::new(id, now)),
+            group_commit: GroupCommit::default(),
+        };
+        vault.write_canary(vault.keyring.current())?;
+        vault.save_registry()?;
+        vault.store.flush()?;
+        if !vault
+            .store
+            .compare_and_swap(Table::Meta, META_SALT, None, Some(salt.to_vec()))?
+        {
             return Err(VaultError::Corrupt(
                 "another process initialised the database at the same time".into(),
             ));
         }
-        store.flush()?;
-        Ok(Self::new(store, keys))
+        vault.store.flush()?;
+        Ok(vault)
     }
 
-    fn new(store: Arc<dyn Store>, keys: TableKeys) -> Self {
-        Self {
-            store,
-            keys,
-            group_commit: GroupCommit::default(),
-        }
+    pub(super) fn registry(&self) -> MutexGuard<'_, Registry> {
+        // Every change to the registry is completed before the guard drops.
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Seals the registry under the current key. Not durable until flushed.
+    pub(super) fn save_registry(&self) -> Result<(), VaultError> {
+        let registry = self.registry().clone();
+        let sealed = self.seal_value(Table::Meta, META_REGISTRY, &registry)?;
+        self.store.insert(Table::Meta, META_REGISTRY, sealed)?;
+        Ok(())
+    }
+
+    /// A copy of the key registry (ids, states, rotation progress).
+    pub fn registry_snapshot(&self) -> Registry {
+        self.registry().clone()
     }
 
     pub fn key_id(&self) -> KeyId {
-        self.keys.key_id()
+        self.keyring.current().key_id()
     }
 
-    pub fn user_index(&self, user_id: &str) -> UserIndex {
-        self.keys.blind_index(user_id)
+    /// The user's blind index under every key held, current first.
+    pub fn user(&self, user_id: &str) -> UserRef {
+        UserRef {
+            indexes: self
+                .keyring
+                .all()
+                .map(|keys| keys.blind_index(user_id))
+                .collect(),
+        }
     }
 
-    fn seal_value<T: Serialize>(
+    pub(super) fn seal_value<T: Serialize>(
         &self,
         table: Table,
         key: &[u8],
@@ -210,43 +553,57 @@ impl Vault {
         let plain = Zeroizing::new(
             serde_json::to_vec(value).map_err(|e| StoreError::Aborted(e.to_string()))?,
         );
-        record::seal(
-            self.keys.cipher(table),
-            self.keys.key_id(),
-            table,
-            key,
-            plain,
-        )
-        .map_err(|e| StoreError::Aborted(format!("{}: {e}", table.name())))
+        let current = self.keyring.current();
+        record::seal(current.cipher(table), current.key_id(), table, key, plain)
+            .map_err(|e| StoreError::Aborted(format!("{}: {e}", table.name())))
     }
 
-    fn unseal<T: for<'de> Deserialize<'de>>(
+    /// Opens a record with the key its header names, if the keyring holds it.
+    pub(super) fn unseal<T: for<'de> Deserialize<'de>>(
         &self,
         table: Table,
         key: &[u8],
         sealed: &[u8],
     ) -> Result<T, VaultError> {
-        let plain = record::open(
-            self.keys.cipher(table),
-            self.keys.key_id(),
-            table,
-            key,
-            sealed,
-        )
-        .map_err(|source| VaultError::Record {
+        let error = |source| VaultError::Record {
             table: table.name(),
             source,
-        })?;
+        };
+        let id = record::key_id_of(sealed).map_err(error)?;
+        let keys = self.keyring.get(id).ok_or(error(RecordError::WrongKey {
+            found: id,
+            expected: self.key_id(),
+        }))?;
+        let plain = record::open(keys.cipher(table), id, table, key, sealed).map_err(error)?;
         serde_json::from_slice(&plain)
             .map_err(|e| VaultError::Corrupt(format!("{} record: {e}", table.name())))
     }
 
-    /// The user's templates (unit vectors); empty when not enrolled.
-    pub fn templates(&self, user: &UserIndex) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
-        let Some(sealed) = self.store.get(Table::UserData, user)? else {
+    /// Where the user's record is: (its index, its sealed bytes), current index first.
+    fn find_user(&self, user: &UserRef) -> Result<Option<(UserIndex, Vec<u8>)>, VaultError> {
+        for index in &user.indexes {
+            if let Some(sealed) = self.store.get(Table::UserData, index)? {
+                return Ok(Some((*index, sealed)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The user's templates (unit vectors); empty when not enrolled. A record from before
+    /// user ids were sealed in it is upgraded on the way (once), so that a later key
+    /// rotation can re-index it. Not durable until [`Vault::flush`].
+    pub fn templates(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+    ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
+        let Some((index, sealed)) = self.find_user(user)? else {
             return Ok(Vec::new());
         };
-        let mut record: UserRecord = self.unseal(Table::UserData, user, &sealed)?;
+        let mut record: UserRecord = self.unseal(Table::UserData, &index, &sealed)?;
+        if record.user_id.is_empty() {
+            self.update_user(user, user_id, &|_| Ok(()))?;
+        }
         Ok(record
             .templates
             .iter_mut()
@@ -254,22 +611,17 @@ impl Vault {
             .collect())
     }
 
-    /// Adds a template atomically (a concurrent enrolment of the same user is never lost:
-    /// compare-and-swap, retried on conflict) and returns the user's template count. Not
-    /// durable until [`Vault::flush`].
+    /// Adds a template and returns the user's template count. Not durable until
+    /// [`Vault::flush`].
     pub fn enrol(
         &self,
-        user: &UserIndex,
+        user: &UserRef,
+        user_id: &str,
         template: &[f32],
         now: i64,
         max_templates: usize,
     ) -> Result<usize, VaultError> {
-        loop {
-            let current = self.store.get(Table::UserData, user)?;
-            let mut record: UserRecord = match &current {
-                Some(sealed) => self.unseal(Table::UserData, user, sealed)?,
-                None => UserRecord::default(),
-            };
+        self.update_user(user, user_id, &|record| {
             if record.templates.len() >= max_templates {
                 return Err(VaultError::TemplateLimit(max_templates));
             }
@@ -277,14 +629,77 @@ impl Vault {
                 features: template.to_vec(),
                 enrolled_at: now,
             });
-            let sealed = self.seal_value(Table::UserData, user, &record)?;
-            if self
-                .store
-                .compare_and_swap(Table::UserData, user, current.as_deref(), sealed)?
-            {
-                return Ok(record.templates.len());
+            Ok(())
+        })
+    }
+
+    /// Read-modify-write of a user's record, atomic per user: a compare-and-swap, retried
+    /// when a concurrent enrolment (or the rotation moving this user) got there first, so
+    /// no update is lost. A record still under an old key's index moves to the current
+    /// index on the way. Returns the template count.
+    fn update_user(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+        change: &dyn Fn(&mut UserRecord) -> Result<(), VaultError>,
+    ) -> Result<usize, VaultError> {
+        let target = *user.current();
+        loop {
+            let found = self.find_user(user)?;
+            let mut record: UserRecord = match &found {
+                Some((index, sealed)) => self.unseal(Table::UserData, index, sealed)?,
+                None => UserRecord::default(),
+            };
+            change(&mut record)?;
+            record.user_id = user_id.to_owned();
+            let sealed = self.seal_value(Table::UserData, &target, &record)?;
+            let count = record.templates.len();
+            match found {
+                Some((index, old)) if index != target => {
+                    // Moving to the current index: create it, then remove the old copy.
+                    self.map_index(&index, &target)?;
+                    if self
+                        .store
+                        .compare_and_swap(Table::UserData, &target, None, Some(sealed))?
+                    {
+                        self.store
+                            .compare_and_swap(Table::UserData, &index, Some(&old), None)?;
+                        return Ok(count);
+                    }
+                }
+                found => {
+                    let expected = found.as_ref().map(|(_, old)| old.as_slice());
+                    if self.store.compare_and_swap(
+                        Table::UserData,
+                        &target,
+                        expected,
+                        Some(sealed),
+                    )? {
+                        return Ok(count);
+                    }
+                }
             }
         }
+    }
+
+    /// Records that the user at `old` is now at `new` (for history and logs still under the
+    /// old index).
+    pub(super) fn map_index(&self, old: &UserIndex, new: &UserIndex) -> Result<(), VaultError> {
+        let key = [INDEX_MAP_PREFIX, old.as_slice()].concat();
+        let sealed = self.seal_value(Table::Meta, &key, &new.to_vec())?;
+        self.store.insert(Table::Meta, &key, sealed)?;
+        Ok(())
+    }
+
+    pub(super) fn mapped_index(&self, old: &[u8]) -> Result<Option<UserIndex>, VaultError> {
+        let key = [INDEX_MAP_PREFIX, old].concat();
+        let Some(sealed) = self.store.get(Table::Meta, &key)? else {
+            return Ok(None);
+        };
+        let new: Vec<u8> = self.unseal(Table::Meta, &key, &sealed)?;
+        new.try_into()
+            .map(Some)
+            .map_err(|_| VaultError::Corrupt("an index map entry has the wrong length".into()))
     }
 
     /// Appends the risk log and, for an accepted probe, a history entry. The log is written
@@ -319,8 +734,8 @@ impl Vault {
         Ok(self.group_commit.commit(|| self.store.flush())?)
     }
 
-    /// Decrypts every record of every table and counts them; fails on the first record that
-    /// does not open.
+    /// Decrypts every record of every data table and counts them; fails on the first record
+    /// that does not open.
     pub fn verify_all(&self) -> Result<TableCounts, VaultError> {
         let mut counts = TableCounts::default();
         for (key, sealed) in self.store.scan(Table::UserData)? {
@@ -346,6 +761,32 @@ impl Vault {
             .map(|(key, sealed)| self.unseal(Table::RiskLogs, &key, &sealed))
             .collect()
     }
+}
+
+fn seal_canary(keys: &TableKeys, key: &[u8]) -> Result<Vec<u8>, VaultError> {
+    record::seal(
+        keys.cipher(Table::Meta),
+        keys.key_id(),
+        Table::Meta,
+        key,
+        Zeroizing::new(CANARY_PLAINTEXT.to_vec()),
+    )
+    .map_err(|source| VaultError::Record {
+        table: "meta",
+        source,
+    })
+}
+
+/// Per data table name: records under any key.
+pub(super) fn table_totals(by_key: &BTreeMap<(Table, KeyId), u64>) -> BTreeMap<String, u64> {
+    let mut totals: BTreeMap<String, u64> = Table::DATA
+        .iter()
+        .map(|t| (t.name().to_owned(), 0))
+        .collect();
+    for (&(table, _), &count) in by_key {
+        *totals.entry(table.name().to_owned()).or_default() += count;
+    }
+    totals
 }
 
 #[cfg(test)]
@@ -382,15 +823,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let vault = open_at(dir.path(), 1).unwrap();
-            let user = vault.user_index("alice");
-            assert_eq!(vault.enrol(&user, &[0.6, 0.8], 1, 5).unwrap(), 1);
-            assert_eq!(vault.enrol(&user, &[0.8, 0.6], 2, 5).unwrap(), 2);
-            vault.record_assessment(&user, &log("r1"), true).unwrap();
+            let user = vault.user("alice");
+            assert_eq!(vault.enrol(&user, "alice", &[0.6, 0.8], 1, 5).unwrap(), 1);
+            assert_eq!(vault.enrol(&user, "alice", &[0.8, 0.6], 2, 5).unwrap(), 2);
+            vault
+                .record_assessment(user.current(), &log("r1"), true)
+                .unwrap();
             vault.flush().unwrap();
         }
         let vault = open_at(dir.path(), 1).unwrap();
-        let user = vault.user_index("alice");
-        let templates = vault.templates(&user).unwrap();
+        let user = vault.user("alice");
+        let templates = vault.templates(&user, "alice").unwrap();
         assert_eq!(templates.len(), 2);
         assert_eq!(&templates[1][..], &[0.8, 0.6]);
         assert_eq!(
@@ -419,13 +862,16 @@ mod tests {
     fn concurrent_enrolments_of_one_user_are_all_kept() {
         let dir = tempfile::tempdir().unwrap();
         let vault = Arc::new(open_at(dir.path(), 1).unwrap());
-        let user = vault.user_index("dave");
+        let user = vault.user("dave");
         let handles: Vec<_> = (0..8)
             .map(|i| {
                 let vault = vault.clone();
                 std::thread::spawn(move || {
+                    let user = vault.user("dave");
                     for j in 0..10 {
-                        vault.enrol(&user, &[i as f32, j as f32], 1, 100).unwrap();
+                        vault
+                            .enrol(&user, "dave", &[i as f32, j as f32], 1, 100)
+                            .unwrap();
                     }
                 })
             })
@@ -433,7 +879,7 @@ mod tests {
         for handle in handles {
             handle.join().unwrap();
         }
-        let templates = vault.templates(&user).unwrap();
+        let templates = vault.templates(&user, "dave").unwrap();
         assert_eq!(templates.len(), 80);
         let mut seen: Vec<(u32, u32)> = templates
             .iter()
@@ -450,13 +896,13 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             store
-                .insert(Table::Meta, META_CANARY, b"left over".to_vec())
+                .insert(Table::Meta, META_LEGACY_CANARY, b"left over".to_vec())
                 .unwrap();
             store.flush().unwrap();
         }
         let vault = open_at(dir.path(), 1).unwrap();
-        let user = vault.user_index("erin");
-        vault.enrol(&user, &[1.0, 0.0], 1, 5).unwrap();
+        let user = vault.user("erin");
+        vault.enrol(&user, "erin", &[1.0, 0.0], 1, 5).unwrap();
         vault.flush().unwrap();
         drop(vault);
         assert_eq!(
@@ -485,21 +931,23 @@ mod tests {
     fn template_limit_is_enforced() {
         let dir = tempfile::tempdir().unwrap();
         let vault = open_at(dir.path(), 1).unwrap();
-        let user = vault.user_index("bob");
-        vault.enrol(&user, &[1.0, 0.0], 1, 1).unwrap();
+        let user = vault.user("bob");
+        vault.enrol(&user, "bob", &[1.0, 0.0], 1, 1).unwrap();
         assert!(matches!(
-            vault.enrol(&user, &[1.0, 0.0], 1, 1),
+            vault.enrol(&user, "bob", &[1.0, 0.0], 1, 1),
             Err(VaultError::TemplateLimit(1))
         ));
-        assert_eq!(vault.templates(&user).unwrap().len(), 1);
+        assert_eq!(vault.templates(&user, "bob").unwrap().len(), 1);
     }
 
     #[test]
     fn stored_bytes_hold_no_user_id_or_features() {
         let dir = tempfile::tempdir().unwrap();
         let vault = open_at(dir.path(), 1).unwrap();
-        let user = vault.user_index("carol-the-user");
-        vault.enrol(&user, &[0.6, 0.8], 1, 5).unwrap();
+        let user = vault.user("carol-the-user");
+        vault
+            .enrol(&user, "carol-the-user", &[0.6, 0.8], 1, 5)
+            .unwrap();
         vault.flush().unwrap();
         drop(vault);
         let store = SledStore::open(dir.path()).unwrap();
