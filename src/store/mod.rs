@@ -71,6 +71,9 @@ pub enum StoreError {
 /// One stored record: (key, value).
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// Called with each (key, value) of a table by [`Store::visit`]; an error stops the walk.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
 /// A durable key-value store with one namespace per [`Table`].
 ///
 /// Writes are atomic per key; there are deliberately no multi-key transactions. On sled,
@@ -105,11 +108,7 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError>;
     /// Calls `visit` on every record in key order without collecting them.
-    fn visit(
-        &self,
-        table: Table,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+    fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError>;
     /// The record with the greatest key.
     fn last(&self, table: Table) -> Result<Option<KeyValue>, StoreError>;
     fn len(&self, table: Table) -> usize;

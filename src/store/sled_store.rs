@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{KeyValue, Store, StoreError, Table};
+use super::{KeyValue, Store, StoreError, Table, Visitor};
 
 pub struct SledStore {
     db: sled::Db,
@@ -98,11 +98,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn visit(
-        &self,
-        table: Table,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError> {
         for kv in self.tree(table).iter() {
             let (key, value) = kv.map_err(backend)?;
             visit(&key, &value)?;
