@@ -44,7 +44,24 @@ impl TestServer {
         master_key: Option<&str>,
         extra: &[&str],
     ) -> Result<Self, (Option<ExitStatus>, String)> {
-        let stderr_log = data_dir.with_extension("stderr.log");
+        Self::try_start_env(data_dir, keys_dir, master_key, extra, &[])
+    }
+
+    /// [`TestServer::try_start`] with more environment variables.
+    pub fn try_start_env(
+        data_dir: &Path,
+        keys_dir: &Path,
+        master_key: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, (Option<ExitStatus>, String)> {
+        let stderr_log = data_dir.with_extension(format!(
+            "{}.stderr.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
         let mut command = Command::new(env!("CARGO_BIN_EXE_tee-risk"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -55,6 +72,9 @@ impl TestServer {
             .env_remove("DB_MASTER_KEY")
             .env_remove("TEE_RISK_DEV")
             .env_remove("TEE_RISK_CONFIG")
+            .env_remove("DB_MASTER_KEY_PREVIOUS")
+            .env_remove("TEE_RISK_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap());

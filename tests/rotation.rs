@@ -1,0 +1,503 @@
+//! Master-key rotation against the real binary: online under load with 100,000 records,
+//! SIGKILL at random points during rotation, and the operator commands with their exit codes.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, dev_dataset};
+use serde_json::Value;
+use tee_risk::client::{Client, FeatureRequest};
+use tee_risk::store::keys::MasterKey;
+use tee_risk::store::vault::RiskLogEntry;
+use tee_risk::store::{OpenMode, SledStore, Store, Table, Vault};
+
+const OLD_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const NEW_KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const ADMIN_TOKEN: &str = "operator-token-for-tests";
+
+fn key_id(hex: &str) -> String {
+    MasterKey::from_hex(hex).unwrap().key_id().to_string()
+}
+
+fn open(data: &Path, current: &str, previous: &[&str]) -> Vault {
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("db")).unwrap());
+    let previous: Vec<MasterKey> = previous
+        .iter()
+        .map(|k| MasterKey::from_hex(k).unwrap())
+        .collect();
+    Vault::open_keyring(
+        store,
+        &MasterKey::from_hex(current).unwrap(),
+        &previous,
+        OpenMode::Write,
+    )
+    .unwrap()
+}
+
+/// `users` users with one real dev-set template each, then accepted assessments (a risk
+/// log and a history entry each) until the data tables hold `records` records.
+fn seed(data: &Path, users: usize, records: usize) -> Vec<(String, Vec<f32>)> {
+    let faces = dev_dataset();
+    let vault = open(data, OLD_KEY, &[]);
+    let people: Vec<(String, Vec<f32>)> = (0..users)
+        .map(|i| {
+            let features = faces.samples[i % faces.samples.len()].embedding.clone();
+            (format!("user-{i}"), features)
+        })
+        .collect();
+    for (id, features) in &people {
+        vault.enrol(&vault.user(id), id, features, 1, 5).unwrap();
+    }
+    for n in 0..(records - users) / 2 {
+        let (id, features) = &people[n % users];
+        let user = vault.user(id);
+        let log = RiskLogEntry {
+            rid: format!("seed-{n}"),
+            at: 1,
+            user: hex::encode(user.current()),
+            decision: "allow".into(),
+            score: 0.0,
+            reasons: vec![],
+            model: "seed".into(),
+            features: features.clone(),
+            liveness: None,
+            device_id: None,
+        };
+        vault.record_assessment(user.current(), &log, true).unwrap();
+    }
+    vault.flush().unwrap();
+    people
+}
+
+fn start(data: &Path, previous: Option<&str>) -> TestServer {
+    let mut env = vec![("TEE_RISK_ADMIN_TOKEN", ADMIN_TOKEN)];
+    if let Some(previous) = previous {
+        env.push(("DB_MASTER_KEY_PREVIOUS", previous));
+    }
+    TestServer::try_start_env(data, &data.join("../keys"), Some(NEW_KEY), &[], &env)
+        .unwrap_or_else(|(status, log)| panic!("server did not start ({status:?}):\n{log}"))
+}
+
+fn status(server: &TestServer) -> Value {
+    let text = ureq::get(format!("{}/admin/db/status", server.url))
+        .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn db(data: &Path, args: &[&str], current: &str, previous: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tee-risk"));
+    command
+        .arg("db")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env("DB_MASTER_KEY", current)
+        .env_remove("DB_MASTER_KEY_PREVIOUS")
+        .env_remove("TEE_RISK_CONFIG")
+        .env("RUST_LOG", "warn");
+    if let Some(previous) = previous {
+        command.env("DB_MASTER_KEY_PREVIOUS", previous);
+    }
+    command.output().unwrap()
+}
+
+fn stdout_json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "not JSON: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Every record decrypts under the new key alone; counts per table.
+fn counts_under_new_key(data: &Path) -> (usize, usize, usize) {
+    let vault = open(data, NEW_KEY, &[]);
+    let counts = vault.verify_all().unwrap();
+    (counts.user_data, counts.feature_history, counts.risk_logs)
+}
+
+#[test]
+fn online_rotation_of_100k_records_under_load_loses_nothing() {
+    const USERS: usize = 1_000;
+    const RECORDS: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let people = seed(&data, USERS, RECORDS);
+    let seeded_history = (RECORDS - USERS) / 2;
+
+    let server = start(&data, Some(OLD_KEY));
+    let keys = Client::fetch_keys(&server.url).unwrap().keys().clone();
+    let rotating = AtomicBool::new(true);
+    let started = Instant::now();
+    // Clients keep assessing seeded users and enrolling new ones until rotation completes.
+    let acknowledged: Vec<(String, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let (keys, people, rotating, url) = (&keys, &people, &rotating, &server.url);
+                scope.spawn(move || {
+                    let client = Client::with_keys(url, keys.clone());
+                    let mut acked = Vec::new();
+                    let mut i = 0;
+                    while rotating.load(Ordering::Relaxed) {
+                        let (path, user, features) = if i % 5 == 4 {
+                            let (_, f) = &people[(t * 7919 + i) % people.len()];
+                            ("/v1/enroll", format!("new-{t}-{i}"), f.clone())
+                        } else {
+                            let (id, f) = &people[(t * 7919 + i) % people.len()];
+                            ("/v1/assess", id.clone(), f.clone())
+                        };
+                        let request = FeatureRequest {
+                            user_id: user.clone(),
+                            features,
+                            liveness: Some(0.9),
+                            device_id: None,
+                        };
+                        let answer = client.send(path, &request).unwrap();
+                        acked.push((answer["op"].as_str().unwrap().to_owned(), {
+                            if path == "/v1/enroll" {
+                                user
+                            } else {
+                                assert_eq!(answer["decision"], "allow");
+                                answer["rid"].as_str().unwrap().to_owned()
+                            }
+                        }));
+                        i += 1;
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let status = status(&server);
+            if !status["rotation"]["completed_at"].is_null() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rotation did not finish: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        rotating.store(false, Ordering::Relaxed);
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let final_status = status(&server);
+    assert!(server.stop().success());
+
+    let assessed: Vec<&String> = acknowledged
+        .iter()
+        .filter(|(op, _)| op == "assess")
+        .map(|(_, rid)| rid)
+        .collect();
+    let enrolled = acknowledged.len() - assessed.len();
+    assert!(
+        !assessed.is_empty() && enrolled > 0,
+        "requests ran during rotation"
+    );
+    println!(
+        "rotated {RECORDS} records in {seconds:.1} s ({:.0} records/s) while answering {} \
+         requests",
+        RECORDS as f64 / seconds,
+        acknowledged.len()
+    );
+
+    // Nothing lost, nothing left under the old key: the new key alone opens every record.
+    let (user_data, history, logs) = counts_under_new_key(&data);
+    assert_eq!(user_data, USERS + enrolled);
+    assert_eq!(history, seeded_history + assessed.len());
+    assert_eq!(logs, seeded_history + assessed.len());
+    let vault = open(&data, NEW_KEY, &[]);
+    let logged: HashSet<String> = vault
+        .risk_logs()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.rid.clone())
+        .collect();
+    for rid in &assessed {
+        assert!(logged.contains(*rid), "acknowledged assessment {rid} lost");
+    }
+    for (op, user) in &acknowledged {
+        if op == "enroll" {
+            assert_eq!(vault.templates(&vault.user(user), user).unwrap().len(), 1);
+        }
+    }
+    for (id, features) in people.iter().step_by(97) {
+        let templates = vault.templates(&vault.user(id), id).unwrap();
+        assert_eq!(&templates[0][..], &features[..], "{id} re-indexed");
+    }
+    let at_start = &final_status["rotation"]["counts_at_start"];
+    assert_eq!(at_start["risk_logs"], seeded_history);
+    drop(vault);
+
+    // Operator steps: verify, retire, and the retired key is refused from then on.
+    let verify = db(&data, &["verify"], NEW_KEY, None);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert_eq!(stdout_json(&verify)["under_old_keys"], 0);
+    let retire = db(
+        &data,
+        &["retire-key", &key_id(OLD_KEY)],
+        NEW_KEY,
+        Some(OLD_KEY),
+    );
+    assert!(
+        retire.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retire.stderr)
+    );
+    let refused = TestServer::try_start_env(
+        &data,
+        &dir.path().join("keys"),
+        Some(NEW_KEY),
+        &[],
+        &[("DB_MASTER_KEY_PREVIOUS", OLD_KEY)],
+    )
+    .err()
+    .expect("a retired key is refused");
+    assert!(refused.1.contains("was retired"), "{}", refused.1);
+    let log = db(&data, &["verify-log"], NEW_KEY, None);
+    assert!(log.status.success());
+    assert!(String::from_utf8_lossy(&log.stdout).contains("audit log intact"));
+    let status = stdout_json(&db(&data, &["status"], NEW_KEY, None));
+    let states: BTreeMap<String, String> = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["id"].as_str().unwrap().to_owned(),
+                k["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(states[&key_id(OLD_KEY)], "retired");
+    assert_eq!(states[&key_id(NEW_KEY)], "active");
+}
+
+/// A small deterministic generator for kill delays (no extra dependency).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next_below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn sigkill_at_random_points_during_rotation_loses_and_duplicates_nothing() {
+    const USERS: usize = 6_000;
+    const RECORDS: usize = 60_000;
+    const KILLS: usize = 22;
+    const SWEEPS: [&str; 3] = ["user_data", "feature_history", "risk_logs"];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let people = seed(&data, USERS, RECORDS);
+    let seeded_history = (RECORDS - USERS) / 2;
+
+    let seed_value = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    println!("kill delays seeded with {seed_value}");
+    let mut random = Lcg(seed_value);
+    let mut kills_during_rotation = 0;
+    let mut tables_hit = HashSet::new();
+    let mut last_moved = 0;
+    // Kill until at least KILLS kills have landed mid-rotation, in every table's phase.
+    for _ in 0..KILLS * 6 {
+        if kills_during_rotation >= KILLS && SWEEPS.iter().all(|t| tables_hit.contains(t)) {
+            break;
+        }
+        let server = start(&data, Some(OLD_KEY));
+        // Anywhere in the first 85 ms of a run (startup included): the rotation moves
+        // about 25,000 records a second here, so dozens of kills land inside it.
+        let delay = 5 + random.next_below(80);
+        std::thread::sleep(Duration::from_millis(delay));
+        server.kill();
+        // Inspect the state the crash left: it must open, and progress never goes back.
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("db")).unwrap());
+        let vault = Vault::open_keyring(
+            store,
+            &MasterKey::from_hex(NEW_KEY).unwrap(),
+            &[MasterKey::from_hex(OLD_KEY).unwrap()],
+            OpenMode::Inspect,
+        )
+        .unwrap();
+        let Some(rotation) = vault.registry_snapshot().rotation else {
+            continue;
+        };
+        assert!(rotation.moved >= last_moved);
+        last_moved = rotation.moved;
+        if rotation.completed_at.is_some() {
+            break;
+        }
+        kills_during_rotation += 1;
+        // Tables are swept in order (users, then history, then logs), so the records moved
+        // so far tell which table's sweep the kill interrupted.
+        let phase = match rotation.moved as usize {
+            0 => "startup",
+            n if n < USERS => "user_data",
+            n if n < USERS + seeded_history => "feature_history",
+            _ => "risk_logs",
+        };
+        tables_hit.insert(phase);
+    }
+    println!(
+        "{kills_during_rotation} kills landed during the rotation (in {tables_hit:?}), \
+         {last_moved} records moved by the last"
+    );
+    assert!(
+        kills_during_rotation >= 20,
+        "too few kills landed mid-rotation"
+    );
+    for table in SWEEPS {
+        assert!(
+            tables_hit.contains(table),
+            "no kill during the {table} sweep"
+        );
+    }
+
+    let server = start(&data, Some(OLD_KEY));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while status(&server)["rotation"]["completed_at"].is_null() {
+        assert!(Instant::now() < deadline, "rotation did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(server.stop().success());
+
+    // Exact counts: nothing lost, nothing duplicated, everything under the new key.
+    assert_eq!(
+        counts_under_new_key(&data),
+        (USERS, seeded_history, seeded_history)
+    );
+    let vault = open(&data, NEW_KEY, &[]);
+    let store = SledStore::open(&data.join("db"));
+    assert!(store.is_err(), "the vault holds the lock");
+    for (id, features) in &people {
+        let templates = vault.templates(&vault.user(id), id).unwrap();
+        assert_eq!(templates.len(), 1, "{id}");
+        assert_eq!(&templates[0][..], &features[..]);
+    }
+    let rids: HashSet<String> = vault
+        .risk_logs()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.rid.clone())
+        .collect();
+    assert_eq!(rids.len(), seeded_history);
+    drop(vault);
+    let verify = db(&data, &["verify"], NEW_KEY, None);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[test]
+fn offline_commands_dry_run_rotate_verify_and_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    seed(&data, 10, 30);
+
+    let dry = db(&data, &["rotate", "--dry-run"], NEW_KEY, Some(OLD_KEY));
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let dry = stdout_json(&dry);
+    assert_eq!(dry["would_move"]["user_data"], 10);
+    assert_eq!(dry["would_move"]["feature_history"], 10);
+    assert_eq!(dry["would_move"]["risk_logs"], 10);
+    // The dry run registered nothing: the old key alone still opens the database.
+    let still_old = db(&data, &["status"], OLD_KEY, None);
+    assert!(still_old.status.success());
+
+    let retire_active = db(&data, &["retire-key", &key_id(OLD_KEY)], OLD_KEY, None);
+    assert_eq!(retire_active.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&retire_active.stderr).contains("active key"));
+
+    let rotate = db(&data, &["rotate"], NEW_KEY, Some(OLD_KEY));
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    assert_eq!(stdout_json(&rotate)["moved"], 30);
+    let again = db(&data, &["rotate"], NEW_KEY, Some(OLD_KEY));
+    assert_eq!(stdout_json(&again)["moved"], 0, "re-running is harmless");
+
+    let backup_dir = dir.path().join("backup");
+    let backup = db(
+        &data,
+        &["backup", backup_dir.to_str().unwrap()],
+        NEW_KEY,
+        None,
+    );
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    assert_eq!(stdout_json(&backup)["risk_logs"], 10);
+    let not_empty = db(
+        &data,
+        &["backup", backup_dir.to_str().unwrap()],
+        NEW_KEY,
+        None,
+    );
+    assert_eq!(not_empty.status.code(), Some(1));
+
+    // Tampering with the audit log is detected (exit 3).
+    {
+        let store = SledStore::open(&data.join("db")).unwrap();
+        let (key, value) = store.scan(Table::Audit).unwrap().remove(0);
+        let edited = String::from_utf8(value)
+            .unwrap()
+            .replace("rotation_started", "nothing_here");
+        store
+            .insert(Table::Audit, &key, edited.into_bytes())
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let log = db(&data, &["verify-log"], NEW_KEY, None);
+    assert_eq!(log.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&log.stderr).contains("audit entry 0 is broken"));
+
+    // A record removed behind the service's back: verify fails with exit 3.
+    {
+        let store = SledStore::open(&data.join("db")).unwrap();
+        let (key, _) = store.scan(Table::RiskLogs).unwrap().remove(0);
+        store.remove(Table::RiskLogs, &key).unwrap();
+        store.flush().unwrap();
+    }
+    let verify = db(&data, &["verify"], NEW_KEY, None);
+    assert_eq!(verify.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("fewer than the 10"));
+}
