@@ -140,6 +140,14 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
 
     let server = start(&data, Some(OLD_KEY));
     let keys = Client::fetch_keys(&server.url).unwrap().keys().clone();
+    let wrong_token = ureq::get(format!("{}/admin/db/status", server.url))
+        .header("Authorization", "Bearer not-the-token")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(wrong_token.status().as_u16(), 401);
     let rotating = AtomicBool::new(true);
     let started = Instant::now();
     // Clients keep assessing seeded users and enrolling new ones until rotation completes.

@@ -404,6 +404,18 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
         assert!(!metrics.contains(secret), "{secret} leaked into /metrics");
     }
 
+    let admin = ureq::get(format!("{}/admin/db/status", server.url))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(
+        admin.status().as_u16(),
+        404,
+        "operator endpoints are off without a token"
+    );
+
     server.kill();
     let vault = open_vault(&data, MASTER_KEY).unwrap();
     let logged: Vec<String> = vault
