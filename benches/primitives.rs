@@ -94,82 +94,88 @@ fn primitives(c: &mut Criterion) {
     });
 }
 
+/// Keys and one sealed request, as the service would hold and receive them.
+struct Fixture {
+    identity: IdentityKey,
+    decryption: DecryptionKey,
+    signer: ResponseSigner,
+    plaintext: Vec<u8>,
+    body: Vec<u8>,
+    envelope: RequestEnvelope,
+    keys: TableKeys,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let identity = IdentityKey::generate().unwrap();
+        let decryption = DecryptionKey::generate().unwrap();
+        let plaintext = request_plaintext();
+        let header = ProtectedHeader::new(&decryption.public().kid(), unix_now()).unwrap();
+        let body = seal(decryption.public(), &header, &plaintext).unwrap();
+        Self {
+            signer: ResponseSigner::new(identity.public()),
+            envelope: RequestEnvelope::parse(&body).unwrap(),
+            keys: TableKeys::derive(&MasterKey::generate().unwrap(), &[9; SALT_LEN]).unwrap(),
+            identity,
+            decryption,
+            plaintext,
+            body,
+        }
+    }
+
+    /// Seals `plaintext` as a `risk_logs` record.
+    fn seal_record(&self, plaintext: &[u8]) -> Vec<u8> {
+        record::seal(
+            self.keys.cipher(Table::RiskLogs),
+            self.keys.key_id(),
+            Table::RiskLogs,
+            b"log-key",
+            Zeroizing::new(plaintext.to_vec()),
+        )
+        .unwrap()
+    }
+}
+
 /// The SM2/SM3/SM4 work one assess request cannot avoid: unwrap the session key, open the
 /// payload, seal the stored record, hash the request, sign the answer.
 fn crypto_floor(c: &mut Criterion) {
-    let identity = IdentityKey::generate().unwrap();
-    let decryption = DecryptionKey::generate().unwrap();
-    let plaintext = request_plaintext();
-    let header = ProtectedHeader::new(&decryption.public().kid(), unix_now()).unwrap();
-    let body = seal(decryption.public(), &header, &plaintext).unwrap();
-    let envelope = RequestEnvelope::parse(&body).unwrap();
-    let keys = TableKeys::derive(&MasterKey::generate().unwrap(), &[9; SALT_LEN]).unwrap();
-    let signer = ResponseSigner::new(identity.public());
+    let f = Fixture::new();
     let answer = br#"{"op":"assess","rid":"0123456789abcdef0123456789abcdef","decision":"allow","score":0.000038,"reasons":[],"model":"cosine-fmr-v1"}"#;
     c.bench_function("crypto_floor_per_request", |b| {
         b.iter(|| {
-            let plain = envelope.open(&decryption).unwrap();
-            let sealed = record::seal(
-                keys.cipher(Table::RiskLogs),
-                keys.key_id(),
-                Table::RiskLogs,
-                b"log-key",
-                Zeroizing::new(plain.to_vec()),
-            )
-            .unwrap();
-            let digest = sm3_hex(&body);
-            let response = signer.sign(&identity, answer).unwrap();
+            let plain = f.envelope.open(&f.decryption).unwrap();
+            let sealed = f.seal_record(&plain);
+            let digest = sm3_hex(&f.body);
+            let response = f.signer.sign(&f.identity, answer).unwrap();
             (sealed, digest, response)
         })
     });
 }
 
 fn components(c: &mut Criterion) {
-    let identity = IdentityKey::generate().unwrap();
-    let decryption = DecryptionKey::generate().unwrap();
-    let plaintext = request_plaintext();
-    let header = ProtectedHeader::new(&decryption.public().kid(), unix_now()).unwrap();
-    let body = seal(decryption.public(), &header, &plaintext).unwrap();
-    let envelope = RequestEnvelope::parse(&body).unwrap();
+    let f = Fixture::new();
     c.bench_function("envelope_parse", |b| {
-        b.iter(|| RequestEnvelope::parse(&body).unwrap())
+        b.iter(|| RequestEnvelope::parse(&f.body).unwrap())
     });
     c.bench_function("envelope_open", |b| {
-        b.iter(|| envelope.open(&decryption).unwrap())
+        b.iter(|| f.envelope.open(&f.decryption).unwrap())
     });
-    let signer = ResponseSigner::new(identity.public());
     c.bench_function("response_sign", |b| {
-        b.iter(|| signer.sign(&identity, br#"{"decision":"allow"}"#).unwrap())
-    });
-
-    let keys = TableKeys::derive(&MasterKey::generate().unwrap(), &[9; SALT_LEN]).unwrap();
-    let sealed = record::seal(
-        keys.cipher(Table::UserData),
-        keys.key_id(),
-        Table::UserData,
-        b"k",
-        Zeroizing::new(plaintext.clone()),
-    )
-    .unwrap();
-    c.bench_function("record_seal", |b| {
         b.iter(|| {
-            record::seal(
-                keys.cipher(Table::UserData),
-                keys.key_id(),
-                Table::UserData,
-                b"k",
-                Zeroizing::new(plaintext.clone()),
-            )
-            .unwrap()
+            f.signer
+                .sign(&f.identity, br#"{"decision":"allow"}"#)
+                .unwrap()
         })
     });
+    let sealed = f.seal_record(&f.plaintext);
+    c.bench_function("record_seal", |b| b.iter(|| f.seal_record(&f.plaintext)));
     c.bench_function("record_open", |b| {
         b.iter(|| {
             record::open(
-                keys.cipher(Table::UserData),
-                keys.key_id(),
-                Table::UserData,
-                b"k",
+                f.keys.cipher(Table::RiskLogs),
+                f.keys.key_id(),
+                Table::RiskLogs,
+                b"log-key",
                 &sealed,
             )
             .unwrap()

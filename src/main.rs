@@ -226,7 +226,7 @@ fn db(command: DbCommand) -> anyhow::Result<ExitCode> {
             let id: KeyId = id.parse().map_err(anyhow::Error::msg)?;
             let vault = open_db(&db, OpenMode::Inspect)?;
             match vault.retire_key(id) {
-                Ok(()) => println!("key {id} retired"),
+                Ok(()) => println!("key {id} is retired"),
                 Err(tee_risk::store::VaultError::Refused(why)) => {
                     eprintln!("refused: {why}");
                     return Ok(ExitCode::from(EXIT_REFUSED));

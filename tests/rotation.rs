@@ -274,6 +274,8 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
         "{}",
         String::from_utf8_lossy(&retire.stderr)
     );
+    let again = db(&data, &["retire-key", &key_id(OLD_KEY)], NEW_KEY, None);
+    assert!(again.status.success(), "re-running is harmless");
     let refused = TestServer::try_start_env(
         &data,
         &dir.path().join("keys"),

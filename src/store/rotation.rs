@@ -389,7 +389,8 @@ impl Vault {
     }
 
     /// Retires a decrypt-only key after a verification that passes now: it is refused from
-    /// then on, even if supplied, and its canary and the index map are removed.
+    /// then on, even if supplied, and its canary and the index map are removed. Retiring a
+    /// retired key again is a no-op.
     pub fn retire_key(&self, id: KeyId) -> Result<(), VaultError> {
         match self.registry().state(id) {
             Some(KeyState::DecryptOnly) => {}
@@ -398,9 +399,8 @@ impl Vault {
                     "key {id} is the active key: rotate to a new key first"
                 )));
             }
-            Some(KeyState::Retired) => {
-                return Err(VaultError::Refused(format!("key {id} is already retired")));
-            }
+            // Re-running after success changes nothing.
+            Some(KeyState::Retired) => return Ok(()),
             None => {
                 return Err(VaultError::Refused(format!(
                     "key {id} is not a key of this database"
@@ -462,20 +462,7 @@ mod tests {
         Vault::open_keyring(store, &key(current), &previous, mode)
     }
 
-    fn log(rid: &str, user: &str) -> RiskLogEntry {
-        RiskLogEntry {
-            rid: rid.into(),
-            at: 1,
-            user: user.into(),
-            decision: "allow".into(),
-            score: 0.0,
-            reasons: vec![],
-            model: "m".into(),
-            features: vec![0.6, 0.8],
-            liveness: None,
-            device_id: None,
-        }
-    }
+    use crate::store::vault::sample_log as log;
 
     /// Users u0..u{n}, each with one template, one accepted assessment (log + history), and
     /// one assessment of an id that never enrolled.
@@ -653,21 +640,7 @@ mod tests {
         rotate_all(&vault);
         vault.retire_key(key(1).key_id()).unwrap();
         // A record sealed under the retired key (an old backup restored into it).
-        let stale = record::seal(
-            crate::store::keys::TableKeys::derive(&key(1), &salt(&vault))
-                .unwrap()
-                .cipher(Table::RiskLogs),
-            key(1).key_id(),
-            Table::RiskLogs,
-            b"stale",
-            zeroize::Zeroizing::new(b"{}".to_vec()),
-        )
-        .unwrap();
-        vault
-            .store
-            .insert(Table::RiskLogs, b"stale", stale)
-            .unwrap();
-        vault.flush().unwrap();
+        plant_record(&vault, 1, Table::RiskLogs);
         drop(vault);
         let retired = message(open(dir.path(), 2, &[1], OpenMode::Write));
         assert!(retired.contains("was retired") && retired.contains(&id(1)));
@@ -678,14 +651,26 @@ mod tests {
         );
     }
 
-    fn salt(vault: &Vault) -> [u8; 32] {
-        vault
+    /// Writes a record sealed under master key `byte` behind the vault's back.
+    fn plant_record(vault: &Vault, byte: u8, table: Table) {
+        let salt: [u8; 32] = vault
             .store
             .get(Table::Meta, b"salt")
             .unwrap()
             .unwrap()
             .try_into()
-            .unwrap()
+            .unwrap();
+        let keys = crate::store::keys::TableKeys::derive(&key(byte), &salt).unwrap();
+        let sealed = record::seal(
+            keys.cipher(table),
+            keys.key_id(),
+            table,
+            b"planted",
+            zeroize::Zeroizing::new(b"{}".to_vec()),
+        )
+        .unwrap();
+        vault.store.insert(table, b"planted", sealed).unwrap();
+        vault.flush().unwrap();
     }
 
     #[test]
@@ -693,18 +678,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         seed(dir.path(), 1, 2);
         let vault = open(dir.path(), 1, &[], OpenMode::Write).unwrap();
-        let foreign = record::seal(
-            crate::store::keys::TableKeys::derive(&key(9), &salt(&vault))
-                .unwrap()
-                .cipher(Table::UserData),
-            key(9).key_id(),
-            Table::UserData,
-            b"x",
-            zeroize::Zeroizing::new(b"{}".to_vec()),
-        )
-        .unwrap();
-        vault.store.insert(Table::UserData, b"x", foreign).unwrap();
-        vault.flush().unwrap();
+        plant_record(&vault, 9, Table::UserData);
         drop(vault);
         let err = open(dir.path(), 1, &[], OpenMode::Write)
             .err()

@@ -367,22 +367,7 @@ impl Vault {
         current: KeyId,
     ) -> Result<(Registry, bool), VaultError> {
         if let Some(sealed) = store.get(Table::Meta, META_REGISTRY)? {
-            let sealer = record::key_id_of(&sealed)
-                .map_err(|e| VaultError::Corrupt(format!("key registry: {e}")))?;
-            let Some(keys) = keyring.get(sealer) else {
-                return Err(VaultError::WrongMasterKey {
-                    database: sealer,
-                    supplied: current,
-                });
-            };
-            let plain = record::open(
-                keys.cipher(Table::Meta),
-                sealer,
-                Table::Meta,
-                META_REGISTRY,
-                &sealed,
-            )
-            .map_err(|_| VaultError::CanaryFailed(sealer))?;
+            let (_, plain) = open_meta(keyring, current, META_REGISTRY, &sealed)?;
             let registry = serde_json::from_slice(&plain)
                 .map_err(|e| VaultError::Corrupt(format!("key registry: {e}")))?;
             return Ok((registry, false));
@@ -390,21 +375,8 @@ impl Vault {
         let canary = store
             .get(Table::Meta, META_LEGACY_CANARY)?
             .ok_or_else(|| VaultError::Corrupt("the database has a salt but no canary".into()))?;
-        let id = record::key_id_of(&canary).map_err(|_| VaultError::CanaryFailed(current))?;
-        let Some(keys) = keyring.get(id) else {
-            return Err(VaultError::WrongMasterKey {
-                database: id,
-                supplied: current,
-            });
-        };
-        let plain = record::open(
-            keys.cipher(Table::Meta),
-            id,
-            Table::Meta,
-            META_LEGACY_CANARY,
-            &canary,
-        )
-        .map_err(|_| VaultError::CanaryFailed(id))?;
+        let (id, plain) = open_meta(keyring, current, META_LEGACY_CANARY, &canary)?;
+        let keys = keyring.get(id).expect("open_meta found it");
         if plain.as_slice() != CANARY_PLAINTEXT {
             return Err(VaultError::CanaryFailed(id));
         }
@@ -763,6 +735,27 @@ impl Vault {
     }
 }
 
+/// Opens a `meta` record with the key its header names. A key the process does not hold
+/// means the database belongs to another key (`current` is named in the message); a record
+/// that does not open means tampering.
+fn open_meta(
+    keyring: &Keyring,
+    current: KeyId,
+    key: &[u8],
+    sealed: &[u8],
+) -> Result<(KeyId, Zeroizing<Vec<u8>>), VaultError> {
+    let id = record::key_id_of(sealed).map_err(|_| VaultError::CanaryFailed(current))?;
+    let Some(keys) = keyring.get(id) else {
+        return Err(VaultError::WrongMasterKey {
+            database: id,
+            supplied: current,
+        });
+    };
+    let plain = record::open(keys.cipher(Table::Meta), id, Table::Meta, key, sealed)
+        .map_err(|_| VaultError::CanaryFailed(id))?;
+    Ok((id, plain))
+}
+
 fn seal_canary(keys: &TableKeys, key: &[u8]) -> Result<Vec<u8>, VaultError> {
     record::seal(
         keys.cipher(Table::Meta),
@@ -775,6 +768,23 @@ fn seal_canary(keys: &TableKeys, key: &[u8]) -> Result<Vec<u8>, VaultError> {
         table: "meta",
         source,
     })
+}
+
+/// A risk log entry for tests.
+#[cfg(test)]
+pub(super) fn sample_log(rid: &str, user: &str) -> RiskLogEntry {
+    RiskLogEntry {
+        rid: rid.into(),
+        at: 1,
+        user: user.into(),
+        decision: "allow".into(),
+        score: 0.0,
+        reasons: vec![],
+        model: "m".into(),
+        features: vec![0.6, 0.8],
+        liveness: None,
+        device_id: None,
+    }
 }
 
 /// Per data table name: records under any key.
@@ -804,18 +814,7 @@ mod tests {
     }
 
     fn log(rid: &str) -> RiskLogEntry {
-        RiskLogEntry {
-            rid: rid.into(),
-            at: 1,
-            user: "00".into(),
-            decision: "allow".into(),
-            score: 0.0,
-            reasons: vec![],
-            model: "m".into(),
-            features: vec![0.6, 0.8],
-            liveness: None,
-            device_id: None,
-        }
+        sample_log(rid, "00")
     }
 
     #[test]
