@@ -199,11 +199,12 @@ fn request_flow(c: &mut Criterion) {
     let vault = Vault::open(store, &MasterKey::generate().unwrap()).unwrap();
     let mut config = Config::builtin();
     config.protocol.replay_cache_capacity = 10_000_000;
-    let service = Service::new(&config, vault).unwrap();
+    let service = Service::new(&config, vault, unix_now()).unwrap();
     let plaintext = request_plaintext();
     let body_for = |now| {
-        let header = ProtectedHeader::new(&service.encryption_public().kid(), now).unwrap();
-        seal(service.encryption_public(), &header, &plaintext).unwrap()
+        let encryption = service.encryption_public();
+        let header = ProtectedHeader::new(&encryption.kid(), now).unwrap();
+        seal(&encryption, &header, &plaintext).unwrap()
     };
     service.enroll(&body_for(unix_now()), unix_now()).unwrap();
 

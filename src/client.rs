@@ -12,7 +12,8 @@ use crate::crypto::sm3_hex;
 use crate::envelope::b64_decode;
 use crate::envelope::request::{ProtectedHeader, seal};
 use crate::envelope::response::{SignedResponse, verify};
-use crate::service::KeysDocument;
+use crate::keyset::verify_certificate;
+use crate::service::{KeysDocument, PublicJwk};
 use crate::time::unix_now;
 
 /// Largest response the client reads.
@@ -46,52 +47,93 @@ pub struct FeatureRequest {
     pub device_id: Option<String>,
 }
 
-/// The service's public keys as the client trusts them.
+/// The service's public keys as the client trusts them: the identity key, and the
+/// encryption key it certified that is valid now.
 #[derive(Debug, Clone)]
 pub struct ServerKeys {
     pub identity: PublicKey,
     pub encryption: PublicKey,
+    /// When the encryption key's certificate expires (unix seconds).
+    pub encryption_not_after: i64,
+}
+
+fn jwk_key(jwk: &PublicJwk) -> Result<PublicKey, ClientError> {
+    let coordinate =
+        |v: &str| b64_decode(v).ok_or_else(|| ClientError::Keys("bad key coordinate".into()));
+    let key = PublicKey::from_xy(&coordinate(&jwk.x)?, &coordinate(&jwk.y)?)
+        .map_err(|_| ClientError::Keys(format!("key {} is not a point on SM2", jwk.kid)))?;
+    if key.kid() != jwk.kid {
+        return Err(ClientError::Keys(format!(
+            "key {}'s kid does not match its coordinates",
+            jwk.kid
+        )));
+    }
+    Ok(key)
 }
 
 impl ServerKeys {
-    /// Keys from PEM files the operator distributed (pinning).
-    pub fn from_pem(identity_pem: &str, encryption_pem: &str) -> Result<Self, ClientError> {
-        let parse = |pem: &str, what: &str| {
-            PublicKey::from_pem(pem).map_err(|_| {
-                ClientError::Keys(format!("the {what} key PEM is not an SM2 public key"))
-            })
-        };
-        Ok(Self {
-            identity: parse(identity_pem, "identity")?,
-            encryption: parse(encryption_pem, "encryption")?,
-        })
+    /// The identity key of a PEM file the operator distributed (pinning).
+    pub fn identity_from_pem(pem: &str) -> Result<PublicKey, ClientError> {
+        PublicKey::from_pem(pem)
+            .map_err(|_| ClientError::Keys("the identity key PEM is not an SM2 public key".into()))
     }
 
-    /// Keys from a `GET /v1/keys` document.
-    pub fn from_document(doc: &KeysDocument) -> Result<Self, ClientError> {
-        let find = |key_use: &str| -> Result<PublicKey, ClientError> {
-            let jwk = doc
-                .keys
-                .iter()
-                .find(|k| k.key_use == key_use && k.crv == "SM2")
-                .ok_or_else(|| ClientError::Keys(format!("no SM2 key with use {key_use}")))?;
-            let coordinate = |v: &str| {
-                b64_decode(v).ok_or_else(|| ClientError::Keys("bad key coordinate".into()))
-            };
-            let key =
-                PublicKey::from_xy(&coordinate(&jwk.x)?, &coordinate(&jwk.y)?).map_err(|_| {
-                    ClientError::Keys(format!("the {key_use} key is not a point on SM2"))
+    /// Keys from a `GET /v1/keys` document. The identity key is the document's own (trust
+    /// on first use) unless `pinned` is given, in which case the document must carry that
+    /// key. The encryption key is the newest one whose certificate verifies against the
+    /// identity key and whose validity holds at `now`.
+    pub fn from_document(
+        doc: &KeysDocument,
+        pinned: Option<&PublicKey>,
+        now: i64,
+    ) -> Result<Self, ClientError> {
+        let sig = doc
+            .keys
+            .iter()
+            .find(|k| k.key_use == "sig" && k.crv == "SM2")
+            .ok_or_else(|| ClientError::Keys("no SM2 identity key (use sig)".into()))?;
+        let identity = jwk_key(sig)?;
+        if pinned.is_some_and(|p| *p != identity) {
+            return Err(ClientError::Keys(
+                "the service presents another identity key than the pinned one".into(),
+            ));
+        }
+        let mut best: Option<(i64, i64, PublicKey)> = None;
+        let mut rejected = Vec::new();
+        for jwk in doc.keys.iter().filter(|k| k.key_use == "enc") {
+            let checked = jwk_key(jwk).and_then(|key| {
+                let cert = jwk.cert.as_ref().ok_or_else(|| {
+                    ClientError::Keys(format!("encryption key {} has no certificate", jwk.kid))
                 })?;
-            if key.kid() != jwk.kid {
-                return Err(ClientError::Keys(format!(
-                    "the {key_use} key's kid does not match its coordinates"
-                )));
+                let statement = verify_certificate(&identity, &key, cert)
+                    .map_err(|e| ClientError::Keys(format!("encryption key {}: {e}", jwk.kid)))?;
+                Ok((statement, key))
+            });
+            match checked {
+                Ok((statement, key))
+                    if statement.not_before <= now && now <= statement.not_after =>
+                {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(nbf, _, _)| statement.not_before > *nbf)
+                    {
+                        best = Some((statement.not_before, statement.not_after, key));
+                    }
+                }
+                Ok(_) => rejected.push(format!("{}: not valid now", jwk.kid)),
+                Err(e) => rejected.push(e.to_string()),
             }
-            Ok(key)
-        };
+        }
+        let (_, encryption_not_after, encryption) = best.ok_or_else(|| {
+            ClientError::Keys(format!(
+                "no certified encryption key valid now ({})",
+                rejected.join("; ")
+            ))
+        })?;
         Ok(Self {
-            identity: find("sig")?,
-            encryption: find("enc")?,
+            identity,
+            encryption,
+            encryption_not_after,
         })
     }
 }
@@ -128,9 +170,20 @@ fn read(mut response: ureq::http::Response<ureq::Body>) -> Result<RawResponse, C
 }
 
 impl Client {
-    /// A client that trusts the keys the service publishes at `GET /v1/keys`.
-    /// (Trust on first use; attested keys are the planned alternative.)
+    /// A client that trusts the identity key the service publishes at `GET /v1/keys`
+    /// (trust on first use; attested keys are the planned alternative) and the encryption
+    /// key that identity certified.
     pub fn fetch_keys(base_url: &str) -> Result<Self, ClientError> {
+        Self::fetch_keys_checked(base_url, None)
+    }
+
+    /// A client that trusts only the `identity` key it was given, and encryption keys that
+    /// key certified.
+    pub fn fetch_keys_pinned(base_url: &str, identity: &PublicKey) -> Result<Self, ClientError> {
+        Self::fetch_keys_checked(base_url, Some(identity))
+    }
+
+    fn fetch_keys_checked(base_url: &str, pinned: Option<&PublicKey>) -> Result<Self, ClientError> {
         let base_url = base_url.trim_end_matches('/').to_owned();
         let agent = agent();
         let raw = read(
@@ -147,7 +200,7 @@ impl Client {
         }
         let doc: KeysDocument = serde_json::from_slice(&raw.body)
             .map_err(|e| ClientError::Keys(format!("bad keys document: {e}")))?;
-        let keys = ServerKeys::from_document(&doc)?;
+        let keys = ServerKeys::from_document(&doc, pinned, unix_now())?;
         Ok(Self {
             base_url,
             agent,
@@ -278,4 +331,56 @@ pub fn read_features_file(path: &std::path::Path) -> Result<Vec<f32>, String> {
     };
     serde_json::from_value(array.clone())
         .map_err(|_| format!("{}: features must be an array of numbers", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::sm2::IdentityKey;
+    use crate::keyset::KeySet;
+
+    fn document(keys: &KeySet) -> KeysDocument {
+        let mut jwks = vec![PublicJwk::new(keys.identity().public(), "sig")];
+        jwks.extend(keys.published().iter().map(PublicJwk::encryption));
+        KeysDocument { keys: jwks }
+    }
+
+    #[test]
+    fn the_newest_certified_key_valid_now_is_chosen() {
+        let keys = KeySet::new(IdentityKey::generate().unwrap(), 3600, 300, 1_000).unwrap();
+        let first = keys.newest();
+        keys.maintain(4_600).unwrap();
+        let second = keys.newest();
+        let doc = document(&keys);
+        let during_grace = ServerKeys::from_document(&doc, None, 4_700).unwrap();
+        assert_eq!(during_grace.encryption, second);
+        assert_eq!(during_grace.encryption_not_after, 8_200);
+        // Before the second key's validity only the first is acceptable.
+        assert_eq!(
+            ServerKeys::from_document(&doc, None, 4_000)
+                .unwrap()
+                .encryption,
+            first
+        );
+        let expired = ServerKeys::from_document(&doc, None, 9_000).unwrap_err();
+        assert!(expired.to_string().contains("not valid now"), "{expired}");
+    }
+
+    #[test]
+    fn keys_not_certified_by_the_identity_are_refused() {
+        let keys = KeySet::new(IdentityKey::generate().unwrap(), 3600, 300, 1_000).unwrap();
+        let mut doc = document(&keys);
+        // Swap in another identity: the encryption key's certificate no longer verifies.
+        let other = IdentityKey::generate().unwrap();
+        doc.keys[0] = PublicJwk::new(other.public(), "sig");
+        let err = ServerKeys::from_document(&doc, None, 1_000).unwrap_err();
+        assert!(err.to_string().contains("certificate"), "{err}");
+        // A certificate stripped off is refused too.
+        let mut bare = document(&keys);
+        bare.keys[1].cert = None;
+        assert!(ServerKeys::from_document(&bare, None, 1_000).is_err());
+        // And a pinned identity must be the one presented.
+        let pinned = ServerKeys::from_document(&document(&keys), Some(other.public()), 1_000);
+        assert!(pinned.unwrap_err().to_string().contains("pinned"));
+    }
 }

@@ -44,8 +44,12 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
-    /// Where the public keys are written as PEM for clients that pin them.
+    /// Where the identity public key is written as PEM for clients that pin it.
     pub dir: PathBuf,
+    /// Validity of each encryption key; a new one is issued when the newest expires.
+    pub encryption_key_lifetime_secs: i64,
+    /// How long an expired encryption key still decrypts before it is wiped.
+    pub encryption_key_grace_secs: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,7 +112,16 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 9] = [
+        let checks: [(bool, &str); 11] = [
+            (
+                (60..=7 * 86_400).contains(&self.keys.encryption_key_lifetime_secs),
+                "keys.encryption_key_lifetime_secs must be in 60..=604800",
+            ),
+            (
+                (0..=self.keys.encryption_key_lifetime_secs)
+                    .contains(&self.keys.encryption_key_grace_secs),
+                "keys.encryption_key_grace_secs must be in 0..=encryption_key_lifetime_secs",
+            ),
             (
                 (1..=512).contains(&self.server.blocking_threads_per_worker),
                 "server.blocking_threads_per_worker must be in 1..=512",

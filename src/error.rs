@@ -20,6 +20,11 @@ pub enum ApiError {
     Envelope(#[from] EnvelopeError),
     #[error("unknown key id: fetch the current keys from GET /v1/keys and encrypt again")]
     UnknownKid,
+    #[error(
+        "this encryption key was retired and wiped: fetch the current keys from GET /v1/keys \
+         and encrypt again"
+    )]
+    RetiredKid,
     #[error("iat is more than {0} seconds away from the server's clock")]
     StaleRequest(i64),
     #[error("this request id was already used")]
@@ -62,6 +67,7 @@ impl ApiError {
                 EnvelopeError::DecryptionFailed => "decryption_failed",
             },
             ApiError::UnknownKid => "unknown_kid",
+            ApiError::RetiredKid => "key_retired",
             ApiError::StaleRequest(_) => "stale_request",
             ApiError::ReplayedRequest => "replayed_request",
             ApiError::Payload(e) => match e {
@@ -88,6 +94,7 @@ impl ResponseError for ApiError {
             ApiError::IncompleteBody
             | ApiError::Envelope(_)
             | ApiError::UnknownKid
+            | ApiError::RetiredKid
             | ApiError::StaleRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::ReplayedRequest | ApiError::TemplateLimit(_) => StatusCode::CONFLICT,
             ApiError::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,

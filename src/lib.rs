@@ -13,6 +13,7 @@ pub mod dataset;
 pub mod envelope;
 pub mod error;
 pub mod features;
+pub mod keyset;
 pub mod metrics;
 pub mod replay;
 pub mod risk;

@@ -9,7 +9,7 @@ use tee_risk::client::{Client, FeatureRequest, ServerKeys, read_features_file};
 use tee_risk::config::Config;
 use tee_risk::dataset::Dataset;
 use tee_risk::risk::Calibration;
-use tee_risk::server::{self, ENCRYPTION_PEM, IDENTITY_PEM, MasterKeyEnv};
+use tee_risk::server::{self, IDENTITY_PEM, MasterKeyEnv};
 use tee_risk::store::audit;
 use tee_risk::store::keys::KeyId;
 use tee_risk::store::rotation::DEFAULT_BATCH;
@@ -140,8 +140,8 @@ struct RequestArgs {
     liveness: Option<f32>,
     #[arg(long)]
     device: Option<String>,
-    /// Trust only the keys in this folder (identity.pub.pem, encryption.pub.pem) instead of
-    /// fetching them from the service.
+    /// Trust only the identity key in this folder (identity.pub.pem) instead of the one the
+    /// service presents; encryption keys must carry its certificate.
     #[arg(long)]
     pin_keys: Option<PathBuf>,
 }
@@ -319,10 +319,14 @@ fn client(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Keys { url } => {
             let client = Client::fetch_keys(&url)?;
             let keys = client.keys();
-            println!("identity   kid={}  (signs responses)", keys.identity.kid());
             println!(
-                "encryption kid={}  (unwraps session keys)",
-                keys.encryption.kid()
+                "identity   kid={}  (signs responses and certifies encryption keys)",
+                keys.identity.kid()
+            );
+            println!(
+                "encryption kid={}  (certificate verified; valid until {})",
+                keys.encryption.kid(),
+                keys.encryption_not_after
             );
             return Ok(());
         }
@@ -331,14 +335,10 @@ fn client(command: ClientCommand) -> anyhow::Result<()> {
     };
     let client = match &args.pin_keys {
         Some(dir) => {
-            let read = |name: &str| {
-                std::fs::read_to_string(dir.join(name))
-                    .with_context(|| format!("cannot read {}", dir.join(name).display()))
-            };
-            Client::with_keys(
-                &args.url,
-                ServerKeys::from_pem(&read(IDENTITY_PEM)?, &read(ENCRYPTION_PEM)?)?,
-            )
+            let path = dir.join(IDENTITY_PEM);
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Client::fetch_keys_pinned(&args.url, &ServerKeys::identity_from_pem(&pem)?)?
         }
         None => Client::fetch_keys(&args.url)?,
     };

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::service::Service;
 use crate::store::rotation::DEFAULT_BATCH;
 use crate::store::{MasterKey, OpenMode, SledStore, Store, Vault};
+use crate::time::unix_now;
 
 /// Name of the environment variable holding the DB master key (64 hex characters).
 pub const MASTER_KEY_ENV: &str = "DB_MASTER_KEY";
@@ -31,7 +32,6 @@ pub const DEV_KEY_FILE: &str = "dev-master-key.hex";
 pub const LISTENING_PREFIX: &str = "tee-risk listening on http://";
 
 pub const IDENTITY_PEM: &str = "identity.pub.pem";
-pub const ENCRYPTION_PEM: &str = "encryption.pub.pem";
 
 /// Where the master key came from.
 pub enum MasterKeySource {
@@ -199,8 +199,9 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     let data_dir = config.storage.data_dir.clone();
     let vault = open_vault(keys, config.server.dev, &data_dir, OpenMode::Write)?;
 
-    let service =
-        Arc::new(Service::new(&config, vault).context("cannot generate the service keys")?);
+    let service = Arc::new(
+        Service::new(&config, vault, unix_now()).context("cannot generate the service keys")?,
+    );
     publish_public_keys(&config.keys.dir, &service)?;
 
     let stop_rotation = Arc::new(AtomicBool::new(false));
@@ -209,6 +210,8 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     } else {
         None
     };
+    let stop_maintenance = Arc::new(AtomicBool::new(false));
+    let maintenance = spawn_key_maintenance(service.clone(), stop_maintenance.clone())?;
 
     let state = web::Data::new(AppState {
         service: service.clone(),
@@ -236,25 +239,41 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     // actix-web stops on SIGTERM/SIGINT after in-flight requests finish.
     server.run().await?;
     stop_rotation.store(true, Ordering::Relaxed);
+    stop_maintenance.store(true, Ordering::Relaxed);
     if let Some(rotation) = rotation {
         let _ = rotation.join();
     }
+    let _ = maintenance.join();
     service.vault().flush().context("final flush failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
-/// Writes both public keys as PEM for clients that pin them.
+/// Writes the identity public key as PEM for clients that pin it (encryption keys rotate;
+/// clients fetch them from `GET /v1/keys` and check their certificates against it).
 fn publish_public_keys(dir: &Path, service: &Service) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for (name, key) in [
-        (IDENTITY_PEM, service.identity_public()),
-        (ENCRYPTION_PEM, service.encryption_public()),
-    ] {
-        let path = dir.join(name);
-        std::fs::write(&path, key.to_pem())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        tracing::info!(path = %path.display(), kid = %key.kid(), "public key written");
-    }
+    let key = service.identity_public();
+    let path = dir.join(IDENTITY_PEM);
+    std::fs::write(&path, key.to_pem())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), kid = %key.kid(), "identity public key written");
     Ok(())
+}
+
+/// Issues and wipes encryption keys on time, checking every second until `stop`.
+fn spawn_key_maintenance(
+    service: Arc<Service>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("key-maintenance".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(error) = service.maintain_keys(unix_now()) {
+                    tracing::error!(%error, "encryption key maintenance failed");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
 }

@@ -6,13 +6,14 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::crypto::CryptoError;
-use crate::crypto::sm2::{DecryptionKey, IdentityKey, PublicKey};
+use crate::crypto::sm2::{IdentityKey, PublicKey};
 use crate::crypto::sm3_hex;
 use crate::envelope::b64_encode;
 use crate::envelope::request::{ProtectedHeader, RequestEnvelope};
 use crate::envelope::response::{ResponseSigner, SignedResponse};
 use crate::error::ApiError;
 use crate::features::Probe;
+use crate::keyset::{KeySet, KidLookup, PublishedKey};
 use crate::metrics::{Metrics, Stage, StageTimer};
 use crate::replay::{ReplayCache, ReplayCheck};
 use crate::risk::{self, Assessment, Decision, MODEL_VERSION, RiskPolicy};
@@ -33,6 +34,13 @@ pub struct PublicJwk {
     pub crv: String,
     pub x: String,
     pub y: String,
+    /// Encryption keys: validity (unix seconds) and the identity key's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<SignedResponse>,
 }
 
 impl PublicJwk {
@@ -43,6 +51,19 @@ impl PublicJwk {
             crv: "SM2".into(),
             x: b64_encode(key.x()),
             y: b64_encode(key.y()),
+            nbf: None,
+            exp: None,
+            cert: None,
+        }
+    }
+
+    /// An encryption key with its validity and certificate.
+    pub fn encryption(key: &PublishedKey) -> Self {
+        Self {
+            nbf: Some(key.not_before),
+            exp: Some(key.not_after),
+            cert: Some(key.certificate.clone()),
+            ..Self::new(&key.public, "enc")
         }
     }
 }
@@ -70,10 +91,7 @@ struct AssessPayload<'a> {
 }
 
 pub struct Service {
-    identity: IdentityKey,
-    encryption: DecryptionKey,
-    /// The encryption key's kid, computed once (requests name it).
-    encryption_kid: String,
+    keys: KeySet,
     signer: ResponseSigner,
     vault: Vault,
     replay: ReplayCache,
@@ -85,15 +103,26 @@ pub struct Service {
 }
 
 impl Service {
-    /// Generates the identity and encryption keys in memory.
-    pub fn new(config: &Config, vault: Vault) -> Result<Self, CryptoError> {
-        let identity = IdentityKey::generate()?;
-        let encryption = DecryptionKey::generate()?;
+    /// Generates the identity key and the first encryption key in memory.
+    pub fn new(config: &Config, vault: Vault, now: i64) -> Result<Self, CryptoError> {
+        Self::with_identity(config, vault, IdentityKey::generate()?, now)
+    }
+
+    /// A service with a given identity key (tests; attested deployments).
+    pub fn with_identity(
+        config: &Config,
+        vault: Vault,
+        identity: IdentityKey,
+        now: i64,
+    ) -> Result<Self, CryptoError> {
         Ok(Self {
             signer: ResponseSigner::new(identity.public()),
-            identity,
-            encryption_kid: encryption.public().kid(),
-            encryption,
+            keys: KeySet::new(
+                identity,
+                config.keys.encryption_key_lifetime_secs,
+                config.keys.encryption_key_grace_secs,
+                now,
+            )?,
             vault,
             replay: ReplayCache::new(
                 config.protocol.iat_window_secs,
@@ -108,11 +137,17 @@ impl Service {
     }
 
     pub fn identity_public(&self) -> &PublicKey {
-        self.identity.public()
+        self.keys.identity().public()
     }
 
-    pub fn encryption_public(&self) -> &PublicKey {
-        self.encryption.public()
+    /// The encryption key clients should use now.
+    pub fn encryption_public(&self) -> PublicKey {
+        self.keys.newest()
+    }
+
+    /// Rotates and wipes encryption keys as their time comes (see [`KeySet::maintain`]).
+    pub fn maintain_keys(&self, now: i64) -> Result<(), CryptoError> {
+        self.keys.maintain(now)
     }
 
     pub fn vault(&self) -> &Vault {
@@ -123,13 +158,12 @@ impl Service {
         &self.metrics
     }
 
+    /// `GET /v1/keys`: the identity key, then the live encryption keys (newest last), each
+    /// with its certificate.
     pub fn keys_document(&self) -> KeysDocument {
-        KeysDocument {
-            keys: vec![
-                PublicJwk::new(self.identity.public(), "sig"),
-                PublicJwk::new(self.encryption.public(), "enc"),
-            ],
-        }
+        let mut keys = vec![PublicJwk::new(self.identity_public(), "sig")];
+        keys.extend(self.keys.published().iter().map(PublicJwk::encryption));
+        KeysDocument { keys }
     }
 
     /// `POST /v1/enroll`: adds the probe as a template of the user.
@@ -233,9 +267,11 @@ impl Service {
     ) -> Result<(ProtectedHeader, Probe), ApiError> {
         let envelope = RequestEnvelope::parse(body)?;
         let header = &envelope.header;
-        if header.kid != self.encryption_kid {
-            return Err(ApiError::UnknownKid);
-        }
+        let encryption = match self.keys.lookup(&header.kid, now) {
+            KidLookup::Live(key) => key,
+            KidLookup::Retired => return Err(ApiError::RetiredKid),
+            KidLookup::Unknown => return Err(ApiError::UnknownKid),
+        };
         if now.abs_diff(header.iat) > self.iat_window_secs.unsigned_abs() {
             return Err(ApiError::StaleRequest(self.iat_window_secs));
         }
@@ -243,7 +279,8 @@ impl Service {
             return Err(ApiError::ReplayedRequest);
         }
         timer.lap(Stage::EnvelopeParse);
-        let session_key = envelope.unwrap_session_key(&self.encryption)?;
+        let session_key = envelope.unwrap_session_key(&encryption)?;
+        drop(encryption);
         timer.lap(Stage::Sm2Unwrap);
         let plaintext = envelope.open_payload(&session_key)?;
         drop(session_key);
@@ -261,7 +298,9 @@ impl Service {
 
     fn sign<T: Serialize>(&self, payload: &T) -> Result<SignedResponse, ApiError> {
         let json = serde_json::to_vec(payload).map_err(internal)?;
-        self.signer.sign(&self.identity, &json).map_err(internal)
+        self.signer
+            .sign(self.keys.identity(), &json)
+            .map_err(internal)
     }
 }
 

@@ -13,7 +13,7 @@ use tee_risk::config::Config;
 use tee_risk::envelope::request::{ProtectedHeader, seal};
 use tee_risk::envelope::{b64_decode, b64_encode};
 use tee_risk::risk::{self, Decision};
-use tee_risk::server::{ENCRYPTION_PEM, IDENTITY_PEM};
+use tee_risk::server::IDENTITY_PEM;
 use tee_risk::store::vault::TableCounts;
 use tee_risk::store::{MasterKey, SledStore, Store, Vault};
 use tee_risk::time::unix_now;
@@ -87,20 +87,36 @@ fn enrol_assess_signed_and_pinned() {
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
     let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
 
-    // GET /v1/keys: both keys, kid = hex(SM3(SEC1)[..16]), and the same keys in keys/*.pem.
+    // GET /v1/keys: the identity key (also in keys/identity.pub.pem) and an encryption key
+    // it certified; a client that pins the PEM gets the same keys.
     let client = Client::fetch_keys(&server.url).unwrap();
-    let pinned = ServerKeys::from_pem(
-        &std::fs::read_to_string(keys.join(IDENTITY_PEM)).unwrap(),
-        &std::fs::read_to_string(keys.join(ENCRYPTION_PEM)).unwrap(),
-    )
-    .unwrap();
+    let identity_pem = std::fs::read_to_string(keys.join(IDENTITY_PEM)).unwrap();
+    let pinned_identity = ServerKeys::identity_from_pem(&identity_pem).unwrap();
+    let pinned_client = Client::fetch_keys_pinned(&server.url, &pinned_identity).unwrap();
+    let pinned = pinned_client.keys().clone();
     assert_eq!(pinned.identity, client.keys().identity);
     assert_eq!(pinned.encryption, client.keys().encryption);
     assert_ne!(
         pinned.identity, pinned.encryption,
         "signing and encryption keys are separate"
     );
-    let pinned_client = Client::with_keys(&server.url, pinned);
+    let document: tee_risk::service::KeysDocument = ureq::get(format!("{}/v1/keys", server.url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let enc = document.keys.iter().find(|k| k.key_use == "enc").unwrap();
+    assert!(enc.nbf.unwrap() < enc.exp.unwrap() && enc.cert.is_some());
+    // Another pinned identity refuses the service's keys.
+    let stranger = tee_risk::crypto::sm2::IdentityKey::generate().unwrap();
+    let refused = Client::fetch_keys_pinned(&server.url, stranger.public())
+        .err()
+        .unwrap();
+    assert!(
+        refused.to_string().contains("another identity key"),
+        "{refused}"
+    );
 
     let enrolled = pinned_client
         .enroll(&request("alice", &faces.enrol))
@@ -164,7 +180,7 @@ fn enrol_assess_signed_and_pinned() {
             .unwrap()
             .public()
             .clone(),
-        encryption: client.keys().encryption.clone(),
+        ..client.keys().clone()
     };
     let wrong = Client::with_keys(&server.url, impostor_keys);
     assert!(wrong.verify_answer(&header, &body, &raw).is_err());

@@ -6,16 +6,38 @@ use std::path::Path;
 
 use super::{KeyValue, Store, StoreError, Table, Visitor};
 
+/// How long [`SledStore::open`] waits for a lock held by a closing handle or process.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub struct SledStore {
     db: sled::Db,
     trees: Vec<sled::Tree>,
 }
 
 impl SledStore {
+    /// Opens (or creates) the database. sled releases its file lock only when its background
+    /// threads have let go of a closed database, a moment after the handle is dropped (sled's
+    /// own tests block on the lock for this reason), so a held lock is retried for up to
+    /// [`LOCK_WAIT`] before the open fails.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open().map_err(|e| {
-            StoreError::Backend(format!("cannot open database at {}: {e}", path.display()))
-        })?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "cannot open database at {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        };
         let trees = Table::ALL
             .iter()
             .map(|t| db.open_tree(t.name()).map_err(backend))
