@@ -8,15 +8,20 @@ use std::time::Instant;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
+use crate::attest::sim::SimPlatform;
+use crate::attest::{EVIDENCE_VERSION, Evidence, NONCE_LEN, report_data};
 use crate::envelope::response::SignedResponse;
+use crate::envelope::{b64_decode, b64_encode};
 use crate::error::ApiError;
 use crate::metrics::Stage;
+use crate::service::PublicJwk;
 use crate::service::Service;
 use crate::time::unix_now;
 
 /// Shared state of the HTTP layer.
 pub struct AppState {
     pub service: Arc<Service>,
+    pub attestation: Arc<SimPlatform>,
     pub max_body_bytes: usize,
     /// SM3 of the operator bearer token; `None`: operator endpoints are off (404).
     pub admin_token: Option<[u8; 32]>,
@@ -37,6 +42,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/admin/db/status")
             .route(web::get().to(db_status))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/attestation")
+            .route(web::get().to(attestation))
             .default_service(web::to(method_not_allowed)),
     )
     .service(
@@ -87,6 +97,45 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.service.metrics().render())
+}
+
+#[derive(serde::Deserialize)]
+struct NonceQuery {
+    nonce: Option<String>,
+}
+
+/// `GET /v1/attestation?nonce=<base64url, 32 bytes>`: a report binding the nonce and the
+/// identity key (`docs/ATTESTATION.md`).
+async fn attestation(
+    state: web::Data<AppState>,
+    query: Result<web::Query<NonceQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let nonce: [u8; NONCE_LEN] = query
+        .ok()
+        .and_then(|q| q.into_inner().nonce)
+        .and_then(|n| b64_decode(&n))
+        .and_then(|n| n.try_into().ok())
+        .ok_or(ApiError::BadNonce)?;
+    let (service, platform) = (state.service.clone(), state.attestation.clone());
+    let evidence = web::block(move || {
+        let identity = service.identity_public();
+        let (report, signature) = platform.report(report_data(&nonce, identity), unix_now())?;
+        Ok::<_, String>(Evidence {
+            v: EVIDENCE_VERSION,
+            tee: "sim".into(),
+            nonce: b64_encode(&nonce),
+            identity_key: PublicJwk::new(identity, "sig"),
+            report: b64_encode(&report),
+            endorsements: [("sim_signature".to_owned(), b64_encode(&signature))].into(),
+        })
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
+    .map_err(|error| {
+        tracing::error!(%error, "attestation failed");
+        ApiError::Internal
+    })?;
+    Ok(HttpResponse::Ok().json(evidence))
 }
 
 /// `GET /admin/db/status`: key ids, states, rotation progress, records per key. Needs

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::attest::verify::{Policy, Verified};
+use crate::attest::{Evidence, NONCE_LEN};
 use crate::crypto::sm2::PublicKey;
 use crate::crypto::sm3_hex;
 use crate::envelope::b64_decode;
@@ -175,6 +177,37 @@ impl Client {
     /// key that identity certified.
     pub fn fetch_keys(base_url: &str) -> Result<Self, ClientError> {
         Self::fetch_keys_checked(base_url, None)
+    }
+
+    /// Attests the service first: sends a fresh nonce to `GET /v1/attestation`, verifies the
+    /// evidence under `policy` (which says exactly which check failed, if one does), then
+    /// trusts the identity key the report binds and the encryption keys it certified.
+    pub fn attest(base_url: &str, policy: &Policy) -> Result<(Self, Verified), ClientError> {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let nonce: [u8; NONCE_LEN] =
+            crate::crypto::random_array().map_err(|e| ClientError::Keys(e.to_string()))?;
+        let raw = read(
+            agent()
+                .get(format!(
+                    "{base_url}/v1/attestation?nonce={}",
+                    crate::envelope::b64_encode(&nonce)
+                ))
+                .call()
+                .map_err(|e| ClientError::Http(e.to_string()))?,
+        )?;
+        if raw.status != 200 {
+            return Err(ClientError::Http(format!(
+                "GET /v1/attestation answered {}",
+                raw.status
+            )));
+        }
+        let evidence: Evidence = serde_json::from_slice(&raw.body)
+            .map_err(|e| ClientError::Untrusted(format!("bad evidence: {e}")))?;
+        let verified = policy
+            .verify(&evidence, &nonce, unix_now())
+            .map_err(|e| ClientError::Untrusted(e.to_string()))?;
+        let client = Self::fetch_keys_pinned(&base_url, &verified.identity)?;
+        Ok((client, verified))
     }
 
     /// A client that trusts only the `identity` key it was given, and encryption keys that

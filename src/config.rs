@@ -20,6 +20,16 @@ pub struct Config {
     pub protocol: ProtocolConfig,
     pub features: FeaturesConfig,
     pub risk: RiskConfig,
+    pub attestation: AttestationConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// `sim` (the only mode of this build; refused on a machine with a TEE device).
+    pub mode: String,
+    /// Measurement reported in sim mode, 64 hex digits; empty: SM3 of the executable.
+    pub sim_measurement: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,7 +122,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 13] = [
+            (
+                self.attestation.mode == "sim",
+                "attestation.mode must be \"sim\" (hardware modes are not in this build yet)",
+            ),
+            (
+                self.attestation.sim_measurement.is_empty()
+                    || (self.attestation.sim_measurement.len() == 64
+                        && hex::decode(&self.attestation.sim_measurement).is_ok()),
+                "attestation.sim_measurement must be empty or 64 hex digits",
+            ),
             (
                 (60..=7 * 86_400).contains(&self.keys.encryption_key_lifetime_secs),
                 "keys.encryption_key_lifetime_secs must be in 60..=604800",

@@ -35,6 +35,8 @@ pub enum ApiError {
     TemplateLimit(usize),
     #[error("too many requests in flight; retry later")]
     Overloaded,
+    #[error("nonce must be a query parameter of 32 bytes in base64url without padding")]
+    BadNonce,
     #[error("no such endpoint")]
     NotFound,
     #[error("this endpoint needs the operator's bearer token")]
@@ -79,6 +81,7 @@ impl ApiError {
             },
             ApiError::TemplateLimit(_) => "template_limit",
             ApiError::Overloaded => "overloaded",
+            ApiError::BadNonce => "bad_nonce",
             ApiError::NotFound => "not_found",
             ApiError::Unauthorized => "unauthorized",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -95,6 +98,7 @@ impl ResponseError for ApiError {
             | ApiError::Envelope(_)
             | ApiError::UnknownKid
             | ApiError::RetiredKid
+            | ApiError::BadNonce
             | ApiError::StaleRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::ReplayedRequest | ApiError::TemplateLimit(_) => StatusCode::CONFLICT,
             ApiError::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod attest;
 pub mod client;
 pub mod config;
 pub mod crypto;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tee_risk::attest::verify::Policy;
 use tee_risk::client::{Client, FeatureRequest, ServerKeys, read_features_file};
 use tee_risk::config::Config;
 use tee_risk::dataset::Dataset;
@@ -114,6 +115,15 @@ enum DbCommand {
 
 #[derive(Subcommand)]
 enum ClientCommand {
+    /// Verify the service's attestation evidence (fresh nonce) under a policy file, then its
+    /// certified encryption key; print what was verified.
+    Attest {
+        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Attestation policy (TOML), e.g. config/attestation-policy.toml.
+        #[arg(long, default_value = "config/attestation-policy.toml")]
+        policy: PathBuf,
+    },
     /// Fetch and print the service's public keys.
     Keys {
         #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
@@ -316,6 +326,28 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn client(command: ClientCommand) -> anyhow::Result<()> {
     let (path, args) = match command {
+        ClientCommand::Attest { url, policy } => {
+            let policy = Policy::load(&policy).map_err(anyhow::Error::msg)?;
+            let (client, verified) = Client::attest(&url, &policy)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "tee": verified.tee,
+                    "measurement": verified.measurement,
+                    "debug": verified.debug,
+                    "issued_at": verified.issued_at,
+                    "identity_kid": verified.identity.kid(),
+                    "encryption_kid": client.keys().encryption.kid(),
+                    "encryption_valid_until": client.keys().encryption_not_after,
+                }))?
+            );
+            eprintln!(
+                "attestation verified: report signature, nonce, report_data binding of the \
+                 identity key, measurement, debug flag and age; encryption key certified by \
+                 that identity"
+            );
+            return Ok(());
+        }
         ClientCommand::Keys { url } => {
             let client = Client::fetch_keys(&url)?;
             let keys = client.keys();

@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use zeroize::Zeroizing;
 
 use crate::api::{AppState, routes};
+use crate::attest::sim::{Measurement, SimPlatform};
 use crate::config::Config;
 use crate::service::Service;
 use crate::store::rotation::DEFAULT_BATCH;
@@ -32,6 +33,9 @@ pub const DEV_KEY_FILE: &str = "dev-master-key.hex";
 pub const LISTENING_PREFIX: &str = "tee-risk listening on http://";
 
 pub const IDENTITY_PEM: &str = "identity.pub.pem";
+pub const SIM_PLATFORM_PEM: &str = "sim-platform.pub.pem";
+/// The sim platform's private key, beside the data (sim mode only).
+pub const SIM_PLATFORM_KEY_FILE: &str = "sim-platform-key.hex";
 
 /// Where the master key came from.
 pub enum MasterKeySource {
@@ -75,7 +79,8 @@ pub fn resolve_master_key(
     Ok((key, MasterKeySource::DevFile))
 }
 
-fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+/// Creates `path` with mode 0600 (never overwrites) and syncs it.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -213,7 +218,10 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let maintenance = spawn_key_maintenance(service.clone(), stop_maintenance.clone())?;
 
+    let attestation = Arc::new(sim_platform(&config)?);
+
     let state = web::Data::new(AppState {
+        attestation,
         service: service.clone(),
         max_body_bytes: config.server.max_body_bytes,
         admin_token: std::env::var(ADMIN_TOKEN_ENV)
@@ -259,6 +267,36 @@ fn publish_public_keys(dir: &Path, service: &Service) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     tracing::info!(path = %path.display(), kid = %key.kid(), "identity public key written");
     Ok(())
+}
+
+/// The simulated TEE: refused where a TEE device exists; its key persists beside the data
+/// and its public half is written for verifiers to pin.
+fn sim_platform(config: &Config) -> anyhow::Result<SimPlatform> {
+    SimPlatform::check_no_tee_device().map_err(anyhow::Error::msg)?;
+    let key = SimPlatform::load_or_create_key(&config.storage.data_dir.join(SIM_PLATFORM_KEY_FILE))
+        .map_err(anyhow::Error::msg)?;
+    let measurement = if config.attestation.sim_measurement.is_empty() {
+        Measurement::FileDigest(
+            std::env::current_exe().context("cannot locate the running executable")?,
+        )
+    } else {
+        let mut m = [0u8; 32];
+        hex::decode_to_slice(&config.attestation.sim_measurement, &mut m)
+            .context("attestation.sim_measurement")?;
+        Measurement::Fixed(m)
+    };
+    let platform = SimPlatform::with_measurement(key, measurement, config.server.dev);
+    let path = config.keys.dir.join(SIM_PLATFORM_PEM);
+    std::fs::create_dir_all(&config.keys.dir)
+        .with_context(|| format!("cannot create {}", config.keys.dir.display()))?;
+    std::fs::write(&path, platform.public().to_pem())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::warn!(
+        platform_key = %path.display(),
+        "SIMULATED attestation: evidence is signed by a local sim platform key, not by TEE \
+         hardware; verifiers accept it only if their policy allows `sim`"
+    );
+    Ok(platform)
 }
 
 /// Issues and wipes encryption keys on time, checking every second until `stop`.

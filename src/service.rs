@@ -8,65 +8,17 @@ use crate::config::Config;
 use crate::crypto::CryptoError;
 use crate::crypto::sm2::{IdentityKey, PublicKey};
 use crate::crypto::sm3_hex;
-use crate::envelope::b64_encode;
 use crate::envelope::request::{ProtectedHeader, RequestEnvelope};
 use crate::envelope::response::{ResponseSigner, SignedResponse};
 use crate::error::ApiError;
 use crate::features::Probe;
-use crate::keyset::{KeySet, KidLookup, PublishedKey};
+use crate::keyset::{KeySet, KidLookup};
 use crate::metrics::{Metrics, Stage, StageTimer};
 use crate::replay::{ReplayCache, ReplayCheck};
 use crate::risk::{self, Assessment, Decision, MODEL_VERSION, RiskPolicy};
 use crate::store::vault::{RiskLogEntry, Vault, VaultError};
 
-/// `GET /v1/keys`.
-#[derive(Debug, Serialize, serde::Deserialize)]
-pub struct KeysDocument {
-    pub keys: Vec<PublicJwk>,
-}
-
-#[derive(Debug, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PublicJwk {
-    pub kid: String,
-    #[serde(rename = "use")]
-    pub key_use: String,
-    pub crv: String,
-    pub x: String,
-    pub y: String,
-    /// Encryption keys: validity (unix seconds) and the identity key's certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exp: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert: Option<SignedResponse>,
-}
-
-impl PublicJwk {
-    pub fn new(key: &PublicKey, key_use: &str) -> Self {
-        Self {
-            kid: key.kid(),
-            key_use: key_use.into(),
-            crv: "SM2".into(),
-            x: b64_encode(key.x()),
-            y: b64_encode(key.y()),
-            nbf: None,
-            exp: None,
-            cert: None,
-        }
-    }
-
-    /// An encryption key with its validity and certificate.
-    pub fn encryption(key: &PublishedKey) -> Self {
-        Self {
-            nbf: Some(key.not_before),
-            exp: Some(key.not_after),
-            cert: Some(key.certificate.clone()),
-            ..Self::new(&key.public, "enc")
-        }
-    }
-}
+pub use crate::envelope::jwk::{KeysDocument, PublicJwk};
 
 #[derive(Serialize)]
 struct EnrollPayload<'a> {

@@ -2,6 +2,7 @@
 //! Pure code, no I/O: bytes in, typed values out. The format is specified in
 //! `docs/PROTOCOL.md`.
 
+pub mod jwk;
 pub mod request;
 pub mod response;
 

@@ -1,0 +1,360 @@
+//! The one verifier of attestation evidence (client library, `tee-risk client attest`,
+//! tests): parse → verify the platform's signature chain → common checks (allowed TEE kinds,
+//! measurement, debug, report_data binding, freshness) → a trusted identity key. Policy comes
+//! from a TOML file (`config/attestation-policy*.toml`); a failure names the check.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::sim::SimReport;
+use super::{EVIDENCE_VERSION, Evidence, NONCE_LEN, report_data};
+use crate::crypto::sm2::PublicKey;
+use crate::envelope::b64_decode;
+
+/// What a verifier accepts. Unknown keys are errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// TEE kinds accepted: `snp`, `csv`, `sim`. Sim evidence proves nothing about hardware;
+    /// list it only for development.
+    pub allowed_tee: Vec<String>,
+    /// Accepted measurements (lowercase hex).
+    #[serde(default)]
+    pub measurements: Vec<String>,
+    /// Accept any measurement (development only).
+    #[serde(default)]
+    pub allow_any_measurement: bool,
+    /// Accept reports from debug-mode guests.
+    #[serde(default)]
+    pub allow_debug: bool,
+    /// Reports issued longer ago than this (or in the future by more) are refused.
+    pub max_age_secs: i64,
+    #[serde(default)]
+    pub sim: Option<SimPolicy>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimPolicy {
+    /// The pinned sim platform public key (PEM), relative to the policy file.
+    pub platform_key: PathBuf,
+}
+
+/// A check that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("attestation check `{check}` failed: {detail}")]
+pub struct AttestError {
+    pub check: &'static str,
+    pub detail: String,
+}
+
+fn fail(check: &'static str, detail: impl Into<String>) -> AttestError {
+    AttestError {
+        check,
+        detail: detail.into(),
+    }
+}
+
+/// Evidence that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub tee: String,
+    pub measurement: String,
+    pub debug: bool,
+    pub issued_at: i64,
+    /// The identity key the report binds: trust it for responses and key certificates.
+    pub identity: PublicKey,
+}
+
+/// What the platform-specific step hands to the common checks.
+struct PlatformReport {
+    measurement: [u8; 32],
+    report_data: [u8; 64],
+    debug: bool,
+    issued_at: i64,
+}
+
+impl Policy {
+    /// Loads a policy file; a relative `sim.platform_key` is resolved against its folder.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut policy: Policy =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(sim) = policy.sim.as_mut()
+            && sim.platform_key.is_relative()
+        {
+            let base = path.parent().unwrap_or(Path::new("."));
+            sim.platform_key = base.join(&sim.platform_key);
+        }
+        Ok(policy)
+    }
+
+    /// Verifies `evidence` for the `nonce` this verifier sent, at `now`.
+    pub fn verify(
+        &self,
+        evidence: &Evidence,
+        nonce: &[u8; NONCE_LEN],
+        now: i64,
+    ) -> Result<Verified, AttestError> {
+        if evidence.v != EVIDENCE_VERSION {
+            return Err(fail(
+                "format",
+                format!("unknown evidence version {}", evidence.v),
+            ));
+        }
+        if !self.allowed_tee.contains(&evidence.tee) {
+            return Err(fail(
+                "tee_kind",
+                format!(
+                    "`{}` evidence is not allowed by this policy (allowed: {:?})",
+                    evidence.tee, self.allowed_tee
+                ),
+            ));
+        }
+        if b64_decode(&evidence.nonce).as_deref() != Some(&nonce[..]) {
+            return Err(fail("nonce", "the evidence answers another nonce"));
+        }
+        let identity = jwk_key(&evidence.identity_key)?;
+        let report = b64_decode(&evidence.report)
+            .ok_or_else(|| fail("format", "the report is not base64url"))?;
+        let platform = match evidence.tee.as_str() {
+            "sim" => self.verify_sim(&report, evidence)?,
+            other => {
+                return Err(fail(
+                    "tee_kind",
+                    format!("`{other}` evidence cannot be verified by this build"),
+                ));
+            }
+        };
+        if platform.report_data != report_data(nonce, &identity) {
+            return Err(fail(
+                "report_data",
+                "the report does not bind this nonce and identity key",
+            ));
+        }
+        let measurement = hex::encode(platform.measurement);
+        if !self.allow_any_measurement && !self.measurements.contains(&measurement) {
+            return Err(fail(
+                "measurement",
+                format!("measurement {measurement} is not in the policy"),
+            ));
+        }
+        if platform.debug && !self.allow_debug {
+            return Err(fail("debug", "the report comes from a debug-mode guest"));
+        }
+        if now.abs_diff(platform.issued_at) > self.max_age_secs.unsigned_abs() {
+            return Err(fail(
+                "freshness",
+                format!(
+                    "the report was issued at {}, more than {} s from now ({now})",
+                    platform.issued_at, self.max_age_secs
+                ),
+            ));
+        }
+        Ok(Verified {
+            tee: evidence.tee.clone(),
+            measurement,
+            debug: platform.debug,
+            issued_at: platform.issued_at,
+            identity,
+        })
+    }
+
+    /// Sim: the pinned platform key signed the report.
+    fn verify_sim(
+        &self,
+        report: &[u8],
+        evidence: &Evidence,
+    ) -> Result<PlatformReport, AttestError> {
+        let sim = self
+            .sim
+            .as_ref()
+            .ok_or_else(|| fail("platform", "the policy pins no sim platform key"))?;
+        let pem = std::fs::read_to_string(&sim.platform_key).map_err(|e| {
+            fail(
+                "platform",
+                format!("cannot read {}: {e}", sim.platform_key.display()),
+            )
+        })?;
+        let platform = PublicKey::from_pem(&pem)
+            .map_err(|_| fail("platform", "the pinned sim platform key is not an SM2 key"))?;
+        let signature = evidence
+            .endorsements
+            .get("sim_signature")
+            .and_then(|s| b64_decode(s))
+            .ok_or_else(|| fail("platform", "no sim_signature endorsement"))?;
+        platform
+            .verify(report, &signature)
+            .map_err(|_| fail("platform", "the sim platform signature does not verify"))?;
+        let parsed = SimReport::decode(report).map_err(|e| fail("format", e))?;
+        Ok(PlatformReport {
+            measurement: parsed.measurement,
+            report_data: parsed.report_data,
+            debug: parsed.debug,
+            issued_at: parsed.issued_at,
+        })
+    }
+}
+
+fn jwk_key(jwk: &crate::service::PublicJwk) -> Result<PublicKey, AttestError> {
+    let coordinate =
+        |v: &str| b64_decode(v).ok_or_else(|| fail("identity_key", "bad key coordinate"));
+    let key = PublicKey::from_xy(&coordinate(&jwk.x)?, &coordinate(&jwk.y)?)
+        .map_err(|_| fail("identity_key", "not a point on SM2"))?;
+    if key.kid() != jwk.kid || jwk.key_use != "sig" {
+        return Err(fail("identity_key", "kid or use does not match the key"));
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::sim::SimPlatform;
+    use crate::crypto::sm2::IdentityKey;
+    use crate::envelope::b64_encode;
+    use crate::service::PublicJwk;
+
+    const NOW: i64 = 1_795_000_000;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        platform: SimPlatform,
+        identity: IdentityKey,
+        policy: Policy,
+    }
+
+    fn setup(debug: bool) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let platform = SimPlatform::new(IdentityKey::generate().unwrap(), [7; 32], debug);
+        let pem = dir.path().join("sim.pem");
+        std::fs::write(&pem, platform.public().to_pem()).unwrap();
+        let policy = Policy {
+            allowed_tee: vec!["sim".into()],
+            measurements: vec![hex::encode([7u8; 32])],
+            allow_any_measurement: false,
+            allow_debug: false,
+            max_age_secs: 300,
+            sim: Some(SimPolicy { platform_key: pem }),
+        };
+        Setup {
+            _dir: dir,
+            platform,
+            identity: IdentityKey::generate().unwrap(),
+            policy,
+        }
+    }
+
+    fn evidence(s: &Setup, nonce: &[u8; 32], identity: &PublicKey) -> Evidence {
+        let (report, signature) = s
+            .platform
+            .report(report_data(nonce, identity), NOW)
+            .unwrap();
+        Evidence {
+            v: EVIDENCE_VERSION,
+            tee: "sim".into(),
+            nonce: b64_encode(nonce),
+            identity_key: PublicJwk::new(s.identity.public(), "sig"),
+            report: b64_encode(&report),
+            endorsements: [("sim_signature".to_owned(), b64_encode(&signature))].into(),
+        }
+    }
+
+    fn failed_check(result: Result<Verified, AttestError>) -> &'static str {
+        result.expect_err("must fail").check
+    }
+
+    #[test]
+    fn sim_evidence_verifies_when_the_policy_allows_it() {
+        let s = setup(false);
+        let verified = s
+            .policy
+            .verify(&evidence(&s, &[1; 32], s.identity.public()), &[1; 32], NOW)
+            .unwrap();
+        assert_eq!(&verified.identity, s.identity.public());
+        assert_eq!(verified.measurement, hex::encode([7u8; 32]));
+    }
+
+    #[test]
+    fn each_check_fails_on_its_own_fault() {
+        let s = setup(false);
+        let good = evidence(&s, &[1; 32], s.identity.public());
+
+        let mut refusing = s.policy.clone();
+        refusing.allowed_tee = vec!["snp".into()];
+        assert_eq!(
+            failed_check(refusing.verify(&good, &[1; 32], NOW)),
+            "tee_kind"
+        );
+        // Evidence for another nonce.
+        assert_eq!(failed_check(s.policy.verify(&good, &[2; 32], NOW)), "nonce");
+        // A report bound to another nonce, relabelled with ours.
+        let mut relabelled = evidence(&s, &[2; 32], s.identity.public());
+        relabelled.nonce = b64_encode(&[1; 32]);
+        assert_eq!(
+            failed_check(s.policy.verify(&relabelled, &[1; 32], NOW)),
+            "report_data"
+        );
+        // A report bound to another key, presented with ours.
+        let other = IdentityKey::generate().unwrap();
+        let wrong_key = evidence(&s, &[1; 32], other.public());
+        assert_eq!(
+            failed_check(s.policy.verify(&wrong_key, &[1; 32], NOW)),
+            "report_data"
+        );
+        // A tampered report no longer carries the platform's signature.
+        let mut tampered = good.clone();
+        let mut report = b64_decode(&tampered.report).unwrap();
+        report[12] ^= 1;
+        tampered.report = b64_encode(&report);
+        assert_eq!(
+            failed_check(s.policy.verify(&tampered, &[1; 32], NOW)),
+            "platform"
+        );
+        // Another platform key pinned.
+        let stranger = setup(false);
+        let mut other_pin = s.policy.clone();
+        other_pin.sim = stranger.policy.sim.clone();
+        assert_eq!(
+            failed_check(other_pin.verify(&good, &[1; 32], NOW)),
+            "platform"
+        );
+        let mut unlisted = s.policy.clone();
+        unlisted.measurements = vec![hex::encode([8u8; 32])];
+        assert_eq!(
+            failed_check(unlisted.verify(&good, &[1; 32], NOW)),
+            "measurement"
+        );
+        assert_eq!(
+            failed_check(s.policy.verify(&good, &[1; 32], NOW + 301)),
+            "freshness"
+        );
+    }
+
+    #[test]
+    fn debug_guests_are_refused_unless_allowed() {
+        let s = setup(true);
+        let e = evidence(&s, &[1; 32], s.identity.public());
+        assert_eq!(failed_check(s.policy.verify(&e, &[1; 32], NOW)), "debug");
+        let mut lenient = s.policy.clone();
+        lenient.allow_debug = true;
+        assert!(lenient.verify(&e, &[1; 32], NOW).unwrap().debug);
+    }
+
+    #[test]
+    fn shipped_policies_load_and_the_default_refuses_sim() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let production = Policy::load(&root.join("config/attestation-policy.toml")).unwrap();
+        assert!(!production.allowed_tee.contains(&"sim".to_owned()));
+        let dev = Policy::load(&root.join("config/attestation-policy.dev.toml")).unwrap();
+        assert_eq!(dev.allowed_tee, ["sim"]);
+        assert!(
+            dev.sim
+                .unwrap()
+                .platform_key
+                .ends_with("keys/sim-platform.pub.pem")
+        );
+    }
+}

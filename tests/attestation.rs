@@ -1,0 +1,71 @@
+//! Attestation over loopback against the real binary: a client attests the service before
+//! sending a face, and a default (production) policy refuses simulated evidence.
+
+mod common;
+
+use std::path::Path;
+
+use common::{MASTER_KEY, TestServer};
+use tee_risk::attest::verify::Policy;
+use tee_risk::client::{Client, FeatureRequest};
+use tee_risk::server::SIM_PLATFORM_PEM;
+
+fn dev_policy(dir: &Path, keys: &Path) -> Policy {
+    let path = dir.join("policy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "allowed_tee = [\"sim\"]\nallow_any_measurement = true\nmax_age_secs = 300\n\
+             [sim]\nplatform_key = {:?}\n",
+            keys.join(SIM_PLATFORM_PEM)
+        ),
+    )
+    .unwrap();
+    Policy::load(&path).unwrap()
+}
+
+#[test]
+fn a_client_attests_then_sends_and_the_default_policy_refuses_sim() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+
+    let (client, verified) = Client::attest(&server.url, &dev_policy(dir.path(), &keys)).unwrap();
+    assert_eq!(verified.tee, "sim");
+    assert!(!verified.debug, "production mode reports no debug flag");
+    assert_eq!(verified.measurement.len(), 64);
+    let tofu = Client::fetch_keys(&server.url).unwrap();
+    assert_eq!(verified.identity, tofu.keys().identity);
+    let answer = client
+        .enroll(&FeatureRequest {
+            user_id: "attested-user".into(),
+            features: (0..128).map(|i| (i % 5) as f32 - 2.0).collect(),
+            liveness: None,
+            device_id: None,
+        })
+        .unwrap();
+    assert_eq!(answer["outcome"], "enrolled");
+
+    let shipped =
+        Policy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/attestation-policy.toml"))
+            .unwrap();
+    let refused = Client::attest(&server.url, &shipped)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(refused.contains("`tee_kind`"), "{refused}");
+
+    for query in ["", "?nonce=", "?nonce=AAAA", "?nonce=not*base64"] {
+        let raw = ureq::get(format!("{}/v1/attestation{query}", server.url))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        assert!(raw.contains("bad_nonce"), "{query}: {raw}");
+    }
+    assert!(server.stop().success());
+}
