@@ -8,20 +8,18 @@ use std::time::Instant;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
-use crate::attest::sim::SimPlatform;
-use crate::attest::{EVIDENCE_VERSION, Evidence, NONCE_LEN, report_data};
+use crate::attest::{Attester, NONCE_LEN};
+use crate::envelope::b64_decode;
 use crate::envelope::response::SignedResponse;
-use crate::envelope::{b64_decode, b64_encode};
 use crate::error::ApiError;
 use crate::metrics::Stage;
-use crate::service::PublicJwk;
 use crate::service::Service;
 use crate::time::unix_now;
 
 /// Shared state of the HTTP layer.
 pub struct AppState {
     pub service: Arc<Service>,
-    pub attestation: Arc<SimPlatform>,
+    pub attestation: Arc<Attester>,
     pub max_body_bytes: usize,
     /// SM3 of the operator bearer token; `None`: operator endpoints are off (404).
     pub admin_token: Option<[u8; 32]>,
@@ -116,25 +114,15 @@ async fn attestation(
         .and_then(|n| b64_decode(&n))
         .and_then(|n| n.try_into().ok())
         .ok_or(ApiError::BadNonce)?;
-    let (service, platform) = (state.service.clone(), state.attestation.clone());
-    let evidence = web::block(move || {
-        let identity = service.identity_public();
-        let (report, signature) = platform.report(report_data(&nonce, identity), unix_now())?;
-        Ok::<_, String>(Evidence {
-            v: EVIDENCE_VERSION,
-            tee: "sim".into(),
-            nonce: b64_encode(&nonce),
-            identity_key: PublicJwk::new(identity, "sig"),
-            report: b64_encode(&report),
-            endorsements: [("sim_signature".to_owned(), b64_encode(&signature))].into(),
-        })
-    })
-    .await
-    .map_err(|_| ApiError::Internal)?
-    .map_err(|error| {
-        tracing::error!(%error, "attestation failed");
-        ApiError::Internal
-    })?;
+    let (service, attester) = (state.service.clone(), state.attestation.clone());
+    let evidence =
+        web::block(move || attester.evidence(&nonce, service.identity_public(), unix_now()))
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(|error| {
+                tracing::error!(%error, "attestation failed");
+                ApiError::Internal
+            })?;
     Ok(HttpResponse::Ok().json(evidence))
 }
 

@@ -26,7 +26,7 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttestationConfig {
-    /// `sim` (the only mode of this build; refused on a machine with a TEE device).
+    /// `sim` (refused on a machine with a TEE device) or `snp` (inside an SEV-SNP guest).
     pub mode: String,
     /// Measurement reported in sim mode, 64 hex digits; empty: SM3 of the executable.
     pub sim_measurement: String,
@@ -124,8 +124,8 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         let checks: [(bool, &str); 13] = [
             (
-                self.attestation.mode == "sim",
-                "attestation.mode must be \"sim\" (hardware modes are not in this build yet)",
+                ["sim", "snp"].contains(&self.attestation.mode.as_str()),
+                "attestation.mode must be \"sim\" or \"snp\"",
             ),
             (
                 self.attestation.sim_measurement.is_empty()

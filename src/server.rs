@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use zeroize::Zeroizing;
 
 use crate::api::{AppState, routes};
+use crate::attest::Attester;
 use crate::attest::sim::{Measurement, SimPlatform};
 use crate::config::Config;
 use crate::service::Service;
@@ -218,7 +219,17 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let maintenance = spawn_key_maintenance(service.clone(), stop_maintenance.clone())?;
 
-    let attestation = Arc::new(sim_platform(&config)?);
+    let attestation = Arc::new(match config.attestation.mode.as_str() {
+        "snp" => {
+            anyhow::ensure!(
+                Path::new("/dev/sev-guest").exists(),
+                "attestation.mode = \"snp\" needs /dev/sev-guest: run inside an SEV-SNP guest"
+            );
+            tracing::info!("attestation: AMD SEV-SNP reports from /dev/sev-guest");
+            Attester::Snp
+        }
+        _ => Attester::Sim(Box::new(sim_platform(&config)?)),
+    });
 
     let state = web::Data::new(AppState {
         attestation,

@@ -6,10 +6,11 @@
 //!                               ‖ u16be(65) ‖ identity key SEC1) ‖ 32 zero bytes
 //! ```
 //! TEE kinds: `sim` (a simulated report signed by a pinned "sim platform" SM2 key, for
-//! machines without a TEE; verifiers refuse it unless their policy lists it). AMD SEV-SNP
-//! and Hygon CSV are planned (`docs/ATTESTATION.md`).
+//! machines without a TEE; verifiers refuse it unless their policy lists it) and `snp` (AMD
+//! SEV-SNP, verified to AMD's roots). Hygon CSV is planned (`docs/ATTESTATION.md`).
 
 pub mod sim;
+pub mod snp;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::sm2::PublicKey;
 use crate::crypto::sm3;
+use crate::envelope::b64_encode;
 use crate::service::PublicJwk;
 
 /// Evidence format version.
@@ -41,6 +43,47 @@ pub struct Evidence {
     /// Per-TEE material that vouches for the report (base64url values), e.g. the sim
     /// platform's signature.
     pub endorsements: BTreeMap<String, String>,
+}
+
+/// Where evidence comes from on the service side.
+pub enum Attester {
+    Sim(Box<sim::SimPlatform>),
+    /// An AMD SEV-SNP guest: reports from `/dev/sev-guest`.
+    Snp,
+}
+
+impl Attester {
+    /// Evidence binding `nonce` and `identity`, made now.
+    pub fn evidence(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        identity: &PublicKey,
+        now: i64,
+    ) -> Result<Evidence, String> {
+        let data = report_data(nonce, identity);
+        let (tee, report, endorsements) = match self {
+            Attester::Sim(platform) => {
+                let (report, signature) = platform.report(data, now)?;
+                ("sim", report, vec![("sim_signature", signature)])
+            }
+            Attester::Snp => {
+                let (report, vcek) = snp::guest_report(data)?;
+                let endorsements = vcek.map(|v| ("vcek", v)).into_iter().collect();
+                ("snp", report, endorsements)
+            }
+        };
+        Ok(Evidence {
+            v: EVIDENCE_VERSION,
+            tee: tee.into(),
+            nonce: b64_encode(nonce),
+            identity_key: PublicJwk::new(identity, "sig"),
+            report: b64_encode(&report),
+            endorsements: endorsements
+                .into_iter()
+                .map(|(name, bytes)| (name.to_owned(), b64_encode(&bytes)))
+                .collect(),
+        })
+    }
 }
 
 /// The 64 bytes a report must carry for `nonce` and `identity`.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::sim::SimReport;
+use super::snp::{self, Tcb};
 use super::{EVIDENCE_VERSION, Evidence, NONCE_LEN, report_data};
 use crate::crypto::sm2::PublicKey;
 use crate::envelope::b64_decode;
@@ -32,6 +33,20 @@ pub struct Policy {
     pub max_age_secs: i64,
     #[serde(default)]
     pub sim: Option<SimPolicy>,
+    #[serde(default)]
+    pub snp: Option<SnpPolicy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpPolicy {
+    /// The lowest reported TCB accepted, component by component.
+    #[serde(default)]
+    pub min_tcb: Tcb,
+    /// Offline VCEKs, named `<chip id hex>-<bl>-<tee>-<snp>-<ucode>.der` (relative to the
+    /// policy file), for evidence that carries none.
+    #[serde(default)]
+    pub vcek_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,17 +77,19 @@ pub struct Verified {
     pub tee: String,
     pub measurement: String,
     pub debug: bool,
-    pub issued_at: i64,
+    /// When the report says it was made (sim); SNP reports carry no time: the nonce makes
+    /// them fresh.
+    pub issued_at: Option<i64>,
     /// The identity key the report binds: trust it for responses and key certificates.
     pub identity: PublicKey,
 }
 
 /// What the platform-specific step hands to the common checks.
 struct PlatformReport {
-    measurement: [u8; 32],
+    measurement: Vec<u8>,
     report_data: [u8; 64],
     debug: bool,
-    issued_at: i64,
+    issued_at: Option<i64>,
 }
 
 impl Policy {
@@ -82,11 +99,16 @@ impl Policy {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut policy: Policy =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if let Some(sim) = policy.sim.as_mut()
             && sim.platform_key.is_relative()
         {
-            let base = path.parent().unwrap_or(Path::new("."));
             sim.platform_key = base.join(&sim.platform_key);
+        }
+        if let Some(dir) = policy.snp.as_mut().and_then(|p| p.vcek_dir.as_mut())
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
         }
         Ok(policy)
     }
@@ -121,6 +143,7 @@ impl Policy {
             .ok_or_else(|| fail("format", "the report is not base64url"))?;
         let platform = match evidence.tee.as_str() {
             "sim" => self.verify_sim(&report, evidence)?,
+            "snp" => self.verify_snp(&report, evidence)?,
             other => {
                 return Err(fail(
                     "tee_kind",
@@ -144,12 +167,14 @@ impl Policy {
         if platform.debug && !self.allow_debug {
             return Err(fail("debug", "the report comes from a debug-mode guest"));
         }
-        if now.abs_diff(platform.issued_at) > self.max_age_secs.unsigned_abs() {
+        if let Some(issued_at) = platform.issued_at
+            && now.abs_diff(issued_at) > self.max_age_secs.unsigned_abs()
+        {
             return Err(fail(
                 "freshness",
                 format!(
-                    "the report was issued at {}, more than {} s from now ({now})",
-                    platform.issued_at, self.max_age_secs
+                    "the report was issued at {issued_at}, more than {} s from now ({now})",
+                    self.max_age_secs
                 ),
             ));
         }
@@ -190,10 +215,39 @@ impl Policy {
             .map_err(|_| fail("platform", "the sim platform signature does not verify"))?;
         let parsed = SimReport::decode(report).map_err(|e| fail("format", e))?;
         Ok(PlatformReport {
-            measurement: parsed.measurement,
+            measurement: parsed.measurement.to_vec(),
             report_data: parsed.report_data,
             debug: parsed.debug,
-            issued_at: parsed.issued_at,
+            issued_at: Some(parsed.issued_at),
+        })
+    }
+
+    /// SNP: AMD root → ASK → VCEK → report, VCEK extensions, VMPL 0, TCB floor.
+    fn verify_snp(
+        &self,
+        report: &[u8],
+        evidence: &Evidence,
+    ) -> Result<PlatformReport, AttestError> {
+        let policy = self.snp.clone().unwrap_or_default();
+        let inline = match evidence.endorsements.get("vcek") {
+            Some(text) => Some(
+                b64_decode(text)
+                    .ok_or_else(|| fail("format", "the vcek endorsement is not base64url"))?,
+            ),
+            None => None,
+        };
+        let facts = snp::verify(
+            report,
+            inline.as_deref(),
+            policy.vcek_dir.as_deref(),
+            &policy.min_tcb,
+        )
+        .map_err(|(check, detail)| fail(check, detail))?;
+        Ok(PlatformReport {
+            measurement: facts.measurement.to_vec(),
+            report_data: facts.report_data,
+            debug: facts.debug,
+            issued_at: None,
         })
     }
 }
@@ -238,6 +292,7 @@ mod tests {
             allow_debug: false,
             max_age_secs: 300,
             sim: Some(SimPolicy { platform_key: pem }),
+            snp: None,
         };
         Setup {
             _dir: dir,
@@ -341,6 +396,62 @@ mod tests {
         let mut lenient = s.policy.clone();
         lenient.allow_debug = true;
         assert!(lenient.verify(&e, &[1; 32], NOW).unwrap().debug);
+    }
+
+    /// The real Milan report (from the `sev` crate's test data) passes the hardware checks
+    /// and then fails the binding: its report_data was not made for our nonce and key.
+    #[test]
+    fn snp_evidence_is_checked_to_amds_root_then_for_the_binding() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/snp");
+        let report = hex::decode(
+            std::fs::read_to_string(dir.join("report_milan.hex"))
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        let vcek = std::fs::read(dir.join("vcek_milan.der")).unwrap();
+        let identity = IdentityKey::generate().unwrap();
+        let evidence = |report: &[u8]| Evidence {
+            v: EVIDENCE_VERSION,
+            tee: "snp".into(),
+            nonce: b64_encode(&[1; 32]),
+            identity_key: PublicJwk::new(identity.public(), "sig"),
+            report: b64_encode(report),
+            endorsements: [("vcek".to_owned(), b64_encode(&vcek))].into(),
+        };
+        let policy = Policy {
+            allowed_tee: vec!["snp".into()],
+            measurements: vec![],
+            allow_any_measurement: true,
+            allow_debug: false,
+            max_age_secs: 300,
+            sim: None,
+            snp: None,
+        };
+        assert_eq!(
+            failed_check(policy.verify(&evidence(&report), &[1; 32], NOW)),
+            "report_data"
+        );
+        let mut tampered = report.clone();
+        tampered[0x90] ^= 1;
+        assert_eq!(
+            failed_check(policy.verify(&evidence(&tampered), &[1; 32], NOW)),
+            "platform"
+        );
+        let mut no_vcek = evidence(&report);
+        no_vcek.endorsements.clear();
+        assert_eq!(
+            failed_check(policy.verify(&no_vcek, &[1; 32], NOW)),
+            "platform"
+        );
+        let sim_only = Policy {
+            allowed_tee: vec!["sim".into()],
+            ..policy
+        };
+        assert_eq!(
+            failed_check(sim_only.verify(&evidence(&report), &[1; 32], NOW)),
+            "tee_kind"
+        );
     }
 
     #[test]

@@ -1,0 +1,344 @@
+//! AMD SEV-SNP (`tee: "snp"`), through the `sev` crate (pure-Rust crypto).
+//!
+//! Guest side: the report comes from `/dev/sev-guest` with our report_data, at VMPL 0,
+//! with the VCEK from the host's certificate table when it provides one.
+//!
+//! Verifier side: parse the 1,184-byte report and insist that re-encoding it gives back the
+//! exact bytes received (the signature is checked over the re-encoding, so bytes the parser
+//! skips must not be able to differ); find the VCEK (inline in the evidence, or in an offline
+//! folder keyed by chip id and TCB: no network fetch); verify ARK → ASK → VCEK against AMD's
+//! roots built into `sev` (Milan, Genoa, Turin) and the report's signature with the VCEK;
+//! match the VCEK's TCB and hardware-id extensions against the report; require VMPL 0 and a
+//! reported TCB at or above the policy's floor, component by component.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use sev::certs::snp::{Certificate, Chain, Verifiable, builtin, ca};
+use sev::firmware::guest::AttestationReport;
+use sev::parser::ByteParser;
+use x509_cert::der::Decode;
+use x509_cert::der::asn1::OctetString;
+
+/// Length of an SNP attestation report.
+pub const REPORT_LEN: usize = 1184;
+/// Where the signature starts; the bytes before it are what the VCEK signs.
+const SIGNATURE_OFFSET: usize = 0x2a0;
+/// AMD's VCEK extension OIDs (VCEK specification, chapter 3).
+const OID_BL_SPL: &str = "1.3.6.1.4.1.3704.1.3.1";
+const OID_TEE_SPL: &str = "1.3.6.1.4.1.3704.1.3.2";
+const OID_SNP_SPL: &str = "1.3.6.1.4.1.3704.1.3.3";
+const OID_UCODE_SPL: &str = "1.3.6.1.4.1.3704.1.3.8";
+const OID_HW_ID: &str = "1.3.6.1.4.1.3704.1.4";
+
+/// A minimum TCB (security patch levels), compared component by component.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tcb {
+    pub bootloader: u8,
+    pub tee: u8,
+    pub snp: u8,
+    pub microcode: u8,
+}
+
+/// What SNP verification established, for the common checks.
+#[derive(Debug, Clone)]
+pub struct SnpFacts {
+    pub product: &'static str,
+    pub measurement: [u8; 48],
+    pub report_data: [u8; 64],
+    pub debug: bool,
+    pub vmpl: u32,
+    pub reported_tcb: Tcb,
+    pub chip_id: [u8; 64],
+}
+
+/// A failed step: (check name, detail).
+pub type SnpError = (&'static str, String);
+
+fn err(check: &'static str, detail: impl Into<String>) -> SnpError {
+    (check, detail.into())
+}
+
+/// Gets a report binding `report_data` from `/dev/sev-guest`, with the VCEK when the host
+/// supplies one. Only works inside an SNP guest.
+pub fn guest_report(report_data: [u8; 64]) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+    use sev::firmware::guest::Firmware;
+    use sev::firmware::host::CertType;
+    let mut firmware = Firmware::open().map_err(|e| format!("cannot open /dev/sev-guest: {e}"))?;
+    let (report, certs) = firmware
+        .get_ext_report(None, Some(report_data), Some(0))
+        .map_err(|e| format!("SNP_GET_EXT_REPORT failed: {e}"))?;
+    let vcek = certs
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.cert_type == CertType::VCEK)
+        .map(|c| c.data);
+    Ok((report, vcek))
+}
+
+/// The file an offline VCEK folder holds for a chip and TCB:
+/// `<chip id hex>-<bootloader>-<tee>-<snp>-<microcode>.der`.
+pub fn vcek_file_name(chip_id: &[u8; 64], tcb: &Tcb) -> String {
+    format!(
+        "{}-{}-{}-{}-{}.der",
+        hex::encode(chip_id),
+        tcb.bootloader,
+        tcb.tee,
+        tcb.snp,
+        tcb.microcode
+    )
+}
+
+/// Verifies an SNP report up to and including the hardware chain, VMPL and TCB floor.
+pub fn verify(
+    report: &[u8],
+    inline_vcek: Option<&[u8]>,
+    vcek_dir: Option<&Path>,
+    min_tcb: &Tcb,
+) -> Result<SnpFacts, SnpError> {
+    if report.len() != REPORT_LEN {
+        return Err(err(
+            "format",
+            format!("an SNP report is {REPORT_LEN} bytes"),
+        ));
+    }
+    let parsed = AttestationReport::from_bytes(report)
+        .map_err(|e| err("format", format!("not an SNP report: {e}")))?;
+    let reencoded = parsed
+        .to_bytes()
+        .map_err(|e| err("format", format!("the report does not re-encode: {e}")))?;
+    if reencoded.as_slice() != report {
+        return Err(err(
+            "format",
+            "re-encoding the parsed report does not give back the bytes received",
+        ));
+    }
+    // The signature field is r and s (48 significant little-endian bytes, each padded to 72)
+    // then reserved bytes: all padding must be zero, or the same signed report could travel
+    // in many byte forms.
+    let padding = [
+        SIGNATURE_OFFSET + 48..SIGNATURE_OFFSET + 72,
+        SIGNATURE_OFFSET + 72 + 48..SIGNATURE_OFFSET + 144,
+        SIGNATURE_OFFSET + 144..REPORT_LEN,
+    ];
+    if padding
+        .into_iter()
+        .any(|r| report[r].iter().any(|b| *b != 0))
+    {
+        return Err(err("format", "the signature's padding is not zero"));
+    }
+    let reported_tcb = Tcb {
+        bootloader: parsed.reported_tcb.bootloader,
+        tee: parsed.reported_tcb.tee,
+        snp: parsed.reported_tcb.snp,
+        microcode: parsed.reported_tcb.microcode,
+    };
+    let vcek_der = match (inline_vcek, vcek_dir) {
+        (Some(der), _) => der.to_vec(),
+        (None, Some(dir)) => {
+            let path = dir.join(vcek_file_name(&parsed.chip_id, &reported_tcb));
+            std::fs::read(&path)
+                .map_err(|e| err("platform", format!("no VCEK at {}: {e}", path.display())))?
+        }
+        (None, None) => return Err(err("platform", "no VCEK inline and no VCEK folder")),
+    };
+    let vcek = Certificate::from_der(&vcek_der)
+        .map_err(|e| err("platform", format!("the VCEK is not a certificate: {e}")))?;
+    let product = chain_product(&vcek)?;
+    let chain = Chain {
+        ca: product.1,
+        vek: vcek.clone(),
+    };
+    (&chain, &parsed)
+        .verify()
+        .map_err(|e| err("platform", format!("report signature: {e}")))?;
+    check_vcek_extensions(&vcek, &reported_tcb, &parsed.chip_id)?;
+    if parsed.vmpl != 0 {
+        return Err(err(
+            "vmpl",
+            format!("the report comes from VMPL {}", parsed.vmpl),
+        ));
+    }
+    let below = [
+        ("bootloader", reported_tcb.bootloader, min_tcb.bootloader),
+        ("tee", reported_tcb.tee, min_tcb.tee),
+        ("snp", reported_tcb.snp, min_tcb.snp),
+        ("microcode", reported_tcb.microcode, min_tcb.microcode),
+    ]
+    .into_iter()
+    .find(|(_, have, need)| have < need);
+    if let Some((part, have, need)) = below {
+        return Err(err(
+            "tcb",
+            format!("reported {part} SVN {have} is below the policy's {need}"),
+        ));
+    }
+    Ok(SnpFacts {
+        product: product.0,
+        measurement: parsed.measurement,
+        report_data: parsed.report_data,
+        debug: parsed.policy.debug_allowed(),
+        vmpl: parsed.vmpl,
+        reported_tcb,
+        chip_id: parsed.chip_id,
+    })
+}
+
+/// Returns one of `sev`'s built-in AMD root or signing-key certificates.
+type CertLoader = fn() -> std::io::Result<Certificate>;
+
+/// The AMD product whose built-in ARK → ASK chain signed `vcek`.
+fn chain_product(vcek: &Certificate) -> Result<(&'static str, ca::Chain), SnpError> {
+    let roots: [(&'static str, CertLoader, CertLoader); 3] = [
+        ("milan", builtin::milan::ark, builtin::milan::ask),
+        ("genoa", builtin::genoa::ark, builtin::genoa::ask),
+        ("turin", builtin::turin::ark, builtin::turin::ask),
+    ];
+    for (name, ark, ask) in roots {
+        let (Ok(ark), Ok(ask)) = (ark(), ask()) else {
+            continue;
+        };
+        let ca = ca::Chain { ark, ask };
+        let chain = Chain {
+            ca: ca.clone(),
+            vek: vcek.clone(),
+        };
+        if chain.verify().is_ok() {
+            return Ok((name, ca));
+        }
+    }
+    Err(err(
+        "platform",
+        "the VCEK does not chain to AMD's Milan, Genoa or Turin root",
+    ))
+}
+
+/// The VCEK's TCB extensions must equal the report's reported TCB, and its hwID the
+/// report's chip id.
+fn check_vcek_extensions(
+    vcek: &Certificate,
+    tcb: &Tcb,
+    chip_id: &[u8; 64],
+) -> Result<(), SnpError> {
+    let x509: x509_cert::Certificate = vcek.clone().into();
+    let extensions = x509.tbs_certificate.extensions.unwrap_or_default();
+    let find = |oid: &str| {
+        extensions
+            .iter()
+            .find(|e| e.extn_id.to_string() == oid)
+            .map(|e| e.extn_value.as_bytes().to_vec())
+    };
+    for (oid, name, reported) in [
+        (OID_BL_SPL, "bootloader", tcb.bootloader),
+        (OID_TEE_SPL, "tee", tcb.tee),
+        (OID_SNP_SPL, "snp", tcb.snp),
+        (OID_UCODE_SPL, "microcode", tcb.microcode),
+    ] {
+        let value = find(oid).ok_or_else(|| err("tcb", format!("the VCEK has no {name} SPL")))?;
+        let certified = u8::from_der(&value).map_err(|_| {
+            err(
+                "tcb",
+                format!("the VCEK's {name} SPL is not a small integer"),
+            )
+        })?;
+        if certified != reported {
+            return Err(err(
+                "tcb",
+                format!("the VCEK certifies {name} SPL {certified}, the report says {reported}"),
+            ));
+        }
+    }
+    let hw_id = find(OID_HW_ID).ok_or_else(|| err("chip_id", "the VCEK has no hwID"))?;
+    // The hwID is the raw 64 bytes, or (in some issuances) a DER OCTET STRING holding them.
+    let hw_id = if hw_id.len() == 64 {
+        hw_id
+    } else {
+        OctetString::from_der(&hw_id)
+            .map(|o| o.as_bytes().to_vec())
+            .map_err(|_| err("chip_id", "the VCEK's hwID is malformed"))?
+    };
+    if hw_id.as_slice() != chip_id.as_slice() {
+        return Err(err("chip_id", "the VCEK was issued for another chip"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vectors() -> (Vec<u8>, Vec<u8>) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/snp");
+        let report = hex::decode(
+            std::fs::read_to_string(dir.join("report_milan.hex"))
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        (report, std::fs::read(dir.join("vcek_milan.der")).unwrap())
+    }
+
+    #[test]
+    fn the_real_milan_report_verifies_against_amds_root() {
+        let (report, vcek) = vectors();
+        let facts = verify(&report, Some(&vcek), None, &Tcb::default()).unwrap();
+        assert_eq!(facts.product, "milan");
+        assert_eq!(facts.vmpl, 0);
+    }
+
+    #[test]
+    fn every_flipped_bit_of_the_signed_report_is_caught() {
+        let (report, vcek) = vectors();
+        let mut checks = std::collections::BTreeSet::new();
+        for offset in 0..REPORT_LEN {
+            let mut tampered = report.clone();
+            tampered[offset] ^= 0x01;
+            match verify(&tampered, Some(&vcek), None, &Tcb::default()) {
+                Ok(_) => panic!("a flip at byte {offset:#x} went unnoticed"),
+                Err((check, _)) => {
+                    checks.insert(check);
+                }
+            }
+        }
+        // Signature failures, and parsed-but-not-re-encodable reports.
+        assert!(
+            checks.contains("platform") && checks.contains("format"),
+            "{checks:?}"
+        );
+    }
+
+    #[test]
+    fn a_vcek_not_signed_by_amd_or_a_tcb_floor_above_the_report_fails() {
+        let (report, vcek) = vectors();
+        let mut forged = vcek.clone();
+        forged[40] ^= 0xff;
+        let check = |r: Result<SnpFacts, SnpError>| r.expect_err("must fail").0;
+        assert_eq!(
+            check(verify(&report, Some(&forged), None, &Tcb::default())),
+            "platform"
+        );
+        let facts = verify(&report, Some(&vcek), None, &Tcb::default()).unwrap();
+        let floor = Tcb {
+            snp: facts.reported_tcb.snp + 1,
+            ..facts.reported_tcb
+        };
+        assert_eq!(check(verify(&report, Some(&vcek), None, &floor)), "tcb");
+        assert!(verify(&report, Some(&vcek), None, &facts.reported_tcb).is_ok());
+    }
+
+    #[test]
+    fn the_vcek_can_come_from_an_offline_folder() {
+        let (report, vcek) = vectors();
+        let facts = verify(&report, Some(&vcek), None, &Tcb::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(verify(&report, None, Some(dir.path()), &Tcb::default()).is_err());
+        std::fs::write(
+            dir.path()
+                .join(vcek_file_name(&facts.chip_id, &facts.reported_tcb)),
+            &vcek,
+        )
+        .unwrap();
+        assert!(verify(&report, None, Some(dir.path()), &Tcb::default()).is_ok());
+    }
+}
