@@ -264,20 +264,24 @@ fn check_vcek_extensions(
     Ok(())
 }
 
+/// The real Milan report and its VCEK (`tests/vectors/snp`, from the `sev` crate).
+#[cfg(test)]
+pub(crate) fn milan_vectors() -> (Vec<u8>, Vec<u8>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/snp");
+    let report = hex::decode(
+        std::fs::read_to_string(dir.join("report_milan.hex"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    (report, std::fs::read(dir.join("vcek_milan.der")).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn vectors() -> (Vec<u8>, Vec<u8>) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/snp");
-        let report = hex::decode(
-            std::fs::read_to_string(dir.join("report_milan.hex"))
-                .unwrap()
-                .trim(),
-        )
-        .unwrap();
-        (report, std::fs::read(dir.join("vcek_milan.der")).unwrap())
-    }
+    use super::milan_vectors as vectors;
 
     #[test]
     fn the_real_milan_report_verifies_against_amds_root() {

@@ -402,14 +402,7 @@ mod tests {
     /// and then fails the binding: its report_data was not made for our nonce and key.
     #[test]
     fn snp_evidence_is_checked_to_amds_root_then_for_the_binding() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/snp");
-        let report = hex::decode(
-            std::fs::read_to_string(dir.join("report_milan.hex"))
-                .unwrap()
-                .trim(),
-        )
-        .unwrap();
-        let vcek = std::fs::read(dir.join("vcek_milan.der")).unwrap();
+        let (report, vcek) = crate::attest::snp::milan_vectors();
         let identity = IdentityKey::generate().unwrap();
         let evidence = |report: &[u8]| Evidence {
             v: EVIDENCE_VERSION,

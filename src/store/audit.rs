@@ -131,29 +131,25 @@ mod tests {
         let key = 1u64.to_be_bytes();
         let original = store.get(Table::Audit, &key).unwrap().unwrap();
         let mut edited: AuditEntry = serde_json::from_slice(&original).unwrap();
+        let broken_by = |entry: &AuditEntry| {
+            store
+                .insert(Table::Audit, &key, serde_json::to_vec(entry).unwrap())
+                .unwrap();
+            verify(&store).unwrap_err()
+        };
         edited.at = 99;
-        store
-            .insert(Table::Audit, &key, serde_json::to_vec(&edited).unwrap())
-            .unwrap();
-        assert_eq!(
-            verify(&store).unwrap_err(),
-            AuditError::Broken {
-                seq: 1,
-                reason: "its content does not match its hash"
-            }
-        );
+        let content = AuditError::Broken {
+            seq: 1,
+            reason: "its content does not match its hash",
+        };
+        assert_eq!(broken_by(&edited), content);
         // Recomputing the edited entry's own hash breaks the link to the next one instead.
         edited.hash = edited.compute_hash();
-        store
-            .insert(Table::Audit, &key, serde_json::to_vec(&edited).unwrap())
-            .unwrap();
-        assert_eq!(
-            verify(&store).unwrap_err(),
-            AuditError::Broken {
-                seq: 2,
-                reason: "it does not chain to the entry before"
-            }
-        );
+        let link = AuditError::Broken {
+            seq: 2,
+            reason: "it does not chain to the entry before",
+        };
+        assert_eq!(broken_by(&edited), link);
         store.remove(Table::Audit, &key).unwrap();
         assert!(matches!(
             verify(&store).unwrap_err(),
