@@ -171,6 +171,24 @@ fn read(mut response: ureq::http::Response<ureq::Body>) -> Result<RawResponse, C
     Ok(RawResponse { status, body })
 }
 
+/// `GET base_url ‖ path`, expecting 200; returns the body.
+fn get_ok(agent: &ureq::Agent, base_url: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+    let raw = read(
+        agent
+            .get(format!("{base_url}{path}"))
+            .call()
+            .map_err(|e| ClientError::Http(e.to_string()))?,
+    )?;
+    if raw.status != 200 {
+        let route = path.split('?').next().unwrap_or(path);
+        return Err(ClientError::Http(format!(
+            "GET {route} answered {}",
+            raw.status
+        )));
+    }
+    Ok(raw.body)
+}
+
 impl Client {
     /// A client that trusts the identity key the service publishes at `GET /v1/keys`
     /// (trust on first use; attested keys are the planned alternative) and the encryption
@@ -186,22 +204,12 @@ impl Client {
         let base_url = base_url.trim_end_matches('/').to_owned();
         let nonce: [u8; NONCE_LEN] =
             crate::crypto::random_array().map_err(|e| ClientError::Keys(e.to_string()))?;
-        let raw = read(
-            agent()
-                .get(format!(
-                    "{base_url}/v1/attestation?nonce={}",
-                    crate::envelope::b64_encode(&nonce)
-                ))
-                .call()
-                .map_err(|e| ClientError::Http(e.to_string()))?,
-        )?;
-        if raw.status != 200 {
-            return Err(ClientError::Http(format!(
-                "GET /v1/attestation answered {}",
-                raw.status
-            )));
-        }
-        let evidence: Evidence = serde_json::from_slice(&raw.body)
+        let path = format!(
+            "/v1/attestation?nonce={}",
+            crate::envelope::b64_encode(&nonce)
+        );
+        let body = get_ok(&agent(), &base_url, &path)?;
+        let evidence: Evidence = serde_json::from_slice(&body)
             .map_err(|e| ClientError::Untrusted(format!("bad evidence: {e}")))?;
         let verified = policy
             .verify(&evidence, &nonce, unix_now())
@@ -219,19 +227,8 @@ impl Client {
     fn fetch_keys_checked(base_url: &str, pinned: Option<&PublicKey>) -> Result<Self, ClientError> {
         let base_url = base_url.trim_end_matches('/').to_owned();
         let agent = agent();
-        let raw = read(
-            agent
-                .get(format!("{base_url}/v1/keys"))
-                .call()
-                .map_err(|e| ClientError::Http(e.to_string()))?,
-        )?;
-        if raw.status != 200 {
-            return Err(ClientError::Http(format!(
-                "GET /v1/keys answered {}",
-                raw.status
-            )));
-        }
-        let doc: KeysDocument = serde_json::from_slice(&raw.body)
+        let body = get_ok(&agent, &base_url, "/v1/keys")?;
+        let doc: KeysDocument = serde_json::from_slice(&body)
             .map_err(|e| ClientError::Keys(format!("bad keys document: {e}")))?;
         let keys = ServerKeys::from_document(&doc, pinned, unix_now())?;
         Ok(Self {
