@@ -6,13 +6,17 @@
 run:
 	cargo run --release -- serve --dev
 
-# Every test: unit tests, official vectors, OpenSSL interop, end-to-end server tests.
+# Every test: unit tests, official vectors, OpenSSL interop, end-to-end server tests; then
+# the library's tests again with the `csv` feature (Hygon CSV attestation, which builds
+# OpenSSL from source: a few minutes the first time).
 test:
 	cargo test --all-targets
+	cargo test --features csv --lib
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --features csv --all-targets -- -D warnings
 
 fmt:
 	cargo fmt --all

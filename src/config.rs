@@ -26,10 +26,15 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttestationConfig {
-    /// `sim` (refused on a machine with a TEE device) or `snp` (inside an SEV-SNP guest).
+    /// `sim` (refused on a machine with a TEE device), `snp` (inside an SEV-SNP guest) or
+    /// `csv` (inside a Hygon CSV guest; builds with the `csv` feature).
     pub mode: String,
     /// Measurement reported in sim mode, 64 hex digits; empty: SM3 of the executable.
     pub sim_measurement: String,
+    /// csv mode: the chip's HSK ‖ CEK file from Hygon's key server, sent inline with the
+    /// evidence; empty: verifiers need it in their offline folder.
+    #[serde(default)]
+    pub csv_hsk_cek_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,10 +127,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 13] = [
+        let checks: [(bool, &str); 14] = [
             (
-                ["sim", "snp"].contains(&self.attestation.mode.as_str()),
-                "attestation.mode must be \"sim\" or \"snp\"",
+                ["sim", "snp", "csv"].contains(&self.attestation.mode.as_str()),
+                "attestation.mode must be \"sim\", \"snp\" or \"csv\"",
+            ),
+            (
+                self.attestation.mode != "csv" || cfg!(feature = "csv"),
+                "attestation.mode = \"csv\" needs a build with `--features csv`",
             ),
             (
                 self.attestation.sim_measurement.is_empty()
@@ -263,5 +272,19 @@ mod tests {
             "[risk]\ncalibration = [[0.9, 0.1], [0.8, 0.01]]\n",
         ]);
         assert!(curve.unwrap_err().contains("increase"));
+    }
+
+    #[test]
+    fn csv_mode_needs_a_build_with_the_csv_feature() {
+        let csv =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[attestation]\nmode = \"csv\"\n"]);
+        if cfg!(feature = "csv") {
+            assert_eq!(csv.unwrap().attestation.mode, "csv");
+        } else {
+            assert!(csv.unwrap_err().contains("--features csv"));
+        }
+        let other =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[attestation]\nmode = \"tdx\"\n"]);
+        assert!(other.unwrap_err().contains("attestation.mode"));
     }
 }

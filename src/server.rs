@@ -228,6 +228,18 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
             tracing::info!("attestation: AMD SEV-SNP reports from /dev/sev-guest");
             Attester::Snp
         }
+        #[cfg(feature = "csv")]
+        "csv" => {
+            anyhow::ensure!(
+                Path::new("/dev/csv-guest").exists(),
+                "attestation.mode = \"csv\" needs /dev/csv-guest: run inside a Hygon CSV guest"
+            );
+            tracing::info!("attestation: Hygon CSV reports from /dev/csv-guest");
+            let file = &config.attestation.csv_hsk_cek_file;
+            Attester::Csv {
+                hsk_cek_file: (!file.is_empty()).then(|| file.into()),
+            }
+        }
         _ => Attester::Sim(Box::new(sim_platform(&config)?)),
     });
 

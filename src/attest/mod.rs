@@ -7,8 +7,11 @@
 //! ```
 //! TEE kinds: `sim` (a simulated report signed by a pinned "sim platform" SM2 key, for
 //! machines without a TEE; verifiers refuse it unless their policy lists it) and `snp` (AMD
-//! SEV-SNP, verified to AMD's roots). Hygon CSV is planned (`docs/ATTESTATION.md`).
+//! SEV-SNP, verified to AMD's roots) in every build; `csv` (Hygon CSV, verified to Hygon's
+//! root) with the cargo feature `csv`.
 
+#[cfg(feature = "csv")]
+pub mod csv;
 pub mod sim;
 pub mod snp;
 pub mod verify;
@@ -50,6 +53,12 @@ pub enum Attester {
     Sim(Box<sim::SimPlatform>),
     /// An AMD SEV-SNP guest: reports from `/dev/sev-guest`.
     Snp,
+    /// A Hygon CSV guest: reports from `/dev/csv-guest`, with the chip's HSK ‖ CEK file when
+    /// the operator provides one.
+    #[cfg(feature = "csv")]
+    Csv {
+        hsk_cek_file: Option<std::path::PathBuf>,
+    },
 }
 
 impl Attester {
@@ -70,6 +79,12 @@ impl Attester {
                 let (report, vcek) = snp::guest_report(data)?;
                 let endorsements = vcek.map(|v| ("vcek", v)).into_iter().collect();
                 ("snp", report, endorsements)
+            }
+            #[cfg(feature = "csv")]
+            Attester::Csv { hsk_cek_file } => {
+                let (report, hsk_cek) = csv::guest_report(data, hsk_cek_file.as_deref())?;
+                let endorsements = hsk_cek.map(|c| ("hsk_cek", c)).into_iter().collect();
+                ("csv", report, endorsements)
             }
         };
         Ok(Evidence {

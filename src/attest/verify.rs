@@ -35,6 +35,18 @@ pub struct Policy {
     pub sim: Option<SimPolicy>,
     #[serde(default)]
     pub snp: Option<SnpPolicy>,
+    /// Hygon CSV (verified only by builds with the `csv` feature).
+    #[serde(default)]
+    pub csv: Option<CsvPolicy>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvPolicy {
+    /// Offline HSK ‖ CEK files from Hygon's key server, named `<chip serial>.cert`
+    /// (relative to the policy file), for evidence that carries none.
+    #[serde(default)]
+    pub hsk_cek_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -110,6 +122,11 @@ impl Policy {
         {
             *dir = base.join(&*dir);
         }
+        if let Some(dir) = policy.csv.as_mut().and_then(|p| p.hsk_cek_dir.as_mut())
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
         Ok(policy)
     }
 
@@ -144,10 +161,18 @@ impl Policy {
         let platform = match evidence.tee.as_str() {
             "sim" => self.verify_sim(&report, evidence)?,
             "snp" => self.verify_snp(&report, evidence)?,
+            #[cfg(feature = "csv")]
+            "csv" => self.verify_csv(&report, evidence)?,
             other => {
                 return Err(fail(
                     "tee_kind",
-                    format!("`{other}` evidence cannot be verified by this build"),
+                    if other == "csv" {
+                        "`csv` evidence cannot be verified by this build: build with \
+                         `--features csv`"
+                            .to_owned()
+                    } else {
+                        format!("`{other}` evidence cannot be verified by this build")
+                    },
                 ));
             }
         };
@@ -229,13 +254,7 @@ impl Policy {
         evidence: &Evidence,
     ) -> Result<PlatformReport, AttestError> {
         let policy = self.snp.clone().unwrap_or_default();
-        let inline = match evidence.endorsements.get("vcek") {
-            Some(text) => Some(
-                b64_decode(text)
-                    .ok_or_else(|| fail("format", "the vcek endorsement is not base64url"))?,
-            ),
-            None => None,
-        };
+        let inline = optional_endorsement(evidence, "vcek")?;
         let facts = snp::verify(
             report,
             inline.as_deref(),
@@ -250,6 +269,39 @@ impl Policy {
             issued_at: None,
         })
     }
+}
+
+#[cfg(feature = "csv")]
+impl Policy {
+    /// CSV: Hygon root → HSK → CEK → PEK → report.
+    fn verify_csv(
+        &self,
+        report: &[u8],
+        evidence: &Evidence,
+    ) -> Result<PlatformReport, AttestError> {
+        let policy = self.csv.clone().unwrap_or_default();
+        let inline = optional_endorsement(evidence, "hsk_cek")?;
+        let facts = super::csv::verify(report, inline.as_deref(), policy.hsk_cek_dir.as_deref())
+            .map_err(|(check, detail)| fail(check, detail))?;
+        Ok(PlatformReport {
+            measurement: facts.measurement.to_vec(),
+            report_data: facts.report_data,
+            debug: facts.debug,
+            issued_at: None,
+        })
+    }
+}
+
+/// The endorsement `name`, decoded, when the evidence carries it.
+fn optional_endorsement(evidence: &Evidence, name: &str) -> Result<Option<Vec<u8>>, AttestError> {
+    evidence
+        .endorsements
+        .get(name)
+        .map(|text| {
+            b64_decode(text)
+                .ok_or_else(|| fail("format", format!("the {name} endorsement is not base64url")))
+        })
+        .transpose()
 }
 
 fn jwk_key(jwk: &crate::service::PublicJwk) -> Result<PublicKey, AttestError> {
@@ -293,6 +345,7 @@ mod tests {
             max_age_secs: 300,
             sim: Some(SimPolicy { platform_key: pem }),
             snp: None,
+            csv: None,
         };
         Setup {
             _dir: dir,
@@ -398,53 +451,90 @@ mod tests {
         assert!(lenient.verify(&e, &[1; 32], NOW).unwrap().debug);
     }
 
-    /// The real Milan report (from the `sev` crate's test data) passes the hardware checks
-    /// and then fails the binding: its report_data was not made for our nonce and key.
-    #[test]
-    fn snp_evidence_is_checked_to_amds_root_then_for_the_binding() {
-        let (report, vcek) = crate::attest::snp::milan_vectors();
-        let identity = IdentityKey::generate().unwrap();
-        let evidence = |report: &[u8]| Evidence {
+    /// Evidence of kind `tee` for nonce [1; 32] and `identity`, with one endorsement.
+    fn hardware_evidence(
+        tee: &str,
+        report: &[u8],
+        endorsement: Option<(&str, &[u8])>,
+        identity: &PublicKey,
+    ) -> Evidence {
+        Evidence {
             v: EVIDENCE_VERSION,
-            tee: "snp".into(),
+            tee: tee.into(),
             nonce: b64_encode(&[1; 32]),
-            identity_key: PublicJwk::new(identity.public(), "sig"),
+            identity_key: PublicJwk::new(identity, "sig"),
             report: b64_encode(report),
-            endorsements: [("vcek".to_owned(), b64_encode(&vcek))].into(),
-        };
-        let policy = Policy {
-            allowed_tee: vec!["snp".into()],
+            endorsements: endorsement
+                .map(|(name, bytes)| (name.to_owned(), b64_encode(bytes)))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn hardware_policy(tee: &str) -> Policy {
+        Policy {
+            allowed_tee: vec![tee.into()],
             measurements: vec![],
             allow_any_measurement: true,
             allow_debug: false,
             max_age_secs: 300,
             sim: None,
             snp: None,
+            csv: None,
+        }
+    }
+
+    /// A real hardware report passes the platform checks and then fails the binding (its
+    /// report_data was not made for our nonce and key); a tampered copy, a missing
+    /// endorsement, and a policy listing another kind each fail with their check.
+    fn check_real_hardware_report(
+        tee: &str,
+        report: &[u8],
+        endorsement: (&str, &[u8]),
+        tamper_at: usize,
+    ) {
+        let identity = IdentityKey::generate().unwrap();
+        let policy = hardware_policy(tee);
+        let verify = |policy: &Policy, report: &[u8], endorsement: Option<(&str, &[u8])>| {
+            let evidence = hardware_evidence(tee, report, endorsement, identity.public());
+            failed_check(policy.verify(&evidence, &[1; 32], NOW))
         };
-        assert_eq!(
-            failed_check(policy.verify(&evidence(&report), &[1; 32], NOW)),
-            "report_data"
-        );
-        let mut tampered = report.clone();
-        tampered[0x90] ^= 1;
-        assert_eq!(
-            failed_check(policy.verify(&evidence(&tampered), &[1; 32], NOW)),
-            "platform"
-        );
-        let mut no_vcek = evidence(&report);
-        no_vcek.endorsements.clear();
-        assert_eq!(
-            failed_check(policy.verify(&no_vcek, &[1; 32], NOW)),
-            "platform"
-        );
-        let sim_only = Policy {
-            allowed_tee: vec!["sim".into()],
-            ..policy
-        };
-        assert_eq!(
-            failed_check(sim_only.verify(&evidence(&report), &[1; 32], NOW)),
-            "tee_kind"
-        );
+        assert_eq!(verify(&policy, report, Some(endorsement)), "report_data");
+        let mut tampered = report.to_vec();
+        tampered[tamper_at] ^= 1;
+        assert_eq!(verify(&policy, &tampered, Some(endorsement)), "platform");
+        assert_eq!(verify(&policy, report, None), "platform");
+        let sim_only = hardware_policy("sim");
+        assert_eq!(verify(&sim_only, report, Some(endorsement)), "tee_kind");
+    }
+
+    /// The real Milan report, from the `sev` crate's test data.
+    #[test]
+    fn snp_evidence_is_checked_to_amds_root_then_for_the_binding() {
+        let (report, vcek) = crate::attest::snp::milan_vectors();
+        check_real_hardware_report("snp", &report, ("vcek", &vcek), 0x90);
+    }
+
+    /// The real Hygon report ("user data" in its report_data), from `csv-rs`'s test data.
+    #[cfg(feature = "csv")]
+    #[test]
+    fn csv_evidence_is_checked_to_hygons_root_then_for_the_binding() {
+        let (report, hsk_cek) = crate::attest::csv::hygon_vectors();
+        check_real_hardware_report("csv", &report, ("hsk_cek", &hsk_cek), 100);
+    }
+
+    /// A build without the `csv` feature says so instead of accepting or misreading CSV
+    /// evidence.
+    #[cfg(not(feature = "csv"))]
+    #[test]
+    fn csv_evidence_needs_a_build_with_the_csv_feature() {
+        let identity = IdentityKey::generate().unwrap();
+        let evidence = hardware_evidence("csv", &[0; 2548], None, identity.public());
+        let error = hardware_policy("csv")
+            .verify(&evidence, &[1; 32], NOW)
+            .unwrap_err();
+        assert_eq!(error.check, "tee_kind");
+        assert!(error.detail.contains("cannot be verified by this build"));
     }
 
     #[test]
