@@ -19,12 +19,14 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tee_risk::access::ClientCredential;
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
+use tee_risk::crypto::sm2::IdentityKey;
 use tee_risk::dataset::Dataset;
 use tee_risk::metrics::{Stage, sample};
 use tee_risk::server::LISTENING_PREFIX;
@@ -105,6 +107,8 @@ fn workload(items: Vec<(String, Vec<f32>)>) -> Workload {
 struct Server {
     child: Child,
     url: String,
+    /// The registered load client, which signs every request.
+    credential: Arc<ClientCredential>,
     _dir: tempfile::TempDir,
 }
 
@@ -112,11 +116,25 @@ impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let master: String = (0..32).map(|i| format!("{:02x}", i * 7 + 3)).collect();
+        let client_key = IdentityKey::generate().expect("client key");
+        let clients_file = dir.path().join("clients.toml");
+        std::fs::write(
+            &clients_file,
+            format!(
+                "[[client]]\nid = \"load\"\npermissions = [\"enroll\", \"assess\"]\n\
+                 public_key = \"\"\"\n{}\"\"\"\n",
+                client_key.public().to_pem()
+            ),
+        )
+        .expect("write the clients file");
+        let credential = Arc::new(ClientCredential::new("load", client_key));
         let mut child = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("data"))
             .arg("--keys-dir")
             .arg(dir.path().join("keys"))
+            .arg("--clients")
+            .arg(&clients_file)
             .env("DB_MASTER_KEY", master)
             .env("RUST_LOG", "warn")
             .env_remove("TEE_RISK_CONFIG")
@@ -145,6 +163,7 @@ impl Server {
         Self {
             child,
             url,
+            credential,
             _dir: dir,
         }
     }
@@ -195,11 +214,14 @@ fn process_cpu_seconds(stat_path: &str) -> f64 {
 /// One pre-built request: the envelope body, ready to post.
 struct Prepared {
     body: Vec<u8>,
+    /// Signed ahead, like the sealing, so the run measures the server.
+    authorization: String,
 }
 
 /// Seals `count` unique assess requests, cycling through the probes, on every core.
 fn prepare(
     keys: &ServerKeys,
+    credential: &ClientCredential,
     url: &str,
     probes: &[(String, Vec<f32>)],
     count: usize,
@@ -221,7 +243,13 @@ fn prepare(
                                 device_id: Some(format!("device-{}", i % 97)),
                             };
                             let (_, body) = client.seal(&request).expect("seal");
-                            Prepared { body }
+                            let authorization = credential
+                                .authorization("POST", "/v1/assess", &body)
+                                .expect("sign");
+                            Prepared {
+                                body,
+                                authorization,
+                            }
                         })
                         .collect()
                 })
@@ -264,8 +292,16 @@ impl Outcome {
     }
 }
 
-fn post(client: &Client, body: &[u8]) -> Option<u16> {
-    client.post_raw("/v1/assess", body).ok().map(|r| r.status)
+fn post(client: &Client, request: &Prepared) -> Option<u16> {
+    client
+        .send_with_authorization(
+            "POST",
+            "/v1/assess",
+            &request.body,
+            Some(&request.authorization),
+        )
+        .ok()
+        .map(|r| r.status)
 }
 
 /// `connections` senders, each posting its next request when the previous one is answered,
@@ -291,7 +327,7 @@ fn closed_loop(
                         break;
                     };
                     let start = Instant::now();
-                    let status = post(&client, &request.body);
+                    let status = post(&client, request);
                     outcome.record(status, start.elapsed());
                 }
                 total.lock().unwrap().merge(outcome);
@@ -325,7 +361,7 @@ fn open_loop(url: &str, keys: &ServerKeys, requests: &[Prepared], rate: u64) -> 
                     } else if now - scheduled > Duration::from_millis(1) {
                         outcome.late_sends += 1;
                     }
-                    let status = post(&client, &request.body);
+                    let status = post(&client, request);
                     outcome.record(status, scheduled.elapsed());
                 }
                 total.lock().unwrap().merge(outcome);
@@ -443,7 +479,7 @@ fn run_phase(
         "closed" => closed_loop_budget,
         _ => (setting * seconds) as usize,
     };
-    let requests = prepare(keys, &server.url, probes, count);
+    let requests = prepare(keys, &server.credential, &server.url, probes, count);
     let before = server.metrics();
     let (server_cpu, client_cpu) = (server.cpu_seconds(), process_cpu_seconds("/proc/self/stat"));
     let start = Instant::now();
@@ -500,7 +536,9 @@ fn main() {
     let (source, items) = embeddings();
     let workload = workload(items);
     let server = Server::start();
-    let admin = Client::fetch_keys(&server.url).expect("GET /v1/keys");
+    let admin = Client::fetch_keys(&server.url)
+        .expect("GET /v1/keys")
+        .with_credential(server.credential.clone());
     let keys = admin.keys().clone();
     for (user, features) in &workload.enrolments {
         admin

@@ -8,6 +8,7 @@ use std::time::Instant;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
+use crate::access::{AccessError, ClientRegistry, Permission};
 use crate::attest::{Attester, NONCE_LEN};
 use crate::envelope::b64_decode;
 use crate::envelope::response::SignedResponse;
@@ -19,6 +20,8 @@ use crate::time::unix_now;
 /// Shared state of the HTTP layer.
 pub struct AppState {
     pub service: Arc<Service>,
+    /// Who may call the encrypted endpoints.
+    pub clients: Arc<ClientRegistry>,
     pub attestation: Arc<Attester>,
     pub max_body_bytes: usize,
     /// SM3 of the operator bearer token; `None`: operator endpoints are off (404).
@@ -62,6 +65,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, ASSESS)))
             .default_service(web::to(method_not_allowed)),
     )
+    .service(
+        web::resource("/v1/users")
+            .route(web::delete().to(|s, r, p| handle_encrypted(s, r, p, ERASE)))
+            .default_service(web::to(method_not_allowed)),
+    )
     .default_service(web::to(not_found));
 }
 
@@ -75,19 +83,28 @@ async fn keys(state: web::Data<AppState>) -> HttpResponse {
 
 type Operation = fn(&Service, &[u8], i64) -> Result<SignedResponse, ApiError>;
 
-/// An encrypted endpoint: its name in metrics and the service operation behind it.
+/// An encrypted endpoint: its name in metrics, the permission it needs, and the service
+/// operation behind it.
 struct Encrypted {
     route: &'static str,
+    permission: Permission,
     operation: Operation,
 }
 
 const ENROLL: Encrypted = Encrypted {
     route: "enroll",
+    permission: Permission::Enroll,
     operation: Service::enroll,
 };
 const ASSESS: Encrypted = Encrypted {
     route: "assess",
+    permission: Permission::Assess,
     operation: Service::assess,
+};
+const ERASE: Encrypted = Encrypted {
+    route: "erase",
+    permission: Permission::Erase,
+    operation: Service::erase,
 };
 
 /// Aggregate counters only (see `metrics.rs`): nothing in them identifies a user or a key.
@@ -165,7 +182,7 @@ async fn handle_encrypted(
     endpoint: Encrypted,
 ) -> Result<HttpResponse, ApiError> {
     let received = Instant::now();
-    let result = run_encrypted(&state, &request, payload, endpoint.operation).await;
+    let result = run_encrypted(&state, &request, payload, &endpoint).await;
     let status = match &result {
         Ok(_) => 200,
         Err(e) => actix_web::ResponseError::status_code(e).as_u16(),
@@ -181,16 +198,32 @@ async fn run_encrypted(
     state: &AppState,
     request: &HttpRequest,
     payload: web::Payload,
-    operation: Operation,
+    endpoint: &Encrypted,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(request, payload, state.max_body_bytes).await?;
-    let service = state.service.clone();
+    let authorization = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let (method, path) = (
+        request.method().as_str().to_owned(),
+        request.path().to_owned(),
+    );
+    let (service, clients) = (state.service.clone(), state.clients.clone());
+    let (permission, operation) = (endpoint.permission, endpoint.operation);
     let queued = Instant::now();
     let outcome = web::block(move || {
         let waited = queued.elapsed();
         service
             .metrics()
             .record_stage(Stage::Queue, waited, std::time::Duration::ZERO);
+        // The signature check is an SM2 verification: CPU work, so it runs here too.
+        clients
+            .authorize(authorization.as_deref(), &method, &path, &body, permission)
+            .map_err(|e| match e {
+                AccessError::Unauthenticated(why) => ApiError::Unauthenticated(why),
+                AccessError::Forbidden(p) => ApiError::Forbidden(p.as_str()),
+            })?;
         operation(&service, &body, unix_now())
     })
     .await;

@@ -2,11 +2,13 @@
 //! keys, seal a feature message into an envelope, post it, and accept the answer only if its
 //! SM2 signature, request id and request hash all check out.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::access::ClientCredential;
 use crate::attest::verify::{Policy, Verified};
 use crate::attest::{Evidence, NONCE_LEN};
 use crate::crypto::sm2::PublicKey;
@@ -150,6 +152,8 @@ pub struct Client {
     base_url: String,
     agent: ureq::Agent,
     keys: ServerKeys,
+    /// Signs every request it posts (`access.rs`); without one the service answers 401.
+    credential: Option<Arc<ClientCredential>>,
 }
 
 fn agent() -> ureq::Agent {
@@ -235,6 +239,7 @@ impl Client {
             base_url,
             agent,
             keys,
+            credential: None,
         })
     }
 
@@ -244,7 +249,14 @@ impl Client {
             base_url: base_url.trim_end_matches('/').to_owned(),
             agent: agent(),
             keys,
+            credential: None,
         }
+    }
+
+    /// The same client, signing its requests with `credential`.
+    pub fn with_credential(mut self, credential: Arc<ClientCredential>) -> Self {
+        self.credential = Some(credential);
+        self
     }
 
     pub fn keys(&self) -> &ServerKeys {
@@ -252,9 +264,9 @@ impl Client {
     }
 
     /// Encrypts `request` into an envelope body with a fresh request id.
-    pub fn seal(
+    pub fn seal<T: Serialize>(
         &self,
-        request: &FeatureRequest,
+        request: &T,
     ) -> Result<(ProtectedHeader, Vec<u8>), ClientError> {
         let header = ProtectedHeader::new(&self.keys.encryption.kid(), unix_now())
             .map_err(|e| ClientError::Keys(e.to_string()))?;
@@ -266,15 +278,55 @@ impl Client {
         Ok((header, body))
     }
 
-    /// Posts `body` to `path` as is (tests use it to send tampered envelopes).
+    /// Posts `body` to `path` as is, signed when the client has a credential (tests use it
+    /// to send tampered envelopes).
     pub fn post_raw(&self, path: &str, body: &[u8]) -> Result<RawResponse, ClientError> {
-        let response = self
-            .agent
-            .post(format!("{}{path}", self.base_url))
-            .header("content-type", "application/json")
-            .send(body)
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        read(response)
+        self.request_raw("POST", path, body)
+    }
+
+    /// Sends `body` with `method` (POST or DELETE) to `path`, signed when the client has a
+    /// credential.
+    pub fn request_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<RawResponse, ClientError> {
+        let authorization = match &self.credential {
+            Some(credential) => Some(
+                credential
+                    .authorization(method, path, body)
+                    .map_err(ClientError::Keys)?,
+            ),
+            None => None,
+        };
+        self.send_with_authorization(method, path, body, authorization.as_deref())
+    }
+
+    /// Sends `body` with an `Authorization` value made beforehand (load generators sign
+    /// ahead of time), or none.
+    pub fn send_with_authorization(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        authorization: Option<&str>,
+    ) -> Result<RawResponse, ClientError> {
+        let url = format!("{}{path}", self.base_url);
+        let mut request = match method {
+            "POST" => self.agent.post(url),
+            "DELETE" => self.agent.delete(url).force_send_body(),
+            other => return Err(ClientError::Http(format!("unsupported method {other}"))),
+        }
+        .header("content-type", "application/json");
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        read(
+            request
+                .send(body)
+                .map_err(|e| ClientError::Http(e.to_string()))?,
+        )
     }
 
     /// Checks a 200 answer: SM2 signature by the pinned identity key, same `rid`, `req_sm3`
@@ -337,6 +389,13 @@ impl Client {
 
     pub fn assess(&self, request: &FeatureRequest) -> Result<serde_json::Value, ClientError> {
         self.send("/v1/assess", request)
+    }
+
+    /// `DELETE /v1/users`: erases everything the service keeps about `user_id`.
+    pub fn erase(&self, user_id: &str) -> Result<serde_json::Value, ClientError> {
+        let (header, body) = self.seal(&serde_json::json!({ "user_id": user_id }))?;
+        let raw = self.request_raw("DELETE", "/v1/users", &body)?;
+        self.verify_answer(&header, &body, &raw)
     }
 }
 

@@ -21,6 +21,15 @@ pub struct Config {
     pub features: FeaturesConfig,
     pub risk: RiskConfig,
     pub attestation: AttestationConfig,
+    pub access: AccessConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// The registered clients (`docs/OPERATIONS.md`); empty: only the development client,
+    /// and only in dev mode.
+    pub clients_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -43,6 +43,18 @@ pub enum ApiError {
     Unauthorized,
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    /// No valid client signature (`docs/PROTOCOL.md`, access control).
+    #[error("client authentication failed: {0}")]
+    Unauthenticated(&'static str),
+    /// A known client without the permission this endpoint needs.
+    #[error("this client lacks the `{0}` permission")]
+    Forbidden(&'static str),
+    /// Too many requests for a client or a user within the window.
+    #[error("too many requests for this {scope}; retry after {retry_after_secs} s")]
+    RateLimited {
+        scope: &'static str,
+        retry_after_secs: u64,
+    },
     /// A fault of the service; the cause is logged server-side, never sent.
     #[error("internal error")]
     Internal,
@@ -73,7 +85,9 @@ impl ApiError {
             ApiError::StaleRequest(_) => "stale_request",
             ApiError::ReplayedRequest => "replayed_request",
             ApiError::Payload(e) => match e {
-                FeatureError::MalformedPayload => "malformed_payload",
+                FeatureError::MalformedPayload | FeatureError::MalformedErasure => {
+                    "malformed_payload"
+                }
                 FeatureError::WrongDimension { .. } => "wrong_dimension",
                 FeatureError::NonFinite(_) => "non_finite_feature",
                 FeatureError::ZeroNorm => "zero_norm",
@@ -85,6 +99,9 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::Unauthorized => "unauthorized",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal => "internal_error",
         }
     }
@@ -106,12 +123,25 @@ impl ResponseError for ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            response.insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                retry_after_secs.to_string(),
+            ));
+        }
+        response.json(ErrorBody {
             error: self.code(),
             detail: self.to_string(),
         })

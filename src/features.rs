@@ -25,6 +25,8 @@ struct FeatureMessage {
 pub enum FeatureError {
     #[error("the payload is not JSON with user_id, features and optional liveness, device_id")]
     MalformedPayload,
+    #[error("the payload is not JSON with user_id only")]
+    MalformedErasure,
     #[error("features must have {expected} values, got {got}")]
     WrongDimension { expected: usize, got: usize },
     #[error("feature {0} is not a finite number")]
@@ -78,6 +80,26 @@ impl Probe {
             liveness: message.liveness,
             device_id: message.device_id.take(),
         })
+    }
+}
+
+/// `DELETE /v1/users`: the user whose data is to be erased. Wiped on drop.
+#[derive(Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+pub struct EraseRequest {
+    pub user_id: String,
+}
+
+impl EraseRequest {
+    pub fn parse(plaintext: &[u8]) -> Result<Self, FeatureError> {
+        let request: EraseRequest =
+            serde_json::from_slice(plaintext).map_err(|_| FeatureError::MalformedErasure)?;
+        check_id(
+            &request.user_id,
+            MAX_USER_ID_BYTES,
+            "user_id must be 1 to 128 bytes without control characters",
+        )?;
+        Ok(request)
     }
 }
 
@@ -168,6 +190,19 @@ mod tests {
             Probe::parse(empty_user, 2),
             Err(FeatureError::InvalidField(_))
         ));
+        assert_eq!(
+            EraseRequest::parse(br#"{"user_id":"bob"}"#)
+                .unwrap()
+                .user_id,
+            "bob"
+        );
+        for bad in [
+            &br#"{"user_id":"bob","x":1}"#[..],
+            b"[]",
+            br#"{"user_id":""}"#,
+        ] {
+            assert!(EraseRequest::parse(bad).is_err());
+        }
         let control = br#"{"user_id":"a\nb","features":[1,2]}"#;
         assert!(matches!(
             Probe::parse(control, 2),

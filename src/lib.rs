@@ -5,6 +5,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod attest;
 pub mod client;

@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tee_risk::access::ClientCredential;
 use tee_risk::attest::verify::Policy;
 use tee_risk::client::{Client, FeatureRequest, ServerKeys, read_features_file};
 use tee_risk::config::Config;
@@ -64,6 +66,9 @@ struct ServeArgs {
     /// Development mode: without DB_MASTER_KEY, generate a master key beside the data.
     #[arg(long, env = "TEE_RISK_DEV", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     dev: Option<bool>,
+    /// The registered clients file (access.clients_file).
+    #[arg(long, env = "TEE_RISK_CLIENTS")]
+    clients: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -133,6 +138,42 @@ enum ClientCommand {
     Enroll(RequestArgs),
     /// Assess a face embedding against a user's enrolment.
     Assess(RequestArgs),
+    /// Erase everything the service keeps about a user (templates, history, indexes; risk
+    /// logs keep the decisions only).
+    Erase {
+        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        access: AccessArgs,
+        #[arg(long)]
+        pin_keys: Option<PathBuf>,
+    },
+}
+
+/// Who the client is: its registered id and SM2 private key. The defaults are the
+/// development client that `make run` creates.
+#[derive(Args)]
+struct AccessArgs {
+    #[arg(long, env = "TEE_RISK_CLIENT_ID", default_value = "dev")]
+    client_id: String,
+    /// The client's SM2 private key: 64 hex digits or a PKCS#8 PEM.
+    #[arg(
+        long,
+        env = "TEE_RISK_CLIENT_KEY",
+        default_value = "data/dev-client-key.hex"
+    )]
+    client_key: PathBuf,
+}
+
+impl AccessArgs {
+    fn credential(&self) -> anyhow::Result<Arc<ClientCredential>> {
+        Ok(Arc::new(
+            ClientCredential::load(&self.client_id, &self.client_key)
+                .map_err(anyhow::Error::msg)?,
+        ))
+    }
 }
 
 #[derive(Args)]
@@ -150,6 +191,8 @@ struct RequestArgs {
     liveness: Option<f32>,
     #[arg(long)]
     device: Option<String>,
+    #[command(flatten)]
+    access: AccessArgs,
     /// Trust only the identity key in this folder (identity.pub.pem) instead of the one the
     /// service presents; encryption keys must carry its certificate.
     #[arg(long)]
@@ -320,6 +363,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(dev) = args.dev {
         config.server.dev = dev;
     }
+    if let Some(file) = args.clients {
+        config.access.clients_file = file;
+    }
     config.listen_addr().map_err(anyhow::Error::msg)?;
     actix_web::rt::System::new().block_on(server::serve(config, MasterKeyEnv::from_process()))
 }
@@ -362,18 +408,22 @@ fn client(command: ClientCommand) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        ClientCommand::Erase {
+            url,
+            user,
+            access,
+            pin_keys,
+        } => {
+            let client = connect(&url, pin_keys.as_deref())?.with_credential(access.credential()?);
+            let payload = client.erase(&user)?;
+            println!("{}", serde_json::to_string_pretty(&payload)?);
+            return Ok(());
+        }
         ClientCommand::Enroll(args) => ("/v1/enroll", args),
         ClientCommand::Assess(args) => ("/v1/assess", args),
     };
-    let client = match &args.pin_keys {
-        Some(dir) => {
-            let path = dir.join(IDENTITY_PEM);
-            let pem = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            Client::fetch_keys_pinned(&args.url, &ServerKeys::identity_from_pem(&pem)?)?
-        }
-        None => Client::fetch_keys(&args.url)?,
-    };
+    let client =
+        connect(&args.url, args.pin_keys.as_deref())?.with_credential(args.access.credential()?);
     let request = FeatureRequest {
         user_id: args.user.clone(),
         features: read_features_file(&args.features).map_err(anyhow::Error::msg)?,
@@ -387,6 +437,20 @@ fn client(command: ClientCommand) -> anyhow::Result<()> {
         client.keys().identity.kid()
     );
     Ok(())
+}
+
+/// A client trusting the identity key pinned in `pin_keys` (identity.pub.pem), or else the
+/// one the service presents.
+fn connect(url: &str, pin_keys: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    Ok(match pin_keys {
+        Some(dir) => {
+            let path = dir.join(IDENTITY_PEM);
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Client::fetch_keys_pinned(url, &ServerKeys::identity_from_pem(&pem)?)?
+        }
+        None => Client::fetch_keys(url)?,
+    })
 }
 
 fn calibrate(data: &std::path::Path) -> anyhow::Result<()> {

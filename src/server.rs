@@ -13,6 +13,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::{Context, bail};
 use zeroize::Zeroizing;
 
+use crate::access::{ClientRegistry, DevClient};
 use crate::api::{AppState, routes};
 use crate::attest::Attester;
 use crate::attest::sim::{Measurement, SimPlatform};
@@ -200,6 +201,29 @@ fn spawn_rotation(
         })
 }
 
+/// The registered clients: the clients file, or in dev mode (without one) the dev client.
+fn client_registry(config: &Config) -> anyhow::Result<ClientRegistry> {
+    let file = &config.access.clients_file;
+    if !file.as_os_str().is_empty() {
+        let registry = ClientRegistry::load(file).map_err(anyhow::Error::msg)?;
+        tracing::info!(clients = registry.len(), file = %file.display(), "clients registered");
+        return Ok(registry);
+    }
+    anyhow::ensure!(
+        config.server.dev,
+        "no clients registered: set access.clients_file (or --clients / TEE_RISK_CLIENTS) to \
+         a clients file (docs/OPERATIONS.md); refusing to serve without client credentials"
+    );
+    let key_file = DevClient::key_file(&config.storage.data_dir);
+    tracing::warn!(
+        "DEVELOPMENT client `{}` may enrol, assess and erase; its key is {} (tee-risk client \
+         uses it by default). Register real clients with access.clients_file.",
+        DevClient::ID,
+        key_file.display()
+    );
+    DevClient::registry(&config.storage.data_dir).map_err(anyhow::Error::msg)
+}
+
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     let data_dir = config.storage.data_dir.clone();
@@ -243,8 +267,11 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
         _ => Attester::Sim(Box::new(sim_platform(&config)?)),
     });
 
+    let clients = Arc::new(client_registry(&config)?);
+
     let state = web::Data::new(AppState {
         attestation,
+        clients,
         service: service.clone(),
         max_body_bytes: config.server.max_body_bytes,
         admin_token: std::env::var(ADMIN_TOKEN_ENV)

@@ -11,12 +11,12 @@ use crate::crypto::sm3_hex;
 use crate::envelope::request::{ProtectedHeader, RequestEnvelope};
 use crate::envelope::response::{ResponseSigner, SignedResponse};
 use crate::error::ApiError;
-use crate::features::Probe;
+use crate::features::{EraseRequest, Probe};
 use crate::keyset::{KeySet, KidLookup};
 use crate::metrics::{Metrics, Stage, StageTimer};
 use crate::replay::{ReplayCache, ReplayCheck};
 use crate::risk::{self, Assessment, Decision, MODEL_VERSION, RiskPolicy};
-use crate::store::vault::{RiskLogEntry, Vault, VaultError};
+use crate::store::vault::{Erased, RiskLogEntry, Vault, VaultError};
 
 pub use crate::envelope::jwk::{KeysDocument, PublicJwk};
 
@@ -40,6 +40,15 @@ struct AssessPayload<'a> {
     score: f64,
     reasons: &'a [risk::Reason],
     model: &'static str,
+}
+
+#[derive(Serialize)]
+struct ErasePayload<'a> {
+    op: &'static str,
+    rid: &'a str,
+    req_sm3: String,
+    iat: i64,
+    erased: Erased,
 }
 
 pub struct Service {
@@ -201,6 +210,28 @@ impl Service {
         response
     }
 
+    /// `DELETE /v1/users`: erases the user's templates, history and indexes, and scrubs
+    /// their risk log entries down to the decisions (`Vault::erase_user`).
+    pub fn erase(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
+        let mut timer = StageTimer::start(&self.metrics);
+        let (header, request) =
+            self.open_request_as(body, now, &mut timer, |p| Ok(EraseRequest::parse(p)?))?;
+        let user = self.vault.user(&request.user_id);
+        drop(request);
+        let erased = self.vault.erase_user(&user).map_err(internal)?;
+        timer.lap(Stage::StoreWrite);
+        self.make_durable(&mut timer)?;
+        let response = self.sign(&ErasePayload {
+            op: "erase",
+            rid: &header.rid,
+            req_sm3: sm3_hex(body),
+            iat: now,
+            erased,
+        });
+        timer.lap(Stage::Sign);
+        response
+    }
+
     /// Waits until this request's writes are on disk; concurrent requests share the fsync.
     fn make_durable(&self, timer: &mut StageTimer) -> Result<(), ApiError> {
         let flushed = self.vault.flush().map_err(internal)?;
@@ -217,6 +248,20 @@ impl Service {
         now: i64,
         timer: &mut StageTimer,
     ) -> Result<(ProtectedHeader, Probe), ApiError> {
+        let dimension = self.dimension;
+        self.open_request_as(body, now, timer, |plaintext| {
+            Ok(Probe::parse(plaintext, dimension)?)
+        })
+    }
+
+    /// [`Service::open_request`] for any payload type.
+    fn open_request_as<T>(
+        &self,
+        body: &[u8],
+        now: i64,
+        timer: &mut StageTimer,
+        parse: impl FnOnce(&[u8]) -> Result<T, ApiError>,
+    ) -> Result<(ProtectedHeader, T), ApiError> {
         let envelope = RequestEnvelope::parse(body)?;
         let header = &envelope.header;
         let encryption = match self.keys.lookup(&header.kid, now) {
@@ -237,12 +282,12 @@ impl Service {
         let plaintext = envelope.open_payload(&session_key)?;
         drop(session_key);
         timer.lap(Stage::Sm4GcmOpen);
-        let probe = Probe::parse(&plaintext, self.dimension)?;
+        let payload = parse(&plaintext)?;
         drop(plaintext);
         let fresh = self.replay.check_and_insert(&header.rid, header.iat, now);
         timer.lap(Stage::PayloadParse);
         match fresh {
-            ReplayCheck::Fresh => Ok((envelope.header, probe)),
+            ReplayCheck::Fresh => Ok((envelope.header, payload)),
             ReplayCheck::Replayed => Err(ApiError::ReplayedRequest),
             ReplayCheck::Full => Err(ApiError::Overloaded),
         }

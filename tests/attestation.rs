@@ -31,6 +31,7 @@ fn a_client_attests_then_sends_and_the_default_policy_refuses_sim() {
     let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
 
     let (client, verified) = Client::attest(&server.url, &dev_policy(dir.path(), &keys)).unwrap();
+    let client = client.with_credential(server.credential.clone());
     assert_eq!(verified.tee, "sim");
     assert!(!verified.debug, "production mode reports no debug flag");
     assert_eq!(verified.measurement.len(), 64);

@@ -154,9 +154,9 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
     let acknowledged: Vec<(String, String)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..4)
             .map(|t| {
-                let (keys, people, rotating, url) = (&keys, &people, &rotating, &server.url);
+                let (keys, people, rotating, server) = (&keys, &people, &rotating, &server);
                 scope.spawn(move || {
-                    let client = Client::with_keys(url, keys.clone());
+                    let client = server.client_with_keys(keys.clone());
                     let mut acked = Vec::new();
                     let mut i = 0;
                     while rotating.load(Ordering::Relaxed) {

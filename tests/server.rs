@@ -6,79 +6,16 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{MASTER_KEY, TestServer, dev_dataset};
+use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request};
 use serde_json::{Value, json};
+use tee_risk::access::{ClientCredential, DevClient};
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
-use tee_risk::config::Config;
 use tee_risk::envelope::request::{ProtectedHeader, seal};
 use tee_risk::envelope::{b64_decode, b64_encode};
-use tee_risk::risk::{self, Decision};
+use tee_risk::risk;
 use tee_risk::server::IDENTITY_PEM;
 use tee_risk::store::vault::TableCounts;
-use tee_risk::store::{MasterKey, SledStore, Store, Vault};
 use tee_risk::time::unix_now;
-
-struct Faces {
-    enrol: Vec<f32>,
-    genuine: Vec<f32>,
-    impostor: Vec<f32>,
-}
-
-/// A genuine pair (the best-matching pair of the first identity) and an impostor, with the
-/// decisions the configured policy gives them checked first.
-fn faces() -> Faces {
-    let data = dev_dataset();
-    let ids = data.identity_indices();
-    let first: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == ids[0]).collect();
-    let enrol = &data.samples[first[0]].embedding;
-    let genuine = first[1..]
-        .iter()
-        .map(|&i| &data.samples[i].embedding)
-        .max_by(|a, b| risk::cosine(enrol, a).total_cmp(&risk::cosine(enrol, b)))
-        .unwrap();
-    let impostor = &data.samples[(0..ids.len()).find(|&i| ids[i] != ids[0]).unwrap()].embedding;
-    let policy = Config::builtin().risk_policy();
-    let decide = |probe: &[f32]| {
-        policy
-            .decide(&risk::signals(probe, None, &[enrol]))
-            .decision
-    };
-    assert_eq!(decide(genuine), Decision::Allow);
-    assert_eq!(decide(impostor), Decision::Deny);
-    Faces {
-        enrol: enrol.clone(),
-        genuine: genuine.clone(),
-        impostor: impostor.clone(),
-    }
-}
-
-fn request(user: &str, features: &[f32]) -> FeatureRequest {
-    FeatureRequest {
-        user_id: user.into(),
-        features: features.to_vec(),
-        liveness: Some(0.95),
-        device_id: Some("phone-1".into()),
-    }
-}
-
-fn error_code(raw: &tee_risk::client::RawResponse) -> (u16, String) {
-    let body: Value = serde_json::from_slice(&raw.body).unwrap_or_else(|_| {
-        panic!(
-            "error body is JSON: {:?}",
-            String::from_utf8_lossy(&raw.body)
-        )
-    });
-    assert!(
-        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
-        "every error has a detail"
-    );
-    (raw.status, body["error"].as_str().unwrap().to_owned())
-}
-
-fn open_vault(data_dir: &std::path::Path, key: &str) -> Result<Vault, tee_risk::store::VaultError> {
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("db")).unwrap());
-    Vault::open(store, &MasterKey::from_hex(key).unwrap())
-}
 
 #[test]
 fn enrol_assess_signed_and_pinned() {
@@ -89,10 +26,12 @@ fn enrol_assess_signed_and_pinned() {
 
     // GET /v1/keys: the identity key (also in keys/identity.pub.pem) and an encryption key
     // it certified; a client that pins the PEM gets the same keys.
-    let client = Client::fetch_keys(&server.url).unwrap();
+    let client = server.client();
     let identity_pem = std::fs::read_to_string(keys.join(IDENTITY_PEM)).unwrap();
     let pinned_identity = ServerKeys::identity_from_pem(&identity_pem).unwrap();
-    let pinned_client = Client::fetch_keys_pinned(&server.url, &pinned_identity).unwrap();
+    let pinned_client = Client::fetch_keys_pinned(&server.url, &pinned_identity)
+        .unwrap()
+        .with_credential(server.credential.clone());
     let pinned = pinned_client.keys().clone();
     assert_eq!(pinned.identity, client.keys().identity);
     assert_eq!(pinned.encryption, client.keys().encryption);
@@ -223,7 +162,7 @@ fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = TestServer::start(&data, &dir.path().join("keys"), Some(MASTER_KEY), &[]);
-    let client = Client::fetch_keys(&server.url).unwrap();
+    let client = server.client();
     client.enroll(&request("alice", &faces.enrol)).unwrap();
 
     let (header, body) = client.seal(&request("alice", &faces.genuine)).unwrap();
@@ -363,7 +302,7 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
     let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
-    let client = Client::fetch_keys(&server.url).unwrap();
+    let client = server.client();
     client
         .enroll(&request("metrics-user-7f3a", &faces.enrol))
         .unwrap();
@@ -371,7 +310,7 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
         let handles: Vec<_> = (0..THREADS)
             .map(|_| {
                 scope.spawn(|| {
-                    let client = Client::with_keys(&server.url, client.keys().clone());
+                    let client = server.client_with_keys(client.keys().clone());
                     (0..PER_THREAD)
                         .map(|_| {
                             let (header, body) = client
@@ -490,10 +429,15 @@ fn dev_mode_generates_a_key_and_warns_and_production_mode_needs_one() {
     assert!(log.contains("DB_MASTER_KEY is not set"), "{log}");
 
     let faces = faces();
-    let server = TestServer::start(&data, &keys, None, &["--dev"]);
+    // Dev mode without a clients file: the dev client, whose key the CLI uses by default.
+    let server = TestServer::start(&data, &keys, None, &["--dev", "--no-test-client"]);
     assert!(server.stderr().contains("DEVELOPMENT MODE"));
+    assert!(server.stderr().contains("DEVELOPMENT client `dev`"));
+    let dev_client =
+        Arc::new(ClientCredential::load(DevClient::ID, &DevClient::key_file(&data)).unwrap());
     Client::fetch_keys(&server.url)
         .unwrap()
+        .with_credential(dev_client.clone())
         .enroll(&request("dev-user", &faces.enrol))
         .unwrap();
     server.stop();
@@ -507,10 +451,11 @@ fn dev_mode_generates_a_key_and_warns_and_production_mode_needs_one() {
         );
     }
     // The same dev key is used on the next start, with the warning again.
-    let again = TestServer::start(&data, &keys, None, &["--dev"]);
+    let again = TestServer::start(&data, &keys, None, &["--dev", "--no-test-client"]);
     assert!(again.stderr().contains("DEVELOPMENT MODE"));
     let answer = Client::fetch_keys(&again.url)
         .unwrap()
+        .with_credential(dev_client)
         .assess(&request("dev-user", &faces.genuine))
         .unwrap();
     assert_eq!(answer["decision"], "allow");

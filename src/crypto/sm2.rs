@@ -1,7 +1,7 @@
 //! SM2 (GB/T 32918) keys: signatures with SM3 and the default distinguishing identifier,
 //! public-key encryption with ciphertexts in the GM/T 0009 DER form.
 
-use sm2::dsa::signature::{MultipartSigner, Verifier};
+use sm2::dsa::signature::{MultipartSigner, Verifier as _};
 use sm2::dsa::{DerSignature, Signature, SigningKey, VerifyingKey};
 use sm2::elliptic_curve::Generate;
 use sm2::elliptic_curve::common::getrandom::SysRng;
@@ -88,12 +88,15 @@ impl PublicKey {
 
     /// Verifies a DER signature over `message` with the default distinguishing identifier.
     pub fn verify(&self, message: &[u8], der_signature: &[u8]) -> Result<(), CryptoError> {
-        let verifying =
-            VerifyingKey::new(DEFAULT_DISTID, self.key).map_err(|_| CryptoError::InvalidKey)?;
-        let signature = Signature::from_der(der_signature).map_err(|_| CryptoError::Signature)?;
-        verifying
-            .verify(message, &signature)
-            .map_err(|_| CryptoError::Signature)
+        self.verifier()?.verify(message, der_signature)
+    }
+
+    /// A verifier that computes this key's Z value (SM3 of the default id and the key) once,
+    /// for keys that verify many signatures.
+    pub fn verifier(&self) -> Result<Verifier, CryptoError> {
+        Ok(Verifier(
+            VerifyingKey::new(DEFAULT_DISTID, self.key).map_err(|_| CryptoError::InvalidKey)?,
+        ))
     }
 
     /// Encrypts `message` to this key; the result is the GM/T 0009 DER `SM2Cipher`
@@ -116,6 +119,18 @@ fn secret_from_pem(pem: &str) -> Result<SecretKey, CryptoError> {
 
 fn secret_from_scalar(scalar: &SecretBytes<32>) -> Result<SecretKey, CryptoError> {
     SecretKey::from_slice(scalar.expose()).map_err(|_| CryptoError::InvalidKey)
+}
+
+/// Verifies SM2 signatures (default ID) for one public key, its Z value computed once.
+pub struct Verifier(VerifyingKey);
+
+impl Verifier {
+    pub fn verify(&self, message: &[u8], der_signature: &[u8]) -> Result<(), CryptoError> {
+        let signature = Signature::from_der(der_signature).map_err(|_| CryptoError::Signature)?;
+        self.0
+            .verify(message, &signature)
+            .map_err(|_| CryptoError::Signature)
+    }
 }
 
 /// The service's identity key: signs responses (and, later, attestation statements).

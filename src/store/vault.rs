@@ -185,6 +185,19 @@ pub struct TableCounts {
     pub risk_logs: usize,
 }
 
+/// What [`Vault::erase_user`] removed or scrubbed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Erased {
+    pub templates: usize,
+    pub history: usize,
+    /// Risk log entries kept as decisions only: user index, features, liveness and device
+    /// removed; rid, time, decision, score, reasons and model stay for the audit trail.
+    pub risk_logs_scrubbed: usize,
+}
+
+/// What an erased user's risk log entries name instead of a blind index.
+pub const ERASED_USER: &str = "erased";
+
 /// A user as the vault looks them up: the blind index under every key of the keyring,
 /// current first (during a rotation a record may still sit under an old index).
 pub struct UserRef {
@@ -698,6 +711,59 @@ impl Vault {
             self.store.insert(Table::FeatureHistory, &key, sealed)?;
         }
         Ok(())
+    }
+
+    /// Erases a user: the record holding their templates (under every key's blind index),
+    /// their feature history (also under older indexes that a rotation mapped to theirs),
+    /// those index mappings, and in their risk log entries everything but the decision.
+    /// Scans history and risk logs: cost grows with the database, which suits a rare
+    /// operation. Not durable until [`Vault::flush`].
+    pub fn erase_user(&self, user: &UserRef) -> Result<Erased, VaultError> {
+        let mut indexes: Vec<Vec<u8>> = user.indexes.iter().map(|i| i.to_vec()).collect();
+        for (key, sealed) in self.store.scan(Table::Meta)? {
+            let Some(old) = key.strip_prefix(INDEX_MAP_PREFIX) else {
+                continue;
+            };
+            let new: Vec<u8> = self.unseal(Table::Meta, &key, &sealed)?;
+            if indexes.contains(&new) {
+                indexes.push(old.to_vec());
+                self.store.remove(Table::Meta, &key)?;
+            }
+        }
+        let mut erased = Erased::default();
+        for index in &user.indexes {
+            if let Some(sealed) = self.store.get(Table::UserData, index)? {
+                let record: UserRecord = self.unseal(Table::UserData, index, &sealed)?;
+                erased.templates += record.templates.len();
+                self.store.remove(Table::UserData, index)?;
+            }
+        }
+        for (key, _) in self.store.scan(Table::FeatureHistory)? {
+            if indexes
+                .iter()
+                .any(|i| key.len() == i.len() + 8 && key.starts_with(i))
+            {
+                self.store.remove(Table::FeatureHistory, &key)?;
+                erased.history += 1;
+            }
+        }
+        let named: Vec<String> = indexes.iter().map(hex::encode).collect();
+        for (key, sealed) in self.store.scan(Table::RiskLogs)? {
+            let mut entry: RiskLogEntry = self.unseal(Table::RiskLogs, &key, &sealed)?;
+            if !named.contains(&entry.user) {
+                continue;
+            }
+            entry.user = ERASED_USER.into();
+            entry.features.zeroize();
+            entry.features.clear();
+            entry.liveness = None;
+            entry.device_id.zeroize();
+            entry.device_id = None;
+            let scrubbed = self.seal_value(Table::RiskLogs, &key, &entry)?;
+            self.store.insert(Table::RiskLogs, &key, scrubbed)?;
+            erased.risk_logs_scrubbed += 1;
+        }
+        Ok(erased)
     }
 
     /// Returns once every write completed before this call is durable. Concurrent callers

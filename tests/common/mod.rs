@@ -7,8 +7,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use tee_risk::access::ClientCredential;
+use tee_risk::attest::sim::SimPlatform;
+use tee_risk::client::{Client, FeatureRequest, RawResponse, ServerKeys};
+use tee_risk::config::Config;
 use tee_risk::dataset::Dataset;
+use tee_risk::risk::{self, Decision};
 use tee_risk::server::LISTENING_PREFIX;
+use tee_risk::store::{MasterKey, SledStore, Store, Vault};
 
 pub const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -23,6 +31,29 @@ pub struct TestServer {
     child: Option<Child>,
     pub url: String,
     pub stderr_log: PathBuf,
+    /// The registered test client ("test", every permission).
+    pub credential: Arc<ClientCredential>,
+}
+
+/// The test client of a data folder: its key is kept beside the folder, so it survives
+/// restarts; the clients file registering it is passed with `--clients`.
+fn test_client(data_dir: &Path) -> (Arc<ClientCredential>, PathBuf) {
+    let key_file = data_dir.with_extension("client-key.hex");
+    let key = SimPlatform::load_or_create_key(&key_file).expect("test client key");
+    let clients_file = data_dir.with_extension("clients.toml");
+    std::fs::write(
+        &clients_file,
+        format!(
+            "[[client]]\nid = \"test\"\npermissions = [\"enroll\", \"assess\", \"erase\"]\n\
+             public_key = \"\"\"\n{}\"\"\"\n",
+            key.public().to_pem()
+        ),
+    )
+    .unwrap();
+    (
+        Arc::new(ClientCredential::load("test", &key_file).unwrap()),
+        clients_file,
+    )
 }
 
 /// A server process; stopped with SIGTERM (or killed) when dropped.
@@ -62,24 +93,36 @@ impl TestServer {
                 .unwrap()
                 .as_nanos()
         ));
+        let (credential, clients_file) = test_client(data_dir);
+        // `--no-test-client` (ours, not the server's): start without a clients file.
+        let register_client = !extra.contains(&"--no-test-client");
+        let extra: Vec<&str> = extra
+            .iter()
+            .copied()
+            .filter(|a| *a != "--no-test-client")
+            .collect();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tee-risk"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .arg("--keys-dir")
             .arg(keys_dir)
-            .args(extra)
+            .args(&extra)
             .env_remove("DB_MASTER_KEY")
             .env_remove("TEE_RISK_DEV")
             .env_remove("TEE_RISK_CONFIG")
             .env_remove("DB_MASTER_KEY_PREVIOUS")
             .env_remove("TEE_RISK_ADMIN_TOKEN")
+            .env_remove("TEE_RISK_CLIENTS")
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap());
         if let Some(key) = master_key {
             command.env("DB_MASTER_KEY", key);
+        }
+        if register_client {
+            command.arg("--clients").arg(&clients_file);
         }
         let mut child = command.spawn().expect("spawn tee-risk");
         let stdout = child.stdout.take().unwrap();
@@ -98,6 +141,7 @@ impl TestServer {
                     child: Some(child),
                     url: format!("http://{addr}"),
                     stderr_log,
+                    credential,
                 });
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -115,6 +159,18 @@ impl TestServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A client of this server that trusts the keys it presents and signs as the test client.
+    pub fn client(&self) -> Client {
+        Client::fetch_keys(&self.url)
+            .expect("GET /v1/keys")
+            .with_credential(self.credential.clone())
+    }
+
+    /// A client with `keys`, signing as the test client.
+    pub fn client_with_keys(&self, keys: ServerKeys) -> Client {
+        Client::with_keys(&self.url, keys).with_credential(self.credential.clone())
     }
 
     /// SIGTERM, then wait for a clean exit.
@@ -159,4 +215,69 @@ impl Drop for TestServer {
             terminate(&mut child);
         }
     }
+}
+
+pub struct Faces {
+    pub enrol: Vec<f32>,
+    pub genuine: Vec<f32>,
+    pub impostor: Vec<f32>,
+}
+
+/// A genuine pair (the best-matching pair of the first identity) and an impostor, with the
+/// decisions the configured policy gives them checked first.
+pub fn faces() -> Faces {
+    let data = dev_dataset();
+    let ids = data.identity_indices();
+    let first: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == ids[0]).collect();
+    let enrol = &data.samples[first[0]].embedding;
+    let genuine = first[1..]
+        .iter()
+        .map(|&i| &data.samples[i].embedding)
+        .max_by(|a, b| risk::cosine(enrol, a).total_cmp(&risk::cosine(enrol, b)))
+        .unwrap();
+    let impostor = &data.samples[(0..ids.len()).find(|&i| ids[i] != ids[0]).unwrap()].embedding;
+    let policy = Config::builtin().risk_policy();
+    let decide = |probe: &[f32]| {
+        policy
+            .decide(&risk::signals(probe, None, &[enrol]))
+            .decision
+    };
+    assert_eq!(decide(genuine), Decision::Allow);
+    assert_eq!(decide(impostor), Decision::Deny);
+    Faces {
+        enrol: enrol.clone(),
+        genuine: genuine.clone(),
+        impostor: impostor.clone(),
+    }
+}
+
+pub fn request(user: &str, features: &[f32]) -> FeatureRequest {
+    FeatureRequest {
+        user_id: user.into(),
+        features: features.to_vec(),
+        liveness: Some(0.95),
+        device_id: Some("phone-1".into()),
+    }
+}
+
+pub fn error_code(raw: &RawResponse) -> (u16, String) {
+    let body: serde_json::Value = serde_json::from_slice(&raw.body).unwrap_or_else(|_| {
+        panic!(
+            "error body is JSON: {:?}",
+            String::from_utf8_lossy(&raw.body)
+        )
+    });
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "every error has a detail"
+    );
+    (raw.status, body["error"].as_str().unwrap().to_owned())
+}
+
+pub fn open_vault(
+    data_dir: &std::path::Path,
+    key: &str,
+) -> Result<Vault, tee_risk::store::VaultError> {
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("db")).unwrap());
+    Vault::open(store, &MasterKey::from_hex(key).unwrap())
 }

@@ -1,0 +1,183 @@
+//! Access control and erasure against the real binary over loopback: who may enrol, assess
+//! and erase, and what erasing a user leaves behind.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request};
+use tee_risk::access::ClientCredential;
+use tee_risk::client::Client;
+use tee_risk::crypto::sm2::IdentityKey;
+use tee_risk::store::vault::ERASED_USER;
+
+/// A clients file with `full` (every permission) and `assessor` (assess only).
+fn two_clients(dir: &Path) -> (Arc<ClientCredential>, Arc<ClientCredential>, String) {
+    let full = IdentityKey::generate().unwrap();
+    let assessor = IdentityKey::generate().unwrap();
+    std::fs::write(dir.join("assessor.pem"), assessor.public().to_pem()).unwrap();
+    let file = dir.join("clients.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[client]]\nid = \"full\"\npermissions = [\"enroll\", \"assess\", \"erase\"]\n\
+             public_key = \"\"\"\n{}\"\"\"\n\n\
+             [[client]]\nid = \"assessor\"\npermissions = [\"assess\"]\n\
+             public_key = \"assessor.pem\"\n",
+            full.public().to_pem()
+        ),
+    )
+    .unwrap();
+    (
+        Arc::new(ClientCredential::new("full", full)),
+        Arc::new(ClientCredential::new("assessor", assessor)),
+        file.to_string_lossy().into_owned(),
+    )
+}
+
+#[test]
+fn only_registered_clients_with_the_permission_get_in() {
+    let faces = faces();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let (full, assessor, clients) = two_clients(dir.path());
+    let server = TestServer::start(
+        &data,
+        &keys,
+        Some(MASTER_KEY),
+        &["--no-test-client", "--clients", &clients],
+    );
+    let anonymous = Client::fetch_keys(&server.url).unwrap();
+    let as_full =
+        Client::with_keys(&server.url, anonymous.keys().clone()).with_credential(full.clone());
+    let as_assessor =
+        Client::with_keys(&server.url, anonymous.keys().clone()).with_credential(assessor);
+    as_full.enroll(&request("alice", &faces.enrol)).unwrap();
+
+    let (_, body) = anonymous.seal(&request("alice", &faces.genuine)).unwrap();
+    // No credential, then credentials that do not fit this request.
+    let unsigned = anonymous.post_raw("/v1/assess", &body).unwrap();
+    assert_eq!(error_code(&unsigned), (401, "unauthenticated".into()));
+    let stranger = Arc::new(ClientCredential::new(
+        "full",
+        IdentityKey::generate().unwrap(),
+    ));
+    let forged = stranger.authorization("POST", "/v1/assess", &body).unwrap();
+    // Signatures of a registered client, but over another body or for another endpoint.
+    let other_body = full
+        .authorization("POST", "/v1/assess", b"another body")
+        .unwrap();
+    let other_path = full.authorization("POST", "/v1/enroll", &body).unwrap();
+    for authorization in [
+        forged.as_str(),
+        other_body.as_str(),
+        other_path.as_str(),
+        "Bearer token",
+        "TR-SM2 nobody:AAAA",
+    ] {
+        let raw = anonymous
+            .send_with_authorization("POST", "/v1/assess", &body, Some(authorization))
+            .unwrap();
+        assert_eq!(
+            error_code(&raw),
+            (401, "unauthenticated".into()),
+            "{authorization}"
+        );
+    }
+    // None of the refused attempts spent the request id: the right client still can.
+    let answer = as_assessor.post_raw("/v1/assess", &body).unwrap();
+    assert_eq!(answer.status, 200);
+
+    // The assessor may assess, not enrol or erase.
+    let enrol = as_assessor.enroll(&request("mallory", &faces.impostor));
+    assert!(enrol.unwrap_err().to_string().contains("forbidden"));
+    let erase = as_assessor.erase("alice");
+    assert!(erase.unwrap_err().to_string().contains("forbidden"));
+    let still_there = as_full.assess(&request("alice", &faces.genuine)).unwrap();
+    assert_eq!(still_there["decision"], "allow");
+    // Unsigned reads stay open: keys and attestation carry nothing secret.
+    assert!(Client::fetch_keys(&server.url).is_ok());
+    server.stop();
+}
+
+#[test]
+fn erasing_a_user_removes_templates_history_and_personal_log_fields() {
+    let faces = faces();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let client = server.client();
+    for user in ["alice", "bob"] {
+        client.enroll(&request(user, &faces.enrol)).unwrap();
+        client.enroll(&request(user, &faces.genuine)).unwrap();
+        let allowed = client.assess(&request(user, &faces.genuine)).unwrap();
+        assert_eq!(allowed["decision"], "allow");
+    }
+    client.assess(&request("alice", &faces.impostor)).unwrap();
+
+    let erased = client.erase("alice").unwrap();
+    assert_eq!(erased["op"], "erase");
+    assert_eq!(
+        erased["erased"],
+        serde_json::json!({"templates": 2, "history": 1, "risk_logs_scrubbed": 2})
+    );
+    // Alice is unknown from now on; Bob is untouched.
+    let after = client.assess(&request("alice", &faces.genuine)).unwrap();
+    assert_eq!(after["decision"], "deny");
+    assert!(
+        after["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&"no_enrolment".into())
+    );
+    let bob = client.assess(&request("bob", &faces.genuine)).unwrap();
+    assert_eq!(bob["decision"], "allow");
+    // Erasing again finds no data, only the log of the assessment made since.
+    let again = client.erase("alice").unwrap();
+    assert_eq!(
+        again["erased"],
+        serde_json::json!({"templates": 0, "history": 0, "risk_logs_scrubbed": 1})
+    );
+    server.stop();
+
+    let vault = open_vault(&data, MASTER_KEY).unwrap();
+    let counts = vault.verify_all().unwrap();
+    assert_eq!(counts.user_data, 1, "only Bob's record is left");
+    assert_eq!(counts.feature_history, 2, "Bob's two accepted probes");
+    let logs = vault.risk_logs().unwrap();
+    assert_eq!(logs.len(), 5, "decisions are kept");
+    let scrubbed: Vec<_> = logs.iter().filter(|l| l.user == ERASED_USER).collect();
+    assert_eq!(scrubbed.len(), 3);
+    assert!(
+        scrubbed
+            .iter()
+            .all(|l| l.features.is_empty() && l.device_id.is_none() && l.liveness.is_none())
+    );
+    assert!(
+        logs.iter()
+            .filter(|l| l.user != ERASED_USER)
+            .all(|l| l.features.len() == 128)
+    );
+}
+
+#[test]
+fn without_client_credentials_the_service_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let (_, log) = TestServer::try_start(&data, &keys, Some(MASTER_KEY), &["--no-test-client"])
+        .err()
+        .unwrap();
+    assert!(log.contains("no clients registered"), "{log}");
+    std::fs::write(dir.path().join("bad.toml"), "[[client]]\nid = \"x\"\n").unwrap();
+    let bad = dir.path().join("bad.toml");
+    let (_, log) = TestServer::try_start(
+        &data,
+        &keys,
+        Some(MASTER_KEY),
+        &["--no-test-client", "--clients", bad.to_str().unwrap()],
+    )
+    .err()
+    .unwrap();
+    assert!(log.contains("bad.toml"), "{log}");
+}
