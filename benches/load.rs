@@ -12,7 +12,8 @@
 //! Every phase is bounded in time and the run stops by itself. Results: a table on stdout and
 //! `target/load-report.json`. Settings (environment): `LOAD_SECONDS` per phase (default 8),
 //! `LOAD_CONCURRENCY` (default `1,4,16,64`), `LOAD_RATES` (default `250,500,1000,1500`),
-//! `LOAD_SERVER_CONFIG` (a config file for the server, e.g. to try other thread counts).
+//! `LOAD_SERVER_CONFIG` (a config file for the server, e.g. to try other thread counts;
+//! by default one that switches the rate limits off, since one client sends everything).
 //! No timing is asserted anywhere: this measures, it does not judge.
 
 use std::collections::BTreeMap;
@@ -138,11 +139,17 @@ impl Server {
             .env("DB_MASTER_KEY", master)
             .env("RUST_LOG", "warn")
             .env_remove("TEE_RISK_CONFIG")
-            .args(
-                std::env::var_os("LOAD_SERVER_CONFIG")
-                    .map(|path| vec!["--config".into(), path])
-                    .unwrap_or_default(),
-            )
+            .arg("--config")
+            .arg(std::env::var_os("LOAD_SERVER_CONFIG").unwrap_or_else(|| {
+                // The engine is measured, not the rate limits: one client sends everything.
+                let path = dir.path().join("load.toml");
+                std::fs::write(
+                    &path,
+                    "[limits]\nclient_per_minute = 0\nuser_per_minute = 0\n",
+                )
+                .expect("write the load config");
+                path.into()
+            }))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -13,6 +13,7 @@ use crate::attest::{Attester, NONCE_LEN};
 use crate::envelope::b64_decode;
 use crate::envelope::response::SignedResponse;
 use crate::error::ApiError;
+use crate::limits::{RateLimiter, now_secs};
 use crate::metrics::Stage;
 use crate::service::Service;
 use crate::time::unix_now;
@@ -22,6 +23,10 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// Who may call the encrypted endpoints.
     pub clients: Arc<ClientRegistry>,
+    /// Requests per authenticated client.
+    pub client_limits: Arc<RateLimiter<String>>,
+    /// Set at SIGTERM/SIGINT: answers then close their connections.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub attestation: Arc<Attester>,
     pub max_body_bytes: usize,
     /// SM3 of the operator bearer token; `None`: operator endpoints are off (404).
@@ -210,6 +215,7 @@ async fn run_encrypted(
         request.path().to_owned(),
     );
     let (service, clients) = (state.service.clone(), state.clients.clone());
+    let client_limits = state.client_limits.clone();
     let (permission, operation) = (endpoint.permission, endpoint.operation);
     let queued = Instant::now();
     let outcome = web::block(move || {
@@ -218,11 +224,17 @@ async fn run_encrypted(
             .metrics()
             .record_stage(Stage::Queue, waited, std::time::Duration::ZERO);
         // The signature check is an SM2 verification: CPU work, so it runs here too.
-        clients
+        let client = clients
             .authorize(authorization.as_deref(), &method, &path, &body, permission)
             .map_err(|e| match e {
                 AccessError::Unauthenticated(why) => ApiError::Unauthenticated(why),
                 AccessError::Forbidden(p) => ApiError::Forbidden(p.as_str()),
+            })?;
+        client_limits
+            .check(&client, now_secs())
+            .map_err(|retry_after_secs| ApiError::RateLimited {
+                scope: "client",
+                retry_after_secs,
             })?;
         operation(&service, &body, unix_now())
     })

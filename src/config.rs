@@ -22,6 +22,17 @@ pub struct Config {
     pub risk: RiskConfig,
     pub attestation: AttestationConfig,
     pub access: AccessConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Token-bucket rate limits (0 per minute: no limit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub client_per_minute: u32,
+    pub client_burst: u32,
+    pub user_per_minute: u32,
+    pub user_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

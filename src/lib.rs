@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod error;
 pub mod features;
 pub mod keyset;
+pub mod limits;
 pub mod metrics;
 pub mod replay;
 pub mod risk;

@@ -1,5 +1,7 @@
 //! Remembers request ids for as long as their `iat` is acceptable, so that a captured
-//! request cannot be sent twice. In memory: a restart forgets (persisting it is planned).
+//! request cannot be sent twice. This is the in-memory view; the service also writes each
+//! spent id to the store (`Table::Replay`) before it answers, and loads them back at start,
+//! so a restart does not reopen the window.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -27,6 +29,23 @@ impl ReplayCache {
             retention_secs: window_secs.saturating_mul(2),
             capacity,
         }
+    }
+
+    /// How long after its `iat` an id must still be remembered.
+    pub fn retention_secs(&self) -> i64 {
+        self.retention_secs
+    }
+
+    /// Remembers ids spent before a restart.
+    pub fn load(&self, spent: impl IntoIterator<Item = (String, i64)>) {
+        self.lock().extend(spent);
+    }
+
+    /// Forgets ids whose `iat` is older than the retention.
+    pub fn prune(&self, now: i64) {
+        let retention = self.retention_secs;
+        self.lock()
+            .retain(|_, &mut at| now.saturating_sub(at) <= retention);
     }
 
     /// Whether `rid` was seen, without recording it.

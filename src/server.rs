@@ -18,6 +18,7 @@ use crate::api::{AppState, routes};
 use crate::attest::Attester;
 use crate::attest::sim::{Measurement, SimPlatform};
 use crate::config::Config;
+use crate::limits::RateLimiter;
 use crate::service::Service;
 use crate::store::rotation::DEFAULT_BATCH;
 use crate::store::{MasterKey, OpenMode, SledStore, Store, Vault};
@@ -229,9 +230,8 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     let data_dir = config.storage.data_dir.clone();
     let vault = open_vault(keys, config.server.dev, &data_dir, OpenMode::Write)?;
 
-    let service = Arc::new(
-        Service::new(&config, vault, unix_now()).context("cannot generate the service keys")?,
-    );
+    let service =
+        Arc::new(Service::new(&config, vault, unix_now()).context("cannot start the service")?);
     publish_public_keys(&config.keys.dir, &service)?;
 
     let stop_rotation = Arc::new(AtomicBool::new(false));
@@ -272,6 +272,11 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     let state = web::Data::new(AppState {
         attestation,
         clients,
+        draining: Arc::new(AtomicBool::new(false)),
+        client_limits: Arc::new(RateLimiter::new(
+            config.limits.client_per_minute,
+            config.limits.client_burst,
+        )),
         service: service.clone(),
         max_body_bytes: config.server.max_body_bytes,
         admin_token: std::env::var(ADMIN_TOKEN_ENV)
@@ -280,9 +285,16 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
             .map(|t| crate::crypto::sm3(t.as_bytes())),
     });
     let listen: SocketAddr = config.listen_addr().map_err(anyhow::Error::msg)?;
-    let mut server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
-        .shutdown_timeout(30)
-        .worker_max_blocking_threads(config.server.blocking_threads_per_worker);
+    let draining = state.draining.clone();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap_fn(close_connections_when_draining)
+            .configure(routes)
+    })
+    .shutdown_signal(shutdown_signal(draining))
+    .shutdown_timeout(30)
+    .worker_max_blocking_threads(config.server.blocking_threads_per_worker);
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }
@@ -294,7 +306,8 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
         println!("{LISTENING_PREFIX}{addr}");
     }
     std::io::stdout().flush().ok();
-    // actix-web stops on SIGTERM/SIGINT after in-flight requests finish.
+    // On SIGTERM/SIGINT: stop accepting, finish in-flight requests (answers then close
+    // their connections), then stop the background threads and flush.
     server.run().await?;
     stop_rotation.store(true, Ordering::Relaxed);
     stop_maintenance.store(true, Ordering::Relaxed);
@@ -305,6 +318,56 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     service.vault().flush().context("final flush failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Resolves at SIGTERM or SIGINT, after marking the service as draining.
+async fn shutdown_signal(draining: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    draining.store(true, Ordering::SeqCst);
+    tracing::info!(
+        signal = name,
+        "draining: finishing in-flight requests, then stopping"
+    );
+}
+
+/// While draining, every answer closes its connection, so that keep-alive clients cannot
+/// hold the shutdown open: they reconnect and find the listener gone.
+fn close_connections_when_draining<S>(
+    request: actix_web::dev::ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse, actix_web::Error>> + use<S>
+where
+    S: actix_web::dev::Service<
+            actix_web::dev::ServiceRequest,
+            Response = actix_web::dev::ServiceResponse,
+            Error = actix_web::Error,
+        >,
+{
+    let draining = request
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.draining.clone());
+    let answer = service.call(request);
+    async move {
+        let mut response = answer.await?;
+        if draining.is_some_and(|d| d.load(Ordering::SeqCst)) {
+            response
+                .response_mut()
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+        }
+        Ok(response)
+    }
 }
 
 /// Writes the identity public key as PEM for clients that pin it (encryption keys rotate;
@@ -350,6 +413,9 @@ fn sim_platform(config: &Config) -> anyhow::Result<SimPlatform> {
 }
 
 /// Issues and wipes encryption keys on time, checking every second until `stop`.
+/// How often spent request ids past the replay window are forgotten.
+const SPENT_RID_PRUNE_SECS: u64 = 60;
+
 fn spawn_key_maintenance(
     service: Arc<Service>,
     stop: Arc<AtomicBool>,
@@ -357,10 +423,17 @@ fn spawn_key_maintenance(
     std::thread::Builder::new()
         .name("key-maintenance".into())
         .spawn(move || {
+            let mut seconds = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if let Err(error) = service.maintain_keys(unix_now()) {
                     tracing::error!(%error, "encryption key maintenance failed");
                 }
+                if seconds % SPENT_RID_PRUNE_SECS == 0
+                    && let Err(error) = service.prune_spent_rids(unix_now())
+                {
+                    tracing::error!(%error, "forgetting old request ids failed");
+                }
+                seconds += 1;
                 std::thread::sleep(Duration::from_secs(1));
             }
         })

@@ -13,10 +13,11 @@ use crate::envelope::response::{ResponseSigner, SignedResponse};
 use crate::error::ApiError;
 use crate::features::{EraseRequest, Probe};
 use crate::keyset::{KeySet, KidLookup};
+use crate::limits::{RateLimiter, now_secs};
 use crate::metrics::{Metrics, Stage, StageTimer};
 use crate::replay::{ReplayCache, ReplayCheck};
 use crate::risk::{self, Assessment, Decision, MODEL_VERSION, RiskPolicy};
-use crate::store::vault::{Erased, RiskLogEntry, Vault, VaultError};
+use crate::store::vault::{Erased, RiskLogEntry, UserIndex, UserRef, Vault, VaultError};
 
 pub use crate::envelope::jwk::{KeysDocument, PublicJwk};
 
@@ -51,6 +52,15 @@ struct ErasePayload<'a> {
     erased: Erased,
 }
 
+/// Why a service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot generate the service keys: {0}")]
+    Keys(#[from] CryptoError),
+    #[error("cannot load the spent request ids: {0}")]
+    Store(#[from] VaultError),
+}
+
 pub struct Service {
     keys: KeySet,
     signer: ResponseSigner,
@@ -61,11 +71,13 @@ pub struct Service {
     iat_window_secs: i64,
     max_templates: usize,
     metrics: Metrics,
+    /// Requests per user (blind index) over enrol, assess and erase.
+    user_limits: RateLimiter<UserIndex>,
 }
 
 impl Service {
     /// Generates the identity key and the first encryption key in memory.
-    pub fn new(config: &Config, vault: Vault, now: i64) -> Result<Self, CryptoError> {
+    pub fn new(config: &Config, vault: Vault, now: i64) -> Result<Self, StartError> {
         Self::with_identity(config, vault, IdentityKey::generate()?, now)
     }
 
@@ -75,7 +87,13 @@ impl Service {
         vault: Vault,
         identity: IdentityKey,
         now: i64,
-    ) -> Result<Self, CryptoError> {
+    ) -> Result<Self, StartError> {
+        let replay = ReplayCache::new(
+            config.protocol.iat_window_secs,
+            config.protocol.replay_cache_capacity,
+        );
+        // Request ids spent before a restart stay spent.
+        replay.load(vault.spent_rids(now - replay.retention_secs())?);
         Ok(Self {
             signer: ResponseSigner::new(identity.public()),
             keys: KeySet::new(
@@ -85,15 +103,13 @@ impl Service {
                 now,
             )?,
             vault,
-            replay: ReplayCache::new(
-                config.protocol.iat_window_secs,
-                config.protocol.replay_cache_capacity,
-            ),
+            replay,
             policy: config.risk_policy(),
             dimension: config.features.dimension,
             iat_window_secs: config.protocol.iat_window_secs,
             max_templates: config.risk.max_templates,
             metrics: Metrics::default(),
+            user_limits: RateLimiter::new(config.limits.user_per_minute, config.limits.user_burst),
         })
     }
 
@@ -104,6 +120,14 @@ impl Service {
     /// The encryption key clients should use now.
     pub fn encryption_public(&self) -> PublicKey {
         self.keys.newest()
+    }
+
+    /// Forgets spent request ids older than the replay window, in memory and in the store.
+    pub fn prune_spent_rids(&self, now: i64) -> Result<(), VaultError> {
+        self.replay.prune(now);
+        self.vault
+            .spent_rids(now - self.replay.retention_secs())
+            .map(drop)
     }
 
     /// Rotates and wipes encryption keys as their time comes (see [`KeySet::maintain`]).
@@ -127,11 +151,22 @@ impl Service {
         KeysDocument { keys }
     }
 
+    /// Takes one of the user's request tokens.
+    fn limit_user(&self, user: &UserRef) -> Result<(), ApiError> {
+        self.user_limits
+            .check(user.current(), now_secs())
+            .map_err(|retry_after_secs| ApiError::RateLimited {
+                scope: "user",
+                retry_after_secs,
+            })
+    }
+
     /// `POST /v1/enroll`: adds the probe as a template of the user.
     pub fn enroll(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
         let mut timer = StageTimer::start(&self.metrics);
         let (header, probe) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
+        self.limit_user(&user)?;
         let templates = match self.vault.enrol(
             &user,
             &probe.user_id,
@@ -163,6 +198,7 @@ impl Service {
         let mut timer = StageTimer::start(&self.metrics);
         let (header, probe) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
+        self.limit_user(&user)?;
         let templates = self
             .vault
             .templates(&user, &probe.user_id)
@@ -218,6 +254,7 @@ impl Service {
             self.open_request_as(body, now, &mut timer, |p| Ok(EraseRequest::parse(p)?))?;
         let user = self.vault.user(&request.user_id);
         drop(request);
+        self.limit_user(&user)?;
         let erased = self.vault.erase_user(&user).map_err(internal)?;
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
@@ -287,7 +324,13 @@ impl Service {
         let fresh = self.replay.check_and_insert(&header.rid, header.iat, now);
         timer.lap(Stage::PayloadParse);
         match fresh {
-            ReplayCheck::Fresh => Ok((envelope.header, payload)),
+            ReplayCheck::Fresh => {
+                // Durable with the request's other writes, before the answer.
+                self.vault
+                    .spend_rid(&header.rid, header.iat)
+                    .map_err(internal)?;
+                Ok((envelope.header, payload))
+            }
             ReplayCheck::Replayed => Err(ApiError::ReplayedRequest),
             ReplayCheck::Full => Err(ApiError::Overloaded),
         }

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request};
+use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
 use serde_json::{Value, json};
 use tee_risk::access::{ClientCredential, DevClient};
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
@@ -301,7 +301,8 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
     let faces = faces();
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let config = unlimited_config(dir.path());
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--config", &config]);
     let client = server.client();
     client
         .enroll(&request("metrics-user-7f3a", &faces.enrol))

@@ -29,15 +29,19 @@ pub enum Table {
     Meta,
     /// The append-only, SM3-chained audit log of key events (plain: no secrets).
     Audit,
+    /// Request ids spent within the replay window, with their `iat` (plain: random ids the
+    /// clients chose, nothing about users), so a restart does not reopen the window.
+    Replay,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::UserData,
         Table::FeatureHistory,
         Table::RiskLogs,
         Table::Meta,
         Table::Audit,
+        Table::Replay,
     ];
 
     /// The tables of user data, every record sealed under a master key.
@@ -50,6 +54,7 @@ impl Table {
             Table::RiskLogs => "risk_logs",
             Table::Meta => "meta",
             Table::Audit => "audit",
+            Table::Replay => "replay",
         }
     }
 

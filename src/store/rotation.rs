@@ -275,7 +275,7 @@ impl Vault {
                 self.store
                     .compare_and_swap(table, key, Some(old), Some(sealed))?;
             }
-            Table::Meta | Table::Audit => {}
+            Table::Meta | Table::Audit | Table::Replay => {}
         }
         Ok(())
     }

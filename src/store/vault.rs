@@ -766,6 +766,31 @@ impl Vault {
         Ok(erased)
     }
 
+    /// Records a spent request id. Not durable until [`Vault::flush`], which every
+    /// answered request waits for.
+    pub fn spend_rid(&self, rid: &str, iat: i64) -> Result<(), VaultError> {
+        self.store
+            .insert(Table::Replay, rid.as_bytes(), iat.to_be_bytes().to_vec())?;
+        Ok(())
+    }
+
+    /// The spent request ids with `iat` at or after `since`; older ones are forgotten.
+    pub fn spent_rids(&self, since: i64) -> Result<Vec<(String, i64)>, VaultError> {
+        let mut live = Vec::new();
+        for (key, value) in self.store.scan(Table::Replay)? {
+            let iat = value
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| VaultError::Corrupt("a replay entry is not an 8-byte iat".into()))?;
+            match String::from_utf8(key) {
+                Ok(rid) if iat >= since => live.push((rid, iat)),
+                Ok(rid) => self.store.remove(Table::Replay, rid.as_bytes())?,
+                Err(_) => return Err(VaultError::Corrupt("a replay entry is not UTF-8".into())),
+            }
+        }
+        Ok(live)
+    }
+
     /// Returns once every write completed before this call is durable. Concurrent callers
     /// share one flush (group commit); `Ok(true)` means this caller ran it.
     pub fn flush(&self) -> Result<bool, VaultError> {

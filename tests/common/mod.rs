@@ -20,6 +20,18 @@ use tee_risk::store::{MasterKey, SledStore, Store, Vault};
 
 pub const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
+/// A config file (in `dir`) that switches the rate limits off, for tests that send many
+/// requests for one user on purpose.
+pub fn unlimited_config(dir: &Path) -> String {
+    let path = dir.join("unlimited.toml");
+    std::fs::write(
+        &path,
+        "[limits]\nclient_per_minute = 0\nuser_per_minute = 0\n",
+    )
+    .unwrap();
+    path.to_string_lossy().into_owned()
+}
+
 /// The development embeddings (never the holdout file).
 pub fn dev_dataset() -> Dataset {
     let path =
@@ -114,8 +126,8 @@ impl TestServer {
             .env_remove("DB_MASTER_KEY_PREVIOUS")
             .env_remove("TEE_RISK_ADMIN_TOKEN")
             .env_remove("TEE_RISK_CLIENTS")
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap());
         if let Some(key) = master_key {

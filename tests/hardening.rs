@@ -1,0 +1,225 @@
+//! Hostile conditions against the real binary over loopback: replays across restarts, rate
+//! limits, crashes under load, and logs that must not leak.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
+use tee_risk::client::Client;
+use tee_risk::envelope::request::{ProtectedHeader, seal};
+use tee_risk::time::unix_now;
+
+/// Sends a request for `user` to the server's current key under the request id `rid`: what
+/// a client reusing an id (or an attacker who knows a plaintext) would send.
+fn with_rid(client: &Client, rid: &str, user: &str, features: &[f32]) -> Vec<u8> {
+    let mut header = ProtectedHeader::new(&client.keys().encryption.kid(), unix_now()).unwrap();
+    header.rid = rid.to_owned();
+    let plaintext = serde_json::to_vec(&request(user, features)).unwrap();
+    seal(&client.keys().encryption, &header, &plaintext).unwrap()
+}
+
+/// Spent request ids are written with the request and loaded at start. (A captured request
+/// itself cannot come back after a restart anyway: its encryption key died with the process,
+/// so it gets `unknown_kid`; the persisted ids matter for the ids themselves.)
+#[test]
+fn a_request_id_stays_spent_across_restarts_and_crashes() {
+    let faces = faces();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let client = server.client();
+    client.enroll(&request("alice", &faces.enrol)).unwrap();
+    let first = client.assess(&request("alice", &faces.genuine)).unwrap();
+    let first_rid = first["rid"].as_str().unwrap().to_owned();
+    let (_, captured) = client.seal(&request("alice", &faces.genuine)).unwrap();
+    assert_eq!(
+        client.post_raw("/v1/assess", &captured).unwrap().status,
+        200
+    );
+
+    // A clean restart: the id is still spent, even in a request to the new key.
+    server.stop();
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let client = server.client();
+    let old = client.post_raw("/v1/assess", &captured).unwrap();
+    assert_eq!(error_code(&old), (400, "unknown_kid".into()));
+    let reused = with_rid(&client, &first_rid, "alice", &faces.genuine);
+    let refused = client.post_raw("/v1/assess", &reused).unwrap();
+    assert_eq!(error_code(&refused), (409, "replayed_request".into()));
+    let second = client.assess(&request("alice", &faces.genuine)).unwrap();
+    let second_rid = second["rid"].as_str().unwrap().to_owned();
+
+    // A crash right after an answer: that id is spent too.
+    server.kill();
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let client = server.client();
+    for rid in [&first_rid, &second_rid] {
+        let reused = with_rid(&client, rid, "alice", &faces.genuine);
+        let refused = client.post_raw("/v1/assess", &reused).unwrap();
+        assert_eq!(error_code(&refused), (409, "replayed_request".into()));
+    }
+    assert_eq!(
+        client.assess(&request("alice", &faces.genuine)).unwrap()["decision"],
+        "allow"
+    );
+}
+
+#[test]
+fn rate_limits_answer_429_with_a_retry_time() {
+    let faces = faces();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let config = dir.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nuser_per_minute = 6\nuser_burst = 3\nclient_per_minute = 1\nclient_burst = 8\n",
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--config", &config]);
+    let client = server.client();
+    // Three requests for alice pass, the fourth is limited; bob has his own bucket.
+    client.enroll(&request("alice", &faces.enrol)).unwrap();
+    for _ in 0..2 {
+        client.assess(&request("alice", &faces.genuine)).unwrap();
+    }
+    let (_, body) = client.seal(&request("alice", &faces.genuine)).unwrap();
+    let limited = client.post_raw("/v1/assess", &body).unwrap();
+    assert_eq!(error_code(&limited), (429, "rate_limited".into()));
+    let detail: serde_json::Value = serde_json::from_slice(&limited.body).unwrap();
+    assert!(detail["detail"].as_str().unwrap().contains("user"));
+    client.enroll(&request("bob", &faces.enrol)).unwrap();
+    // The client's own budget (8 at once) runs out too, for every user.
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let (_, body) = client
+            .seal(&request(&format!("user-{i}"), &faces.enrol))
+            .unwrap();
+        let raw = client.post_raw("/v1/enroll", &body).unwrap();
+        statuses.push(raw.status);
+        if raw.status == 429 {
+            let text = String::from_utf8_lossy(&raw.body).into_owned();
+            assert!(text.contains("client"), "{text}");
+        }
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 3);
+    // Retry-After is set, in whole seconds.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let (_, body) = client.seal(&request("carol", &faces.enrol)).unwrap();
+    let authorization = server
+        .credential
+        .authorization("POST", "/v1/enroll", &body)
+        .unwrap();
+    let response = agent
+        .post(format!("{}/v1/enroll", server.url))
+        .header("authorization", &authorization)
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+}
+
+/// SIGKILL at random moments while clients enrol and assess, 20 times over; after each
+/// restart the database opens, and every request that got a 200 is there.
+#[test]
+fn every_acknowledged_request_survives_repeated_sigkill_under_load() {
+    const KILLS: u64 = 20;
+    const SENDERS: usize = 3;
+    let faces = faces();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let config = unlimited_config(dir.path());
+    // (op, user id or rid) of every 200.
+    let acknowledged = Mutex::new(Vec::<(String, String)>::new());
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for round in 0..=KILLS {
+        let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--config", &config]);
+        let keys_now = Client::fetch_keys(&server.url).unwrap().keys().clone();
+        std::thread::scope(|scope| {
+            for sender in 0..SENDERS {
+                let client = server.client_with_keys(keys_now.clone());
+                let (acknowledged, faces) = (&acknowledged, &faces);
+                scope.spawn(move || {
+                    for i in 0.. {
+                        let user = format!("k{round}-{sender}-{i}");
+                        let Ok(enrolled) = client.enroll(&request(&user, &faces.enrol)) else {
+                            return;
+                        };
+                        assert_eq!(enrolled["templates"], 1);
+                        acknowledged
+                            .lock()
+                            .unwrap()
+                            .push(("enroll".into(), user.clone()));
+                        let Ok(assessed) = client.assess(&request(&user, &faces.genuine)) else {
+                            return;
+                        };
+                        let rid = assessed["rid"].as_str().unwrap().to_owned();
+                        acknowledged.lock().unwrap().push(("assess".into(), rid));
+                    }
+                });
+            }
+            // xorshift: a kill 100 to 600 ms into the round.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            std::thread::sleep(Duration::from_millis(100 + seed % 500));
+            if round < KILLS {
+                server.kill();
+            } else {
+                // The last round ends with SIGTERM: in-flight requests drain, sled flushes.
+                let log_path = server.stderr_log.clone();
+                let status = server.stop();
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                assert!(status.success(), "{status:?}\n{log}");
+            }
+        });
+    }
+    let acknowledged = acknowledged.into_inner().unwrap();
+    let enrolled: Vec<&String> = acknowledged
+        .iter()
+        .filter(|(op, _)| op == "enroll")
+        .map(|(_, u)| u)
+        .collect();
+    assert!(
+        enrolled.len() > KILLS as usize,
+        "the load ran: {} enrolments acknowledged",
+        enrolled.len()
+    );
+    let vault = open_vault(&data, MASTER_KEY).unwrap();
+    let counts = vault.verify_all().unwrap();
+    for user in &enrolled {
+        let templates = vault.templates(&vault.user(user), user).unwrap();
+        assert_eq!(templates.len(), 1, "acknowledged enrolment of {user} lost");
+    }
+    let logged: std::collections::HashSet<String> = vault
+        .risk_logs()
+        .unwrap()
+        .into_iter()
+        .map(|l| l.rid.clone())
+        .collect();
+    for (op, rid) in &acknowledged {
+        if op == "assess" {
+            assert!(logged.contains(rid), "acknowledged assessment {rid} lost");
+        }
+    }
+    // Requests cut by a kill may have been written without an answer, never the reverse.
+    assert!(counts.user_data >= enrolled.len());
+    eprintln!(
+        "{KILLS} SIGKILLs + 1 SIGTERM under load: {} acknowledged requests ({} enrolments), \
+         all present; {} user records in the database",
+        acknowledged.len(),
+        enrolled.len(),
+        counts.user_data
+    );
+}
