@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test lint bench fmt
+.PHONY: run test lint bench fmt fuzz
 
 # Run the service on its embedded defaults: sled in ./data, dev master key (loud warning),
 # listening on 127.0.0.1:8080, public keys written to ./keys.
@@ -30,3 +30,18 @@ bench:
 	cargo bench --bench primitives
 	cargo bench --bench reference
 	cargo bench --bench load
+
+# Coverage-guided fuzzing (cargo fuzz, libFuzzer, nightly toolchain): FUZZ_SECONDS (60) per
+# target, starting from valid seeds. Crashes land in fuzz/artifacts/<target>/; copy them to
+# fuzz/regressions/<target>/ so that `make test` replays them. Installs cargo-fuzz if needed.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = envelope record evidence config
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+	cargo test --test fuzz_regressions -- --ignored write_fuzz_corpus
+	for target in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$target fuzz/corpus/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1 2>&1 \
+	    | tee target/fuzz-$$target.log | grep -E "stat::number_of_executed_units|Done|ERROR|panicked" || exit 1; \
+	done

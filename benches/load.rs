@@ -105,6 +105,9 @@ fn workload(items: Vec<(String, Vec<f32>)>) -> Workload {
     Workload { enrolments, probes }
 }
 
+/// The operator token the load server is started with, to read `/metrics`.
+const OPERATOR_TOKEN: &str = "load-generator-operator-token";
+
 struct Server {
     child: Child,
     url: String,
@@ -137,6 +140,7 @@ impl Server {
             .arg("--clients")
             .arg(&clients_file)
             .env("DB_MASTER_KEY", master)
+            .env("TEE_RISK_ADMIN_TOKEN", OPERATOR_TOKEN)
             .env("RUST_LOG", "warn")
             .env_remove("TEE_RISK_CONFIG")
             .arg("--config")
@@ -182,6 +186,7 @@ impl Server {
 
     fn metrics(&self) -> String {
         ureq::get(format!("{}/metrics", self.url))
+            .header("Authorization", format!("Bearer {OPERATOR_TOKEN}"))
             .call()
             .and_then(|mut r| r.body_mut().read_to_string())
             .unwrap_or_default()

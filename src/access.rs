@@ -88,9 +88,13 @@ impl ClientRegistry {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the clients file {}: {e}", path.display()))?;
-        let file: ClientsFile =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, path.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses a clients file's text; key files are relative to `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, String> {
+        let file: ClientsFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut registry = Self {
             clients: HashMap::new(),
         };
@@ -112,7 +116,7 @@ impl ClientRegistry {
             registry.add(&entry.id, &key, entry.permissions)?;
         }
         if registry.clients.is_empty() {
-            return Err(format!("{} registers no client", path.display()));
+            return Err("the file registers no client".into());
         }
         Ok(registry)
     }

@@ -2,8 +2,14 @@
 //! [`Service`] on a blocking thread (SM2 and fsync must not stall the async executor) and
 //! return its signed answer.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use tracing::Instrument;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
@@ -29,8 +35,13 @@ pub struct AppState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub attestation: Arc<Attester>,
     pub max_body_bytes: usize,
-    /// SM3 of the operator bearer token; `None`: operator endpoints are off (404).
+    /// SM3 of the operator bearer token (`TEE_RISK_ADMIN_TOKEN`).
     pub admin_token: Option<[u8; 32]>,
+    /// The operator listener's address once bound (`server.operator_listen`); when set,
+    /// operator endpoints answer only there.
+    pub operator_listener: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    /// Development mode: `/metrics` is open without a token.
+    pub dev: bool,
 }
 
 /// Registers every route; unknown paths and methods get JSON errors too.
@@ -78,6 +89,60 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(not_found));
 }
 
+/// Around every request: an id (answered in `x-request-id`, and the span of every log line
+/// the request causes), one debug-level access line naming the route pattern (never the raw
+/// path or query, which a client controls), and while draining `Connection: close`, so that
+/// keep-alive clients cannot hold a shutdown open.
+pub fn request_context<S>(
+    request: ServiceRequest,
+    service: &S,
+) -> impl Future<Output = Result<ServiceResponse, actix_web::Error>> + use<S>
+where
+    S: actix_web::dev::Service<
+            ServiceRequest,
+            Response = ServiceResponse,
+            Error = actix_web::Error,
+        >,
+{
+    let id = hex::encode(crate::crypto::random_array::<8>().unwrap_or_default());
+    let span = tracing::info_span!("request", id = %id, method = %request.method());
+    let draining = request
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.draining.clone());
+    let started = Instant::now();
+    let answer = {
+        let _entered = span.enter();
+        service.call(request)
+    };
+    async move {
+        let mut response = answer.await?;
+        let status = response.status().as_u16();
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".into());
+        let micros = started.elapsed().as_micros();
+        if status >= 500 {
+            tracing::error!(%route, status, micros, "answered");
+        } else {
+            tracing::debug!(%route, status, micros, "answered");
+        }
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("x-request-id"), value);
+        }
+        if draining.is_some_and(|d| d.load(Ordering::SeqCst)) {
+            response
+                .response_mut()
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+        }
+        Ok(response)
+    }
+    .instrument(span)
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
@@ -113,10 +178,23 @@ const ERASE: Encrypted = Encrypted {
 };
 
 /// Aggregate counters only (see `metrics.rs`): nothing in them identifies a user or a key.
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+/// An operator endpoint (see [`check_operator`]).
+async fn metrics(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    check_operator(&state, &request, false)?;
+    let service = state.service.clone();
+    // Counting records walks the tables: a blocking thread's work.
+    let text = web::block(move || {
+        service.metrics().render()
+            + &crate::metrics::Metrics::render_store_sizes(&service.vault().table_sizes())
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?;
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.service.metrics().render())
+        .body(text))
 }
 
 #[derive(serde::Deserialize)]
@@ -148,14 +226,23 @@ async fn attestation(
     Ok(HttpResponse::Ok().json(evidence))
 }
 
-/// `GET /admin/db/status`: key ids, states, rotation progress, records per key. Needs
-/// `Authorization: Bearer <TEE_RISK_ADMIN_TOKEN>`; answers 404 when no token is configured.
-async fn db_status(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let Some(expected) = state.admin_token else {
+/// Who may reach an operator endpoint (`/metrics`, `/admin/…`): with an operator listener
+/// configured, only requests that arrived on it; with `TEE_RISK_ADMIN_TOKEN` set, only with
+/// `Authorization: Bearer <token>`; with neither, `/metrics` only in dev mode and `/admin/…`
+/// never (404 where closed, so a scan learns nothing).
+fn check_operator(state: &AppState, request: &HttpRequest, admin: bool) -> Result<(), ApiError> {
+    let operator_listener = state.operator_listener.get().copied();
+    let on_operator_listener =
+        operator_listener.is_some_and(|addr| request.app_config().local_addr() == addr);
+    if operator_listener.is_some() && !on_operator_listener {
         return Err(ApiError::NotFound);
+    }
+    let Some(expected) = state.admin_token else {
+        return if admin || !(state.dev || on_operator_listener) {
+            Err(ApiError::NotFound)
+        } else {
+            Ok(())
+        };
     };
     let presented = request
         .headers()
@@ -167,6 +254,16 @@ async fn db_status(
     if presented != Some(expected) {
         return Err(ApiError::Unauthorized);
     }
+    Ok(())
+}
+
+/// `GET /admin/db/status`: key ids, states, rotation progress, records per key (operator
+/// endpoint: see [`check_operator`]).
+async fn db_status(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    check_operator(&state, &request, true)?;
     let service = state.service.clone();
     let status = web::block(move || service.vault().status())
         .await
@@ -190,7 +287,10 @@ async fn handle_encrypted(
     let result = run_encrypted(&state, &request, payload, &endpoint).await;
     let status = match &result {
         Ok(_) => 200,
-        Err(e) => actix_web::ResponseError::status_code(e).as_u16(),
+        Err(e) => {
+            state.service.metrics().record_refusal(e.code());
+            actix_web::ResponseError::status_code(e).as_u16()
+        }
     };
     state
         .service
@@ -218,7 +318,9 @@ async fn run_encrypted(
     let client_limits = state.client_limits.clone();
     let (permission, operation) = (endpoint.permission, endpoint.operation);
     let queued = Instant::now();
+    let span = tracing::Span::current();
     let outcome = web::block(move || {
+        let _entered = span.enter();
         let waited = queued.elapsed();
         service
             .metrics()

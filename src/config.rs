@@ -61,6 +61,9 @@ pub struct AttestationConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
+    /// A second listener for the operator endpoints (`/metrics`, `/admin/…`), which then
+    /// answer only there; empty: they share `listen`.
+    pub operator_listen: String,
     pub max_body_bytes: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
@@ -215,6 +218,19 @@ impl Config {
         }
         self.listen_addr()?;
         Calibration::new(self.risk.calibration.clone()).map(|_| ())
+    }
+
+    /// The operator listener's address, if one is configured.
+    pub fn operator_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        if self.server.operator_listen.is_empty() {
+            return Ok(None);
+        }
+        self.server.operator_listen.parse().map(Some).map_err(|_| {
+            format!(
+                "server.operator_listen `{}` is not an address",
+                self.server.operator_listen
+            )
+        })
     }
 
     pub fn listen_addr(&self) -> Result<std::net::SocketAddr, String> {

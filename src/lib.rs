@@ -15,6 +15,7 @@ pub mod dataset;
 pub mod envelope;
 pub mod error;
 pub mod features;
+pub mod fuzzing;
 pub mod keyset;
 pub mod limits;
 pub mod metrics;

@@ -60,6 +60,9 @@ struct ServeArgs {
     /// Folder for the database (and the dev master key in dev mode).
     #[arg(long, env = "TEE_RISK_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Address for the operator endpoints (server.operator_listen).
+    #[arg(long, env = "TEE_RISK_OPERATOR_LISTEN")]
+    operator_listen: Option<String>,
     /// Folder where the public keys are written as PEM.
     #[arg(long, env = "TEE_RISK_KEYS_DIR")]
     keys_dir: Option<PathBuf>,
@@ -205,6 +208,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, not in log files or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let outcome = match Cli::parse().command {
         Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
@@ -362,6 +367,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(dev) = args.dev {
         config.server.dev = dev;
+    }
+    if let Some(operator) = args.operator_listen {
+        config.server.operator_listen = operator;
     }
     if let Some(file) = args.clients {
         config.access.clients_file = file;

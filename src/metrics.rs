@@ -92,6 +92,10 @@ impl Counter {
 
 /// (route, HTTP status).
 type RouteStatus = (&'static str, u16);
+/// Upper bounds (seconds) of the latency histogram's buckets; `+Inf` is implied.
+const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+/// Per route: count in each bucket (not cumulative), then the total count and seconds.
+type Histogram = ([u64; LATENCY_BUCKETS.len()], u64, f64);
 /// (count, total seconds from the handler's start to the answer built).
 type RequestTotals = (u64, f64);
 
@@ -103,6 +107,9 @@ pub struct Metrics {
     commits: AtomicU64,
     flushes: AtomicU64,
     requests: Mutex<BTreeMap<RouteStatus, RequestTotals>>,
+    latencies: Mutex<BTreeMap<&'static str, Histogram>>,
+    /// Refused requests by error code (replays, failed authentication, rate limits…).
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -129,6 +136,23 @@ impl Metrics {
         let entry = requests.entry((route, status)).or_insert((0, 0.0));
         entry.0 += 1;
         entry.1 += elapsed.as_secs_f64();
+        drop(requests);
+        let seconds = elapsed.as_secs_f64();
+        let mut latencies = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        let histogram = latencies
+            .entry(route)
+            .or_insert(([0; LATENCY_BUCKETS.len()], 0, 0.0));
+        if let Some(bucket) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            histogram.0[bucket] += 1;
+        }
+        histogram.1 += 1;
+        histogram.2 += seconds;
+    }
+
+    /// A refused request, by its error code.
+    pub fn record_refusal(&self, code: &'static str) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        *refusals.entry(code).or_default() += 1;
     }
 
     /// Total (count, wall seconds, CPU seconds) of a stage so far.
@@ -187,6 +211,16 @@ impl Metrics {
             "counter",
             "Time from the handler's start to the answer built, by route and status.",
         );
+        family(
+            "tee_risk_http_request_duration_seconds",
+            "histogram",
+            "Time from the handler's start to the answer built, by route.",
+        );
+        family(
+            "tee_risk_refusals_total",
+            "counter",
+            "Refused encrypted requests by error code (replays, authentication, limits…).",
+        );
         for stage in Stage::ALL {
             let (count, seconds, cpu_seconds) = self.stage_total(stage);
             let name = stage.name();
@@ -219,6 +253,40 @@ impl Metrics {
                  tee_risk_http_request_seconds_total{{route=\"{route}\",status=\"{status}\"}} \
                  {seconds:.9}"
             );
+        }
+        drop(requests);
+        let latencies = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        for (route, (buckets, count, seconds)) in latencies.iter() {
+            let mut cumulative = 0;
+            for (bound, n) in LATENCY_BUCKETS.iter().zip(buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "tee_risk_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "tee_risk_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}\n\
+                 tee_risk_http_request_duration_seconds_sum{{route=\"{route}\"}} {seconds:.9}\n\
+                 tee_risk_http_request_duration_seconds_count{{route=\"{route}\"}} {count}"
+            );
+        }
+        drop(latencies);
+        let refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        for (code, count) in refusals.iter() {
+            let _ = writeln!(out, "tee_risk_refusals_total{{code=\"{code}\"}} {count}");
+        }
+        out
+    }
+
+    /// Gauges of the store's size, appended to [`Metrics::render`]'s text.
+    pub fn render_store_sizes(sizes: &BTreeMap<&'static str, usize>) -> String {
+        let mut out = String::from(
+            "# HELP tee_risk_store_records Records per table.\n# TYPE tee_risk_store_records gauge\n",
+        );
+        for (table, count) in sizes {
+            let _ = writeln!(out, "tee_risk_store_records{{table=\"{table}\"}} {count}");
         }
         out
     }

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use zeroize::Zeroizing;
 
 use crate::access::{ClientRegistry, DevClient};
-use crate::api::{AppState, routes};
+use crate::api::{AppState, request_context, routes};
 use crate::attest::Attester;
 use crate::attest::sim::{Measurement, SimPlatform};
 use crate::config::Config;
@@ -30,6 +30,8 @@ pub const MASTER_KEY_ENV: &str = "DB_MASTER_KEY";
 pub const PREVIOUS_KEYS_ENV: &str = "DB_MASTER_KEY_PREVIOUS";
 /// Bearer token for the operator endpoints (`/admin/…`); unset: they answer 404.
 pub const ADMIN_TOKEN_ENV: &str = "TEE_RISK_ADMIN_TOKEN";
+/// Printed on stdout once the operator listener is bound, followed by its address.
+pub const OPERATOR_LISTENING_PREFIX: &str = "OPERATOR LISTENING ";
 /// File beside the data holding the generated development master key.
 pub const DEV_KEY_FILE: &str = "dev-master-key.hex";
 /// The line printed on stdout once the server listens (tests and scripts wait for it).
@@ -273,6 +275,8 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
         attestation,
         clients,
         draining: Arc::new(AtomicBool::new(false)),
+        operator_listener: Arc::new(std::sync::OnceLock::new()),
+        dev: config.server.dev,
         client_limits: Arc::new(RateLimiter::new(
             config.limits.client_per_minute,
             config.limits.client_burst,
@@ -286,10 +290,11 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     });
     let listen: SocketAddr = config.listen_addr().map_err(anyhow::Error::msg)?;
     let draining = state.draining.clone();
+    let operator_listener = state.operator_listener.clone();
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .wrap_fn(close_connections_when_draining)
+            .wrap_fn(request_context)
             .configure(routes)
     })
     .shutdown_signal(shutdown_signal(draining))
@@ -298,13 +303,22 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> anyhow::Result<()> {
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }
-    let server = server
+    let mut server = server
         .bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
-    for addr in server.addrs() {
-        tracing::info!(%addr, "listening");
-        println!("{LISTENING_PREFIX}{addr}");
+    let service_addr = *server.addrs().first().context("no listening address")?;
+    if let Some(operator) = config.operator_addr().map_err(anyhow::Error::msg)? {
+        server = server
+            .bind(operator)
+            .with_context(|| format!("cannot listen on {operator} (operator)"))?;
+        let bound = *server.addrs().last().context("no operator address")?;
+        let _ = operator_listener.set(bound);
+        tracing::info!(addr = %bound, "operator endpoints (/metrics, /admin/…) listening");
+        // Before the service's line, which tells watchers that start-up is complete.
+        println!("{OPERATOR_LISTENING_PREFIX}{bound}");
     }
+    tracing::info!(addr = %service_addr, "listening");
+    println!("{LISTENING_PREFIX}{service_addr}");
     std::io::stdout().flush().ok();
     // On SIGTERM/SIGINT: stop accepting, finish in-flight requests (answers then close
     // their connections), then stop the background threads and flush.
@@ -339,35 +353,6 @@ async fn shutdown_signal(draining: Arc<AtomicBool>) {
         signal = name,
         "draining: finishing in-flight requests, then stopping"
     );
-}
-
-/// While draining, every answer closes its connection, so that keep-alive clients cannot
-/// hold the shutdown open: they reconnect and find the listener gone.
-fn close_connections_when_draining<S>(
-    request: actix_web::dev::ServiceRequest,
-    service: &S,
-) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse, actix_web::Error>> + use<S>
-where
-    S: actix_web::dev::Service<
-            actix_web::dev::ServiceRequest,
-            Response = actix_web::dev::ServiceResponse,
-            Error = actix_web::Error,
-        >,
-{
-    let draining = request
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.draining.clone());
-    let answer = service.call(request);
-    async move {
-        let mut response = answer.await?;
-        if draining.is_some_and(|d| d.load(Ordering::SeqCst)) {
-            response
-                .response_mut()
-                .head_mut()
-                .set_connection_type(actix_web::http::ConnectionType::Close);
-        }
-        Ok(response)
-    }
 }
 
 /// Writes the identity public key as PEM for clients that pin it (encryption keys rotate;

@@ -181,3 +181,52 @@ fn without_client_credentials_the_service_refuses_to_start() {
     .unwrap();
     assert!(log.contains("bad.toml"), "{log}");
 }
+
+fn status_of(url: &str, token: Option<&str>) -> u16 {
+    let mut request = ureq::get(url).config().http_status_as_error(false).build();
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    request.call().unwrap().status().as_u16()
+}
+
+/// `/metrics` and `/admin/…` are operator endpoints: closed without the operator's token
+/// (outside dev mode), and with an operator listener they answer only there.
+#[test]
+fn operator_endpoints_need_the_token_and_can_have_their_own_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let closed = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    for path in ["/metrics", "/admin/db/status"] {
+        assert_eq!(status_of(&format!("{}{path}", closed.url), None), 404);
+    }
+    closed.stop();
+
+    let server = TestServer::try_start_env(
+        &data,
+        &keys,
+        Some(MASTER_KEY),
+        &["--operator-listen", "127.0.0.1:0"],
+        &[("TEE_RISK_ADMIN_TOKEN", "op-token-1")],
+    )
+    .unwrap();
+    let operator = server.operator_url.clone().expect("operator listener");
+    assert_ne!(operator, server.url);
+    for path in ["/metrics", "/admin/db/status"] {
+        // Not on the service listener, even with the token…
+        assert_eq!(
+            status_of(&format!("{}{path}", server.url), Some("op-token-1")),
+            404
+        );
+        // …and on the operator listener only with it.
+        assert_eq!(status_of(&format!("{operator}{path}"), None), 401);
+        assert_eq!(status_of(&format!("{operator}{path}"), Some("wrong")), 401);
+        assert_eq!(
+            status_of(&format!("{operator}{path}"), Some("op-token-1")),
+            200
+        );
+    }
+    // Client endpoints stay on the service listener.
+    assert!(Client::fetch_keys(&server.url).is_ok());
+    server.stop();
+}

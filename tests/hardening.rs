@@ -223,3 +223,108 @@ fn every_acknowledged_request_survives_repeated_sigkill_under_load() {
         counts.user_data
     );
 }
+
+/// A full session with every log level on (`RUST_LOG=trace`, the service's and its
+/// libraries'): no key, token, user id, device id or feature value may appear in the log.
+#[test]
+fn logs_at_every_level_carry_no_secret_or_personal_data() {
+    const ADMIN_TOKEN: &str = "admin-token-5e1f0c2b9d";
+    const USER: &str = "user-4c1d9e7a";
+    const DEVICE: &str = "device-77aa31";
+    let faces = faces();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let server = TestServer::try_start_env(
+        &data,
+        &keys,
+        Some(MASTER_KEY),
+        &[],
+        &[("RUST_LOG", "trace"), ("TEE_RISK_ADMIN_TOKEN", ADMIN_TOKEN)],
+    )
+    .unwrap();
+    let client = server.client();
+    let mut probe = request(USER, &faces.enrol);
+    probe.device_id = Some(DEVICE.into());
+    client.enroll(&probe).unwrap();
+    probe.features = faces.genuine.clone();
+    client.assess(&probe).unwrap();
+    probe.features = faces.impostor.clone();
+    let (_, body) = client.seal(&probe).unwrap();
+    assert_eq!(client.post_raw("/v1/assess", &body).unwrap().status, 200);
+    assert_eq!(client.post_raw("/v1/assess", &body).unwrap().status, 409);
+    let mut tampered = body.clone();
+    let at = tampered.len() - 10;
+    tampered[at] ^= 1;
+    assert!(client.post_raw("/v1/assess", &tampered).unwrap().status >= 400);
+    let anonymous = Client::fetch_keys(&server.url).unwrap();
+    assert_eq!(anonymous.post_raw("/v1/assess", &body).unwrap().status, 401);
+    client.erase(USER).unwrap();
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = ureq::get(format!("{}{path}", server.url))
+            .config()
+            .http_status_as_error(false)
+            .build();
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        request
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    };
+    get(&format!("/v1/attestation?nonce={}", "A".repeat(43)), None);
+    get("/admin/db/status", Some(ADMIN_TOKEN));
+    get(&format!("/v1/users/{USER}"), None);
+    let metrics = get("/metrics", Some(ADMIN_TOKEN));
+    // The tampered copy still names the spent rid, so it may count as a replay too.
+    assert!(metrics.contains("tee_risk_refusals_total{code=\"replayed_request\"}"));
+    assert!(metrics.contains("tee_risk_refusals_total{code=\"unauthenticated\"} 1"));
+    assert!(metrics.contains("tee_risk_store_records{table=\"user_data\"} 0"));
+    assert!(metrics.contains("tee_risk_http_request_duration_seconds_bucket{route=\"assess\""));
+    let log_path = server.stderr_log.clone();
+    assert!(server.stop().success());
+
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(
+        log.contains("TRACE") && log.contains("answered"),
+        "trace logging was on"
+    );
+    assert!(log.contains("request{id="), "log lines carry request ids");
+    let read = |name: &str| std::fs::read_to_string(name).unwrap().trim().to_owned();
+    let mut secrets = vec![
+        ("DB master key", MASTER_KEY.to_owned()),
+        ("admin token", ADMIN_TOKEN.to_owned()),
+        ("user id", USER.to_owned()),
+        ("device id", DEVICE.to_owned()),
+        (
+            "client key",
+            read(data.with_extension("client-key.hex").to_str().unwrap()),
+        ),
+        (
+            "sim platform key",
+            read(data.join("sim-platform-key.hex").to_str().unwrap()),
+        ),
+    ];
+    for features in [&faces.enrol, &faces.genuine, &faces.impostor] {
+        for value in features.iter().take(32) {
+            let text = format!("{value}");
+            if text.len() >= 7 {
+                secrets.push(("feature value", text));
+            }
+        }
+    }
+    for (what, secret) in &secrets {
+        assert!(!log.contains(secret.as_str()), "the log holds a {what}");
+        assert!(
+            !log.to_lowercase().contains(&secret.to_lowercase()),
+            "the log holds a {what} (other case)"
+        );
+    }
+    eprintln!(
+        "{} log lines at trace level, {} secrets and personal values searched, none found",
+        log.lines().count(),
+        secrets.len()
+    );
+}

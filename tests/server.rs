@@ -302,7 +302,14 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
     let config = unlimited_config(dir.path());
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--config", &config]);
+    let server = TestServer::try_start_env(
+        &data,
+        &keys,
+        Some(MASTER_KEY),
+        &["--config", &config],
+        &[("TEE_RISK_ADMIN_TOKEN", "operator-token")],
+    )
+    .unwrap();
     let client = server.client();
     client
         .enroll(&request("metrics-user-7f3a", &faces.enrol))
@@ -334,6 +341,7 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
     let answered = THREADS * PER_THREAD;
 
     let metrics = ureq::get(format!("{}/metrics", server.url))
+        .header("Authorization", "Bearer operator-token")
         .call()
         .unwrap()
         .body_mut()
@@ -368,8 +376,8 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
         .unwrap();
     assert_eq!(
         admin.status().as_u16(),
-        404,
-        "operator endpoints are off without a token"
+        401,
+        "operator endpoints need the operator's token"
     );
 
     server.kill();

@@ -766,6 +766,14 @@ impl Vault {
         Ok(erased)
     }
 
+    /// Records per table (counting walks each table: for metrics scrapes, not hot paths).
+    pub fn table_sizes(&self) -> BTreeMap<&'static str, usize> {
+        Table::ALL
+            .into_iter()
+            .map(|table| (table.name(), self.store.len(table)))
+            .collect()
+    }
+
     /// Records a spent request id. Not durable until [`Vault::flush`], which every
     /// answered request waits for.
     pub fn spend_rid(&self, rid: &str, iat: i64) -> Result<(), VaultError> {

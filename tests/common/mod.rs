@@ -15,7 +15,7 @@ use tee_risk::client::{Client, FeatureRequest, RawResponse, ServerKeys};
 use tee_risk::config::Config;
 use tee_risk::dataset::Dataset;
 use tee_risk::risk::{self, Decision};
-use tee_risk::server::LISTENING_PREFIX;
+use tee_risk::server::{LISTENING_PREFIX, OPERATOR_LISTENING_PREFIX};
 use tee_risk::store::{MasterKey, SledStore, Store, Vault};
 
 pub const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -45,6 +45,8 @@ pub struct TestServer {
     pub stderr_log: PathBuf,
     /// The registered test client ("test", every permission).
     pub credential: Arc<ClientCredential>,
+    /// The operator listener, when one was configured.
+    pub operator_url: Option<String>,
 }
 
 /// The test client of a data folder: its key is kept beside the folder, so it survives
@@ -139,8 +141,13 @@ impl TestServer {
         let mut child = command.spawn().expect("spawn tee-risk");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let operator = Arc::new(std::sync::Mutex::new(None));
+        let operator_seen = operator.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix(OPERATOR_LISTENING_PREFIX) {
+                    *operator_seen.lock().unwrap() = Some(format!("http://{addr}"));
+                }
                 if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
                     let _ = tx.send(addr.to_owned());
                 }
@@ -149,7 +156,10 @@ impl TestServer {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(addr) = rx.try_recv() {
+                // The operator address, if any, was printed (and read) before.
+                let operator_url = operator.lock().unwrap().clone();
                 return Ok(Self {
+                    operator_url,
                     child: Some(child),
                     url: format!("http://{addr}"),
                     stderr_log,
