@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test lint bench fmt fuzz
+.PHONY: run test lint bench fmt fuzz deny
 
 # Run the service on its embedded defaults: sled in ./data, dev master key (loud warning),
 # listening on 127.0.0.1:8080, public keys written to ./keys.
@@ -45,3 +45,10 @@ fuzz:
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1 2>&1 \
 	    | tee target/fuzz-$$target.log | grep -E "stat::number_of_executed_units|Done|ERROR|panicked" || exit 1; \
 	done
+
+# Dependency policy (deny.toml): licences, banned and duplicate crates, sources. The
+# advisories check needs GitHub (RustSec database); where it is reachable, run
+# `cargo deny check` for all four. Installs cargo-deny if needed.
+deny:
+	command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
+	cargo deny check licenses bans sources

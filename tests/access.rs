@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request};
+use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, openssl_sm2_keypair, request};
 use tee_risk::access::ClientCredential;
 use tee_risk::client::Client;
 use tee_risk::crypto::sm2::IdentityKey;
@@ -229,4 +229,68 @@ fn operator_endpoints_need_the_token_and_can_have_their_own_listener() {
     // Client endpoints stay on the service listener.
     assert!(Client::fetch_keys(&server.url).is_ok());
     server.stop();
+}
+
+/// A client key made by OpenSSL registers and signs as documented in `docs/OPERATIONS.md`,
+/// and OpenSSL verifies the `TR-SM2` signature over the message `docs/PROTOCOL.md` defines.
+#[test]
+fn a_client_key_made_by_openssl_works_and_openssl_verifies_its_signatures() {
+    let faces = faces();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let tmp = dir.path();
+    openssl_sm2_keypair(tmp, "client.key", "client.pem");
+    std::fs::write(
+        tmp.join("clients.toml"),
+        "[[client]]\nid = \"bank-backend\"\npublic_key = \"client.pem\"\npermissions = [\"enroll\"]\n",
+    )
+    .unwrap();
+    let clients = tmp.join("clients.toml").to_string_lossy().into_owned();
+    let server = TestServer::start(
+        &data,
+        &keys,
+        Some(MASTER_KEY),
+        &["--no-test-client", "--clients", &clients],
+    );
+    let credential =
+        Arc::new(ClientCredential::load("bank-backend", &tmp.join("client.key")).unwrap());
+    let client = Client::fetch_keys(&server.url)
+        .unwrap()
+        .with_credential(credential.clone());
+    assert_eq!(
+        client.enroll(&request("alice", &faces.enrol)).unwrap()["templates"],
+        1
+    );
+    server.stop();
+
+    // The signed message, rebuilt from the protocol text, verifies in OpenSSL.
+    let body = b"{\"any\":\"body\"}";
+    let header = credential
+        .authorization("POST", "/v1/enroll", body)
+        .unwrap();
+    let signature = header.rsplit_once(':').unwrap().1;
+    let signature = tee_risk::envelope::b64_decode(signature).unwrap();
+    let mut message = b"tee-risk/client-request/v1\0bank-backend\0POST\0/v1/enroll\0".to_vec();
+    message.extend_from_slice(&tee_risk::crypto::sm3(body));
+    std::fs::write(tmp.join("msg"), &message).unwrap();
+    std::fs::write(tmp.join("sig"), &signature).unwrap();
+    let verified = std::process::Command::new("openssl")
+        .args([
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            "client.pem",
+            "-rawin",
+        ])
+        .args(["-digest", "sm3", "-pkeyopt", "distid:1234567812345678"])
+        .args(["-in", "msg", "-sigfile", "sig"])
+        .current_dir(tmp)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&verified.stdout).contains("Signature Verified Successfully"),
+        "{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
 }

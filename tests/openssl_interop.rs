@@ -3,25 +3,14 @@
 //! and HKDF-SM3. `.ci/run` installs openssl; without it these tests fail rather than pass
 //! silently (set TEE_RISK_SKIP_OPENSSL=1 to skip knowingly).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
+use common::{openssl, openssl_sm2_keypair};
 use tee_risk::crypto::kdf::{hkdf_sm3, hmac_sm3};
 use tee_risk::crypto::sm2::{DEFAULT_DISTID, DecryptionKey, IdentityKey, PublicKey};
-
-fn openssl(args: &[&str], dir: &Path) -> Vec<u8> {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command is needed (apt-get install openssl)");
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
 
 fn skip() -> bool {
     if std::env::var_os("TEE_RISK_SKIP_OPENSSL").is_some() {
@@ -34,22 +23,7 @@ fn skip() -> bool {
 /// A fresh SM2 key pair made by OpenSSL: (dir, private PEM, public PEM).
 fn openssl_keypair() -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    openssl(
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:SM2",
-            "-out",
-            "key.pem",
-        ],
-        dir.path(),
-    );
-    openssl(
-        &["pkey", "-in", "key.pem", "-pubout", "-out", "pub.pem"],
-        dir.path(),
-    );
+    openssl_sm2_keypair(dir.path(), "key.pem", "pub.pem");
     let private = std::fs::read_to_string(dir.path().join("key.pem")).unwrap();
     let public = std::fs::read_to_string(dir.path().join("pub.pem")).unwrap();
     (dir, private, public)

@@ -303,3 +303,36 @@ pub fn open_vault(
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("db")).unwrap());
     Vault::open(store, &MasterKey::from_hex(key).unwrap())
 }
+
+/// Runs the `openssl` command in `dir`, insisting that it succeeds; returns its stdout.
+pub fn openssl(args: &[&str], dir: &Path) -> Vec<u8> {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command is needed (apt-get install openssl)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// A fresh SM2 key pair made by OpenSSL in `dir`: `private` (PKCS#8 PEM) and `public`
+/// (SubjectPublicKeyInfo PEM).
+pub fn openssl_sm2_keypair(dir: &Path, private: &str, public: &str) {
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:SM2",
+            "-out",
+            private,
+        ],
+        dir,
+    );
+    openssl(&["pkey", "-in", private, "-pubout", "-out", public], dir);
+}
