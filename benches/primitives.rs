@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use tee_risk::access::{ClientCredential, ClientRegistry, Permission};
 use tee_risk::client::FeatureRequest;
 use tee_risk::config::Config;
 use tee_risk::crypto::aead::Sm4Gcm;
@@ -96,6 +97,9 @@ fn primitives(c: &mut Criterion) {
 
 /// Keys and one sealed request, as the service would hold and receive them.
 struct Fixture {
+    /// A registered client and its credential: every request carries its signature.
+    clients: ClientRegistry,
+    client: ClientCredential,
     identity: IdentityKey,
     decryption: DecryptionKey,
     signer: ResponseSigner,
@@ -112,7 +116,11 @@ impl Fixture {
         let plaintext = request_plaintext();
         let header = ProtectedHeader::new(&decryption.public().kid(), unix_now()).unwrap();
         let body = seal(decryption.public(), &header, &plaintext).unwrap();
+        let client = ClientCredential::new("bench", IdentityKey::generate().unwrap());
         Self {
+            clients: ClientRegistry::single("bench", client.public(), vec![Permission::Assess])
+                .unwrap(),
+            client,
             signer: ResponseSigner::new(identity.public()),
             envelope: RequestEnvelope::parse(&body).unwrap(),
             keys: TableKeys::derive(&MasterKey::generate().unwrap(), &[9; SALT_LEN]).unwrap(),
@@ -136,13 +144,27 @@ impl Fixture {
     }
 }
 
-/// The SM2/SM3/SM4 work one assess request cannot avoid: unwrap the session key, open the
-/// payload, seal the stored record, hash the request, sign the answer.
+/// The SM2/SM3/SM4 work one assess request cannot avoid: verify the client's signature
+/// (SM3 of the body, SM2 verify), unwrap the session key, open the payload, seal the stored
+/// record, hash the request, sign the answer.
 fn crypto_floor(c: &mut Criterion) {
     let f = Fixture::new();
     let answer = br#"{"op":"assess","rid":"0123456789abcdef0123456789abcdef","decision":"allow","score":0.000038,"reasons":[],"model":"cosine-fmr-v1"}"#;
+    let authorization = f
+        .client
+        .authorization("POST", "/v1/assess", &f.body)
+        .unwrap();
     c.bench_function("crypto_floor_per_request", |b| {
         b.iter(|| {
+            f.clients
+                .authorize(
+                    Some(&authorization),
+                    "POST",
+                    "/v1/assess",
+                    &f.body,
+                    Permission::Assess,
+                )
+                .unwrap();
             let plain = f.envelope.open(&f.decryption).unwrap();
             let sealed = f.seal_record(&plain);
             let digest = sm3_hex(&f.body);

@@ -20,7 +20,7 @@ use crate::envelope::b64_decode;
 use crate::envelope::response::SignedResponse;
 use crate::error::ApiError;
 use crate::limits::{RateLimiter, now_secs};
-use crate::metrics::Stage;
+use crate::metrics::{Stage, StageTimer};
 use crate::service::Service;
 use crate::time::unix_now;
 
@@ -325,6 +325,7 @@ async fn run_encrypted(
         service
             .metrics()
             .record_stage(Stage::Queue, waited, std::time::Duration::ZERO);
+        let mut timer = StageTimer::start(service.metrics());
         // The signature check is an SM2 verification: CPU work, so it runs here too.
         let client = clients
             .authorize(authorization.as_deref(), &method, &path, &body, permission)
@@ -338,6 +339,7 @@ async fn run_encrypted(
                 scope: "client",
                 retry_after_secs,
             })?;
+        timer.lap(Stage::ClientAuth);
         operation(&service, &body, unix_now())
     })
     .await;

@@ -20,6 +20,8 @@ use crate::risk::Decision;
 pub enum Stage {
     /// Waiting for a blocking thread after the body arrived.
     Queue,
+    /// Verifying the client's SM2 signature over the request, and its rate limit.
+    ClientAuth,
     /// JSON + base64url of the envelope, header checks, replay lookup.
     EnvelopeParse,
     /// SM2 decryption of the session key.
@@ -39,8 +41,9 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
         Stage::Queue,
+        Stage::ClientAuth,
         Stage::EnvelopeParse,
         Stage::Sm2Unwrap,
         Stage::Sm4GcmOpen,
@@ -54,6 +57,7 @@ impl Stage {
     pub fn name(self) -> &'static str {
         match self {
             Stage::Queue => "queue",
+            Stage::ClientAuth => "client_auth",
             Stage::EnvelopeParse => "envelope_parse",
             Stage::Sm2Unwrap => "sm2_unwrap",
             Stage::Sm4GcmOpen => "sm4_gcm_open",
