@@ -425,6 +425,10 @@ fn client(command: ClientCommand) -> anyhow::Result<()> {
             let client = connect(&url, pin_keys.as_deref())?.with_credential(access.credential()?);
             let payload = client.erase(&user)?;
             println!("{}", serde_json::to_string_pretty(&payload)?);
+            eprintln!(
+                "signature verified (identity kid {}), rid and req_sm3 match",
+                client.keys().identity.kid()
+            );
             return Ok(());
         }
         ClientCommand::Enroll(args) => ("/v1/enroll", args),

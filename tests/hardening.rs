@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
 use tee_risk::client::Client;
+use tee_risk::crypto::aead::Sm4Gcm;
+use tee_risk::crypto::secret::SecretBytes;
+use tee_risk::envelope::b64_encode;
 use tee_risk::envelope::request::{ProtectedHeader, seal};
 use tee_risk::time::unix_now;
 
@@ -258,6 +261,31 @@ fn logs_at_every_level_carry_no_secret_or_personal_data() {
     assert!(client.post_raw("/v1/assess", &tampered).unwrap().status >= 400);
     let anonymous = Client::fetch_keys(&server.url).unwrap();
     assert_eq!(anonymous.post_raw("/v1/assess", &body).unwrap().status, 401);
+    // A request built by hand from the protocol text with a session key we know, so that the
+    // log can be searched for it.
+    let session_key = [
+        0x5au8, 0x17, 0xc3, 0x9e, 0x41, 0x08, 0xd2, 0x6b, 0xf0, 0x33, 0x8c, 0x71, 0x2e, 0xa4, 0x5d,
+        0x96,
+    ];
+    let header = ProtectedHeader::new(&client.keys().encryption.kid(), unix_now()).unwrap();
+    let protected = b64_encode(&serde_json::to_vec(&header).unwrap());
+    let mut payload = serde_json::to_vec(&probe).unwrap();
+    let iv = [7u8; 12];
+    let tag = Sm4Gcm::new(&SecretBytes::from_slice(&session_key).unwrap())
+        .seal_in_place(&iv, protected.as_bytes(), &mut payload)
+        .unwrap();
+    let envelope = serde_json::json!({
+        "protected": protected,
+        "encrypted_key": b64_encode(&client.keys().encryption.encrypt_der(&session_key).unwrap()),
+        "iv": b64_encode(&iv),
+        "ciphertext": b64_encode(&payload),
+        "tag": b64_encode(&tag),
+    });
+    let hand_built = serde_json::to_vec(&envelope).unwrap();
+    assert_eq!(
+        client.post_raw("/v1/assess", &hand_built).unwrap().status,
+        200
+    );
     client.erase(USER).unwrap();
     let get = |path: &str, token: Option<&str>| {
         let mut request = ureq::get(format!("{}{path}", server.url))
@@ -294,6 +322,8 @@ fn logs_at_every_level_carry_no_secret_or_personal_data() {
     assert!(log.contains("request{id="), "log lines carry request ids");
     let read = |name: &str| std::fs::read_to_string(name).unwrap().trim().to_owned();
     let mut secrets = vec![
+        ("session key (hex)", hex::encode(session_key)),
+        ("session key (base64url)", b64_encode(&session_key)),
         ("DB master key", MASTER_KEY.to_owned()),
         ("admin token", ADMIN_TOKEN.to_owned()),
         ("user id", USER.to_owned()),
