@@ -11,7 +11,8 @@ use tee_risk::attest::verify::Policy;
 use tee_risk::client::{Client, FeatureRequest, ServerKeys, read_features_file};
 use tee_risk::config::Config;
 use tee_risk::dataset::Dataset;
-use tee_risk::risk::Calibration;
+use tee_risk::risk::eval::{self, Labelled};
+use tee_risk::risk::{Calibration, MODEL_VERSION};
 use tee_risk::server::{self, IDENTITY_PEM, MasterKeyEnv};
 use tee_risk::store::audit;
 use tee_risk::store::keys::KeyId;
@@ -46,6 +47,21 @@ enum Command {
     Calibrate {
         #[arg(long)]
         data: PathBuf,
+    },
+    /// Replay the evaluation protocol (docs/EVALUATION.md) on a labelled embeddings file
+    /// through the configured scoring policy; print a table and write a JSON report.
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        /// Operator config file (for the `[risk]` policy).
+        #[arg(long, env = "TEE_RISK_CONFIG")]
+        config: Option<PathBuf>,
+        /// Enrolment sizes to evaluate, e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        enrol_images: Vec<usize>,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "target/eval-report.json")]
+        out: PathBuf,
     },
 }
 
@@ -216,6 +232,12 @@ fn main() -> ExitCode {
         Command::Client(command) => client(command).map(|()| ExitCode::SUCCESS),
         Command::Db(command) => db(command),
         Command::Calibrate { data } => calibrate(&data).map(|()| ExitCode::SUCCESS),
+        Command::Eval {
+            data,
+            config,
+            enrol_images,
+            out,
+        } => evaluate(&data, config.as_deref(), &enrol_images, &out).map(|()| ExitCode::SUCCESS),
     };
     outcome.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");
@@ -463,6 +485,67 @@ fn connect(url: &str, pin_keys: Option<&std::path::Path>) -> anyhow::Result<Clie
         }
         None => Client::fetch_keys(url)?,
     })
+}
+
+fn evaluate(
+    data: &std::path::Path,
+    config: Option<&std::path::Path>,
+    enrol_images: &[usize],
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let policy = Config::load(config)
+        .map_err(anyhow::Error::msg)?
+        .risk_policy();
+    let dataset = Dataset::load(data).map_err(anyhow::Error::msg)?;
+    let identities = dataset.identity_indices();
+    let samples: Vec<Labelled> = dataset
+        .samples
+        .iter()
+        .zip(&identities)
+        .map(|(sample, &identity)| Labelled {
+            identity,
+            embedding: &sample.embedding,
+        })
+        .collect();
+    let reports = enrol_images
+        .iter()
+        .map(|&k| eval::evaluate(&policy, &samples, k).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    println!(
+        "{} ({} images), model {MODEL_VERSION}\n\n\
+         k  genuine  impostor  FMR@op    FNMR@op  FNMR@FMR1%  FNMR@FMR0.1%  EER     replay  inject  conflict",
+        data.display(),
+        dataset.samples.len()
+    );
+    for r in &reports {
+        println!(
+            "{}  {:>7}  {:>8}  {:>7.4}%  {:>6.2}%  {:>9.2}%  {:>11.2}%  {:>5.2}%  {:>5.1}%  {:>5.1}%  {:>7.1}%",
+            r.enrol_images,
+            r.genuine_attempts,
+            r.impostor_attempts,
+            r.fmr_at_operating_point * 100.0,
+            r.fnmr_at_operating_point * 100.0,
+            r.fnmr_at_fmr_1pct * 100.0,
+            r.fnmr_at_fmr_0_1pct * 100.0,
+            r.eer * 100.0,
+            r.replays_flagged * 100.0,
+            r.injections_flagged * 100.0,
+            r.conflicting_enrolments_flagged * 100.0
+        );
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let report = serde_json::json!({
+        "data": data.display().to_string(),
+        "images": dataset.samples.len(),
+        "model": MODEL_VERSION,
+        "reports": reports,
+    });
+    std::fs::write(out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!("report written to {}", out.display());
+    Ok(())
 }
 
 fn calibrate(data: &std::path::Path) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! benchmarkable alone; later signals (replay, conflicts, velocity…) extend [`Signals`].
 
 pub mod calibration;
+pub mod eval;
 
 use serde::Serialize;
 

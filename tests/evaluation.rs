@@ -1,0 +1,49 @@
+//! `tee-risk eval` on the development embeddings, as a user runs it: the command replays the
+//! protocol of docs/EVALUATION.md through the configured policy and writes its report; the
+//! figures are checked against floors (the baseline's, so a regression fails).
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn eval_on_the_dev_file_meets_the_baseline_floors() {
+    let data =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces/lfw_dlib128_dev.json");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
+        .args(["eval", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .env_remove("TEE_RISK_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let table = String::from_utf8_lossy(&run.stdout);
+    println!("{table}");
+    assert!(table.contains("FNMR@FMR0.1%"));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let reports = report["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 3, "k = 1, 2, 3");
+    let value = |k: usize, field: &str| reports[k - 1][field].as_f64().unwrap();
+    // Every identity of the dev file has 10 images: k enrolled, 10 − k genuine attempts.
+    for k in 1..=3 {
+        assert_eq!(value(k, "identities"), 110.0);
+        assert_eq!(value(k, "genuine_attempts"), 110.0 * (10 - k) as f64);
+        assert_eq!(value(k, "impostor_attempts"), 110.0 * 109.0 * 10.0);
+    }
+    // Single-image enrolment is what the calibration was measured for: its operating point
+    // keeps the promised FMR of 0.1 % (one impostor pair of slack in 1,000).
+    assert!(value(1, "fmr_at_operating_point") <= 0.00105);
+    // Floors of the baseline (max cosine over templates): more templates, fewer misses.
+    assert!(value(1, "eer") < 0.02);
+    assert!(value(2, "fnmr_at_operating_point") < value(1, "fnmr_at_operating_point"));
+    assert!(value(3, "fnmr_at_fmr_0_1pct") < 0.06);
+    // No capture of a face repeats another exactly: replays sit above every genuine pair.
+    assert!(reports[0]["max_genuine_cosine"].as_f64().unwrap() < 0.9999);
+}
