@@ -149,7 +149,7 @@ impl Fixture {
 /// record, hash the request, sign the answer.
 fn crypto_floor(c: &mut Criterion) {
     let f = Fixture::new();
-    let answer = br#"{"op":"assess","rid":"0123456789abcdef0123456789abcdef","decision":"allow","score":0.000038,"reasons":[],"model":"cosine-fmr-v1"}"#;
+    let answer = br#"{"op":"assess","rid":"0123456789abcdef0123456789abcdef","decision":"allow","score":0.000038,"reasons":[],"model":"cosine-fmr-v2"}"#;
     let authorization = f
         .client
         .authorization("POST", "/v1/assess", &f.body)

@@ -111,6 +111,7 @@ pub struct RiskConfig {
     pub allow_max_risk: f64,
     pub step_up_max_risk: f64,
     pub min_liveness: f32,
+    pub injection_min_similarity: f32,
     pub max_templates: usize,
     /// (similarity, false-match rate) points from `tee-risk calibrate`.
     pub calibration: Vec<(f32, f64)>,
@@ -150,7 +151,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 14] = [
+        let checks: [(bool, &str); 15] = [
             (
                 ["sim", "snp", "csv"].contains(&self.attestation.mode.as_str()),
                 "attestation.mode must be \"sim\", \"snp\" or \"csv\"",
@@ -209,6 +210,10 @@ impl Config {
                 "risk.min_liveness must be in [0, 1]",
             ),
             (
+                (0.99..=1.0).contains(&self.risk.injection_min_similarity),
+                "risk.injection_min_similarity must be in [0.99, 1]",
+            ),
+            (
                 (1..=100).contains(&self.risk.max_templates),
                 "risk.max_templates must be in 1..=100",
             ),
@@ -247,6 +252,7 @@ impl Config {
             allow_max_risk: self.risk.allow_max_risk,
             step_up_max_risk: self.risk.step_up_max_risk,
             min_liveness: self.risk.min_liveness,
+            injection_min_similarity: self.risk.injection_min_similarity,
             calibration: Calibration::new(self.risk.calibration.clone())
                 .expect("validated when loaded"),
         }

@@ -6,7 +6,10 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, openssl_sm2_keypair, request};
+use common::{
+    MASTER_KEY, TestServer, error_code, faces, new_capture, open_vault, openssl_sm2_keypair,
+    request,
+};
 use tee_risk::access::ClientCredential;
 use tee_risk::client::Client;
 use tee_risk::crypto::sm2::IdentityKey;
@@ -110,7 +113,9 @@ fn erasing_a_user_removes_templates_history_and_personal_log_fields() {
     let client = server.client();
     for user in ["alice", "bob"] {
         client.enroll(&request(user, &faces.enrol)).unwrap();
-        client.enroll(&request(user, &faces.genuine)).unwrap();
+        client
+            .enroll(&request(user, &new_capture(&faces.enrol)))
+            .unwrap();
         let allowed = client.assess(&request(user, &faces.genuine)).unwrap();
         assert_eq!(allowed["decision"], "allow");
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, dev_dataset};
+use common::{TestServer, dev_dataset, new_capture};
 use serde_json::Value;
 use tee_risk::client::{Client, FeatureRequest};
 use tee_risk::store::keys::MasterKey;
@@ -165,7 +165,7 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
                             ("/v1/enroll", format!("new-{t}-{i}"), f.clone())
                         } else {
                             let (id, f) = &people[(t * 7919 + i) % people.len()];
-                            ("/v1/assess", id.clone(), f.clone())
+                            ("/v1/assess", id.clone(), new_capture(f))
                         };
                         let request = FeatureRequest {
                             user_id: user.clone(),

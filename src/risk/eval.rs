@@ -12,7 +12,7 @@
 
 use serde::Serialize;
 
-use super::{Decision, RiskPolicy, cosine, signals};
+use super::{Decision, Reason, RiskPolicy, cosine, signals};
 
 /// One labelled sample: an identity number and a unit embedding.
 pub struct Labelled<'a> {
@@ -42,7 +42,7 @@ pub struct Report {
     pub injections_flagged: f64,
     pub conflicting_enrolments: usize,
     pub conflicting_enrolments_flagged: f64,
-    /// Genuine attempts wrongly flagged as replays or injections (no such signal yet: 0).
+    /// Genuine attempts wrongly flagged as replays or injections.
     pub genuine_flagged_as_replay: f64,
     /// The highest cosine between two different captures of one person: a replay detector
     /// must sit above it.
@@ -61,6 +61,7 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
     let mut genuine = Vec::new();
     let mut impostor = Vec::new();
     let mut genuine_allowed = 0usize;
+    let mut genuine_flagged = 0usize;
     let mut impostor_allowed = 0usize;
     let (mut replays, mut injections, mut conflicts) =
         (Tally::default(), Tally::default(), Tally::default());
@@ -69,7 +70,9 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
         for probe in &images[k..] {
             let similarity = best(probe, templates);
             genuine.push(similarity);
-            genuine_allowed += usize::from(allowed(policy, probe, templates));
+            let assessment = policy.decide(&signals(probe, None, templates));
+            genuine_allowed += usize::from(assessment.decision == Decision::Allow);
+            genuine_flagged += usize::from(assessment.reasons.contains(&Reason::TemplateInjection));
         }
         for (j, others) in eligible.iter().enumerate() {
             if i == j {
@@ -80,8 +83,8 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
                 impostor_allowed += usize::from(allowed(policy, probe, templates));
             }
         }
-        // The current engine has no replay, injection or conflict signal: each attack is
-        // flagged only if the policy happens not to allow it.
+        // The engine keeps no probe history yet, so a replay is flagged only if the policy
+        // happens not to allow the probe; an injected template meets the hard rule.
         replays.add(!allowed(policy, images[k], templates));
         injections.add(!allowed(policy, images[0], templates));
         // Enrolling this identity's next image under a new account: nothing compares an
@@ -108,7 +111,7 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
         injections_flagged: injections.rate(),
         conflicting_enrolments: conflicts.total,
         conflicting_enrolments_flagged: conflicts.rate(),
-        genuine_flagged_as_replay: 0.0,
+        genuine_flagged_as_replay: genuine_flagged as f64 / genuine.len() as f64,
         max_genuine_cosine: max_distinct_capture_cosine(&identities),
     })
 }

@@ -336,3 +336,13 @@ pub fn openssl_sm2_keypair(dir: &Path, private: &str, public: &str) {
     );
     openssl(&["pkey", "-in", private, "-pubout", "-out", public], dir);
 }
+
+/// A probe close to `template` but not a copy of it, as a second photograph would be (an
+/// exact copy is denied as a template injection).
+pub fn new_capture(template: &[f32]) -> Vec<f32> {
+    template
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + 0.01 * ((i as f32) * 0.7).sin())
+        .collect()
+}
