@@ -149,7 +149,7 @@ impl Fixture {
 /// record, hash the request, sign the answer.
 fn crypto_floor(c: &mut Criterion) {
     let f = Fixture::new();
-    let answer = br#"{"op":"assess","rid":"0123456789abcdef0123456789abcdef","decision":"allow","score":0.000038,"reasons":[],"model":"cosine-fmr-v2"}"#;
+    let answer = br#"{"op":"assess","rid":"0123456789abcdef0123456789abcdef","decision":"allow","score":0.000038,"reasons":[],"model":"cosine-fmr-v3"}"#;
     let authorization = f
         .client
         .authorization("POST", "/v1/assess", &f.body)
@@ -205,11 +205,13 @@ fn components(c: &mut Criterion) {
     });
 
     let probe = embedding(0);
+    // The replay window: the default 8 recent probes.
+    let recent: Vec<Vec<f32>> = (200_000..200_008).map(embedding).collect();
     let mut group = c.benchmark_group("risk_score_templates");
     for count in [1usize, 1_000, 100_000] {
         let templates: Vec<Vec<f32>> = (1..=count).map(embedding).collect();
         group.bench_with_input(BenchmarkId::from_parameter(count), &templates, |b, t| {
-            b.iter(|| risk::signals(&probe, Some(0.9), t))
+            b.iter(|| risk::signals(&probe, Some(0.9), t, &recent))
         });
     }
     group.finish();

@@ -111,7 +111,9 @@ pub struct RiskConfig {
     pub allow_max_risk: f64,
     pub step_up_max_risk: f64,
     pub min_liveness: f32,
-    pub injection_min_similarity: f32,
+    pub copy_min_similarity: f32,
+    /// Recent accepted probes a new probe is compared with for replays.
+    pub replay_history: usize,
     pub max_templates: usize,
     /// (similarity, false-match rate) points from `tee-risk calibrate`.
     pub calibration: Vec<(f32, f64)>,
@@ -151,7 +153,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 15] = [
+        let checks: [(bool, &str); 16] = [
             (
                 ["sim", "snp", "csv"].contains(&self.attestation.mode.as_str()),
                 "attestation.mode must be \"sim\", \"snp\" or \"csv\"",
@@ -210,8 +212,12 @@ impl Config {
                 "risk.min_liveness must be in [0, 1]",
             ),
             (
-                (0.99..=1.0).contains(&self.risk.injection_min_similarity),
-                "risk.injection_min_similarity must be in [0.99, 1]",
+                (0.99..=1.0).contains(&self.risk.copy_min_similarity),
+                "risk.copy_min_similarity must be in [0.99, 1]",
+            ),
+            (
+                self.risk.replay_history <= 1000,
+                "risk.replay_history must be at most 1000",
             ),
             (
                 (1..=100).contains(&self.risk.max_templates),
@@ -252,7 +258,8 @@ impl Config {
             allow_max_risk: self.risk.allow_max_risk,
             step_up_max_risk: self.risk.step_up_max_risk,
             min_liveness: self.risk.min_liveness,
-            injection_min_similarity: self.risk.injection_min_similarity,
+            copy_min_similarity: self.risk.copy_min_similarity,
+            replay_history: self.risk.replay_history,
             calibration: Calibration::new(self.risk.calibration.clone())
                 .expect("validated when loaded"),
         }

@@ -193,7 +193,8 @@ impl Service {
         response
     }
 
-    /// `POST /v1/assess`: scores the probe against the user's templates.
+    /// `POST /v1/assess`: scores the probe against the user's templates and recent accepted
+    /// probes.
     pub fn assess(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
         let mut timer = StageTimer::start(&self.metrics);
         let (header, probe) = self.open_request(body, now, &mut timer)?;
@@ -203,8 +204,16 @@ impl Service {
             .vault
             .templates(&user, &probe.user_id)
             .map_err(internal)?;
-        let signals = risk::signals(&probe.features, probe.liveness, &templates);
+        let recent = if templates.is_empty() {
+            Vec::new()
+        } else {
+            self.vault
+                .recent_probes(&user, self.policy.replay_history)
+                .map_err(internal)?
+        };
+        let signals = risk::signals(&probe.features, probe.liveness, &templates, &recent);
         drop(templates);
+        drop(recent);
         let Assessment {
             decision,
             score,

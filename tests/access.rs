@@ -97,7 +97,9 @@ fn only_registered_clients_with_the_permission_get_in() {
     assert!(enrol.unwrap_err().to_string().contains("forbidden"));
     let erase = as_assessor.erase("alice");
     assert!(erase.unwrap_err().to_string().contains("forbidden"));
-    let still_there = as_full.assess(&request("alice", &faces.genuine)).unwrap();
+    let still_there = as_full
+        .assess(&request("alice", &new_capture(&faces.genuine, 1)))
+        .unwrap();
     assert_eq!(still_there["decision"], "allow");
     // Unsigned reads stay open: keys and attestation carry nothing secret.
     assert!(Client::fetch_keys(&server.url).is_ok());
@@ -114,7 +116,7 @@ fn erasing_a_user_removes_templates_history_and_personal_log_fields() {
     for user in ["alice", "bob"] {
         client.enroll(&request(user, &faces.enrol)).unwrap();
         client
-            .enroll(&request(user, &new_capture(&faces.enrol)))
+            .enroll(&request(user, &new_capture(&faces.enrol, 0)))
             .unwrap();
         let allowed = client.assess(&request(user, &faces.genuine)).unwrap();
         assert_eq!(allowed["decision"], "allow");
@@ -136,7 +138,9 @@ fn erasing_a_user_removes_templates_history_and_personal_log_fields() {
             .unwrap()
             .contains(&"no_enrolment".into())
     );
-    let bob = client.assess(&request("bob", &faces.genuine)).unwrap();
+    let bob = client
+        .assess(&request("bob", &new_capture(&faces.genuine, 1)))
+        .unwrap();
     assert_eq!(bob["decision"], "allow");
     // Erasing again finds no data, only the log of the assessment made since.
     let again = client.erase("alice").unwrap();

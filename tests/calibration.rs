@@ -12,7 +12,7 @@ fn decide(policy: &RiskPolicy, similarity: f32) -> Decision {
     policy
         .decide(&Signals {
             best_similarity: Some(similarity),
-            liveness: None,
+            ..Signals::default()
         })
         .decision
 }

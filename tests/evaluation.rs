@@ -46,9 +46,11 @@ fn eval_on_the_dev_file_meets_the_baseline_floors() {
     assert!(value(3, "fnmr_at_fmr_0_1pct") < 0.06);
     // No capture of a face repeats another exactly: replays sit above every genuine pair.
     assert!(reports[0]["max_genuine_cosine"].as_f64().unwrap() < 0.9999);
-    // Every injected template is caught, and no genuine attempt is mistaken for one.
+    // Every injected template and every replayed probe is caught, and no genuine attempt is
+    // mistaken for either.
     for k in 1..=3 {
         assert_eq!(value(k, "injections_flagged"), 1.0);
+        assert_eq!(value(k, "replays_flagged"), 1.0);
         assert_eq!(value(k, "genuine_flagged_as_replay"), 0.0);
     }
 }

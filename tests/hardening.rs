@@ -6,7 +6,9 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
+use common::{
+    MASTER_KEY, TestServer, error_code, faces, new_capture, open_vault, request, unlimited_config,
+};
 use tee_risk::client::Client;
 use tee_risk::crypto::aead::Sm4Gcm;
 use tee_risk::crypto::secret::SecretBytes;
@@ -63,10 +65,13 @@ fn a_request_id_stays_spent_across_restarts_and_crashes() {
         let refused = client.post_raw("/v1/assess", &reused).unwrap();
         assert_eq!(error_code(&refused), (409, "replayed_request".into()));
     }
-    assert_eq!(
-        client.assess(&request("alice", &faces.genuine)).unwrap()["decision"],
-        "allow"
-    );
+    // A fresh id is welcome (with a new capture: the same probe again is a replayed probe).
+    let fresh = client
+        .assess(&request("alice", &new_capture(&faces.genuine, 1)))
+        .unwrap();
+    assert_eq!(fresh["decision"], "allow");
+    let same_probe = client.assess(&request("alice", &faces.genuine)).unwrap();
+    assert_eq!(same_probe["reasons"], serde_json::json!(["replayed_probe"]));
 }
 
 #[test]

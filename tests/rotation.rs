@@ -165,7 +165,7 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
                             ("/v1/enroll", format!("new-{t}-{i}"), f.clone())
                         } else {
                             let (id, f) = &people[(t * 7919 + i) % people.len()];
-                            ("/v1/assess", id.clone(), new_capture(f))
+                            ("/v1/assess", id.clone(), new_capture(f, t * 100_000 + i))
                         };
                         let request = FeatureRequest {
                             user_id: user.clone(),
@@ -178,7 +178,7 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
                             if path == "/v1/enroll" {
                                 user
                             } else {
-                                assert_eq!(answer["decision"], "allow");
+                                assert_eq!(answer["decision"], "allow", "{answer}");
                                 answer["rid"].as_str().unwrap().to_owned()
                             }
                         }));

@@ -6,7 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
+use common::{
+    MASTER_KEY, TestServer, error_code, faces, new_capture, open_vault, request, unlimited_config,
+};
 use serde_json::{Value, json};
 use tee_risk::access::{ClientCredential, DevClient};
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
@@ -91,7 +93,7 @@ fn enrol_assess_signed_and_pinned() {
     let low_liveness = client
         .assess(&FeatureRequest {
             user_id: "alice".into(),
-            features: faces.genuine.clone(),
+            features: new_capture(&faces.genuine, 1),
             liveness: Some(0.1),
             device_id: None,
         })
@@ -112,7 +114,9 @@ fn enrol_assess_signed_and_pinned() {
     }
 
     // A response signed by another key is refused by the client.
-    let (header, body) = client.seal(&request("alice", &faces.genuine)).unwrap();
+    let (header, body) = client
+        .seal(&request("alice", &new_capture(&faces.genuine, 2)))
+        .unwrap();
     let raw = client.post_raw("/v1/assess", &body).unwrap();
     let impostor_keys = ServerKeys {
         identity: tee_risk::crypto::sm2::IdentityKey::generate()
@@ -276,7 +280,10 @@ fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
     }
 
     // The service still works after all that, and nothing bad was stored.
-    client.assess(&request("alice", &faces.genuine)).unwrap();
+    let after = client
+        .assess(&request("alice", &new_capture(&faces.genuine, 1)))
+        .unwrap();
+    assert_eq!(after["decision"], "allow");
     let stderr = server.stderr();
     assert!(server.stop().success());
     assert!(!stderr.contains("panicked"), "no panic in the server log");
@@ -316,14 +323,16 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
         .unwrap();
     let rids: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..THREADS)
-            .map(|_| {
-                scope.spawn(|| {
+            .map(|t| {
+                let (server, client, faces) = (&server, &client, &faces);
+                scope.spawn(move || {
                     let client = server.client_with_keys(client.keys().clone());
                     (0..PER_THREAD)
-                        .map(|_| {
-                            let (header, body) = client
-                                .seal(&request("metrics-user-7f3a", &faces.genuine))
-                                .unwrap();
+                        .map(|i| {
+                            // A new capture each time: the same probe twice is a replay.
+                            let probe = new_capture(&faces.genuine, t * PER_THREAD + i);
+                            let (header, body) =
+                                client.seal(&request("metrics-user-7f3a", &probe)).unwrap();
                             let raw = client.post_raw("/v1/assess", &body).unwrap();
                             let answer = client.verify_answer(&header, &body, &raw).unwrap();
                             assert_eq!(answer["decision"], "allow");

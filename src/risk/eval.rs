@@ -5,9 +5,11 @@
 //! Protocol, per identity with more than `k` images (in file order): its first `k` images
 //! are enrolled as templates; each remaining image is a **genuine** attempt; every image of
 //! every other identity, claiming this one, is an **impostor** attempt. Attacks: an exact
-//! **replay** of the identity's first genuine probe (sent a second time), an **injection** of
+//! **replay** of the identity's last accepted genuine probe, an **injection** of
 //! its first enrolled template as a probe, and a **conflicting enrolment** (its second
-//! genuine image enrolled under a new account). A detector counts an attack as flagged when
+//! genuine image enrolled under a new account). Genuine attempts run in file order, each
+//! accepted one joining the user's recent probes as in the service; the replay re-sends the
+//! last accepted one. A detector counts an attack as flagged when
 //! the decision is not `allow` or a reason names it.
 
 use serde::Serialize;
@@ -67,12 +69,24 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
         (Tally::default(), Tally::default(), Tally::default());
     for (i, images) in eligible.iter().enumerate() {
         let templates = &images[..k];
+        // Genuine attempts in order; each accepted one joins the user's recent probes.
+        let mut history: Vec<&[f32]> = Vec::new();
         for probe in &images[k..] {
             let similarity = best(probe, templates);
             genuine.push(similarity);
-            let assessment = policy.decide(&signals(probe, None, templates));
-            genuine_allowed += usize::from(assessment.decision == Decision::Allow);
-            genuine_flagged += usize::from(assessment.reasons.contains(&Reason::TemplateInjection));
+            let assessment =
+                policy.decide(&signals(probe, None, templates, recent(&history, policy)));
+            let is_allowed = assessment.decision == Decision::Allow;
+            genuine_allowed += usize::from(is_allowed);
+            genuine_flagged += usize::from(
+                assessment
+                    .reasons
+                    .iter()
+                    .any(|r| matches!(r, Reason::TemplateInjection | Reason::ReplayedProbe)),
+            );
+            if is_allowed {
+                history.push(probe);
+            }
         }
         for (j, others) in eligible.iter().enumerate() {
             if i == j {
@@ -80,13 +94,20 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
             }
             for probe in others.iter() {
                 impostor.push(best(probe, templates));
-                impostor_allowed += usize::from(allowed(policy, probe, templates));
+                impostor_allowed += usize::from(allowed(policy, probe, templates, &[]));
             }
         }
-        // The engine keeps no probe history yet, so a replay is flagged only if the policy
-        // happens not to allow the probe; an injected template meets the hard rule.
-        replays.add(!allowed(policy, images[k], templates));
-        injections.add(!allowed(policy, images[0], templates));
+        // Replay: the last accepted probe, captured and sent again. Injection: an enrolled
+        // template sent as a probe.
+        if let Some(last) = history.last() {
+            replays.add(!allowed(policy, last, templates, recent(&history, policy)));
+        }
+        injections.add(!allowed(
+            policy,
+            images[0],
+            templates,
+            recent(&history, policy),
+        ));
         // Enrolling this identity's next image under a new account: nothing compares an
         // enrolment with other users' templates yet, so none is flagged.
         if images.len() > k + 1 {
@@ -158,8 +179,16 @@ fn best(probe: &[f32], templates: &[&[f32]]) -> f32 {
         .fold(f32::NEG_INFINITY, f32::max)
 }
 
-fn allowed(policy: &RiskPolicy, probe: &[f32], templates: &[&[f32]]) -> bool {
-    policy.decide(&signals(probe, None, templates)).decision == Decision::Allow
+fn allowed(policy: &RiskPolicy, probe: &[f32], templates: &[&[f32]], recent: &[&[f32]]) -> bool {
+    policy
+        .decide(&signals(probe, None, templates, recent))
+        .decision
+        == Decision::Allow
+}
+
+/// The most recent accepted probes the service would compare with.
+fn recent<'h, 'a>(history: &'h [&'a [f32]], policy: &RiskPolicy) -> &'h [&'a [f32]] {
+    &history[history.len().saturating_sub(policy.replay_history)..]
 }
 
 /// FNMR at the lowest threshold whose FMR is at most `fmr` (sorted ascending inputs).

@@ -10,7 +10,7 @@ use serde::Serialize;
 pub use calibration::Calibration;
 
 /// Names the scoring logic in every response, so a decision can be traced to its model.
-pub const MODEL_VERSION: &str = "cosine-fmr-v2";
+pub const MODEL_VERSION: &str = "cosine-fmr-v3";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +35,9 @@ pub enum Reason {
     /// The probe is (nearly) a copy of an enrolled template, closer than two captures of a
     /// face come: a stolen or injected template, denied however well it matches.
     TemplateInjection,
+    /// The probe is (nearly) a copy of one of the user's recent accepted probes: a replayed
+    /// capture, denied however well it matches.
+    ReplayedProbe,
 }
 
 /// Thresholds and calibration, from `[risk]` in the config.
@@ -46,17 +49,22 @@ pub struct RiskPolicy {
     pub step_up_max_risk: f64,
     /// A liveness score below this raises the risk to the step-up threshold.
     pub min_liveness: f32,
-    /// A best similarity at or above this is a copy of a template, not a new capture.
-    pub injection_min_similarity: f32,
+    /// A similarity at or above this (to a template or a recent probe) is a copy, not a new
+    /// capture.
+    pub copy_min_similarity: f32,
+    /// How many recent accepted probes a new one is compared with (`[risk] replay_history`).
+    pub replay_history: usize,
     pub calibration: Calibration,
 }
 
 /// What the signals saw, before policy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Signals {
     /// Best cosine similarity to the user's templates; `None` without an enrolment.
     pub best_similarity: Option<f32>,
     pub liveness: Option<f32>,
+    /// Best cosine similarity to the user's recent accepted probes; `None` without any.
+    pub replay_similarity: Option<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -73,18 +81,28 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Gathers the signals for a unit-length `probe` against unit-length `templates`.
-pub fn signals<T: AsRef<[f32]>>(probe: &[f32], liveness: Option<f32>, templates: &[T]) -> Signals {
-    let best_similarity = templates
+/// Gathers the signals for a unit-length `probe` against unit-length `templates` and the
+/// user's `recent` accepted probes.
+pub fn signals<T: AsRef<[f32]>, R: AsRef<[f32]>>(
+    probe: &[f32],
+    liveness: Option<f32>,
+    templates: &[T],
+    recent: &[R],
+) -> Signals {
+    Signals {
+        best_similarity: best_cosine(probe, templates),
+        liveness,
+        replay_similarity: best_cosine(probe, recent),
+    }
+}
+
+fn best_cosine<T: AsRef<[f32]>>(probe: &[f32], others: &[T]) -> Option<f32> {
+    others
         .iter()
         .map(|t| cosine(probe, t.as_ref()))
         .fold(None, |best: Option<f32>, s| {
             Some(best.map_or(s, |b| b.max(s)))
-        });
-    Signals {
-        best_similarity,
-        liveness,
-    }
+        })
 }
 
 impl Decision {
@@ -107,6 +125,7 @@ impl Reason {
             Reason::NoMatch => "no_match",
             Reason::LowLiveness => "low_liveness",
             Reason::TemplateInjection => "template_injection",
+            Reason::ReplayedProbe => "replayed_probe",
         }
     }
 }
@@ -120,12 +139,23 @@ impl RiskPolicy {
                 reasons: vec![Reason::NoEnrolment],
             };
         };
-        // Hard rule: a copy of an enrolled template is denied, however well it matches.
-        if similarity >= self.injection_min_similarity {
+        // Hard rules: a copy of an enrolled template or of a recent probe is denied, however
+        // well it matches.
+        let copy = if similarity >= self.copy_min_similarity {
+            Some(Reason::TemplateInjection)
+        } else if signals
+            .replay_similarity
+            .is_some_and(|s| s >= self.copy_min_similarity)
+        {
+            Some(Reason::ReplayedProbe)
+        } else {
+            None
+        };
+        if let Some(reason) = copy {
             return Assessment {
                 decision: Decision::Deny,
                 score: 1.0,
-                reasons: vec![Reason::TemplateInjection],
+                reasons: vec![reason],
             };
         }
         let mut score = self.calibration.false_match_rate(similarity);
@@ -166,7 +196,8 @@ mod tests {
             allow_max_risk: 0.001,
             step_up_max_risk: 0.01,
             min_liveness: 0.5,
-            injection_min_similarity: 0.9999,
+            copy_min_similarity: 0.9999,
+            replay_history: 8,
             calibration: Calibration::new(vec![(0.8, 0.5), (0.9, 0.01), (0.95, 0.001)]).unwrap(),
         }
     }
@@ -175,6 +206,7 @@ mod tests {
         policy().decide(&Signals {
             best_similarity: similarity,
             liveness,
+            replay_similarity: None,
         })
     }
 
@@ -250,12 +282,40 @@ mod tests {
     }
 
     #[test]
-    fn signals_take_the_best_template() {
-        let s = signals(&[1.0, 0.0], None, &[vec![0.0, 1.0], vec![0.6, 0.8]]);
-        assert!((s.best_similarity.unwrap() - 0.6).abs() < 1e-6);
+    fn a_replayed_probe_is_denied_and_a_new_capture_is_not() {
+        let replay = policy().decide(&Signals {
+            best_similarity: Some(0.97),
+            liveness: Some(0.99),
+            replay_similarity: Some(1.0),
+        });
         assert_eq!(
-            signals::<Vec<f32>>(&[1.0, 0.0], None, &[]).best_similarity,
-            None
+            (replay.decision, replay.score, replay.reasons),
+            (Decision::Deny, 1.0, vec![Reason::ReplayedProbe])
+        );
+        let genuine = policy().decide(&Signals {
+            best_similarity: Some(0.97),
+            liveness: Some(0.99),
+            replay_similarity: Some(0.9963),
+        });
+        assert_eq!(genuine.decision, Decision::Allow);
+        assert!(genuine.reasons.is_empty());
+    }
+
+    #[test]
+    fn signals_take_the_best_template_and_the_closest_recent_probe() {
+        let none: [Vec<f32>; 0] = [];
+        let s = signals(
+            &[1.0, 0.0],
+            None,
+            &[vec![0.0, 1.0], vec![0.6, 0.8]],
+            &[vec![0.8, 0.6]],
+        );
+        assert!((s.best_similarity.unwrap() - 0.6).abs() < 1e-6);
+        assert!((s.replay_similarity.unwrap() - 0.8).abs() < 1e-6);
+        let empty = signals(&[1.0, 0.0], None, &none, &none);
+        assert_eq!(
+            (empty.best_similarity, empty.replay_similarity),
+            (None, None)
         );
     }
 

@@ -112,6 +112,13 @@ pub trait Store: Send + Sync {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError>;
+    /// Up to `limit` records whose keys start with `prefix`, greatest key first.
+    fn scan_prefix_last(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError>;
     /// Calls `visit` on every record in key order without collecting them.
     fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError>;
     /// The record with the greatest key.

@@ -120,6 +120,20 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn scan_prefix_last(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        self.tree(table)
+            .scan_prefix(prefix)
+            .rev()
+            .take(limit)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend))
+            .collect()
+    }
+
     fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError> {
         for kv in self.tree(table).iter() {
             let (key, value) = kv.map_err(backend)?;

@@ -596,6 +596,30 @@ impl Vault {
             .collect())
     }
 
+    /// The user's `limit` most recent accepted probes (unit vectors), newest first, under
+    /// every key's index (a rotation may not have moved them yet).
+    pub fn recent_probes(
+        &self,
+        user: &UserRef,
+        limit: usize,
+    ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
+        let mut probes = Vec::new();
+        for index in &user.indexes {
+            for (key, sealed) in self
+                .store
+                .scan_prefix_last(Table::FeatureHistory, index, limit)?
+            {
+                if key.len() != index.len() + 8 {
+                    continue;
+                }
+                let mut entry: HistoryRecord = self.unseal(Table::FeatureHistory, &key, &sealed)?;
+                probes.push(Zeroizing::new(std::mem::take(&mut entry.features)));
+            }
+        }
+        probes.truncate(limit);
+        Ok(probes)
+    }
+
     /// Adds a template and returns the user's template count. Not durable until
     /// [`Vault::flush`].
     pub fn enrol(

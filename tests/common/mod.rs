@@ -261,7 +261,7 @@ pub fn faces() -> Faces {
     let policy = Config::builtin().risk_policy();
     let decide = |probe: &[f32]| {
         policy
-            .decide(&risk::signals(probe, None, &[enrol]))
+            .decide(&risk::signals::<_, &[f32]>(probe, None, &[enrol], &[]))
             .decision
     };
     assert_eq!(decide(genuine), Decision::Allow);
@@ -337,12 +337,21 @@ pub fn openssl_sm2_keypair(dir: &Path, private: &str, public: &str) {
     openssl(&["pkey", "-in", private, "-pubout", "-out", public], dir);
 }
 
-/// A probe close to `template` but not a copy of it, as a second photograph would be (an
-/// exact copy is denied as a template injection).
-pub fn new_capture(template: &[f32]) -> Vec<f32> {
+/// Another "photograph": a probe close to `template` (cosine about 0.997, allowed) but not a
+/// copy of it, different for each `n` (an exact copy is denied as a template injection, a
+/// repeated probe as a replay).
+pub fn new_capture(template: &[f32], n: usize) -> Vec<f32> {
+    // Uniform noise in ±0.0122 per component from a xorshift seeded by `n`: about 0.08 in
+    // norm, so captures of one template differ from it and from each other by ~0.003 in
+    // cosine, while staying far above the allow threshold.
+    let mut state = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     template
         .iter()
-        .enumerate()
-        .map(|(i, v)| v + 0.01 * ((i as f32) * 0.7).sin())
+        .map(|v| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            v + ((state % 2001) as f32 / 1000.0 - 1.0) * 0.0122
+        })
         .collect()
 }
