@@ -28,7 +28,7 @@ use serde_json::json;
 use tee_risk::access::ClientCredential;
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
 use tee_risk::crypto::sm2::IdentityKey;
-use tee_risk::dataset::Dataset;
+use tee_risk::dataset::{Dataset, new_capture};
 use tee_risk::metrics::{Stage, sample};
 use tee_risk::server::LISTENING_PREFIX;
 
@@ -250,7 +250,7 @@ fn prepare(
                             let (user, features) = &probes[i % probes.len()];
                             let request = FeatureRequest {
                                 user_id: user.clone(),
-                                features: features.clone(),
+                                features: new_capture(features, i),
                                 liveness: Some(0.95),
                                 device_id: Some(format!("device-{}", i % 97)),
                             };

@@ -76,3 +76,20 @@ impl Dataset {
         self.samples.iter().map(|s| s.embedding.clone()).collect()
     }
 }
+
+/// Another "photograph" of the face behind `features`, for tests and load generation: the
+/// embedding with uniform noise of ±0.0122 per component from a xorshift seeded by `n`
+/// (about 0.08 in norm), so that captures differ from the original and from each other by
+/// about 0.003 in cosine: far above the allow threshold, far below the copy threshold.
+pub fn new_capture(features: &[f32], n: usize) -> Vec<f32> {
+    let mut state = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    features
+        .iter()
+        .map(|v| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            v + ((state % 2001) as f32 / 1000.0 - 1.0) * 0.0122
+        })
+        .collect()
+}

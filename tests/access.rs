@@ -6,13 +6,11 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{
-    MASTER_KEY, TestServer, error_code, faces, new_capture, open_vault, openssl_sm2_keypair,
-    request,
-};
+use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, openssl_sm2_keypair, request};
 use tee_risk::access::ClientCredential;
 use tee_risk::client::Client;
 use tee_risk::crypto::sm2::IdentityKey;
+use tee_risk::dataset::new_capture;
 use tee_risk::store::vault::ERASED_USER;
 
 /// A clients file with `full` (every permission) and `assessor` (assess only).

@@ -6,12 +6,11 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{
-    MASTER_KEY, TestServer, error_code, faces, new_capture, open_vault, request, unlimited_config,
-};
+use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
 use tee_risk::client::Client;
 use tee_risk::crypto::aead::Sm4Gcm;
 use tee_risk::crypto::secret::SecretBytes;
+use tee_risk::dataset::new_capture;
 use tee_risk::envelope::b64_encode;
 use tee_risk::envelope::request::{ProtectedHeader, seal};
 use tee_risk::time::unix_now;

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, dev_dataset, new_capture};
+use common::{TestServer, dev_dataset};
 use serde_json::Value;
 use tee_risk::client::{Client, FeatureRequest};
+use tee_risk::dataset::new_capture;
 use tee_risk::store::keys::MasterKey;
 use tee_risk::store::vault::RiskLogEntry;
 use tee_risk::store::{OpenMode, SledStore, Store, Table, Vault};

@@ -6,12 +6,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{
-    MASTER_KEY, TestServer, error_code, faces, new_capture, open_vault, request, unlimited_config,
-};
+use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
 use serde_json::{Value, json};
 use tee_risk::access::{ClientCredential, DevClient};
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
+use tee_risk::dataset::new_capture;
 use tee_risk::envelope::request::{ProtectedHeader, seal};
 use tee_risk::envelope::{b64_decode, b64_encode};
 use tee_risk::risk;

@@ -336,22 +336,3 @@ pub fn openssl_sm2_keypair(dir: &Path, private: &str, public: &str) {
     );
     openssl(&["pkey", "-in", private, "-pubout", "-out", public], dir);
 }
-
-/// Another "photograph": a probe close to `template` (cosine about 0.997, allowed) but not a
-/// copy of it, different for each `n` (an exact copy is denied as a template injection, a
-/// repeated probe as a replay).
-pub fn new_capture(template: &[f32], n: usize) -> Vec<f32> {
-    // Uniform noise in ±0.0122 per component from a xorshift seeded by `n`: about 0.08 in
-    // norm, so captures of one template differ from it and from each other by ~0.003 in
-    // cosine, while staying far above the allow threshold.
-    let mut state = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    template
-        .iter()
-        .map(|v| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            v + ((state % 2001) as f32 / 1000.0 - 1.0) * 0.0122
-        })
-        .collect()
-}
