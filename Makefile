@@ -36,12 +36,14 @@ bench:
 # fuzz/regressions/<target>/ so that `make test` replays them. Installs cargo-fuzz if needed.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS = envelope record evidence config
+# FUZZ_FEATURES=csv also fuzzes the Hygon CSV report parser (in the evidence target).
+FUZZ_FEATURES ?=
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
 	rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 	cargo test --test fuzz_regressions -- --ignored write_fuzz_corpus
 	for target in $(FUZZ_TARGETS); do \
-	  cargo +nightly fuzz run $$target fuzz/corpus/$$target -- \
+	  cargo +nightly fuzz run $$target $(if $(FUZZ_FEATURES),--features $(FUZZ_FEATURES)) fuzz/corpus/$$target -- \
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1 2>&1 \
 	    | tee target/fuzz-$$target.log | grep -E "stat::number_of_executed_units|Done|ERROR|panicked" || exit 1; \
 	done

@@ -117,4 +117,14 @@ fn write_fuzz_corpus() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("seed-{i}")), seed).unwrap();
     }
+    // The real hardware reports, for the SNP parser and (with `--features csv`) the CSV one.
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let milan = hex::decode(
+        std::fs::read_to_string(vectors.join("snp/report_milan.hex"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    std::fs::write(root.join("evidence/snp-milan"), milan).unwrap();
+    std::fs::copy(vectors.join("csv/report.cert"), root.join("evidence/csv-report")).unwrap();
 }
