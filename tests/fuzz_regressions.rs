@@ -126,5 +126,9 @@ fn write_fuzz_corpus() {
     )
     .unwrap();
     std::fs::write(root.join("evidence/snp-milan"), milan).unwrap();
-    std::fs::copy(vectors.join("csv/report.cert"), root.join("evidence/csv-report")).unwrap();
+    std::fs::copy(
+        vectors.join("csv/report.cert"),
+        root.join("evidence/csv-report"),
+    )
+    .unwrap();
 }
