@@ -247,9 +247,7 @@ impl ClientCredential {
         let key = if text.contains("-----BEGIN") {
             IdentityKey::from_pkcs8_pem(&text)
         } else {
-            crate::crypto::secret::SecretBytes::<32>::from_hex(text.trim())
-                .ok_or(crate::crypto::CryptoError::InvalidKey)
-                .and_then(|scalar| IdentityKey::from_scalar(&scalar))
+            IdentityKey::from_hex(text.trim())
         }
         .map_err(|_| format!("{} is not an SM2 private key", key_file.display()))?;
         Ok(Self::new(id, key))

@@ -63,9 +63,7 @@ pub fn config(data: &[u8]) {
 fn fixed_key() -> &'static crate::crypto::sm2::IdentityKey {
     static KEY: OnceLock<crate::crypto::sm2::IdentityKey> = OnceLock::new();
     KEY.get_or_init(|| {
-        let scalar = crate::crypto::secret::SecretBytes::<32>::from_hex(&"11".repeat(32))
-            .expect("64 hex digits");
-        crate::crypto::sm2::IdentityKey::from_scalar(&scalar).expect("a valid scalar")
+        crate::crypto::sm2::IdentityKey::from_hex(&"11".repeat(32)).expect("a valid key")
     })
 }
 
@@ -123,10 +121,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     .expect("seal a record");
 
     let platform = SimPlatform::new(
-        IdentityKey::from_scalar(
-            &crate::crypto::secret::SecretBytes::<32>::from_hex(&"11".repeat(32)).expect("hex"),
-        )
-        .expect("key"),
+        IdentityKey::from_hex(&"11".repeat(32)).expect("a valid key"),
         [7; 32],
         false,
     );

@@ -126,8 +126,7 @@ impl Service {
     pub fn prune_spent_rids(&self, now: i64) -> Result<(), VaultError> {
         self.replay.prune(now);
         self.vault
-            .spent_rids(now - self.replay.retention_secs())
-            .map(drop)
+            .forget_spent_rids(now - self.replay.retention_secs())
     }
 
     /// Rotates and wipes encryption keys as their time comes (see [`KeySet::maintain`]).

@@ -128,10 +128,12 @@ impl SimPlatform {
                 std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
             );
-            let scalar = SecretBytes::<32>::from_hex(text.trim())
-                .ok_or_else(|| format!("{} is not 64 hex digits", path.display()))?;
-            return IdentityKey::from_scalar(&scalar)
-                .map_err(|_| format!("{} is not an SM2 private key", path.display()));
+            return IdentityKey::from_hex(text.trim()).map_err(|_| {
+                format!(
+                    "{} is not an SM2 private key in 64 hex digits",
+                    path.display()
+                )
+            });
         }
         let (key, scalar) = loop {
             let scalar = SecretBytes::<32>::random().map_err(|e| e.to_string())?;

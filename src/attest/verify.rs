@@ -104,6 +104,18 @@ struct PlatformReport {
     issued_at: Option<i64>,
 }
 
+impl PlatformReport {
+    /// A hardware report: it carries no time, the verifier's nonce makes it fresh.
+    fn hardware(measurement: &[u8], report_data: [u8; 64], debug: bool) -> Self {
+        Self {
+            measurement: measurement.to_vec(),
+            report_data,
+            debug,
+            issued_at: None,
+        }
+    }
+}
+
 impl Policy {
     /// Loads a policy file; a relative `sim.platform_key` is resolved against its folder.
     pub fn load(path: &Path) -> Result<Self, String> {
@@ -262,12 +274,11 @@ impl Policy {
             &policy.min_tcb,
         )
         .map_err(|(check, detail)| fail(check, detail))?;
-        Ok(PlatformReport {
-            measurement: facts.measurement.to_vec(),
-            report_data: facts.report_data,
-            debug: facts.debug,
-            issued_at: None,
-        })
+        Ok(PlatformReport::hardware(
+            &facts.measurement,
+            facts.report_data,
+            facts.debug,
+        ))
     }
 }
 
@@ -283,12 +294,11 @@ impl Policy {
         let inline = optional_endorsement(evidence, "hsk_cek")?;
         let facts = super::csv::verify(report, inline.as_deref(), policy.hsk_cek_dir.as_deref())
             .map_err(|(check, detail)| fail(check, detail))?;
-        Ok(PlatformReport {
-            measurement: facts.measurement.to_vec(),
-            report_data: facts.report_data,
-            debug: facts.debug,
-            issued_at: None,
-        })
+        Ok(PlatformReport::hardware(
+            &facts.measurement,
+            facts.report_data,
+            facts.debug,
+        ))
     }
 }
 

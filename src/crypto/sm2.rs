@@ -155,6 +155,12 @@ impl IdentityKey {
         Self::from_secret_key(&secret_from_scalar(scalar)?)
     }
 
+    /// Loads a private scalar written as 64 hex digits (the key files this service makes).
+    pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
+        let scalar = SecretBytes::<32>::from_hex(text).ok_or(CryptoError::InvalidKey)?;
+        Self::from_scalar(&scalar)
+    }
+
     fn from_secret_key(secret: &SecretKey) -> Result<Self, CryptoError> {
         let signing =
             SigningKey::new(DEFAULT_DISTID, secret).map_err(|_| CryptoError::InvalidKey)?;

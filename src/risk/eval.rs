@@ -14,7 +14,7 @@
 
 use serde::Serialize;
 
-use super::{Decision, Reason, RiskPolicy, cosine, signals};
+use super::{Decision, Reason, RiskPolicy, best_cosine, cosine, signals};
 
 /// One labelled sample: an identity number and a unit embedding.
 pub struct Labelled<'a> {
@@ -173,10 +173,7 @@ fn group<'a>(samples: &[Labelled<'a>]) -> Vec<Vec<&'a [f32]>> {
 }
 
 fn best(probe: &[f32], templates: &[&[f32]]) -> f32 {
-    templates
-        .iter()
-        .map(|t| cosine(probe, t))
-        .fold(f32::NEG_INFINITY, f32::max)
+    best_cosine(probe, templates).unwrap_or(f32::NEG_INFINITY)
 }
 
 fn allowed(policy: &RiskPolicy, probe: &[f32], templates: &[&[f32]], recent: &[&[f32]]) -> bool {

@@ -96,7 +96,8 @@ pub fn signals<T: AsRef<[f32]>, R: AsRef<[f32]>>(
     }
 }
 
-fn best_cosine<T: AsRef<[f32]>>(probe: &[f32], others: &[T]) -> Option<f32> {
+/// The highest cosine of `probe` with any of `others`; `None` when there are none.
+pub(crate) fn best_cosine<T: AsRef<[f32]>>(probe: &[f32], others: &[T]) -> Option<f32> {
     others
         .iter()
         .map(|t| cosine(probe, t.as_ref()))

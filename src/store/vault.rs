@@ -185,6 +185,11 @@ pub struct TableCounts {
     pub risk_logs: usize,
 }
 
+/// Whether `key` is a feature-history key of the user at `index` (index ‖ 8-byte sequence).
+fn is_history_key_of(key: &[u8], index: &[u8]) -> bool {
+    key.len() == index.len() + 8 && key.starts_with(index)
+}
+
 /// What [`Vault::erase_user`] removed or scrubbed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Erased {
@@ -609,7 +614,7 @@ impl Vault {
                 .store
                 .scan_prefix_last(Table::FeatureHistory, index, limit)?
             {
-                if key.len() != index.len() + 8 {
+                if !is_history_key_of(&key, index) {
                     continue;
                 }
                 let mut entry: HistoryRecord = self.unseal(Table::FeatureHistory, &key, &sealed)?;
@@ -740,8 +745,8 @@ impl Vault {
     /// Erases a user: the record holding their templates (under every key's blind index),
     /// their feature history (also under older indexes that a rotation mapped to theirs),
     /// those index mappings, and in their risk log entries everything but the decision.
-    /// Scans history and risk logs: cost grows with the database, which suits a rare
-    /// operation. Not durable until [`Vault::flush`].
+    /// Scans the index mappings and the risk logs (which are not keyed by user): cost grows
+    /// with the database, which suits a rare operation. Not durable until [`Vault::flush`].
     pub fn erase_user(&self, user: &UserRef) -> Result<Erased, VaultError> {
         let mut indexes: Vec<Vec<u8>> = user.indexes.iter().map(|i| i.to_vec()).collect();
         for (key, sealed) in self.store.scan(Table::Meta)? {
@@ -762,13 +767,15 @@ impl Vault {
                 self.store.remove(Table::UserData, index)?;
             }
         }
-        for (key, _) in self.store.scan(Table::FeatureHistory)? {
-            if indexes
-                .iter()
-                .any(|i| key.len() == i.len() + 8 && key.starts_with(i))
+        for index in &indexes {
+            for (key, _) in self
+                .store
+                .scan_prefix_last(Table::FeatureHistory, index, usize::MAX)?
             {
-                self.store.remove(Table::FeatureHistory, &key)?;
-                erased.history += 1;
+                if is_history_key_of(&key, index) {
+                    self.store.remove(Table::FeatureHistory, &key)?;
+                    erased.history += 1;
+                }
             }
         }
         let named: Vec<String> = indexes.iter().map(hex::encode).collect();
@@ -809,18 +816,38 @@ impl Vault {
     /// The spent request ids with `iat` at or after `since`; older ones are forgotten.
     pub fn spent_rids(&self, since: i64) -> Result<Vec<(String, i64)>, VaultError> {
         let mut live = Vec::new();
-        for (key, value) in self.store.scan(Table::Replay)? {
+        self.sweep_spent_rids(since, |rid, iat| {
+            let rid = String::from_utf8(rid)
+                .map_err(|_| VaultError::Corrupt("a replay entry is not UTF-8".into()))?;
+            live.push((rid, iat));
+            Ok(())
+        })?;
+        Ok(live)
+    }
+
+    /// Forgets the spent request ids with `iat` before `since`.
+    pub fn forget_spent_rids(&self, since: i64) -> Result<(), VaultError> {
+        self.sweep_spent_rids(since, |_, _| Ok(()))
+    }
+
+    /// Removes the entries older than `since` and hands each live one to `live`.
+    fn sweep_spent_rids(
+        &self,
+        since: i64,
+        mut live: impl FnMut(Vec<u8>, i64) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        for (rid, value) in self.store.scan(Table::Replay)? {
             let iat = value
                 .try_into()
                 .map(i64::from_be_bytes)
                 .map_err(|_| VaultError::Corrupt("a replay entry is not an 8-byte iat".into()))?;
-            match String::from_utf8(key) {
-                Ok(rid) if iat >= since => live.push((rid, iat)),
-                Ok(rid) => self.store.remove(Table::Replay, rid.as_bytes())?,
-                Err(_) => return Err(VaultError::Corrupt("a replay entry is not UTF-8".into())),
+            if iat >= since {
+                live(rid, iat)?;
+            } else {
+                self.store.remove(Table::Replay, &rid)?;
             }
         }
-        Ok(live)
+        Ok(())
     }
 
     /// Returns once every write completed before this call is durable. Concurrent callers
