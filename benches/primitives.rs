@@ -211,7 +211,7 @@ fn components(c: &mut Criterion) {
     for count in [1usize, 1_000, 100_000] {
         let templates: Vec<Vec<f32>> = (1..=count).map(embedding).collect();
         group.bench_with_input(BenchmarkId::from_parameter(count), &templates, |b, t| {
-            b.iter(|| risk::signals(&probe, Some(0.9), t, &recent))
+            b.iter(|| risk::signals(&probe, t, &recent))
         });
     }
     group.finish();

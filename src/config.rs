@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::risk::{Calibration, RiskPolicy};
+use std::sync::Arc;
+
+use crate::risk::{RiskModel, RiskPolicy};
 
 /// The documented defaults; also the example file operators copy.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/default.toml");
@@ -108,15 +110,22 @@ pub struct FeaturesConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RiskConfig {
-    pub allow_max_risk: f64,
-    pub step_up_max_risk: f64,
+    /// The model file from `tee-risk train`; "" = the shipped model.
+    pub model_file: PathBuf,
+    pub allow_max_fmr: f64,
+    pub step_up_max_fmr: f64,
+    pub conflict_max_fmr: f64,
+    pub enrolment_conflict_max_fmr: f64,
     pub min_liveness: f32,
     pub copy_min_similarity: f32,
     /// Recent accepted probes a new probe is compared with for replays.
     pub replay_history: usize,
     pub max_templates: usize,
-    /// (similarity, false-match rate) points from `tee-risk calibrate`.
-    pub calibration: Vec<(f32, f64)>,
+    /// Length of the velocity windows (attempts per user, accounts per device).
+    pub velocity_window_secs: i64,
+    /// Devices remembered per user for the new-device signal.
+    pub max_devices: usize,
+    pub reason_min_log_odds: f64,
 }
 
 impl Config {
@@ -153,7 +162,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 16] = [
+        let checks = [
             (
                 ["sim", "snp", "csv"].contains(&self.attestation.mode.as_str()),
                 "attestation.mode must be \"sim\", \"snp\" or \"csv\"",
@@ -202,10 +211,29 @@ impl Config {
                 "features.dimension must be in 1..=4096",
             ),
             (
-                0.0 <= self.risk.allow_max_risk
-                    && self.risk.allow_max_risk <= self.risk.step_up_max_risk
-                    && self.risk.step_up_max_risk <= 1.0,
-                "risk thresholds must satisfy 0 <= allow_max_risk <= step_up_max_risk <= 1",
+                0.0 < self.risk.allow_max_fmr
+                    && self.risk.allow_max_fmr <= self.risk.step_up_max_fmr
+                    && self.risk.step_up_max_fmr <= 1.0,
+                "risk thresholds must satisfy 0 < allow_max_fmr <= step_up_max_fmr <= 1",
+            ),
+            (
+                0.0 < self.risk.conflict_max_fmr
+                    && self.risk.conflict_max_fmr <= 1.0
+                    && 0.0 < self.risk.enrolment_conflict_max_fmr
+                    && self.risk.enrolment_conflict_max_fmr <= 1.0,
+                "risk.conflict_max_fmr and risk.enrolment_conflict_max_fmr must be in (0, 1]",
+            ),
+            (
+                (1..=86_400).contains(&self.risk.velocity_window_secs),
+                "risk.velocity_window_secs must be in 1..=86400",
+            ),
+            (
+                (1..=1000).contains(&self.risk.max_devices),
+                "risk.max_devices must be in 1..=1000",
+            ),
+            (
+                self.risk.reason_min_log_odds.is_finite() && self.risk.reason_min_log_odds > 0.0,
+                "risk.reason_min_log_odds must be positive",
             ),
             (
                 (0.0..=1.0).contains(&self.risk.min_liveness),
@@ -228,7 +256,18 @@ impl Config {
             return Err((*message).to_string());
         }
         self.listen_addr()?;
-        Calibration::new(self.risk.calibration.clone()).map(|_| ())
+        self.risk_model().map(|_| ())
+    }
+
+    /// The risk model: the shipped one, or `risk.model_file`.
+    pub fn risk_model(&self) -> Result<RiskModel, String> {
+        if self.risk.model_file.as_os_str().is_empty() {
+            return Ok(RiskModel::builtin());
+        }
+        let path = &self.risk.model_file;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read risk.model_file {}: {e}", path.display()))?;
+        RiskModel::from_json(&text).map_err(|e| format!("risk.model_file {}: {e}", path.display()))
     }
 
     /// The operator listener's address, if one is configured.
@@ -253,16 +292,19 @@ impl Config {
         })
     }
 
-    pub fn risk_policy(&self) -> RiskPolicy {
-        RiskPolicy {
-            allow_max_risk: self.risk.allow_max_risk,
-            step_up_max_risk: self.risk.step_up_max_risk,
+    /// The policy; the model file was checked when the config was loaded.
+    pub fn risk_policy(&self) -> Result<RiskPolicy, String> {
+        Ok(RiskPolicy {
+            model: Arc::new(self.risk_model()?),
+            allow_max_fmr: self.risk.allow_max_fmr,
+            step_up_max_fmr: self.risk.step_up_max_fmr,
+            conflict_max_fmr: self.risk.conflict_max_fmr,
+            enrolment_conflict_max_fmr: self.risk.enrolment_conflict_max_fmr,
             min_liveness: self.risk.min_liveness,
             copy_min_similarity: self.risk.copy_min_similarity,
             replay_history: self.risk.replay_history,
-            calibration: Calibration::new(self.risk.calibration.clone())
-                .expect("validated when loaded"),
-        }
+            reason_min_log_odds: self.risk.reason_min_log_odds,
+        })
     }
 }
 
@@ -310,17 +352,17 @@ mod tests {
         assert!(typo.unwrap_err().contains("iat_windw_secs"));
         let bad = Config::from_toml_layers(&[
             DEFAULT_CONFIG_TOML,
-            "[risk]\nallow_max_risk = 0.5\nstep_up_max_risk = 0.1\n",
+            "[risk]\nallow_max_fmr = 0.5\nstep_up_max_fmr = 0.1\n",
         ]);
         assert!(bad.unwrap_err().contains("thresholds"));
         let addr =
             Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[server]\nlisten = \"nowhere\"\n"]);
         assert!(addr.unwrap_err().contains("not an address"));
-        let curve = Config::from_toml_layers(&[
+        let model = Config::from_toml_layers(&[
             DEFAULT_CONFIG_TOML,
-            "[risk]\ncalibration = [[0.9, 0.1], [0.8, 0.01]]\n",
+            "[risk]\nmodel_file = \"/nonexistent/model.json\"\n",
         ]);
-        assert!(curve.unwrap_err().contains("increase"));
+        assert!(model.unwrap_err().contains("risk.model_file"));
     }
 
     #[test]

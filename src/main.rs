@@ -1,4 +1,4 @@
-//! The `tee-risk` command: `serve`, `client …`, `db …`, `calibrate`.
+//! The `tee-risk` command: `serve`, `client …`, `db …`, `train`, `eval`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +12,8 @@ use tee_risk::client::{Client, FeatureRequest, ServerKeys, read_features_file};
 use tee_risk::config::Config;
 use tee_risk::dataset::Dataset;
 use tee_risk::risk::eval::{self, Labelled};
-use tee_risk::risk::{Calibration, MODEL_VERSION};
+use tee_risk::risk::model::TrainingSummary;
+use tee_risk::risk::{plots, train};
 use tee_risk::server::{self, IDENTITY_PEM, MasterKeyEnv};
 use tee_risk::store::audit;
 use tee_risk::store::keys::KeyId;
@@ -42,11 +43,21 @@ enum Command {
     /// 4 refused (a precondition does not hold yet).
     #[command(subcommand)]
     Db(DbCommand),
-    /// Measure the similarity → false-match-rate curve on a labelled embeddings file and
-    /// print it as the `[risk] calibration` TOML line.
-    Calibrate {
+    /// Train the risk model on a labelled embeddings file: measure the match calibration,
+    /// generate labelled attempts (genuine and attacks), fit the logistic regression, write
+    /// the versioned model file (docs/EVALUATION.md).
+    Train {
         #[arg(long)]
         data: PathBuf,
+        /// Where to write the model (the shipped one is config/risk-model.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// L2 penalty of the logistic regression.
+        #[arg(long, default_value_t = train::DEFAULT_ALPHA)]
+        alpha: f64,
+        /// Seed of the generated contexts (training is deterministic for a given seed).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Replay the evaluation protocol (docs/EVALUATION.md) on a labelled embeddings file
     /// through the configured scoring policy; print a table and write a JSON report.
@@ -62,6 +73,9 @@ enum Command {
         /// Where to write the JSON report.
         #[arg(long, default_value = "target/eval-report.json")]
         out: PathBuf,
+        /// Also draw the DET curve and score histograms as PNG files into this folder.
+        #[arg(long)]
+        plots: Option<PathBuf>,
     },
 }
 
@@ -231,13 +245,26 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
         Command::Client(command) => client(command).map(|()| ExitCode::SUCCESS),
         Command::Db(command) => db(command),
-        Command::Calibrate { data } => calibrate(&data).map(|()| ExitCode::SUCCESS),
+        Command::Train {
+            data,
+            out,
+            alpha,
+            seed,
+        } => train_model(&data, &out, alpha, seed).map(|()| ExitCode::SUCCESS),
         Command::Eval {
             data,
             config,
             enrol_images,
             out,
-        } => evaluate(&data, config.as_deref(), &enrol_images, &out).map(|()| ExitCode::SUCCESS),
+            plots,
+        } => evaluate(
+            &data,
+            config.as_deref(),
+            &enrol_images,
+            &out,
+            plots.as_deref(),
+        )
+        .map(|()| ExitCode::SUCCESS),
     };
     outcome.unwrap_or_else(|error| {
         eprintln!("error: {error:#}");
@@ -487,39 +514,44 @@ fn connect(url: &str, pin_keys: Option<&std::path::Path>) -> anyhow::Result<Clie
     })
 }
 
+fn labelled(dataset: &Dataset) -> Vec<Labelled<'_>> {
+    dataset
+        .samples
+        .iter()
+        .zip(dataset.identity_indices())
+        .map(|(sample, identity)| Labelled {
+            identity,
+            embedding: &sample.embedding,
+        })
+        .collect()
+}
+
 fn evaluate(
     data: &std::path::Path,
     config: Option<&std::path::Path>,
     enrol_images: &[usize],
     out: &std::path::Path,
+    plot_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let policy = Config::load(config)
-        .map_err(anyhow::Error::msg)?
-        .risk_policy();
+        .and_then(|c| c.risk_policy())
+        .map_err(anyhow::Error::msg)?;
     let dataset = Dataset::load(data).map_err(anyhow::Error::msg)?;
-    let identities = dataset.identity_indices();
-    let samples: Vec<Labelled> = dataset
-        .samples
-        .iter()
-        .zip(&identities)
-        .map(|(sample, &identity)| Labelled {
-            identity,
-            embedding: &sample.embedding,
-        })
-        .collect();
+    let samples = labelled(&dataset);
     let reports = enrol_images
         .iter()
         .map(|&k| eval::evaluate(&policy, &samples, k).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
     println!(
-        "{} ({} images), model {MODEL_VERSION}\n\n\
-         k  genuine  impostor  FMR@op    FNMR@op  FNMR@FMR1%  FNMR@FMR0.1%  EER     replay  inject  conflict",
+        "{} ({} images), model {}\n\n\
+         k  genuine  impostor  FMR@op    FNMR@op  FNMR@FMR1%  FNMR@FMR0.1%  EER     FMR(enrolled)  FNMR(context)",
         data.display(),
-        dataset.samples.len()
+        dataset.samples.len(),
+        policy.model_version()
     );
     for r in &reports {
         println!(
-            "{}  {:>7}  {:>8}  {:>7.4}%  {:>6.2}%  {:>9.2}%  {:>11.2}%  {:>5.2}%  {:>5.1}%  {:>5.1}%  {:>7.1}%",
+            "{}  {:>7}  {:>8}  {:>7.4}%  {:>6.2}%  {:>9.2}%  {:>11.2}%  {:>5.2}%  {:>12.4}%  {:>12.2}%",
             r.enrol_images,
             r.genuine_attempts,
             r.impostor_attempts,
@@ -528,9 +560,24 @@ fn evaluate(
             r.fnmr_at_fmr_1pct * 100.0,
             r.fnmr_at_fmr_0_1pct * 100.0,
             r.eer * 100.0,
+            r.fmr_enrolled_impostors * 100.0,
+            r.fnmr_with_genuine_context * 100.0,
+        );
+    }
+    println!(
+        "\nk  replay  inject  conflict  new-enrol-flagged  presentation  burst-FMR   genuine-flagged-as-copy"
+    );
+    for r in &reports {
+        println!(
+            "{}  {:>5.1}%  {:>5.1}%  {:>7.1}%  {:>16.2}%  {:>11.1}%  {:>8.4}%  {:>10.2}%",
+            r.enrol_images,
             r.replays_flagged * 100.0,
             r.injections_flagged * 100.0,
-            r.conflicting_enrolments_flagged * 100.0
+            r.conflicting_enrolments_flagged * 100.0,
+            r.new_enrolments_flagged * 100.0,
+            r.presentation_attacks_flagged * 100.0,
+            r.fmr_in_bursts * 100.0,
+            r.genuine_flagged_as_replay * 100.0,
         );
     }
     if let Some(dir) = out.parent() {
@@ -539,29 +586,47 @@ fn evaluate(
     let report = serde_json::json!({
         "data": data.display().to_string(),
         "images": dataset.samples.len(),
-        "model": MODEL_VERSION,
+        "model": policy.model_version(),
         "reports": reports,
     });
     std::fs::write(out, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!("report written to {}", out.display());
+    if let Some(dir) = plot_dir {
+        for file in plots::write_all(dir, &reports).map_err(anyhow::Error::msg)? {
+            eprintln!("plot written to {}", file.display());
+        }
+    }
     Ok(())
 }
 
-fn calibrate(data: &std::path::Path) -> anyhow::Result<()> {
+fn train_model(
+    data: &std::path::Path,
+    out: &std::path::Path,
+    alpha: f64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(data).with_context(|| format!("cannot read {}", data.display()))?;
     let dataset = Dataset::load(data).map_err(anyhow::Error::msg)?;
-    let curve = Calibration::measure(&dataset.identity_indices(), &dataset.embeddings())
-        .map_err(anyhow::Error::msg)?;
-    let points: Vec<String> = curve
-        .points()
-        .iter()
-        .map(|(s, f)| format!("[{s:.6}, {f:.8}]"))
-        .collect();
-    println!(
-        "# measured on {} ({} images)",
-        data.display(),
-        dataset.samples.len()
-    );
-    println!("calibration = [{}]", points.join(", "));
+    let samples = labelled(&dataset);
+    let summary = TrainingSummary {
+        data: data
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        data_sm3: tee_risk::crypto::sm3_hex(&bytes),
+        identities: dataset.identity_indices().iter().max().map_or(0, |m| m + 1),
+        images: dataset.samples.len(),
+        samples: Default::default(),
+        alpha,
+    };
+    let model = train::train(&samples, summary, alpha, seed).map_err(anyhow::Error::msg)?;
+    let mut json = serde_json::to_string_pretty(&model)?;
+    json.push('\n');
+    std::fs::write(out, json).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("model {} written to {}", model.version, out.display());
+    for (feature, weight) in model.features.iter().zip(&model.weights) {
+        println!("  {feature:<18} {weight:>9.4}");
+    }
+    println!("  {:<18} {:>9.4}", "intercept", model.intercept);
     Ok(())
 }

@@ -16,7 +16,9 @@ use crate::keyset::{KeySet, KidLookup};
 use crate::limits::{RateLimiter, now_secs};
 use crate::metrics::{Metrics, Stage, StageTimer};
 use crate::replay::{ReplayCache, ReplayCheck};
-use crate::risk::{self, Assessment, Decision, MODEL_VERSION, RiskPolicy};
+use crate::risk::gallery::{Gallery, gallery_key};
+use crate::risk::velocity::{VelocityTracker, device_key};
+use crate::risk::{self, Assessment, Decision, Reason, RiskPolicy};
 use crate::store::vault::{Erased, RiskLogEntry, UserIndex, UserRef, Vault, VaultError};
 
 pub use crate::envelope::jwk::{KeysDocument, PublicJwk};
@@ -27,8 +29,11 @@ struct EnrollPayload<'a> {
     rid: &'a str,
     req_sm3: String,
     iat: i64,
+    /// "enrolled", or "identity_conflict" (the face is another user's; nothing stored).
     outcome: &'static str,
     templates: usize,
+    reasons: &'a [Reason],
+    model: &'a str,
 }
 
 #[derive(Serialize)]
@@ -39,8 +44,8 @@ struct AssessPayload<'a> {
     iat: i64,
     decision: Decision,
     score: f64,
-    reasons: &'a [risk::Reason],
-    model: &'static str,
+    reasons: &'a [Reason],
+    model: &'a str,
 }
 
 #[derive(Serialize)]
@@ -57,8 +62,10 @@ struct ErasePayload<'a> {
 pub enum StartError {
     #[error("cannot generate the service keys: {0}")]
     Keys(#[from] CryptoError),
-    #[error("cannot load the spent request ids: {0}")]
+    #[error("cannot load the spent request ids or the enrolled users: {0}")]
     Store(#[from] VaultError),
+    #[error("{0}")]
+    Config(String),
 }
 
 pub struct Service {
@@ -67,6 +74,10 @@ pub struct Service {
     vault: Vault,
     replay: ReplayCache,
     policy: RiskPolicy,
+    /// Every enrolled user's centroid, for the identity-conflict search.
+    gallery: Gallery,
+    velocity: VelocityTracker,
+    max_devices: usize,
     dimension: usize,
     iat_window_secs: i64,
     max_templates: usize,
@@ -94,6 +105,10 @@ impl Service {
         );
         // Request ids spent before a restart stay spent.
         replay.load(vault.spent_rids(now - replay.retention_secs())?);
+        let gallery = Gallery::default();
+        for (user_id, enrolment) in vault.enrolled_users()? {
+            gallery.set(gallery_key(&user_id), &enrolment.templates);
+        }
         Ok(Self {
             signer: ResponseSigner::new(identity.public()),
             keys: KeySet::new(
@@ -104,7 +119,10 @@ impl Service {
             )?,
             vault,
             replay,
-            policy: config.risk_policy(),
+            policy: config.risk_policy().map_err(StartError::Config)?,
+            gallery,
+            velocity: VelocityTracker::new(config.risk.velocity_window_secs),
+            max_devices: config.risk.max_devices,
             dimension: config.features.dimension,
             iat_window_secs: config.protocol.iat_window_secs,
             max_templates: config.risk.max_templates,
@@ -122,9 +140,11 @@ impl Service {
         self.keys.newest()
     }
 
-    /// Forgets spent request ids older than the replay window, in memory and in the store.
+    /// Forgets spent request ids older than the replay window, in memory and in the store,
+    /// and attempts older than the velocity window.
     pub fn prune_spent_rids(&self, now: i64) -> Result<(), VaultError> {
         self.replay.prune(now);
+        self.velocity.prune(now);
         self.vault
             .forget_spent_rids(now - self.replay.retention_secs())
     }
@@ -160,22 +180,57 @@ impl Service {
             })
     }
 
-    /// `POST /v1/enroll`: adds the probe as a template of the user.
+    /// Users in the in-memory gallery.
+    pub fn gallery_size(&self) -> usize {
+        self.gallery.len()
+    }
+
+    /// `POST /v1/enroll`: adds the probe as a template of the user, unless the face is
+    /// already enrolled under another account (identity conflict: nothing is stored).
     pub fn enroll(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
         let mut timer = StageTimer::start(&self.metrics);
         let (header, probe) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
         self.limit_user(&user)?;
-        let templates = match self.vault.enrol(
-            &user,
-            &probe.user_id,
-            &probe.features,
-            now,
-            self.max_templates,
-        ) {
-            Ok(count) => count,
-            Err(VaultError::TemplateLimit(max)) => return Err(ApiError::TemplateLimit(max)),
-            Err(e) => return Err(internal(e)),
+        let key = gallery_key(&probe.user_id);
+        let conflict = self
+            .gallery
+            .best_other(&probe.features, &key)
+            .filter(|c| self.policy.is_enrolment_conflict(c));
+        let (outcome, templates, reasons) = if conflict.is_some() {
+            let templates = self
+                .vault
+                .templates(&user, &probe.user_id)
+                .map_err(internal)?
+                .len();
+            (
+                "identity_conflict",
+                templates,
+                vec![Reason::IdentityConflict],
+            )
+        } else {
+            let device = probe
+                .device_id
+                .as_deref()
+                .map(|d| hex::encode(device_key(d)));
+            let count = match self.vault.enrol_from(
+                &user,
+                &probe.user_id,
+                &probe.features,
+                now,
+                self.max_templates,
+                device.as_deref().map(|d| (d, self.max_devices)),
+            ) {
+                Ok(count) => count,
+                Err(VaultError::TemplateLimit(max)) => return Err(ApiError::TemplateLimit(max)),
+                Err(e) => return Err(internal(e)),
+            };
+            let templates = self
+                .vault
+                .templates(&user, &probe.user_id)
+                .map_err(internal)?;
+            self.gallery.set(key, &templates);
+            ("enrolled", count, Vec::new())
         };
         drop(probe);
         timer.lap(Stage::StoreWrite);
@@ -185,8 +240,10 @@ impl Service {
             rid: &header.rid,
             req_sm3: sm3_hex(body),
             iat: now,
-            outcome: "enrolled",
+            outcome,
             templates,
+            reasons: &reasons,
+            model: self.policy.model_version(),
         });
         timer.lap(Stage::Sign);
         response
@@ -199,25 +256,47 @@ impl Service {
         let (header, probe) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
         self.limit_user(&user)?;
-        let templates = self
+        let enrolment = self
             .vault
-            .templates(&user, &probe.user_id)
+            .enrolment(&user, &probe.user_id)
             .map_err(internal)?;
-        let recent = if templates.is_empty() {
+        let recent = if enrolment.templates.is_empty() {
             Vec::new()
         } else {
             self.vault
                 .recent_probes(&user, self.policy.replay_history)
                 .map_err(internal)?
         };
-        let signals = risk::signals(&probe.features, probe.liveness, &templates, &recent);
-        drop(templates);
+        let key = gallery_key(&probe.user_id);
+        let device = probe.device_id.as_deref().map(device_key);
+        let device_hex = device.map(hex::encode);
+        let mut signals = risk::signals(&probe.features, &enrolment.templates, &recent);
+        signals.conflict = self.gallery.best_other(&probe.features, &key);
+        signals.liveness = probe.liveness;
+        signals.velocity = self.velocity.observe(&key, device.as_ref(), now);
+        signals.new_device = device_hex
+            .as_ref()
+            .is_some_and(|d| !enrolment.devices.contains(d));
+        let enrolled = !enrolment.templates.is_empty();
+        drop(enrolment);
         drop(recent);
         let Assessment {
             decision,
             score,
             reasons,
         } = self.policy.decide(&signals);
+        // A failure is a denied attempt; a step-up is the user being asked for more.
+        self.velocity
+            .record(&key, device.as_ref(), now, decision != Decision::Deny);
+        // A device becomes known once an attempt from it is allowed or stepped up (the step-up
+        // the client then runs confirms it); otherwise a new device would stay new forever.
+        if decision != Decision::Deny && signals.new_device && enrolled {
+            if let Some(d) = &device_hex {
+                self.vault
+                    .remember_device(&user, &probe.user_id, d, self.max_devices)
+                    .map_err(internal)?;
+            }
+        }
         let score = (score * 1e6).round() / 1e6;
         timer.lap(Stage::Score);
         let log = RiskLogEntry {
@@ -227,7 +306,7 @@ impl Service {
             decision: decision.as_str().into(),
             score,
             reasons: reasons.iter().map(|r| r.as_str().to_owned()).collect(),
-            model: MODEL_VERSION.into(),
+            model: self.policy.model_version().into(),
             features: probe.features.clone(),
             liveness: probe.liveness,
             device_id: probe.device_id.clone(),
@@ -248,7 +327,7 @@ impl Service {
             decision,
             score,
             reasons: &reasons,
-            model: MODEL_VERSION,
+            model: self.policy.model_version(),
         });
         timer.lap(Stage::Sign);
         response
@@ -261,9 +340,11 @@ impl Service {
         let (header, request) =
             self.open_request_as(body, now, &mut timer, |p| Ok(EraseRequest::parse(p)?))?;
         let user = self.vault.user(&request.user_id);
+        let key = gallery_key(&request.user_id);
         drop(request);
         self.limit_user(&user)?;
         let erased = self.vault.erase_user(&user).map_err(internal)?;
+        self.gallery.remove(&key);
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
         let response = self.sign(&ErasePayload {

@@ -111,13 +111,18 @@ fn erasing_a_user_removes_templates_history_and_personal_log_fields() {
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
     let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
     let client = server.client();
-    for user in ["alice", "bob"] {
-        client.enroll(&request(user, &faces.enrol)).unwrap();
+    // Two different faces (one face under two accounts would be an identity conflict).
+    let bob_face = new_capture(&faces.impostor, 100);
+    for (user, enrol, probe) in [
+        ("alice", &faces.enrol, faces.genuine.clone()),
+        ("bob", &faces.impostor, new_capture(&faces.impostor, 101)),
+    ] {
+        client.enroll(&request(user, enrol)).unwrap();
         client
-            .enroll(&request(user, &new_capture(&faces.enrol, 0)))
+            .enroll(&request(user, &new_capture(enrol, 0)))
             .unwrap();
-        let allowed = client.assess(&request(user, &faces.genuine)).unwrap();
-        assert_eq!(allowed["decision"], "allow");
+        let allowed = client.assess(&request(user, &probe)).unwrap();
+        assert_eq!(allowed["decision"], "allow", "{user}: {allowed}");
     }
     client.assess(&request("alice", &faces.impostor)).unwrap();
 
@@ -136,10 +141,8 @@ fn erasing_a_user_removes_templates_history_and_personal_log_fields() {
             .unwrap()
             .contains(&"no_enrolment".into())
     );
-    let bob = client
-        .assess(&request("bob", &new_capture(&faces.genuine, 1)))
-        .unwrap();
-    assert_eq!(bob["decision"], "allow");
+    let bob = client.assess(&request("bob", &bob_face)).unwrap();
+    assert_eq!(bob["decision"], "allow", "{bob}");
     // Erasing again finds no data, only the log of the assessment made since.
     let again = client.erase("alice").unwrap();
     assert_eq!(

@@ -6,7 +6,10 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
+use common::{
+    MASTER_KEY, TestServer, error_code, faces, open_vault, request, synthetic_face,
+    unlimited_config,
+};
 use tee_risk::client::Client;
 use tee_risk::crypto::aead::Sm4Gcm;
 use tee_risk::crypto::secret::SecretBytes;
@@ -143,7 +146,6 @@ fn rate_limits_answer_429_with_a_retry_time() {
 fn every_acknowledged_request_survives_repeated_sigkill_under_load() {
     const KILLS: u64 = 20;
     const SENDERS: usize = 3;
-    let faces = faces();
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
     let config = unlimited_config(dir.path());
@@ -156,11 +158,14 @@ fn every_acknowledged_request_survives_repeated_sigkill_under_load() {
         std::thread::scope(|scope| {
             for sender in 0..SENDERS {
                 let client = server.client_with_keys(keys_now.clone());
-                let (acknowledged, faces) = (&acknowledged, &faces);
+                let acknowledged = &acknowledged;
                 scope.spawn(move || {
                     for i in 0.. {
                         let user = format!("k{round}-{sender}-{i}");
-                        let Ok(enrolled) = client.enroll(&request(&user, &faces.enrol)) else {
+                        // A face of its own per account: one face twice is a conflict.
+                        let face =
+                            synthetic_face((round as usize) * 1_000_000 + sender * 100_000 + i);
+                        let Ok(enrolled) = client.enroll(&request(&user, &face)) else {
                             return;
                         };
                         assert_eq!(enrolled["templates"], 1);
@@ -168,7 +173,8 @@ fn every_acknowledged_request_survives_repeated_sigkill_under_load() {
                             .lock()
                             .unwrap()
                             .push(("enroll".into(), user.clone()));
-                        let Ok(assessed) = client.assess(&request(&user, &faces.genuine)) else {
+                        let probe = new_capture(&face, 1);
+                        let Ok(assessed) = client.assess(&request(&user, &probe)) else {
                             return;
                         };
                         let rid = assessed["rid"].as_str().unwrap().to_owned();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, dev_dataset};
+use common::{TestServer, dev_dataset, synthetic_face};
 use serde_json::Value;
 use tee_risk::client::{Client, FeatureRequest};
 use tee_risk::dataset::new_capture;
@@ -162,8 +162,13 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
                     let mut i = 0;
                     while rotating.load(Ordering::Relaxed) {
                         let (path, user, features) = if i % 5 == 4 {
-                            let (_, f) = &people[(t * 7919 + i) % people.len()];
-                            ("/v1/enroll", format!("new-{t}-{i}"), f.clone())
+                            // A face of its own: a seeded person's face would be an
+                            // identity conflict.
+                            (
+                                "/v1/enroll",
+                                format!("new-{t}-{i}"),
+                                synthetic_face(t * 1_000_000 + i),
+                            )
                         } else {
                             let (id, f) = &people[(t * 7919 + i) % people.len()];
                             ("/v1/assess", id.clone(), new_capture(f, t * 100_000 + i))
@@ -175,11 +180,21 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
                             device_id: None,
                         };
                         let answer = client.send(path, &request).unwrap();
-                        acked.push((answer["op"].as_str().unwrap().to_owned(), {
+                        // (what happened, user or rid): "enrolled" / "identity_conflict"
+                        // for enrolments, "assess" + the decision for assessments.
+                        let what = if path == "/v1/enroll" {
+                            answer["outcome"].as_str().unwrap().to_owned()
+                        } else {
+                            format!("assess:{}", answer["decision"].as_str().unwrap())
+                        };
+                        acked.push((what, {
                             if path == "/v1/enroll" {
                                 user
                             } else {
-                                assert_eq!(answer["decision"], "allow", "{answer}");
+                                // The test's people share dev faces across accounts (an
+                                // identity conflict by construction): any decision will do,
+                                // what counts is that it is answered and kept.
+                                assert!(answer["decision"].is_string(), "{answer}");
                                 answer["rid"].as_str().unwrap().to_owned()
                             }
                         }));
@@ -213,10 +228,19 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
 
     let assessed: Vec<&String> = acknowledged
         .iter()
-        .filter(|(op, _)| op == "assess")
+        .filter(|(op, _)| op.starts_with("assess"))
         .map(|(_, rid)| rid)
         .collect();
-    let enrolled = acknowledged.len() - assessed.len();
+    // Only enrolments without an identity conflict are stored; only allowed probes join
+    // the history.
+    let enrolled = acknowledged
+        .iter()
+        .filter(|(op, _)| op == "enrolled")
+        .count();
+    let allowed = acknowledged
+        .iter()
+        .filter(|(op, _)| op == "assess:allow")
+        .count();
     assert!(
         !assessed.is_empty() && enrolled > 0,
         "requests ran during rotation"
@@ -231,7 +255,7 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
     // Nothing lost, nothing left under the old key: the new key alone opens every record.
     let (user_data, history, logs) = counts_under_new_key(&data);
     assert_eq!(user_data, USERS + enrolled);
-    assert_eq!(history, seeded_history + assessed.len());
+    assert_eq!(history, seeded_history + allowed);
     assert_eq!(logs, seeded_history + assessed.len());
     let vault = open(&data, NEW_KEY, &[]);
     let logged: HashSet<String> = vault
@@ -244,7 +268,7 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
         assert!(logged.contains(*rid), "acknowledged assessment {rid} lost");
     }
     for (op, user) in &acknowledged {
-        if op == "enroll" {
+        if op == "enrolled" {
             assert_eq!(vault.templates(&vault.user(user), user).unwrap().len(), 1);
         }
     }

@@ -1,8 +1,16 @@
 //! Maps a similarity to the false-match rate measured at that similarity on real impostor
-//! pairs, so a risk score means "how often a different person scores this high".
-//! `tee-risk calibrate` measures the curve for a deployment's own embedding model.
+//! pairs, so a match signal means "how often a different person scores this high".
+//! A user with k templates is matched against their centroid, whose impostor scores are
+//! spread differently for each k: one curve per enrolment size. `tee-risk train` measures
+//! them for a deployment's own embedding model and ships them in the model file.
 
-use crate::risk::cosine;
+use serde::{Deserialize, Serialize};
+
+use crate::risk::{centroid, cosine};
+
+/// Enrolment sizes with a curve of their own; larger enrolments use the last one (their
+/// centroids are at least as well estimated, so its FMRs are conservative).
+pub const CALIBRATED_ENROLMENT_SIZES: usize = 5;
 
 /// FMR levels at which `measure` places curve points.
 pub const CALIBRATION_FMR_LEVELS: [f64; 15] = [
@@ -11,9 +19,76 @@ pub const CALIBRATION_FMR_LEVELS: [f64; 15] = [
 ];
 
 /// Points (similarity, FMR), similarity strictly increasing, FMR strictly decreasing.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<(f32, f64)>", into = "Vec<(f32, f64)>")]
 pub struct Calibration {
     points: Vec<(f32, f64)>,
+}
+
+impl TryFrom<Vec<(f32, f64)>> for Calibration {
+    type Error = String;
+    fn try_from(points: Vec<(f32, f64)>) -> Result<Self, String> {
+        Self::new(points)
+    }
+}
+
+impl From<Calibration> for Vec<(f32, f64)> {
+    fn from(c: Calibration) -> Self {
+        c.points
+    }
+}
+
+/// One curve per enrolment size 1, 2, …: `for_templates(k)` picks the one for a user with k
+/// templates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<Calibration>", into = "Vec<Calibration>")]
+pub struct CalibrationSet {
+    by_size: Vec<Calibration>,
+}
+
+impl TryFrom<Vec<Calibration>> for CalibrationSet {
+    type Error = String;
+    fn try_from(by_size: Vec<Calibration>) -> Result<Self, String> {
+        if by_size.is_empty() {
+            return Err("a calibration set needs the curve for one template at least".into());
+        }
+        Ok(Self { by_size })
+    }
+}
+
+impl From<CalibrationSet> for Vec<Calibration> {
+    fn from(c: CalibrationSet) -> Self {
+        c.by_size
+    }
+}
+
+impl CalibrationSet {
+    /// The curve for a user with `templates` templates (at least one).
+    pub fn for_templates(&self, templates: usize) -> &Calibration {
+        &self.by_size[templates.clamp(1, self.by_size.len()) - 1]
+    }
+
+    /// FMR of a centroid of `templates` templates at `similarity`.
+    pub fn false_match_rate(&self, templates: usize, similarity: f32) -> f64 {
+        self.for_templates(templates).false_match_rate(similarity)
+    }
+
+    /// Measures a curve for every enrolment size 1..=[`CALIBRATED_ENROLMENT_SIZES`] that the
+    /// data allows (sizes with too few impostor pairs are left out).
+    pub fn measure(identities: &[usize], embeddings: &[Vec<f32>]) -> Result<Self, String> {
+        let mut by_size = vec![Calibration::measure(identities, embeddings)?];
+        for k in 2..=CALIBRATED_ENROLMENT_SIZES {
+            match Calibration::measure_centroids(identities, embeddings, k) {
+                Ok(curve) => by_size.push(curve),
+                Err(_) => break,
+            }
+        }
+        Ok(Self { by_size })
+    }
+
+    pub fn sizes(&self) -> usize {
+        self.by_size.len()
+    }
 }
 
 impl Calibration {
@@ -68,7 +143,38 @@ impl Calibration {
     /// Measures the curve on labelled unit embeddings: every pair of different identities is
     /// an impostor attempt.
     pub fn measure(identities: &[usize], embeddings: &[Vec<f32>]) -> Result<Self, String> {
-        let impostor = impostor_scores(identities, embeddings);
+        Self::from_impostor_scores(impostor_scores(identities, embeddings))
+    }
+
+    /// Measures the curve of k-template enrolments: each identity's images, in order, form
+    /// disjoint groups of `k` whose centroid is compared with every image of every other
+    /// identity.
+    pub fn measure_centroids(
+        identities: &[usize],
+        embeddings: &[Vec<f32>],
+        k: usize,
+    ) -> Result<Self, String> {
+        let mut by_identity: std::collections::BTreeMap<usize, Vec<&[f32]>> = Default::default();
+        for (&id, e) in identities.iter().zip(embeddings) {
+            by_identity.entry(id).or_default().push(e);
+        }
+        let mut impostor = Vec::new();
+        for (&id, images) in &by_identity {
+            for group in images.chunks_exact(k) {
+                let c = centroid(group);
+                for (&other, e) in identities.iter().zip(embeddings) {
+                    if other != id {
+                        impostor.push(cosine(&c, e));
+                    }
+                }
+            }
+        }
+        impostor.sort_by(f32::total_cmp);
+        Self::from_impostor_scores(impostor)
+    }
+
+    /// The curve through sorted impostor scores at [`CALIBRATION_FMR_LEVELS`].
+    fn from_impostor_scores(impostor: Vec<f32>) -> Result<Self, String> {
         if impostor.len() < 1000 {
             return Err(format!(
                 "{} impostor pairs are too few to calibrate (need at least 1000)",

@@ -1,16 +1,22 @@
-//! Risk scoring: a pure function from a probe, its context and the enrolled templates to a
-//! decision with a calibrated score and reason codes. No I/O, so it is testable and
-//! benchmarkable alone; later signals (replay, conflicts, velocity…) extend [`Signals`].
+//! Risk scoring: a pure function from the signals of an attempt (match, copies, identity
+//! conflict, liveness, velocity, device, drift) to a decision with a score and reason codes.
+//! No I/O, so it is testable and benchmarkable alone; the service gathers the signals
+//! ([`gallery`], [`velocity`], the vault) and this module decides.
 
 pub mod calibration;
 pub mod eval;
+pub mod gallery;
+pub mod model;
+pub mod plots;
+pub mod train;
+pub mod velocity;
+
+use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use calibration::Calibration;
-
-/// Names the scoring logic in every response, so a decision can be traced to its model.
-pub const MODEL_VERSION: &str = "cosine-fmr-v3";
+pub use calibration::{Calibration, CalibrationSet};
+pub use model::{Feature, RiskModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,9 +32,9 @@ pub enum Decision {
 pub enum Reason {
     /// The claimed user has no enrolled template.
     NoEnrolment,
-    /// Best similarity is in the step-up band.
+    /// The match is in the step-up band (its FMR above `allow_max_fmr`).
     WeakMatch,
-    /// Best similarity is below the step-up band.
+    /// The match is below the step-up band.
     NoMatch,
     /// The client's liveness score is below the configured minimum.
     LowLiveness,
@@ -38,40 +44,116 @@ pub enum Reason {
     /// The probe is (nearly) a copy of one of the user's recent accepted probes: a replayed
     /// capture, denied however well it matches.
     ReplayedProbe,
+    /// The face matches another enrolled user: better than the claimed one (denied), or
+    /// beyond `conflict_max_fmr` (step-up). At enrolment: one face, many accounts.
+    IdentityConflict,
+    /// Many attempts for this user in the velocity window.
+    HighVelocity,
+    /// Attempts for this user were denied in the window.
+    RepeatedFailures,
+    /// This device tried several accounts in the window.
+    SharedDevice,
+    /// First time this device is seen with this user.
+    NewDevice,
+    /// The probe is far from the user's recent accepted probes.
+    Drift,
 }
 
-/// Thresholds and calibration, from `[risk]` in the config.
-#[derive(Debug, Clone)]
-pub struct RiskPolicy {
-    /// Scores at or below this are allowed.
-    pub allow_max_risk: f64,
-    /// Scores at or below this (and above `allow_max_risk`) need a step-up.
-    pub step_up_max_risk: f64,
-    /// A liveness score below this raises the risk to the step-up threshold.
-    pub min_liveness: f32,
-    /// A similarity at or above this (to a template or a recent probe) is a copy, not a new
-    /// capture.
-    pub copy_min_similarity: f32,
-    /// How many recent accepted probes a new one is compared with (`[risk] replay_history`).
-    pub replay_history: usize,
-    pub calibration: Calibration,
+impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Reason::NoEnrolment,
+        Reason::WeakMatch,
+        Reason::NoMatch,
+        Reason::LowLiveness,
+        Reason::TemplateInjection,
+        Reason::ReplayedProbe,
+        Reason::IdentityConflict,
+        Reason::HighVelocity,
+        Reason::RepeatedFailures,
+        Reason::SharedDevice,
+        Reason::NewDevice,
+        Reason::Drift,
+    ];
+}
+
+/// The best match among other enrolled users.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conflict {
+    /// Cosine of the probe with that user's centroid.
+    pub similarity: f32,
+    /// That user's template count (for the calibration curve).
+    pub templates: usize,
+    /// How many other users were searched: the best of N comparisons is N times as likely
+    /// to be a false match, so its FMR is corrected by N.
+    pub searched: usize,
+}
+
+impl Conflict {
+    /// FMR of the best of `searched` comparisons (Bonferroni: N × the per-pair FMR).
+    pub fn search_fmr(&self, calibration: &CalibrationSet) -> f64 {
+        (calibration.false_match_rate(self.templates, self.similarity) * self.searched as f64)
+            .min(1.0)
+    }
+}
+
+/// Attempts in the sliding windows, before this one (`[risk] velocity_window_secs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Velocity {
+    pub user_attempts: u32,
+    /// Of those, the denied ones.
+    pub user_failures: u32,
+    /// Other users this device was used for.
+    pub device_users: u32,
 }
 
 /// What the signals saw, before policy.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Signals {
-    /// Best cosine similarity to the user's templates; `None` without an enrolment.
-    pub best_similarity: Option<f32>,
+    /// The claimed user's template count; 0 = not enrolled.
+    pub templates: usize,
+    /// Cosine of the probe with the centroid of the user's templates.
+    pub match_similarity: Option<f32>,
+    /// Highest cosine of the probe with any single template (copies).
+    pub copy_similarity: Option<f32>,
+    /// Highest cosine with the user's recent accepted probes (replays and drift).
+    pub history_similarity: Option<f32>,
+    /// How many recent accepted probes were compared.
+    pub history: usize,
+    pub conflict: Option<Conflict>,
     pub liveness: Option<f32>,
-    /// Best cosine similarity to the user's recent accepted probes; `None` without any.
-    pub replay_similarity: Option<f32>,
+    pub velocity: Velocity,
+    pub new_device: bool,
+}
+
+/// Thresholds and the model, from `[risk]` in the config and the model file.
+#[derive(Debug, Clone)]
+pub struct RiskPolicy {
+    pub model: Arc<RiskModel>,
+    /// An otherwise unremarkable attempt is allowed when its match FMR is at most this…
+    pub allow_max_fmr: f64,
+    /// …and stepped up when at most this. The score thresholds are the model's scores at
+    /// these FMRs ([`RiskModel::score_at_fmr`]).
+    pub step_up_max_fmr: f64,
+    /// A liveness score below this raises the risk to step-up at least.
+    pub min_liveness: f32,
+    /// A similarity at or above this (to a template or a recent probe) is a copy.
+    pub copy_min_similarity: f32,
+    /// How many recent accepted probes a new one is compared with.
+    pub replay_history: usize,
+    /// A match to another enrolled user whose FMR, corrected for the number of users
+    /// searched, is at most this is an identity conflict at assessment…
+    pub conflict_max_fmr: f64,
+    /// …and at enrolment, where a missed conflict lets one face open a second account and a
+    /// false one only delays an enrolment, so the bar is lower.
+    pub enrolment_conflict_max_fmr: f64,
+    /// A context signal is named as a reason when it adds at least this to the log-odds.
+    pub reason_min_log_odds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assessment {
     pub decision: Decision,
-    /// Risk in [0, 1], higher is riskier: the false-match rate at the observed similarity,
-    /// raised by other signals.
+    /// Probability of fraud in [0, 1] from the model; 1 for the hard rules.
     pub score: f64,
     pub reasons: Vec<Reason>,
 }
@@ -81,18 +163,36 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Gathers the signals for a unit-length `probe` against unit-length `templates` and the
-/// user's `recent` accepted probes.
+/// The unit-length mean of unit vectors: a robust template for several enrolment images.
+pub fn centroid<T: AsRef<[f32]>>(vectors: &[T]) -> Vec<f32> {
+    let dim = vectors.first().map_or(0, |v| v.as_ref().len());
+    let mut sum = vec![0.0f32; dim];
+    for v in vectors {
+        for (s, x) in sum.iter_mut().zip(v.as_ref()) {
+            *s += x;
+        }
+    }
+    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        sum.iter_mut().for_each(|x| *x /= norm);
+    }
+    sum
+}
+
+/// The match signals of a unit-length `probe` against the user's unit-length `templates` and
+/// `recent` accepted probes; the caller adds conflict, liveness, velocity and device.
 pub fn signals<T: AsRef<[f32]>, R: AsRef<[f32]>>(
     probe: &[f32],
-    liveness: Option<f32>,
     templates: &[T],
     recent: &[R],
 ) -> Signals {
     Signals {
-        best_similarity: best_cosine(probe, templates),
-        liveness,
-        replay_similarity: best_cosine(probe, recent),
+        templates: templates.len(),
+        match_similarity: (!templates.is_empty()).then(|| cosine(probe, &centroid(templates))),
+        copy_similarity: best_cosine(probe, templates),
+        history_similarity: best_cosine(probe, recent),
+        history: recent.len(),
+        ..Signals::default()
     }
 }
 
@@ -127,60 +227,131 @@ impl Reason {
             Reason::LowLiveness => "low_liveness",
             Reason::TemplateInjection => "template_injection",
             Reason::ReplayedProbe => "replayed_probe",
+            Reason::IdentityConflict => "identity_conflict",
+            Reason::HighVelocity => "high_velocity",
+            Reason::RepeatedFailures => "repeated_failures",
+            Reason::SharedDevice => "shared_device",
+            Reason::NewDevice => "new_device",
+            Reason::Drift => "drift",
         }
     }
 }
 
+/// Context signals named as reasons when the model finds them risky enough.
+const CONTEXT_REASONS: [(Feature, Reason); 5] = [
+    (Feature::UserAttempts, Reason::HighVelocity),
+    (Feature::UserFailures, Reason::RepeatedFailures),
+    (Feature::DeviceUsers, Reason::SharedDevice),
+    (Feature::NewDevice, Reason::NewDevice),
+    (Feature::Drift, Reason::Drift),
+];
+
 impl RiskPolicy {
+    /// The model's version, named in every assessment.
+    pub fn model_version(&self) -> &str {
+        &self.model.version
+    }
+
+    /// Scores at or below this are allowed.
+    pub fn allow_max_risk(&self) -> f64 {
+        self.model.score_at_fmr(self.allow_max_fmr)
+    }
+
+    /// Scores at or below this (and above [`Self::allow_max_risk`]) are stepped up.
+    pub fn step_up_max_risk(&self) -> f64 {
+        self.model.score_at_fmr(self.step_up_max_fmr)
+    }
+
+    /// Whether a probe's best match among other users makes it that user's face.
+    pub fn is_conflict(&self, conflict: &Conflict) -> bool {
+        conflict.search_fmr(&self.model.calibration) <= self.conflict_max_fmr
+    }
+
+    /// Whether a new template's best match among other users makes it a second account for
+    /// one face.
+    pub fn is_enrolment_conflict(&self, conflict: &Conflict) -> bool {
+        conflict.search_fmr(&self.model.calibration) <= self.enrolment_conflict_max_fmr
+    }
+
     pub fn decide(&self, signals: &Signals) -> Assessment {
-        let Some(similarity) = signals.best_similarity else {
-            return Assessment {
-                decision: Decision::Deny,
-                score: 1.0,
-                reasons: vec![Reason::NoEnrolment],
-            };
+        let (Some(similarity), Some(copy)) = (signals.match_similarity, signals.copy_similarity)
+        else {
+            return Assessment::hard(Reason::NoEnrolment);
         };
         // Hard rules: a copy of an enrolled template or of a recent probe is denied, however
         // well it matches.
-        let copy = if similarity >= self.copy_min_similarity {
-            Some(Reason::TemplateInjection)
-        } else if signals
-            .replay_similarity
+        if copy >= self.copy_min_similarity {
+            return Assessment::hard(Reason::TemplateInjection);
+        }
+        if signals
+            .history_similarity
             .is_some_and(|s| s >= self.copy_min_similarity)
         {
-            Some(Reason::ReplayedProbe)
-        } else {
-            None
-        };
-        if let Some(reason) = copy {
-            return Assessment {
-                decision: Decision::Deny,
-                score: 1.0,
-                reasons: vec![reason],
-            };
+            return Assessment::hard(Reason::ReplayedProbe);
         }
-        let mut score = self.calibration.false_match_rate(similarity);
+        let x = self.model.features(signals);
+        let mut score = self.model.probability(&x);
+        let (allow_max, step_up_max) = (self.allow_max_risk(), self.step_up_max_risk());
         let mut reasons = Vec::new();
-        if score > self.step_up_max_risk {
+        let fmr = self
+            .model
+            .calibration
+            .false_match_rate(signals.templates, similarity);
+        if fmr > self.step_up_max_fmr {
             reasons.push(Reason::NoMatch);
-        } else if score > self.allow_max_risk {
+        } else if fmr > self.allow_max_fmr {
             reasons.push(Reason::WeakMatch);
+        }
+        // One face, many accounts: matching someone else better than the claimed user is a
+        // deny; matching someone else at all, a step-up.
+        if let Some(conflict) = signals.conflict.filter(|c| self.is_conflict(c)) {
+            reasons.push(Reason::IdentityConflict);
+            score = if conflict.similarity >= similarity {
+                score.max(next_above(step_up_max))
+            } else {
+                score.max(next_above(allow_max))
+            };
         }
         if signals.liveness.is_some_and(|l| l < self.min_liveness) {
             reasons.push(Reason::LowLiveness);
-            score = score.max(self.step_up_max_risk);
+            score = score.max(next_above(allow_max));
+        }
+        for (feature, reason) in CONTEXT_REASONS {
+            if self.model.contribution(&x, feature) >= self.reason_min_log_odds {
+                reasons.push(reason);
+            }
+        }
+        let decision = self.decision_for(score);
+        // Every refusal is explained: when no signal was strong enough alone, name the one
+        // that added most to the risk.
+        if decision != Decision::Allow && reasons.is_empty() {
+            let (feature, _) = Feature::ALL
+                .iter()
+                .map(|&f| (f, self.model.contribution(&x, f)))
+                .filter(|(f, _)| *f != Feature::MatchEvidence)
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("features are not empty");
+            reasons.push(match feature {
+                Feature::LivenessDeficit => Reason::LowLiveness,
+                Feature::ConflictEvidence => Reason::IdentityConflict,
+                Feature::UserAttempts => Reason::HighVelocity,
+                Feature::UserFailures => Reason::RepeatedFailures,
+                Feature::DeviceUsers => Reason::SharedDevice,
+                Feature::NewDevice => Reason::NewDevice,
+                Feature::Drift | Feature::MatchEvidence => Reason::Drift,
+            });
         }
         Assessment {
-            decision: self.decision_for(score),
+            decision,
             score,
             reasons,
         }
     }
 
     fn decision_for(&self, score: f64) -> Decision {
-        if score <= self.allow_max_risk {
+        if score <= self.allow_max_risk() {
             Decision::Allow
-        } else if score <= self.step_up_max_risk {
+        } else if score <= self.step_up_max_risk() {
             Decision::StepUp
         } else {
             Decision::Deny
@@ -188,134 +359,275 @@ impl RiskPolicy {
     }
 }
 
+/// The smallest score above a threshold (a floor that moves the decision one band up).
+fn next_above(threshold: f64) -> f64 {
+    (threshold + 1e-6).min(1.0)
+}
+
+impl Assessment {
+    /// A hard rule's verdict: denied with the highest score.
+    fn hard(reason: Reason) -> Self {
+        Self {
+            decision: Decision::Deny,
+            score: 1.0,
+            reasons: vec![reason],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn policy() -> RiskPolicy {
-        RiskPolicy {
-            allow_max_risk: 0.001,
-            step_up_max_risk: 0.01,
-            min_liveness: 0.5,
-            copy_min_similarity: 0.9999,
-            replay_history: 8,
-            calibration: Calibration::new(vec![(0.8, 0.5), (0.9, 0.01), (0.95, 0.001)]).unwrap(),
+        Config::builtin().risk_policy().unwrap()
+    }
+
+    /// A normal genuine attempt: two templates, a strong match (FMR about 10⁻⁵), recent
+    /// history of the same face, nobody else close, a live capture from a known device.
+    fn genuine() -> Signals {
+        Signals {
+            templates: 2,
+            match_similarity: Some(0.97),
+            copy_similarity: Some(0.95),
+            history_similarity: Some(0.96),
+            history: 4,
+            conflict: Some(Conflict {
+                similarity: 0.7,
+                templates: 2,
+                searched: 100,
+            }),
+            liveness: Some(0.95),
+            velocity: Velocity::default(),
+            new_device: false,
         }
     }
 
-    fn decide(similarity: Option<f32>, liveness: Option<f32>) -> Assessment {
-        policy().decide(&Signals {
-            best_similarity: similarity,
-            liveness,
-            replay_similarity: None,
-        })
+    fn decide(change: impl FnOnce(&mut Signals)) -> Assessment {
+        let mut s = genuine();
+        change(&mut s);
+        policy().decide(&s)
     }
 
     #[test]
-    fn strong_match_is_allowed_without_reasons() {
-        let a = decide(Some(0.97), Some(0.9));
-        assert_eq!(a.decision, Decision::Allow);
-        assert!(a.reasons.is_empty());
-        assert!(a.score <= 0.001);
+    fn a_normal_genuine_attempt_is_allowed_without_reasons() {
+        let a = decide(|_| {});
+        assert_eq!((a.decision, a.reasons), (Decision::Allow, vec![]));
+        assert!(a.score <= policy().allow_max_risk());
+        // And so without the optional signals.
+        let bare = decide(|s| {
+            s.liveness = None;
+            s.conflict = None;
+            s.history_similarity = None;
+            s.history = 0;
+        });
+        assert_eq!((bare.decision, bare.reasons), (Decision::Allow, vec![]));
+    }
+
+    /// Each reason fires on the attempt it describes (and on a normal genuine attempt none
+    /// does: the test above).
+    #[test]
+    fn every_reason_fires_on_its_own_case() {
+        let p = policy();
+        let similarity_at = |fmr: f64| {
+            // The k = 2 curve's similarity with this FMR, by bisection.
+            let (mut low, mut high) = (0.0f32, 1.0f32);
+            for _ in 0..40 {
+                let mid = (low + high) / 2.0;
+                if p.model.calibration.false_match_rate(2, mid) > fmr {
+                    low = mid;
+                } else {
+                    high = mid;
+                }
+            }
+            high
+        };
+        type Case<'a> = (Reason, Box<dyn FnOnce(&mut Signals) + 'a>, Decision);
+        let cases: Vec<Case<'_>> = vec![
+            (
+                Reason::NoEnrolment,
+                Box::new(|s| *s = Signals::default()),
+                Decision::Deny,
+            ),
+            (
+                Reason::WeakMatch,
+                Box::new(move |s| s.match_similarity = Some(similarity_at(0.003))),
+                Decision::StepUp,
+            ),
+            (
+                Reason::NoMatch,
+                Box::new(|s| s.match_similarity = Some(0.75)),
+                Decision::Deny,
+            ),
+            (
+                Reason::LowLiveness,
+                Box::new(|s| s.liveness = Some(0.2)),
+                Decision::Deny,
+            ),
+            (
+                Reason::TemplateInjection,
+                Box::new(|s| s.copy_similarity = Some(1.0)),
+                Decision::Deny,
+            ),
+            (
+                Reason::ReplayedProbe,
+                Box::new(|s| s.history_similarity = Some(0.99995)),
+                Decision::Deny,
+            ),
+            (
+                Reason::IdentityConflict,
+                Box::new(|s| {
+                    s.conflict = Some(Conflict {
+                        similarity: 0.98,
+                        templates: 2,
+                        searched: 100,
+                    })
+                }),
+                Decision::Deny,
+            ),
+            (
+                Reason::HighVelocity,
+                Box::new(|s| s.velocity.user_attempts = 30),
+                Decision::Allow,
+            ),
+            (
+                Reason::RepeatedFailures,
+                Box::new(|s| s.velocity.user_failures = 20),
+                Decision::Allow,
+            ),
+            (
+                Reason::SharedDevice,
+                Box::new(|s| s.velocity.device_users = 10),
+                Decision::Allow,
+            ),
+            (
+                Reason::NewDevice,
+                Box::new(|s| s.new_device = true),
+                Decision::Allow,
+            ),
+            (
+                Reason::Drift,
+                Box::new(|s| s.history_similarity = Some(0.8)),
+                Decision::Allow,
+            ),
+        ];
+        let mut covered = Vec::new();
+        for (reason, change, at_least) in cases {
+            let a = decide(change);
+            assert!(a.reasons.contains(&reason), "{reason:?}: {a:?}");
+            assert!(
+                rank(a.decision) >= rank(at_least),
+                "{reason:?} gave {a:?}, expected at least {at_least:?}"
+            );
+            assert!(
+                a.score > decide(|_| {}).score,
+                "{reason:?} must raise the score"
+            );
+            covered.push(reason);
+        }
+        assert_eq!(covered, Reason::ALL, "every reason code has a case");
+    }
+
+    fn rank(d: Decision) -> u8 {
+        match d {
+            Decision::Allow => 0,
+            Decision::StepUp => 1,
+            Decision::Deny => 2,
+        }
     }
 
     #[test]
-    fn no_enrolment_is_denied() {
-        let a = decide(None, None);
-        assert_eq!(
-            (a.decision, a.score, a.reasons),
-            (Decision::Deny, 1.0, vec![Reason::NoEnrolment])
+    fn context_signals_together_turn_a_strong_match_into_a_refusal() {
+        let a = decide(|s| {
+            s.new_device = true;
+            s.velocity = Velocity {
+                user_attempts: 12,
+                user_failures: 9,
+                device_users: 6,
+            };
+        });
+        assert_ne!(a.decision, Decision::Allow, "{a:?}");
+        for r in [
+            Reason::NewDevice,
+            Reason::HighVelocity,
+            Reason::RepeatedFailures,
+            Reason::SharedDevice,
+        ] {
+            assert!(a.reasons.contains(&r), "{r:?} in {a:?}");
+        }
+    }
+
+    #[test]
+    fn a_conflict_is_never_allowed_and_a_stronger_one_than_the_claim_is_denied() {
+        let conflict = |similarity| {
+            decide(move |s| {
+                s.match_similarity = Some(0.97);
+                s.conflict = Some(Conflict {
+                    similarity,
+                    templates: 2,
+                    searched: 100,
+                });
+            })
+        };
+        let weaker = conflict(0.955);
+        assert!(
+            weaker.reasons.contains(&Reason::IdentityConflict),
+            "{weaker:?}"
         );
+        assert_ne!(weaker.decision, Decision::Allow);
+        let stronger = conflict(0.975);
+        assert_eq!(stronger.decision, Decision::Deny);
     }
 
     #[test]
-    fn weak_match_steps_up() {
-        let a = decide(Some(0.92), None);
-        assert_eq!(
-            (a.decision, a.reasons),
-            (Decision::StepUp, vec![Reason::WeakMatch])
-        );
-    }
-
-    #[test]
-    fn poor_match_is_denied() {
-        let a = decide(Some(0.85), None);
-        assert_eq!(
-            (a.decision, a.reasons),
-            (Decision::Deny, vec![Reason::NoMatch])
-        );
-    }
-
-    #[test]
-    fn low_liveness_steps_up_a_strong_match_but_never_lowers_risk() {
-        let a = decide(Some(0.97), Some(0.2));
-        assert_eq!(
-            (a.decision, a.reasons),
-            (Decision::StepUp, vec![Reason::LowLiveness])
-        );
-        let b = decide(Some(0.85), Some(0.2));
-        assert_eq!(b.decision, Decision::Deny);
-        assert_eq!(b.reasons, vec![Reason::NoMatch, Reason::LowLiveness]);
-    }
-
-    #[test]
-    fn score_rises_as_similarity_falls() {
-        let scores: Vec<f64> = [0.99, 0.95, 0.92, 0.9, 0.85, 0.8, 0.5]
-            .iter()
-            .map(|&s| decide(Some(s), None).score)
-            .collect();
-        assert!(scores.windows(2).all(|w| w[0] <= w[1]), "{scores:?}");
-    }
-
-    #[test]
-    fn a_copy_of_a_template_is_denied_however_well_it_matches() {
+    fn copies_are_denied_however_well_they_match_and_new_captures_are_not() {
         for similarity in [1.0, 0.99995] {
-            let a = decide(Some(similarity), Some(0.99));
+            let a = decide(|s| {
+                s.match_similarity = Some(similarity);
+                s.copy_similarity = Some(similarity);
+            });
             assert_eq!(
                 (a.decision, a.score, a.reasons),
                 (Decision::Deny, 1.0, vec![Reason::TemplateInjection])
             );
         }
         // The closest two captures of one face in the dev set come to 0.9963: allowed.
-        let genuine = decide(Some(0.9963), Some(0.99));
-        assert_eq!(genuine.decision, Decision::Allow);
-        assert!(genuine.reasons.is_empty());
-    }
-
-    #[test]
-    fn a_replayed_probe_is_denied_and_a_new_capture_is_not() {
-        let replay = policy().decide(&Signals {
-            best_similarity: Some(0.97),
-            liveness: Some(0.99),
-            replay_similarity: Some(1.0),
+        let genuine = decide(|s| {
+            s.copy_similarity = Some(0.9963);
+            s.history_similarity = Some(0.9963);
         });
         assert_eq!(
-            (replay.decision, replay.score, replay.reasons),
-            (Decision::Deny, 1.0, vec![Reason::ReplayedProbe])
+            (genuine.decision, genuine.reasons),
+            (Decision::Allow, vec![])
         );
-        let genuine = policy().decide(&Signals {
-            best_similarity: Some(0.97),
-            liveness: Some(0.99),
-            replay_similarity: Some(0.9963),
-        });
-        assert_eq!(genuine.decision, Decision::Allow);
-        assert!(genuine.reasons.is_empty());
     }
 
     #[test]
-    fn signals_take_the_best_template_and_the_closest_recent_probe() {
+    fn score_rises_as_the_match_weakens() {
+        let scores: Vec<f64> = [0.99, 0.97, 0.95, 0.93, 0.9, 0.85, 0.8]
+            .iter()
+            .map(|&m| decide(|s| s.match_similarity = Some(m)).score)
+            .collect();
+        assert!(scores.windows(2).all(|w| w[0] <= w[1]), "{scores:?}");
+    }
+
+    #[test]
+    fn signals_use_the_centroid_for_the_match_and_every_template_for_copies() {
         let none: [Vec<f32>; 0] = [];
         let s = signals(
             &[1.0, 0.0],
-            None,
             &[vec![0.0, 1.0], vec![0.6, 0.8]],
             &[vec![0.8, 0.6]],
         );
-        assert!((s.best_similarity.unwrap() - 0.6).abs() < 1e-6);
-        assert!((s.replay_similarity.unwrap() - 0.8).abs() < 1e-6);
-        let empty = signals(&[1.0, 0.0], None, &none, &none);
+        let centroid = centroid(&[vec![0.0f32, 1.0], vec![0.6, 0.8]]);
+        assert!((s.match_similarity.unwrap() - centroid[0]).abs() < 1e-6);
+        assert!((s.copy_similarity.unwrap() - 0.6).abs() < 1e-6);
+        assert!((s.history_similarity.unwrap() - 0.8).abs() < 1e-6);
+        assert_eq!((s.templates, s.history), (2, 1));
+        let empty = signals(&[1.0, 0.0], &none, &none);
         assert_eq!(
-            (empty.best_similarity, empty.replay_similarity),
+            (empty.match_similarity, empty.history_similarity),
             (None, None)
         );
     }
@@ -325,12 +637,7 @@ mod tests {
         for d in [Decision::Allow, Decision::StepUp, Decision::Deny] {
             assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
         }
-        for r in [
-            Reason::NoEnrolment,
-            Reason::WeakMatch,
-            Reason::NoMatch,
-            Reason::LowLiveness,
-        ] {
+        for r in Reason::ALL {
             assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
         }
     }

@@ -131,6 +131,25 @@ pub(super) struct UserRecord {
     #[serde(default)]
     pub(super) user_id: String,
     pub(super) templates: Vec<StoredTemplate>,
+    /// SM3 (hex) of the devices seen with this user, most recent first: enrolment and
+    /// allowed assessments (for the new-device signal). Absent in older records.
+    #[serde(default)]
+    pub(super) devices: Vec<String>,
+}
+
+/// What the vault holds about an enrolled user: templates (unit vectors) and known devices.
+#[derive(Default)]
+pub struct Enrolment {
+    pub templates: Vec<Zeroizing<Vec<f32>>>,
+    /// SM3 (hex) of known device ids, most recent first.
+    pub devices: Vec<String>,
+}
+
+/// Puts `device` first in a most-recent-first list of at most `max`.
+fn remember(devices: &mut Vec<String>, device: &str, max: usize) {
+    devices.retain(|d| d != device);
+    devices.insert(0, device.to_owned());
+    devices.truncate(max);
 }
 
 #[derive(Serialize, Deserialize, Zeroize)]
@@ -587,18 +606,67 @@ impl Vault {
         user: &UserRef,
         user_id: &str,
     ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
+        Ok(self.enrolment(user, user_id)?.templates)
+    }
+
+    /// The user's templates and known devices (see [`Vault::templates`]).
+    pub fn enrolment(&self, user: &UserRef, user_id: &str) -> Result<Enrolment, VaultError> {
         let Some((index, sealed)) = self.find_user(user)? else {
-            return Ok(Vec::new());
+            return Ok(Enrolment::default());
         };
         let mut record: UserRecord = self.unseal(Table::UserData, &index, &sealed)?;
         if record.user_id.is_empty() {
             self.update_user(user, user_id, &|_| Ok(()))?;
         }
-        Ok(record
-            .templates
-            .iter_mut()
-            .map(|t| Zeroizing::new(std::mem::take(&mut t.features)))
-            .collect())
+        Ok(Enrolment {
+            templates: record
+                .templates
+                .iter_mut()
+                .map(|t| Zeroizing::new(std::mem::take(&mut t.features)))
+                .collect(),
+            devices: std::mem::take(&mut record.devices),
+        })
+    }
+
+    /// Every enrolled user's id and templates (to build the in-memory gallery at start).
+    /// Records from before user ids were sealed are left out until their user is next seen.
+    pub fn enrolled_users(&self) -> Result<Vec<(String, Enrolment)>, VaultError> {
+        let mut users = Vec::new();
+        for (key, sealed) in self.store.scan(Table::UserData)? {
+            let mut record: UserRecord = self.unseal(Table::UserData, &key, &sealed)?;
+            if record.user_id.is_empty() {
+                continue;
+            }
+            let templates = record
+                .templates
+                .iter_mut()
+                .map(|t| Zeroizing::new(std::mem::take(&mut t.features)))
+                .collect();
+            users.push((
+                std::mem::take(&mut record.user_id),
+                Enrolment {
+                    templates,
+                    devices: std::mem::take(&mut record.devices),
+                },
+            ));
+        }
+        Ok(users)
+    }
+
+    /// Adds `device` (SM3 hex) to the user's known devices, keeping the `max` most recent.
+    /// Not durable until [`Vault::flush`].
+    pub fn remember_device(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+        device: &str,
+        max: usize,
+    ) -> Result<(), VaultError> {
+        self.update_user(user, user_id, &|record| {
+            remember(&mut record.devices, device, max);
+            Ok(())
+        })
+        .map(|_| ())
     }
 
     /// The user's `limit` most recent accepted probes (unit vectors), newest first, under
@@ -635,6 +703,19 @@ impl Vault {
         now: i64,
         max_templates: usize,
     ) -> Result<usize, VaultError> {
+        self.enrol_from(user, user_id, template, now, max_templates, None)
+    }
+
+    /// [`Vault::enrol`], remembering the enrolling device (SM3 hex, at most `max_devices`).
+    pub fn enrol_from(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+        template: &[f32],
+        now: i64,
+        max_templates: usize,
+        device: Option<(&str, usize)>,
+    ) -> Result<usize, VaultError> {
         self.update_user(user, user_id, &|record| {
             if record.templates.len() >= max_templates {
                 return Err(VaultError::TemplateLimit(max_templates));
@@ -643,6 +724,9 @@ impl Vault {
                 features: template.to_vec(),
                 enrolled_at: now,
             });
+            if let Some((device, max)) = device {
+                remember(&mut record.devices, device, max);
+            }
             Ok(())
         })
     }

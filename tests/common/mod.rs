@@ -258,10 +258,10 @@ pub fn faces() -> Faces {
         .max_by(|a, b| risk::cosine(enrol, a).total_cmp(&risk::cosine(enrol, b)))
         .unwrap();
     let impostor = &data.samples[(0..ids.len()).find(|&i| ids[i] != ids[0]).unwrap()].embedding;
-    let policy = Config::builtin().risk_policy();
+    let policy = Config::builtin().risk_policy().unwrap();
     let decide = |probe: &[f32]| {
         policy
-            .decide(&risk::signals::<_, &[f32]>(probe, None, &[enrol], &[]))
+            .decide(&risk::signals::<_, &[f32]>(probe, &[enrol], &[]))
             .decision
     };
     assert_eq!(decide(genuine), Decision::Allow);
@@ -271,6 +271,16 @@ pub fn faces() -> Faces {
         genuine: genuine.clone(),
         impostor: impostor.clone(),
     }
+}
+
+/// The `n`-th of many distinct synthetic faces (random directions: no two match, so each can
+/// be enrolled under its own account without an identity conflict); `new_capture` of one
+/// matches it at about 0.995.
+pub fn synthetic_face(n: usize) -> Vec<f32> {
+    tee_risk::dataset::new_capture(&[0.0; 128], n)
+        .iter()
+        .map(|x| x * 10.0)
+        .collect()
 }
 
 pub fn request(user: &str, features: &[f32]) -> FeatureRequest {
