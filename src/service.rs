@@ -180,11 +180,6 @@ impl Service {
             })
     }
 
-    /// Users in the in-memory gallery.
-    pub fn gallery_size(&self) -> usize {
-        self.gallery.len()
-    }
-
     /// `POST /v1/enroll`: adds the probe as a template of the user, unless the face is
     /// already enrolled under another account (identity conflict: nothing is stored).
     pub fn enroll(&self, body: &[u8], now: i64) -> Result<SignedResponse, ApiError> {
@@ -213,7 +208,7 @@ impl Service {
                 .device_id
                 .as_deref()
                 .map(|d| hex::encode(device_key(d)));
-            let count = match self.vault.enrol_from(
+            let templates = match self.vault.enrol_from(
                 &user,
                 &probe.user_id,
                 &probe.features,
@@ -221,16 +216,12 @@ impl Service {
                 self.max_templates,
                 device.as_deref().map(|d| (d, self.max_devices)),
             ) {
-                Ok(count) => count,
+                Ok(templates) => templates,
                 Err(VaultError::TemplateLimit(max)) => return Err(ApiError::TemplateLimit(max)),
                 Err(e) => return Err(internal(e)),
             };
-            let templates = self
-                .vault
-                .templates(&user, &probe.user_id)
-                .map_err(internal)?;
             self.gallery.set(key, &templates);
-            ("enrolled", count, Vec::new())
+            ("enrolled", templates.len(), Vec::new())
         };
         drop(probe);
         timer.lap(Stage::StoreWrite);

@@ -150,9 +150,7 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
             scores
                 .genuine_similarity
                 .push(s.match_similarity.unwrap_or(-1.0));
-            scores
-                .genuine_risk
-                .push(policy.model.probability(&policy.model.features(&s)));
+            scores.genuine_risk.push(policy.model.score(&s));
             let is_allowed = assessment.decision == Decision::Allow;
             genuine_allowed += usize::from(is_allowed);
             genuine_stepped_up += usize::from(assessment.decision == Decision::StepUp);
@@ -162,7 +160,7 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
                     .iter()
                     .any(|r| matches!(r, Reason::TemplateInjection | Reason::ReplayedProbe)),
             );
-            let in_context = with_context(s, genuine_context(&mut rng));
+            let in_context = genuine_context(&mut rng).apply(s);
             genuine_context_allowed +=
                 usize::from(policy.decide(&in_context).decision == Decision::Allow);
             if is_allowed {
@@ -181,11 +179,9 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
                 scores
                     .impostor_similarity
                     .push(s.match_similarity.unwrap_or(-1.0));
-                scores
-                    .impostor_risk
-                    .push(policy.model.probability(&policy.model.features(&s)));
+                scores.impostor_risk.push(policy.model.score(&s));
                 impostor_allowed += usize::from(assessment.decision == Decision::Allow);
-                burst_allowed += usize::from(allowed(policy, &with_context(s, burst)));
+                burst_allowed += usize::from(allowed(policy, &burst.apply(s)));
                 s.conflict = conflict(&similarity[j][m], i, None);
                 enrolled_allowed += usize::from(allowed(policy, &s));
             }
@@ -251,13 +247,6 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
     })
 }
 
-fn with_context(mut s: Signals, c: Context) -> Signals {
-    s.liveness = c.liveness;
-    s.velocity = c.velocity;
-    s.new_device = c.new_device;
-    s
-}
-
 #[derive(Default)]
 struct Tally {
     total: usize,
@@ -303,7 +292,7 @@ fn recent<'h, 'a>(history: &'h [&'a [f32]], policy: &RiskPolicy) -> &'h [&'a [f3
 }
 
 /// FNMR at the lowest threshold whose FMR is at most `fmr` (sorted ascending inputs).
-pub fn fnmr_at_fmr(genuine: &[f32], impostor: &[f32], fmr: f64) -> f64 {
+fn fnmr_at_fmr(genuine: &[f32], impostor: &[f32], fmr: f64) -> f64 {
     let allowed_impostors = (fmr * impostor.len() as f64).floor() as usize;
     // Accept similarity > threshold, where threshold is the impostor score that leaves at
     // most `allowed_impostors` above it.

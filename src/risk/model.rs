@@ -242,6 +242,11 @@ impl RiskModel {
         1.0 / (1.0 + (-self.log_odds(x)).exp())
     }
 
+    /// The model's score of an attempt's signals (before hard rules and floors).
+    pub fn score(&self, signals: &Signals) -> f64 {
+        self.probability(&self.features(signals))
+    }
+
     /// How much `feature` adds to the log-odds of this attempt.
     pub fn contribution(&self, x: &FeatureVector, feature: Feature) -> f64 {
         let i = Feature::ALL

@@ -151,11 +151,14 @@ pub struct Sample {
     pub signals: Signals,
 }
 
-fn with_context(mut s: Signals, c: Context) -> Signals {
-    s.liveness = c.liveness;
-    s.velocity = c.velocity;
-    s.new_device = c.new_device;
-    s
+impl Context {
+    /// The signals of an attempt in this context.
+    pub fn apply(self, mut s: Signals) -> Signals {
+        s.liveness = self.liveness;
+        s.velocity = self.velocity;
+        s.new_device = self.new_device;
+        s
+    }
 }
 
 /// The generated attempts for every enrolment size: per identity its genuine attempts and
@@ -189,10 +192,7 @@ pub fn generate(samples: &[Labelled], seed: u64) -> Vec<Sample> {
             let templates = &images[..k];
             let mut history: Vec<&[f32]> = Vec::new();
             for probe in &images[k..] {
-                let mut s = with_context(
-                    signals(probe, templates, &history),
-                    genuine_context(&mut rng),
-                );
+                let mut s = genuine_context(&mut rng).apply(signals(probe, templates, &history));
                 s.conflict = conflict(probe, i, None);
                 out.push(Sample {
                     kind: Kind::Genuine,
@@ -202,7 +202,7 @@ pub fn generate(samples: &[Labelled], seed: u64) -> Vec<Sample> {
             }
             let recent = &history[history.len().saturating_sub(8)..];
             let attack = |kind: Kind, probe: &[f32], absent: Option<usize>, c: Context| {
-                let mut s = with_context(signals(probe, templates, recent), c);
+                let mut s = c.apply(signals(probe, templates, recent));
                 s.conflict = conflict(probe, i, absent);
                 Sample { kind, signals: s }
             };

@@ -145,6 +145,23 @@ pub struct Enrolment {
     pub devices: Vec<String>,
 }
 
+impl UserRecord {
+    /// Moves the templates out (the record is wiped on drop; the vectors in `Zeroizing`).
+    fn take_templates(&mut self) -> Vec<Zeroizing<Vec<f32>>> {
+        self.templates
+            .iter_mut()
+            .map(|t| Zeroizing::new(std::mem::take(&mut t.features)))
+            .collect()
+    }
+
+    fn take_enrolment(&mut self) -> Enrolment {
+        Enrolment {
+            templates: self.take_templates(),
+            devices: std::mem::take(&mut self.devices),
+        }
+    }
+}
+
 /// Puts `device` first in a most-recent-first list of at most `max`.
 fn remember(devices: &mut Vec<String>, device: &str, max: usize) {
     devices.retain(|d| d != device);
@@ -618,14 +635,7 @@ impl Vault {
         if record.user_id.is_empty() {
             self.update_user(user, user_id, &|_| Ok(()))?;
         }
-        Ok(Enrolment {
-            templates: record
-                .templates
-                .iter_mut()
-                .map(|t| Zeroizing::new(std::mem::take(&mut t.features)))
-                .collect(),
-            devices: std::mem::take(&mut record.devices),
-        })
+        Ok(record.take_enrolment())
     }
 
     /// Every enrolled user's id and templates (to build the in-memory gallery at start).
@@ -637,18 +647,7 @@ impl Vault {
             if record.user_id.is_empty() {
                 continue;
             }
-            let templates = record
-                .templates
-                .iter_mut()
-                .map(|t| Zeroizing::new(std::mem::take(&mut t.features)))
-                .collect();
-            users.push((
-                std::mem::take(&mut record.user_id),
-                Enrolment {
-                    templates,
-                    devices: std::mem::take(&mut record.devices),
-                },
-            ));
+            users.push((std::mem::take(&mut record.user_id), record.take_enrolment()));
         }
         Ok(users)
     }
@@ -704,9 +703,11 @@ impl Vault {
         max_templates: usize,
     ) -> Result<usize, VaultError> {
         self.enrol_from(user, user_id, template, now, max_templates, None)
+            .map(|templates| templates.len())
     }
 
-    /// [`Vault::enrol`], remembering the enrolling device (SM3 hex, at most `max_devices`).
+    /// [`Vault::enrol`], remembering the enrolling device (SM3 hex, at most `max_devices`);
+    /// returns all of the user's templates as stored (for the in-memory gallery).
     pub fn enrol_from(
         &self,
         user: &UserRef,
@@ -715,7 +716,7 @@ impl Vault {
         now: i64,
         max_templates: usize,
         device: Option<(&str, usize)>,
-    ) -> Result<usize, VaultError> {
+    ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
         self.update_user(user, user_id, &|record| {
             if record.templates.len() >= max_templates {
                 return Err(VaultError::TemplateLimit(max_templates));
@@ -734,13 +735,13 @@ impl Vault {
     /// Read-modify-write of a user's record, atomic per user: a compare-and-swap, retried
     /// when a concurrent enrolment (or the rotation moving this user) got there first, so
     /// no update is lost. A record still under an old key's index moves to the current
-    /// index on the way. Returns the template count.
+    /// index on the way. Returns the templates as stored.
     fn update_user(
         &self,
         user: &UserRef,
         user_id: &str,
         change: &dyn Fn(&mut UserRecord) -> Result<(), VaultError>,
-    ) -> Result<usize, VaultError> {
+    ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
         let target = *user.current();
         loop {
             let found = self.find_user(user)?;
@@ -751,7 +752,6 @@ impl Vault {
             change(&mut record)?;
             record.user_id = user_id.to_owned();
             let sealed = self.seal_value(Table::UserData, &target, &record)?;
-            let count = record.templates.len();
             match found {
                 Some((index, old)) if index != target => {
                     // Moving to the current index: create it, then remove the old copy.
@@ -762,7 +762,7 @@ impl Vault {
                     {
                         self.store
                             .compare_and_swap(Table::UserData, &index, Some(&old), None)?;
-                        return Ok(count);
+                        return Ok(record.take_templates());
                     }
                 }
                 found => {
@@ -773,7 +773,7 @@ impl Vault {
                         expected,
                         Some(sealed),
                     )? {
-                        return Ok(count);
+                        return Ok(record.take_templates());
                     }
                 }
             }
