@@ -25,12 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tee_risk::access::ClientCredential;
+use tee_risk::app::server::LISTENING_PREFIX;
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
 use tee_risk::crypto::sm2::IdentityKey;
-use tee_risk::dataset::{Dataset, new_capture};
-use tee_risk::metrics::{Stage, sample};
-use tee_risk::server::LISTENING_PREFIX;
+use tee_risk::lab::{Dataset, new_capture};
+use tee_risk::obs::metrics::{Stage, sample};
+use tee_risk::protocol::client_auth::ClientCredential;
 
 /// Share of assess requests that claim another user's identity (impostors).
 const IMPOSTOR_EVERY: usize = 10;

@@ -5,21 +5,22 @@
 use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use tee_risk::access::{ClientCredential, ClientRegistry, Permission};
+use tee_risk::app::config::Config;
 use tee_risk::client::FeatureRequest;
-use tee_risk::config::Config;
 use tee_risk::crypto::aead::Sm4Gcm;
 use tee_risk::crypto::kdf::{hkdf_sm3, hmac_sm3};
 use tee_risk::crypto::secret::SecretBytes;
 use tee_risk::crypto::sm2::{DecryptionKey, IdentityKey};
 use tee_risk::crypto::{sm3, sm3_hex};
-use tee_risk::envelope::request::{ProtectedHeader, RequestEnvelope, seal};
-use tee_risk::envelope::response::ResponseSigner;
+use tee_risk::obs::unix_now;
+use tee_risk::protocol::client_auth::ClientCredential;
+use tee_risk::protocol::request::{ProtectedHeader, RequestEnvelope, seal};
+use tee_risk::protocol::response::ResponseSigner;
 use tee_risk::risk;
 use tee_risk::service::Service;
+use tee_risk::service::access::{ClientRegistry, Permission};
 use tee_risk::store::keys::{SALT_LEN, TableKeys};
 use tee_risk::store::{MasterKey, SledStore, Store, Table, Vault, record};
-use tee_risk::time::unix_now;
 use zeroize::Zeroizing;
 
 const KIB4: usize = 4096;
@@ -223,7 +224,7 @@ fn request_flow(c: &mut Criterion) {
     let vault = Vault::open(store, &MasterKey::generate().unwrap()).unwrap();
     let mut config = Config::builtin();
     config.protocol.replay_cache_capacity = 10_000_000;
-    let service = Service::new(&config, vault, unix_now()).unwrap();
+    let service = Service::new(&config.service_settings().unwrap(), vault, unix_now()).unwrap();
     let plaintext = request_plaintext();
     let body_for = |now| {
         let encryption = service.encryption_public();

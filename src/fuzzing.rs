@@ -4,14 +4,14 @@
 
 use std::sync::OnceLock;
 
+use crate::app::config::{Config, DEFAULT_CONFIG_TOML};
 use crate::attest::verify::{Policy, SimPolicy};
 use crate::attest::{Evidence, sim::SimReport, snp};
-use crate::config::{Config, DEFAULT_CONFIG_TOML};
-use crate::envelope::request::RequestEnvelope;
-use crate::envelope::response::SignedResponse;
-use crate::features::{EraseRequest, Probe};
+use crate::protocol::payload::{EraseRequest, Probe};
+use crate::protocol::request::RequestEnvelope;
+use crate::protocol::response::SignedResponse;
+use crate::store::RiskLogEntry;
 use crate::store::keys::TableKeys;
-use crate::store::vault::RiskLogEntry;
 use crate::store::{MasterKey, Table, record};
 
 /// A request body: the envelope parser, then (as if it had decrypted) the payload parsers,
@@ -22,7 +22,7 @@ pub fn envelope(data: &[u8]) {
     let _ = Probe::parse(data, 2);
     let _ = EraseRequest::parse(data);
     if let Ok(signed) = serde_json::from_slice::<SignedResponse>(data) {
-        let _ = crate::envelope::response::verify(fixed_key().public(), &signed);
+        let _ = crate::protocol::response::verify(fixed_key().public(), &signed);
     }
 }
 
@@ -57,7 +57,10 @@ pub fn config(data: &[u8]) {
     };
     let _ = Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, text]);
     let _ = toml::from_str::<Policy>(text);
-    let _ = crate::access::ClientRegistry::from_toml(text, std::path::Path::new("/nonexistent"));
+    let _ = crate::service::access::ClientRegistry::from_toml(
+        text,
+        std::path::Path::new("/nonexistent"),
+    );
 }
 
 fn fixed_key() -> &'static crate::crypto::sm2::IdentityKey {
@@ -81,7 +84,7 @@ fn permissive_policy() -> &'static Policy {
         let pem = std::env::temp_dir().join(format!("tee-risk-fuzz-{}.pem", std::process::id()));
         std::fs::write(&pem, fixed_key().public().to_pem()).expect("write the sim key");
         Policy {
-            allowed_tee: vec!["sim".into(), "snp".into(), "csv".into()],
+            allowed_tee: crate::attest::TeeKind::ALL.to_vec(),
             measurements: vec![],
             allow_any_measurement: true,
             allow_debug: true,
@@ -99,13 +102,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     use crate::attest::Attester;
     use crate::attest::sim::SimPlatform;
     use crate::crypto::sm2::{DecryptionKey, IdentityKey};
-    use crate::envelope::request::{ProtectedHeader, seal};
+    use crate::protocol::request::{ProtectedHeader, seal};
 
     let recipient = DecryptionKey::generate().expect("key");
     let header = ProtectedHeader::new(&recipient.public().kid(), 1_800_000_000).expect("header");
     let probe = br#"{"user_id":"alice","features":[0.1,0.2],"liveness":0.9,"device_id":"d"}"#;
     let body = seal(recipient.public(), &header, probe).expect("seal");
-    let signed = crate::envelope::response::ResponseSigner::new(fixed_key().public())
+    let signed = crate::protocol::response::ResponseSigner::new(fixed_key().public())
         .sign(fixed_key(), br#"{"op":"assess","rid":"r"}"#)
         .expect("sign");
 

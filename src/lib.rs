@@ -1,27 +1,42 @@
 //! tee-risk: risk scoring of face-verification attempts inside a TEE, with SM2, SM3 and SM4.
 //!
-//! Data flows one way: `api` (HTTP) → `service` (one request's flow) → `risk`, `store`,
-//! `envelope` → `crypto` (the only module that touches raw key bytes).
+//! The layers, top to bottom; each imports only layers below it (docs/ARCHITECTURE.md):
+//!
+//! ```text
+//! app        config, secrets, start-up, background tasks           (feature `server`)
+//! http       routes, handlers, service error → status + code      (feature `server`)
+//! service    one request's flow, service keys, replay, limits, access
+//! risk · store · attest · protocol
+//!            scoring (pure) · sealed storage · attestation · the wire (pure)
+//! crypto     the only code that touches key bytes                 obs: metrics, clock
+//! ```
+//! Beside them, for callers outside the TEE: `client` (feature `client`) and `lab`
+//! (feature `lab`: datasets, training, evaluation, plots).
 
 #![deny(unsafe_code)]
 
-pub mod access;
-pub mod api;
+#[cfg(feature = "server")]
+pub mod app;
 pub mod attest;
+#[cfg(feature = "client")]
 pub mod client;
-pub mod config;
 pub mod crypto;
-pub mod dataset;
-pub mod envelope;
-pub mod error;
-pub mod features;
+#[cfg(feature = "server")]
+#[doc(hidden)]
 pub mod fuzzing;
-pub mod keyset;
-pub mod limits;
-pub mod metrics;
-pub mod replay;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "lab")]
+pub mod lab;
+pub mod obs;
+pub mod protocol;
 pub mod risk;
-pub mod server;
 pub mod service;
 pub mod store;
-pub mod time;
+
+pub use attest::{AttestError, Evidence, Policy, TeeKind, Verified};
+pub use crypto::CryptoError;
+pub use protocol::client_auth::ClientCredential;
+pub use risk::{Decision, Reason, RiskPolicy};
+pub use service::{Service, ServiceError, Settings};
+pub use store::{MasterKey, Vault, VaultError};

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, openssl_sm2_keypair, request};
-use tee_risk::access::ClientCredential;
 use tee_risk::client::Client;
 use tee_risk::crypto::sm2::IdentityKey;
-use tee_risk::dataset::new_capture;
-use tee_risk::store::vault::ERASED_USER;
+use tee_risk::lab::new_capture;
+use tee_risk::protocol::client_auth::ClientCredential;
+use tee_risk::store::ERASED_USER;
 
 /// A clients file with `full` (every permission) and `assessor` (assess only).
 fn two_clients(dir: &Path) -> (Arc<ClientCredential>, Arc<ClientCredential>, String) {
@@ -262,8 +262,10 @@ fn a_client_key_made_by_openssl_works_and_openssl_verifies_its_signatures() {
         Some(MASTER_KEY),
         &["--no-test-client", "--clients", &clients],
     );
-    let credential =
-        Arc::new(ClientCredential::load("bank-backend", &tmp.join("client.key")).unwrap());
+    let credential = Arc::new(ClientCredential::new(
+        "bank-backend",
+        tee_risk::crypto::keyfile::load_sm2_key(&tmp.join("client.key")).unwrap(),
+    ));
     let client = Client::fetch_keys(&server.url)
         .unwrap()
         .with_credential(credential.clone());
@@ -279,7 +281,7 @@ fn a_client_key_made_by_openssl_works_and_openssl_verifies_its_signatures() {
         .authorization("POST", "/v1/enroll", body)
         .unwrap();
     let signature = header.rsplit_once(':').unwrap().1;
-    let signature = tee_risk::envelope::b64_decode(signature).unwrap();
+    let signature = tee_risk::protocol::b64_decode(signature).unwrap();
     let mut message = b"tee-risk/client-request/v1\0bank-backend\0POST\0/v1/enroll\0".to_vec();
     message.extend_from_slice(&tee_risk::crypto::sm3(body));
     std::fs::write(tmp.join("msg"), &message).unwrap();

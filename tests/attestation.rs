@@ -6,9 +6,9 @@ mod common;
 use std::path::Path;
 
 use common::{MASTER_KEY, TestServer};
-use tee_risk::attest::verify::Policy;
+use tee_risk::app::server::SIM_PLATFORM_PEM;
+use tee_risk::attest::Policy;
 use tee_risk::client::{Client, FeatureRequest};
-use tee_risk::server::SIM_PLATFORM_PEM;
 
 fn dev_policy(dir: &Path, keys: &Path) -> Policy {
     let path = dir.join("policy.toml");
@@ -32,7 +32,7 @@ fn a_client_attests_then_sends_and_the_default_policy_refuses_sim() {
 
     let (client, verified) = Client::attest(&server.url, &dev_policy(dir.path(), &keys)).unwrap();
     let client = client.with_credential(server.credential.clone());
-    assert_eq!(verified.tee, "sim");
+    assert_eq!(verified.tee.as_str(), "sim");
     assert!(!verified.debug, "production mode reports no debug flag");
     assert_eq!(verified.measurement.len(), 64);
     let tofu = Client::fetch_keys(&server.url).unwrap();

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::Command;
 
 use common::dev_dataset;
+use tee_risk::lab::Labelled;
+use tee_risk::lab::train;
 use tee_risk::risk::RiskModel;
-use tee_risk::risk::eval::Labelled;
 use tee_risk::risk::model::DEFAULT_MODEL_JSON;
-use tee_risk::risk::train;
 
 #[test]
 fn shipped_model_is_the_dev_training_result() {

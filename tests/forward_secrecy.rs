@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
+use tee_risk::app::config::Config;
 use tee_risk::client::FeatureRequest;
-use tee_risk::config::Config;
 use tee_risk::crypto::secret::SecretBytes;
 use tee_risk::crypto::sm2::{DecryptionKey, IdentityKey, PublicKey};
-use tee_risk::envelope::request::{ProtectedHeader, RequestEnvelope, seal};
-use tee_risk::error::ApiError;
+use tee_risk::obs::unix_now;
+use tee_risk::protocol::request::{ProtectedHeader, RequestEnvelope, seal};
 use tee_risk::service::Service;
+use tee_risk::service::ServiceError;
 use tee_risk::store::{MasterKey, SledStore, Store, Vault};
-use tee_risk::time::unix_now;
 
 /// A fixed identity scalar, so the test can build the "stolen identity key" below.
 const IDENTITY_SCALAR: [u8; 32] = [0x42; 32];
@@ -40,7 +40,8 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
     let identity =
         IdentityKey::from_scalar(&SecretBytes::from_slice(&IDENTITY_SCALAR).unwrap()).unwrap();
     let t0 = unix_now();
-    let service = Service::with_identity(&config, vault, identity, t0).unwrap();
+    let service =
+        Service::with_identity(&config.service_settings().unwrap(), vault, identity, t0).unwrap();
     let live_key = service.encryption_public();
 
     // While the key is live: requests to it are served.
@@ -66,7 +67,7 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
     service.maintain_keys(after).unwrap();
     assert!(matches!(
         service.assess(&recorded, after),
-        Err(ApiError::RetiredKid)
+        Err(ServiceError::RetiredKid)
     ));
     assert!(
         !service
@@ -96,6 +97,6 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
     );
     assert!(matches!(
         service.assess(&unknown, after),
-        Err(ApiError::UnknownKid)
+        Err(ServiceError::UnknownKid)
     ));
 }

@@ -13,10 +13,10 @@ use common::{
 use tee_risk::client::Client;
 use tee_risk::crypto::aead::Sm4Gcm;
 use tee_risk::crypto::secret::SecretBytes;
-use tee_risk::dataset::new_capture;
-use tee_risk::envelope::b64_encode;
-use tee_risk::envelope::request::{ProtectedHeader, seal};
-use tee_risk::time::unix_now;
+use tee_risk::lab::new_capture;
+use tee_risk::obs::unix_now;
+use tee_risk::protocol::b64_encode;
+use tee_risk::protocol::request::{ProtectedHeader, seal};
 
 /// Sends a request for `user` to the server's current key under the request id `rid`: what
 /// a client reusing an id (or an attacker who knows a plaintext) would send.

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use common::{TestServer, dev_dataset, synthetic_face};
 use serde_json::Value;
 use tee_risk::client::{Client, FeatureRequest};
-use tee_risk::dataset::new_capture;
+use tee_risk::lab::new_capture;
+use tee_risk::store::RiskLogEntry;
 use tee_risk::store::keys::MasterKey;
-use tee_risk::store::vault::RiskLogEntry;
 use tee_risk::store::{OpenMode, SledStore, Store, Table, Vault};
 
 const OLD_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";

@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
 use serde_json::{Value, json};
-use tee_risk::access::{ClientCredential, DevClient};
+use tee_risk::app::server::IDENTITY_PEM;
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
-use tee_risk::dataset::new_capture;
-use tee_risk::envelope::request::{ProtectedHeader, seal};
-use tee_risk::envelope::{b64_decode, b64_encode};
-use tee_risk::server::IDENTITY_PEM;
-use tee_risk::store::vault::TableCounts;
-use tee_risk::time::unix_now;
+use tee_risk::lab::new_capture;
+use tee_risk::obs::unix_now;
+use tee_risk::protocol::client_auth::ClientCredential;
+use tee_risk::protocol::request::{ProtectedHeader, seal};
+use tee_risk::protocol::{b64_decode, b64_encode};
+use tee_risk::service::access::DevClient;
+use tee_risk::store::TableCounts;
 
 #[test]
 fn enrol_assess_signed_and_pinned() {
@@ -39,7 +40,7 @@ fn enrol_assess_signed_and_pinned() {
         pinned.identity, pinned.encryption,
         "signing and encryption keys are separate"
     );
-    let document: tee_risk::service::KeysDocument = ureq::get(format!("{}/v1/keys", server.url))
+    let document: tee_risk::protocol::KeysDocument = ureq::get(format!("{}/v1/keys", server.url))
         .call()
         .unwrap()
         .body_mut()
@@ -72,7 +73,9 @@ fn enrol_assess_signed_and_pinned() {
     let genuine = client.assess(&request("alice", &faces.genuine)).unwrap();
     assert_eq!(genuine["decision"], "allow", "{genuine}");
     assert_eq!(genuine["reasons"], json!([]));
-    let policy = tee_risk::config::Config::builtin().risk_policy().unwrap();
+    let policy = tee_risk::app::config::Config::builtin()
+        .risk_policy()
+        .unwrap();
     assert_eq!(genuine["model"], policy.model_version());
     assert_eq!(enrolled["model"], policy.model_version());
     assert!(genuine["score"].as_f64().unwrap() <= policy.allow_max_risk());
@@ -361,7 +364,7 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
         .body_mut()
         .read_to_string()
         .unwrap();
-    let value = |series: &str| tee_risk::metrics::sample(&metrics, series).unwrap();
+    let value = |series: &str| tee_risk::obs::metrics::sample(&metrics, series).unwrap();
     assert_eq!(
         value("tee_risk_http_requests_total{route=\"assess\",status=\"200\"}"),
         answered as f64
@@ -459,15 +462,17 @@ fn dev_mode_generates_a_key_and_warns_and_production_mode_needs_one() {
     let server = TestServer::start(&data, &keys, None, &["--dev", "--no-test-client"]);
     assert!(server.stderr().contains("DEVELOPMENT MODE"));
     assert!(server.stderr().contains("DEVELOPMENT client `dev`"));
-    let dev_client =
-        Arc::new(ClientCredential::load(DevClient::ID, &DevClient::key_file(&data)).unwrap());
+    let dev_client = Arc::new(ClientCredential::new(
+        DevClient::ID,
+        tee_risk::crypto::keyfile::load_sm2_key(&DevClient::key_file(&data)).unwrap(),
+    ));
     Client::fetch_keys(&server.url)
         .unwrap()
         .with_credential(dev_client.clone())
         .enroll(&request("dev-user", &faces.enrol))
         .unwrap();
     server.stop();
-    let key_file = data.join(tee_risk::server::DEV_KEY_FILE);
+    let key_file = data.join(tee_risk::app::secrets::DEV_KEY_FILE);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

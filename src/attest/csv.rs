@@ -26,6 +26,7 @@ use codicon::Decoder;
 use csv_rs::api::guest::{AttestationReport, AttestationReportWrapper, TeeInfo};
 use csv_rs::certs::{Algorithm, Usage, Verifiable, builtin::HRK, ca, csv};
 
+use super::{AttestError, Check, EvidenceError, err};
 use crate::crypto::kdf::hmac_sm3;
 
 /// TEE info (0x150 bytes) ‖ signer (2,212 bytes): a version-1 report.
@@ -55,28 +56,25 @@ pub struct CsvFacts {
     pub chip_serial: String,
 }
 
-/// A failed step: (check name, detail).
-pub type CsvError = (&'static str, String);
-
-fn err(check: &'static str, detail: impl Into<String>) -> CsvError {
-    (check, detail.into())
-}
-
 /// Gets a report binding `report_data` from `/dev/csv-guest`, with the HSK ‖ CEK file when
 /// the operator provides one. Only works inside a CSV guest.
 pub fn guest_report(
     report_data: [u8; 64],
     hsk_cek_file: Option<&Path>,
-) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
-    let mut guest = csv_rs::api::guest::CsvGuest::open()
-        .map_err(|e| format!("cannot open /dev/csv-guest: {e}"))?;
+) -> Result<(Vec<u8>, Option<Vec<u8>>), EvidenceError> {
+    let device = |detail: String| EvidenceError::Device {
+        device: "/dev/csv-guest",
+        detail,
+    };
+    let mut guest =
+        csv_rs::api::guest::CsvGuest::open().map_err(|e| device(format!("cannot open: {e}")))?;
     let wrapper = guest
         .get_report(Some(report_data), None)
-        .map_err(|e| format!("CSV_GET_REPORT failed: {e:?}"))?;
+        .map_err(|e| device(format!("CSV_GET_REPORT failed: {e:?}")))?;
     let report = AttestationReport::try_from(&wrapper)
-        .map_err(|e| format!("the firmware's report does not parse: {e}"))?;
-    let mut bytes =
-        bincode::serialize(&report).map_err(|e| format!("cannot encode the report: {e}"))?;
+        .map_err(|e| device(format!("the firmware's report does not parse: {e}")))?;
+    let mut bytes = bincode::serialize(&report)
+        .map_err(|e| device(format!("cannot encode the report: {e}")))?;
     // bincode prefixes the enum variant (u32); the report itself follows, padded to 4 KiB.
     bytes.drain(..4);
     bytes.truncate(match report {
@@ -84,9 +82,10 @@ pub fn guest_report(
         AttestationReport::V2(_) => REPORT_V2_LEN,
     });
     let hsk_cek = match hsk_cek_file {
-        Some(path) => {
-            Some(std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
-        }
+        Some(path) => Some(std::fs::read(path).map_err(|source| EvidenceError::File {
+            path: path.to_owned(),
+            source,
+        })?),
         None => None,
     };
     Ok((bytes, hsk_cek))
@@ -102,13 +101,13 @@ pub fn verify(
     report: &[u8],
     inline_hsk_cek: Option<&[u8]>,
     hsk_cek_dir: Option<&Path>,
-) -> Result<CsvFacts, CsvError> {
+) -> Result<CsvFacts, AttestError> {
     let (info_len, flags) = match report.len() {
         REPORT_V1_LEN => (0x150, 0),
         REPORT_V2_LEN => (0x490, 1),
         other => {
             return Err(err(
-                "format",
+                Check::Format,
                 format!(
                     "a CSV report is {REPORT_V1_LEN} (v1) or {REPORT_V2_LEN} (v2) bytes, not {other}"
                 ),
@@ -119,7 +118,7 @@ pub fn verify(
     let mut padded = report.to_vec();
     let wrapper = AttestationReportWrapper::new(EXTENDED_MAGIC, flags, &mut padded);
     let parsed = AttestationReport::try_from(&wrapper)
-        .map_err(|e| err("format", format!("not a CSV report: {e}")))?;
+        .map_err(|e| err(Check::Format, format!("not a CSV report: {e}")))?;
     let tee_info = parsed.tee_info();
     // The PEK's signature does not cover these two fields: insist on the only values a
     // genuine report carries, so that no byte of an accepted report can vary.
@@ -127,7 +126,7 @@ pub fn verify(
         || Algorithm::from(tee_info.sig_algo()) != Algorithm::SM2_SA
     {
         return Err(err(
-            "format",
+            Check::Format,
             "the report is not marked as signed by the PEK with SM2",
         ));
     }
@@ -139,16 +138,23 @@ pub fn verify(
         (Some(bytes), _) => bytes.to_vec(),
         (None, Some(dir)) => {
             let path = dir.join(hsk_cek_file_name(&chip_serial));
-            std::fs::read(&path)
-                .map_err(|e| err("platform", format!("no HSK/CEK at {}: {e}", path.display())))?
+            std::fs::read(&path).map_err(|e| {
+                err(
+                    Check::Platform,
+                    format!("no HSK/CEK at {}: {e}", path.display()),
+                )
+            })?
         }
         (None, None) => {
-            return Err(err("platform", "no HSK/CEK inline and no HSK/CEK folder"));
+            return Err(err(
+                Check::Platform,
+                "no HSK/CEK inline and no HSK/CEK folder",
+            ));
         }
     };
     if hsk_cek.len() != HSK_CEK_LEN {
         return Err(err(
-            "platform",
+            Check::Platform,
             format!("HSK ‖ CEK is {HSK_CEK_LEN} bytes, not {}", hsk_cek.len()),
         ));
     }
@@ -163,12 +169,12 @@ pub fn verify(
     ];
     if let Some((name, _, _)) = usages.iter().find(|(_, have, want)| have != want) {
         return Err(err(
-            "platform",
+            Check::Platform,
             format!("the {name} certificate is not marked for {name} use"),
         ));
     }
     let link = |ok: std::io::Result<()>, what: &str| {
-        ok.map_err(|_| err("platform", format!("{what} does not verify")))
+        ok.map_err(|_| err(Check::Platform, format!("{what} does not verify")))
     };
     link((&hrk, &hrk).verify(), "the Hygon root key's self-signature")?;
     link((&hrk, &hsk).verify(), "HRK → HSK")?;
@@ -198,7 +204,7 @@ fn unmask_signer(
     signer: &[u8],
     tee_info: &TeeInfo<'_>,
     masked_mnonce: &[u8; 16],
-) -> Result<(Vec<u8>, String), CsvError> {
+) -> Result<(Vec<u8>, String), AttestError> {
     let (masked_part, mac) = signer.split_at(SIGNER_LEN - 32);
     let anonce = tee_info.anonce();
     let xor = |bytes: &[u8]| -> Vec<u8> {
@@ -223,7 +229,7 @@ fn unmask_signer(
         )
     } else {
         return Err(err(
-            "platform",
+            Check::Platform,
             "the signer block's MAC does not verify (PEK or chip serial altered)",
         ));
     };
@@ -233,7 +239,7 @@ fn unmask_signer(
         || serial[serial_text.len()..].iter().any(|b| *b != 0)
     {
         return Err(err(
-            "format",
+            Check::Format,
             "the chip serial is not ASCII letters and digits padded with zeros",
         ));
     }
@@ -241,39 +247,42 @@ fn unmask_signer(
     Ok((pek, serial_text))
 }
 
-fn fixed<const N: usize>(bytes: Vec<u8>, what: &str) -> Result<[u8; N], CsvError> {
+fn fixed<const N: usize>(bytes: Vec<u8>, what: &str) -> Result<[u8; N], AttestError> {
     bytes
         .try_into()
-        .map_err(|_| err("format", format!("{what} has the wrong length")))
+        .map_err(|_| err(Check::Format, format!("{what} has the wrong length")))
 }
 
-fn check_signature_padding(signature: &[u8]) -> Result<(), CsvError> {
+fn check_signature_padding(signature: &[u8]) -> Result<(), AttestError> {
     let (r, s) = signature.split_at(SIGNATURE_FIELD);
     if r[SM2_SCALAR..]
         .iter()
         .chain(&s[SM2_SCALAR..])
         .any(|b| *b != 0)
     {
-        return Err(err("format", "the report signature's padding is not zero"));
+        return Err(err(
+            Check::Format,
+            "the report signature's padding is not zero",
+        ));
     }
     Ok(())
 }
 
-fn check_user_id_len(len: u16, name: &str) -> Result<(), CsvError> {
+fn check_user_id_len(len: u16, name: &str) -> Result<(), AttestError> {
     if usize::from(len) > USER_ID_CAPACITY {
         return Err(err(
-            "platform",
+            Check::Platform,
             format!("the {name} certificate's user id length {len} exceeds {USER_ID_CAPACITY}"),
         ));
     }
     Ok(())
 }
 
-fn decode_csv_cert(bytes: &[u8], name: &str) -> Result<csv::Certificate, CsvError> {
+fn decode_csv_cert(bytes: &[u8], name: &str) -> Result<csv::Certificate, AttestError> {
     decode_cert(bytes, name, |c: &csv::Certificate| c.body.data.uid_size)
 }
 
-fn decode_ca_cert(bytes: &[u8], name: &str) -> Result<ca::Certificate, CsvError> {
+fn decode_ca_cert(bytes: &[u8], name: &str) -> Result<ca::Certificate, AttestError> {
     decode_cert(bytes, name, |c: &ca::Certificate| c.body.uid_size)
 }
 
@@ -282,10 +291,10 @@ fn decode_cert<C: Decoder<(), Error = std::io::Error>>(
     bytes: &[u8],
     name: &str,
     uid_size: fn(&C) -> u16,
-) -> Result<C, CsvError> {
+) -> Result<C, AttestError> {
     let cert = C::decode(bytes, ()).map_err(|e| {
         err(
-            "platform",
+            Check::Platform,
             format!("the {name} certificate does not parse: {e}"),
         )
     })?;
@@ -319,10 +328,10 @@ mod tests {
         unmasked
     }
 
-    fn platform_failure(report: &[u8], hsk_cek: &[u8]) -> &'static str {
+    fn platform_failure(report: &[u8], hsk_cek: &[u8]) -> Check {
         verify(report, Some(hsk_cek), None)
             .expect_err("must fail")
-            .0
+            .check
     }
 
     #[test]
@@ -383,7 +392,7 @@ mod tests {
             // unmasks the MAC key, so it is bound through the MAC.
             match verify(&tampered, Some(&hsk_cek), None) {
                 Ok(facts) => panic!("flip at byte {index} (mask {mask:#x}) verified: {facts:?}"),
-                Err((check, _)) => assert!(["platform", "format"].contains(&check)),
+                Err(e) => assert!([Check::Platform, Check::Format].contains(&e.check)),
             }
         }
     }
@@ -404,7 +413,7 @@ mod tests {
         assert_eq!(platform_failure(&report, &hsk_cek[..832]), "platform");
         assert_eq!(platform_failure(&report[..100], &hsk_cek), "format");
         assert_eq!(
-            verify(&report, None, None).expect_err("no HSK/CEK").0,
+            verify(&report, None, None).expect_err("no HSK/CEK").check,
             "platform"
         );
     }
@@ -420,12 +429,12 @@ mod tests {
         let uid_size_at = uid_size_offset(&unmasked[0x150..0x150 + 2084]);
         let mut bad_pek = unmasked.clone();
         bad_pek[0x150 + uid_size_at..0x150 + uid_size_at + 2].copy_from_slice(&[0xff, 0xff]);
-        let (check, detail) = verify(&bad_pek, Some(&hsk_cek), None).unwrap_err();
+        let AttestError { check, detail } = verify(&bad_pek, Some(&hsk_cek), None).unwrap_err();
         assert_eq!(check, "platform");
         assert!(detail.contains("user id length"), "{detail}");
         let mut bad_cek = hsk_cek.clone();
         bad_cek[832 + uid_size_at..832 + uid_size_at + 2].copy_from_slice(&[0xff, 0xff]);
-        let (_, detail) = verify(&report, Some(&bad_cek), None).unwrap_err();
+        let detail = verify(&report, Some(&bad_cek), None).unwrap_err().detail;
         assert!(detail.contains("user id length"), "{detail}");
     }
 
@@ -445,7 +454,7 @@ mod tests {
         let (report, hsk_cek) = vectors();
         let dir = tempfile::tempdir().unwrap();
         let err = verify(&report, None, Some(dir.path())).unwrap_err();
-        assert!(err.1.contains("NZA9T14052605.cert"), "{}", err.1);
+        assert!(err.detail.contains("NZA9T14052605.cert"), "{}", err.detail);
         std::fs::write(
             dir.path().join(hsk_cek_file_name("NZA9T14052605")),
             &hsk_cek,

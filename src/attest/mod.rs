@@ -17,13 +17,163 @@ pub mod snp;
 pub mod verify;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::sm2::PublicKey;
-use crate::crypto::sm3;
-use crate::envelope::b64_encode;
-use crate::service::PublicJwk;
+use crate::crypto::{CryptoError, sm3};
+use crate::protocol::{PublicJwk, b64_encode};
+
+pub use verify::{Policy, PolicyError, Verified};
+
+/// The kinds of TEE this crate attests and verifies. Chosen by this enum, never by a string:
+/// a kind this build cannot verify is named, not silently skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeKind {
+    /// A simulated TEE: reports signed by a pinned local key. Proves nothing about hardware.
+    Sim,
+    /// AMD SEV-SNP.
+    Snp,
+    /// Hygon CSV (verified by builds with the `csv` feature).
+    Csv,
+}
+
+impl TeeKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [TeeKind; 3] = [TeeKind::Sim, TeeKind::Snp, TeeKind::Csv];
+
+    /// The name on the wire and in policy and config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TeeKind::Sim => "sim",
+            TeeKind::Snp => "snp",
+            TeeKind::Csv => "csv",
+        }
+    }
+}
+
+impl std::fmt::Display for TeeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TeeKind {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        TeeKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or(())
+    }
+}
+
+/// The checks a verifier runs, in order; a refusal names the one that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Check {
+    /// The evidence or report does not parse (or does not re-encode to the same bytes).
+    Format,
+    /// The TEE kind is unknown, not allowed by the policy, or not verifiable by this build.
+    TeeKind,
+    /// The evidence answers another nonce.
+    Nonce,
+    /// The identity key is not a valid SM2 signing key.
+    IdentityKey,
+    /// The platform's signature chain (sim key, AMD or Hygon roots) does not hold.
+    Platform,
+    /// The chip id in the report and in its certificate differ.
+    ChipId,
+    /// The reported TCB is below the policy's floor.
+    Tcb,
+    /// The report was not made at VMPL 0.
+    Vmpl,
+    /// report_data does not bind the nonce and the identity key.
+    ReportData,
+    /// The measurement is not in the policy.
+    Measurement,
+    /// The report comes from a debug-mode guest.
+    Debug,
+    /// The report is too old (or from the future).
+    Freshness,
+}
+
+impl Check {
+    /// The check's name in messages, logs and docs/ATTESTATION.md.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Format => "format",
+            Check::TeeKind => "tee_kind",
+            Check::Nonce => "nonce",
+            Check::IdentityKey => "identity_key",
+            Check::Platform => "platform",
+            Check::ChipId => "chip_id",
+            Check::Tcb => "tcb",
+            Check::Vmpl => "vmpl",
+            Check::ReportData => "report_data",
+            Check::Measurement => "measurement",
+            Check::Debug => "debug",
+            Check::Freshness => "freshness",
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Check {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// A check that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("attestation check `{check}` failed: {detail}")]
+pub struct AttestError {
+    /// Which check.
+    pub check: Check,
+    /// What it found (no secrets: reports and certificates are public).
+    pub detail: String,
+}
+
+pub(crate) fn err(check: Check, detail: impl Into<String>) -> AttestError {
+    AttestError {
+        check,
+        detail: detail.into(),
+    }
+}
+
+/// Why the service could not produce evidence.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvidenceError {
+    /// The TEE's guest device refused or failed.
+    #[error("{device}: {detail}")]
+    Device {
+        /// The device file, e.g. `/dev/sev-guest`.
+        device: &'static str,
+        /// What it said.
+        detail: String,
+    },
+    /// A file the evidence needs (the executable to measure, an endorsement) is unreadable.
+    #[error("cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// Signing the simulated report failed.
+    #[error("cannot sign the report: {0}")]
+    Sign(#[from] CryptoError),
+}
 
 /// Evidence format version.
 pub const EVIDENCE_VERSION: u32 = 1;
@@ -36,7 +186,8 @@ const BINDING_LABEL: &[u8] = b"tee-risk/attest/v1\0";
 #[serde(deny_unknown_fields)]
 pub struct Evidence {
     pub v: u32,
-    /// `sim`, `snp` or `csv`.
+    /// `sim`, `snp` or `csv` ([`TeeKind`]); a string on the wire so that a verifier can
+    /// name a kind it does not know.
     pub tee: String,
     /// The client's nonce, echoed (base64url).
     pub nonce: String,
@@ -68,28 +219,28 @@ impl Attester {
         nonce: &[u8; NONCE_LEN],
         identity: &PublicKey,
         now: i64,
-    ) -> Result<Evidence, String> {
+    ) -> Result<Evidence, EvidenceError> {
         let data = report_data(nonce, identity);
         let (tee, report, endorsements) = match self {
             Attester::Sim(platform) => {
                 let (report, signature) = platform.report(data, now)?;
-                ("sim", report, vec![("sim_signature", signature)])
+                (TeeKind::Sim, report, vec![("sim_signature", signature)])
             }
             Attester::Snp => {
                 let (report, vcek) = snp::guest_report(data)?;
                 let endorsements = vcek.map(|v| ("vcek", v)).into_iter().collect();
-                ("snp", report, endorsements)
+                (TeeKind::Snp, report, endorsements)
             }
             #[cfg(feature = "csv")]
             Attester::Csv { hsk_cek_file } => {
                 let (report, hsk_cek) = csv::guest_report(data, hsk_cek_file.as_deref())?;
                 let endorsements = hsk_cek.map(|c| ("hsk_cek", c)).into_iter().collect();
-                ("csv", report, endorsements)
+                (TeeKind::Csv, report, endorsements)
             }
         };
         Ok(Evidence {
             v: EVIDENCE_VERSION,
-            tee: tee.into(),
+            tee: tee.as_str().into(),
             nonce: b64_encode(nonce),
             identity_key: PublicJwk::new(identity, "sig"),
             report: b64_encode(&report),

@@ -12,8 +12,9 @@
 //! ```
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
-use crate::crypto::secret::SecretBytes;
+use super::EvidenceError;
 use crate::crypto::sm2::IdentityKey;
 
 pub const MAGIC: &[u8; 8] = b"TRSIMRPT";
@@ -76,7 +77,8 @@ pub enum Measurement {
 pub struct SimPlatform {
     key: IdentityKey,
     measurement: Measurement,
-    digest: std::sync::OnceLock<Result<[u8; 32], String>>,
+    /// The file digest, once computed (the error kept so that every report says it).
+    digest: OnceLock<Result<[u8; 32], Arc<std::io::Error>>>,
     debug: bool,
 }
 
@@ -89,13 +91,13 @@ impl SimPlatform {
         Self {
             key,
             measurement,
-            digest: std::sync::OnceLock::new(),
+            digest: OnceLock::new(),
             debug,
         }
     }
 
     /// The measurement reports carry.
-    pub fn measurement(&self) -> Result<[u8; 32], String> {
+    pub fn measurement(&self) -> Result<[u8; 32], EvidenceError> {
         match &self.measurement {
             Measurement::Fixed(m) => Ok(*m),
             Measurement::FileDigest(path) => self
@@ -103,47 +105,19 @@ impl SimPlatform {
                 .get_or_init(|| {
                     std::fs::read(path)
                         .map(|bytes| crate::crypto::sm3(&bytes))
-                        .map_err(|e| format!("cannot measure {}: {e}", path.display()))
+                        .map_err(Arc::new)
                 })
-                .clone(),
+                .clone()
+                .map_err(|e| EvidenceError::File {
+                    path: path.clone(),
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                }),
         }
     }
 
-    /// Refuses to simulate a TEE on a machine that has one.
-    pub fn check_no_tee_device() -> Result<(), String> {
-        match TEE_DEVICES.iter().find(|d| Path::new(d).exists()) {
-            Some(device) => Err(format!(
-                "{device} exists: this machine has a TEE, so simulated attestation is refused \
-                 (use the hardware attestation mode)"
-            )),
-            None => Ok(()),
-        }
-    }
-
-    /// The platform key from a file of 64 hex digits, created (mode 0600) when missing, so
-    /// that verifiers can pin its public half across restarts.
-    pub fn load_or_create_key(path: &Path) -> Result<IdentityKey, String> {
-        if path.exists() {
-            let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            );
-            return IdentityKey::from_hex(text.trim()).map_err(|_| {
-                format!(
-                    "{} is not an SM2 private key in 64 hex digits",
-                    path.display()
-                )
-            });
-        }
-        let (key, scalar) = loop {
-            let scalar = SecretBytes::<32>::random().map_err(|e| e.to_string())?;
-            if let Ok(key) = IdentityKey::from_scalar(&scalar) {
-                break (key, scalar);
-            }
-        };
-        crate::server::write_private_file(path, scalar.to_hex_zeroizing().as_bytes())
-            .map_err(|e| format!("{e:#}"))?;
-        Ok(key)
+    /// Refuses to simulate a TEE on a machine that has one: returns the device found.
+    pub fn tee_device_present() -> Option<&'static str> {
+        TEE_DEVICES.iter().copied().find(|d| Path::new(d).exists())
     }
 
     pub fn public(&self) -> &crate::crypto::sm2::PublicKey {
@@ -151,7 +125,11 @@ impl SimPlatform {
     }
 
     /// A signed report carrying `report_data`.
-    pub fn report(&self, report_data: [u8; 64], now: i64) -> Result<(Vec<u8>, Vec<u8>), String> {
+    pub fn report(
+        &self,
+        report_data: [u8; 64],
+        now: i64,
+    ) -> Result<(Vec<u8>, Vec<u8>), EvidenceError> {
         let report = SimReport {
             measurement: self.measurement()?,
             report_data,
@@ -159,7 +137,7 @@ impl SimPlatform {
             issued_at: now,
         }
         .encode();
-        let signature = self.key.sign_der(&[&report]).map_err(|e| e.to_string())?;
+        let signature = self.key.sign_der(&[&report])?;
         Ok((report, signature))
     }
 }
@@ -186,14 +164,5 @@ mod tests {
         let mut bad_flag = bytes;
         bad_flag[106] = 2;
         assert!(SimReport::decode(&bad_flag).is_err());
-    }
-
-    #[test]
-    fn the_platform_key_persists() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sim-platform-key.hex");
-        let first = SimPlatform::load_or_create_key(&path).unwrap();
-        let again = SimPlatform::load_or_create_key(&path).unwrap();
-        assert_eq!(first.public(), again.public());
     }
 }

@@ -20,6 +20,8 @@ use sev::parser::ByteParser;
 use x509_cert::der::Decode;
 use x509_cert::der::asn1::OctetString;
 
+use super::{AttestError, Check, EvidenceError, err};
+
 /// Length of an SNP attestation report.
 pub const REPORT_LEN: usize = 1184;
 /// Where the signature starts; the bytes before it are what the VCEK signs.
@@ -53,22 +55,19 @@ pub struct SnpFacts {
     pub chip_id: [u8; 64],
 }
 
-/// A failed step: (check name, detail).
-pub type SnpError = (&'static str, String);
-
-fn err(check: &'static str, detail: impl Into<String>) -> SnpError {
-    (check, detail.into())
-}
-
 /// Gets a report binding `report_data` from `/dev/sev-guest`, with the VCEK when the host
 /// supplies one. Only works inside an SNP guest.
-pub fn guest_report(report_data: [u8; 64]) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+pub fn guest_report(report_data: [u8; 64]) -> Result<(Vec<u8>, Option<Vec<u8>>), EvidenceError> {
     use sev::firmware::guest::Firmware;
     use sev::firmware::host::CertType;
-    let mut firmware = Firmware::open().map_err(|e| format!("cannot open /dev/sev-guest: {e}"))?;
+    let device = |detail: String| EvidenceError::Device {
+        device: "/dev/sev-guest",
+        detail,
+    };
+    let mut firmware = Firmware::open().map_err(|e| device(format!("cannot open: {e}")))?;
     let (report, certs) = firmware
         .get_ext_report(None, Some(report_data), Some(0))
-        .map_err(|e| format!("SNP_GET_EXT_REPORT failed: {e}"))?;
+        .map_err(|e| device(format!("SNP_GET_EXT_REPORT failed: {e}")))?;
     let vcek = certs
         .unwrap_or_default()
         .into_iter()
@@ -96,21 +95,21 @@ pub fn verify(
     inline_vcek: Option<&[u8]>,
     vcek_dir: Option<&Path>,
     min_tcb: &Tcb,
-) -> Result<SnpFacts, SnpError> {
+) -> Result<SnpFacts, AttestError> {
     if report.len() != REPORT_LEN {
         return Err(err(
-            "format",
+            Check::Format,
             format!("an SNP report is {REPORT_LEN} bytes"),
         ));
     }
     let parsed = AttestationReport::from_bytes(report)
-        .map_err(|e| err("format", format!("not an SNP report: {e}")))?;
+        .map_err(|e| err(Check::Format, format!("not an SNP report: {e}")))?;
     let reencoded = parsed
         .to_bytes()
-        .map_err(|e| err("format", format!("the report does not re-encode: {e}")))?;
+        .map_err(|e| err(Check::Format, format!("the report does not re-encode: {e}")))?;
     if reencoded.as_slice() != report {
         return Err(err(
-            "format",
+            Check::Format,
             "re-encoding the parsed report does not give back the bytes received",
         ));
     }
@@ -126,7 +125,7 @@ pub fn verify(
         .into_iter()
         .any(|r| report[r].iter().any(|b| *b != 0))
     {
-        return Err(err("format", "the signature's padding is not zero"));
+        return Err(err(Check::Format, "the signature's padding is not zero"));
     }
     let reported_tcb = Tcb {
         bootloader: parsed.reported_tcb.bootloader,
@@ -138,13 +137,21 @@ pub fn verify(
         (Some(der), _) => der.to_vec(),
         (None, Some(dir)) => {
             let path = dir.join(vcek_file_name(&parsed.chip_id, &reported_tcb));
-            std::fs::read(&path)
-                .map_err(|e| err("platform", format!("no VCEK at {}: {e}", path.display())))?
+            std::fs::read(&path).map_err(|e| {
+                err(
+                    Check::Platform,
+                    format!("no VCEK at {}: {e}", path.display()),
+                )
+            })?
         }
-        (None, None) => return Err(err("platform", "no VCEK inline and no VCEK folder")),
+        (None, None) => return Err(err(Check::Platform, "no VCEK inline and no VCEK folder")),
     };
-    let vcek = Certificate::from_der(&vcek_der)
-        .map_err(|e| err("platform", format!("the VCEK is not a certificate: {e}")))?;
+    let vcek = Certificate::from_der(&vcek_der).map_err(|e| {
+        err(
+            Check::Platform,
+            format!("the VCEK is not a certificate: {e}"),
+        )
+    })?;
     let product = chain_product(&vcek)?;
     let chain = Chain {
         ca: product.1,
@@ -152,11 +159,11 @@ pub fn verify(
     };
     (&chain, &parsed)
         .verify()
-        .map_err(|e| err("platform", format!("report signature: {e}")))?;
+        .map_err(|e| err(Check::Platform, format!("report signature: {e}")))?;
     check_vcek_extensions(&vcek, &reported_tcb, &parsed.chip_id)?;
     if parsed.vmpl != 0 {
         return Err(err(
-            "vmpl",
+            Check::Vmpl,
             format!("the report comes from VMPL {}", parsed.vmpl),
         ));
     }
@@ -170,7 +177,7 @@ pub fn verify(
     .find(|(_, have, need)| have < need);
     if let Some((part, have, need)) = below {
         return Err(err(
-            "tcb",
+            Check::Tcb,
             format!("reported {part} SVN {have} is below the policy's {need}"),
         ));
     }
@@ -189,7 +196,7 @@ pub fn verify(
 type CertLoader = fn() -> std::io::Result<Certificate>;
 
 /// The AMD product whose built-in ARK → ASK chain signed `vcek`.
-fn chain_product(vcek: &Certificate) -> Result<(&'static str, ca::Chain), SnpError> {
+fn chain_product(vcek: &Certificate) -> Result<(&'static str, ca::Chain), AttestError> {
     let roots: [(&'static str, CertLoader, CertLoader); 3] = [
         ("milan", builtin::milan::ark, builtin::milan::ask),
         ("genoa", builtin::genoa::ark, builtin::genoa::ask),
@@ -209,7 +216,7 @@ fn chain_product(vcek: &Certificate) -> Result<(&'static str, ca::Chain), SnpErr
         }
     }
     Err(err(
-        "platform",
+        Check::Platform,
         "the VCEK does not chain to AMD's Milan, Genoa or Turin root",
     ))
 }
@@ -220,7 +227,7 @@ fn check_vcek_extensions(
     vcek: &Certificate,
     tcb: &Tcb,
     chip_id: &[u8; 64],
-) -> Result<(), SnpError> {
+) -> Result<(), AttestError> {
     let x509: x509_cert::Certificate = vcek.clone().into();
     let extensions = x509.tbs_certificate.extensions.unwrap_or_default();
     let find = |oid: &str| {
@@ -235,31 +242,32 @@ fn check_vcek_extensions(
         (OID_SNP_SPL, "snp", tcb.snp),
         (OID_UCODE_SPL, "microcode", tcb.microcode),
     ] {
-        let value = find(oid).ok_or_else(|| err("tcb", format!("the VCEK has no {name} SPL")))?;
+        let value =
+            find(oid).ok_or_else(|| err(Check::Tcb, format!("the VCEK has no {name} SPL")))?;
         let certified = u8::from_der(&value).map_err(|_| {
             err(
-                "tcb",
+                Check::Tcb,
                 format!("the VCEK's {name} SPL is not a small integer"),
             )
         })?;
         if certified != reported {
             return Err(err(
-                "tcb",
+                Check::Tcb,
                 format!("the VCEK certifies {name} SPL {certified}, the report says {reported}"),
             ));
         }
     }
-    let hw_id = find(OID_HW_ID).ok_or_else(|| err("chip_id", "the VCEK has no hwID"))?;
+    let hw_id = find(OID_HW_ID).ok_or_else(|| err(Check::ChipId, "the VCEK has no hwID"))?;
     // The hwID is the raw 64 bytes, or (in some issuances) a DER OCTET STRING holding them.
     let hw_id = if hw_id.len() == 64 {
         hw_id
     } else {
         OctetString::from_der(&hw_id)
             .map(|o| o.as_bytes().to_vec())
-            .map_err(|_| err("chip_id", "the VCEK's hwID is malformed"))?
+            .map_err(|_| err(Check::ChipId, "the VCEK's hwID is malformed"))?
     };
     if hw_id.as_slice() != chip_id.as_slice() {
-        return Err(err("chip_id", "the VCEK was issued for another chip"));
+        return Err(err(Check::ChipId, "the VCEK was issued for another chip"));
     }
     Ok(())
 }
@@ -300,8 +308,8 @@ mod tests {
             tampered[offset] ^= 0x01;
             match verify(&tampered, Some(&vcek), None, &Tcb::default()) {
                 Ok(_) => panic!("a flip at byte {offset:#x} went unnoticed"),
-                Err((check, _)) => {
-                    checks.insert(check);
+                Err(e) => {
+                    checks.insert(e.check.as_str());
                 }
             }
         }
@@ -317,7 +325,7 @@ mod tests {
         let (report, vcek) = vectors();
         let mut forged = vcek.clone();
         forged[40] ^= 0xff;
-        let check = |r: Result<SnpFacts, SnpError>| r.expect_err("must fail").0;
+        let check = |r: Result<SnpFacts, AttestError>| r.expect_err("must fail").check;
         assert_eq!(
             check(verify(&report, Some(&forged), None, &Tcb::default())),
             "platform"

@@ -9,9 +9,9 @@ use serde::Deserialize;
 
 use super::sim::SimReport;
 use super::snp::{self, Tcb};
-use super::{EVIDENCE_VERSION, Evidence, NONCE_LEN, report_data};
+use super::{AttestError, Check, EVIDENCE_VERSION, Evidence, NONCE_LEN, TeeKind, err, report_data};
 use crate::crypto::sm2::PublicKey;
-use crate::envelope::b64_decode;
+use crate::protocol::{PublicJwk, b64_decode};
 
 /// What a verifier accepts. Unknown keys are errors.
 #[derive(Debug, Clone, Deserialize)]
@@ -19,7 +19,7 @@ use crate::envelope::b64_decode;
 pub struct Policy {
     /// TEE kinds accepted: `snp`, `csv`, `sim`. Sim evidence proves nothing about hardware;
     /// list it only for development.
-    pub allowed_tee: Vec<String>,
+    pub allowed_tee: Vec<TeeKind>,
     /// Accepted measurements (lowercase hex).
     #[serde(default)]
     pub measurements: Vec<String>,
@@ -68,25 +68,33 @@ pub struct SimPolicy {
     pub platform_key: PathBuf,
 }
 
-/// A check that failed, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("attestation check `{check}` failed: {detail}")]
-pub struct AttestError {
-    pub check: &'static str,
-    pub detail: String,
-}
-
-fn fail(check: &'static str, detail: impl Into<String>) -> AttestError {
-    AttestError {
-        check,
-        detail: detail.into(),
-    }
+/// Why a policy file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The policy file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file is not a policy (unknown keys are errors).
+    #[error("{path}: {source}")]
+    Parse {
+        /// The policy file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        source: toml::de::Error,
+    },
 }
 
 /// Evidence that passed every check.
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub tee: String,
+    /// The kind of TEE that made the report.
+    pub tee: TeeKind,
     pub measurement: String,
     pub debug: bool,
     /// When the report says it was made (sim); SNP reports carry no time: the nonce makes
@@ -118,11 +126,15 @@ impl PlatformReport {
 
 impl Policy {
     /// Loads a policy file; a relative `sim.platform_key` is resolved against its folder.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let mut policy: Policy =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut policy: Policy = toml::from_str(&text).map_err(|source| PolicyError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         if let Some(sim) = policy.sim.as_mut()
             && sim.platform_key.is_relative()
@@ -150,65 +162,70 @@ impl Policy {
         now: i64,
     ) -> Result<Verified, AttestError> {
         if evidence.v != EVIDENCE_VERSION {
-            return Err(fail(
-                "format",
+            return Err(err(
+                Check::Format,
                 format!("unknown evidence version {}", evidence.v),
             ));
         }
-        if !self.allowed_tee.contains(&evidence.tee) {
-            return Err(fail(
-                "tee_kind",
+        let kind: TeeKind = evidence.tee.parse().map_err(|()| {
+            err(
+                Check::TeeKind,
+                format!("`{}` is not a TEE kind this verifier knows", evidence.tee),
+            )
+        })?;
+        if !self.allowed_tee.contains(&kind) {
+            return Err(err(
+                Check::TeeKind,
                 format!(
-                    "`{}` evidence is not allowed by this policy (allowed: {:?})",
-                    evidence.tee, self.allowed_tee
+                    "`{kind}` evidence is not allowed by this policy (allowed: {:?})",
+                    self.allowed_tee
                 ),
             ));
         }
         if b64_decode(&evidence.nonce).as_deref() != Some(&nonce[..]) {
-            return Err(fail("nonce", "the evidence answers another nonce"));
+            return Err(err(Check::Nonce, "the evidence answers another nonce"));
         }
         let identity = jwk_key(&evidence.identity_key)?;
         let report = b64_decode(&evidence.report)
-            .ok_or_else(|| fail("format", "the report is not base64url"))?;
-        let platform = match evidence.tee.as_str() {
-            "sim" => self.verify_sim(&report, evidence)?,
-            "snp" => self.verify_snp(&report, evidence)?,
+            .ok_or_else(|| err(Check::Format, "the report is not base64url"))?;
+        let platform = match kind {
+            TeeKind::Sim => self.verify_sim(&report, evidence)?,
+            TeeKind::Snp => self.verify_snp(&report, evidence)?,
             #[cfg(feature = "csv")]
-            "csv" => self.verify_csv(&report, evidence)?,
-            other => {
-                return Err(fail(
-                    "tee_kind",
-                    if other == "csv" {
-                        "`csv` evidence cannot be verified by this build: build with \
-                         `--features csv`"
-                            .to_owned()
-                    } else {
-                        format!("`{other}` evidence cannot be verified by this build")
-                    },
+            TeeKind::Csv => self.verify_csv(&report, evidence)?,
+            #[cfg(not(feature = "csv"))]
+            TeeKind::Csv => {
+                return Err(err(
+                    Check::TeeKind,
+                    "`csv` evidence cannot be verified by this build: build with \
+                     `--features csv`",
                 ));
             }
         };
         if platform.report_data != report_data(nonce, &identity) {
-            return Err(fail(
-                "report_data",
+            return Err(err(
+                Check::ReportData,
                 "the report does not bind this nonce and identity key",
             ));
         }
         let measurement = hex::encode(platform.measurement);
         if !self.allow_any_measurement && !self.measurements.contains(&measurement) {
-            return Err(fail(
-                "measurement",
+            return Err(err(
+                Check::Measurement,
                 format!("measurement {measurement} is not in the policy"),
             ));
         }
         if platform.debug && !self.allow_debug {
-            return Err(fail("debug", "the report comes from a debug-mode guest"));
+            return Err(err(
+                Check::Debug,
+                "the report comes from a debug-mode guest",
+            ));
         }
         if let Some(issued_at) = platform.issued_at
             && now.abs_diff(issued_at) > self.max_age_secs.unsigned_abs()
         {
-            return Err(fail(
-                "freshness",
+            return Err(err(
+                Check::Freshness,
                 format!(
                     "the report was issued at {issued_at}, more than {} s from now ({now})",
                     self.max_age_secs
@@ -216,7 +233,7 @@ impl Policy {
             ));
         }
         Ok(Verified {
-            tee: evidence.tee.clone(),
+            tee: kind,
             measurement,
             debug: platform.debug,
             issued_at: platform.issued_at,
@@ -233,24 +250,31 @@ impl Policy {
         let sim = self
             .sim
             .as_ref()
-            .ok_or_else(|| fail("platform", "the policy pins no sim platform key"))?;
+            .ok_or_else(|| err(Check::Platform, "the policy pins no sim platform key"))?;
         let pem = std::fs::read_to_string(&sim.platform_key).map_err(|e| {
-            fail(
-                "platform",
+            err(
+                Check::Platform,
                 format!("cannot read {}: {e}", sim.platform_key.display()),
             )
         })?;
-        let platform = PublicKey::from_pem(&pem)
-            .map_err(|_| fail("platform", "the pinned sim platform key is not an SM2 key"))?;
+        let platform = PublicKey::from_pem(&pem).map_err(|_| {
+            err(
+                Check::Platform,
+                "the pinned sim platform key is not an SM2 key",
+            )
+        })?;
         let signature = evidence
             .endorsements
             .get("sim_signature")
             .and_then(|s| b64_decode(s))
-            .ok_or_else(|| fail("platform", "no sim_signature endorsement"))?;
-        platform
-            .verify(report, &signature)
-            .map_err(|_| fail("platform", "the sim platform signature does not verify"))?;
-        let parsed = SimReport::decode(report).map_err(|e| fail("format", e))?;
+            .ok_or_else(|| err(Check::Platform, "no sim_signature endorsement"))?;
+        platform.verify(report, &signature).map_err(|_| {
+            err(
+                Check::Platform,
+                "the sim platform signature does not verify",
+            )
+        })?;
+        let parsed = SimReport::decode(report).map_err(|e| err(Check::Format, e))?;
         Ok(PlatformReport {
             measurement: parsed.measurement.to_vec(),
             report_data: parsed.report_data,
@@ -272,8 +296,7 @@ impl Policy {
             inline.as_deref(),
             policy.vcek_dir.as_deref(),
             &policy.min_tcb,
-        )
-        .map_err(|(check, detail)| fail(check, detail))?;
+        )?;
         Ok(PlatformReport::hardware(
             &facts.measurement,
             facts.report_data,
@@ -292,8 +315,7 @@ impl Policy {
     ) -> Result<PlatformReport, AttestError> {
         let policy = self.csv.clone().unwrap_or_default();
         let inline = optional_endorsement(evidence, "hsk_cek")?;
-        let facts = super::csv::verify(report, inline.as_deref(), policy.hsk_cek_dir.as_deref())
-            .map_err(|(check, detail)| fail(check, detail))?;
+        let facts = super::csv::verify(report, inline.as_deref(), policy.hsk_cek_dir.as_deref())?;
         Ok(PlatformReport::hardware(
             &facts.measurement,
             facts.report_data,
@@ -308,19 +330,23 @@ fn optional_endorsement(evidence: &Evidence, name: &str) -> Result<Option<Vec<u8
         .endorsements
         .get(name)
         .map(|text| {
-            b64_decode(text)
-                .ok_or_else(|| fail("format", format!("the {name} endorsement is not base64url")))
+            b64_decode(text).ok_or_else(|| {
+                err(
+                    Check::Format,
+                    format!("the {name} endorsement is not base64url"),
+                )
+            })
         })
         .transpose()
 }
 
-fn jwk_key(jwk: &crate::service::PublicJwk) -> Result<PublicKey, AttestError> {
+fn jwk_key(jwk: &PublicJwk) -> Result<PublicKey, AttestError> {
     let coordinate =
-        |v: &str| b64_decode(v).ok_or_else(|| fail("identity_key", "bad key coordinate"));
+        |v: &str| b64_decode(v).ok_or_else(|| err(Check::IdentityKey, "bad key coordinate"));
     let key = PublicKey::from_xy(&coordinate(&jwk.x)?, &coordinate(&jwk.y)?)
-        .map_err(|_| fail("identity_key", "not a point on SM2"))?;
+        .map_err(|_| err(Check::IdentityKey, "not a point on SM2"))?;
     if key.kid() != jwk.kid || jwk.key_use != "sig" {
-        return Err(fail("identity_key", "kid or use does not match the key"));
+        return Err(err(Check::IdentityKey, "kid or use does not match the key"));
     }
     Ok(key)
 }
@@ -330,8 +356,7 @@ mod tests {
     use super::*;
     use crate::attest::sim::SimPlatform;
     use crate::crypto::sm2::IdentityKey;
-    use crate::envelope::b64_encode;
-    use crate::service::PublicJwk;
+    use crate::protocol::b64_encode;
 
     const NOW: i64 = 1_795_000_000;
 
@@ -348,7 +373,7 @@ mod tests {
         let pem = dir.path().join("sim.pem");
         std::fs::write(&pem, platform.public().to_pem()).unwrap();
         let policy = Policy {
-            allowed_tee: vec!["sim".into()],
+            allowed_tee: vec![TeeKind::Sim],
             measurements: vec![hex::encode([7u8; 32])],
             allow_any_measurement: false,
             allow_debug: false,
@@ -380,7 +405,7 @@ mod tests {
         }
     }
 
-    fn failed_check(result: Result<Verified, AttestError>) -> &'static str {
+    fn failed_check(result: Result<Verified, AttestError>) -> Check {
         result.expect_err("must fail").check
     }
 
@@ -401,7 +426,7 @@ mod tests {
         let good = evidence(&s, &[1; 32], s.identity.public());
 
         let mut refusing = s.policy.clone();
-        refusing.allowed_tee = vec!["snp".into()];
+        refusing.allowed_tee = vec![TeeKind::Snp];
         assert_eq!(
             failed_check(refusing.verify(&good, &[1; 32], NOW)),
             "tee_kind"
@@ -483,7 +508,7 @@ mod tests {
 
     fn hardware_policy(tee: &str) -> Policy {
         Policy {
-            allowed_tee: vec![tee.into()],
+            allowed_tee: vec![tee.parse().unwrap()],
             measurements: vec![],
             allow_any_measurement: true,
             allow_debug: false,
@@ -551,9 +576,9 @@ mod tests {
     fn shipped_policies_load_and_the_default_refuses_sim() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let production = Policy::load(&root.join("config/attestation-policy.toml")).unwrap();
-        assert!(!production.allowed_tee.contains(&"sim".to_owned()));
+        assert!(!production.allowed_tee.contains(&TeeKind::Sim));
         let dev = Policy::load(&root.join("config/attestation-policy.dev.toml")).unwrap();
-        assert_eq!(dev.allowed_tee, ["sim"]);
+        assert_eq!(dev.allowed_tee, [TeeKind::Sim]);
         assert!(
             dev.sim
                 .unwrap()

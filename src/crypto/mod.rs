@@ -5,6 +5,7 @@
 
 pub mod aead;
 pub mod kdf;
+pub mod keyfile;
 pub mod secret;
 pub mod sm2;
 // The one place with `unsafe`: wiping sm2 key types that do not wipe themselves.

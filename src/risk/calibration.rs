@@ -25,9 +25,37 @@ pub struct Calibration {
     points: Vec<(f32, f64)>,
 }
 
+/// Why a calibration curve was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CalibrationError {
+    /// A curve has fewer than two points.
+    #[error("calibration needs at least two points")]
+    TooFewPoints,
+    /// A point is out of range.
+    #[error(
+        "calibration point ({similarity}, {fmr}) must have similarity in [-1, 1] and FMR in (0, 1]"
+    )]
+    PointOutOfRange {
+        /// The point's similarity.
+        similarity: f32,
+        /// The point's false match rate.
+        fmr: f64,
+    },
+    /// The curve is not strictly monotone.
+    #[error("calibration similarities must increase and FMRs decrease strictly")]
+    NotMonotone,
+    /// A set without the one-template curve.
+    #[error("a calibration set needs the curve for one template at least")]
+    EmptySet,
+    /// The data has too few impostor pairs.
+    #[error("{0} impostor pairs are too few to calibrate (need at least 1000)")]
+    TooFewPairs(usize),
+}
+
 impl TryFrom<Vec<(f32, f64)>> for Calibration {
-    type Error = String;
-    fn try_from(points: Vec<(f32, f64)>) -> Result<Self, String> {
+    type Error = CalibrationError;
+    fn try_from(points: Vec<(f32, f64)>) -> Result<Self, CalibrationError> {
         Self::new(points)
     }
 }
@@ -47,10 +75,10 @@ pub struct CalibrationSet {
 }
 
 impl TryFrom<Vec<Calibration>> for CalibrationSet {
-    type Error = String;
-    fn try_from(by_size: Vec<Calibration>) -> Result<Self, String> {
+    type Error = CalibrationError;
+    fn try_from(by_size: Vec<Calibration>) -> Result<Self, CalibrationError> {
         if by_size.is_empty() {
-            return Err("a calibration set needs the curve for one template at least".into());
+            return Err(CalibrationError::EmptySet);
         }
         Ok(Self { by_size })
     }
@@ -75,7 +103,10 @@ impl CalibrationSet {
 
     /// Measures a curve for every enrolment size 1..=[`CALIBRATED_ENROLMENT_SIZES`] that the
     /// data allows (sizes with too few impostor pairs are left out).
-    pub fn measure(identities: &[usize], embeddings: &[Vec<f32>]) -> Result<Self, String> {
+    pub fn measure(
+        identities: &[usize],
+        embeddings: &[Vec<f32>],
+    ) -> Result<Self, CalibrationError> {
         let mut by_size = vec![Calibration::measure(identities, embeddings)?];
         for k in 2..=CALIBRATED_ENROLMENT_SIZES {
             match Calibration::measure_centroids(identities, embeddings, k) {
@@ -92,22 +123,23 @@ impl CalibrationSet {
 }
 
 impl Calibration {
-    pub fn new(points: Vec<(f32, f64)>) -> Result<Self, String> {
+    pub fn new(points: Vec<(f32, f64)>) -> Result<Self, CalibrationError> {
         if points.len() < 2 {
-            return Err("calibration needs at least two points".into());
+            return Err(CalibrationError::TooFewPoints);
         }
         for &(s, f) in &points {
             if !((-1.0..=1.0).contains(&s) && f > 0.0 && f <= 1.0) {
-                return Err(format!(
-                    "calibration point ({s}, {f}) must have similarity in [-1, 1] and FMR in (0, 1]"
-                ));
+                return Err(CalibrationError::PointOutOfRange {
+                    similarity: s,
+                    fmr: f,
+                });
             }
         }
         if points
             .windows(2)
             .any(|w| w[0].0 >= w[1].0 || w[0].1 <= w[1].1)
         {
-            return Err("calibration similarities must increase and FMRs decrease strictly".into());
+            return Err(CalibrationError::NotMonotone);
         }
         Ok(Self { points })
     }
@@ -142,7 +174,10 @@ impl Calibration {
 
     /// Measures the curve on labelled unit embeddings: every pair of different identities is
     /// an impostor attempt.
-    pub fn measure(identities: &[usize], embeddings: &[Vec<f32>]) -> Result<Self, String> {
+    pub fn measure(
+        identities: &[usize],
+        embeddings: &[Vec<f32>],
+    ) -> Result<Self, CalibrationError> {
         Self::from_impostor_scores(impostor_scores(identities, embeddings))
     }
 
@@ -153,7 +188,7 @@ impl Calibration {
         identities: &[usize],
         embeddings: &[Vec<f32>],
         k: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CalibrationError> {
         let mut by_identity: std::collections::BTreeMap<usize, Vec<&[f32]>> = Default::default();
         for (&id, e) in identities.iter().zip(embeddings) {
             by_identity.entry(id).or_default().push(e);
@@ -174,12 +209,9 @@ impl Calibration {
     }
 
     /// The curve through sorted impostor scores at [`CALIBRATION_FMR_LEVELS`].
-    fn from_impostor_scores(impostor: Vec<f32>) -> Result<Self, String> {
+    fn from_impostor_scores(impostor: Vec<f32>) -> Result<Self, CalibrationError> {
         if impostor.len() < 1000 {
-            return Err(format!(
-                "{} impostor pairs are too few to calibrate (need at least 1000)",
-                impostor.len()
-            ));
+            return Err(CalibrationError::TooFewPairs(impostor.len()));
         }
         let n = impostor.len() as f64;
         let mut points: Vec<(f32, f64)> = Vec::new();

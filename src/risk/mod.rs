@@ -4,11 +4,9 @@
 //! ([`gallery`], [`velocity`], the vault) and this module decides.
 
 pub mod calibration;
-pub mod eval;
+mod config;
 pub mod gallery;
 pub mod model;
-pub mod plots;
-pub mod train;
 pub mod velocity;
 
 use std::sync::Arc;
@@ -16,6 +14,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use calibration::{Calibration, CalibrationSet};
+pub use config::RiskConfig;
 pub use model::{Feature, RiskModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -378,10 +377,13 @@ impl Assessment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
+    /// The shipped model with the `[risk]` defaults of `config/default.toml`.
     fn policy() -> RiskPolicy {
-        Config::builtin().risk_policy().unwrap()
+        let defaults: toml::Table =
+            toml::from_str(include_str!("../../config/default.toml")).unwrap();
+        let config: RiskConfig = defaults["risk"].clone().try_into().unwrap();
+        config.policy(Arc::new(RiskModel::builtin()))
     }
 
     /// A normal genuine attempt: two templates, a strong match (FMR about 10⁻⁵), recent

@@ -118,23 +118,53 @@ pub struct RiskModel {
     pub training: TrainingSummary,
 }
 
+/// Why a model file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// Not JSON of the model's shape.
+    #[error("not a risk model file: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// Another format version.
+    #[error("risk model format `{0}` is not {MODEL_FORMAT}")]
+    Format(String),
+    /// Features other than this build's, or in another order.
+    #[error("risk model features {found:?} are not this build's {expected:?}")]
+    Features {
+        /// The file's feature names.
+        found: Vec<String>,
+        /// This build's.
+        expected: Vec<&'static str>,
+    },
+    /// A weight is missing or not finite.
+    #[error("risk model weights must be finite, one per feature")]
+    Weights,
+    /// The operating-point table is not monotone or out of range.
+    #[error("risk model operating points must have FMR and score decreasing")]
+    OperatingPoints,
+    /// The version does not match the content (the file was edited).
+    #[error("risk model version `{found}` does not match its content (`{computed}`)")]
+    Version {
+        /// The version the file names.
+        found: String,
+        /// The version of its content.
+        computed: String,
+    },
+}
+
 impl RiskModel {
     /// Parses and checks a model file: format, feature names and finite weights.
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        let model: RiskModel =
-            serde_json::from_str(text).map_err(|e| format!("not a risk model file: {e}"))?;
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        let model: RiskModel = serde_json::from_str(text)?;
         if model.format != MODEL_FORMAT {
-            return Err(format!(
-                "risk model format `{}` is not {MODEL_FORMAT}",
-                model.format
-            ));
+            return Err(ModelError::Format(model.format));
         }
-        let expected: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
+        let expected: Vec<&'static str> = Feature::ALL.iter().map(|f| f.name()).collect();
         if model.features != expected {
-            return Err(format!(
-                "risk model features {:?} are not this build's {expected:?}",
-                model.features
-            ));
+            return Err(ModelError::Features {
+                found: model.features,
+                expected,
+            });
         }
         if model.weights.len() != expected.len()
             || !model
@@ -143,7 +173,7 @@ impl RiskModel {
                 .chain([&model.intercept])
                 .all(|w| w.is_finite())
         {
-            return Err("risk model weights must be finite, one per feature".into());
+            return Err(ModelError::Weights);
         }
         if model.operating_points.len() < 2
             || model
@@ -155,14 +185,13 @@ impl RiskModel {
                 .iter()
                 .any(|&(f, p)| !(f > 0.0 && f <= 1.0 && (0.0..=1.0).contains(&p)))
         {
-            return Err("risk model operating points must have FMR and score decreasing".into());
+            return Err(ModelError::OperatingPoints);
         }
         if model.version != model.computed_version() {
-            return Err(format!(
-                "risk model version `{}` does not match its content (`{}`)",
-                model.version,
-                model.computed_version()
-            ));
+            return Err(ModelError::Version {
+                computed: model.computed_version(),
+                found: model.version,
+            });
         }
         Ok(model)
     }
@@ -293,7 +322,7 @@ mod tests {
         changed.weights[0] += 0.001;
         let text = serde_json::to_string(&changed).unwrap();
         let error = RiskModel::from_json(&text).unwrap_err();
-        assert!(error.contains("does not match its content"), "{error}");
+        assert!(matches!(error, ModelError::Version { .. }), "{error}");
     }
 
     #[test]
@@ -303,6 +332,7 @@ mod tests {
         assert!(
             RiskModel::from_json(&serde_json::to_string(&model).unwrap())
                 .unwrap_err()
+                .to_string()
                 .contains("format")
         );
         let mut model = RiskModel::builtin();
@@ -310,6 +340,7 @@ mod tests {
         assert!(
             RiskModel::from_json(&serde_json::to_string(&model).unwrap())
                 .unwrap_err()
+                .to_string()
                 .contains("features")
         );
         assert!(RiskModel::from_json("{}").is_err());

@@ -43,14 +43,12 @@ impl MasterKey {
 
     /// Parses a comma-separated list of keys (`DB_MASTER_KEY_PREVIOUS`); blanks are ignored.
     /// The error names the position of the bad entry, never its text.
-    pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, KeyListError> {
         text.split(',')
             .map(str::trim)
             .filter(|entry| !entry.is_empty())
             .enumerate()
-            .map(|(i, entry)| {
-                Self::from_hex(entry).map_err(|e| format!("entry {} of the list: {e}", i + 1))
-            })
+            .map(|(i, entry)| Self::from_hex(entry).map_err(|_| KeyListError { entry: i + 1 }))
             .collect()
     }
 
@@ -68,6 +66,21 @@ impl MasterKey {
     }
 }
 
+/// A bad entry in a list of master keys (its position, never its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "entry {entry} of the list: the DB master key must be exactly 64 hex characters (32 bytes)"
+)]
+pub struct KeyListError {
+    /// 1-based position in the list.
+    pub entry: usize,
+}
+
+/// Not a key id (16 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a key id (16 hex digits)")]
+pub struct KeyIdError(pub String);
+
 /// A master key's public fingerprint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(pub [u8; KEY_ID_LEN]);
@@ -79,13 +92,12 @@ impl fmt::Display for KeyId {
 }
 
 impl std::str::FromStr for KeyId {
-    type Err = String;
+    type Err = KeyIdError;
 
     /// 16 hex digits, as printed.
-    fn from_str(text: &str) -> Result<Self, String> {
+    fn from_str(text: &str) -> Result<Self, KeyIdError> {
         let mut id = [0u8; KEY_ID_LEN];
-        hex::decode_to_slice(text.trim(), &mut id)
-            .map_err(|_| format!("`{text}` is not a key id (16 hex digits)"))?;
+        hex::decode_to_slice(text.trim(), &mut id).map_err(|_| KeyIdError(text.to_owned()))?;
         Ok(Self(id))
     }
 }
@@ -194,7 +206,8 @@ mod tests {
         assert_eq!(keys.unwrap().len(), 2);
         let err = MasterKey::parse_list(&format!("{},secretish", "11".repeat(32)))
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("entry 2") && !err.contains("secretish"),
             "{err}"

@@ -1,20 +1,25 @@
-//! Storage: a small key-value [`Store`] trait (sled behind it today), the sealed record
-//! format, the key hierarchy derived from the DB master key, and the [`Vault`] that the
-//! service uses to keep templates, feature history and risk logs encrypted.
+//! Storage: a small key-value [`Store`] trait with two back-ends (sled on disk, and memory
+//! for tests and tools), the sealed record format, the key hierarchy derived from the DB
+//! master key, the audit log, group commit, and the [`Vault`] that the service uses to keep
+//! templates, feature history and risk logs encrypted. No HTTP, no scoring: bytes and keys.
 
 pub mod audit;
 pub mod group_commit;
 pub mod keys;
-pub mod packed;
+mod memory;
+mod packed;
 pub mod record;
 pub mod registry;
-pub mod rotation;
-pub mod sled_store;
-pub mod vault;
+mod sled_store;
+mod vault;
 
-pub use keys::MasterKey;
-pub use sled_store::SledStore;
-pub use vault::{OpenMode, Vault, VaultError};
+pub use keys::{KeyId, MasterKey};
+pub use memory::MemoryStore;
+pub use sled_store::{LOCK_WAIT, SledStore};
+pub use vault::{
+    BatchOutcome, DEFAULT_BATCH, ERASED_USER, Enrolment, Erased, OpenMode, RiskLogEntry, Status,
+    TableCounts, UserIndex, UserRef, Vault, VaultError, VerifyReport,
+};
 
 /// The tables (sled trees) the service keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,6 +40,7 @@ pub enum Table {
 }
 
 impl Table {
+    /// Every table.
     pub const ALL: [Table; 6] = [
         Table::UserData,
         Table::FeatureHistory,
@@ -47,6 +53,7 @@ impl Table {
     /// The tables of user data, every record sealed under a master key.
     pub const DATA: [Table; 3] = [Table::UserData, Table::FeatureHistory, Table::RiskLogs];
 
+    /// The table's name (sled tree name, metrics label, `db status` key).
     pub fn name(self) -> &'static str {
         match self {
             Table::UserData => "user_data",
@@ -66,6 +73,7 @@ impl Table {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// The engine failed (I/O, corruption, a lock); the message is the engine's.
     #[error("storage backend error: {0}")]
     Backend(String),
     /// The operation refused to go on (the message says why).
@@ -124,4 +132,121 @@ pub trait Store: Send + Sync {
     /// The record with the greatest key.
     fn last(&self, table: Table) -> Result<Option<KeyValue>, StoreError>;
     fn len(&self, table: Table) -> usize;
+}
+
+/// Test support: every store back-end, reopenable, so that vault and rotation tests run on
+/// each of them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::{MemoryStore, SledStore, Store};
+
+    /// A store that can be opened again after the vault on it was dropped.
+    pub(crate) enum Backend {
+        Sled(tempfile::TempDir),
+        Memory(Arc<MemoryStore>),
+    }
+
+    impl Backend {
+        /// One of each back-end, empty.
+        pub(crate) fn all() -> [Backend; 2] {
+            [
+                Backend::Sled(tempfile::tempdir().unwrap()),
+                Backend::Memory(Arc::new(MemoryStore::new())),
+            ]
+        }
+
+        /// Opens the store (sled: the folder again; memory: the same maps).
+        pub(crate) fn open(&self) -> Arc<dyn Store> {
+            match self {
+                Backend::Sled(dir) => Arc::new(SledStore::open(dir.path()).unwrap()),
+                Backend::Memory(store) => store.clone(),
+            }
+        }
+
+        /// A new, empty store of the same kind.
+        pub(crate) fn fresh(&self) -> Backend {
+            match self {
+                Backend::Sled(_) => Backend::Sled(tempfile::tempdir().unwrap()),
+                Backend::Memory(_) => Backend::Memory(Arc::new(MemoryStore::new())),
+            }
+        }
+
+        /// The back-end's name, for assertion messages.
+        pub(crate) fn name(&self) -> &'static str {
+            match self {
+                Backend::Sled(_) => "sled",
+                Backend::Memory(_) => "memory",
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Backend;
+    use super::*;
+
+    /// The contract every back-end keeps, checked on each.
+    #[test]
+    fn every_backend_keeps_the_store_contract() {
+        for backend in Backend::all() {
+            let store = backend.open();
+            let name = backend.name();
+            let cas = |key: &[u8], expected: Option<&[u8]>, new: &[u8]| {
+                store
+                    .compare_and_swap(Table::UserData, key, expected, Some(new.to_vec()))
+                    .unwrap()
+            };
+            assert!(cas(b"u", None, b"1"), "{name}");
+            // Someone else wrote first: an expectation of "absent" or of an old value fails.
+            assert!(!cas(b"u", None, b"x"), "{name}");
+            assert!(cas(b"u", Some(b"1"), b"2"), "{name}");
+            assert!(!cas(b"u", Some(b"1"), b"3"), "{name}");
+            assert_eq!(store.get(Table::UserData, b"u").unwrap().unwrap(), b"2");
+            store.insert(Table::RiskLogs, b"l", b"4".to_vec()).unwrap();
+            store.insert(Table::RiskLogs, b"m", b"5".to_vec()).unwrap();
+            assert_eq!(store.len(Table::RiskLogs), 2, "{name}");
+            assert_eq!(
+                store.len(Table::UserData),
+                1,
+                "tables are separate ({name})"
+            );
+            let after_l = store.scan_after(Table::RiskLogs, Some(b"l"), 10).unwrap();
+            assert_eq!(after_l, vec![(b"m".to_vec(), b"5".to_vec())], "{name}");
+            assert_eq!(store.scan_after(Table::RiskLogs, None, 1).unwrap().len(), 1);
+            assert_eq!(store.last(Table::RiskLogs).unwrap().unwrap().0, b"m");
+            for key in [&b"ab1"[..], b"ab2", b"ab3", b"ac1", b"a"] {
+                store.insert(Table::Audit, key, key.to_vec()).unwrap();
+            }
+            let newest: Vec<Vec<u8>> = store
+                .scan_prefix_last(Table::Audit, b"ab", 2)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(newest, [b"ab3".to_vec(), b"ab2".to_vec()], "{name}");
+            let mut visited = 0;
+            store
+                .visit(Table::Audit, &mut |_, _| {
+                    visited += 1;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(visited, 5, "{name}");
+            assert!(
+                store
+                    .compare_and_swap(Table::RiskLogs, b"m", Some(b"5"), None)
+                    .unwrap()
+            );
+            store.remove(Table::RiskLogs, b"l").unwrap();
+            assert_eq!(store.len(Table::RiskLogs), 0, "{name}");
+            assert!(
+                store.next_id().unwrap() < store.next_id().unwrap(),
+                "{name}"
+            );
+            store.flush().unwrap();
+        }
+    }
 }

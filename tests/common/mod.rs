@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use tee_risk::access::ClientCredential;
-use tee_risk::attest::sim::SimPlatform;
+use tee_risk::app::config::Config;
+use tee_risk::app::server::{LISTENING_PREFIX, OPERATOR_LISTENING_PREFIX};
 use tee_risk::client::{Client, FeatureRequest, RawResponse, ServerKeys};
-use tee_risk::config::Config;
-use tee_risk::dataset::Dataset;
+use tee_risk::lab::Dataset;
+use tee_risk::protocol::client_auth::ClientCredential;
 use tee_risk::risk::{self, Decision};
-use tee_risk::server::{LISTENING_PREFIX, OPERATOR_LISTENING_PREFIX};
 use tee_risk::store::{MasterKey, SledStore, Store, Vault};
 
 pub const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -53,7 +52,8 @@ pub struct TestServer {
 /// restarts; the clients file registering it is passed with `--clients`.
 fn test_client(data_dir: &Path) -> (Arc<ClientCredential>, PathBuf) {
     let key_file = data_dir.with_extension("client-key.hex");
-    let key = SimPlatform::load_or_create_key(&key_file).expect("test client key");
+    let key =
+        tee_risk::crypto::keyfile::load_or_create_sm2_key(&key_file).expect("test client key");
     let clients_file = data_dir.with_extension("clients.toml");
     std::fs::write(
         &clients_file,
@@ -65,7 +65,10 @@ fn test_client(data_dir: &Path) -> (Arc<ClientCredential>, PathBuf) {
     )
     .unwrap();
     (
-        Arc::new(ClientCredential::load("test", &key_file).unwrap()),
+        Arc::new(ClientCredential::new(
+            "test",
+            tee_risk::crypto::keyfile::load_sm2_key(&key_file).unwrap(),
+        )),
         clients_file,
     )
 }
@@ -277,7 +280,7 @@ pub fn faces() -> Faces {
 /// be enrolled under its own account without an identity conflict); `new_capture` of one
 /// matches it at about 0.995.
 pub fn synthetic_face(n: usize) -> Vec<f32> {
-    tee_risk::dataset::new_capture(&[0.0; 128], n)
+    tee_risk::lab::new_capture(&[0.0; 128], n)
         .iter()
         .map(|x| x * 10.0)
         .collect()

@@ -1,0 +1,433 @@
+//! Configuration: built-in defaults (the file `config/default.toml`, embedded at build time),
+//! overlaid by an optional operator file, then by command-line flags and environment
+//! variables (the binary's `cli.rs`). Unknown keys are errors, so a typo never goes
+//! unnoticed. Each subsystem owns its section's struct where it has one (`[risk]`:
+//! `risk::RiskConfig`); this module assembles and checks them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::attest::TeeKind;
+use crate::risk::model::ModelError;
+use crate::risk::{RiskConfig, RiskModel, RiskPolicy};
+use crate::service::Settings;
+
+/// The documented defaults; also the example file operators copy.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/default.toml");
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The operator's file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The operator's file is wrong; the cause says how.
+    #[error("config {path}: {source}")]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: Box<ConfigError>,
+    },
+    /// Not TOML, an unknown key, or a value of the wrong type.
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    /// A value outside its documented range (the sentence names the key and the range).
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// A listen address that does not parse.
+    #[error("{key} `{value}` is not an address like 127.0.0.1:8080")]
+    Address {
+        /// The configuration key.
+        key: &'static str,
+        /// What it holds.
+        value: String,
+    },
+    /// `risk.model_file` could not be read.
+    #[error("cannot read risk.model_file {path}: {source}")]
+    ModelRead {
+        /// The model file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// `risk.model_file` is not a valid model.
+    #[error("risk.model_file {path}: {source}")]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ModelError,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub keys: KeysConfig,
+    pub protocol: ProtocolConfig,
+    pub features: FeaturesConfig,
+    pub risk: RiskConfig,
+    pub attestation: AttestationConfig,
+    pub access: AccessConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Token-bucket rate limits (0 per minute: no limit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub client_per_minute: u32,
+    pub client_burst: u32,
+    pub user_per_minute: u32,
+    pub user_burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// The registered clients (`docs/OPERATIONS.md`); empty: only the development client,
+    /// and only in dev mode.
+    pub clients_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// `sim` (refused on a machine with a TEE device), `snp` (inside an SEV-SNP guest) or
+    /// `csv` (inside a Hygon CSV guest; builds with the `csv` feature).
+    pub mode: TeeKind,
+    /// Measurement reported in sim mode, 64 hex digits; empty: SM3 of the executable.
+    pub sim_measurement: String,
+    /// csv mode: the chip's HSK ‖ CEK file from Hygon's key server, sent inline with the
+    /// evidence; empty: verifiers need it in their offline folder.
+    #[serde(default)]
+    pub csv_hsk_cek_file: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// A second listener for the operator endpoints (`/metrics`, `/admin/…`), which then
+    /// answer only there; empty: they share `listen`.
+    pub operator_listen: String,
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Threads per HTTP worker for the CPU and fsync work of requests; more wait in line.
+    pub blocking_threads_per_worker: usize,
+    /// Whether to run in development mode (generated master key kept beside the data).
+    pub dev: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Where the identity public key is written as PEM for clients that pin it.
+    pub dir: PathBuf,
+    /// Validity of each encryption key; a new one is issued when the newest expires.
+    pub encryption_key_lifetime_secs: i64,
+    /// How long an expired encryption key still decrypts before it is wiped.
+    pub encryption_key_grace_secs: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolConfig {
+    /// Accepted |now − iat| in seconds.
+    pub iat_window_secs: i64,
+    /// Request ids remembered at most; beyond this, requests get 503 until ids expire.
+    pub replay_cache_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesConfig {
+    pub dimension: usize,
+}
+
+impl Config {
+    /// The built-in defaults.
+    pub fn builtin() -> Self {
+        Self::from_toml_layers(&[DEFAULT_CONFIG_TOML]).expect("config/default.toml is valid")
+    }
+
+    /// Defaults overlaid by the operator's file, if any.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Ok(Self::builtin()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::from_toml_layers(&[DEFAULT_CONFIG_TOML, &text]).map_err(|source| {
+                    ConfigError::InFile {
+                        path: path.to_owned(),
+                        source: Box::new(source),
+                    }
+                })
+            }
+        }
+    }
+
+    /// Deep-merges TOML documents, later ones winning, then checks the result.
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Self, ConfigError> {
+        let mut merged = toml::Table::new();
+        for layer in layers {
+            let table: toml::Table = layer.parse()?;
+            merge(&mut merged, table);
+        }
+        let config: Config = toml::Value::Table(merged).try_into()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let checks = [
+            (
+                self.attestation.mode != TeeKind::Csv || cfg!(feature = "csv"),
+                "attestation.mode = \"csv\" needs a build with `--features csv`",
+            ),
+            (
+                self.attestation.sim_measurement.is_empty()
+                    || (self.attestation.sim_measurement.len() == 64
+                        && hex::decode(&self.attestation.sim_measurement).is_ok()),
+                "attestation.sim_measurement must be empty or 64 hex digits",
+            ),
+            (
+                (60..=7 * 86_400).contains(&self.keys.encryption_key_lifetime_secs),
+                "keys.encryption_key_lifetime_secs must be in 60..=604800",
+            ),
+            (
+                (0..=self.keys.encryption_key_lifetime_secs)
+                    .contains(&self.keys.encryption_key_grace_secs),
+                "keys.encryption_key_grace_secs must be in 0..=encryption_key_lifetime_secs",
+            ),
+            (
+                (1..=512).contains(&self.server.blocking_threads_per_worker),
+                "server.blocking_threads_per_worker must be in 1..=512",
+            ),
+            (
+                self.server.max_body_bytes >= 1024,
+                "server.max_body_bytes must be at least 1024",
+            ),
+            (
+                self.server.max_body_bytes <= 16 << 20,
+                "server.max_body_bytes must be at most 16 MiB",
+            ),
+            (
+                (1..=86_400).contains(&self.protocol.iat_window_secs),
+                "protocol.iat_window_secs must be in 1..=86400",
+            ),
+            (
+                self.protocol.replay_cache_capacity >= 1,
+                "protocol.replay_cache_capacity must be positive",
+            ),
+            (
+                (1..=4096).contains(&self.features.dimension),
+                "features.dimension must be in 1..=4096",
+            ),
+            (
+                0.0 < self.risk.allow_max_fmr
+                    && self.risk.allow_max_fmr <= self.risk.step_up_max_fmr
+                    && self.risk.step_up_max_fmr <= 1.0,
+                "risk thresholds must satisfy 0 < allow_max_fmr <= step_up_max_fmr <= 1",
+            ),
+            (
+                0.0 < self.risk.conflict_max_fmr
+                    && self.risk.conflict_max_fmr <= 1.0
+                    && 0.0 < self.risk.enrolment_conflict_max_fmr
+                    && self.risk.enrolment_conflict_max_fmr <= 1.0,
+                "risk.conflict_max_fmr and risk.enrolment_conflict_max_fmr must be in (0, 1]",
+            ),
+            (
+                (1..=86_400).contains(&self.risk.velocity_window_secs),
+                "risk.velocity_window_secs must be in 1..=86400",
+            ),
+            (
+                (1..=1000).contains(&self.risk.max_devices),
+                "risk.max_devices must be in 1..=1000",
+            ),
+            (
+                self.risk.reason_min_log_odds.is_finite() && self.risk.reason_min_log_odds > 0.0,
+                "risk.reason_min_log_odds must be positive",
+            ),
+            (
+                (0.0..=1.0).contains(&self.risk.min_liveness),
+                "risk.min_liveness must be in [0, 1]",
+            ),
+            (
+                (0.99..=1.0).contains(&self.risk.copy_min_similarity),
+                "risk.copy_min_similarity must be in [0.99, 1]",
+            ),
+            (
+                self.risk.replay_history <= 1000,
+                "risk.replay_history must be at most 1000",
+            ),
+            (
+                (1..=100).contains(&self.risk.max_templates),
+                "risk.max_templates must be in 1..=100",
+            ),
+        ];
+        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(ConfigError::Invalid(message));
+        }
+        self.listen_addr()?;
+        self.risk_model().map(|_| ())
+    }
+
+    /// The risk model: the shipped one, or `risk.model_file`.
+    pub fn risk_model(&self) -> Result<RiskModel, ConfigError> {
+        if self.risk.model_file.as_os_str().is_empty() {
+            return Ok(RiskModel::builtin());
+        }
+        let path = &self.risk.model_file;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ModelRead {
+            path: path.clone(),
+            source,
+        })?;
+        RiskModel::from_json(&text).map_err(|source| ConfigError::Model {
+            path: path.clone(),
+            source,
+        })
+    }
+
+    /// The operator listener's address, if one is configured.
+    pub fn operator_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.server.operator_listen.is_empty() {
+            return Ok(None);
+        }
+        self.server
+            .operator_listen
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::Address {
+                key: "server.operator_listen",
+                value: self.server.operator_listen.clone(),
+            })
+    }
+
+    /// The service listener's address.
+    pub fn listen_addr(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        self.server
+            .listen
+            .parse()
+            .map_err(|_| ConfigError::Address {
+                key: "server.listen",
+                value: self.server.listen.clone(),
+            })
+    }
+
+    /// The policy; the model file was checked when the config was loaded.
+    pub fn risk_policy(&self) -> Result<RiskPolicy, ConfigError> {
+        Ok(self.risk.policy(Arc::new(self.risk_model()?)))
+    }
+
+    /// What the service needs, assembled from the sections that hold it.
+    pub fn service_settings(&self) -> Result<Settings, ConfigError> {
+        Ok(Settings {
+            policy: self.risk_policy()?,
+            iat_window_secs: self.protocol.iat_window_secs,
+            replay_cache_capacity: self.protocol.replay_cache_capacity,
+            encryption_key_lifetime_secs: self.keys.encryption_key_lifetime_secs,
+            encryption_key_grace_secs: self.keys.encryption_key_grace_secs,
+            velocity_window_secs: self.risk.velocity_window_secs,
+            max_devices: self.risk.max_devices,
+            dimension: self.features.dimension,
+            max_templates: self.risk.max_templates,
+            user_per_minute: self.limits.user_per_minute,
+            user_burst: self.limits.user_burst,
+        })
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_defaults_load() {
+        let config = Config::builtin();
+        assert_eq!(config.features.dimension, 128);
+        assert_eq!(config.protocol.iat_window_secs, 120);
+        assert!(!config.server.dev);
+    }
+
+    #[test]
+    fn overlay_changes_only_what_it_names() {
+        let config =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[protocol]\niat_window_secs = 30\n"])
+                .unwrap();
+        assert_eq!(config.protocol.iat_window_secs, 30);
+        assert_eq!(
+            config.protocol.replay_cache_capacity,
+            Config::builtin().protocol.replay_cache_capacity
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let typo =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[protocol]\niat_windw_secs = 30\n"]);
+        assert!(typo.unwrap_err().to_string().contains("iat_windw_secs"));
+        let bad = Config::from_toml_layers(&[
+            DEFAULT_CONFIG_TOML,
+            "[risk]\nallow_max_fmr = 0.5\nstep_up_max_fmr = 0.1\n",
+        ]);
+        assert!(bad.unwrap_err().to_string().contains("thresholds"));
+        let addr =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[server]\nlisten = \"nowhere\"\n"]);
+        assert!(addr.unwrap_err().to_string().contains("not an address"));
+        let model = Config::from_toml_layers(&[
+            DEFAULT_CONFIG_TOML,
+            "[risk]\nmodel_file = \"/nonexistent/model.json\"\n",
+        ]);
+        assert!(model.unwrap_err().to_string().contains("risk.model_file"));
+    }
+
+    #[test]
+    fn csv_mode_needs_a_build_with_the_csv_feature() {
+        let csv =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[attestation]\nmode = \"csv\"\n"]);
+        if cfg!(feature = "csv") {
+            assert_eq!(csv.unwrap().attestation.mode, TeeKind::Csv);
+        } else {
+            assert!(csv.unwrap_err().to_string().contains("--features csv"));
+        }
+        let other =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[attestation]\nmode = \"tdx\"\n"]);
+        let other = other.unwrap_err().to_string();
+        assert!(other.contains("unknown variant `tdx`"), "{other}");
+    }
+}

@@ -1,0 +1,109 @@
+//! The application: configuration, the master key and key files, start-up of the server with
+//! its background tasks, and shutdown. The top of the library: it wires the layers below
+//! together and nothing below imports it.
+
+pub mod config;
+pub mod secrets;
+pub mod server;
+mod tasks;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::crypto::keyfile::KeyFileError;
+use crate::service::StartError;
+use crate::service::access::ClientsError;
+use crate::store::{StoreError, VaultError};
+
+pub use config::{Config, ConfigError};
+pub use secrets::{MasterKeyEnv, open_vault};
+pub use server::serve;
+
+/// Why the service could not start or stopped with a fault. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `DB_MASTER_KEY` is not set and dev mode is off.
+    #[error(
+        "DB_MASTER_KEY is not set. Set it to 64 hex characters (for example the output of \
+         `openssl rand -hex 32`, kept in your secret store), or run with --dev for a local \
+         development key."
+    )]
+    NoMasterKey,
+    /// A master key (from the env or the dev key file) does not parse; the input is never
+    /// echoed.
+    #[error("{origin}: {reason}")]
+    BadMasterKey {
+        /// `DB_MASTER_KEY`, `DB_MASTER_KEY_PREVIOUS` or the dev key file.
+        origin: String,
+        /// Why.
+        reason: String,
+    },
+    /// A key file could not be read, created or parsed.
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    /// The development client's key file could not be read or created.
+    #[error("the development client: {0}")]
+    DevClient(KeyFileError),
+    /// A folder or file the service writes could not be.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error(
+        "{source} (a running service holds the database: stop it first, or use its /admin/db/status endpoint)"
+    )]
+    StoreOpen {
+        /// The engine's error.
+        source: StoreError,
+    },
+    /// The vault refused to open (wrong key, corruption…): its message says what to do.
+    #[error("cannot open the database: {0}")]
+    Vault(#[from] VaultError),
+    /// The service could not be built.
+    #[error("cannot start the service: {0}")]
+    Start(#[from] StartError),
+    /// The clients file is wrong.
+    #[error(transparent)]
+    Clients(#[from] ClientsError),
+    /// Production without a clients file.
+    #[error(
+        "no clients registered: set access.clients_file (or --clients / TEE_RISK_CLIENTS) to a \
+         clients file (docs/OPERATIONS.md); refusing to serve without client credentials"
+    )]
+    NoClients,
+    /// A hardware attestation mode on a machine without its device.
+    #[error("attestation.mode = \"{mode}\" needs {device}: run inside such a guest")]
+    NoTeeDevice {
+        /// The configured mode.
+        mode: &'static str,
+        /// The device it needs.
+        device: &'static str,
+    },
+    /// Sim mode on a machine that has a TEE.
+    #[error(
+        "{0} exists: this machine has a TEE, so simulated attestation is refused (use the \
+         hardware attestation mode)"
+    )]
+    TeeDevicePresent(&'static str),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed while running.
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}

@@ -1,0 +1,258 @@
+//! Start-up and shutdown of `tee-risk serve`: open the encrypted database, generate the
+//! in-memory SM2 keys, publish their public halves, serve HTTP until SIGTERM/SIGINT, then
+//! flush.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::{App, HttpServer, web};
+
+use super::AppError;
+use super::config::Config;
+use super::secrets::{MasterKeyEnv, open_vault};
+use super::tasks::{spawn_key_maintenance, spawn_rotation};
+use crate::attest::sim::{Measurement, SimPlatform};
+use crate::attest::{Attester, TeeKind};
+use crate::crypto::keyfile;
+use crate::http::{AppState, request_context, routes};
+use crate::obs::unix_now;
+use crate::service::Service;
+use crate::service::access::{ClientRegistry, DevClient};
+use crate::service::limits::RateLimiter;
+use crate::store::OpenMode;
+
+/// Bearer token for the operator endpoints (`/admin/…`); unset: they answer 404.
+pub const ADMIN_TOKEN_ENV: &str = "TEE_RISK_ADMIN_TOKEN";
+/// Printed on stdout once the operator listener is bound, followed by its address.
+pub const OPERATOR_LISTENING_PREFIX: &str = "OPERATOR LISTENING ";
+/// The line printed on stdout once the server listens (tests and scripts wait for it).
+pub const LISTENING_PREFIX: &str = "tee-risk listening on http://";
+/// The identity public key as PEM, in the keys folder, for clients that pin it.
+pub const IDENTITY_PEM: &str = "identity.pub.pem";
+/// The sim platform's public key as PEM, in the keys folder (sim mode).
+pub const SIM_PLATFORM_PEM: &str = "sim-platform.pub.pem";
+/// The sim platform's private key, beside the data (sim mode only).
+pub const SIM_PLATFORM_KEY_FILE: &str = "sim-platform-key.hex";
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AppError + 'a {
+    move |source| AppError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The registered clients: the clients file, or in dev mode (without one) the dev client.
+fn client_registry(config: &Config) -> Result<ClientRegistry, AppError> {
+    let file = &config.access.clients_file;
+    if !file.as_os_str().is_empty() {
+        let registry = ClientRegistry::load(file)?;
+        tracing::info!(clients = registry.len(), file = %file.display(), "clients registered");
+        return Ok(registry);
+    }
+    if !config.server.dev {
+        return Err(AppError::NoClients);
+    }
+    let key_file = DevClient::key_file(&config.storage.data_dir);
+    tracing::warn!(
+        "DEVELOPMENT client `{}` may enrol, assess and erase; its key is {} (tee-risk client \
+         uses it by default). Register real clients with access.clients_file.",
+        DevClient::ID,
+        key_file.display()
+    );
+    DevClient::registry(&config.storage.data_dir).map_err(AppError::DevClient)
+}
+
+/// Where evidence comes from, for the configured TEE kind.
+fn attester(config: &Config) -> Result<Attester, AppError> {
+    let device_needed = |mode: TeeKind, device: &'static str| {
+        if Path::new(device).exists() {
+            Ok(())
+        } else {
+            Err(AppError::NoTeeDevice {
+                mode: mode.as_str(),
+                device,
+            })
+        }
+    };
+    Ok(match config.attestation.mode {
+        TeeKind::Snp => {
+            device_needed(TeeKind::Snp, "/dev/sev-guest")?;
+            tracing::info!("attestation: AMD SEV-SNP reports from /dev/sev-guest");
+            Attester::Snp
+        }
+        #[cfg(feature = "csv")]
+        TeeKind::Csv => {
+            device_needed(TeeKind::Csv, "/dev/csv-guest")?;
+            tracing::info!("attestation: Hygon CSV reports from /dev/csv-guest");
+            let file = &config.attestation.csv_hsk_cek_file;
+            Attester::Csv {
+                hsk_cek_file: (!file.is_empty()).then(|| file.into()),
+            }
+        }
+        // Config validation refuses `csv` in a build without the feature.
+        #[cfg(not(feature = "csv"))]
+        TeeKind::Csv => {
+            return Err(super::ConfigError::Invalid(
+                "attestation.mode = \"csv\" needs a build with `--features csv`",
+            )
+            .into());
+        }
+        TeeKind::Sim => Attester::Sim(Box::new(sim_platform(config)?)),
+    })
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn serve(config: Config, keys: MasterKeyEnv) -> Result<(), AppError> {
+    let data_dir = config.storage.data_dir.clone();
+    let settings = config.service_settings()?;
+    let vault = open_vault(keys, config.server.dev, &data_dir, OpenMode::Write)?;
+
+    let service = Arc::new(Service::new(&settings, vault, unix_now())?);
+    publish_public_keys(&config.keys.dir, &service)?;
+
+    let stop_rotation = Arc::new(AtomicBool::new(false));
+    let rotation = if service.vault().rotation_pending() {
+        Some(
+            spawn_rotation(service.clone(), stop_rotation.clone())
+                .map_err(io("start the rotation thread for", &data_dir))?,
+        )
+    } else {
+        None
+    };
+    let stop_maintenance = Arc::new(AtomicBool::new(false));
+    let maintenance = spawn_key_maintenance(service.clone(), stop_maintenance.clone())
+        .map_err(io("start the key maintenance thread for", &data_dir))?;
+
+    let attestation = Arc::new(attester(&config)?);
+    let clients = Arc::new(client_registry(&config)?);
+
+    let state = web::Data::new(AppState {
+        attestation,
+        clients,
+        draining: Arc::new(AtomicBool::new(false)),
+        operator_listener: Arc::new(std::sync::OnceLock::new()),
+        dev: config.server.dev,
+        client_limits: Arc::new(RateLimiter::new(
+            config.limits.client_per_minute,
+            config.limits.client_burst,
+        )),
+        service: service.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+        admin_token: std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(|t| crate::crypto::sm3(t.as_bytes())),
+    });
+    let listen: SocketAddr = config.listen_addr()?;
+    let draining = state.draining.clone();
+    let operator_listener = state.operator_listener.clone();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap_fn(request_context)
+            .configure(routes)
+    })
+    .shutdown_signal(shutdown_signal(draining))
+    .shutdown_timeout(30)
+    .worker_max_blocking_threads(config.server.blocking_threads_per_worker);
+    if config.server.workers > 0 {
+        server = server.workers(config.server.workers);
+    }
+    let mut server = server.bind(listen).map_err(|source| AppError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let service_addr = server.addrs()[0];
+    if let Some(operator) = config.operator_addr()? {
+        server = server.bind(operator).map_err(|source| AppError::Bind {
+            addr: operator,
+            source,
+        })?;
+        let bound = *server.addrs().last().expect("just bound");
+        let _ = operator_listener.set(bound);
+        tracing::info!(addr = %bound, "operator endpoints (/metrics, /admin/…) listening");
+        // Before the service's line, which tells watchers that start-up is complete.
+        println!("{OPERATOR_LISTENING_PREFIX}{bound}");
+    }
+    tracing::info!(addr = %service_addr, "listening");
+    println!("{LISTENING_PREFIX}{service_addr}");
+    std::io::stdout().flush().ok();
+    // On SIGTERM/SIGINT: stop accepting, finish in-flight requests (answers then close
+    // their connections), then stop the background threads and flush.
+    server.run().await.map_err(AppError::Serve)?;
+    stop_rotation.store(true, Ordering::Relaxed);
+    stop_maintenance.store(true, Ordering::Relaxed);
+    if let Some(rotation) = rotation {
+        let _ = rotation.join();
+    }
+    let _ = maintenance.join();
+    service.vault().flush()?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Resolves at SIGTERM or SIGINT, after marking the service as draining.
+async fn shutdown_signal(draining: Arc<AtomicBool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    draining.store(true, Ordering::SeqCst);
+    tracing::info!(
+        signal = name,
+        "draining: finishing in-flight requests, then stopping"
+    );
+}
+
+/// Writes the identity public key as PEM for clients that pin it (encryption keys rotate;
+/// clients fetch them from `GET /v1/keys` and check their certificates against it).
+fn publish_public_keys(dir: &Path, service: &Service) -> Result<(), AppError> {
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let key = service.identity_public();
+    let path = dir.join(IDENTITY_PEM);
+    std::fs::write(&path, key.to_pem()).map_err(io("write", &path))?;
+    tracing::info!(path = %path.display(), kid = %key.kid(), "identity public key written");
+    Ok(())
+}
+
+/// The simulated TEE: refused where a TEE device exists; its key persists beside the data
+/// and its public half is written for verifiers to pin.
+fn sim_platform(config: &Config) -> Result<SimPlatform, AppError> {
+    if let Some(device) = SimPlatform::tee_device_present() {
+        return Err(AppError::TeeDevicePresent(device));
+    }
+    let key =
+        keyfile::load_or_create_sm2_key(&config.storage.data_dir.join(SIM_PLATFORM_KEY_FILE))?;
+    let measurement = if config.attestation.sim_measurement.is_empty() {
+        let exe = std::env::current_exe().map_err(io("locate", Path::new("the executable")))?;
+        Measurement::FileDigest(exe)
+    } else {
+        // Validated as 64 hex digits when the config was loaded.
+        let mut m = [0u8; 32];
+        hex::decode_to_slice(&config.attestation.sim_measurement, &mut m)
+            .expect("validated by Config");
+        Measurement::Fixed(m)
+    };
+    let platform = SimPlatform::with_measurement(key, measurement, config.server.dev);
+    let path = config.keys.dir.join(SIM_PLATFORM_PEM);
+    std::fs::create_dir_all(&config.keys.dir).map_err(io("create", &config.keys.dir))?;
+    std::fs::write(&path, platform.public().to_pem()).map_err(io("write", &path))?;
+    tracing::warn!(
+        platform_key = %path.display(),
+        "SIMULATED attestation: evidence is signed by a local sim platform key, not by TEE \
+         hardware; verifiers accept it only if their policy allows `sim`"
+    );
+    Ok(platform)
+}

@@ -1,0 +1,216 @@
+//! The command line: every command, argument and environment variable of `tee-risk`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `tee-risk`.
+#[derive(Parser)]
+#[command(
+    name = "tee-risk",
+    version,
+    about = "Face-verification risk scoring in a TEE, with SM2/SM3/SM4"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the service (DB master key from env DB_MASTER_KEY, or --dev).
+    Serve(ServeArgs),
+    /// Talk to a running service.
+    #[cfg(feature = "client")]
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Operator commands on the database of a stopped service (keys from DB_MASTER_KEY and
+    /// DB_MASTER_KEY_PREVIOUS). Exit codes: 0 done, 1 could not run, 3 a check failed,
+    /// 4 refused (a precondition does not hold yet).
+    #[command(subcommand)]
+    Db(DbCommand),
+    #[cfg(feature = "lab")]
+    /// Train the risk model on a labelled embeddings file: measure the match calibration,
+    /// generate labelled attempts (genuine and attacks), fit the logistic regression, write
+    /// the versioned model file (docs/EVALUATION.md).
+    Train {
+        #[arg(long)]
+        data: PathBuf,
+        /// Where to write the model (the shipped one is config/risk-model.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// L2 penalty of the logistic regression.
+        #[arg(long, default_value_t = tee_risk::lab::train::DEFAULT_ALPHA)]
+        alpha: f64,
+        /// Seed of the generated contexts (training is deterministic for a given seed).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    #[cfg(feature = "lab")]
+    /// Replay the evaluation protocol (docs/EVALUATION.md) on a labelled embeddings file
+    /// through the configured scoring policy; print a table and write a JSON report.
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        /// Operator config file (for the `[risk]` policy).
+        #[arg(long, env = "TEE_RISK_CONFIG")]
+        config: Option<PathBuf>,
+        /// Enrolment sizes to evaluate, e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        enrol_images: Vec<usize>,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "target/eval-report.json")]
+        out: PathBuf,
+        /// Also draw the DET curve and score histograms as PNG files into this folder.
+        #[arg(long)]
+        plots: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Operator config file overriding the built-in defaults (config/default.toml).
+    #[arg(long, env = "TEE_RISK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0: any free port).
+    #[arg(long, env = "TEE_RISK_LISTEN")]
+    pub listen: Option<String>,
+    /// Folder for the database (and the dev master key in dev mode).
+    #[arg(long, env = "TEE_RISK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address for the operator endpoints (server.operator_listen).
+    #[arg(long, env = "TEE_RISK_OPERATOR_LISTEN")]
+    pub operator_listen: Option<String>,
+    /// Folder where the public keys are written as PEM.
+    #[arg(long, env = "TEE_RISK_KEYS_DIR")]
+    pub keys_dir: Option<PathBuf>,
+    /// Development mode: without DB_MASTER_KEY, generate a master key beside the data.
+    #[arg(long, env = "TEE_RISK_DEV", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub dev: Option<bool>,
+    /// The registered clients file (access.clients_file).
+    #[arg(long, env = "TEE_RISK_CLIENTS")]
+    pub clients: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DbArgs {
+    /// Operator config file (for storage.data_dir).
+    #[arg(long, env = "TEE_RISK_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "TEE_RISK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Use the development master key kept beside the data.
+    #[arg(long, env = "TEE_RISK_DEV", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub dev: Option<bool>,
+}
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// Key ids and states, rotation progress, records per key (read-only; JSON).
+    Status(DbArgs),
+    /// Re-encrypt every record under DB_MASTER_KEY (offline; the service does the same
+    /// online when started with a new key). Safe to re-run; resumes where it stopped.
+    Rotate {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Only count, per table, the records that would move.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Decrypt every record, compare counts with those at rotation start, and confirm that
+    /// no record is still under an old key.
+    Verify(DbArgs),
+    /// Retire a decrypt-only key after `verify` passes: refused from then on, even if
+    /// supplied.
+    RetireKey {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The key id, as `db status` prints it.
+        id: String,
+    },
+    /// Check the SM3 chain of the audit log (needs no key).
+    VerifyLog(DbArgs),
+    /// Copy the database of the stopped service into DIR (which must not exist or be
+    /// empty), then open the copy and decrypt every record of it.
+    Backup {
+        #[command(flatten)]
+        db: DbArgs,
+        dir: PathBuf,
+    },
+}
+
+#[cfg(feature = "client")]
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Verify the service's attestation evidence (fresh nonce) under a policy file, then its
+    /// certified encryption key; print what was verified.
+    Attest {
+        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Attestation policy (TOML), e.g. config/attestation-policy.toml.
+        #[arg(long, default_value = "config/attestation-policy.toml")]
+        policy: PathBuf,
+    },
+    /// Fetch and print the service's public keys.
+    Keys {
+        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Enrol a face embedding for a user.
+    Enroll(RequestArgs),
+    /// Assess a face embedding against a user's enrolment.
+    Assess(RequestArgs),
+    /// Erase everything the service keeps about a user (templates, history, indexes; risk
+    /// logs keep the decisions only).
+    Erase {
+        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        access: AccessArgs,
+        #[arg(long)]
+        pin_keys: Option<PathBuf>,
+    },
+}
+
+/// Who the client is: its registered id and SM2 private key. The defaults are the
+/// development client that `make run` creates.
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct AccessArgs {
+    #[arg(long, env = "TEE_RISK_CLIENT_ID", default_value = "dev")]
+    pub client_id: String,
+    /// The client's SM2 private key: 64 hex digits or a PKCS#8 PEM.
+    #[arg(
+        long,
+        env = "TEE_RISK_CLIENT_KEY",
+        default_value = "data/dev-client-key.hex"
+    )]
+    pub client_key: PathBuf,
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct RequestArgs {
+    #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The user id the face is claimed to belong to.
+    #[arg(long)]
+    pub user: String,
+    /// JSON file: an array of numbers, or an object with `features` or `embedding`.
+    #[arg(long)]
+    pub features: PathBuf,
+    /// Client-side liveness (presentation-attack) score in [0, 1].
+    #[arg(long)]
+    pub liveness: Option<f32>,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[command(flatten)]
+    pub access: AccessArgs,
+    /// Trust only the identity key in this folder (identity.pub.pem) instead of the one the
+    /// service presents; encryption keys must carry its certificate.
+    #[arg(long)]
+    pub pin_keys: Option<PathBuf>,
+}

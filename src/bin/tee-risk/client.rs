@@ -1,0 +1,109 @@
+//! `tee-risk client …`: talk to a running service through the client library.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tee_risk::app::server::IDENTITY_PEM;
+use tee_risk::attest::Policy;
+use tee_risk::client::{Client, FeatureRequest, ServerKeys, read_features_file};
+use tee_risk::crypto::keyfile::load_sm2_key;
+use tee_risk::protocol::client_auth::ClientCredential;
+
+use crate::cli::{AccessArgs, ClientCommand};
+
+/// The client's credential from its id and key file.
+fn credential(access: &AccessArgs) -> anyhow::Result<Arc<ClientCredential>> {
+    Ok(Arc::new(ClientCredential::new(
+        &access.client_id,
+        load_sm2_key(&access.client_key)?,
+    )))
+}
+
+/// Runs one `client` command.
+pub fn run(command: ClientCommand) -> anyhow::Result<()> {
+    let (path, args) = match command {
+        ClientCommand::Attest { url, policy } => {
+            let policy = Policy::load(&policy)?;
+            let (client, verified) = Client::attest(&url, &policy)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "tee": verified.tee,
+                    "measurement": verified.measurement,
+                    "debug": verified.debug,
+                    "issued_at": verified.issued_at,
+                    "identity_kid": verified.identity.kid(),
+                    "encryption_kid": client.keys().encryption.kid(),
+                    "encryption_valid_until": client.keys().encryption_not_after,
+                }))?
+            );
+            eprintln!(
+                "attestation verified: report signature, nonce, report_data binding of the \
+                 identity key, measurement, debug flag and age; encryption key certified by \
+                 that identity"
+            );
+            return Ok(());
+        }
+        ClientCommand::Keys { url } => {
+            let client = Client::fetch_keys(&url)?;
+            let keys = client.keys();
+            println!(
+                "identity   kid={}  (signs responses and certifies encryption keys)",
+                keys.identity.kid()
+            );
+            println!(
+                "encryption kid={}  (certificate verified; valid until {})",
+                keys.encryption.kid(),
+                keys.encryption_not_after
+            );
+            return Ok(());
+        }
+        ClientCommand::Erase {
+            url,
+            user,
+            access,
+            pin_keys,
+        } => {
+            let client = connect(&url, pin_keys.as_deref())?.with_credential(credential(&access)?);
+            let payload = client.erase(&user)?;
+            println!("{}", serde_json::to_string_pretty(&payload)?);
+            eprintln!(
+                "signature verified (identity kid {}), rid and req_sm3 match",
+                client.keys().identity.kid()
+            );
+            return Ok(());
+        }
+        ClientCommand::Enroll(args) => ("/v1/enroll", args),
+        ClientCommand::Assess(args) => ("/v1/assess", args),
+    };
+    let client =
+        connect(&args.url, args.pin_keys.as_deref())?.with_credential(credential(&args.access)?);
+    let request = FeatureRequest {
+        user_id: args.user.clone(),
+        features: read_features_file(&args.features)?,
+        liveness: args.liveness,
+        device_id: args.device.clone(),
+    };
+    let payload = client.send(path, &request)?;
+    println!("{}", serde_json::to_string_pretty(&payload)?);
+    eprintln!(
+        "signature verified (identity kid {}), rid and req_sm3 match",
+        client.keys().identity.kid()
+    );
+    Ok(())
+}
+
+/// A client trusting the identity key pinned in `pin_keys` (identity.pub.pem), or else the
+/// one the service presents.
+fn connect(url: &str, pin_keys: Option<&Path>) -> anyhow::Result<Client> {
+    Ok(match pin_keys {
+        Some(dir) => {
+            let path = dir.join(IDENTITY_PEM);
+            let pem = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Client::fetch_keys_pinned(url, &ServerKeys::identity_from_pem(&pem)?)?
+        }
+        None => Client::fetch_keys(url)?,
+    })
+}

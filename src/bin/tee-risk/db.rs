@@ -1,0 +1,133 @@
+//! `tee-risk db …`: operator commands on the database of a stopped service.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tee_risk::app::Config;
+use tee_risk::app::secrets::{self, MasterKeyEnv, open_vault, store_path};
+use tee_risk::store::{DEFAULT_BATCH, KeyId, OpenMode, SledStore, Store, Vault, VaultError, audit};
+
+use crate::cli::{DbArgs, DbCommand};
+use crate::error::CliError;
+use crate::print_json;
+
+fn db_data_dir(args: &DbArgs) -> Result<(PathBuf, bool), CliError> {
+    let config = Config::load(args.config.as_deref())?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or(config.storage.data_dir.clone());
+    Ok((data_dir, args.dev.unwrap_or(config.server.dev)))
+}
+
+fn open_db(args: &DbArgs, mode: OpenMode) -> Result<Vault, CliError> {
+    let (data_dir, dev) = db_data_dir(args)?;
+    Ok(open_vault(
+        MasterKeyEnv::from_process(),
+        dev,
+        &data_dir,
+        mode,
+    )?)
+}
+
+/// Runs one `db` command.
+pub fn run(command: DbCommand) -> Result<(), CliError> {
+    match command {
+        DbCommand::Status(args) => {
+            print_json(&open_db(&args, OpenMode::Inspect)?.status()?)?;
+        }
+        DbCommand::Rotate { db, dry_run: true } => {
+            let vault = open_db(&db, OpenMode::Inspect)?;
+            print_json(&serde_json::json!({
+                "current_key": vault.key_id().to_string(),
+                "would_move": vault.pending_moves()?,
+            }))?;
+        }
+        DbCommand::Rotate { db, dry_run: false } => {
+            let vault = open_db(&db, OpenMode::Write)?;
+            let started = std::time::Instant::now();
+            let mut moved = 0u64;
+            vault.rotate_until_done(DEFAULT_BATCH, &|| false, &mut |n| moved += n)?;
+            let seconds = started.elapsed().as_secs_f64();
+            print_json(&serde_json::json!({
+                "current_key": vault.key_id().to_string(),
+                "moved": moved,
+                "seconds": seconds,
+                "records_per_second": moved as f64 / seconds.max(1e-9),
+                "next": "tee-risk db verify, then tee-risk db retire-key <old key id>",
+            }))?;
+        }
+        DbCommand::Verify(args) => {
+            let report = open_db(&args, OpenMode::Inspect)?.verify_rotation()?;
+            print_json(&report)?;
+            if !report.passed() {
+                return Err(CliError::CheckFailed(report.problems.join("; ")));
+            }
+        }
+        DbCommand::RetireKey { db, id } => {
+            let id: KeyId = id.parse().map_err(anyhow::Error::from)?;
+            let vault = open_db(&db, OpenMode::Inspect)?;
+            match vault.retire_key(id) {
+                Ok(()) => println!("key {id} is retired"),
+                Err(VaultError::Refused(why)) => return Err(CliError::Refused(why)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        DbCommand::VerifyLog(args) => {
+            let (data_dir, _) = db_data_dir(&args)?;
+            let store = SledStore::open(&store_path(&data_dir))?;
+            match audit::verify(&store) {
+                Ok(entries) => {
+                    let head = entries.last().map_or(audit::GENESIS, |e| e.hash.as_str());
+                    println!("audit log intact: {} entries, head {head}", entries.len());
+                }
+                Err(e) => return Err(CliError::CheckFailed(format!("audit log broken: {e}"))),
+            }
+        }
+        DbCommand::Backup { db, dir } => backup(&db, &dir)?,
+    }
+    Ok(())
+}
+
+/// Copies the flushed database while holding its lock, then proves the copy opens with the
+/// same keys and that every record of it decrypts.
+fn backup(args: &DbArgs, dir: &Path) -> Result<(), CliError> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Err(anyhow::anyhow!("{} is not empty: choose a new folder", dir.display()).into());
+    }
+    let (data_dir, _) = db_data_dir(args)?;
+    let vault = open_db(args, OpenMode::Inspect)?;
+    vault.flush()?;
+    copy_dir(&store_path(&data_dir), &store_path(dir))?;
+    drop(vault);
+    let (data_dir, dev) = db_data_dir(args)?;
+    let env = MasterKeyEnv::from_process();
+    let previous = secrets::previous_keys(env.previous.as_ref())?;
+    let (master, _) = secrets::resolve_master_key(env.current, dev, &data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path(dir))?);
+    let copy = Vault::open_keyring(store, &master, &previous, OpenMode::Inspect)
+        .context("the copy does not open")?;
+    let counts = copy.verify_all()?;
+    Ok(print_json(&serde_json::json!({
+        "backup": store_path(dir),
+        "user_data": counts.user_data,
+        "feature_history": counts.feature_history,
+        "risk_logs": counts.risk_logs,
+    }))?)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}

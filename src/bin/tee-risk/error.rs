@@ -1,0 +1,49 @@
+//! The CLI's error: what went wrong, and the exit code it means (documented in `--help`
+//! of `tee-risk db`): 1 could not run, 3 a check found a problem, 4 refused because a
+//! precondition does not hold yet.
+
+use std::process::ExitCode;
+
+/// Why a command did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command could not run (bad input, I/O, a refused start…).
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
+    /// A check (`db verify`, `db verify-log`) ran and found a problem; the report is printed.
+    #[error("{0}")]
+    CheckFailed(String),
+    /// Refused: a precondition does not hold yet (the message says which).
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl CliError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            CliError::Failed(_) => 1,
+            CliError::CheckFailed(_) => 3,
+            CliError::Refused(_) => 4,
+        })
+    }
+}
+
+macro_rules! from_library_errors {
+    ($($error:ty),* $(,)?) => {
+        $(impl From<$error> for CliError {
+            fn from(error: $error) -> Self {
+                CliError::Failed(error.into())
+            }
+        })*
+    };
+}
+
+from_library_errors!(
+    tee_risk::app::AppError,
+    tee_risk::app::ConfigError,
+    tee_risk::store::VaultError,
+    tee_risk::store::StoreError,
+    std::io::Error,
+    serde_json::Error,
+);

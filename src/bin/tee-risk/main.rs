@@ -1,0 +1,96 @@
+//! The `tee-risk` command: `serve`, `db …`, and with the default features `client …`,
+//! `train` and `eval`. Each command group is a module; `cli.rs` holds the definitions and
+//! `error.rs` the exit codes.
+
+mod cli;
+#[cfg(feature = "client")]
+mod client;
+mod db;
+mod error;
+#[cfg(feature = "lab")]
+mod lab;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tee_risk::app::{self, Config, MasterKeyEnv};
+
+use cli::{Cli, Command, ServeArgs};
+use error::CliError;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, not in log files or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let outcome: Result<(), CliError> = match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        #[cfg(feature = "client")]
+        Command::Client(command) => client::run(command).map_err(CliError::from),
+        Command::Db(command) => db::run(command),
+        #[cfg(feature = "lab")]
+        Command::Train {
+            data,
+            out,
+            alpha,
+            seed,
+        } => lab::train_model(&data, &out, alpha, seed).map_err(CliError::from),
+        #[cfg(feature = "lab")]
+        Command::Eval {
+            data,
+            config,
+            enrol_images,
+            out,
+            plots,
+        } => lab::evaluate(
+            &data,
+            config.as_deref(),
+            &enrol_images,
+            &out,
+            plots.as_deref(),
+        )
+        .map_err(CliError::from),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            error.exit_code()
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.storage.data_dir = dir;
+    }
+    if let Some(dir) = args.keys_dir {
+        config.keys.dir = dir;
+    }
+    if let Some(dev) = args.dev {
+        config.server.dev = dev;
+    }
+    if let Some(operator) = args.operator_listen {
+        config.server.operator_listen = operator;
+    }
+    if let Some(file) = args.clients {
+        config.access.clients_file = file;
+    }
+    config.listen_addr()?;
+    actix_web::rt::System::new().block_on(app::serve(config, MasterKeyEnv::from_process()))?;
+    Ok(())
+}

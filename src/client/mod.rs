@@ -1,0 +1,481 @@
+//! The client library (used by `tee-risk client …` and the tests): fetch or pin the service's
+//! keys, seal a feature message into an envelope, post it, and accept the answer only if its
+//! SM2 signature, request id and request hash all check out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::attest::verify::{Policy, Verified};
+use crate::attest::{Evidence, NONCE_LEN};
+use crate::crypto::sm2::PublicKey;
+use crate::crypto::sm3_hex;
+use crate::obs::unix_now;
+use crate::protocol::client_auth::ClientCredential;
+use crate::protocol::keycert::verify_certificate;
+use crate::protocol::request::{ProtectedHeader, seal};
+use crate::protocol::response::{SignedResponse, verify};
+use crate::protocol::{KeysDocument, PublicJwk, b64_decode};
+
+/// Largest response the client reads.
+const MAX_RESPONSE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("HTTP request failed: {0}")]
+    Http(String),
+    #[error("the service refused the request ({status} {code}): {detail}")]
+    Refused {
+        status: u16,
+        code: String,
+        detail: String,
+    },
+    #[error("the response cannot be trusted: {0}")]
+    Untrusted(String),
+    #[error("{0}")]
+    Keys(String),
+    /// A features file the CLI was given is unusable.
+    #[error("{path}: {reason}")]
+    FeaturesFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// What the client sends, before encryption. Wiped on drop.
+#[derive(Serialize, Zeroize, ZeroizeOnDrop)]
+pub struct FeatureRequest {
+    pub user_id: String,
+    pub features: Vec<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+}
+
+/// The service's public keys as the client trusts them: the identity key, and the
+/// encryption key it certified that is valid now.
+#[derive(Debug, Clone)]
+pub struct ServerKeys {
+    pub identity: PublicKey,
+    pub encryption: PublicKey,
+    /// When the encryption key's certificate expires (unix seconds).
+    pub encryption_not_after: i64,
+}
+
+fn jwk_key(jwk: &PublicJwk) -> Result<PublicKey, ClientError> {
+    let coordinate =
+        |v: &str| b64_decode(v).ok_or_else(|| ClientError::Keys("bad key coordinate".into()));
+    let key = PublicKey::from_xy(&coordinate(&jwk.x)?, &coordinate(&jwk.y)?)
+        .map_err(|_| ClientError::Keys(format!("key {} is not a point on SM2", jwk.kid)))?;
+    if key.kid() != jwk.kid {
+        return Err(ClientError::Keys(format!(
+            "key {}'s kid does not match its coordinates",
+            jwk.kid
+        )));
+    }
+    Ok(key)
+}
+
+impl ServerKeys {
+    /// The identity key of a PEM file the operator distributed (pinning).
+    pub fn identity_from_pem(pem: &str) -> Result<PublicKey, ClientError> {
+        PublicKey::from_pem(pem)
+            .map_err(|_| ClientError::Keys("the identity key PEM is not an SM2 public key".into()))
+    }
+
+    /// Keys from a `GET /v1/keys` document. The identity key is the document's own (trust
+    /// on first use) unless `pinned` is given, in which case the document must carry that
+    /// key. The encryption key is the newest one whose certificate verifies against the
+    /// identity key and whose validity holds at `now`.
+    pub fn from_document(
+        doc: &KeysDocument,
+        pinned: Option<&PublicKey>,
+        now: i64,
+    ) -> Result<Self, ClientError> {
+        let sig = doc
+            .keys
+            .iter()
+            .find(|k| k.key_use == "sig" && k.crv == "SM2")
+            .ok_or_else(|| ClientError::Keys("no SM2 identity key (use sig)".into()))?;
+        let identity = jwk_key(sig)?;
+        if pinned.is_some_and(|p| *p != identity) {
+            return Err(ClientError::Keys(
+                "the service presents another identity key than the pinned one".into(),
+            ));
+        }
+        let mut best: Option<(i64, i64, PublicKey)> = None;
+        let mut rejected = Vec::new();
+        for jwk in doc.keys.iter().filter(|k| k.key_use == "enc") {
+            let checked = jwk_key(jwk).and_then(|key| {
+                let cert = jwk.cert.as_ref().ok_or_else(|| {
+                    ClientError::Keys(format!("encryption key {} has no certificate", jwk.kid))
+                })?;
+                let statement = verify_certificate(&identity, &key, cert)
+                    .map_err(|e| ClientError::Keys(format!("encryption key {}: {e}", jwk.kid)))?;
+                Ok((statement, key))
+            });
+            match checked {
+                Ok((statement, key))
+                    if statement.not_before <= now && now <= statement.not_after =>
+                {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(nbf, _, _)| statement.not_before > *nbf)
+                    {
+                        best = Some((statement.not_before, statement.not_after, key));
+                    }
+                }
+                Ok(_) => rejected.push(format!("{}: not valid now", jwk.kid)),
+                Err(e) => rejected.push(e.to_string()),
+            }
+        }
+        let (_, encryption_not_after, encryption) = best.ok_or_else(|| {
+            ClientError::Keys(format!(
+                "no certified encryption key valid now ({})",
+                rejected.join("; ")
+            ))
+        })?;
+        Ok(Self {
+            identity,
+            encryption,
+            encryption_not_after,
+        })
+    }
+}
+
+/// A raw HTTP answer.
+pub struct RawResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+pub struct Client {
+    base_url: String,
+    agent: ureq::Agent,
+    keys: ServerKeys,
+    /// Signs every request it posts (`access.rs`); without one the service answers 401.
+    credential: Option<Arc<ClientCredential>>,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent()
+}
+
+fn read(mut response: ureq::http::Response<ureq::Body>) -> Result<RawResponse, ClientError> {
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE_BYTES)
+        .read_to_vec()
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    Ok(RawResponse { status, body })
+}
+
+/// `GET base_url ‖ path`, expecting 200; returns the body.
+fn get_ok(agent: &ureq::Agent, base_url: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+    let raw = read(
+        agent
+            .get(format!("{base_url}{path}"))
+            .call()
+            .map_err(|e| ClientError::Http(e.to_string()))?,
+    )?;
+    if raw.status != 200 {
+        let route = path.split('?').next().unwrap_or(path);
+        return Err(ClientError::Http(format!(
+            "GET {route} answered {}",
+            raw.status
+        )));
+    }
+    Ok(raw.body)
+}
+
+impl Client {
+    /// A client that trusts the identity key the service publishes at `GET /v1/keys`
+    /// (trust on first use; attested keys are the planned alternative) and the encryption
+    /// key that identity certified.
+    pub fn fetch_keys(base_url: &str) -> Result<Self, ClientError> {
+        Self::fetch_keys_checked(base_url, None)
+    }
+
+    /// Attests the service first: sends a fresh nonce to `GET /v1/attestation`, verifies the
+    /// evidence under `policy` (which says exactly which check failed, if one does), then
+    /// trusts the identity key the report binds and the encryption keys it certified.
+    pub fn attest(base_url: &str, policy: &Policy) -> Result<(Self, Verified), ClientError> {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let nonce: [u8; NONCE_LEN] =
+            crate::crypto::random_array().map_err(|e| ClientError::Keys(e.to_string()))?;
+        let path = format!(
+            "/v1/attestation?nonce={}",
+            crate::protocol::b64_encode(&nonce)
+        );
+        let body = get_ok(&agent(), &base_url, &path)?;
+        let evidence: Evidence = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Untrusted(format!("bad evidence: {e}")))?;
+        let verified = policy
+            .verify(&evidence, &nonce, unix_now())
+            .map_err(|e| ClientError::Untrusted(e.to_string()))?;
+        let client = Self::fetch_keys_pinned(&base_url, &verified.identity)?;
+        Ok((client, verified))
+    }
+
+    /// A client that trusts only the `identity` key it was given, and encryption keys that
+    /// key certified.
+    pub fn fetch_keys_pinned(base_url: &str, identity: &PublicKey) -> Result<Self, ClientError> {
+        Self::fetch_keys_checked(base_url, Some(identity))
+    }
+
+    fn fetch_keys_checked(base_url: &str, pinned: Option<&PublicKey>) -> Result<Self, ClientError> {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let agent = agent();
+        let body = get_ok(&agent, &base_url, "/v1/keys")?;
+        let doc: KeysDocument = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Keys(format!("bad keys document: {e}")))?;
+        let keys = ServerKeys::from_document(&doc, pinned, unix_now())?;
+        Ok(Self {
+            base_url,
+            agent,
+            keys,
+            credential: None,
+        })
+    }
+
+    /// A client that trusts only `keys` (pinned).
+    pub fn with_keys(base_url: &str, keys: ServerKeys) -> Self {
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            agent: agent(),
+            keys,
+            credential: None,
+        }
+    }
+
+    /// The same client, signing its requests with `credential`.
+    pub fn with_credential(mut self, credential: Arc<ClientCredential>) -> Self {
+        self.credential = Some(credential);
+        self
+    }
+
+    pub fn keys(&self) -> &ServerKeys {
+        &self.keys
+    }
+
+    /// Encrypts `request` into an envelope body with a fresh request id.
+    pub fn seal<T: Serialize>(
+        &self,
+        request: &T,
+    ) -> Result<(ProtectedHeader, Vec<u8>), ClientError> {
+        let header = ProtectedHeader::new(&self.keys.encryption.kid(), unix_now())
+            .map_err(|e| ClientError::Keys(e.to_string()))?;
+        let plaintext = Zeroizing::new(
+            serde_json::to_vec(request).map_err(|e| ClientError::Keys(e.to_string()))?,
+        );
+        let body = seal(&self.keys.encryption, &header, &plaintext)
+            .map_err(|e| ClientError::Keys(e.to_string()))?;
+        Ok((header, body))
+    }
+
+    /// Posts `body` to `path` as is, signed when the client has a credential (tests use it
+    /// to send tampered envelopes).
+    pub fn post_raw(&self, path: &str, body: &[u8]) -> Result<RawResponse, ClientError> {
+        self.request_raw("POST", path, body)
+    }
+
+    /// Sends `body` with `method` (POST or DELETE) to `path`, signed when the client has a
+    /// credential.
+    pub fn request_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<RawResponse, ClientError> {
+        let authorization = match &self.credential {
+            Some(credential) => Some(
+                credential
+                    .authorization(method, path, body)
+                    .map_err(|e| ClientError::Keys(e.to_string()))?,
+            ),
+            None => None,
+        };
+        self.send_with_authorization(method, path, body, authorization.as_deref())
+    }
+
+    /// Sends `body` with an `Authorization` value made beforehand (load generators sign
+    /// ahead of time), or none.
+    pub fn send_with_authorization(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        authorization: Option<&str>,
+    ) -> Result<RawResponse, ClientError> {
+        let url = format!("{}{path}", self.base_url);
+        let mut request = match method {
+            "POST" => self.agent.post(url),
+            "DELETE" => self.agent.delete(url).force_send_body(),
+            other => return Err(ClientError::Http(format!("unsupported method {other}"))),
+        }
+        .header("content-type", "application/json");
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        read(
+            request
+                .send(body)
+                .map_err(|e| ClientError::Http(e.to_string()))?,
+        )
+    }
+
+    /// Checks a 200 answer: SM2 signature by the pinned identity key, same `rid`, `req_sm3`
+    /// equal to SM3 of the body we sent. Returns the payload.
+    pub fn verify_answer(
+        &self,
+        header: &ProtectedHeader,
+        body: &[u8],
+        raw: &RawResponse,
+    ) -> Result<serde_json::Value, ClientError> {
+        if raw.status != 200 {
+            #[derive(Deserialize)]
+            struct ErrorBody {
+                error: String,
+                detail: String,
+            }
+            let error: ErrorBody = serde_json::from_slice(&raw.body).unwrap_or(ErrorBody {
+                error: "unknown".into(),
+                detail: String::from_utf8_lossy(&raw.body).into_owned(),
+            });
+            return Err(ClientError::Refused {
+                status: raw.status,
+                code: error.error,
+                detail: error.detail,
+            });
+        }
+        let signed: SignedResponse = serde_json::from_slice(&raw.body)
+            .map_err(|_| ClientError::Untrusted("not a signed response".into()))?;
+        let payload = verify(&self.keys.identity, &signed)
+            .map_err(|e| ClientError::Untrusted(e.to_string()))?;
+        let payload: serde_json::Value = serde_json::from_slice(&payload)
+            .map_err(|_| ClientError::Untrusted("payload is not JSON".into()))?;
+        if payload["rid"] != header.rid.as_str() {
+            return Err(ClientError::Untrusted(
+                "the response answers another request id".into(),
+            ));
+        }
+        if payload["req_sm3"] != sm3_hex(body).as_str() {
+            return Err(ClientError::Untrusted(
+                "the response answers another request body".into(),
+            ));
+        }
+        Ok(payload)
+    }
+
+    /// Seals, posts and verifies: the whole client side of one request.
+    pub fn send(
+        &self,
+        path: &str,
+        request: &FeatureRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        let (header, body) = self.seal(request)?;
+        let raw = self.post_raw(path, &body)?;
+        self.verify_answer(&header, &body, &raw)
+    }
+
+    pub fn enroll(&self, request: &FeatureRequest) -> Result<serde_json::Value, ClientError> {
+        self.send("/v1/enroll", request)
+    }
+
+    pub fn assess(&self, request: &FeatureRequest) -> Result<serde_json::Value, ClientError> {
+        self.send("/v1/assess", request)
+    }
+
+    /// `DELETE /v1/users`: erases everything the service keeps about `user_id`.
+    pub fn erase(&self, user_id: &str) -> Result<serde_json::Value, ClientError> {
+        let (header, body) = self.seal(&serde_json::json!({ "user_id": user_id }))?;
+        let raw = self.request_raw("DELETE", "/v1/users", &body)?;
+        self.verify_answer(&header, &body, &raw)
+    }
+}
+
+/// Reads a features file: a JSON array of numbers, or an object with `features` or
+/// `embedding` (as in the shipped samples and the LFW embedding files).
+pub fn read_features_file(path: &std::path::Path) -> Result<Vec<f32>, ClientError> {
+    let fail = |reason: String| ClientError::FeaturesFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| fail(format!("not JSON: {e}")))?;
+    let array = match &value {
+        serde_json::Value::Array(_) => &value,
+        serde_json::Value::Object(map) => map
+            .get("features")
+            .or_else(|| map.get("embedding"))
+            .ok_or_else(|| fail("no `features` or `embedding` field".into()))?,
+        _ => return Err(fail("must hold an array or an object".into())),
+    };
+    serde_json::from_value(array.clone())
+        .map_err(|_| fail("features must be an array of numbers".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::sm2::IdentityKey;
+    use crate::service::keyset::KeySet;
+
+    fn document(keys: &KeySet) -> KeysDocument {
+        let mut jwks = vec![PublicJwk::new(keys.identity().public(), "sig")];
+        jwks.extend(keys.published().iter().map(PublicJwk::encryption));
+        KeysDocument { keys: jwks }
+    }
+
+    #[test]
+    fn the_newest_certified_key_valid_now_is_chosen() {
+        let keys = KeySet::new(IdentityKey::generate().unwrap(), 3600, 300, 1_000).unwrap();
+        let first = keys.newest();
+        keys.maintain(4_600).unwrap();
+        let second = keys.newest();
+        let doc = document(&keys);
+        let during_grace = ServerKeys::from_document(&doc, None, 4_700).unwrap();
+        assert_eq!(during_grace.encryption, second);
+        assert_eq!(during_grace.encryption_not_after, 8_200);
+        // Before the second key's validity only the first is acceptable.
+        assert_eq!(
+            ServerKeys::from_document(&doc, None, 4_000)
+                .unwrap()
+                .encryption,
+            first
+        );
+        let expired = ServerKeys::from_document(&doc, None, 9_000).unwrap_err();
+        assert!(expired.to_string().contains("not valid now"), "{expired}");
+    }
+
+    #[test]
+    fn keys_not_certified_by_the_identity_are_refused() {
+        let keys = KeySet::new(IdentityKey::generate().unwrap(), 3600, 300, 1_000).unwrap();
+        let mut doc = document(&keys);
+        // Swap in another identity: the encryption key's certificate no longer verifies.
+        let other = IdentityKey::generate().unwrap();
+        doc.keys[0] = PublicJwk::new(other.public(), "sig");
+        let err = ServerKeys::from_document(&doc, None, 1_000).unwrap_err();
+        assert!(err.to_string().contains("certificate"), "{err}");
+        // A certificate stripped off is refused too.
+        let mut bare = document(&keys);
+        bare.keys[1].cert = None;
+        assert!(ServerKeys::from_document(&bare, None, 1_000).is_err());
+        // And a pinned identity must be the one presented.
+        let pinned = ServerKeys::from_document(&document(&keys), Some(other.public()), 1_000);
+        assert!(pinned.unwrap_err().to_string().contains("pinned"));
+    }
+}

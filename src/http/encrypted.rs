@@ -1,0 +1,137 @@
+//! The encrypted endpoints (enrol, assess, erase): bounded body, client signature and rate
+//! limit, then the service operation on a blocking thread, then the signed answer.
+
+use std::time::Instant;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::obs::metrics::{Stage, StageTimer};
+use crate::obs::{unix_now, unix_now_f64};
+use crate::protocol::response::SignedResponse;
+use crate::service::access::Permission;
+use crate::service::{LimitScope, Service, ServiceError};
+
+type Operation = fn(&Service, &[u8], i64) -> Result<SignedResponse, ServiceError>;
+
+/// An encrypted endpoint: its name in metrics, the permission it needs, and the service
+/// operation behind it.
+pub(super) struct Encrypted {
+    route: &'static str,
+    permission: Permission,
+    operation: Operation,
+}
+
+pub(super) const ENROLL: Encrypted = Encrypted {
+    route: "enroll",
+    permission: Permission::Enroll,
+    operation: Service::enroll,
+};
+
+pub(super) const ASSESS: Encrypted = Encrypted {
+    route: "assess",
+    permission: Permission::Assess,
+    operation: Service::assess,
+};
+
+pub(super) const ERASE: Encrypted = Encrypted {
+    route: "erase",
+    permission: Permission::Erase,
+    operation: Service::erase,
+};
+
+/// The one shape of every encrypted endpoint: bounded body, then the service operation on a
+/// blocking thread, then the signed answer.
+pub(super) async fn handle_encrypted(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+    endpoint: Encrypted,
+) -> Result<HttpResponse, ApiError> {
+    let received = Instant::now();
+    let result = run_encrypted(&state, &request, payload, &endpoint).await;
+    let status = match &result {
+        Ok(_) => 200,
+        Err(e) => {
+            state.service.metrics().record_refusal(e.code());
+            actix_web::ResponseError::status_code(e).as_u16()
+        }
+    };
+    state
+        .service
+        .metrics()
+        .record_request(endpoint.route, status, received.elapsed());
+    result
+}
+
+async fn run_encrypted(
+    state: &AppState,
+    request: &HttpRequest,
+    payload: web::Payload,
+    endpoint: &Encrypted,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(request, payload, state.max_body_bytes).await?;
+    let authorization = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let (method, path) = (
+        request.method().as_str().to_owned(),
+        request.path().to_owned(),
+    );
+    let (service, clients) = (state.service.clone(), state.clients.clone());
+    let client_limits = state.client_limits.clone();
+    let (permission, operation) = (endpoint.permission, endpoint.operation);
+    let queued = Instant::now();
+    let span = tracing::Span::current();
+    let outcome = web::block(move || {
+        let _entered = span.enter();
+        let waited = queued.elapsed();
+        service
+            .metrics()
+            .record_stage(Stage::Queue, waited, std::time::Duration::ZERO);
+        let mut timer = StageTimer::start(service.metrics());
+        // The signature check is an SM2 verification: CPU work, so it runs here too.
+        let client =
+            clients.authorize(authorization.as_deref(), &method, &path, &body, permission)?;
+        client_limits
+            .check(&client, unix_now_f64())
+            .map_err(|retry_after_secs| ServiceError::RateLimited {
+                scope: LimitScope::Client,
+                retry_after_secs,
+            })?;
+        timer.lap(Stage::ClientAuth);
+        Ok::<_, ApiError>(operation(&service, &body, unix_now())?)
+    })
+    .await;
+    let response = outcome.map_err(|_| ApiError::Service(ServiceError::Internal))??;
+    Ok(HttpResponse::Ok().json(response))
+}
+
+/// Reads the whole body, refusing it as soon as it exceeds `limit` (by its declared length
+/// or by what actually arrives).
+async fn read_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let declared = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::IncompleteBody)?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,119 @@
+//! The HTTP error contract: every refusal is `{"error": <stable code>, "detail": <sentence>}`
+//! with a 4xx status (5xx only for faults of the service itself). The service's refusals
+//! keep their codes; this module adds those only HTTP can produce and maps each to a status.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::service::ServiceError;
+use crate::service::access::{AccessError, Permission};
+
+/// A refusal as the HTTP layer answers it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// A refusal or fault of the request's flow.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// The body is longer than `server.max_body_bytes`.
+    #[error("the request body exceeds the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    /// The body did not arrive whole.
+    #[error("the request body could not be read completely")]
+    IncompleteBody,
+    /// `GET /v1/attestation` without a valid nonce.
+    #[error("nonce must be a query parameter of 32 bytes in base64url without padding")]
+    BadNonce,
+    /// No such endpoint (also what closed operator endpoints answer).
+    #[error("no such endpoint")]
+    NotFound,
+    /// An operator endpoint without the operator's token.
+    #[error("this endpoint needs the operator's bearer token")]
+    Unauthorized,
+    /// The endpoint exists, not with this method.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    /// No valid client signature (`docs/PROTOCOL.md`, access control).
+    #[error("client authentication failed: {0}")]
+    Unauthenticated(&'static str),
+    /// A known client without the permission this endpoint needs.
+    #[error("this client lacks the `{}` permission", .0.as_str())]
+    Forbidden(Permission),
+}
+
+impl From<AccessError> for ApiError {
+    fn from(error: AccessError) -> Self {
+        match error {
+            AccessError::Unauthenticated(why) => ApiError::Unauthenticated(why),
+            AccessError::Forbidden(permission) => ApiError::Forbidden(permission),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    detail: String,
+}
+
+impl ApiError {
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Service(e) => e.code(),
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::IncompleteBody => "incomplete_body",
+            ApiError::BadNonce => "bad_nonce",
+            ApiError::NotFound => "not_found",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Service(e) => match e {
+                ServiceError::Envelope(_)
+                | ServiceError::UnknownKid
+                | ServiceError::RetiredKid
+                | ServiceError::StaleRequest(_) => StatusCode::BAD_REQUEST,
+                ServiceError::ReplayedRequest | ServiceError::TemplateLimit(_) => {
+                    StatusCode::CONFLICT
+                }
+                ServiceError::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ServiceError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+                ServiceError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                ServiceError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::IncompleteBody | ApiError::BadNonce => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Service(ServiceError::RateLimited {
+            retry_after_secs, ..
+        }) = self
+        {
+            response.insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                retry_after_secs.to_string(),
+            ));
+        }
+        response.json(ErrorBody {
+            error: self.code(),
+            detail: self.to_string(),
+        })
+    }
+}

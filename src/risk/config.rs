@@ -1,0 +1,55 @@
+//! `[risk]` in the configuration: owned here, assembled into the top-level config by `app`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{RiskModel, RiskPolicy};
+
+/// The scoring policy's settings (documented in `config/default.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskConfig {
+    /// The model file from `tee-risk train`; "" = the shipped model. Read by the app.
+    pub model_file: PathBuf,
+    /// See [`RiskPolicy::allow_max_fmr`].
+    pub allow_max_fmr: f64,
+    /// See [`RiskPolicy::step_up_max_fmr`].
+    pub step_up_max_fmr: f64,
+    /// See [`RiskPolicy::conflict_max_fmr`].
+    pub conflict_max_fmr: f64,
+    /// See [`RiskPolicy::enrolment_conflict_max_fmr`].
+    pub enrolment_conflict_max_fmr: f64,
+    /// See [`RiskPolicy::min_liveness`].
+    pub min_liveness: f32,
+    /// See [`RiskPolicy::copy_min_similarity`].
+    pub copy_min_similarity: f32,
+    /// Recent accepted probes a new probe is compared with for replays.
+    pub replay_history: usize,
+    /// Templates per user at most.
+    pub max_templates: usize,
+    /// Length of the velocity windows (attempts per user, accounts per device).
+    pub velocity_window_secs: i64,
+    /// Devices remembered per user for the new-device signal.
+    pub max_devices: usize,
+    /// See [`RiskPolicy::reason_min_log_odds`].
+    pub reason_min_log_odds: f64,
+}
+
+impl RiskConfig {
+    /// The policy these settings give with `model`.
+    pub fn policy(&self, model: Arc<RiskModel>) -> RiskPolicy {
+        RiskPolicy {
+            model,
+            allow_max_fmr: self.allow_max_fmr,
+            step_up_max_fmr: self.step_up_max_fmr,
+            conflict_max_fmr: self.conflict_max_fmr,
+            enrolment_conflict_max_fmr: self.enrolment_conflict_max_fmr,
+            min_liveness: self.min_liveness,
+            copy_min_similarity: self.copy_min_similarity,
+            replay_history: self.replay_history,
+            reason_min_log_odds: self.reason_min_log_odds,
+        }
+    }
+}

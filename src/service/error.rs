@@ -1,0 +1,108 @@
+//! Why the service refused or failed a request. Independent of HTTP: each variant has a
+//! stable machine code (`docs/PROTOCOL.md` §4); the status it maps to lives in `http::error`.
+//! Details never carry secrets, feature values or user ids.
+
+use crate::protocol::payload::FeatureError;
+use crate::protocol::request::EnvelopeError;
+
+/// Which rate limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// Requests per authenticated client.
+    Client,
+    /// Requests per user (blind index), over enrol, assess and erase.
+    User,
+}
+
+impl LimitScope {
+    /// The scope's name in error details.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Client => "client",
+            LimitScope::User => "user",
+        }
+    }
+}
+
+/// A refusal or fault of one request's flow.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The envelope does not parse, or its payload does not decrypt.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The envelope names an encryption key never issued.
+    #[error("unknown key id: fetch the current keys from GET /v1/keys and encrypt again")]
+    UnknownKid,
+    /// The envelope names an encryption key already wiped.
+    #[error(
+        "this encryption key was retired and wiped: fetch the current keys from GET /v1/keys \
+         and encrypt again"
+    )]
+    RetiredKid,
+    /// `iat` is outside the window (seconds).
+    #[error("iat is more than {0} seconds away from the server's clock")]
+    StaleRequest(i64),
+    /// The request id was spent before.
+    #[error("this request id was already used")]
+    ReplayedRequest,
+    /// The decrypted payload is invalid.
+    #[error(transparent)]
+    Payload(#[from] FeatureError),
+    /// The user already has the maximum number of templates.
+    #[error("the user already has the maximum of {0} templates")]
+    TemplateLimit(usize),
+    /// The replay cache is full: the service cannot take more requests now.
+    #[error("too many requests in flight; retry later")]
+    Overloaded,
+    /// Too many requests for a client or a user within the window.
+    #[error("too many requests for this {}; retry after {retry_after_secs} s", scope.as_str())]
+    RateLimited {
+        /// Whose limit.
+        scope: LimitScope,
+        /// When a token is back.
+        retry_after_secs: u64,
+    },
+    /// A fault of the service; the cause is logged server-side, never sent.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ServiceError {
+    /// The stable machine-readable code (`docs/PROTOCOL.md` §4).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ServiceError::Envelope(e) => match e {
+                EnvelopeError::MalformedEnvelope => "malformed_envelope",
+                EnvelopeError::BadBase64(_) => "bad_base64",
+                EnvelopeError::BadLength { .. } => "bad_length",
+                EnvelopeError::BadHeader(_) => "bad_header",
+                EnvelopeError::UnsupportedAlgorithm => "unsupported_algorithm",
+                EnvelopeError::DecryptionFailed => "decryption_failed",
+            },
+            ServiceError::UnknownKid => "unknown_kid",
+            ServiceError::RetiredKid => "key_retired",
+            ServiceError::StaleRequest(_) => "stale_request",
+            ServiceError::ReplayedRequest => "replayed_request",
+            ServiceError::Payload(e) => match e {
+                FeatureError::MalformedPayload | FeatureError::MalformedErasure => {
+                    "malformed_payload"
+                }
+                FeatureError::WrongDimension { .. } => "wrong_dimension",
+                FeatureError::NonFinite(_) => "non_finite_feature",
+                FeatureError::ZeroNorm => "zero_norm",
+                FeatureError::InvalidField(_) => "invalid_field",
+            },
+            ServiceError::TemplateLimit(_) => "template_limit",
+            ServiceError::Overloaded => "overloaded",
+            ServiceError::RateLimited { .. } => "rate_limited",
+            ServiceError::Internal => "internal_error",
+        }
+    }
+}
+
+/// Logs a fault of the service with its cause and returns the opaque error.
+pub(crate) fn internal(error: impl std::fmt::Display) -> ServiceError {
+    tracing::error!(%error, "request failed inside the service");
+    ServiceError::Internal
+}

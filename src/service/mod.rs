@@ -1,0 +1,460 @@
+//! The flow of one request, independent of HTTP: open the envelope, check freshness and
+//! replay, validate, score, store, sign. Every plaintext and session key is wiped before
+//! the function returns. Nothing here names an HTTP type: refusals are [`ServiceError`]s,
+//! which `http::error` maps to statuses.
+
+pub mod access;
+mod error;
+pub mod keyset;
+pub mod limits;
+pub mod replay;
+
+use serde::Serialize;
+
+use crate::crypto::CryptoError;
+use crate::crypto::sm2::{IdentityKey, PublicKey};
+use crate::crypto::sm3_hex;
+use crate::obs::metrics::{Metrics, Stage, StageTimer};
+use crate::obs::unix_now_f64;
+use crate::protocol::payload::{EraseRequest, Probe};
+use crate::protocol::request::{ProtectedHeader, RequestEnvelope};
+use crate::protocol::response::{ResponseSigner, SignedResponse};
+use crate::protocol::{KeysDocument, PublicJwk};
+use crate::risk::gallery::{Gallery, gallery_key};
+use crate::risk::velocity::{VelocityTracker, device_key};
+use crate::risk::{self, Assessment, Decision, Reason, RiskPolicy};
+use crate::store::{Erased, RiskLogEntry, UserIndex, UserRef, Vault, VaultError};
+use keyset::{KeySet, KidLookup};
+use limits::RateLimiter;
+use replay::{ReplayCache, ReplayCheck};
+
+pub(crate) use error::internal;
+pub use error::{LimitScope, ServiceError};
+
+/// What the service needs from the configuration (the app assembles it from `Config`).
+#[derive(Clone)]
+pub struct Settings {
+    /// The scoring policy (model and thresholds).
+    pub policy: RiskPolicy,
+    /// Accepted |now − iat| in seconds.
+    pub iat_window_secs: i64,
+    /// Request ids remembered at most.
+    pub replay_cache_capacity: usize,
+    /// Validity of each encryption key.
+    pub encryption_key_lifetime_secs: i64,
+    /// How long an expired encryption key still decrypts before it is wiped.
+    pub encryption_key_grace_secs: i64,
+    /// Length of the velocity windows.
+    pub velocity_window_secs: i64,
+    /// Devices remembered per user.
+    pub max_devices: usize,
+    /// Embedding dimension.
+    pub dimension: usize,
+    /// Templates per user at most.
+    pub max_templates: usize,
+    /// Requests per user and minute (0: no limit).
+    pub user_per_minute: u32,
+    /// Burst of requests per user.
+    pub user_burst: u32,
+}
+
+#[derive(Serialize)]
+struct EnrollPayload<'a> {
+    op: &'static str,
+    rid: &'a str,
+    req_sm3: String,
+    iat: i64,
+    /// "enrolled", or "identity_conflict" (the face is another user's; nothing stored).
+    outcome: &'static str,
+    templates: usize,
+    reasons: &'a [Reason],
+    model: &'a str,
+}
+
+#[derive(Serialize)]
+struct AssessPayload<'a> {
+    op: &'static str,
+    rid: &'a str,
+    req_sm3: String,
+    iat: i64,
+    decision: Decision,
+    score: f64,
+    reasons: &'a [Reason],
+    model: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErasePayload<'a> {
+    op: &'static str,
+    rid: &'a str,
+    req_sm3: String,
+    iat: i64,
+    erased: Erased,
+}
+
+/// Why a service could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The random number generator or key generation failed.
+    #[error("cannot generate the service keys: {0}")]
+    Keys(#[from] CryptoError),
+    /// The vault could not be read.
+    #[error("cannot load the spent request ids or the enrolled users: {0}")]
+    Store(#[from] VaultError),
+}
+
+pub struct Service {
+    keys: KeySet,
+    signer: ResponseSigner,
+    vault: Vault,
+    replay: ReplayCache,
+    policy: RiskPolicy,
+    /// Every enrolled user's centroid, for the identity-conflict search.
+    gallery: Gallery,
+    velocity: VelocityTracker,
+    max_devices: usize,
+    dimension: usize,
+    iat_window_secs: i64,
+    max_templates: usize,
+    metrics: Metrics,
+    /// Requests per user (blind index) over enrol, assess and erase.
+    user_limits: RateLimiter<UserIndex>,
+}
+
+impl Service {
+    /// Generates the identity key and the first encryption key in memory.
+    pub fn new(settings: &Settings, vault: Vault, now: i64) -> Result<Self, StartError> {
+        Self::with_identity(settings, vault, IdentityKey::generate()?, now)
+    }
+
+    /// A service with a given identity key (tests; attested deployments).
+    pub fn with_identity(
+        settings: &Settings,
+        vault: Vault,
+        identity: IdentityKey,
+        now: i64,
+    ) -> Result<Self, StartError> {
+        let replay = ReplayCache::new(settings.iat_window_secs, settings.replay_cache_capacity);
+        // Request ids spent before a restart stay spent.
+        replay.load(vault.spent_rids(now - replay.retention_secs())?);
+        let gallery = Gallery::default();
+        for (user_id, enrolment) in vault.enrolled_users()? {
+            gallery.set(gallery_key(&user_id), &enrolment.templates);
+        }
+        Ok(Self {
+            signer: ResponseSigner::new(identity.public()),
+            keys: KeySet::new(
+                identity,
+                settings.encryption_key_lifetime_secs,
+                settings.encryption_key_grace_secs,
+                now,
+            )?,
+            vault,
+            replay,
+            policy: settings.policy.clone(),
+            gallery,
+            velocity: VelocityTracker::new(settings.velocity_window_secs),
+            max_devices: settings.max_devices,
+            dimension: settings.dimension,
+            iat_window_secs: settings.iat_window_secs,
+            max_templates: settings.max_templates,
+            metrics: Metrics::default(),
+            user_limits: RateLimiter::new(settings.user_per_minute, settings.user_burst),
+        })
+    }
+
+    pub fn identity_public(&self) -> &PublicKey {
+        self.keys.identity().public()
+    }
+
+    /// The encryption key clients should use now.
+    pub fn encryption_public(&self) -> PublicKey {
+        self.keys.newest()
+    }
+
+    /// Forgets spent request ids older than the replay window, in memory and in the store,
+    /// and attempts older than the velocity window.
+    pub fn prune_spent_rids(&self, now: i64) -> Result<(), VaultError> {
+        self.replay.prune(now);
+        self.velocity.prune(now);
+        self.vault
+            .forget_spent_rids(now - self.replay.retention_secs())
+    }
+
+    /// Rotates and wipes encryption keys as their time comes (see [`KeySet::maintain`]).
+    pub fn maintain_keys(&self, now: i64) -> Result<(), CryptoError> {
+        self.keys.maintain(now)
+    }
+
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// `GET /v1/keys`: the identity key, then the live encryption keys (newest last), each
+    /// with its certificate.
+    pub fn keys_document(&self) -> KeysDocument {
+        let mut keys = vec![PublicJwk::new(self.identity_public(), "sig")];
+        keys.extend(self.keys.published().iter().map(PublicJwk::encryption));
+        KeysDocument { keys }
+    }
+
+    /// Takes one of the user's request tokens.
+    fn limit_user(&self, user: &UserRef) -> Result<(), ServiceError> {
+        self.user_limits
+            .check(user.current(), unix_now_f64())
+            .map_err(|retry_after_secs| ServiceError::RateLimited {
+                scope: LimitScope::User,
+                retry_after_secs,
+            })
+    }
+
+    /// `POST /v1/enroll`: adds the probe as a template of the user, unless the face is
+    /// already enrolled under another account (identity conflict: nothing is stored).
+    pub fn enroll(&self, body: &[u8], now: i64) -> Result<SignedResponse, ServiceError> {
+        let mut timer = StageTimer::start(&self.metrics);
+        let (header, probe) = self.open_request(body, now, &mut timer)?;
+        let user = self.vault.user(&probe.user_id);
+        self.limit_user(&user)?;
+        let key = gallery_key(&probe.user_id);
+        let conflict = self
+            .gallery
+            .best_other(&probe.features, &key)
+            .filter(|c| self.policy.is_enrolment_conflict(c));
+        let (outcome, templates, reasons) = if conflict.is_some() {
+            let templates = self
+                .vault
+                .templates(&user, &probe.user_id)
+                .map_err(internal)?
+                .len();
+            (
+                "identity_conflict",
+                templates,
+                vec![Reason::IdentityConflict],
+            )
+        } else {
+            let device = probe
+                .device_id
+                .as_deref()
+                .map(|d| hex::encode(device_key(d)));
+            let templates = match self.vault.enrol_from(
+                &user,
+                &probe.user_id,
+                &probe.features,
+                now,
+                self.max_templates,
+                device.as_deref().map(|d| (d, self.max_devices)),
+            ) {
+                Ok(templates) => templates,
+                Err(VaultError::TemplateLimit(max)) => {
+                    return Err(ServiceError::TemplateLimit(max));
+                }
+                Err(e) => return Err(internal(e)),
+            };
+            self.gallery.set(key, &templates);
+            ("enrolled", templates.len(), Vec::new())
+        };
+        drop(probe);
+        timer.lap(Stage::StoreWrite);
+        self.make_durable(&mut timer)?;
+        let response = self.sign(&EnrollPayload {
+            op: "enroll",
+            rid: &header.rid,
+            req_sm3: sm3_hex(body),
+            iat: now,
+            outcome,
+            templates,
+            reasons: &reasons,
+            model: self.policy.model_version(),
+        });
+        timer.lap(Stage::Sign);
+        response
+    }
+
+    /// `POST /v1/assess`: scores the probe against the user's templates and recent accepted
+    /// probes.
+    pub fn assess(&self, body: &[u8], now: i64) -> Result<SignedResponse, ServiceError> {
+        let mut timer = StageTimer::start(&self.metrics);
+        let (header, probe) = self.open_request(body, now, &mut timer)?;
+        let user = self.vault.user(&probe.user_id);
+        self.limit_user(&user)?;
+        let enrolment = self
+            .vault
+            .enrolment(&user, &probe.user_id)
+            .map_err(internal)?;
+        let recent = if enrolment.templates.is_empty() {
+            Vec::new()
+        } else {
+            self.vault
+                .recent_probes(&user, self.policy.replay_history)
+                .map_err(internal)?
+        };
+        let key = gallery_key(&probe.user_id);
+        let device = probe.device_id.as_deref().map(device_key);
+        let device_hex = device.map(hex::encode);
+        let mut signals = risk::signals(&probe.features, &enrolment.templates, &recent);
+        signals.conflict = self.gallery.best_other(&probe.features, &key);
+        signals.liveness = probe.liveness;
+        signals.velocity = self.velocity.observe(&key, device.as_ref(), now);
+        signals.new_device = device_hex
+            .as_ref()
+            .is_some_and(|d| !enrolment.devices.contains(d));
+        let enrolled = !enrolment.templates.is_empty();
+        drop(enrolment);
+        drop(recent);
+        let Assessment {
+            decision,
+            score,
+            reasons,
+        } = self.policy.decide(&signals);
+        // A failure is a denied attempt; a step-up is the user being asked for more.
+        self.velocity
+            .record(&key, device.as_ref(), now, decision != Decision::Deny);
+        // A device becomes known once an attempt from it is allowed or stepped up (the step-up
+        // the client then runs confirms it); otherwise a new device would stay new forever.
+        if decision != Decision::Deny && signals.new_device && enrolled {
+            if let Some(d) = &device_hex {
+                self.vault
+                    .remember_device(&user, &probe.user_id, d, self.max_devices)
+                    .map_err(internal)?;
+            }
+        }
+        let score = (score * 1e6).round() / 1e6;
+        timer.lap(Stage::Score);
+        let log = RiskLogEntry {
+            rid: header.rid.clone(),
+            at: now,
+            user: hex::encode(user.current()),
+            decision: decision.as_str().into(),
+            score,
+            reasons: reasons.iter().map(|r| r.as_str().to_owned()).collect(),
+            model: self.policy.model_version().into(),
+            features: probe.features.clone(),
+            liveness: probe.liveness,
+            device_id: probe.device_id.clone(),
+        };
+        drop(probe);
+        self.vault
+            .record_assessment(user.current(), &log, decision == Decision::Allow)
+            .map_err(internal)?;
+        drop(log);
+        timer.lap(Stage::StoreWrite);
+        self.make_durable(&mut timer)?;
+        self.metrics.record_decision(decision.as_str());
+        let response = self.sign(&AssessPayload {
+            op: "assess",
+            rid: &header.rid,
+            req_sm3: sm3_hex(body),
+            iat: now,
+            decision,
+            score,
+            reasons: &reasons,
+            model: self.policy.model_version(),
+        });
+        timer.lap(Stage::Sign);
+        response
+    }
+
+    /// `DELETE /v1/users`: erases the user's templates, history and indexes, and scrubs
+    /// their risk log entries down to the decisions (`Vault::erase_user`).
+    pub fn erase(&self, body: &[u8], now: i64) -> Result<SignedResponse, ServiceError> {
+        let mut timer = StageTimer::start(&self.metrics);
+        let (header, request) =
+            self.open_request_as(body, now, &mut timer, |p| Ok(EraseRequest::parse(p)?))?;
+        let user = self.vault.user(&request.user_id);
+        let key = gallery_key(&request.user_id);
+        drop(request);
+        self.limit_user(&user)?;
+        let erased = self.vault.erase_user(&user).map_err(internal)?;
+        self.gallery.remove(&key);
+        timer.lap(Stage::StoreWrite);
+        self.make_durable(&mut timer)?;
+        let response = self.sign(&ErasePayload {
+            op: "erase",
+            rid: &header.rid,
+            req_sm3: sm3_hex(body),
+            iat: now,
+            erased,
+        });
+        timer.lap(Stage::Sign);
+        response
+    }
+
+    /// Waits until this request's writes are on disk; concurrent requests share the fsync.
+    fn make_durable(&self, timer: &mut StageTimer) -> Result<(), ServiceError> {
+        let flushed = self.vault.flush().map_err(internal)?;
+        self.metrics.record_commit(flushed);
+        timer.lap(Stage::Durable);
+        Ok(())
+    }
+
+    /// The steps every encrypted request shares, cheapest checks first. Nothing is stored
+    /// unless they all pass; the request id is then spent.
+    fn open_request(
+        &self,
+        body: &[u8],
+        now: i64,
+        timer: &mut StageTimer,
+    ) -> Result<(ProtectedHeader, Probe), ServiceError> {
+        let dimension = self.dimension;
+        self.open_request_as(body, now, timer, |plaintext| {
+            Ok(Probe::parse(plaintext, dimension)?)
+        })
+    }
+
+    /// [`Service::open_request`] for any payload type.
+    fn open_request_as<T>(
+        &self,
+        body: &[u8],
+        now: i64,
+        timer: &mut StageTimer,
+        parse: impl FnOnce(&[u8]) -> Result<T, ServiceError>,
+    ) -> Result<(ProtectedHeader, T), ServiceError> {
+        let envelope = RequestEnvelope::parse(body)?;
+        let header = &envelope.header;
+        let encryption = match self.keys.lookup(&header.kid, now) {
+            KidLookup::Live(key) => key,
+            KidLookup::Retired => return Err(ServiceError::RetiredKid),
+            KidLookup::Unknown => return Err(ServiceError::UnknownKid),
+        };
+        if now.abs_diff(header.iat) > self.iat_window_secs.unsigned_abs() {
+            return Err(ServiceError::StaleRequest(self.iat_window_secs));
+        }
+        if self.replay.contains(&header.rid) {
+            return Err(ServiceError::ReplayedRequest);
+        }
+        timer.lap(Stage::EnvelopeParse);
+        let session_key = envelope.unwrap_session_key(&encryption)?;
+        drop(encryption);
+        timer.lap(Stage::Sm2Unwrap);
+        let plaintext = envelope.open_payload(&session_key)?;
+        drop(session_key);
+        timer.lap(Stage::Sm4GcmOpen);
+        let payload = parse(&plaintext)?;
+        drop(plaintext);
+        let fresh = self.replay.check_and_insert(&header.rid, header.iat, now);
+        timer.lap(Stage::PayloadParse);
+        match fresh {
+            ReplayCheck::Fresh => {
+                // Durable with the request's other writes, before the answer.
+                self.vault
+                    .spend_rid(&header.rid, header.iat)
+                    .map_err(internal)?;
+                Ok((envelope.header, payload))
+            }
+            ReplayCheck::Replayed => Err(ServiceError::ReplayedRequest),
+            ReplayCheck::Full => Err(ServiceError::Overloaded),
+        }
+    }
+
+    fn sign<T: Serialize>(&self, payload: &T) -> Result<SignedResponse, ServiceError> {
+        let json = serde_json::to_vec(payload).map_err(internal)?;
+        self.signer
+            .sign(self.keys.identity(), &json)
+            .map_err(internal)
+    }
+}

@@ -1,0 +1,66 @@
+//! Erasure (`DELETE /v1/users`): everything kept about a user goes, under every key's index
+//! and every older index a rotation mapped to theirs; risk logs keep the decision only.
+
+use zeroize::Zeroize;
+
+use super::layout::{index_map_old, is_history_key_of};
+use super::records::{ERASED_USER, Erased, RiskLogEntry, UserRecord};
+use super::{UserRef, Vault, VaultError};
+use crate::store::Table;
+
+impl Vault {
+    /// Erases a user: the record holding their templates (under every key's blind index),
+    /// their feature history (also under older indexes that a rotation mapped to theirs),
+    /// those index mappings, and in their risk log entries everything but the decision.
+    /// Scans the index mappings and the risk logs (which are not keyed by user): cost grows
+    /// with the database, which suits a rare operation. Not durable until [`Vault::flush`].
+    pub fn erase_user(&self, user: &UserRef) -> Result<Erased, VaultError> {
+        let mut indexes: Vec<Vec<u8>> = user.indexes.iter().map(|i| i.to_vec()).collect();
+        for (key, sealed) in self.store().scan(Table::Meta)? {
+            let Some(old) = index_map_old(&key) else {
+                continue;
+            };
+            let new: Vec<u8> = self.unseal(Table::Meta, &key, &sealed)?;
+            if indexes.contains(&new) {
+                indexes.push(old.to_vec());
+                self.store().remove(Table::Meta, &key)?;
+            }
+        }
+        let mut erased = Erased::default();
+        for index in &user.indexes {
+            if let Some(sealed) = self.store().get(Table::UserData, index)? {
+                let record: UserRecord = self.unseal(Table::UserData, index, &sealed)?;
+                erased.templates += record.templates.len();
+                self.store().remove(Table::UserData, index)?;
+            }
+        }
+        for index in &indexes {
+            for (key, _) in self
+                .store
+                .scan_prefix_last(Table::FeatureHistory, index, usize::MAX)?
+            {
+                if is_history_key_of(&key, index) {
+                    self.store().remove(Table::FeatureHistory, &key)?;
+                    erased.history += 1;
+                }
+            }
+        }
+        let named: Vec<String> = indexes.iter().map(hex::encode).collect();
+        for (key, sealed) in self.store().scan(Table::RiskLogs)? {
+            let mut entry: RiskLogEntry = self.unseal(Table::RiskLogs, &key, &sealed)?;
+            if !named.contains(&entry.user) {
+                continue;
+            }
+            entry.user = ERASED_USER.into();
+            entry.features.zeroize();
+            entry.features.clear();
+            entry.liveness = None;
+            entry.device_id.zeroize();
+            entry.device_id = None;
+            let scrubbed = self.seal_value(Table::RiskLogs, &key, &entry)?;
+            self.store().insert(Table::RiskLogs, &key, scrubbed)?;
+            erased.risk_logs_scrubbed += 1;
+        }
+        Ok(erased)
+    }
+}

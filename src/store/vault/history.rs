@@ -1,0 +1,69 @@
+//! Assessments: the sealed risk log entry of every answer, and the accepted probes kept per
+//! user for drift and replay detection.
+
+use zeroize::Zeroizing;
+
+use super::layout::{history_key, is_history_key_of};
+use super::records::{HistoryRecord, RiskLogEntry};
+use super::{UserIndex, UserRef, Vault, VaultError};
+use crate::store::Table;
+
+impl Vault {
+    /// The user's `limit` most recent accepted probes (unit vectors), newest first, under
+    /// every key's index (a rotation may not have moved them yet).
+    pub fn recent_probes(
+        &self,
+        user: &UserRef,
+        limit: usize,
+    ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
+        let mut probes = Vec::new();
+        for index in &user.indexes {
+            for (key, sealed) in self
+                .store
+                .scan_prefix_last(Table::FeatureHistory, index, limit)?
+            {
+                if !is_history_key_of(&key, index) {
+                    continue;
+                }
+                let mut entry: HistoryRecord = self.unseal(Table::FeatureHistory, &key, &sealed)?;
+                probes.push(Zeroizing::new(std::mem::take(&mut entry.features)));
+            }
+        }
+        probes.truncate(limit);
+        Ok(probes)
+    }
+
+    /// Appends the risk log and, for an accepted probe, a history entry. The log is written
+    /// first, so a crash between the two can leave a logged decision without its history
+    /// entry but never history without its log. Not durable until [`Vault::flush`].
+    pub fn record_assessment(
+        &self,
+        user: &UserIndex,
+        log: &RiskLogEntry,
+        accepted: bool,
+    ) -> Result<(), VaultError> {
+        let log_key = self.store().next_id()?.to_be_bytes();
+        let log_record = self.seal_value(Table::RiskLogs, &log_key, log)?;
+        self.store().insert(Table::RiskLogs, &log_key, log_record)?;
+        if accepted {
+            let key = history_key(user, self.store().next_id()?);
+            let entry = HistoryRecord {
+                features: log.features.clone(),
+                at: log.at,
+                rid: log.rid.clone(),
+            };
+            let sealed = self.seal_value(Table::FeatureHistory, &key, &entry)?;
+            self.store().insert(Table::FeatureHistory, &key, sealed)?;
+        }
+        Ok(())
+    }
+
+    /// Every risk log entry, oldest first (for audits and tests).
+    pub fn risk_logs(&self) -> Result<Vec<RiskLogEntry>, VaultError> {
+        self.store()
+            .scan(Table::RiskLogs)?
+            .into_iter()
+            .map(|(key, sealed)| self.unseal(Table::RiskLogs, &key, &sealed))
+            .collect()
+    }
+}

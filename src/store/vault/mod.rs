@@ -1,0 +1,256 @@
+//! The encrypted database the service uses: every value sealed under its table's key, user
+//! ids replaced by blind indexes, and a keyring of master keys: the current one seals,
+//! previous ones open what rotation has not moved yet. One file per concern:
+//!
+//! | file | concern |
+//! |---|---|
+//! | `open.rs` | keyring, key registry, canaries, fail-closed open, initialisation |
+//! | `layout.rs` | where each record sits (meta keys, user and history keys, index maps) |
+//! | `records.rs` | what the sealed values hold |
+//! | `users.rs` | enrolled users, compare-and-swap updates |
+//! | `history.rs` | risk logs and accepted probes |
+//! | `erase.rs` | erasure |
+//! | `spent.rs` | spent request ids |
+//! | `rotation.rs` | the re-encryption sweep |
+//! | `status.rs` | `db status`, `verify`, `retire-key` |
+//!
+//! The concern files reach the store only through the few methods below (`store`,
+//! `seal_value`, `unseal`, `registry`, `save_registry`); the fields stay private here.
+
+mod erase;
+mod history;
+mod layout;
+mod open;
+mod records;
+mod rotation;
+mod spent;
+mod status;
+#[cfg(test)]
+mod tests;
+mod users;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::group_commit::GroupCommit;
+use super::keys::{KeyId, Keyring};
+use super::record::{self, RecordError};
+use super::registry::Registry;
+use super::{Store, StoreError, Table};
+use layout::META_REGISTRY;
+
+#[cfg(test)]
+pub(crate) use records::sample_log;
+pub use records::{ERASED_USER, Enrolment, Erased, RiskLogEntry, TableCounts};
+pub use rotation::{BatchOutcome, DEFAULT_BATCH};
+pub use status::{Status, VerifyReport};
+
+/// A user's blind index (HMAC-SM3 of the user id).
+pub type UserIndex = [u8; 32];
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    #[error(
+        "DB_MASTER_KEY does not match this database: the database was sealed with master key id \
+         {database}, but the key supplied has id {supplied}. Start with the master key this \
+         database was created with (key ids are printed at start-up), or, to rotate, set \
+         DB_MASTER_KEY to the new key and DB_MASTER_KEY_PREVIOUS to the current one (id \
+         {database})."
+    )]
+    WrongMasterKey { database: KeyId, supplied: KeyId },
+    #[error(
+        "DB_MASTER_KEY (id {supplied}) is an older key of this database, replaced by key \
+         {active}: set DB_MASTER_KEY to key {active} (and keep {supplied} in \
+         DB_MASTER_KEY_PREVIOUS until `tee-risk db status` shows no record under it)."
+    )]
+    ReplacedKey { supplied: KeyId, active: KeyId },
+    #[error(
+        "master key {0} was retired from this database after a verified rotation and is \
+         refused: remove it from DB_MASTER_KEY and DB_MASTER_KEY_PREVIOUS."
+    )]
+    RetiredKey(KeyId),
+    #[error(
+        "DB_MASTER_KEY_PREVIOUS holds key {0}, which this database has never used: remove it \
+         (check which keys the database knows with `tee-risk db status`)."
+    )]
+    UnknownPreviousKey(KeyId),
+    #[error(
+        "DB_MASTER_KEY_PREVIOUS is set but the database is new: start a new database with \
+         DB_MASTER_KEY alone."
+    )]
+    PreviousKeyOnNewDatabase,
+    #[error(
+        "the canary of master key {0} failed to decrypt: the database or its meta table is \
+         corrupt or was tampered with. Restore it from a backup."
+    )]
+    CanaryFailed(KeyId),
+    #[error(
+        "{count} records of table {table} are sealed under master key {key}, which was retired: \
+         the database was changed after the retirement or restored from an older backup. \
+         Restore a backup taken after the retirement."
+    )]
+    RecordsUnderRetiredKey {
+        table: &'static str,
+        key: KeyId,
+        count: u64,
+    },
+    #[error(
+        "{count} records of table {table} are sealed under master key {key}, which this \
+         database never registered: they were not written by this database. Restore it from a \
+         backup."
+    )]
+    RecordsUnderUnknownKey {
+        table: &'static str,
+        key: KeyId,
+        count: u64,
+    },
+    #[error(
+        "{count} records of table {table} are still sealed under master key {key}, which was not \
+         supplied: add that key to DB_MASTER_KEY_PREVIOUS until rotation has moved them (see \
+         `tee-risk db status`)."
+    )]
+    RecordsUnderMissingKey {
+        table: &'static str,
+        key: KeyId,
+        count: u64,
+    },
+    #[error("the database is inconsistent: {0}. Restore it from a backup.")]
+    Corrupt(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("user already has the maximum of {0} templates")]
+    TemplateLimit(usize),
+    #[error("record {table}: {source}")]
+    Record {
+        table: &'static str,
+        source: RecordError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How [`Vault::open_keyring`] may change the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Serving or an operator command that writes: registers a new current key (starting a
+    /// rotation) and upgrades a database from before the registry.
+    Write,
+    /// `db status` and friends: changes nothing, refuses what would need a change.
+    Inspect,
+}
+
+/// A user as the vault looks them up: the blind index under every key of the keyring,
+/// current first (during a rotation a record may still sit under an old index).
+pub struct UserRef {
+    indexes: Vec<UserIndex>,
+}
+
+impl UserRef {
+    /// The index new records are written under.
+    pub fn current(&self) -> &UserIndex {
+        &self.indexes[0]
+    }
+}
+
+/// The encrypted database: the store, the keyring, the key registry, group commit.
+pub struct Vault {
+    store: Arc<dyn Store>,
+    keyring: Keyring,
+    registry: Mutex<Registry>,
+    group_commit: GroupCommit,
+}
+
+impl Vault {
+    /// The store under the vault (for the concern files; never handed out of the crate).
+    fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // Every change to the registry is completed before the guard drops.
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Seals the registry under the current key. Not durable until flushed.
+    fn save_registry(&self) -> Result<(), VaultError> {
+        let registry = self.registry().clone();
+        let sealed = self.seal_value(Table::Meta, META_REGISTRY, &registry)?;
+        self.store.insert(Table::Meta, META_REGISTRY, sealed)?;
+        Ok(())
+    }
+
+    /// A copy of the key registry (ids, states, rotation progress).
+    pub fn registry_snapshot(&self) -> Registry {
+        self.registry().clone()
+    }
+
+    pub fn key_id(&self) -> KeyId {
+        self.keyring.current().key_id()
+    }
+
+    /// The user's blind index under every key held, current first.
+    pub fn user(&self, user_id: &str) -> UserRef {
+        UserRef {
+            indexes: self
+                .keyring
+                .all()
+                .map(|keys| keys.blind_index(user_id))
+                .collect(),
+        }
+    }
+
+    fn seal_value<T: Serialize>(
+        &self,
+        table: Table,
+        key: &[u8],
+        value: &T,
+    ) -> Result<Vec<u8>, StoreError> {
+        let plain = Zeroizing::new(
+            serde_json::to_vec(value).map_err(|e| StoreError::Aborted(e.to_string()))?,
+        );
+        let current = self.keyring.current();
+        record::seal(current.cipher(table), current.key_id(), table, key, plain)
+            .map_err(|e| StoreError::Aborted(format!("{}: {e}", table.name())))
+    }
+
+    /// Opens a record with the key its header names, if the keyring holds it.
+    fn unseal<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: Table,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<T, VaultError> {
+        let error = |source| VaultError::Record {
+            table: table.name(),
+            source,
+        };
+        let id = record::key_id_of(sealed).map_err(error)?;
+        let keys = self.keyring.get(id).ok_or(error(RecordError::WrongKey {
+            found: id,
+            expected: self.key_id(),
+        }))?;
+        let plain = record::open(keys.cipher(table), id, table, key, sealed).map_err(error)?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| VaultError::Corrupt(format!("{} record: {e}", table.name())))
+    }
+
+    /// Returns once every write completed before this call is durable. Concurrent callers
+    /// share one flush (group commit); `Ok(true)` means this caller ran it.
+    pub fn flush(&self) -> Result<bool, VaultError> {
+        Ok(self.group_commit.commit(|| self.store.flush())?)
+    }
+
+    /// Records per table (counting walks each table: for metrics scrapes, not hot paths).
+    pub fn table_sizes(&self) -> BTreeMap<&'static str, usize> {
+        Table::ALL
+            .into_iter()
+            .map(|table| (table.name(), self.store.len(table)))
+            .collect()
+    }
+}

@@ -1,0 +1,255 @@
+//! Master-key rotation: re-encrypts every record sealed under an older key with the current
+//! one, and re-indexes users (blind indexes are keyed from the master key), while requests go
+//! on. Batches run in key order from a cursor kept in the sealed key registry; each batch is
+//! flushed before the cursor moves, and every step is idempotent, so a process killed at any
+//! point resumes where it stopped without losing or duplicating a record:
+//!
+//! 1. `user_data`: decrypt, compute the new index from the sealed user id, record
+//!    old → new in the index map, create the record at the new index (compare-and-swap from
+//!    absent: a copy already there is the same user, moved earlier or by an enrolment), then
+//!    remove the old copy (compare-and-swap from the bytes read).
+//! 2. `feature_history`: key old index ‖ seq becomes new index ‖ seq (seq is unique), then
+//!    the old copy is removed.
+//! 3. `risk_logs`: same key, the user field mapped to the new index, replaced by
+//!    compare-and-swap.
+//!
+//! When no record names an old key any more, the rotation is complete; the index map is
+//! removed when the old key is retired.
+
+use std::collections::BTreeMap;
+
+use super::layout::{split_history_key, user_index};
+use super::records::{HistoryRecord, RiskLogEntry, UserRecord};
+use super::status::table_totals;
+use super::{Vault, VaultError};
+use crate::obs::unix_now;
+use crate::store::{Table, audit, record};
+
+/// Cursor value of a table swept to its end.
+const DONE: &[u8] = b"\xff\xffdone";
+
+/// Records visited per batch by the background rotation.
+pub const DEFAULT_BATCH: usize = 512;
+
+/// What one call of [`Vault::rotate_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Records read.
+    pub visited: usize,
+    /// Records re-sealed under the current key.
+    pub moved: usize,
+    /// No record names an old key any more.
+    pub complete: bool,
+}
+
+pub(super) const ORDER: [Table; 3] = [Table::UserData, Table::FeatureHistory, Table::RiskLogs];
+
+impl Vault {
+    /// A rotation has begun and not yet moved every record.
+    pub fn rotation_pending(&self) -> bool {
+        self.registry().rotation_pending()
+    }
+
+    /// Moves up to `limit` records (visited in key order from the cursor) under the current
+    /// key, then flushes and advances the cursor.
+    pub fn rotate_batch(&self, limit: usize) -> Result<BatchOutcome, VaultError> {
+        let current = self.key_id();
+        let Some(rotation) = self.registry().rotation.clone() else {
+            return Ok(BatchOutcome {
+                visited: 0,
+                moved: 0,
+                complete: true,
+            });
+        };
+        if rotation.completed_at.is_some() {
+            return Ok(BatchOutcome {
+                visited: 0,
+                moved: 0,
+                complete: true,
+            });
+        }
+        let (mut visited, mut moved) = (0, 0);
+        for table in ORDER {
+            let cursor = rotation
+                .cursor
+                .get(table.name())
+                .map(|c| hex::decode(c).unwrap_or_default());
+            if cursor.as_deref() == Some(DONE) {
+                continue;
+            }
+            let room = limit.saturating_sub(visited);
+            if room == 0 {
+                return Ok(BatchOutcome {
+                    visited,
+                    moved,
+                    complete: false,
+                });
+            }
+            let batch = self.store().scan_after(table, cursor.as_deref(), room)?;
+            let mut table_moved = 0;
+            for (key, value) in &batch {
+                visited += 1;
+                if record::key_id_of(value).ok() != Some(current) {
+                    self.move_record(table, key, value)?;
+                    table_moved += 1;
+                }
+            }
+            moved += table_moved;
+            let finished_table = batch.len() < room;
+            let next_cursor = match batch.last() {
+                Some((key, _)) if !finished_table => hex::encode(key),
+                _ => hex::encode(DONE),
+            };
+            // Durable moves first, then the cursor that skips them.
+            self.flush()?;
+            {
+                let mut registry = self.registry();
+                let rotation = registry.rotation.as_mut().expect("checked above");
+                rotation.cursor.insert(table.name().to_owned(), next_cursor);
+                rotation.moved += table_moved as u64;
+            }
+            self.save_registry()?;
+            self.flush()?;
+            if !finished_table {
+                return Ok(BatchOutcome {
+                    visited,
+                    moved,
+                    complete: false,
+                });
+            }
+        }
+        // Every table has been swept once; writes during the sweep used the current key,
+        // so a recount confirms nothing old is left.
+        let by_key = self.counts_by_key()?;
+        let left: u64 = by_key
+            .iter()
+            .filter(|((_, key), _)| *key != current)
+            .map(|(_, n)| n)
+            .sum();
+        if left > 0 {
+            // Records written under an old key while the sweep ran (cannot happen with one
+            // current key, but a restart could have raced): sweep again.
+            self.registry()
+                .rotation
+                .as_mut()
+                .expect("checked above")
+                .cursor
+                .clear();
+            self.save_registry()?;
+            self.flush()?;
+            return Ok(BatchOutcome {
+                visited,
+                moved,
+                complete: false,
+            });
+        }
+        let totals = table_totals(&by_key);
+        self.registry()
+            .rotation
+            .as_mut()
+            .expect("checked above")
+            .completed_at = Some(unix_now());
+        self.save_registry()?;
+        audit::append(
+            self.store(),
+            unix_now(),
+            "rotation_completed",
+            vec![current.to_string()],
+            totals,
+        )?;
+        self.flush()?;
+        Ok(BatchOutcome {
+            visited,
+            moved,
+            complete: true,
+        })
+    }
+
+    /// Runs batches until the rotation is complete or `stop` says so; appends a checkpoint
+    /// to the audit log every `checkpoint_every` moved records.
+    pub fn rotate_until_done(
+        &self,
+        limit: usize,
+        stop: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<bool, VaultError> {
+        const CHECKPOINT_EVERY: u64 = 50_000;
+        let mut since_checkpoint = 0u64;
+        loop {
+            if stop() {
+                return Ok(false);
+            }
+            let outcome = self.rotate_batch(limit)?;
+            since_checkpoint += outcome.moved as u64;
+            progress(outcome.moved as u64);
+            if since_checkpoint >= CHECKPOINT_EVERY {
+                let moved = self.registry().rotation.as_ref().map_or(0, |r| r.moved);
+                audit::append(
+                    self.store(),
+                    unix_now(),
+                    "rotation_checkpoint",
+                    vec![self.key_id().to_string()],
+                    BTreeMap::from([("moved".to_owned(), moved)]),
+                )?;
+                since_checkpoint = 0;
+            }
+            if outcome.complete {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn move_record(&self, table: Table, key: &[u8], old: &[u8]) -> Result<(), VaultError> {
+        match table {
+            Table::UserData => {
+                let record: UserRecord = self.unseal(table, key, old)?;
+                if record.user_id.is_empty() {
+                    return Err(VaultError::Refused(
+                        "a user record written before version 0.2 holds no sealed user id, so \
+                         its blind index cannot be recomputed under the new key: the record is \
+                         upgraded the next time that user enrols or is assessed; until then keep \
+                         the previous key"
+                            .into(),
+                    ));
+                }
+                let new_index = self.keyring.current().blind_index(&record.user_id);
+                let old_index = user_index(key)
+                    .ok_or_else(|| VaultError::Corrupt("a user key is not 32 bytes".into()))?;
+                self.map_index(&old_index, &new_index)?;
+                let sealed = self.seal_value(table, &new_index, &record)?;
+                self.store()
+                    .compare_and_swap(table, &new_index, None, Some(sealed))?;
+                self.store().compare_and_swap(table, key, Some(old), None)?;
+            }
+            Table::FeatureHistory => {
+                let record: HistoryRecord = self.unseal(table, key, old)?;
+                let (old_index, seq) = split_history_key(key).ok_or_else(|| {
+                    VaultError::Corrupt("a history key has the wrong length".into())
+                })?;
+                let new_index = self.mapped_index(old_index)?.ok_or_else(|| {
+                    VaultError::Corrupt("a history record belongs to no user record".into())
+                })?;
+                let new_key = [new_index.as_slice(), seq].concat();
+                let sealed = self.seal_value(table, &new_key, &record)?;
+                self.store().insert(table, &new_key, sealed)?;
+                self.store().compare_and_swap(table, key, Some(old), None)?;
+            }
+            Table::RiskLogs => {
+                let mut log: RiskLogEntry = self.unseal(table, key, old)?;
+                if let Some(new_index) = hex::decode(&log.user)
+                    .ok()
+                    .map(|old_index| self.mapped_index(&old_index))
+                    .transpose()?
+                    .flatten()
+                {
+                    log.user = hex::encode(new_index);
+                }
+                let sealed = self.seal_value(table, key, &log)?;
+                self.store()
+                    .compare_and_swap(table, key, Some(old), Some(sealed))?;
+            }
+            Table::Meta | Table::Audit | Table::Replay => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! Spent request ids (the `replay` table): random ids the clients chose, with their `iat`,
+//! durable with each answer so that a restart does not reopen the replay window.
+
+use super::{Vault, VaultError};
+use crate::store::Table;
+
+impl Vault {
+    /// Records a spent request id. Not durable until [`Vault::flush`], which every
+    /// answered request waits for.
+    pub fn spend_rid(&self, rid: &str, iat: i64) -> Result<(), VaultError> {
+        self.store()
+            .insert(Table::Replay, rid.as_bytes(), iat.to_be_bytes().to_vec())?;
+        Ok(())
+    }
+
+    /// The spent request ids with `iat` at or after `since`; older ones are forgotten.
+    pub fn spent_rids(&self, since: i64) -> Result<Vec<(String, i64)>, VaultError> {
+        let mut live = Vec::new();
+        self.sweep_spent_rids(since, |rid, iat| {
+            let rid = String::from_utf8(rid)
+                .map_err(|_| VaultError::Corrupt("a replay entry is not UTF-8".into()))?;
+            live.push((rid, iat));
+            Ok(())
+        })?;
+        Ok(live)
+    }
+
+    /// Forgets the spent request ids with `iat` before `since`.
+    pub fn forget_spent_rids(&self, since: i64) -> Result<(), VaultError> {
+        self.sweep_spent_rids(since, |_, _| Ok(()))
+    }
+
+    /// Removes the entries older than `since` and hands each live one to `live`.
+    fn sweep_spent_rids(
+        &self,
+        since: i64,
+        mut live: impl FnMut(Vec<u8>, i64) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        for (rid, value) in self.store().scan(Table::Replay)? {
+            let iat = value
+                .try_into()
+                .map(i64::from_be_bytes)
+                .map_err(|_| VaultError::Corrupt("a replay entry is not an 8-byte iat".into()))?;
+            if iat >= since {
+                live(rid, iat)?;
+            } else {
+                self.store().remove(Table::Replay, &rid)?;
+            }
+        }
+        Ok(())
+    }
+}

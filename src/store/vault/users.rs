@@ -1,0 +1,183 @@
+//! Enrolled users: one sealed record per user (templates, known devices, the sealed user id
+//! that rotation re-indexes with), updated by compare-and-swap so that no concurrent update
+//! is lost, and the index map that rotation leaves behind.
+
+use zeroize::Zeroizing;
+
+use super::layout::index_map_key;
+use super::records::{Enrolment, StoredTemplate, UserRecord, remember};
+use super::{UserIndex, UserRef, Vault, VaultError};
+use crate::store::Table;
+
+impl Vault {
+    /// Where the user's record is: (its index, its sealed bytes), current index first.
+    fn find_user(&self, user: &UserRef) -> Result<Option<(UserIndex, Vec<u8>)>, VaultError> {
+        for index in &user.indexes {
+            if let Some(sealed) = self.store().get(Table::UserData, index)? {
+                return Ok(Some((*index, sealed)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The user's templates (unit vectors); empty when not enrolled. A record from before
+    /// user ids were sealed in it is upgraded on the way (once), so that a later key
+    /// rotation can re-index it. Not durable until [`Vault::flush`].
+    pub fn templates(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+    ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
+        Ok(self.enrolment(user, user_id)?.templates)
+    }
+
+    /// The user's templates and known devices (see [`Vault::templates`]).
+    pub fn enrolment(&self, user: &UserRef, user_id: &str) -> Result<Enrolment, VaultError> {
+        let Some((index, sealed)) = self.find_user(user)? else {
+            return Ok(Enrolment::default());
+        };
+        let mut record: UserRecord = self.unseal(Table::UserData, &index, &sealed)?;
+        if record.user_id.is_empty() {
+            self.update_user(user, user_id, &|_| Ok(()))?;
+        }
+        Ok(record.take_enrolment())
+    }
+
+    /// Every enrolled user's id and templates (to build the in-memory gallery at start).
+    /// Records from before user ids were sealed are left out until their user is next seen.
+    pub fn enrolled_users(&self) -> Result<Vec<(String, Enrolment)>, VaultError> {
+        let mut users = Vec::new();
+        for (key, sealed) in self.store().scan(Table::UserData)? {
+            let mut record: UserRecord = self.unseal(Table::UserData, &key, &sealed)?;
+            if record.user_id.is_empty() {
+                continue;
+            }
+            users.push((std::mem::take(&mut record.user_id), record.take_enrolment()));
+        }
+        Ok(users)
+    }
+
+    /// Adds `device` (SM3 hex) to the user's known devices, keeping the `max` most recent.
+    /// Not durable until [`Vault::flush`].
+    pub fn remember_device(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+        device: &str,
+        max: usize,
+    ) -> Result<(), VaultError> {
+        self.update_user(user, user_id, &|record| {
+            remember(&mut record.devices, device, max);
+            Ok(())
+        })
+        .map(|_| ())
+    }
+
+    /// Adds a template and returns the user's template count. Not durable until
+    /// [`Vault::flush`].
+    pub fn enrol(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+        template: &[f32],
+        now: i64,
+        max_templates: usize,
+    ) -> Result<usize, VaultError> {
+        self.enrol_from(user, user_id, template, now, max_templates, None)
+            .map(|templates| templates.len())
+    }
+
+    /// [`Vault::enrol`], remembering the enrolling device (SM3 hex, at most `max_devices`);
+    /// returns all of the user's templates as stored (for the in-memory gallery).
+    pub fn enrol_from(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+        template: &[f32],
+        now: i64,
+        max_templates: usize,
+        device: Option<(&str, usize)>,
+    ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
+        self.update_user(user, user_id, &|record| {
+            if record.templates.len() >= max_templates {
+                return Err(VaultError::TemplateLimit(max_templates));
+            }
+            record.templates.push(StoredTemplate {
+                features: template.to_vec(),
+                enrolled_at: now,
+            });
+            if let Some((device, max)) = device {
+                remember(&mut record.devices, device, max);
+            }
+            Ok(())
+        })
+    }
+
+    /// Read-modify-write of a user's record, atomic per user: a compare-and-swap, retried
+    /// when a concurrent enrolment (or the rotation moving this user) got there first, so
+    /// no update is lost. A record still under an old key's index moves to the current
+    /// index on the way. Returns the templates as stored.
+    fn update_user(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+        change: &dyn Fn(&mut UserRecord) -> Result<(), VaultError>,
+    ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
+        let target = *user.current();
+        loop {
+            let found = self.find_user(user)?;
+            let mut record: UserRecord = match &found {
+                Some((index, sealed)) => self.unseal(Table::UserData, index, sealed)?,
+                None => UserRecord::default(),
+            };
+            change(&mut record)?;
+            record.user_id = user_id.to_owned();
+            let sealed = self.seal_value(Table::UserData, &target, &record)?;
+            match found {
+                Some((index, old)) if index != target => {
+                    // Moving to the current index: create it, then remove the old copy.
+                    self.map_index(&index, &target)?;
+                    if self
+                        .store
+                        .compare_and_swap(Table::UserData, &target, None, Some(sealed))?
+                    {
+                        self.store()
+                            .compare_and_swap(Table::UserData, &index, Some(&old), None)?;
+                        return Ok(record.take_templates());
+                    }
+                }
+                found => {
+                    let expected = found.as_ref().map(|(_, old)| old.as_slice());
+                    if self.store().compare_and_swap(
+                        Table::UserData,
+                        &target,
+                        expected,
+                        Some(sealed),
+                    )? {
+                        return Ok(record.take_templates());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records that the user at `old` is now at `new` (for history and logs still under the
+    /// old index).
+    pub(super) fn map_index(&self, old: &UserIndex, new: &UserIndex) -> Result<(), VaultError> {
+        let key = index_map_key(old);
+        let sealed = self.seal_value(Table::Meta, &key, &new.to_vec())?;
+        self.store().insert(Table::Meta, &key, sealed)?;
+        Ok(())
+    }
+
+    pub(super) fn mapped_index(&self, old: &[u8]) -> Result<Option<UserIndex>, VaultError> {
+        let key = index_map_key(old);
+        let Some(sealed) = self.store().get(Table::Meta, &key)? else {
+            return Ok(None);
+        };
+        let new: Vec<u8> = self.unseal(Table::Meta, &key, &sealed)?;
+        new.try_into()
+            .map(Some)
+            .map_err(|_| VaultError::Corrupt("an index map entry has the wrong length".into()))
+    }
+}
