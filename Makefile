@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test lint bench fmt fuzz deny
+.PHONY: run test lint bench bench-smoke server-only fmt fuzz deny
 
 # Run the service on its embedded defaults: sled in ./data, dev master key (loud warning),
 # listening on 127.0.0.1:8080, public keys written to ./keys.
@@ -17,6 +17,8 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --features csv --all-targets -- -D warnings
+	cargo clippy --no-default-features --features server --lib --bins -- -D warnings
+	cargo clippy --no-default-features --features client --lib -- -D warnings
 
 fmt:
 	cargo fmt --all
@@ -30,6 +32,19 @@ bench:
 	cargo bench --bench primitives
 	cargo bench --bench reference
 	cargo bench --bench load
+
+# Every benchmark in a short mode (about a minute after the release build): proves that
+# `make bench` runs end to end; the figures are not judged. CI runs it.
+bench-smoke:
+	cargo bench --bench primitives -- --warm-up-time 0.05 --measurement-time 0.1 --sample-size 10
+	REFERENCE_SECONDS=1 cargo bench --bench reference
+	LOAD_SECONDS=1 LOAD_CONCURRENCY=4 LOAD_RATES=100 LOAD_REQUIRE_NO_ERRORS=1 cargo bench --bench load
+
+# The server-only build that a TEE image runs: no client, no lab (linfa, ndarray, plotters,
+# ureq). Fails if any of them is in its dependency tree.
+server-only:
+	cargo build --release --no-default-features --features server --bin tee-risk
+	! cargo tree -e normal --no-default-features --features server | grep -E '^[^a-z]*(linfa|ndarray|plotters|ureq) '
 
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, nightly toolchain): FUZZ_SECONDS (60) per
 # target, starting from valid seeds. Crashes land in fuzz/artifacts/<target>/; copy them to

@@ -17,17 +17,18 @@
 //! No timing is asserted anywhere: this measures, it does not judge.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tee_risk::app::server::LISTENING_PREFIX;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
-use tee_risk::crypto::sm2::IdentityKey;
 use tee_risk::lab::{Dataset, new_capture};
 use tee_risk::obs::metrics::{Stage, sample};
 use tee_risk::protocol::client_auth::ClientCredential;
@@ -54,7 +55,7 @@ fn target_dir() -> PathBuf {
 /// (identity, embedding) pairs: the dev set if present, else the shipped samples.
 fn embeddings() -> (String, Vec<(String, Vec<f32>)>) {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dev = manifest.join("../shared/data/faces/lfw_dlib128_dev.json");
+    let dev = support::dev_dataset_path();
     if let Ok(set) = Dataset::load(&dev) {
         let items = set
             .samples
@@ -108,97 +109,48 @@ fn workload(items: Vec<(String, Vec<f32>)>) -> Workload {
 /// The operator token the load server is started with, to read `/metrics`.
 const OPERATOR_TOKEN: &str = "load-generator-operator-token";
 
-struct Server {
-    child: Child,
-    url: String,
-    /// The registered load client, which signs every request.
-    credential: Arc<ClientCredential>,
+/// The real server, started by the tests' own fixture, with a fresh database in `dir`.
+struct LoadServer {
+    server: support::TestServer,
     _dir: tempfile::TempDir,
 }
 
-impl Server {
+impl LoadServer {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let master: String = (0..32).map(|i| format!("{:02x}", i * 7 + 3)).collect();
-        let client_key = IdentityKey::generate().expect("client key");
-        let clients_file = dir.path().join("clients.toml");
-        std::fs::write(
-            &clients_file,
-            format!(
-                "[[client]]\nid = \"load\"\npermissions = [\"enroll\", \"assess\"]\n\
-                 public_key = \"\"\"\n{}\"\"\"\n",
-                client_key.public().to_pem()
-            ),
-        )
-        .expect("write the clients file");
-        let credential = Arc::new(ClientCredential::new("load", client_key));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--keys-dir")
-            .arg(dir.path().join("keys"))
-            .arg("--clients")
-            .arg(&clients_file)
-            .env("DB_MASTER_KEY", master)
-            .env("TEE_RISK_ADMIN_TOKEN", OPERATOR_TOKEN)
-            .env("RUST_LOG", "warn")
-            .env_remove("TEE_RISK_CONFIG")
-            .arg("--config")
-            .arg(std::env::var_os("LOAD_SERVER_CONFIG").unwrap_or_else(|| {
-                // The engine is measured, not the rate limits: one client sends everything.
-                let path = dir.path().join("load.toml");
-                std::fs::write(
-                    &path,
-                    "[limits]\nclient_per_minute = 0\nuser_per_minute = 0\n",
-                )
-                .expect("write the load config");
-                path.into()
-            }))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the tee-risk binary");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
-                        break format!("http://{addr}");
-                    }
-                }
-                _ => panic!("the server exited before listening"),
-            }
+        let config = match std::env::var("LOAD_SERVER_CONFIG") {
+            Ok(path) => path,
+            // The engine is measured, not the rate limits: one client sends everything.
+            Err(_) => support::unlimited_config(dir.path()),
         };
-        std::thread::spawn(move || lines.for_each(drop));
-        Self {
-            child,
-            url,
-            credential,
-            _dir: dir,
-        }
+        let server = support::TestServer::start_env(
+            &dir.path().join("data"),
+            &dir.path().join("keys"),
+            Some(support::MASTER_KEY),
+            &["--config", &config],
+            &[
+                ("TEE_RISK_ADMIN_TOKEN", OPERATOR_TOKEN),
+                ("RUST_LOG", "warn"),
+            ],
+        );
+        Self { server, _dir: dir }
     }
 
     /// User + system CPU seconds the server process has used so far.
     fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(&format!("/proc/{}/stat", self.child.id()))
+        process_cpu_seconds(&format!("/proc/{}/stat", self.server.pid()))
     }
 
     fn metrics(&self) -> String {
-        ureq::get(format!("{}/metrics", self.url))
-            .header("Authorization", format!("Bearer {OPERATOR_TOKEN}"))
-            .call()
-            .and_then(|mut r| r.body_mut().read_to_string())
-            .unwrap_or_default()
+        self.server.metrics(OPERATOR_TOKEN)
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+impl std::ops::Deref for LoadServer {
+    type Target = support::TestServer;
+
+    fn deref(&self) -> &support::TestServer {
+        &self.server
     }
 }
 
@@ -479,7 +431,7 @@ impl Phase {
 }
 
 fn run_phase(
-    server: &Server,
+    server: &LoadServer,
     keys: &ServerKeys,
     probes: &[(String, Vec<f32>)],
     kind: &'static str,
@@ -547,7 +499,7 @@ fn main() {
 
     let (source, items) = embeddings();
     let workload = workload(items);
-    let server = Server::start();
+    let server = LoadServer::start();
     let admin = Client::fetch_keys(&server.url)
         .expect("GET /v1/keys")
         .with_credential(server.credential.clone());
@@ -709,4 +661,12 @@ fn main() {
     std::fs::create_dir_all(target_dir()).ok();
     std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).expect("write report");
     println!("\nfull report: {}", path.display());
+    // Under `cargo test` (smoke) and in `make bench-smoke` every request must be answered:
+    // an error there is a broken tool or server, not a figure.
+    let require = !benchmarking || std::env::var_os("LOAD_REQUIRE_NO_ERRORS").is_some();
+    let errors: usize = phases.iter().map(|p| p.outcome.errors).sum();
+    assert!(
+        !require || errors == 0,
+        "{errors} requests failed (see the table above)"
+    );
 }

@@ -9,8 +9,14 @@ use std::process::Command;
 
 use serde_json::json;
 
-/// Seconds per OpenSSL algorithm (`-seconds`).
-const OPENSSL_SECONDS: &str = "3";
+/// Seconds per OpenSSL algorithm (`-seconds`); `REFERENCE_SECONDS` overrides it
+/// (`make bench-smoke` uses 1).
+fn openssl_seconds() -> String {
+    std::env::var("REFERENCE_SECONDS")
+        .ok()
+        .filter(|s| s.parse::<u32>().is_ok_and(|n| (1..=60).contains(&n)))
+        .unwrap_or_else(|| "3".into())
+}
 const BUFFER_BYTES: f64 = 4096.0;
 
 fn target_dir() -> PathBuf {
@@ -30,7 +36,7 @@ fn ours(id: &str) -> Option<f64> {
 /// `openssl speed -mr` output lines starting with `prefix`, split on ':'.
 fn openssl_speed(args: &[&str], prefix: &str) -> Option<Vec<String>> {
     let output = Command::new("openssl")
-        .args(["speed", "-mr", "-seconds", OPENSSL_SECONDS])
+        .args(["speed", "-mr", "-seconds", &openssl_seconds()])
         .args(args)
         .output()
         .ok()?;
@@ -82,7 +88,10 @@ fn main() {
         per_buffer(openssl_speed(&["-bytes", &bytes, "-evp", "sm4-cbc"], "+F:")),
     ));
 
-    println!("\nreference: {version}, measured now on this machine ({OPENSSL_SECONDS} s each)");
+    println!(
+        "\nreference: {version}, measured now on this machine ({} s each)",
+        openssl_seconds()
+    );
     println!(
         "{:<16} {:>12} {:>14} {:>9}",
         "operation", "ours op/s", "OpenSSL op/s", "ours ÷ OpenSSL"

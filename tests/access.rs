@@ -1,12 +1,14 @@
 //! Access control and erasure against the real binary over loopback: who may enrol, assess
 //! and erase, and what erasing a user leaves behind.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, openssl_sm2_keypair, request};
+use support::{
+    MASTER_KEY, TestServer, error_code, faces, open_vault, openssl_sm2_keypair, request,
+};
 use tee_risk::client::Client;
 use tee_risk::crypto::sm2::IdentityKey;
 use tee_risk::lab::new_capture;

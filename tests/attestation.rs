@@ -1,11 +1,11 @@
 //! Attestation over loopback against the real binary: a client attests the service before
 //! sending a face, and a default (production) policy refuses simulated evidence.
 
-mod common;
+mod support;
 
 use std::path::Path;
 
-use common::{MASTER_KEY, TestServer};
+use support::{MASTER_KEY, TestServer};
 use tee_risk::app::server::SIM_PLATFORM_PEM;
 use tee_risk::attest::Policy;
 use tee_risk::client::{Client, FeatureRequest};

@@ -1,12 +1,11 @@
 //! The shipped risk model is what `tee-risk train` makes of the dev embeddings, byte for
 //! byte, and a model trained by the command is what the service and `eval` then use.
 
-mod common;
+mod support;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::dev_dataset;
+use support::dev_dataset;
 use tee_risk::lab::Labelled;
 use tee_risk::lab::train;
 use tee_risk::risk::RiskModel;
@@ -51,8 +50,7 @@ fn shipped_model_is_the_dev_training_result() {
 
 #[test]
 fn train_command_writes_a_model_that_eval_and_the_config_accept() {
-    let data =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces/lfw_dlib128_dev.json");
+    let data = support::dev_dataset_path();
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.json");
     let run = |args: &[&std::ffi::OsStr]| {

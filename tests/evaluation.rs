@@ -2,13 +2,13 @@
 //! protocol of docs/EVALUATION.md through the configured policy and writes its report; the
 //! figures are checked against floors (the baseline's, so a regression fails).
 
-use std::path::Path;
+mod support;
+
 use std::process::Command;
 
 #[test]
 fn eval_on_the_dev_file_meets_the_baseline_floors() {
-    let data =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces/lfw_dlib128_dev.json");
+    let data = support::dev_dataset_path();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report.json");
     let run = Command::new(env!("CARGO_BIN_EXE_tee-risk"))

@@ -1,12 +1,12 @@
 //! Hostile conditions against the real binary over loopback: replays across restarts, rate
 //! limits, crashes under load, and logs that must not leak.
 
-mod common;
+mod support;
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{
+use support::{
     MASTER_KEY, TestServer, error_code, faces, open_vault, request, synthetic_face,
     unlimited_config,
 };

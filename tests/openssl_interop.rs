@@ -3,12 +3,12 @@
 //! and HKDF-SM3. `.ci/run` installs openssl; without it these tests fail rather than pass
 //! silently (set TEE_RISK_SKIP_OPENSSL=1 to skip knowingly).
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use common::{openssl, openssl_sm2_keypair};
+use support::{openssl, openssl_sm2_keypair};
 use tee_risk::crypto::kdf::{hkdf_sm3, hmac_sm3};
 use tee_risk::crypto::sm2::{DEFAULT_DISTID, DecryptionKey, IdentityKey, PublicKey};
 

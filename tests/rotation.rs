@@ -1,7 +1,7 @@
 //! Master-key rotation against the real binary: online under load with 100,000 records,
 //! SIGKILL at random points during rotation, and the operator commands with their exit codes.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, dev_dataset, synthetic_face};
 use serde_json::Value;
+use support::{TestServer, dev_dataset, synthetic_face};
 use tee_risk::client::{Client, FeatureRequest};
 use tee_risk::lab::new_capture;
 use tee_risk::store::RiskLogEntry;
@@ -23,18 +23,15 @@ const NEW_KEY: &str = "222222222222222222222222222222222222222222222222222222222
 const ADMIN_TOKEN: &str = "operator-token-for-tests";
 
 fn key_id(hex: &str) -> String {
-    MasterKey::from_hex(hex).unwrap().key_id().to_string()
+    support::master_key(hex).key_id().to_string()
 }
 
 fn open(data: &Path, current: &str, previous: &[&str]) -> Vault {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("db")).unwrap());
-    let previous: Vec<MasterKey> = previous
-        .iter()
-        .map(|k| MasterKey::from_hex(k).unwrap())
-        .collect();
+    let previous: Vec<MasterKey> = previous.iter().map(|k| support::master_key(k)).collect();
     Vault::open_keyring(
         store,
-        &MasterKey::from_hex(current).unwrap(),
+        &support::master_key(current),
         &previous,
         OpenMode::Write,
     )
@@ -378,8 +375,8 @@ fn sigkill_at_random_points_during_rotation_loses_and_duplicates_nothing() {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("db")).unwrap());
         let vault = Vault::open_keyring(
             store,
-            &MasterKey::from_hex(NEW_KEY).unwrap(),
-            &[MasterKey::from_hex(OLD_KEY).unwrap()],
+            &support::master_key(NEW_KEY),
+            &[support::master_key(OLD_KEY)],
             OpenMode::Inspect,
         )
         .unwrap();

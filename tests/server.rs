@@ -2,12 +2,12 @@
 //! embeddings, signed answers, and every kind of bad input refused with a typed 4xx and no
 //! change to the stored data.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 
-use common::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
 use serde_json::{Value, json};
+use support::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
 use tee_risk::app::server::IDENTITY_PEM;
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
 use tee_risk::lab::new_capture;

@@ -374,16 +374,21 @@ impl Assessment {
     }
 }
 
+/// The shipped model with the `[risk]` defaults of `config/default.toml` (for tests of this
+/// layer and the ones above it, which cannot reach the app's config).
+#[cfg(test)]
+pub(crate) fn default_policy() -> RiskPolicy {
+    let defaults: toml::Table = toml::from_str(include_str!("../../config/default.toml")).unwrap();
+    let config: RiskConfig = defaults["risk"].clone().try_into().unwrap();
+    config.policy(Arc::new(RiskModel::builtin()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The shipped model with the `[risk]` defaults of `config/default.toml`.
     fn policy() -> RiskPolicy {
-        let defaults: toml::Table =
-            toml::from_str(include_str!("../../config/default.toml")).unwrap();
-        let config: RiskConfig = defaults["risk"].clone().try_into().unwrap();
-        config.policy(Arc::new(RiskModel::builtin()))
+        default_policy()
     }
 
     /// A normal genuine attempt: two templates, a strong match (FMR about 10⁻⁵), recent

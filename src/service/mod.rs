@@ -458,3 +458,88 @@ impl Service {
             .map_err(internal)
     }
 }
+
+/// The service driven in-process, on the in-memory store: no HTTP, no disk. What the HTTP
+/// tests check over loopback, checked here at the layer that decides.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::protocol::request::seal;
+    use crate::protocol::response::verify;
+    use crate::store::{MasterKey, MemoryStore};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn service() -> Service {
+        let settings = Settings {
+            policy: risk::default_policy(),
+            iat_window_secs: 120,
+            replay_cache_capacity: 1000,
+            encryption_key_lifetime_secs: 3600,
+            encryption_key_grace_secs: 300,
+            velocity_window_secs: 600,
+            max_devices: 16,
+            dimension: 4,
+            max_templates: 5,
+            user_per_minute: 0,
+            user_burst: 1,
+        };
+        let master = MasterKey::from_hex(&"42".repeat(32)).unwrap();
+        let vault = Vault::open(Arc::new(MemoryStore::new()), &master).unwrap();
+        Service::new(&settings, vault, NOW).unwrap()
+    }
+
+    /// An envelope for `payload`, encrypted to the service's current key, issued at `iat`.
+    fn envelope(service: &Service, payload: serde_json::Value, iat: i64) -> Vec<u8> {
+        let key = service.encryption_public();
+        let header = ProtectedHeader::new(&key.kid(), iat).unwrap();
+        seal(&key, &header, &serde_json::to_vec(&payload).unwrap()).unwrap()
+    }
+
+    /// The signed answer's payload, after checking the signature with the identity key.
+    fn answer(service: &Service, signed: &SignedResponse) -> serde_json::Value {
+        let payload = verify(service.identity_public(), signed).expect("signed by the identity");
+        serde_json::from_slice(&payload).unwrap()
+    }
+
+    #[test]
+    fn enrol_assess_refuse_and_erase_in_process() {
+        let service = service();
+        let face = serde_json::json!([0.6, 0.8, 0.0, 0.0]);
+        let capture = serde_json::json!([0.6, 0.79, 0.02, 0.0]);
+        let request = |features: &serde_json::Value| serde_json::json!({"user_id": "alice", "features": features, "liveness": 0.97});
+
+        let enrol = envelope(&service, request(&face), NOW);
+        let enrolled = answer(&service, &service.enroll(&enrol, NOW).unwrap());
+        assert_eq!(enrolled["outcome"], "enrolled");
+        assert_eq!(enrolled["req_sm3"], sm3_hex(&enrol));
+
+        let assess = envelope(&service, request(&capture), NOW);
+        let assessed = answer(&service, &service.assess(&assess, NOW).unwrap());
+        assert_eq!(assessed["decision"], "allow", "{assessed}");
+
+        // The same body again: its request id is spent.
+        assert!(matches!(
+            service.assess(&assess, NOW),
+            Err(ServiceError::ReplayedRequest)
+        ));
+        // Issued too long ago, or for a key never issued.
+        let stale = envelope(&service, request(&capture), NOW - 121);
+        assert!(matches!(
+            service.assess(&stale, NOW),
+            Err(ServiceError::StaleRequest(120))
+        ));
+        let wrong_dimension = envelope(&service, request(&serde_json::json!([1.0, 0.0])), NOW);
+        let refused = service.assess(&wrong_dimension, NOW).unwrap_err();
+        assert_eq!(refused.code(), "wrong_dimension");
+
+        let erase = envelope(&service, serde_json::json!({"user_id": "alice"}), NOW);
+        let erased = answer(&service, &service.erase(&erase, NOW).unwrap());
+        assert_eq!(erased["erased"]["templates"], 1);
+        let after = envelope(&service, request(&capture), NOW);
+        let assessed = answer(&service, &service.assess(&after, NOW).unwrap());
+        assert_eq!(assessed["reasons"], serde_json::json!(["no_enrolment"]));
+    }
+}

@@ -194,6 +194,11 @@ impl Vault {
         self.keyring.current().key_id()
     }
 
+    /// The user's blind index under the current key (where rotation moves a user to).
+    fn current_index(&self, user_id: &str) -> UserIndex {
+        self.keyring.current().blind_index(user_id)
+    }
+
     /// The user's blind index under every key held, current first.
     pub fn user(&self, user_id: &str) -> UserRef {
         UserRef {

@@ -212,7 +212,7 @@ impl Vault {
                             .into(),
                     ));
                 }
-                let new_index = self.keyring.current().blind_index(&record.user_id);
+                let new_index = self.current_index(&record.user_id);
                 let old_index = user_index(key)
                     .ok_or_else(|| VaultError::Corrupt("a user key is not 32 bytes".into()))?;
                 self.map_index(&old_index, &new_index)?;

@@ -1,5 +1,6 @@
-//! Shared test helpers: start the real `tee-risk` binary on a loopback port, load the dev
-//! embeddings.
+//! The one support module of the tests and the benches (`benches/*.rs` include it with
+//! `#[path]`): start the real `tee-risk` binary on a loopback port, the dev embeddings, the
+//! test master key and client, OpenSSL helpers.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -31,11 +32,20 @@ pub fn unlimited_config(dir: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Where the development embeddings are (`../shared` beside the repository; CI has it).
+pub fn dev_dataset_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces/lfw_dlib128_dev.json")
+}
+
 /// The development embeddings (never the holdout file).
 pub fn dev_dataset() -> Dataset {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces/lfw_dlib128_dev.json");
-    Dataset::load(&path).expect("../shared/data/faces/lfw_dlib128_dev.json is readable")
+    Dataset::load(&dev_dataset_path())
+        .expect("../shared/data/faces/lfw_dlib128_dev.json is readable")
+}
+
+/// A master key from 64 hex digits (test keys only).
+pub fn master_key(hex: &str) -> MasterKey {
+    MasterKey::from_hex(hex).expect("64 hex digits")
 }
 
 pub struct TestServer {
@@ -82,6 +92,18 @@ impl TestServer {
         extra: &[&str],
     ) -> Self {
         Self::try_start(data_dir, keys_dir, master_key, extra)
+            .unwrap_or_else(|(status, log)| panic!("server did not start ({status:?}):\n{log}"))
+    }
+
+    /// [`TestServer::start`] with more environment variables.
+    pub fn start_env(
+        data_dir: &Path,
+        keys_dir: &Path,
+        master_key: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::try_start_env(data_dir, keys_dir, master_key, extra, env)
             .unwrap_or_else(|(status, log)| panic!("server did not start ({status:?}):\n{log}"))
     }
 
@@ -211,6 +233,22 @@ impl TestServer {
         child.wait().unwrap();
     }
 
+    /// The server's process id (for CPU accounting).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `GET /metrics` with the operator's bearer token; empty on any failure.
+    pub fn metrics(&self, token: &str) -> String {
+        let url = self.operator_url.as_deref().unwrap_or(&self.url);
+        ureq::get(format!("{url}/metrics"))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap_or_default()
+    }
+
+    /// What the server wrote on stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
@@ -314,7 +352,7 @@ pub fn open_vault(
     key: &str,
 ) -> Result<Vault, tee_risk::store::VaultError> {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("db")).unwrap());
-    Vault::open(store, &MasterKey::from_hex(key).unwrap())
+    Vault::open(store, &master_key(key))
 }
 
 /// Runs the `openssl` command in `dir`, insisting that it succeeds; returns its stdout.
