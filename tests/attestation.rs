@@ -68,5 +68,26 @@ fn a_client_attests_then_sends_and_the_default_policy_refuses_sim() {
             .unwrap();
         assert!(raw.contains("bad_nonce"), "{query}: {raw}");
     }
+
+    // The keys folder holds exactly the public keys keys/README.md says it does.
+    let mut written: Vec<String> = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["identity.pub.pem", SIM_PLATFORM_PEM]);
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/README.md"))
+            .unwrap();
+    let named: Vec<&str> = readme
+        .split('`')
+        .filter(|word| word.ends_with(".pem"))
+        .collect();
+    for file in &named {
+        assert!(
+            written.iter().any(|w| w == file),
+            "keys/README.md names {file}"
+        );
+    }
     assert!(server.stop().success());
 }

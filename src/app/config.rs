@@ -416,6 +416,25 @@ mod tests {
         assert!(model.unwrap_err().to_string().contains("risk.model_file"));
     }
 
+    /// The bounds of the encryption-key lifetime, as docs/OPERATIONS.md states them.
+    #[test]
+    fn encryption_key_lifetime_bounds_are_the_documented_ones() {
+        let lifetime = |secs: i64| {
+            Config::from_toml_layers(&[
+                DEFAULT_CONFIG_TOML,
+                &format!(
+                    "[keys]\nencryption_key_lifetime_secs = {secs}\nencryption_key_grace_secs = 0\n"
+                ),
+            ])
+        };
+        assert!(lifetime(59).is_err());
+        assert!(lifetime(60).is_ok());
+        assert!(lifetime(604_800).is_ok());
+        assert!(lifetime(604_801).is_err());
+        let operations = include_str!("../../docs/OPERATIONS.md");
+        assert!(operations.contains("**at least 60 s** and at most 604,800 s"));
+    }
+
     #[test]
     fn csv_mode_needs_a_build_with_the_csv_feature() {
         let csv =

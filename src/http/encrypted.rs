@@ -73,6 +73,12 @@ async fn run_encrypted(
     endpoint: &Encrypted,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(request, payload, state.max_body_bytes).await?;
+    // The client signs the path alone (docs/PROTOCOL.md): a query string would ride along
+    // unsigned, so it is refused rather than ignored. (After the body: a connection closed
+    // on unread bytes is reset, and the client might never see the answer.)
+    if !request.query_string().is_empty() {
+        return Err(ApiError::QueryNotAllowed);
+    }
     let authorization = request
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -112,26 +118,42 @@ async fn run_encrypted(
 
 /// Reads the whole body, refusing it as soon as it exceeds `limit` (by its declared length
 /// or by what actually arrives).
+///
+/// The body must come with `Content-Length` and arrive whole. A chunked body is refused
+/// (411): actix ends the body stream cleanly when the sender half-closes the connection, so
+/// a chunked body cut short (even one missing only its final empty chunk) cannot be told
+/// from a whole one; with a declared length, fewer bytes than declared is `incomplete_body`.
 async fn read_body(
     request: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
 ) -> Result<Vec<u8>, ApiError> {
-    let declared = request
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    let headers = request.headers();
+    if headers.contains_key(actix_web::http::header::TRANSFER_ENCODING) {
+        return Err(ApiError::LengthRequired);
+    }
+    // No Content-Length and no Transfer-Encoding: the body is empty (RFC 9112 §6.3).
+    let declared = match headers.get(actix_web::http::header::CONTENT_LENGTH) {
+        None => 0,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .ok_or(ApiError::LengthRequired)?,
+    };
+    if declared > limit {
         return Err(ApiError::BodyTooLarge(limit));
     }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut body = Vec::with_capacity(declared);
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| ApiError::IncompleteBody)?;
-        if body.len() + chunk.len() > limit {
+        if body.len() + chunk.len() > declared {
             return Err(ApiError::BodyTooLarge(limit));
         }
         body.extend_from_slice(&chunk);
+    }
+    if body.len() != declared {
+        return Err(ApiError::IncompleteBody);
     }
     Ok(body)
 }

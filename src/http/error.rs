@@ -19,9 +19,17 @@ pub enum ApiError {
     /// The body is longer than `server.max_body_bytes`.
     #[error("the request body exceeds the limit of {0} bytes")]
     BodyTooLarge(usize),
-    /// The body did not arrive whole.
-    #[error("the request body could not be read completely")]
+    /// The body did not arrive whole: fewer bytes than its `Content-Length`, or the
+    /// connection failed while it was read.
+    #[error("the request body ended before its Content-Length: nothing was done; send it again")]
     IncompleteBody,
+    /// A body without `Content-Length` (chunked): a cut-short chunked body cannot be told
+    /// from a whole one.
+    #[error("send the body with a Content-Length header; chunked bodies are refused")]
+    LengthRequired,
+    /// A query string on an encrypted endpoint (the client signature does not cover it).
+    #[error("encrypted endpoints take no query string: the signed path is the whole target")]
+    QueryNotAllowed,
     /// `GET /v1/attestation` without a valid nonce.
     #[error("nonce must be a query parameter of 32 bytes in base64url without padding")]
     BadNonce,
@@ -64,6 +72,8 @@ impl ApiError {
             ApiError::Service(e) => e.code(),
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::IncompleteBody => "incomplete_body",
+            ApiError::LengthRequired => "length_required",
+            ApiError::QueryNotAllowed => "query_not_allowed",
             ApiError::BadNonce => "bad_nonce",
             ApiError::NotFound => "not_found",
             ApiError::Unauthorized => "unauthorized",
@@ -91,7 +101,10 @@ impl ResponseError for ApiError {
                 ServiceError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::IncompleteBody | ApiError::BadNonce => StatusCode::BAD_REQUEST,
+            ApiError::IncompleteBody | ApiError::BadNonce | ApiError::QueryNotAllowed => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

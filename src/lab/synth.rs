@@ -5,7 +5,13 @@
 //! assumptions about clients and attackers, to be replaced by a deployment's own labelled
 //! traffic.
 
+use crate::risk::model::LIVE_SCORE_FLOOR;
 use crate::risk::{Signals, Velocity};
+
+/// A live person's liveness score: uniform in [`LIVE_SCORE_FLOOR`, 1].
+fn live_score(rng: &mut Rng) -> f32 {
+    rng.between(f64::from(LIVE_SCORE_FLOOR), 1.0) as f32
+}
 
 /// One labelled sample: an identity number and a unit embedding.
 pub struct Labelled<'a> {
@@ -74,7 +80,7 @@ pub struct Context {
 /// with one other account one time in fifty.
 pub fn genuine_context(rng: &mut Rng) -> Context {
     Context {
-        liveness: rng.chance(0.5).then(|| rng.between(0.85, 1.0) as f32),
+        liveness: rng.chance(0.5).then(|| live_score(rng)),
         velocity: Velocity {
             user_attempts: small_count(rng, 0.7, 2),
             user_failures: u32::from(rng.chance(0.05)),
@@ -88,7 +94,7 @@ pub fn genuine_context(rng: &mut Rng) -> Context {
 /// high as a genuine user's, a few recent tries, usually a device new to the account.
 pub fn impostor_context(rng: &mut Rng) -> Context {
     Context {
-        liveness: rng.chance(0.5).then(|| rng.between(0.85, 1.0) as f32),
+        liveness: rng.chance(0.5).then(|| live_score(rng)),
         velocity: Velocity {
             user_attempts: small_count(rng, 0.4, 5),
             user_failures: small_count(rng, 0.5, 3),

@@ -4,8 +4,13 @@
 use serde::Deserialize;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+/// Longest user id, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 128;
+/// Longest device id, in bytes.
 pub const MAX_DEVICE_ID_BYTES: usize = 128;
+/// Smallest L2 norm a feature vector may have: below it the direction is lost in f32
+/// rounding, and a vector of such values is an attempt to probe the normaliser, not a face.
+pub const MIN_NORM: f64 = 1e-6;
 
 /// The plaintext JSON as the client sent it. Wiped on drop.
 #[derive(Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -31,7 +36,7 @@ pub enum FeatureError {
     WrongDimension { expected: usize, got: usize },
     #[error("feature {0} is not a finite number")]
     NonFinite(usize),
-    #[error("the feature vector has zero norm")]
+    #[error("the feature vector's norm is too small (zero, or below 1e-6)")]
     ZeroNorm,
     #[error("{0}")]
     InvalidField(&'static str),
@@ -51,8 +56,14 @@ pub struct Probe {
 impl Probe {
     /// Parses and validates the decrypted payload.
     pub fn parse(plaintext: &[u8], dimension: usize) -> Result<Self, FeatureError> {
-        let mut message: FeatureMessage =
-            serde_json::from_slice(plaintext).map_err(|_| FeatureError::MalformedPayload)?;
+        let mut message: FeatureMessage = serde_json::from_slice(plaintext).map_err(|_| {
+            // JSON has no NaN or Infinity and serde_json refuses 1e309: name such a value
+            // as what it is rather than as a malformed payload.
+            match non_finite_feature(plaintext) {
+                Some(index) => FeatureError::NonFinite(index),
+                None => FeatureError::MalformedPayload,
+            }
+        })?;
         check_id(
             &message.user_id,
             MAX_USER_ID_BYTES,
@@ -126,7 +137,7 @@ pub fn normalise(values: &[f32], dimension: usize) -> Result<Zeroizing<Vec<f32>>
         .map(|&v| f64::from(v) * f64::from(v))
         .sum::<f64>()
         .sqrt();
-    if !(norm.is_finite() && norm > f64::from(f32::MIN_POSITIVE)) {
+    if !(norm.is_finite() && norm >= MIN_NORM) {
         return Err(FeatureError::ZeroNorm);
     }
     Ok(Zeroizing::new(
@@ -135,6 +146,46 @@ pub fn normalise(values: &[f32], dimension: usize) -> Result<Zeroizing<Vec<f32>>
             .map(|&v| (f64::from(v) / norm) as f32)
             .collect(),
     ))
+}
+
+/// The index of the first element of the top-level `features` array that is a non-finite
+/// number token (`NaN`, `Infinity`, `-Infinity`, or a literal beyond f64 such as `1e309`),
+/// if the plaintext has one. A small scanner that tracks strings, so that a `"features"`
+/// inside a user id is not mistaken for the key; used only after serde_json refused the
+/// payload, to give the precise error.
+fn non_finite_feature(plaintext: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(plaintext).ok()?;
+    let bytes = text.as_bytes();
+    let (mut i, mut depth) = (0, 0usize);
+    let mut last_string: Option<(usize, usize)> = None;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                last_string = Some((start, i.min(bytes.len())));
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b':' if depth == 1 && last_string.is_some_and(|(a, b)| &text[a..b] == "features") => {
+                let rest = text[i + 1..].trim_start();
+                let array = rest.strip_prefix('[')?;
+                let end = array.find(']').unwrap_or(array.len());
+                return array[..end].split(',').map(str::trim).position(|token| {
+                    let unsigned = token.trim_start_matches(['-', '+']);
+                    matches!(unsigned, "NaN" | "Infinity" | "inf" | "nan")
+                        || token.parse::<f64>().is_ok_and(|v| !v.is_finite())
+                });
+            }
+            b',' => last_string = None,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -171,7 +222,17 @@ mod tests {
                 },
             ),
             (payload("[0,0]", ""), FeatureError::ZeroNorm),
+            (payload("[1e-40,1e-40]", ""), FeatureError::ZeroNorm),
             (payload("[1e39,1]", ""), FeatureError::NonFinite(0)),
+            (payload("[1,NaN]", ""), FeatureError::NonFinite(1)),
+            (payload("[Infinity,1]", ""), FeatureError::NonFinite(0)),
+            (payload("[1, -Infinity]", ""), FeatureError::NonFinite(1)),
+            (payload("[1e309,1]", ""), FeatureError::NonFinite(0)),
+            // Only the features array counts: a NaN elsewhere is a malformed payload.
+            (
+                payload("[1,2]", r#","liveness":NaN"#),
+                FeatureError::MalformedPayload,
+            ),
             (
                 payload("[1,2]", r#","liveness":1.5"#),
                 FeatureError::InvalidField("liveness must be a number in [0, 1]"),
@@ -203,6 +264,14 @@ mod tests {
         ] {
             assert!(EraseRequest::parse(bad).is_err());
         }
+        // A user id that mentions "features" does not fool the scanner.
+        let decoy = br#"{"user_id":"features","features":[1,NaN]}"#;
+        assert_eq!(
+            Probe::parse(decoy, 2).err(),
+            Some(FeatureError::NonFinite(1))
+        );
+        let decoy = br#"{"user_id":"x\"features\":[NaN]","features":[1,2,3]}"#;
+        assert!(Probe::parse(decoy, 2).is_err());
         let control = br#"{"user_id":"a\nb","features":[1,2]}"#;
         assert!(matches!(
             Probe::parse(control, 2),

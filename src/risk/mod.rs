@@ -195,6 +195,13 @@ pub fn signals<T: AsRef<[f32]>, R: AsRef<[f32]>>(
     }
 }
 
+/// Whether an attempt's device counts as new to the user: only a named device that is not
+/// among the `known` ones (SM3 hex). An unnamed device is scored as a known one: the best
+/// honest value, never better (the property `risk::tests` checks for every optional signal).
+pub fn device_is_new(device: Option<&str>, known: &[String]) -> bool {
+    device.is_some_and(|d| !known.iter().any(|k| k == d))
+}
+
 /// The highest cosine of `probe` with any of `others`; `None` when there are none.
 pub(crate) fn best_cosine<T: AsRef<[f32]>>(probe: &[f32], others: &[T]) -> Option<f32> {
     others
@@ -386,6 +393,7 @@ pub(crate) fn default_policy() -> RiskPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::risk::model::LIVE_SCORE_FLOOR;
 
     fn policy() -> RiskPolicy {
         default_policy()
@@ -430,6 +438,67 @@ mod tests {
             s.history = 0;
         });
         assert_eq!((bare.decision, bare.reasons), (Decision::Allow, vec![]));
+    }
+
+    /// Every optional signal the client may leave out (liveness, device id): its absence
+    /// never scores better, nor decides more leniently, than the signal present with any
+    /// good (honest, live, known) value. Checked over many random attempts.
+    #[test]
+    fn an_absent_optional_signal_never_scores_better_than_a_good_one() {
+        let policy = policy();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let rank = |d: Decision| d as u8;
+        let known = vec!["aa".to_owned(), "bb".to_owned()];
+        for _ in 0..3000 {
+            let mut s = genuine();
+            s.templates = 1 + (next() * 5.0) as usize;
+            s.match_similarity = Some((0.3 + 0.7 * next()) as f32);
+            s.copy_similarity = s.match_similarity;
+            s.history = (next() * 9.0) as usize;
+            s.history_similarity = Some((0.3 + 0.69 * next()) as f32);
+            s.conflict = (next() < 0.5).then(|| Conflict {
+                similarity: (0.3 + 0.6 * next()) as f32,
+                templates: 1 + (next() * 3.0) as usize,
+                searched: 1 + (next() * 10_000.0) as usize,
+            });
+            s.velocity = Velocity {
+                user_attempts: (next() * 6.0) as u32,
+                user_failures: (next() * 3.0) as u32,
+                device_users: (next() * 3.0) as u32,
+            };
+            s.new_device = next() < 0.3;
+
+            s.liveness = None;
+            let absent = policy.decide(&s);
+            for percent in 0..=100 {
+                let good = LIVE_SCORE_FLOOR + (1.0 - LIVE_SCORE_FLOOR) * percent as f32 / 100.0;
+                s.liveness = Some(good);
+                let present = policy.decide(&s);
+                assert!(
+                    present.score <= absent.score + 1e-12,
+                    "liveness {good} scored {} above absent {}",
+                    present.score,
+                    absent.score
+                );
+                assert!(rank(present.decision) <= rank(absent.decision));
+            }
+
+            s.liveness = Some(0.9);
+            s.new_device = device_is_new(None, &known);
+            let absent = policy.decide(&s);
+            for device in &known {
+                s.new_device = device_is_new(Some(device), &known);
+                let present = policy.decide(&s);
+                assert!(present.score <= absent.score + 1e-12);
+                assert!(rank(present.decision) <= rank(absent.decision));
+            }
+        }
     }
 
     /// Each reason fires on the attempt it describes (and on a normal genuine attempt none
@@ -515,7 +584,14 @@ mod tests {
             ),
             (
                 Reason::Drift,
-                Box::new(|s| s.history_similarity = Some(0.8)),
+                // A match just inside the allow band, far from every recent probe: drift
+                // (worth at most ~1.5 in log-odds under the shipped weights, below
+                // `reason_min_log_odds`) is what tips it into a step-up, so it is named.
+                Box::new(move |s| {
+                    s.match_similarity = Some(similarity_at(0.0009));
+                    s.copy_similarity = s.match_similarity;
+                    s.history_similarity = Some(0.3);
+                }),
                 Decision::Allow,
             ),
         ];

@@ -28,6 +28,14 @@ const DRIFT_EVIDENCE: f64 = 3.0;
 /// measured worse on dev: FNMR at the operating point 6.25 % against 5.68 % at k = 2).
 const DRIFT_MIN_HISTORY: usize = 1;
 
+/// The lowest liveness score of a live capture (the low end of the genuine context the model
+/// is trained on, `lab::synth`). The model reads only the shortfall below it: every score
+/// at or above it, and no score at all, count the same. Liveness is the client's word, so an
+/// attacker can always claim 1.0; a score can therefore only raise the risk (a capture the
+/// client itself found doubtful), and leaving it out is never better than an honest live
+/// score, nor worse than a forged perfect one.
+pub const LIVE_SCORE_FLOOR: f32 = 0.85;
+
 /// The model's inputs, in order. Each is 0 for an unremarkable attempt, so that a feature's
 /// weight times its value is its contribution to the log-odds of fraud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +46,9 @@ pub enum Feature {
     /// −log10 FMR of the probe's best match among the other enrolled users, corrected for
     /// the number searched (the best of N impostors is N times likelier to match), less 1.
     ConflictEvidence,
-    /// 1 − the client's liveness score (0 when the client gives none: untrusted input can
-    /// only raise the risk).
+    /// How far the client's liveness score falls short of [`LIVE_SCORE_FLOOR`] (0 for a
+    /// live score and for none), so that leaving the score out never scores better than an
+    /// honest live capture.
     LivenessDeficit,
     /// ln(1 + the user's attempts in the velocity window before this one).
     UserAttempts,
@@ -245,7 +254,7 @@ impl RiskModel {
                 }),
                 Feature::LivenessDeficit => s
                     .liveness
-                    .map_or(0.0, |l| f64::from(1.0 - l).clamp(0.0, 1.0)),
+                    .map_or(0.0, |l| f64::from(LIVE_SCORE_FLOOR - l).clamp(0.0, 1.0)),
                 Feature::UserAttempts => f64::from(s.velocity.user_attempts).ln_1p(),
                 Feature::UserFailures => f64::from(s.velocity.user_failures).ln_1p(),
                 Feature::DeviceUsers => f64::from(s.velocity.device_users).ln_1p(),

@@ -207,9 +207,11 @@ impl Service {
     fn limit_user(&self, user: &UserRef) -> Result<(), ServiceError> {
         self.user_limits
             .check(user.current(), unix_now_f64())
-            .map_err(|retry_after_secs| ServiceError::RateLimited {
-                scope: LimitScope::User,
-                retry_after_secs,
+            .map_err(|retry_after_secs| {
+                self.refuse_spent(ServiceError::RateLimited {
+                    scope: LimitScope::User,
+                    retry_after_secs,
+                })
             })
     }
 
@@ -251,7 +253,7 @@ impl Service {
             ) {
                 Ok(templates) => templates,
                 Err(VaultError::TemplateLimit(max)) => {
-                    return Err(ServiceError::TemplateLimit(max));
+                    return Err(self.refuse_spent(ServiceError::TemplateLimit(max)));
                 }
                 Err(e) => return Err(internal(e)),
             };
@@ -300,9 +302,7 @@ impl Service {
         signals.conflict = self.gallery.best_other(&probe.features, &key);
         signals.liveness = probe.liveness;
         signals.velocity = self.velocity.observe(&key, device.as_ref(), now);
-        signals.new_device = device_hex
-            .as_ref()
-            .is_some_and(|d| !enrolment.devices.contains(d));
+        signals.new_device = risk::device_is_new(device_hex.as_deref(), &enrolment.devices);
         let enrolled = !enrolment.templates.is_empty();
         drop(enrolment);
         drop(recent);
@@ -434,21 +434,31 @@ impl Service {
         let plaintext = envelope.open_payload(&session_key)?;
         drop(session_key);
         timer.lap(Stage::Sm4GcmOpen);
-        let payload = parse(&plaintext)?;
-        drop(plaintext);
-        let fresh = self.replay.check_and_insert(&header.rid, header.iat, now);
-        timer.lap(Stage::PayloadParse);
-        match fresh {
-            ReplayCheck::Fresh => {
-                // Durable with the request's other writes, before the answer.
-                self.vault
-                    .spend_rid(&header.rid, header.iat)
-                    .map_err(internal)?;
-                Ok((envelope.header, payload))
-            }
-            ReplayCheck::Replayed => Err(ServiceError::ReplayedRequest),
-            ReplayCheck::Full => Err(ServiceError::Overloaded),
+        // The payload authenticated under a live key: the request id is spent now, whatever
+        // the answer from here on (docs/PROTOCOL.md: one rule a client can act on: never
+        // send a request id twice).
+        match self.replay.check_and_insert(&header.rid, header.iat, now) {
+            ReplayCheck::Fresh => {}
+            ReplayCheck::Replayed => return Err(ServiceError::ReplayedRequest),
+            ReplayCheck::Full => return Err(ServiceError::Overloaded),
         }
+        // Durable with the request's other writes, before the answer (or before the refusal).
+        self.vault
+            .spend_rid(&header.rid, header.iat)
+            .map_err(internal)?;
+        let payload = parse(&plaintext).map_err(|e| self.refuse_spent(e));
+        drop(plaintext);
+        timer.lap(Stage::PayloadParse);
+        Ok((envelope.header, payload?))
+    }
+
+    /// A refusal after the request id was spent: makes the spent id durable first, so that
+    /// the rule "once decrypted, spent" survives a crash.
+    fn refuse_spent(&self, error: ServiceError) -> ServiceError {
+        if let Err(fault) = self.vault.flush() {
+            tracing::error!(error = %fault, "cannot make a spent request id durable");
+        }
+        error
     }
 
     fn sign<T: Serialize>(&self, payload: &T) -> Result<SignedResponse, ServiceError> {
@@ -534,6 +544,11 @@ mod tests {
         let wrong_dimension = envelope(&service, request(&serde_json::json!([1.0, 0.0])), NOW);
         let refused = service.assess(&wrong_dimension, NOW).unwrap_err();
         assert_eq!(refused.code(), "wrong_dimension");
+        // Decrypted, so spent, though refused: the same body again is a replay.
+        assert!(matches!(
+            service.assess(&wrong_dimension, NOW),
+            Err(ServiceError::ReplayedRequest)
+        ));
 
         let erase = envelope(&service, serde_json::json!({"user_id": "alice"}), NOW);
         let erased = answer(&service, &service.erase(&erase, NOW).unwrap());
