@@ -88,6 +88,24 @@ fn only_registered_clients_with_the_permission_get_in() {
             "{authorization}"
         );
     }
+    // An unknown client id and a wrong signature for a known one get the very same answer:
+    // a caller cannot learn which client ids exist.
+    let unknown = ClientCredential::new("nobody", IdentityKey::generate().unwrap())
+        .authorization("POST", "/v1/assess", &body)
+        .unwrap();
+    let answers: Vec<Vec<u8>> = [forged.as_str(), unknown.as_str()]
+        .into_iter()
+        .map(|authorization| {
+            anonymous
+                .send_with_authorization("POST", "/v1/assess", &body, Some(authorization))
+                .unwrap()
+                .body
+        })
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&answers[0]),
+        String::from_utf8_lossy(&answers[1])
+    );
     // None of the refused attempts spent the request id: the right client still can.
     let answer = as_assessor.post_raw("/v1/assess", &body).unwrap();
     assert_eq!(answer.status, 200);

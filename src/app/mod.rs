@@ -42,6 +42,24 @@ pub enum AppError {
         /// Why.
         reason: String,
     },
+    /// Dev mode pointed at a database that has no development key beside it.
+    #[error(
+        "{0} holds a database but no {dev_key}: it was not created in dev mode. Start it with \
+         DB_MASTER_KEY (without --dev), or use another data folder for development.",
+        dev_key = secrets::DEV_KEY_FILE
+    )]
+    NotADevFolder(PathBuf),
+    /// A secret file readable or writable by others.
+    #[error(
+        "{path} has permissions {mode:04o}: it holds the development master key, so no one but \
+         its owner may read it. Run `chmod 600 {path}` (as OpenSSH refuses such private keys)."
+    )]
+    SecretFileOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A key file could not be read, created or parsed.
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
@@ -58,10 +76,9 @@ pub enum AppError {
         /// What the operating system said.
         source: std::io::Error,
     },
-    /// The store could not be opened.
-    #[error(
-        "{source} (a running service holds the database: stop it first, or use its /admin/db/status endpoint)"
-    )]
+    /// The store could not be opened: in use, or the engine's own cause (corruption, a
+    /// data folder that is a file, a read-only file system…).
+    #[error("cannot open the database: {source}")]
     StoreOpen {
         /// The engine's error.
         source: StoreError,

@@ -72,9 +72,15 @@ pub fn resolve_master_key(
     })?;
     let path = data_dir.join(DEV_KEY_FILE);
     if path.exists() {
+        refuse_open_permissions(&path)?;
         let text = read_secret_text(&path)?;
         let key = MasterKey::from_hex(&text).map_err(bad(path.display().to_string()))?;
         return Ok((key, MasterKeySource::DevFile));
+    }
+    // A database without a dev key beside it was sealed with a real master key: generating
+    // a dev key would only leave a stray file behind a refused start.
+    if store_path(data_dir).exists() {
+        return Err(AppError::NotADevFolder(data_dir.to_owned()));
     }
     let key = MasterKey::generate().map_err(|e| AppError::BadMasterKey {
         origin: "the generated development key".into(),
@@ -82,6 +88,30 @@ pub fn resolve_master_key(
     })?;
     write_private_file(&path, key.to_hex_zeroizing().as_bytes())?;
     Ok((key, MasterKeySource::DevFile))
+}
+
+/// Refuses a secret file that others may read or write, as OpenSSH does for private keys:
+/// whoever could read it can read every record.
+fn refuse_open_permissions(path: &Path) -> Result<(), AppError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|source| AppError::Io {
+                action: "read",
+                path: path.to_owned(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(AppError::SecretFileOpen {
+                path: path.to_owned(),
+                mode: mode & 0o777,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Parses `DB_MASTER_KEY_PREVIOUS`.

@@ -45,17 +45,23 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// The registered clients: the clients file, or in dev mode (without one) the dev client.
-fn client_registry(config: &Config) -> Result<ClientRegistry, AppError> {
+/// The clients file's registry; `None` in dev mode without one (the dev client is made
+/// later, since making it writes its key). Refuses production without a clients file.
+fn clients_from_file(config: &Config) -> Result<Option<ClientRegistry>, AppError> {
     let file = &config.access.clients_file;
     if !file.as_os_str().is_empty() {
         let registry = ClientRegistry::load(file)?;
         tracing::info!(clients = registry.len(), file = %file.display(), "clients registered");
-        return Ok(registry);
+        return Ok(Some(registry));
     }
     if !config.server.dev {
         return Err(AppError::NoClients);
     }
+    Ok(None)
+}
+
+/// The development client (dev mode without a clients file); creates its key when missing.
+fn dev_client_registry(config: &Config) -> Result<ClientRegistry, AppError> {
     let key_file = DevClient::key_file(&config.storage.data_dir);
     tracing::warn!(
         "DEVELOPMENT client `{}` may enrol, assess and erase; its key is {} (tee-risk client \
@@ -66,27 +72,38 @@ fn client_registry(config: &Config) -> Result<ClientRegistry, AppError> {
     DevClient::registry(&config.storage.data_dir).map_err(AppError::DevClient)
 }
 
-/// Where evidence comes from, for the configured TEE kind.
-fn attester(config: &Config) -> Result<Attester, AppError> {
-    let device_needed = |mode: TeeKind, device: &'static str| {
-        if Path::new(device).exists() {
-            Ok(())
-        } else {
-            Err(AppError::NoTeeDevice {
-                mode: mode.as_str(),
-                device,
-            })
+/// Refuses a start whose attestation mode does not fit the machine, before anything is
+/// written: a hardware mode without its device, sim mode where a TEE device exists.
+fn check_attestation_device(config: &Config) -> Result<(), AppError> {
+    let needed = match config.attestation.mode {
+        TeeKind::Sim => {
+            return match SimPlatform::tee_device_present() {
+                Some(device) => Err(AppError::TeeDevicePresent(device)),
+                None => Ok(()),
+            };
         }
+        TeeKind::Snp => "/dev/sev-guest",
+        TeeKind::Csv => "/dev/csv-guest",
     };
+    if Path::new(needed).exists() {
+        Ok(())
+    } else {
+        Err(AppError::NoTeeDevice {
+            mode: config.attestation.mode.as_str(),
+            device: needed,
+        })
+    }
+}
+
+/// Where evidence comes from, for the configured TEE kind (its device was checked).
+fn attester(config: &Config) -> Result<Attester, AppError> {
     Ok(match config.attestation.mode {
         TeeKind::Snp => {
-            device_needed(TeeKind::Snp, "/dev/sev-guest")?;
             tracing::info!("attestation: AMD SEV-SNP reports from /dev/sev-guest");
             Attester::Snp
         }
         #[cfg(feature = "csv")]
         TeeKind::Csv => {
-            device_needed(TeeKind::Csv, "/dev/csv-guest")?;
             tracing::info!("attestation: Hygon CSV reports from /dev/csv-guest");
             let file = &config.attestation.csv_hsk_cek_file;
             Attester::Csv {
@@ -105,13 +122,32 @@ fn attester(config: &Config) -> Result<Attester, AppError> {
     })
 }
 
+/// Binds a listener (before anything is written: a port in use refuses the start cleanly).
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
+    std::net::TcpListener::bind(addr).map_err(|source| AppError::Bind { addr, source })
+}
+
 /// Runs the service until SIGTERM or SIGINT.
+///
+/// Order: everything that can refuse the start runs before anything is written (config,
+/// attestation device, clients file, listeners), then the database opens (the first write:
+/// a new database, a new dev key), then the key files are written. A refused start leaves
+/// the data and keys folders as they were.
 pub async fn serve(config: Config, keys: MasterKeyEnv) -> Result<(), AppError> {
     let data_dir = config.storage.data_dir.clone();
     let settings = config.service_settings()?;
-    let vault = open_vault(keys, config.server.dev, &data_dir, OpenMode::Write)?;
+    check_attestation_device(&config)?;
+    let clients_file = clients_from_file(&config)?;
+    let listener = bind(config.listen_addr()?)?;
+    let operator_listener_socket = config.operator_addr()?.map(bind).transpose()?;
 
+    let vault = open_vault(keys, config.server.dev, &data_dir, OpenMode::Write)?;
     let service = Arc::new(Service::new(&settings, vault, unix_now())?);
+    let attestation = Arc::new(attester(&config)?);
+    let clients = Arc::new(match clients_file {
+        Some(registry) => registry,
+        None => dev_client_registry(&config)?,
+    });
     publish_public_keys(&config.keys.dir, &service)?;
 
     let stop_rotation = Arc::new(AtomicBool::new(false));
@@ -126,9 +162,6 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> Result<(), AppError> {
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let maintenance = spawn_key_maintenance(service.clone(), stop_maintenance.clone())
         .map_err(io("start the key maintenance thread for", &data_dir))?;
-
-    let attestation = Arc::new(attester(&config)?);
-    let clients = Arc::new(client_registry(&config)?);
 
     let state = web::Data::new(AppState {
         attestation,
@@ -147,7 +180,6 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> Result<(), AppError> {
             .filter(|t| !t.is_empty())
             .map(|t| crate::crypto::sm3(t.as_bytes())),
     });
-    let listen: SocketAddr = config.listen_addr()?;
     let draining = state.draining.clone();
     let operator_listener = state.operator_listener.clone();
     let mut server = HttpServer::new(move || {
@@ -162,17 +194,17 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> Result<(), AppError> {
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }
-    let mut server = server.bind(listen).map_err(|source| AppError::Bind {
-        addr: listen,
+    let service_addr = listener.local_addr().map_err(AppError::Serve)?;
+    let mut server = server.listen(listener).map_err(|source| AppError::Bind {
+        addr: service_addr,
         source,
     })?;
-    let service_addr = server.addrs()[0];
-    if let Some(operator) = config.operator_addr()? {
-        server = server.bind(operator).map_err(|source| AppError::Bind {
-            addr: operator,
+    if let Some(operator) = operator_listener_socket {
+        let bound = operator.local_addr().map_err(AppError::Serve)?;
+        server = server.listen(operator).map_err(|source| AppError::Bind {
+            addr: bound,
             source,
         })?;
-        let bound = *server.addrs().last().expect("just bound");
         let _ = operator_listener.set(bound);
         tracing::info!(addr = %bound, "operator endpoints (/metrics, /admin/…) listening");
         // Before the service's line, which tells watchers that start-up is complete.

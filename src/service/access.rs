@@ -242,22 +242,34 @@ impl ClientRegistry {
     ) -> Result<String, AccessError> {
         let credential = parse_authorization(authorization)?;
         let id = credential.client_id;
-        let client = self
-            .clients
-            .get(id)
-            .ok_or(AccessError::Unauthenticated("unknown client"))?;
-        let signature = credential.signature;
+        // One answer, and about the same work, for an unknown client and a bad signature:
+        // a caller cannot tell which client ids exist.
+        const REFUSED: AccessError =
+            AccessError::Unauthenticated("no registered client signed this request");
+        let message = signed_message(id, method, path, body);
+        let Some(client) = self.clients.get(id) else {
+            let _ = decoy_verifier().verify(&message, &credential.signature);
+            return Err(REFUSED);
+        };
         client
             .verifier
-            .verify(&signed_message(id, method, path, body), &signature)
-            .map_err(|_| {
-                AccessError::Unauthenticated("the signature does not cover this request")
-            })?;
+            .verify(&message, &credential.signature)
+            .map_err(|_| REFUSED)?;
         if !client.permissions.contains(&needed) {
             return Err(AccessError::Forbidden(needed));
         }
         Ok(id.to_owned())
     }
+}
+
+/// A verifier no signature passes (a key drawn once per process), checked against for an
+/// unknown client id so that it costs what a wrong signature costs.
+fn decoy_verifier() -> &'static Verifier {
+    static DECOY: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        let key = crate::crypto::sm2::IdentityKey::generate().expect("the OS random generator");
+        key.public().verifier().expect("a generated key is valid")
+    })
 }
 
 /// The development client that dev mode registers: its key is created beside the data, and

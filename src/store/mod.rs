@@ -73,9 +73,15 @@ impl Table {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The engine failed (I/O, corruption, a lock); the message is the engine's.
+    /// The engine failed (I/O, corruption, a full disk); the message is the engine's.
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// Another process (or handle) holds the database.
+    #[error(
+        "the database at {0} is in use: a running service holds it (stop it first, or use its \
+         /admin/db/status endpoint)"
+    )]
+    Locked(String),
     /// The operation refused to go on (the message says why).
     #[error("{0}")]
     Aborted(String),

@@ -141,8 +141,13 @@ impl TestServer {
             .filter(|a| *a != "--no-test-client")
             .collect();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tee-risk"));
+        command.arg("serve");
+        // Any free port, unless the test names one.
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("--data-dir")
             .arg(data_dir)
             .arg("--keys-dir")
             .arg(keys_dir)
