@@ -285,9 +285,10 @@ impl Metrics {
     }
 
     /// Gauges of the store's size, appended to [`Metrics::render`]'s text.
-    pub fn render_store_sizes(sizes: &BTreeMap<&'static str, usize>) -> String {
+    /// The records-per-table gauge (counters the vault keeps: no store access).
+    pub fn render_store_sizes(sizes: &BTreeMap<&'static str, u64>) -> String {
         let mut out = String::from(
-            "# HELP tee_risk_store_records Records per table.\n# TYPE tee_risk_store_records gauge\n",
+            "# HELP tee_risk_store_records Records per table (counted since start).\n# TYPE tee_risk_store_records gauge\n",
         );
         for (table, count) in sizes {
             let _ = writeln!(out, "tee_risk_store_records{{table=\"{table}\"}} {count}");

@@ -31,16 +31,28 @@ impl Vault {
             if let Some(sealed) = self.store().get(Table::UserData, index)? {
                 let record: UserRecord = self.unseal(Table::UserData, index, &sealed)?;
                 erased.templates += record.templates.len();
-                self.store().remove(Table::UserData, index)?;
+                if self
+                    .store()
+                    .compare_and_swap(Table::UserData, index, Some(&sealed), None)?
+                {
+                    self.counted(Table::UserData, -1);
+                }
             }
         }
         for index in &indexes {
-            for (key, _) in self
-                .store
-                .scan_prefix_last(Table::FeatureHistory, index, usize::MAX)?
+            for (key, value) in
+                self.store()
+                    .scan_prefix_last(Table::FeatureHistory, index, usize::MAX)?
             {
-                if is_history_key_of(&key, index) {
-                    self.store().remove(Table::FeatureHistory, &key)?;
+                if is_history_key_of(&key, index)
+                    && self.store().compare_and_swap(
+                        Table::FeatureHistory,
+                        &key,
+                        Some(&value),
+                        None,
+                    )?
+                {
+                    self.counted(Table::FeatureHistory, -1);
                     erased.history += 1;
                 }
             }

@@ -45,6 +45,7 @@ impl Vault {
         let log_key = self.store().next_id()?.to_be_bytes();
         let log_record = self.seal_value(Table::RiskLogs, &log_key, log)?;
         self.store().insert(Table::RiskLogs, &log_key, log_record)?;
+        self.counted(Table::RiskLogs, 1);
         if accepted {
             let key = history_key(user, self.store().next_id()?);
             let entry = HistoryRecord {
@@ -54,6 +55,7 @@ impl Vault {
             };
             let sealed = self.seal_value(Table::FeatureHistory, &key, &entry)?;
             self.store().insert(Table::FeatureHistory, &key, sealed)?;
+            self.counted(Table::FeatureHistory, 1);
         }
         Ok(())
     }

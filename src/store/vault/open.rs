@@ -125,6 +125,7 @@ impl Vault {
             }
         }
         let vault = Self {
+            counts: super::RecordCounts::from_store(&*store),
             store,
             keyring,
             registry: Mutex::new(registry),
@@ -271,6 +272,7 @@ impl Vault {
             TableKeys::derive(master, &salt).map_err(|e| VaultError::Corrupt(e.to_string()))?;
         let id = keys.key_id();
         let vault = Self {
+            counts: super::RecordCounts::default(),
             store,
             keyring: Keyring::new(keys, Vec::new()),
             registry: Mutex::new(Registry::new(id, now)),

@@ -217,9 +217,17 @@ impl Vault {
                     .ok_or_else(|| VaultError::Corrupt("a user key is not 32 bytes".into()))?;
                 self.map_index(&old_index, &new_index)?;
                 let sealed = self.seal_value(table, &new_index, &record)?;
-                self.store()
-                    .compare_and_swap(table, &new_index, None, Some(sealed))?;
-                self.store().compare_and_swap(table, key, Some(old), None)?;
+                // A copy already at the new index is this user's, moved before a restart or
+                // by an enrolment: keep it.
+                if self
+                    .store()
+                    .compare_and_swap(table, &new_index, None, Some(sealed))?
+                {
+                    self.counted(table, 1);
+                }
+                if self.store().compare_and_swap(table, key, Some(old), None)? {
+                    self.counted(table, -1);
+                }
             }
             Table::FeatureHistory => {
                 let record: HistoryRecord = self.unseal(table, key, old)?;
@@ -231,8 +239,17 @@ impl Vault {
                 })?;
                 let new_key = [new_index.as_slice(), seq].concat();
                 let sealed = self.seal_value(table, &new_key, &record)?;
-                self.store().insert(table, &new_key, sealed)?;
-                self.store().compare_and_swap(table, key, Some(old), None)?;
+                // The same sequence number under the new index is this record, moved before
+                // a restart: keep it.
+                if self
+                    .store()
+                    .compare_and_swap(table, &new_key, None, Some(sealed))?
+                {
+                    self.counted(table, 1);
+                }
+                if self.store().compare_and_swap(table, key, Some(old), None)? {
+                    self.counted(table, -1);
+                }
             }
             Table::RiskLogs => {
                 let mut log: RiskLogEntry = self.unseal(table, key, old)?;

@@ -8,8 +8,10 @@ impl Vault {
     /// Records a spent request id. Not durable until [`Vault::flush`], which every
     /// answered request waits for.
     pub fn spend_rid(&self, rid: &str, iat: i64) -> Result<(), VaultError> {
+        // A fresh id (the replay cache checked it), so a new record.
         self.store()
             .insert(Table::Replay, rid.as_bytes(), iat.to_be_bytes().to_vec())?;
+        self.counted(Table::Replay, 1);
         Ok(())
     }
 
@@ -37,14 +39,16 @@ impl Vault {
         mut live: impl FnMut(Vec<u8>, i64) -> Result<(), VaultError>,
     ) -> Result<(), VaultError> {
         for (rid, value) in self.store().scan(Table::Replay)? {
-            let iat = value
-                .try_into()
+            let iat = <[u8; 8]>::try_from(value.as_slice())
                 .map(i64::from_be_bytes)
                 .map_err(|_| VaultError::Corrupt("a replay entry is not an 8-byte iat".into()))?;
             if iat >= since {
                 live(rid, iat)?;
-            } else {
-                self.store().remove(Table::Replay, &rid)?;
+            } else if self
+                .store()
+                .compare_and_swap(Table::Replay, &rid, Some(&value), None)?
+            {
+                self.counted(Table::Replay, -1);
             }
         }
         Ok(())

@@ -137,12 +137,21 @@ impl Vault {
                 Some((index, old)) if index != target => {
                     // Moving to the current index: create it, then remove the old copy.
                     self.map_index(&index, &target)?;
-                    if self
-                        .store
-                        .compare_and_swap(Table::UserData, &target, None, Some(sealed))?
-                    {
-                        self.store()
-                            .compare_and_swap(Table::UserData, &index, Some(&old), None)?;
+                    if self.store().compare_and_swap(
+                        Table::UserData,
+                        &target,
+                        None,
+                        Some(sealed),
+                    )? {
+                        self.counted(Table::UserData, 1);
+                        if self.store().compare_and_swap(
+                            Table::UserData,
+                            &index,
+                            Some(&old),
+                            None,
+                        )? {
+                            self.counted(Table::UserData, -1);
+                        }
                         return Ok(record.take_templates());
                     }
                 }
@@ -154,6 +163,9 @@ impl Vault {
                         expected,
                         Some(sealed),
                     )? {
+                        if expected.is_none() {
+                            self.counted(Table::UserData, 1);
+                        }
                         return Ok(record.take_templates());
                     }
                 }
