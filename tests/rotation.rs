@@ -361,14 +361,15 @@ fn sigkill_at_random_points_during_rotation_loses_and_duplicates_nothing() {
     let mut tables_hit = HashSet::new();
     let mut last_moved = 0;
     // Kill until at least KILLS kills have landed mid-rotation, in every table's phase.
-    for _ in 0..KILLS * 6 {
+    for _ in 0..KILLS * 10 {
         if kills_during_rotation >= KILLS && SWEEPS.iter().all(|t| tables_hit.contains(t)) {
             break;
         }
         let server = start(&data, Some(OLD_KEY));
-        // Anywhere in the first 85 ms of a run (startup included): the rotation moves
-        // about 25,000 records a second here, so dozens of kills land inside it.
-        let delay = 5 + random.next_below(80);
+        // Anywhere in the first 165 ms of a run (startup included): the rotation moves
+        // about 20,000 records a second here (each batch also advances the high-water mark),
+        // so dozens of kills land inside it.
+        let delay = 5 + random.next_below(160);
         std::thread::sleep(Duration::from_millis(delay));
         server.kill();
         // Inspect the state the crash left: it must open, and progress never goes back.

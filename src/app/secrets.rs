@@ -143,11 +143,14 @@ pub fn store_path(data_dir: &Path) -> std::path::PathBuf {
 }
 
 /// Opens the database under `data_dir` with the keys from the environment (or the dev key).
+/// Opened to write, it keeps the high-water mark beside the store (`store::mark`): a store
+/// behind it is refused unless `accept_loss`.
 pub fn open_vault(
     env: MasterKeyEnv,
     dev: bool,
     data_dir: &Path,
     mode: OpenMode,
+    accept_loss: bool,
 ) -> Result<Vault, AppError> {
     let (master, source) = resolve_master_key(env.current, dev, data_dir)?;
     if let MasterKeySource::DevFile = source {
@@ -157,7 +160,10 @@ pub fn open_vault(
     let db_path = store_path(data_dir);
     let store: Arc<dyn Store> =
         Arc::new(SledStore::open(&db_path).map_err(|source| AppError::StoreOpen { source })?);
-    let vault = Vault::open_keyring(store, &master, &previous, mode)?;
+    let mut vault = Vault::open_keyring(store, &master, &previous, mode)?;
+    if mode == OpenMode::Write {
+        vault.keep_high_water_mark(data_dir, accept_loss)?;
+    }
     tracing::info!(
         path = %db_path.display(),
         master_key_id = %vault.key_id(),

@@ -133,7 +133,11 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
 /// attestation device, clients file, listeners), then the database opens (the first write:
 /// a new database, a new dev key), then the key files are written. A refused start leaves
 /// the data and keys folders as they were.
-pub async fn serve(config: Config, keys: MasterKeyEnv) -> Result<(), AppError> {
+pub async fn serve(
+    config: Config,
+    keys: MasterKeyEnv,
+    accept_data_loss: bool,
+) -> Result<(), AppError> {
     let data_dir = config.storage.data_dir.clone();
     let settings = config.service_settings()?;
     check_attestation_device(&config)?;
@@ -141,7 +145,13 @@ pub async fn serve(config: Config, keys: MasterKeyEnv) -> Result<(), AppError> {
     let listener = bind(config.listen_addr()?)?;
     let operator_listener_socket = config.operator_addr()?.map(bind).transpose()?;
 
-    let vault = open_vault(keys, config.server.dev, &data_dir, OpenMode::Write)?;
+    let vault = open_vault(
+        keys,
+        config.server.dev,
+        &data_dir,
+        OpenMode::Write,
+        accept_data_loss,
+    )?;
     let service = Arc::new(Service::new(&settings, vault, unix_now())?);
     let attestation = Arc::new(attester(&config)?);
     let clients = Arc::new(match clients_file {

@@ -16,6 +16,7 @@ mod vault;
 pub use keys::{KeyId, MasterKey};
 pub use memory::MemoryStore;
 pub use sled_store::{LOCK_WAIT, SledStore};
+pub use vault::mark;
 pub use vault::{
     BatchOutcome, DEFAULT_BATCH, ERASED_USER, Enrolment, Erased, OpenMode, RiskLogEntry, Status,
     TableCounts, UserIndex, UserRef, Vault, VaultError, VerifyReport,

@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// The registered clients file (access.clients_file).
     #[arg(long, env = "TEE_RISK_CLIENTS")]
     pub clients: Option<PathBuf>,
+    /// Serve a database that is behind its high-water mark (acknowledged data was lost to a
+    /// damaged log): records the loss in the audit log and moves the mark down. Use it only
+    /// after deciding not to restore a backup.
+    #[arg(long)]
+    pub accept_data_loss: bool,
 }
 
 #[derive(Args)]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use tee_risk::app::Config;
 use tee_risk::app::secrets::{self, MasterKeyEnv, open_vault, store_path};
-use tee_risk::store::{DEFAULT_BATCH, KeyId, OpenMode, SledStore, Store, Vault, VaultError, audit};
+use tee_risk::store::{
+    DEFAULT_BATCH, KeyId, OpenMode, SledStore, Store, Vault, VaultError, audit, mark,
+};
 
 use crate::cli::{DbArgs, DbCommand};
 use crate::error::CliError;
@@ -28,6 +30,7 @@ fn open_db(args: &DbArgs, mode: OpenMode) -> Result<Vault, CliError> {
         dev,
         &data_dir,
         mode,
+        false,
     )?)
 }
 
@@ -59,8 +62,23 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
             }))?;
         }
         DbCommand::Verify(args) => {
-            let report = open_db(&args, OpenMode::Inspect)?.verify_rotation()?;
-            print_json(&report)?;
+            let (data_dir, _) = db_data_dir(&args)?;
+            // A database that does not open because it is damaged fails the check (3), as
+            // one that opens and then fails it does; a wrong key is an error (1).
+            let vault = match open_db(&args, OpenMode::Inspect) {
+                Err(CliError::Failed(error))
+                    if error.downcast_ref::<tee_risk::app::AppError>().is_some_and(
+                        |e| matches!(e, tee_risk::app::AppError::Vault(v) if v.is_damage()),
+                    ) =>
+                {
+                    return Err(CliError::CheckFailed(format!("{error:#}")));
+                }
+                other => other?,
+            };
+            let (report, mark) = vault.verify_with_mark(&data_dir)?;
+            let mut json = serde_json::to_value(&report)?;
+            json["high_water_mark"] = serde_json::to_value(&mark)?;
+            print_json(&json)?;
             if !report.passed() {
                 return Err(CliError::CheckFailed(report.problems.join("; ")));
             }
@@ -77,13 +95,21 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
         DbCommand::VerifyLog(args) => {
             let (data_dir, _) = db_data_dir(&args)?;
             let store = SledStore::open(&store_path(&data_dir))?;
-            match audit::verify(&store) {
-                Ok(entries) => {
-                    let head = entries.last().map_or(audit::GENESIS, |e| e.hash.as_str());
-                    println!("audit log intact: {} entries, head {head}", entries.len());
-                }
+            let entries = match audit::verify(&store) {
+                Ok(entries) => entries,
                 Err(e) => return Err(CliError::CheckFailed(format!("audit log broken: {e}"))),
+            };
+            // The mark's clear copy (no key here): a log that lost its latest entries chains
+            // perfectly, so only the count and head recorded outside the store show it.
+            if let Some(mark) = mark::read_clear(&data_dir)?
+                && let Some(behind) = mark::audit_behind(&store, &mark)
+            {
+                return Err(CliError::CheckFailed(format!(
+                    "audit log behind its high-water mark: {behind}"
+                )));
             }
+            let head = entries.last().map_or(audit::GENESIS, |e| e.hash.as_str());
+            println!("audit log intact: {} entries, head {head}", entries.len());
         }
         DbCommand::Backup { db, dir } => backup(&db, &dir)?,
     }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The command could not run (bad input, I/O, a refused start…).
-    #[error("{0:#}")]
+    #[error("{}", chain(.0))]
     Failed(#[from] anyhow::Error),
     /// A check (`db verify`, `db verify-log`) ran and found a problem; the report is printed.
     #[error("{0}")]
@@ -16,6 +16,20 @@ pub enum CliError {
     /// Refused: a precondition does not hold yet (the message says which).
     #[error("refused: {0}")]
     Refused(String),
+}
+
+/// The error and its causes, each cause added only when the message before does not already
+/// say it (the library's errors name their cause in their own message).
+fn chain(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 impl CliError {
@@ -45,5 +59,6 @@ from_library_errors!(
     tee_risk::store::VaultError,
     tee_risk::store::StoreError,
     std::io::Error,
+    tee_risk::store::audit::AuditError,
     serde_json::Error,
 );

@@ -91,6 +91,10 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         config.access.clients_file = file;
     }
     config.listen_addr()?;
-    actix_web::rt::System::new().block_on(app::serve(config, MasterKeyEnv::from_process()))?;
+    actix_web::rt::System::new().block_on(app::serve(
+        config,
+        MasterKeyEnv::from_process(),
+        args.accept_data_loss,
+    ))?;
     Ok(())
 }

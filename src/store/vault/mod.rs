@@ -20,6 +20,7 @@
 mod erase;
 mod history;
 mod layout;
+pub mod mark;
 mod open;
 mod records;
 mod rotation;
@@ -132,6 +133,36 @@ pub enum VaultError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store lost acknowledged data (a damaged or rolled-back log).
+    #[error(
+        "the database is behind its high-water mark ({detail}): acknowledged data is missing, \
+         so it is not served as if whole. Restore it from a backup; or, to serve what is left, \
+         start once with --accept-data-loss (the loss is recorded in the audit log)."
+    )]
+    BehindHighWaterMark {
+        /// What is behind.
+        detail: String,
+        /// Commits the mark records.
+        mark_commits: u64,
+        /// Commits the store holds.
+        store_commits: u64,
+    },
+}
+
+impl VaultError {
+    /// Whether this is damage to the data (corruption, tampering, loss) rather than a
+    /// wrong key or a precondition: `db verify` reports such a database as failing its check.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            VaultError::CanaryFailed(_)
+                | VaultError::Corrupt(_)
+                | VaultError::Record { .. }
+                | VaultError::RecordsUnderUnknownKey { .. }
+                | VaultError::RecordsUnderRetiredKey { .. }
+                | VaultError::BehindHighWaterMark { .. }
+        )
+    }
 }
 
 /// How [`Vault::open_keyring`] may change the database.
@@ -196,6 +227,10 @@ pub struct Vault {
     registry: Mutex<Registry>,
     group_commit: GroupCommit,
     counts: RecordCounts,
+    /// Where the high-water mark is kept (`mark.rs`); `None`: not kept (tests, tools).
+    mark_dir: Option<std::path::PathBuf>,
+    /// Commits made durable (the store's `commit-seq`), while a mark is kept.
+    commits: Mutex<u64>,
 }
 
 impl Vault {
@@ -287,7 +322,7 @@ impl Vault {
     /// Returns once every write completed before this call is durable. Concurrent callers
     /// share one flush (group commit); `Ok(true)` means this caller ran it.
     pub fn flush(&self) -> Result<bool, VaultError> {
-        Ok(self.group_commit.commit(|| self.store.flush())?)
+        self.group_commit.commit(|| self.commit_and_mark())
     }
 
     /// Records per table of [`COUNTED_TABLES`], from the counters: no store access, so it

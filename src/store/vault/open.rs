@@ -130,6 +130,8 @@ impl Vault {
             keyring,
             registry: Mutex::new(registry),
             group_commit: GroupCommit::default(),
+            mark_dir: None,
+            commits: Mutex::new(0),
         };
         let by_key = vault.counts_by_key()?;
         vault.check_records_have_keys(&by_key)?;
@@ -277,6 +279,8 @@ impl Vault {
             keyring: Keyring::new(keys, Vec::new()),
             registry: Mutex::new(Registry::new(id, now)),
             group_commit: GroupCommit::default(),
+            mark_dir: None,
+            commits: Mutex::new(0),
         };
         vault.write_canary(vault.keyring.current())?;
         vault.save_registry()?;

@@ -3,10 +3,12 @@
 //! `db retire-key`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::Serialize;
 
 use super::layout::{canary_key, index_map_old};
+use super::mark::MarkCheck;
 use super::records::{HistoryRecord, RiskLogEntry, TableCounts, UserRecord};
 use super::rotation::ORDER;
 use super::{Vault, VaultError};
@@ -97,7 +99,22 @@ impl Vault {
     /// records than when the rotation began. A pass is recorded in the registry and the
     /// audit log.
     pub fn verify_rotation(&self) -> Result<VerifyReport, VaultError> {
-        let mut problems = Vec::new();
+        self.verify_with_problems(Vec::new())
+    }
+
+    /// [`Vault::verify_rotation`], and the store against the high-water mark in `dir`: a
+    /// store behind it fails the verification (and the audit log records the failure).
+    pub fn verify_with_mark(&self, dir: &Path) -> Result<(VerifyReport, MarkCheck), VaultError> {
+        let mark = self.check_high_water_mark(dir)?;
+        let problems = mark
+            .behind
+            .iter()
+            .map(|behind| format!("the database is behind its high-water mark: {behind}"))
+            .collect();
+        Ok((self.verify_with_problems(problems)?, mark))
+    }
+
+    fn verify_with_problems(&self, mut problems: Vec<String>) -> Result<VerifyReport, VaultError> {
         let counts = match self.verify_all() {
             Ok(TableCounts {
                 user_data,
