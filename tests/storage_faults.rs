@@ -134,3 +134,140 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
     );
     assert!(String::from_utf8_lossy(&log.stderr).contains("high-water mark"));
 }
+
+/// A small tmpfs, unmounted when dropped. Mounting needs root, as CI runs; where it cannot
+/// be mounted the test fails rather than pass without having run.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("the mount command");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs at {} (the full-disk test needs root)",
+            path.display()
+        );
+        Self(path.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+const OPERATOR_TOKEN: &str = "storage-fault-test-token";
+
+/// The real engine on a real full disk: sled on a small tmpfs filled up. Requests get a
+/// typed `503 storage_unavailable` with `Retry-After` (never a 500), `/healthz` says the
+/// storage is failing, `/metrics` still answers; space freed, the service recovers by itself
+/// (no restart) and every acknowledged enrolment is there.
+#[test]
+fn a_full_disk_is_a_503_and_the_service_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    // The data folder is the tmpfs; the server's log (beside it) is not.
+    let disk = Tmpfs::mount(&dir.path().join("data"), "24m");
+    let (data, keys) = (disk.0.clone(), dir.path().join("keys"));
+    let server = TestServer::start_env(
+        &data,
+        &keys,
+        Some(MASTER_KEY),
+        &[],
+        &[("TEE_RISK_ADMIN_TOKEN", OPERATOR_TOKEN)],
+    );
+    let client = server.client();
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let health = || {
+        let mut answer = agent.get(format!("{}/healthz", server.url)).call().unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.body_mut().read_to_string().unwrap())
+    };
+    assert_eq!(health().0, 200);
+    client.enroll(&enrol_request(0)).unwrap();
+
+    // Fill the disk but for a little room.
+    let filler = disk.0.join("filler");
+    let free = {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&disk.0)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    std::fs::write(&filler, vec![0u8; (free - 256 * 1024) as usize]).unwrap();
+
+    let mut acknowledged = vec![0];
+    let mut refused = None;
+    for i in 1..2000 {
+        let (_, body) = client.seal(&enrol_request(i)).unwrap();
+        let raw = client.post_raw("/v1/enroll", &body).unwrap();
+        match raw.status {
+            200 => acknowledged.push(i),
+            _ => {
+                refused = Some(raw);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the disk filled up");
+    assert_eq!(
+        support::error_code(&refused),
+        (503, "storage_unavailable".into())
+    );
+    // Later requests too, typed, and quickly: the broken engine is not touched again.
+    for i in 2000..2005 {
+        let (_, body) = client.seal(&enrol_request(i)).unwrap();
+        let raw = client.post_raw("/v1/enroll", &body).unwrap();
+        assert_eq!(
+            support::error_code(&raw),
+            (503, "storage_unavailable".into())
+        );
+    }
+    let (status, body) = health();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("failing"), "{body}");
+    assert!(
+        server
+            .metrics(OPERATOR_TOKEN)
+            .contains("tee_risk_store_records")
+    );
+
+    // Space comes back: readiness returns without a restart, and service resumes.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while health().0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery within 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let client = server.client();
+    client.enroll(&enrol_request(5000)).unwrap();
+    acknowledged.push(5000);
+    for &i in &acknowledged {
+        let answer = client.assess(&enrol_request(i)).unwrap();
+        assert_ne!(
+            answer["reasons"],
+            serde_json::json!(["no_enrolment"]),
+            "acknowledged enrolment {i} lost"
+        );
+    }
+    assert!(server.stop().success());
+}

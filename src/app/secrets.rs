@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::AppError;
 use crate::crypto::keyfile::{read_secret_text, write_private_file};
-use crate::store::{MasterKey, OpenMode, SledStore, Store, Vault};
+use crate::store::{MasterKey, OpenMode, RecoveringStore, SledStore, Store, Vault};
 
 /// Name of the environment variable holding the DB master key (64 hex characters).
 pub const MASTER_KEY_ENV: &str = "DB_MASTER_KEY";
@@ -158,8 +158,15 @@ pub fn open_vault(
     }
     let previous = previous_keys(env.previous.as_ref())?;
     let db_path = store_path(data_dir);
-    let store: Arc<dyn Store> =
-        Arc::new(SledStore::open(&db_path).map_err(|source| AppError::StoreOpen { source })?);
+    // sled fails every operation after an I/O error (a full disk) until it is reopened:
+    // the recovering wrapper reopens it once the fault clears.
+    let engine_path = db_path.clone();
+    let store: Arc<dyn Store> = Arc::new(
+        RecoveringStore::new(move || {
+            SledStore::open(&engine_path).map(|store| Arc::new(store) as Arc<dyn Store>)
+        })
+        .map_err(|source| AppError::StoreOpen { source })?,
+    );
     let mut vault = Vault::open_keyring(store, &master, &previous, mode)?;
     if mode == OpenMode::Write {
         vault.keep_high_water_mark(data_dir, accept_loss)?;

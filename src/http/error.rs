@@ -96,7 +96,9 @@ impl ResponseError for ApiError {
                     StatusCode::CONFLICT
                 }
                 ServiceError::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                ServiceError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+                ServiceError::Overloaded | ServiceError::StorageUnavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 ServiceError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ServiceError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -115,14 +117,17 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Service(ServiceError::RateLimited {
-            retry_after_secs, ..
-        }) = self
-        {
-            response.insert_header((
-                actix_web::http::header::RETRY_AFTER,
-                retry_after_secs.to_string(),
-            ));
+        let retry_after = match self {
+            ApiError::Service(ServiceError::RateLimited {
+                retry_after_secs, ..
+            }) => Some(*retry_after_secs),
+            ApiError::Service(ServiceError::StorageUnavailable) => {
+                Some(crate::service::STORAGE_RETRY_AFTER_SECS)
+            }
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
         }
         response.json(ErrorBody {
             error: self.code(),

@@ -10,8 +10,25 @@ use crate::obs::unix_now;
 use crate::protocol::b64_decode;
 use crate::service::ServiceError;
 
-pub(super) async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+/// Readiness a load balancer can act on: 200 `{"status":"ok","storage":"ok"}` while the
+/// store serves, 503 `{"status":"unavailable","storage":"failing"}` while it is down (the
+/// probe itself drives the store's recovery; see `store::RecoveringStore`).
+pub(super) async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    let service = state.service.clone();
+    // A reopen attempt may wait on the engine's file lock: off the async executor.
+    let healthy = web::block(move || service.vault().storage_healthy())
+        .await
+        .unwrap_or(false);
+    if healthy {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ok", "storage": "ok"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                crate::service::STORAGE_RETRY_AFTER_SECS.to_string(),
+            ))
+            .json(serde_json::json!({"status": "unavailable", "storage": "failing"}))
+    }
 }
 
 pub(super) async fn keys(state: web::Data<AppState>) -> HttpResponse {

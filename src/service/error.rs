@@ -63,6 +63,10 @@ pub enum ServiceError {
         /// When a token is back.
         retry_after_secs: u64,
     },
+    /// The storage failed (a full disk, an I/O error) and is recovering by itself; nothing
+    /// of this request was acknowledged. Retry after a few seconds (with a new `rid`).
+    #[error("storage is unavailable for now; retry in a few seconds with a new request id")]
+    StorageUnavailable,
     /// A fault of the service; the cause is logged server-side, never sent.
     #[error("internal error")]
     Internal,
@@ -96,13 +100,31 @@ impl ServiceError {
             ServiceError::TemplateLimit(_) => "template_limit",
             ServiceError::Overloaded => "overloaded",
             ServiceError::RateLimited { .. } => "rate_limited",
+            ServiceError::StorageUnavailable => "storage_unavailable",
             ServiceError::Internal => "internal_error",
         }
     }
 }
 
+/// Seconds a client should wait after `storage_unavailable` (the store retries reopening
+/// every second).
+pub const STORAGE_RETRY_AFTER_SECS: u64 = 2;
+
 /// Logs a fault of the service with its cause and returns the opaque error.
 pub(crate) fn internal(error: impl std::fmt::Display) -> ServiceError {
     tracing::error!(%error, "request failed inside the service");
     ServiceError::Internal
+}
+
+/// A vault error as the client sees it: a storage fault is `storage_unavailable` (503, it
+/// will pass), anything else an opaque internal error. The cause is logged either way.
+pub(crate) fn fault(error: crate::store::VaultError) -> ServiceError {
+    use crate::store::{StoreError, VaultError};
+    match error {
+        VaultError::Store(StoreError::Backend(_) | StoreError::Unavailable(_)) => {
+            tracing::error!(%error, "request failed: storage unavailable");
+            ServiceError::StorageUnavailable
+        }
+        other => internal(other),
+    }
 }

@@ -28,8 +28,9 @@ use keyset::{KeySet, KidLookup};
 use limits::RateLimiter;
 use replay::{ReplayCache, ReplayCheck};
 
-pub(crate) use error::internal;
+pub use error::STORAGE_RETRY_AFTER_SECS;
 pub use error::{LimitScope, ServiceError};
+pub(crate) use error::{fault, internal};
 
 /// What the service needs from the configuration (the app assembles it from `Config`).
 #[derive(Clone)]
@@ -231,7 +232,7 @@ impl Service {
             let templates = self
                 .vault
                 .templates(&user, &probe.user_id)
-                .map_err(internal)?
+                .map_err(fault)?
                 .len();
             (
                 "identity_conflict",
@@ -255,7 +256,7 @@ impl Service {
                 Err(VaultError::TemplateLimit(max)) => {
                     return Err(self.refuse_spent(ServiceError::TemplateLimit(max)));
                 }
-                Err(e) => return Err(internal(e)),
+                Err(e) => return Err(fault(e)),
             };
             self.gallery.set(key, &templates);
             ("enrolled", templates.len(), Vec::new())
@@ -284,16 +285,13 @@ impl Service {
         let (header, probe) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
         self.limit_user(&user)?;
-        let enrolment = self
-            .vault
-            .enrolment(&user, &probe.user_id)
-            .map_err(internal)?;
+        let enrolment = self.vault.enrolment(&user, &probe.user_id).map_err(fault)?;
         let recent = if enrolment.templates.is_empty() {
             Vec::new()
         } else {
             self.vault
                 .recent_probes(&user, self.policy.replay_history)
-                .map_err(internal)?
+                .map_err(fault)?
         };
         let key = gallery_key(&probe.user_id);
         let device = probe.device_id.as_deref().map(device_key);
@@ -320,7 +318,7 @@ impl Service {
             if let Some(d) = &device_hex {
                 self.vault
                     .remember_device(&user, &probe.user_id, d, self.max_devices)
-                    .map_err(internal)?;
+                    .map_err(fault)?;
             }
         }
         let score = (score * 1e6).round() / 1e6;
@@ -340,7 +338,7 @@ impl Service {
         drop(probe);
         self.vault
             .record_assessment(user.current(), &log, decision == Decision::Allow)
-            .map_err(internal)?;
+            .map_err(fault)?;
         drop(log);
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
@@ -369,7 +367,7 @@ impl Service {
         let key = gallery_key(&request.user_id);
         drop(request);
         self.limit_user(&user)?;
-        let erased = self.vault.erase_user(&user).map_err(internal)?;
+        let erased = self.vault.erase_user(&user).map_err(fault)?;
         self.gallery.remove(&key);
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
@@ -386,7 +384,7 @@ impl Service {
 
     /// Waits until this request's writes are on disk; concurrent requests share the fsync.
     fn make_durable(&self, timer: &mut StageTimer) -> Result<(), ServiceError> {
-        let flushed = self.vault.flush().map_err(internal)?;
+        let flushed = self.vault.flush().map_err(fault)?;
         self.metrics.record_commit(flushed);
         timer.lap(Stage::Durable);
         Ok(())
@@ -445,7 +443,7 @@ impl Service {
         // Durable with the request's other writes, before the answer (or before the refusal).
         self.vault
             .spend_rid(&header.rid, header.iat)
-            .map_err(internal)?;
+            .map_err(fault)?;
         let payload = parse(&plaintext).map_err(|e| self.refuse_spent(e));
         drop(plaintext);
         timer.lap(Stage::PayloadParse);

@@ -9,12 +9,14 @@ pub mod keys;
 mod memory;
 mod packed;
 pub mod record;
+mod recovering;
 pub mod registry;
 mod sled_store;
 mod vault;
 
 pub use keys::{KeyId, MasterKey};
 pub use memory::MemoryStore;
+pub use recovering::{RETRY_EVERY, RecoveringStore};
 pub use sled_store::{LOCK_WAIT, SledStore};
 pub use vault::mark;
 pub use vault::{
@@ -83,6 +85,10 @@ pub enum StoreError {
          /admin/db/status endpoint)"
     )]
     Locked(String),
+    /// The engine failed and has not been reopened yet (`store::recovering`): a fault of
+    /// ours that will pass.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// The operation refused to go on (the message says why).
     #[error("{0}")]
     Aborted(String),
@@ -139,6 +145,11 @@ pub trait Store: Send + Sync {
     /// The record with the greatest key.
     fn last(&self, table: Table) -> Result<Option<KeyValue>, StoreError>;
     fn len(&self, table: Table) -> usize;
+    /// Whether the store can serve now (a failed engine that cannot be reopened yet
+    /// cannot). Cheap: for readiness probes.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// Test support: every store back-end, reopenable, so that vault and rotation tests run on

@@ -239,6 +239,12 @@ impl Vault {
         &*self.store
     }
 
+    /// Whether the store can serve now (readiness: `GET /healthz`). A failed engine is
+    /// reopened here when its retry is due, so probes also drive the recovery.
+    pub fn storage_healthy(&self) -> bool {
+        self.store.healthy()
+    }
+
     /// A record was created (`n` = 1) or removed (`n` = −1) in `table`.
     fn counted(&self, table: Table, n: i64) {
         self.counts.add(table, n);
