@@ -231,3 +231,53 @@ fn non_finite_and_vanishing_features_get_their_own_codes() {
     let detail: serde_json::Value = serde_json::from_slice(&tiny.body).unwrap();
     assert!(detail["detail"].as_str().unwrap().contains("too small"));
 }
+
+/// Bodies are bounded in time and in memory: an upload that stalls mid-body is refused
+/// (`400 incomplete_body`) once `server.body_deadline_secs` pass, and while stalled uploads
+/// hold the whole `server.bodies_in_flight_bytes`, a new one gets `503 overloaded` at once
+/// instead of piling up; the budget returns when the stalled one is refused.
+#[test]
+fn stalled_uploads_are_cut_off_and_cannot_pile_up_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bodies.toml");
+    std::fs::write(
+        &config,
+        "[server]\nbody_deadline_secs = 2\nmax_body_bytes = 65536\nbodies_in_flight_bytes = 65536\n",
+    )
+    .unwrap();
+    let server = TestServer::start(
+        &dir.path().join("data"),
+        &dir.path().join("keys"),
+        Some(MASTER_KEY),
+        &["--config", config.to_str().unwrap()],
+    );
+    let address = server.url.trim_start_matches("http://").to_owned();
+    // A stalled upload: the head promises 65,536 bytes, 100 arrive, then nothing.
+    let mut stalled = TcpStream::connect(&address).unwrap();
+    stalled
+        .write_all(b"POST /v1/enroll HTTP/1.1\r\nHost: localhost\r\nContent-Length: 65536\r\n\r\n")
+        .unwrap();
+    stalled.write_all(&[b'{'; 100]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // It holds the whole budget: a new upload is refused at once, not queued.
+    let client = server.client();
+    let (_, body) = client.seal(&request("budget", &faces().enrol)).unwrap();
+    let started = std::time::Instant::now();
+    let busy = client.post_raw("/v1/enroll", &body).unwrap();
+    assert_eq!(error_code(&busy), (503, "overloaded".into()));
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // The deadline passes: the stalled upload is refused and its budget returned.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stalled.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("incomplete_body"), "{answer}");
+    let (_, body) = client.seal(&request("budget", &faces().enrol)).unwrap();
+    assert_eq!(client.post_raw("/v1/enroll", &body).unwrap().status, 200);
+    server.stop();
+}

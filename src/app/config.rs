@@ -122,7 +122,12 @@ pub struct ServerConfig {
     /// A second listener for the operator endpoints (`/metrics`, `/admin/…`), which then
     /// answer only there; empty: they share `listen`.
     pub operator_listen: String,
+    /// Largest accepted body, in bytes.
     pub max_body_bytes: usize,
+    /// Seconds a body may take to arrive whole after its headers.
+    pub body_deadline_secs: u64,
+    /// Bytes all bodies being read may hold together.
+    pub bodies_in_flight_bytes: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
     /// Threads per HTTP worker for the CPU and fsync work of requests; more wait in line.
@@ -232,6 +237,14 @@ impl Config {
             (
                 self.server.max_body_bytes <= 16 << 20,
                 "server.max_body_bytes must be at most 16 MiB",
+            ),
+            (
+                (1..=300).contains(&self.server.body_deadline_secs),
+                "server.body_deadline_secs must be in 1..=300",
+            ),
+            (
+                self.server.bodies_in_flight_bytes >= self.server.max_body_bytes,
+                "server.bodies_in_flight_bytes must be at least server.max_body_bytes",
             ),
             (
                 (1..=86_400).contains(&self.protocol.iat_window_secs),

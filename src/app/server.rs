@@ -185,6 +185,10 @@ pub async fn serve(
         )),
         service: service.clone(),
         max_body_bytes: config.server.max_body_bytes,
+        body_deadline: std::time::Duration::from_secs(config.server.body_deadline_secs),
+        bodies_in_flight: Arc::new(tokio::sync::Semaphore::new(
+            config.server.bodies_in_flight_bytes,
+        )),
         admin_token: std::env::var(ADMIN_TOKEN_ENV)
             .ok()
             .filter(|t| !t.is_empty())

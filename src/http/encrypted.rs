@@ -72,7 +72,7 @@ async fn run_encrypted(
     payload: web::Payload,
     endpoint: &Encrypted,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_body(request, payload, state.max_body_bytes).await?;
+    let body = read_body(request, payload, state).await?;
     // The client signs the path alone (docs/PROTOCOL.md): a query string would ride along
     // unsigned, so it is refused rather than ignored. (After the body: a connection closed
     // on unread bytes is reset, and the client might never see the answer.)
@@ -123,11 +123,17 @@ async fn run_encrypted(
 /// (411): actix ends the body stream cleanly when the sender half-closes the connection, so
 /// a chunked body cut short (even one missing only its final empty chunk) cannot be told
 /// from a whole one; with a declared length, fewer bytes than declared is `incomplete_body`.
+///
+/// Bounded in time and memory: the whole body within `body_deadline` (else
+/// `incomplete_body`), and its declared length reserved from the budget of bodies in flight
+/// before the first byte is read (else `503 overloaded` at once), so that stalled uploads
+/// can neither be held open nor pile up memory.
 async fn read_body(
     request: &HttpRequest,
     mut payload: web::Payload,
-    limit: usize,
+    state: &AppState,
 ) -> Result<Vec<u8>, ApiError> {
+    let limit = state.max_body_bytes;
     let headers = request.headers();
     if headers.contains_key(actix_web::http::header::TRANSFER_ENCODING) {
         return Err(ApiError::LengthRequired);
@@ -144,14 +150,29 @@ async fn read_body(
     if declared > limit {
         return Err(ApiError::BodyTooLarge(limit));
     }
-    let mut body = Vec::with_capacity(declared);
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::IncompleteBody)?;
-        if body.len() + chunk.len() > declared {
-            return Err(ApiError::BodyTooLarge(limit));
+    let permits = u32::try_from(declared).unwrap_or(u32::MAX);
+    let _reserved = match state
+        .bodies_in_flight
+        .clone()
+        .try_acquire_many_owned(permits)
+    {
+        Ok(reserved) => reserved,
+        Err(_) => return Err(ApiError::Service(ServiceError::Overloaded)),
+    };
+    let read = async {
+        let mut body = Vec::with_capacity(declared);
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|_| ApiError::IncompleteBody)?;
+            if body.len() + chunk.len() > declared {
+                return Err(ApiError::BodyTooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = tokio::time::timeout(state.body_deadline, read)
+        .await
+        .map_err(|_| ApiError::IncompleteBody)??;
     if body.len() != declared {
         return Err(ApiError::IncompleteBody);
     }

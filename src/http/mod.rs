@@ -41,6 +41,11 @@ pub struct AppState {
     pub attestation: Arc<Attester>,
     /// Bodies longer than this are refused (`server.max_body_bytes`).
     pub max_body_bytes: usize,
+    /// A body must arrive whole within this (`server.body_deadline_secs`).
+    pub body_deadline: std::time::Duration,
+    /// Bytes of bodies being read, all requests together (`server.bodies_in_flight_bytes`):
+    /// one permit a byte.
+    pub bodies_in_flight: Arc<tokio::sync::Semaphore>,
     /// SM3 of the operator bearer token (`TEE_RISK_ADMIN_TOKEN`).
     pub admin_token: Option<[u8; 32]>,
     /// The operator listener's address once bound (`server.operator_listen`); when set,
