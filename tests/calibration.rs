@@ -48,6 +48,36 @@ fn shipped_model_is_the_dev_training_result() {
     assert!(c.false_match_rate(3, 0.93) > c.false_match_rate(1, 0.93));
 }
 
+/// `tee-risk train` as docs/EVALUATION.md runs it (default seed and penalty) writes the
+/// shipped model byte for byte, and the model records the SM3 of the very dev file on disk.
+#[test]
+fn the_train_command_reproduces_the_shipped_model_file() {
+    let data = support::dev_dataset_path();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.json");
+    let run = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
+        .args(["train", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == DEFAULT_MODEL_JSON.as_bytes(),
+        "config/risk-model.json is not what `tee-risk train` makes of the dev file: retrain"
+    );
+    let shipped = RiskModel::builtin();
+    assert_eq!(
+        shipped.training.data_sm3,
+        tee_risk::crypto::sm3_hex(&std::fs::read(&data).unwrap())
+    );
+}
+
 #[test]
 fn train_command_writes_a_model_that_eval_and_the_config_accept() {
     let data = support::dev_dataset_path();

@@ -70,4 +70,21 @@ fn eval_on_the_dev_file_meets_the_baseline_floors() {
         assert!(value(k, "new_enrolments_flagged") <= 0.09, "k = {k}");
     }
     assert!(value(2, "conflicting_enrolments_flagged") >= 0.95);
+
+    // The evaluation is deterministic: the run equals the committed report, figure for
+    // figure, so that any change to the engine or the model shows in docs/eval.
+    let committed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/eval/dev-report.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["model"], committed["model"]);
+    assert!(
+        report["reports"] == committed["reports"],
+        "docs/eval/dev-report.json is stale: run `tee-risk eval --data <dev> --out \
+         docs/eval/dev-report.json --plots docs/eval` and commit it"
+    );
 }

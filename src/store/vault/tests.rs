@@ -491,9 +491,97 @@ mod rotation {
             // Still the original keyring: key 1 alone opens it.
             open(dir, 1, &[], OpenMode::Write).unwrap();
         }
+
+        /// Erasure in the middle of a rotation: one user already moved to the new index, one
+        /// not yet, each with history and a risk log entry under the old index. After the
+        /// erasure and the end of the sweep, nothing of either remains under either index,
+        /// their log entries are scrubbed, and their index map entries are gone.
+        pub(super) fn erasure_during_a_rotation_leaves_nothing_under_either_index(dir: &Backend) {
+            seed(dir, 1, 12);
+            let salt: [u8; 32] = open(dir, 1, &[], OpenMode::Inspect)
+                .unwrap()
+                .store()
+                .get(Table::Meta, b"salt")
+                .unwrap()
+                .unwrap()
+                .try_into()
+                .unwrap();
+            let old_keys = TableKeys::derive(&key(1), &salt).unwrap();
+            let old_index = |id: &str| old_keys.blind_index(id);
+            let vault = open(dir, 2, &[1], OpenMode::Write).unwrap();
+            // Part of the user sweep: the first users in key order move, the rest wait.
+            vault.rotate_batch(4).unwrap();
+            let moved_id = (0..12)
+                .map(|i| format!("u{i}"))
+                .find(|id| {
+                    let new = vault.user(id);
+                    vault
+                        .store()
+                        .get(Table::UserData, new.current())
+                        .unwrap()
+                        .is_some()
+                })
+                .expect("the partial sweep moved a user");
+            let waiting_id = (0..12)
+                .map(|i| format!("u{i}"))
+                .find(|id| {
+                    vault
+                        .store()
+                        .get(Table::UserData, &old_index(id))
+                        .unwrap()
+                        .is_some()
+                })
+                .expect("a user still waits under the old index");
+            for id in [&moved_id, &waiting_id] {
+                let erased = vault.erase_user(&vault.user(id)).unwrap();
+                assert_eq!(erased.templates, 1, "{id}");
+                assert_eq!(erased.history, 1, "{id}");
+                assert_eq!(erased.risk_logs_scrubbed, 1, "{id}");
+            }
+            rotate_all(&vault);
+            vault.flush().unwrap();
+            for id in [&moved_id, &waiting_id] {
+                let indexes = [old_index(id), *vault.user(id).current()];
+                for index in &indexes {
+                    assert!(vault.store().get(Table::UserData, index).unwrap().is_none());
+                    assert!(
+                        vault
+                            .store()
+                            .scan_prefix_last(Table::FeatureHistory, index, usize::MAX)
+                            .unwrap()
+                            .is_empty(),
+                        "history of {id} left"
+                    );
+                    assert!(
+                        vault
+                            .store()
+                            .get(
+                                Table::Meta,
+                                &crate::store::vault::layout::index_map_key(index)
+                            )
+                            .unwrap()
+                            .is_none(),
+                        "index map of {id} left"
+                    );
+                }
+                let named: Vec<String> = indexes.iter().map(hex::encode).collect();
+                let rid = format!("r{}", &id[1..]);
+                for entry in vault.risk_logs().unwrap() {
+                    assert!(!named.contains(&entry.user), "a log names {id}");
+                    if entry.rid == rid {
+                        assert_eq!(entry.user, ERASED_USER);
+                        assert!(entry.features.is_empty() && entry.device_id.is_none());
+                    }
+                }
+                assert!(vault.templates(&vault.user(id), id).unwrap().is_empty());
+            }
+            // Everyone else is whole.
+            assert_eq!(vault.verify_all().unwrap().user_data, 10);
+        }
     }
 
     every_backend!(
+        erasure_during_a_rotation_leaves_nothing_under_either_index,
         rotation_moves_and_reindexes_every_record,
         enrolment_during_rotation_moves_the_user_and_loses_nothing,
         a_restart_resumes_from_the_cursor,
