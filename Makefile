@@ -43,7 +43,7 @@ bench-smoke:
 # The server-only build that a TEE image runs: no client, no lab (linfa, ndarray, plotters,
 # ureq). Fails if any of them is in its dependency tree.
 server-only:
-	cargo build --release --no-default-features --features server --bin tee-risk
+	cargo build --no-default-features --features server --bin tee-risk
 	! cargo tree -e normal --no-default-features --features server | grep -E '^[^a-z]*(linfa|ndarray|plotters|ureq) '
 
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, nightly toolchain): FUZZ_SECONDS (60) per
