@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 
 use support::{MASTER_KEY, TestServer};
 
@@ -166,4 +167,32 @@ fn a_refused_start_leaves_the_data_and_keys_folders_as_they_were() {
     );
     // And the folder still serves with its key.
     TestServer::start(&data, &keys, Some(MASTER_KEY), &[]).stop();
+}
+
+/// An error opening the database gives its real cause, not a guess that another service
+/// holds it.
+#[test]
+fn a_database_that_cannot_open_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    std::fs::create_dir_all(&data).unwrap();
+    // The store's folder is a file.
+    std::fs::write(data.join("db"), b"not a folder").unwrap();
+    let (_, log) = TestServer::try_start(&data, &keys, Some(MASTER_KEY), &[])
+        .err()
+        .expect("refused");
+    assert!(log.contains("cannot open the database"), "{log}");
+    assert!(!log.contains("running service"), "{log}");
+    // A database held by a running service is named as such.
+    std::fs::remove_file(data.join("db")).unwrap();
+    let running = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let held = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
+        .args(["db", "status", "--data-dir"])
+        .arg(&data)
+        .env("DB_MASTER_KEY", MASTER_KEY)
+        .output()
+        .unwrap();
+    assert!(!held.status.success());
+    assert!(String::from_utf8_lossy(&held.stderr).contains("a running service holds it"));
+    running.stop();
 }
