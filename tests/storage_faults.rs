@@ -171,9 +171,10 @@ const OPERATOR_TOKEN: &str = "storage-fault-test-token";
 #[test]
 fn a_full_disk_is_a_503_and_the_service_recovers_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
-    // The data folder is the tmpfs; the server's log (beside it) is not.
-    let disk = Tmpfs::mount(&dir.path().join("data"), "24m");
-    let (data, keys) = (disk.0.clone(), dir.path().join("keys"));
+    // The data folder and the server's log (beside it) are both on the full disk: log lines
+    // that cannot be written are dropped, never a panic.
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "24m");
+    let (data, keys) = (disk.0.join("data"), dir.path().join("keys"));
     let server = TestServer::start_env(
         &data,
         &keys,

@@ -26,6 +26,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // Colour codes only on a terminal, not in log files or journald.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr on a full disk) is dropped. Otherwise
+        // tracing reports the failure with `eprintln!`, which panics when stderr fails too,
+        // and takes the request's worker thread with it.
+        .log_internal_errors(false)
         .init();
     let outcome: Result<(), CliError> = match Cli::parse().command {
         Command::Serve(args) => serve(args),
