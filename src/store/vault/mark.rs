@@ -93,10 +93,14 @@ fn read_file(path: &Path) -> Result<Option<MarkFile>, VaultError> {
 
 /// Compares the audit log of `store` with `mark`: `Some(why)` when the log is behind it.
 pub fn audit_behind(store: &dyn Store, mark: &Mark) -> Option<String> {
-    let entries = match audit::verify(store) {
-        Ok(entries) => entries,
-        Err(e) => return Some(format!("the audit log is broken: {e}")),
-    };
+    match audit::verify(store) {
+        Ok(entries) => entries_behind(&entries, mark),
+        Err(e) => Some(format!("the audit log is broken: {e}")),
+    }
+}
+
+/// [`audit_behind`] on entries already read.
+fn entries_behind(entries: &[audit::AuditEntry], mark: &Mark) -> Option<String> {
     let len = entries.len() as u64;
     if len < mark.audit_len {
         return Some(format!(
@@ -194,7 +198,8 @@ impl Vault {
             }
         };
         let store_commits = self.store_commits()?;
-        let store_audit_len = audit::verify(self.store()).map_or(0, |e| e.len() as u64);
+        let audit = audit::verify(self.store());
+        let store_audit_len = audit.as_ref().map_or(0, |e| e.len() as u64);
         let behind = if store_commits < mark.commits {
             Some(format!(
                 "the store holds {store_commits} commits, the high-water mark {}: {} \
@@ -203,7 +208,10 @@ impl Vault {
                 mark.commits - store_commits
             ))
         } else {
-            audit_behind(self.store(), &mark)
+            match &audit {
+                Ok(entries) => entries_behind(entries, &mark),
+                Err(e) => Some(format!("the audit log is broken: {e}")),
+            }
         };
         Ok(MarkCheck {
             mark,

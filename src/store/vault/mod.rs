@@ -203,11 +203,14 @@ pub const COUNTED_TABLES: [Table; 4] = [
 struct RecordCounts([AtomicI64; Table::ALL.len()]);
 
 impl RecordCounts {
-    fn from_store(store: &dyn Store) -> Self {
+    /// The counts of a database being opened: the data tables from the per-key counts that
+    /// opening computes anyway (no second walk), the replay table from the store.
+    fn from_open(by_key: &BTreeMap<(Table, KeyId), u64>, replay: usize) -> Self {
         let counts = Self::default();
-        for table in COUNTED_TABLES {
-            counts.add(table, i64::try_from(store.len(table)).unwrap_or(i64::MAX));
+        for (&(table, _), &n) in by_key {
+            counts.add(table, i64::try_from(n).unwrap_or(i64::MAX));
         }
+        counts.add(Table::Replay, i64::try_from(replay).unwrap_or(i64::MAX));
         counts
     }
 

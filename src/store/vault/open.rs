@@ -124,8 +124,8 @@ impl Vault {
                 Self::check_canary(&*store, keys)?;
             }
         }
-        let vault = Self {
-            counts: super::RecordCounts::from_store(&*store),
+        let mut vault = Self {
+            counts: super::RecordCounts::default(),
             store,
             keyring,
             registry: Mutex::new(registry),
@@ -134,6 +134,7 @@ impl Vault {
             commits: Mutex::new(0),
         };
         let by_key = vault.counts_by_key()?;
+        vault.counts = super::RecordCounts::from_open(&by_key, vault.store.len(Table::Replay));
         vault.check_records_have_keys(&by_key)?;
         if changed && mode == OpenMode::Write {
             vault.write_canary(vault.keyring.current())?;
