@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::{Faces, MASTER_KEY, TestServer, error_code, request};
+use support::{Faces, TestServer, error_code, request};
 use tee_risk::client::Client;
 use tee_risk::obs::unix_now;
 use tee_risk::protocol::request::{ProtectedHeader, seal};
@@ -20,18 +20,10 @@ fn server() -> &'static TestServer {
     &SERVER
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            let config = dir.path().join("limits.toml");
             // A small per-user budget for the 429 case; the client's is generous.
-            std::fs::write(
-                &config,
+            let server = TestServer::start_with_config(
+                dir.path(),
                 "[limits]\nuser_per_minute = 6\nuser_burst = 3\nclient_per_minute = 0\n",
-            )
-            .unwrap();
-            let server = TestServer::start(
-                &dir.path().join("data"),
-                &dir.path().join("keys"),
-                Some(MASTER_KEY),
-                &["--config", config.to_str().unwrap()],
             );
             (server, dir)
         })
@@ -239,17 +231,9 @@ fn non_finite_and_vanishing_features_get_their_own_codes() {
 #[test]
 fn stalled_uploads_are_cut_off_and_cannot_pile_up_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bodies.toml");
-    std::fs::write(
-        &config,
+    let server = TestServer::start_with_config(
+        dir.path(),
         "[server]\nbody_deadline_secs = 2\nmax_body_bytes = 65536\nbodies_in_flight_bytes = 65536\n",
-    )
-    .unwrap();
-    let server = TestServer::start(
-        &dir.path().join("data"),
-        &dir.path().join("keys"),
-        Some(MASTER_KEY),
-        &["--config", config.to_str().unwrap()],
     );
     let address = server.url.trim_start_matches("http://").to_owned();
     // A stalled upload: the head promises 65,536 bytes, 100 arrive, then nothing.

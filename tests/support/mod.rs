@@ -107,6 +107,19 @@ impl TestServer {
             .unwrap_or_else(|(status, log)| panic!("server did not start ({status:?}):\n{log}"))
     }
 
+    /// A server on a fresh `data` and `keys` under `dir`, with the test master key and a
+    /// config file (in `dir`) holding `overrides` over the defaults.
+    pub fn start_with_config(dir: &Path, overrides: &str) -> Self {
+        let config = dir.join("overrides.toml");
+        std::fs::write(&config, overrides).unwrap();
+        Self::start(
+            &dir.join("data"),
+            &dir.join("keys"),
+            Some(MASTER_KEY),
+            &["--config", config.to_str().unwrap()],
+        )
+    }
+
     /// Starts the server; on failure returns its exit status and stderr.
     pub fn try_start(
         data_dir: &Path,
