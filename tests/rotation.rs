@@ -351,21 +351,40 @@ fn sigkill_at_random_points_during_rotation_loses_and_duplicates_nothing() {
     let people = seed(&data, USERS, RECORDS);
     let seeded_history = (RECORDS - USERS) / 2;
 
-    let seed_value = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("kill delays seeded with {seed_value}");
+    let seed_value = std::env::var("KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("kill delays seeded with KILL_SEED={seed_value} (set it to replay)");
     let mut random = Lcg(seed_value);
     let mut kills_during_rotation = 0;
     let mut tables_hit = HashSet::new();
     let mut last_moved = 0;
+    const ERASED: [&str; 2] = ["user-0", "user-5999"];
+    // Seeded history entries n go to user n % USERS: user-0 has 5, user-5999 has 4.
+    const ERASED_HISTORY: usize = 9;
+    let mut erased_at = None;
     // Kill until at least KILLS kills have landed mid-rotation, in every table's phase.
     for _ in 0..KILLS * 10 {
         if kills_during_rotation >= KILLS && SWEEPS.iter().all(|t| tables_hit.contains(t)) {
             break;
         }
         let server = start(&data, Some(OLD_KEY));
+        // Once the sweep is under way, two users are erased in the middle of it: one whose
+        // record the sweep has probably moved already, one it has not reached.
+        if erased_at.is_none() && last_moved > 0 {
+            let client = server.client();
+            for user in ERASED {
+                let answer = client.erase(user).unwrap();
+                assert_eq!(answer["erased"]["templates"], 1, "{answer}");
+            }
+            erased_at = Some(last_moved);
+        }
         // Anywhere in the first 165 ms of a run (startup included): the rotation moves
         // about 20,000 records a second here (each batch also advances the high-water mark),
         // so dozens of kills land inside it.
@@ -402,8 +421,9 @@ fn sigkill_at_random_points_during_rotation_loses_and_duplicates_nothing() {
     }
     println!(
         "{kills_during_rotation} kills landed during the rotation (in {tables_hit:?}), \
-         {last_moved} records moved by the last"
+         {last_moved} records moved by the last; {ERASED:?} erased after {erased_at:?} moved"
     );
+    assert!(erased_at.is_some(), "the erasure ran during the rotation");
     assert!(
         kills_during_rotation >= 20,
         "too few kills landed mid-rotation"
@@ -423,24 +443,43 @@ fn sigkill_at_random_points_during_rotation_loses_and_duplicates_nothing() {
     }
     assert!(server.stop().success());
 
-    // Exact counts: nothing lost, nothing duplicated, everything under the new key.
+    // Exact counts: nothing lost, nothing duplicated, everything under the new key; of the
+    // erased users nothing but their scrubbed log entries.
     assert_eq!(
         counts_under_new_key(&data),
-        (USERS, seeded_history, seeded_history)
+        (
+            USERS - ERASED.len(),
+            seeded_history - ERASED_HISTORY,
+            seeded_history
+        )
     );
     let vault = open(&data, NEW_KEY, &[]);
     for (id, features) in &people {
         let templates = vault.templates(&vault.user(id), id).unwrap();
+        if ERASED.contains(&id.as_str()) {
+            assert!(templates.is_empty(), "{id} was erased");
+            continue;
+        }
         assert_eq!(templates.len(), 1, "{id}");
         assert_eq!(&templates[0][..], &features[..]);
     }
-    let rids: HashSet<String> = vault
-        .risk_logs()
-        .unwrap()
-        .into_iter()
-        .map(|l| l.rid.clone())
-        .collect();
+    let logs = vault.risk_logs().unwrap();
+    let rids: HashSet<String> = logs.iter().map(|l| l.rid.clone()).collect();
     assert_eq!(rids.len(), seeded_history);
+    for log in &logs {
+        let n: usize = log.rid.trim_start_matches("seed-").parse().unwrap();
+        let person = &people[n % USERS].0;
+        if ERASED.contains(&person.as_str()) {
+            assert_eq!(log.user, "erased", "{}", log.rid);
+            assert!(
+                log.features.is_empty() && log.device_id.is_none(),
+                "{}",
+                log.rid
+            );
+        } else {
+            assert!(!log.features.is_empty(), "{} kept its features", log.rid);
+        }
+    }
     drop(vault);
     let verify = db(&data, &["verify"], NEW_KEY, None);
     assert!(

@@ -43,6 +43,11 @@ pub struct Rotation {
     /// Per table: hex of the last record key processed; a restart resumes after it.
     pub cursor: BTreeMap<String, String>,
     pub moved: u64,
+    /// Per data table: records erasures removed since the rotation began, so that a
+    /// legitimate erasure is not taken for a lost record (`db verify`). Counted before the
+    /// records go: a crash in between overstates it by one user's records at most.
+    #[serde(default)]
+    pub erased: BTreeMap<String, u64>,
     pub completed_at: Option<i64>,
     pub verified_at: Option<i64>,
 }

@@ -26,35 +26,44 @@ impl Vault {
                 self.store().remove(Table::Meta, &key)?;
             }
         }
-        let mut erased = Erased::default();
+        // What goes, found first: a rotation in progress is told how many records an
+        // erasure removes before they go (see `Rotation::erased`).
+        let mut records = Vec::new();
         for index in &user.indexes {
             if let Some(sealed) = self.store().get(Table::UserData, index)? {
-                let record: UserRecord = self.unseal(Table::UserData, index, &sealed)?;
-                erased.templates += record.templates.len();
-                if self
-                    .store()
-                    .compare_and_swap(Table::UserData, index, Some(&sealed), None)?
-                {
-                    self.counted(Table::UserData, -1);
-                }
+                records.push((index.to_vec(), sealed));
             }
         }
+        let mut history = Vec::new();
         for index in &indexes {
             for (key, value) in
                 self.store()
                     .scan_prefix_last(Table::FeatureHistory, index, usize::MAX)?
             {
-                if is_history_key_of(&key, index)
-                    && self.store().compare_and_swap(
-                        Table::FeatureHistory,
-                        &key,
-                        Some(&value),
-                        None,
-                    )?
-                {
-                    self.counted(Table::FeatureHistory, -1);
-                    erased.history += 1;
+                if is_history_key_of(&key, index) {
+                    history.push((key, value));
                 }
+            }
+        }
+        self.note_erasure_in_rotation(records.len(), history.len())?;
+        let mut erased = Erased::default();
+        for (index, sealed) in &records {
+            let record: UserRecord = self.unseal(Table::UserData, index, sealed)?;
+            erased.templates += record.templates.len();
+            if self
+                .store()
+                .compare_and_swap(Table::UserData, index, Some(sealed), None)?
+            {
+                self.counted(Table::UserData, -1);
+            }
+        }
+        for (key, value) in &history {
+            if self
+                .store()
+                .compare_and_swap(Table::FeatureHistory, key, Some(value), None)?
+            {
+                self.counted(Table::FeatureHistory, -1);
+                erased.history += 1;
             }
         }
         let named: Vec<String> = indexes.iter().map(hex::encode).collect();
@@ -74,5 +83,23 @@ impl Vault {
             erased.risk_logs_scrubbed += 1;
         }
         Ok(erased)
+    }
+
+    /// Adds records an erasure is about to remove to the rotation's tally, if a rotation is
+    /// recorded (until the next one, `db verify` compares counts with its start).
+    fn note_erasure_in_rotation(&self, user_data: usize, history: usize) -> Result<(), VaultError> {
+        {
+            let mut registry = self.registry();
+            let Some(rotation) = registry.rotation.as_mut() else {
+                return Ok(());
+            };
+            for (table, n) in [
+                (Table::UserData, user_data),
+                (Table::FeatureHistory, history),
+            ] {
+                *rotation.erased.entry(table.name().to_owned()).or_default() += n as u64;
+            }
+        }
+        self.save_registry()
     }
 }

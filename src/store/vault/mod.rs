@@ -260,10 +260,12 @@ impl Vault {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Seals the registry under the current key. Not durable until flushed.
+    /// Seals the registry under the current key. Not durable until flushed. The lock is
+    /// held until the store has the copy, so that two savers cannot store their copies in
+    /// the reverse order of their changes.
     fn save_registry(&self) -> Result<(), VaultError> {
-        let registry = self.registry().clone();
-        let sealed = self.seal_value(Table::Meta, META_REGISTRY, &registry)?;
+        let registry = self.registry();
+        let sealed = self.seal_value(Table::Meta, META_REGISTRY, &*registry)?;
         self.store.insert(Table::Meta, META_REGISTRY, sealed)?;
         Ok(())
     }

@@ -110,6 +110,7 @@ impl Vault {
                         counts_at_start: BTreeMap::new(),
                         cursor: BTreeMap::new(),
                         moved: 0,
+                        erased: BTreeMap::new(),
                         completed_at: None,
                         verified_at: None,
                     });

@@ -144,12 +144,14 @@ impl Vault {
         }
         let rotation = self.registry_snapshot().rotation;
         let at_start = rotation.as_ref().map(|r| r.counts_at_start.clone());
-        if let Some(at_start) = &at_start {
+        if let (Some(at_start), Some(rotation)) = (&at_start, &rotation) {
             for (table, before) in at_start {
                 let now = counts.get(table).copied().unwrap_or(0);
-                if now < *before {
+                let erased = rotation.erased.get(table).copied().unwrap_or(0);
+                if now + erased < *before {
                     problems.push(format!(
-                        "{table} holds {now} records, fewer than the {before} when rotation began"
+                        "{table} holds {now} records ({erased} erased since), fewer than the \
+                         {before} when rotation began"
                     ));
                 }
             }
