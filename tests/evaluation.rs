@@ -1,13 +1,14 @@
 //! `tee-risk eval` on the development embeddings, as a user runs it: the command replays the
-//! protocol of docs/EVALUATION.md through the configured policy and writes its report; the
-//! figures are checked against floors (the baseline's, so a regression fails).
+//! protocol of docs/EVALUATION.md through the configured policy and writes its report. The
+//! figures are checked against the documented targets, and the whole report against the
+//! committed one (the evaluation is deterministic, so any change shows).
 
 mod support;
 
 use std::process::Command;
 
 #[test]
-fn eval_on_the_dev_file_meets_the_baseline_floors() {
+fn eval_on_the_dev_file_meets_the_documented_targets_and_matches_the_committed_report() {
     let data = support::dev_dataset_path();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report.json");
@@ -37,39 +38,55 @@ fn eval_on_the_dev_file_meets_the_baseline_floors() {
         assert_eq!(value(k, "genuine_attempts"), 110.0 * (10 - k) as f64);
         assert_eq!(value(k, "impostor_attempts"), 110.0 * 109.0 * 10.0);
     }
-    // The operating point keeps its promise at every enrolment size (the score thresholds
-    // are read off the dev impostors; 0.01 % of slack for the pooling over k).
+    // The documented targets (docs/EVALUATION.md, "Against the targets"), as targets: not
+    // the figures of the last run (the exact comparison below catches any change of those).
     for k in 1..=3 {
-        assert!(value(k, "fmr_at_operating_point") <= 0.0011, "k = {k}");
-        assert!(value(k, "eer") < 0.012, "k = {k}");
-    }
-    // Floors: more templates, fewer misses; the centroid of two images halves the
-    // single-image FNMR at FMR 0.1 % (8.48 % → 3.52 % on dev).
-    assert!(value(1, "fnmr_at_fmr_0_1pct") < 0.09);
-    assert!(value(2, "fnmr_at_fmr_0_1pct") < 0.04);
-    assert!(value(3, "fnmr_at_fmr_0_1pct") < 0.03);
-    assert!(value(2, "fnmr_at_operating_point") < 0.055);
-    assert!(value(3, "fnmr_at_operating_point") < value(1, "fnmr_at_operating_point"));
-    // No capture of a face repeats another exactly: replays sit above every genuine pair.
-    assert!(reports[0]["max_genuine_cosine"].as_f64().unwrap() < 0.9999);
-    for k in 1..=3 {
-        // Every injected template and every replayed probe is caught, and no genuine attempt
-        // is mistaken for either; every presentation attack (liveness 0.2) is refused.
-        assert_eq!(value(k, "injections_flagged"), 1.0);
-        assert_eq!(value(k, "replays_flagged"), 1.0);
-        assert_eq!(value(k, "genuine_flagged_as_replay"), 0.0);
-        assert_eq!(value(k, "presentation_attacks_flagged"), 1.0);
-        // An enrolled attacker is seen by the identity-conflict search; bursts by velocity.
-        assert!(value(k, "fmr_enrolled_impostors") < 0.0001, "k = {k}");
-        assert!(value(k, "fmr_in_bursts") < 0.0001, "k = {k}");
-        // Conflicting enrolments: at least 94 % flagged, at most 9 % of first enrolments.
+        // The operating point is set at FMR 0.1 %; measured on 119,900 impostor attempts
+        // the rate carries sampling noise, so the bound is the target plus two binomial
+        // standard deviations (0.118 %): beyond it the threshold no longer keeps the promise.
+        let n = value(k, "impostor_attempts");
+        let bound = 0.001 + 2.0 * (0.001 * 0.999 / n).sqrt();
+        let fmr = value(k, "fmr_at_operating_point");
         assert!(
-            value(k, "conflicting_enrolments_flagged") >= 0.94,
+            fmr <= bound,
+            "k = {k}: FMR at the operating point {fmr} > {bound}"
+        );
+        // Every exact replay and every injected copy flagged; at most 0.5 % of genuine
+        // attempts taken for a copy; every presentation attack (liveness 0.2) refused.
+        assert_eq!(value(k, "injections_flagged"), 1.0, "k = {k}");
+        assert_eq!(value(k, "replays_flagged"), 1.0, "k = {k}");
+        assert!(value(k, "genuine_flagged_as_replay") <= 0.005, "k = {k}");
+        assert_eq!(value(k, "presentation_attacks_flagged"), 1.0, "k = {k}");
+        // FMR 0.1 % holds for an enrolled impostor and inside a burst too.
+        assert!(value(k, "fmr_enrolled_impostors") <= bound, "k = {k}");
+        assert!(value(k, "fmr_in_bursts") <= bound, "k = {k}");
+    }
+    // ≥ 95 % of conflicting enrolments flagged: met on dev with two or more images (the
+    // document says k = 1 reaches 94.5 %; that sentence is checked here too).
+    for k in 2..=3 {
+        assert!(
+            value(k, "conflicting_enrolments_flagged") >= 0.95,
             "k = {k}"
         );
-        assert!(value(k, "new_enrolments_flagged") <= 0.09, "k = {k}");
     }
-    assert!(value(2, "conflicting_enrolments_flagged") >= 0.95);
+    assert!((value(1, "conflicting_enrolments_flagged") - 0.945).abs() < 0.0005);
+    // FNMR ≤ 2 % at the operating point with ≥ 2 images is a holdout target, documented as
+    // not met on dev; what the document says of dev is checked: more images, fewer misses,
+    // and the centroid of two images more than halves the single-image FNMR at FMR 0.1 %.
+    assert!(value(2, "fnmr_at_fmr_0_1pct") < value(1, "fnmr_at_fmr_0_1pct") / 2.0);
+    assert!(value(3, "fnmr_at_fmr_0_1pct") < value(2, "fnmr_at_fmr_0_1pct"));
+    assert!(value(3, "fnmr_at_operating_point") < value(2, "fnmr_at_operating_point"));
+    assert!(value(2, "fnmr_at_operating_point") < value(1, "fnmr_at_operating_point"));
+    // "FNMR with genuine context (8–17 % on dev)".
+    for k in 1..=3 {
+        let with_context = value(k, "fnmr_with_genuine_context");
+        assert!(
+            (0.08..=0.17).contains(&with_context),
+            "k = {k}: {with_context}"
+        );
+    }
+    // No capture of a face repeats another exactly: replays sit above every genuine pair.
+    assert!(reports[0]["max_genuine_cosine"].as_f64().unwrap() < 0.9999);
 
     // The evaluation is deterministic: the run equals the committed report, figure for
     // figure, so that any change to the engine or the model shows in docs/eval.
