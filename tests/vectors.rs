@@ -348,3 +348,90 @@ fn the_client_signature_example_in_protocol_md_holds() {
     assert!(check("/v1/enroll", &body).is_err());
     assert!(check(&path, b"another body").is_err());
 }
+
+// ---- Outputs of an independent implementation: OpenSSL 3.0.19, committed ----
+// (tests/vectors/openssl/README.md gives the commands; tests/openssl_interop.rs re-runs them
+// where `openssl` is installed.)
+
+fn openssl_vector(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/vectors/openssl")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[test]
+fn openssl_sm2_signature_with_the_default_id_verifies() {
+    let public =
+        PublicKey::from_pem(&String::from_utf8(openssl_vector("pub.pem")).unwrap()).unwrap();
+    let (message, signature) = (openssl_vector("msg"), openssl_vector("sig.der"));
+    public.verify(&message, &signature).unwrap();
+    let mut other = message.clone();
+    other[0] ^= 1;
+    assert!(public.verify(&other, &signature).is_err());
+}
+
+#[test]
+fn openssl_sm2_ciphertext_decrypts() {
+    let key = DecryptionKey::from_pkcs8_pem(&String::from_utf8(openssl_vector("key.pem")).unwrap())
+        .unwrap();
+    let ciphertext = openssl_vector("ct.der");
+    assert_eq!(
+        key.decrypt_der(&ciphertext).unwrap().as_slice(),
+        openssl_vector("msg").as_slice()
+    );
+    let mut tampered = ciphertext.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert!(key.decrypt_der(&tampered).is_err());
+}
+
+#[test]
+fn hmac_sm3_equals_openssl() {
+    use tee_risk::crypto::kdf::hmac_sm3;
+    let mac = hmac_sm3(b"tee-risk hmac key", b"what the blind index hashes");
+    assert_eq!(
+        hex::encode(mac),
+        "85052f31ecdc301e2fc02c73e3f93f65d388eab1f192883b3ed7806231e8e1d4"
+    );
+    assert_ne!(
+        hex::encode(hmac_sm3(
+            b"tee-risk hmac kez",
+            b"what the blind index hashes"
+        )),
+        "85052f31ecdc301e2fc02c73e3f93f65d388eab1f192883b3ed7806231e8e1d4"
+    );
+}
+
+#[test]
+fn hkdf_sm3_equals_openssl() {
+    use tee_risk::crypto::kdf::hkdf_sm3;
+    // 100 bytes: four SM3 blocks, the last one partial. Shorter outputs are its prefixes.
+    let expected = unhex(
+        "ECF78C6FF1E49843EC34A7D1A803006277D88C23176FD24A6BC4ACF858F15D6A21923F8E93D2E59B51E5\
+         88ECD1FC3193491CDF5BCB7F792A56DF10AFE141AB0E48695C185F551BA26C27126F00AC824CE7E1E5C2\
+         FC02F1CCC4A6DE07FCF46504447F0364",
+    );
+    for length in [16usize, 32, 42, 100] {
+        let mut ours = vec![0u8; length];
+        hkdf_sm3(
+            &[0x0b; 32],
+            b"per-database salt",
+            b"tee-risk/v1/table-key/user_data",
+            &mut ours,
+        )
+        .unwrap();
+        assert_eq!(ours, expected[..length], "length {length}");
+    }
+    let mut other = vec![0u8; 32];
+    hkdf_sm3(
+        &[0x0b; 32],
+        b"per-database salt",
+        b"tee-risk/v1/table-key/risk_logs",
+        &mut other,
+    )
+    .unwrap();
+    assert_ne!(other, expected[..32]);
+}
