@@ -570,4 +570,96 @@ fn offline_commands_dry_run_rotate_verify_and_refuse() {
     let verify = db(&data, &["verify"], NEW_KEY, None);
     assert_eq!(verify.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&verify.stdout).contains("fewer than the 10"));
+    // And with the verification failing, the old key cannot be retired (exit 4).
+    let retire = db(&data, &["retire-key", &key_id(OLD_KEY)], NEW_KEY, None);
+    assert_eq!(retire.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&retire.stderr).contains("fewer than the 10"),
+        "{}",
+        String::from_utf8_lossy(&retire.stderr)
+    );
+    let status = stdout_json(&db(&data, &["status"], NEW_KEY, Some(OLD_KEY)));
+    assert!(
+        status.to_string().contains("decrypt_only"),
+        "the old key is still decrypt-only: {status}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A backup taken before a rotation restores: after the rotation and the old key's
+/// retirement, the backup (sealed under the old key) is put back in the data folder as the
+/// runbook says, the start is refused because the store is behind its high-water mark (sealed
+/// under the new key, which this start does not hold), and with `--accept-data-loss` the
+/// service starts on the old key and recognises a seeded user.
+#[test]
+fn a_pre_rotation_backup_restores_and_recognises_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let people = seed(&data, 10, 30);
+    let backup_dir = dir.path().join("backup");
+    let backup = db(
+        &data,
+        &["backup", backup_dir.to_str().unwrap()],
+        OLD_KEY,
+        None,
+    );
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    assert_eq!(stdout_json(&backup)["user_data"], 10);
+
+    let rotate = db(&data, &["rotate"], NEW_KEY, Some(OLD_KEY));
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    let retire = db(&data, &["retire-key", &key_id(OLD_KEY)], NEW_KEY, None);
+    assert!(
+        retire.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retire.stderr)
+    );
+    assert!(!db(&data, &["status"], OLD_KEY, None).status.success());
+
+    // Restore: the backup's store replaces the data folder's.
+    std::fs::remove_dir_all(data.join("db")).unwrap();
+    copy_dir(&backup_dir.join("db"), &data.join("db"));
+    let (_, log) = TestServer::try_start(&data, &keys, Some(OLD_KEY), &[])
+        .err()
+        .expect("a restored backup is behind the high-water mark");
+    assert!(log.contains("high-water mark"), "{log}");
+    let server = TestServer::start(&data, &keys, Some(OLD_KEY), &["--accept-data-loss"]);
+    let (user, face) = &people[3];
+    let answer = server
+        .client()
+        .assess(&support::request(user, &new_capture(face, 1)))
+        .unwrap();
+    // Recognised: her template is there and matches (the ten seeded users are one person's
+    // ten photographs, so the others are named as conflicts).
+    let reasons = answer["reasons"].as_array().unwrap();
+    for absent in ["no_enrolment", "no_match", "weak_match"] {
+        assert!(!reasons.iter().any(|r| r == absent), "{answer}");
+    }
+    assert!(server.stop().success());
+    let verify = db(&data, &["verify"], OLD_KEY, None);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }

@@ -178,6 +178,9 @@ impl Vault {
     /// The store against the mark in `dir` (a missing mark is a mark of zero: a database
     /// from before the mark, or a new one).
     pub fn check_high_water_mark(&self, dir: &Path) -> Result<MarkCheck, VaultError> {
+        let store_commits = self.store_commits()?;
+        let audit = audit::verify(self.store());
+        let store_audit_len = audit.as_ref().map_or(0, |e| e.len() as u64);
         let mark = match read_file(&dir.join(MARK_FILE))? {
             None => Mark {
                 commits: 0,
@@ -188,18 +191,35 @@ impl Vault {
                 let sealed = hex::decode(&file.sealed).map_err(|_| {
                     VaultError::Corrupt("the high-water mark is not sealed hex".into())
                 })?;
-                let mark: Mark = self.unseal(Table::Meta, MARK_RECORD_KEY, &sealed)?;
-                if mark != file.clear {
-                    return Err(VaultError::Corrupt(
-                        "the high-water mark's clear copy differs from its sealed one".into(),
-                    ));
+                match self.unseal::<Mark>(Table::Meta, MARK_RECORD_KEY, &sealed) {
+                    Ok(mark) if mark == file.clear => mark,
+                    Ok(_) => {
+                        return Err(VaultError::Corrupt(
+                            "the high-water mark's clear copy differs from its sealed one".into(),
+                        ));
+                    }
+                    // Sealed under a key this start does not hold: the mark of a later
+                    // database (a backup from before a rotation was put back). It cannot be
+                    // checked, so the store is taken as behind it until the operator accepts.
+                    Err(VaultError::Record {
+                        source: crate::store::record::RecordError::WrongKey { found, .. },
+                        ..
+                    }) => {
+                        return Ok(MarkCheck {
+                            behind: Some(format!(
+                                "the high-water mark is sealed under master key {found}, which \
+                                 this start does not hold: the store is older than the mark \
+                                 (a backup from before a key rotation?)"
+                            )),
+                            mark: file.clear,
+                            store_commits,
+                            store_audit_len,
+                        });
+                    }
+                    Err(other) => return Err(other),
                 }
-                mark
             }
         };
-        let store_commits = self.store_commits()?;
-        let audit = audit::verify(self.store());
-        let store_audit_len = audit.as_ref().map_or(0, |e| e.len() as u64);
         let behind = if store_commits < mark.commits {
             Some(format!(
                 "the store holds {store_commits} commits, the high-water mark {}: {} \
