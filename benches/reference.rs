@@ -97,6 +97,7 @@ fn main() {
         "operation", "ours op/s", "OpenSSL op/s", "ours ÷ OpenSSL"
     );
     let mut report = Vec::new();
+    let mut missing = Vec::new();
     for (name, id, theirs) in rows {
         let ours_ops = ours(id).map(|seconds| 1.0 / seconds);
         let ratio = ours_ops.zip(theirs).map(|(a, b)| a / b);
@@ -107,6 +108,9 @@ fn main() {
             show(theirs),
             ratio.map_or("n/a".to_owned(), |r| format!("{r:.2}×"))
         );
+        if ratio.is_none() {
+            missing.push(name);
+        }
         report.push(json!({
             "operation": name, "criterion_id": id,
             "ours_ops_per_s": ours_ops, "openssl_ops_per_s": theirs, "ratio": ratio,
@@ -120,4 +124,10 @@ fn main() {
     let document = json!({"openssl": version, "rows": report});
     std::fs::write(&path, serde_json::to_vec_pretty(&document).unwrap()).ok();
     println!("report: {}", path.display());
+    // `make bench-smoke` (CI) sets this: a row without both figures means the bench no longer
+    // measures what docs/PERFORMANCE.md reports.
+    if std::env::var_os("REFERENCE_REQUIRE_ALL").is_some() && !missing.is_empty() {
+        eprintln!("reference: no ratio for {missing:?}");
+        std::process::exit(1);
+    }
 }
