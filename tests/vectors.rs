@@ -251,6 +251,21 @@ fn sm2_c1_not_on_curve_fails() {
         key.decrypt_der(&ciphertext).err(),
         Some(CryptoError::Decrypt)
     );
+    // The same opaque error as a C3 mismatch, so show where it comes from: the DER decoding
+    // (which builds C1 as a curve point) refuses the tampered ciphertext, before any use of
+    // the private key, while it accepts the official one and one with a wrong C3.
+    use sm2::pkcs8::der::Decode;
+    type Cipher<'a> = sm2::pke::Cipher<'a, sm2::Sm2, ::sm3::Sm3>;
+    assert!(Cipher::from_der(&unhex(SM2_CIPHERTEXT_DER)).is_ok());
+    assert!(
+        Cipher::from_der(&ciphertext).is_err(),
+        "C1 off the curve is refused at decoding"
+    );
+    let mut c3_wrong = unhex(SM2_CIPHERTEXT_DER);
+    let c3_first = 2 + 34 + 35 + 2;
+    c3_wrong[c3_first] ^= 1;
+    assert!(Cipher::from_der(&c3_wrong).is_ok(), "a wrong C3 decodes");
+    assert_eq!(key.decrypt_der(&c3_wrong).err(), Some(CryptoError::Decrypt));
 }
 
 #[test]
