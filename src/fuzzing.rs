@@ -1,6 +1,8 @@
 //! Entry points for the fuzzers (`fuzz/`, `make fuzz`) and their regression test
 //! (`tests/fuzz_regressions.rs`): each takes arbitrary bytes and must return without
-//! panicking, whatever they hold. They drive the parsers that face untrusted input.
+//! panicking, whatever they hold. They drive the parsers that face untrusted input. Every key
+//! is fixed (from a constant scalar), so that an input that fails once fails again; the
+//! seeds are committed files (`fuzz/seeds/`), written by [`seeds`].
 
 use std::sync::OnceLock;
 
@@ -24,6 +26,39 @@ pub fn envelope(data: &[u8]) {
     if let Ok(signed) = serde_json::from_slice::<SignedResponse>(data) {
         let _ = crate::protocol::response::verify(fixed_key().public(), &signed);
     }
+}
+
+/// An encrypted request, all the way: the envelope, the SM2 unwrap of the session key under
+/// the fixed recipient key (GM/T 0009 DER parsing, the point check, C3), SM4-GCM, and the
+/// payload parsers on whatever decrypts. The bytes are also tried as a bare DER ciphertext.
+pub fn decrypt(data: &[u8]) {
+    let key = recipient();
+    let _ = key.decrypt_der(data);
+    let _ = key.decrypt_der_exact::<16>(data);
+    if let Ok(envelope) = RequestEnvelope::parse(data) {
+        if let Ok(plaintext) = envelope.open(key) {
+            let _ = Probe::parse(&plaintext, 128);
+            let _ = EraseRequest::parse(&plaintext);
+        }
+    }
+}
+
+/// The client signature: the first line is the `Authorization` value, the rest the body,
+/// checked for `POST /v1/assess` against a registry holding the fixed client key.
+pub fn authorization(data: &[u8]) {
+    let (header, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    let header = String::from_utf8_lossy(header);
+    let _ = crate::protocol::client_auth::parse_authorization(Some(&header));
+    let _ = registry().authorize(
+        Some(&header),
+        "POST",
+        "/v1/assess",
+        body,
+        crate::service::access::Permission::Assess,
+    );
 }
 
 /// A stored record: header and authenticated decryption under fixed keys, for every table;
@@ -70,6 +105,34 @@ fn fixed_key() -> &'static crate::crypto::sm2::IdentityKey {
     })
 }
 
+/// The fixed recipient of the `decrypt` target's envelopes.
+fn recipient() -> &'static crate::crypto::sm2::DecryptionKey {
+    static KEY: OnceLock<crate::crypto::sm2::DecryptionKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        crate::crypto::sm2::DecryptionKey::from_scalar(
+            &crate::crypto::secret::SecretBytes::from_slice(&[0x33; 32]).expect("32 bytes"),
+        )
+        .expect("a valid key")
+    })
+}
+
+/// The fixed client key of the `authorization` target (client id `fuzz`).
+fn client_key() -> crate::crypto::sm2::IdentityKey {
+    crate::crypto::sm2::IdentityKey::from_hex(&"44".repeat(32)).expect("a valid key")
+}
+
+fn registry() -> &'static crate::service::access::ClientRegistry {
+    static REGISTRY: OnceLock<crate::service::access::ClientRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        crate::service::access::ClientRegistry::single(
+            "fuzz",
+            client_key().public(),
+            vec![crate::service::access::Permission::Assess],
+        )
+        .expect("a valid registry")
+    })
+}
+
 fn table_keys() -> &'static TableKeys {
     static KEYS: OnceLock<TableKeys> = OnceLock::new();
     KEYS.get_or_init(|| {
@@ -96,18 +159,94 @@ fn permissive_policy() -> &'static Policy {
     })
 }
 
-/// Valid inputs for each target, to start the fuzzers from (`make fuzz` writes them to
-/// `fuzz/corpus/<target>/`) and to mutate in the regression test.
+/// Whether `data` passes every check of `target`: what a seed must do to be worth mutating
+/// (the regression test checks each committed seed with it, so that a seed that stopped
+/// reaching the deep code, say after a key change, is noticed).
+pub fn reaches_the_end(target: &str, data: &[u8]) -> bool {
+    match target {
+        "envelope" => {
+            RequestEnvelope::parse(data).is_ok()
+                || Probe::parse(data, 2).is_ok()
+                || EraseRequest::parse(data).is_ok()
+                || serde_json::from_slice::<SignedResponse>(data).is_ok_and(|signed| {
+                    crate::protocol::response::verify(fixed_key().public(), &signed).is_ok()
+                })
+        }
+        "decrypt" => {
+            recipient().decrypt_der(data).is_ok()
+                || RequestEnvelope::parse(data).is_ok_and(|envelope| {
+                    envelope.open(recipient()).is_ok_and(|plaintext| {
+                        Probe::parse(&plaintext, 128).is_ok() || Probe::parse(&plaintext, 2).is_ok()
+                    })
+                })
+        }
+        "authorization" => {
+            let (header, body) = match data.iter().position(|&b| b == b'\n') {
+                Some(at) => (&data[..at], &data[at + 1..]),
+                None => (data, &[][..]),
+            };
+            registry()
+                .authorize(
+                    Some(&String::from_utf8_lossy(header)),
+                    "POST",
+                    "/v1/assess",
+                    body,
+                    crate::service::access::Permission::Assess,
+                )
+                .is_ok()
+        }
+        "record" => {
+            let keys = table_keys();
+            Table::ALL.iter().any(|&table| {
+                record::open(keys.cipher(table), keys.key_id(), table, b"key", data).is_ok()
+            }) || serde_json::from_slice::<RiskLogEntry>(data).is_ok()
+        }
+        "evidence" => serde_json::from_slice::<Evidence>(data).is_ok_and(|e| {
+            permissive_policy()
+                .verify(&e, &[1; 32], 1_800_000_000)
+                .is_ok()
+        }),
+        "config" => std::str::from_utf8(data).is_ok_and(|text| {
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, text]).is_ok()
+                || toml::from_str::<Policy>(text).is_ok()
+                || crate::service::access::ClientRegistry::from_toml(
+                    text,
+                    std::path::Path::new("/nonexistent"),
+                )
+                .is_ok()
+        }),
+        _ => false,
+    }
+}
+
+/// Valid inputs for each target, under the fixed keys. SM2 encryption and signatures draw
+/// random numbers, so these differ from call to call: `tests/fuzz_regressions.rs` writes them
+/// once to `fuzz/seeds/<target>/` (committed), and the fuzzers and the mutation test start
+/// from those files.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     use crate::attest::Attester;
     use crate::attest::sim::SimPlatform;
-    use crate::crypto::sm2::{DecryptionKey, IdentityKey};
+    use crate::crypto::sm2::IdentityKey;
     use crate::protocol::request::{ProtectedHeader, seal};
 
-    let recipient = DecryptionKey::generate().expect("key");
+    let recipient = recipient();
     let header = ProtectedHeader::new(&recipient.public().kid(), 1_800_000_000).expect("header");
     let probe = br#"{"user_id":"alice","features":[0.1,0.2],"liveness":0.9,"device_id":"d"}"#;
     let body = seal(recipient.public(), &header, probe).expect("seal");
+    let features: Vec<String> = (0..128)
+        .map(|i| format!("{}", (i % 7) as f32 / 10.0 + 0.1))
+        .collect();
+    let full_probe = format!(r#"{{"user_id":"bob","features":[{}]}}"#, features.join(","));
+    let full_body = seal(recipient.public(), &header, full_probe.as_bytes()).expect("seal");
+    let wrapped_key = recipient.public().encrypt_der(&[9; 16]).expect("encrypt");
+    let client = crate::protocol::client_auth::ClientCredential::new("fuzz", client_key());
+    let signed_body = b"{\"protected\":\"x\"}";
+    let mut authorization = client
+        .authorization("POST", "/v1/assess", signed_body)
+        .expect("sign")
+        .into_bytes();
+    authorization.push(b'\n');
+    authorization.extend_from_slice(signed_body);
     let signed = crate::protocol::response::ResponseSigner::new(fixed_key().public())
         .sign(fixed_key(), br#"{"op":"assess","rid":"r"}"#)
         .expect("sign");
@@ -134,7 +273,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         .expect("evidence");
 
     vec![
-        ("envelope", body),
+        ("envelope", body.clone()),
+        ("decrypt", body),
+        ("decrypt", full_body),
+        ("decrypt", wrapped_key),
+        ("authorization", authorization),
         ("envelope", probe.to_vec()),
         ("envelope", br#"{"user_id":"bob"}"#.to_vec()),
         ("envelope", serde_json::to_vec(&signed).expect("json")),
@@ -148,8 +291,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "config",
-            b"[[client]]\nid = \"a\"\npermissions = [\"assess\"]\npublic_key = \"a.pem\"\n"
-                .to_vec(),
+            format!(
+                "[[client]]\nid = \"a\"\npermissions = [\"assess\"]\npublic_key = \"\"\"\n{}\"\"\"\n",
+                client_key().public().to_pem()
+            )
+            .into_bytes(),
         ),
     ]
 }

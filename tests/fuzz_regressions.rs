@@ -1,7 +1,9 @@
 //! The fuzz targets on the stable toolchain, as part of `make test`: every input the fuzzers
-//! ever crashed on (`fuzz/regressions/<target>/`), then thousands of mutations of valid
-//! seeds. Each must come back without a panic. `make fuzz` runs the real coverage-guided
-//! fuzzers (cargo fuzz, nightly) for a bounded time.
+//! ever crashed on and every hand-made input for a known failure (`fuzz/regressions/<target>/`),
+//! then thousands of mutations of the committed valid seeds (`fuzz/seeds/<target>/`). Each
+//! must come back without a panic. Keys, seeds and the mutator are fixed, so a failure here
+//! fails again the same way. `make fuzz` runs the real coverage-guided fuzzers (cargo fuzz,
+//! nightly) for a bounded time.
 
 use std::path::Path;
 
@@ -10,6 +12,8 @@ use tee_risk::fuzzing;
 fn target(name: &str) -> fn(&[u8]) {
     match name {
         "envelope" => fuzzing::envelope,
+        "decrypt" => fuzzing::decrypt,
+        "authorization" => fuzzing::authorization,
         "record" => fuzzing::record,
         "evidence" => fuzzing::evidence,
         "config" => fuzzing::config,
@@ -40,7 +44,55 @@ fn every_past_crash_stays_fixed() {
         }
     }
     eprintln!("{replayed} regression inputs replayed");
+    assert!(replayed > 0, "fuzz/regressions holds no input: the replay proved nothing");
 }
+
+/// The committed seeds, in a fixed order: (target, file name, bytes).
+fn committed_seeds() -> Vec<(String, String, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let mut seeds = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        let target = dir.file_name().unwrap().to_str().unwrap().to_owned();
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let path = file.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            seeds.push((target.clone(), name, std::fs::read(&path).unwrap()));
+        }
+    }
+    seeds.sort();
+    seeds
+}
+
+/// Every committed seed is a valid input of its target (it reaches the deep code under the
+/// fixed keys), and every target has seeds.
+#[test]
+fn committed_seeds_are_valid_inputs_of_every_target() {
+    let seeds = committed_seeds();
+    for name in TARGETS {
+        assert!(
+            seeds.iter().any(|(t, _, _)| t == name),
+            "no seed for the {name} target: run the ignored test write_fuzz_seeds"
+        );
+    }
+    for (target, file, data) in &seeds {
+        assert!(
+            fuzzing::reaches_the_end(target, data),
+            "fuzz/seeds/{target}/{file} is no longer a valid input: rewrite the seeds \
+             (cargo test --test fuzz_regressions -- --ignored write_fuzz_seeds)"
+        );
+    }
+}
+
+/// The fuzz targets (the `[[bin]]`s of fuzz/Cargo.toml).
+const TARGETS: [&str; 6] = [
+    "envelope",
+    "decrypt",
+    "authorization",
+    "record",
+    "evidence",
+    "config",
+];
 
 /// A small deterministic mutator (xorshift): flips, overwrites with boundary bytes, inserts,
 /// deletes, truncates and splices.
@@ -91,14 +143,14 @@ impl Mutator {
 
 #[test]
 fn mutated_seeds_never_panic() {
-    const PER_SEED: usize = 5_000;
-    let seeds = fuzzing::seeds();
+    const PER_SEED: usize = 3_000;
+    let seeds = committed_seeds();
     let mut mutator = Mutator(0x9e37_79b9_7f4a_7c15);
     let mut runs = 0;
-    for (i, (name, seed)) in seeds.iter().enumerate() {
+    for (i, (name, _, seed)) in seeds.iter().enumerate() {
         let run = target(name);
         run(seed);
-        let (_, other) = &seeds[(i + 1) % seeds.len()];
+        let (_, _, other) = &seeds[(i + 1) % seeds.len()];
         for _ in 0..PER_SEED {
             run(&mutator.mutate(seed, other));
             runs += 1;
@@ -107,15 +159,29 @@ fn mutated_seeds_never_panic() {
     eprintln!("{runs} mutated inputs, no panic");
 }
 
+/// Writes the seeds under the fixed keys to fuzz/seeds (run once after a change to a
+/// target's input format, and commit the files).
+#[test]
+#[ignore = "writes fuzz/seeds; run by hand when the inputs change"]
+fn write_fuzz_seeds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let _ = std::fs::remove_dir_all(&root);
+    for (i, (name, seed)) in fuzzing::seeds().into_iter().enumerate() {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
+    }
+}
+
 /// `make fuzz` runs this to give the fuzzers valid starting points.
 #[test]
 #[ignore = "writes fuzz/corpus; run by make fuzz"]
 fn write_fuzz_corpus() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
-    for (i, (name, seed)) in fuzzing::seeds().into_iter().enumerate() {
+    for (name, file, seed) in committed_seeds() {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("seed-{i}")), seed).unwrap();
+        std::fs::write(dir.join(file), seed).unwrap();
     }
     // The real hardware reports, for the SNP parser and (with `--features csv`) the CSV one.
     let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
