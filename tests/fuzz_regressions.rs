@@ -44,7 +44,10 @@ fn every_past_crash_stays_fixed() {
         }
     }
     eprintln!("{replayed} regression inputs replayed");
-    assert!(replayed > 0, "fuzz/regressions holds no input: the replay proved nothing");
+    assert!(
+        replayed > 0,
+        "fuzz/regressions holds no input: the replay proved nothing"
+    );
 }
 
 /// The committed seeds, in a fixed order: (target, file name, bytes).

@@ -139,7 +139,24 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// sled's folder, the high-water mark and (in dev mode) the dev master key.
     pub data_dir: PathBuf,
+    /// `sled` (one machine, embedded) or `postgres` (replicas sharing one database; the URL
+    /// comes from `TEE_RISK_DATABASE_URL`, never from this file).
+    pub backend: StorageBackend,
+    /// postgres: connections per replica at most.
+    pub pool_size: u32,
+    /// postgres: bound on connecting and on every statement, in seconds; past it a request
+    /// gets `503 storage_unavailable` instead of waiting.
+    pub timeout_secs: u64,
+}
+
+/// Where the records live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    Sled,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +246,14 @@ impl Config {
             (
                 (1..=512).contains(&self.server.blocking_threads_per_worker),
                 "server.blocking_threads_per_worker must be in 1..=512",
+            ),
+            (
+                (1..=256).contains(&self.storage.pool_size),
+                "storage.pool_size must be in 1..=256",
+            ),
+            (
+                (1..=300).contains(&self.storage.timeout_secs),
+                "storage.timeout_secs must be in 1..=300",
             ),
             (
                 self.server.max_body_bytes >= 1024,

@@ -78,6 +78,11 @@ pub enum AppError {
     },
     /// The store could not be opened: in use, or the engine's own cause (corruption, a
     /// data folder that is a file, a read-only file system…).
+    #[error(
+        "[storage] backend = \"postgres\" needs the database URL in TEE_RISK_DATABASE_URL \
+         (postgres://user:password@host:port/database)"
+    )]
+    NoDatabaseUrl,
     #[error("cannot open the database: {source}")]
     StoreOpen {
         /// The engine's error.

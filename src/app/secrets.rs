@@ -1,6 +1,7 @@
 //! Where the secrets a start needs come from: the DB master keys (env `DB_MASTER_KEY`,
-//! `DB_MASTER_KEY_PREVIOUS`, or in dev mode a generated key file beside the data) and
-//! opening the vault with them. The texts are wiped when dropped and never printed.
+//! `DB_MASTER_KEY_PREVIOUS`, or in dev mode a generated key file beside the data), the
+//! PostgreSQL URL (env `TEE_RISK_DATABASE_URL`, which may hold a password), and opening the
+//! store and the vault with them. The texts are wiped when dropped and never printed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,13 +9,18 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::AppError;
+use super::config::{StorageBackend, StorageConfig};
 use crate::crypto::keyfile::{read_secret_text, write_private_file};
-use crate::store::{MasterKey, OpenMode, RecoveringStore, SledStore, Store, Vault};
+use crate::store::{
+    MasterKey, OpenMode, PostgresOptions, PostgresStore, RecoveringStore, SledStore, Store, Vault,
+};
 
 /// Name of the environment variable holding the DB master key (64 hex characters).
 pub const MASTER_KEY_ENV: &str = "DB_MASTER_KEY";
 /// Previous (decrypt-only) master keys during a rotation: comma-separated, 64 hex each.
 pub const PREVIOUS_KEYS_ENV: &str = "DB_MASTER_KEY_PREVIOUS";
+/// The PostgreSQL URL when `[storage] backend = "postgres"`.
+pub const DATABASE_URL_ENV: &str = "TEE_RISK_DATABASE_URL";
 /// File beside the data holding the generated development master key.
 pub const DEV_KEY_FILE: &str = "dev-master-key.hex";
 
@@ -26,21 +32,55 @@ pub enum MasterKeySource {
     DevFile,
 }
 
-/// The master keys from the environment (the texts are wiped when dropped).
+/// The secrets from the environment (the texts are wiped when dropped).
 pub struct MasterKeyEnv {
     /// `DB_MASTER_KEY`, if set.
     pub current: Option<Zeroizing<String>>,
     /// `DB_MASTER_KEY_PREVIOUS`, if set.
     pub previous: Option<Zeroizing<String>>,
+    /// `TEE_RISK_DATABASE_URL`, if set.
+    pub database_url: Option<Zeroizing<String>>,
 }
 
 impl MasterKeyEnv {
-    /// Reads both variables of this process.
+    /// Reads the variables of this process.
     pub fn from_process() -> Self {
         let read = |name| std::env::var(name).ok().map(Zeroizing::new);
         Self {
             current: read(MASTER_KEY_ENV),
             previous: read(PREVIOUS_KEYS_ENV),
+            database_url: read(DATABASE_URL_ENV),
+        }
+    }
+}
+
+/// Opens the configured store: sled under the data folder (reopened by itself after a
+/// fault), or PostgreSQL at `TEE_RISK_DATABASE_URL` (its pool reconnects by itself).
+pub fn open_store(
+    storage: &StorageConfig,
+    database_url: Option<&Zeroizing<String>>,
+) -> Result<Arc<dyn Store>, AppError> {
+    match storage.backend {
+        StorageBackend::Sled => {
+            // sled fails every operation after an I/O error (a full disk) until it is
+            // reopened: the recovering wrapper reopens it once the fault clears.
+            let engine_path = store_path(&storage.data_dir);
+            Ok(Arc::new(
+                RecoveringStore::new(move || {
+                    SledStore::open(&engine_path).map(|store| Arc::new(store) as Arc<dyn Store>)
+                })
+                .map_err(|source| AppError::StoreOpen { source })?,
+            ))
+        }
+        StorageBackend::Postgres => {
+            let url = database_url.ok_or(AppError::NoDatabaseUrl)?;
+            let store = PostgresStore::open(&PostgresOptions {
+                url: url.clone(),
+                pool_size: storage.pool_size,
+                timeout: std::time::Duration::from_secs(storage.timeout_secs),
+            })
+            .map_err(|source| AppError::StoreOpen { source })?;
+            Ok(Arc::new(store))
         }
     }
 }
@@ -142,37 +182,34 @@ pub fn store_path(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("db")
 }
 
-/// Opens the database under `data_dir` with the keys from the environment (or the dev key).
-/// Opened to write, it keeps the high-water mark beside the store (`store::mark`): a store
-/// behind it is refused unless `accept_loss`.
+/// Opens the configured database with the keys from the environment (or the dev key).
+/// Opened to write on sled, it keeps the high-water mark beside the store (`store::mark`):
+/// a store behind it is refused unless `accept_loss`. (PostgreSQL keeps its own WAL and
+/// replicas: a file beside one replica would not describe the shared database.)
 pub fn open_vault(
     env: MasterKeyEnv,
     dev: bool,
-    data_dir: &Path,
+    storage: &StorageConfig,
     mode: OpenMode,
     accept_loss: bool,
 ) -> Result<Vault, AppError> {
+    let data_dir = &storage.data_dir;
     let (master, source) = resolve_master_key(env.current, dev, data_dir)?;
     if let MasterKeySource::DevFile = source {
         warn_dev_key(data_dir);
     }
     let previous = previous_keys(env.previous.as_ref())?;
-    let db_path = store_path(data_dir);
-    // sled fails every operation after an I/O error (a full disk) until it is reopened:
-    // the recovering wrapper reopens it once the fault clears.
-    let engine_path = db_path.clone();
-    let store: Arc<dyn Store> = Arc::new(
-        RecoveringStore::new(move || {
-            SledStore::open(&engine_path).map(|store| Arc::new(store) as Arc<dyn Store>)
-        })
-        .map_err(|source| AppError::StoreOpen { source })?,
-    );
+    let store = open_store(storage, env.database_url.as_ref())?;
     let mut vault = Vault::open_keyring(store, &master, &previous, mode)?;
-    if mode == OpenMode::Write {
+    if mode == OpenMode::Write && storage.backend == StorageBackend::Sled {
         vault.keep_high_water_mark(data_dir, accept_loss)?;
     }
+    let place = match storage.backend {
+        StorageBackend::Sled => store_path(data_dir).display().to_string(),
+        StorageBackend::Postgres => format!("postgres ({DATABASE_URL_ENV})"),
+    };
     tracing::info!(
-        path = %db_path.display(),
+        store = %place,
         master_key_id = %vault.key_id(),
         previous_key_ids = ?previous.iter().map(|k| k.key_id().to_string()).collect::<Vec<_>>(),
         rotation_pending = vault.rotation_pending(),

@@ -145,14 +145,20 @@ pub async fn serve(
     let listener = bind(config.listen_addr()?)?;
     let operator_listener_socket = config.operator_addr()?.map(bind).transpose()?;
 
-    let vault = open_vault(
-        keys,
-        config.server.dev,
-        &data_dir,
-        OpenMode::Write,
-        accept_data_loss,
-    )?;
-    let service = Arc::new(Service::new(&settings, vault, unix_now())?);
+    // Off the async runtime: the PostgreSQL client blocks on a runtime of its own.
+    let service = off_runtime(|| -> Result<_, AppError> {
+        let vault = open_vault(
+            keys,
+            config.server.dev,
+            &config.storage,
+            OpenMode::Write,
+            accept_data_loss,
+        )?;
+        // The data folder holds the files beside the store (sim platform key, dev files);
+        // with PostgreSQL nothing else has made it.
+        std::fs::create_dir_all(&data_dir).map_err(io("create", &data_dir))?;
+        Ok(Arc::new(Service::new(&settings, vault, unix_now())?))
+    })?;
     let attestation = Arc::new(attester(&config)?);
     let clients = Arc::new(match clients_file {
         Some(registry) => registry,
@@ -236,9 +242,19 @@ pub async fn serve(
         let _ = rotation.join();
     }
     let _ = maintenance.join();
-    service.vault().flush()?;
+    off_runtime(|| service.vault().flush())?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Runs blocking storage work (a start, the last flush) on a thread of its own: the
+/// synchronous PostgreSQL client drives a runtime of its own, which cannot run inside the
+/// server's.
+fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(work).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 /// Resolves at SIGTERM or SIGINT, after marking the service as draining.

@@ -441,9 +441,14 @@ impl Service {
             ReplayCheck::Full => return Err(ServiceError::Overloaded),
         }
         // Durable with the request's other writes, before the answer (or before the refusal).
-        self.vault
+        // Another replica on the same database may have spent it: the store decides.
+        if !self
+            .vault
             .spend_rid(&header.rid, header.iat)
-            .map_err(fault)?;
+            .map_err(fault)?
+        {
+            return Err(ServiceError::ReplayedRequest);
+        }
         let payload = parse(&plaintext).map_err(|e| self.refuse_spent(e));
         drop(plaintext);
         timer.lap(Stage::PayloadParse);

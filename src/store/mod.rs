@@ -8,6 +8,8 @@ pub mod group_commit;
 pub mod keys;
 mod memory;
 mod packed;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod record;
 mod recovering;
 pub mod registry;
@@ -16,6 +18,8 @@ mod vault;
 
 pub use keys::{KeyId, MasterKey};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use recovering::{RETRY_EVERY, RecoveringStore};
 pub use sled_store::{LOCK_WAIT, SledStore};
 pub use vault::mark;
@@ -152,6 +156,11 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// The test binary's throw-away PostgreSQL cluster (shared with the integration tests).
+#[cfg(all(test, feature = "postgres"))]
+#[path = "../../tests/support/pg.rs"]
+mod pg;
+
 /// Test support: every store back-end, reopenable, so that vault and rotation tests run on
 /// each of them.
 #[cfg(test)]
@@ -164,22 +173,37 @@ pub(crate) mod testing {
     pub(crate) enum Backend {
         Sled(tempfile::TempDir),
         Memory(Arc<MemoryStore>),
+        /// A database of the test binary's PostgreSQL cluster (its URL).
+        #[cfg(feature = "postgres")]
+        Postgres(String),
     }
 
     impl Backend {
         /// One of each back-end, empty.
-        pub(crate) fn all() -> [Backend; 2] {
-            [
+        pub(crate) fn all() -> Vec<Backend> {
+            vec![
                 Backend::Sled(tempfile::tempdir().unwrap()),
                 Backend::Memory(Arc::new(MemoryStore::new())),
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(super::pg::shared().create_database()),
             ]
         }
 
-        /// Opens the store (sled: the folder again; memory: the same maps).
+        /// Opens the store (sled: the folder again; memory: the same maps; PostgreSQL: a
+        /// new pool on the same database).
         pub(crate) fn open(&self) -> Arc<dyn Store> {
             match self {
                 Backend::Sled(dir) => Arc::new(SledStore::open(dir.path()).unwrap()),
                 Backend::Memory(store) => store.clone(),
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(url) => Arc::new(
+                    super::PostgresStore::open(&super::PostgresOptions {
+                        url: zeroize::Zeroizing::new(url.clone()),
+                        pool_size: 4,
+                        timeout: std::time::Duration::from_secs(10),
+                    })
+                    .unwrap(),
+                ),
             }
         }
 
@@ -188,6 +212,8 @@ pub(crate) mod testing {
             match self {
                 Backend::Sled(_) => Backend::Sled(tempfile::tempdir().unwrap()),
                 Backend::Memory(_) => Backend::Memory(Arc::new(MemoryStore::new())),
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(_) => Backend::Postgres(super::pg::shared().create_database()),
             }
         }
 
@@ -196,6 +222,8 @@ pub(crate) mod testing {
             match self {
                 Backend::Sled(_) => "sled",
                 Backend::Memory(_) => "memory",
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(_) => "postgres",
             }
         }
     }

@@ -3,6 +3,7 @@
 //! test master key and client, OpenSSL helpers.
 #![allow(dead_code)]
 
+pub mod pg;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -171,6 +172,7 @@ impl TestServer {
             .env_remove("DB_MASTER_KEY_PREVIOUS")
             .env_remove("TEE_RISK_ADMIN_TOKEN")
             .env_remove("TEE_RISK_CLIENTS")
+            .env_remove("TEE_RISK_DATABASE_URL")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

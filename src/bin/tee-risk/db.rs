@@ -1,10 +1,11 @@
 //! `tee-risk db …`: operator commands on the database of a stopped service.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tee_risk::app::Config;
+use tee_risk::app::config::{StorageBackend, StorageConfig};
 use tee_risk::app::secrets::{self, MasterKeyEnv, open_vault, store_path};
 use tee_risk::store::{
     DEFAULT_BATCH, KeyId, OpenMode, SledStore, Store, Vault, VaultError, audit, mark,
@@ -14,21 +15,22 @@ use crate::cli::{DbArgs, DbCommand};
 use crate::error::CliError;
 use crate::print_json;
 
-fn db_data_dir(args: &DbArgs) -> Result<(PathBuf, bool), CliError> {
+/// The storage section of the config with `--data-dir` applied, and whether dev mode is on.
+fn db_storage(args: &DbArgs) -> Result<(StorageConfig, bool), CliError> {
     let config = Config::load(args.config.as_deref())?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or(config.storage.data_dir.clone());
-    Ok((data_dir, args.dev.unwrap_or(config.server.dev)))
+    let mut storage = config.storage.clone();
+    if let Some(dir) = &args.data_dir {
+        storage.data_dir = dir.clone();
+    }
+    Ok((storage, args.dev.unwrap_or(config.server.dev)))
 }
 
 fn open_db(args: &DbArgs, mode: OpenMode) -> Result<Vault, CliError> {
-    let (data_dir, dev) = db_data_dir(args)?;
+    let (storage, dev) = db_storage(args)?;
     Ok(open_vault(
         MasterKeyEnv::from_process(),
         dev,
-        &data_dir,
+        &storage,
         mode,
         false,
     )?)
@@ -62,7 +64,8 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
             }))?;
         }
         DbCommand::Verify(args) => {
-            let (data_dir, _) = db_data_dir(&args)?;
+            let (storage, _) = db_storage(&args)?;
+            let data_dir = storage.data_dir;
             // A database that does not open because it is damaged fails the check (3), as
             // one that opens and then fails it does; a wrong key is an error (1).
             let vault = match open_db(&args, OpenMode::Inspect) {
@@ -93,16 +96,18 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
             }
         }
         DbCommand::VerifyLog(args) => {
-            let (data_dir, _) = db_data_dir(&args)?;
-            let store = SledStore::open(&store_path(&data_dir))?;
-            let entries = match audit::verify(&store) {
+            let (storage, _) = db_storage(&args)?;
+            let env = MasterKeyEnv::from_process();
+            let store = secrets::open_store(&storage, env.database_url.as_ref())?;
+            let entries = match audit::verify(store.as_ref()) {
                 Ok(entries) => entries,
                 Err(e) => return Err(CliError::CheckFailed(format!("audit log broken: {e}"))),
             };
             // The mark's clear copy (no key here): a log that lost its latest entries chains
             // perfectly, so only the count and head recorded outside the store show it.
-            if let Some(mark) = mark::read_clear(&data_dir)?
-                && let Some(behind) = mark::audit_behind(&store, &mark)
+            if storage.backend == StorageBackend::Sled
+                && let Some(mark) = mark::read_clear(&storage.data_dir)?
+                && let Some(behind) = mark::audit_behind(store.as_ref(), &mark)
             {
                 return Err(CliError::CheckFailed(format!(
                     "audit log behind its high-water mark: {behind}"
@@ -122,15 +127,19 @@ fn backup(args: &DbArgs, dir: &Path) -> Result<(), CliError> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         return Err(anyhow::anyhow!("{} is not empty: choose a new folder", dir.display()).into());
     }
-    let (data_dir, _) = db_data_dir(args)?;
     let vault = open_db(args, OpenMode::Inspect)?;
     vault.flush()?;
-    copy_dir(&store_path(&data_dir), &store_path(dir))?;
+    // Record by record into a new sled store, from either back-end: the records stay
+    // sealed, so the copy needs no key. (With sled the service's lock is held meanwhile;
+    // with PostgreSQL stop the replicas first, or use PostgreSQL's own backups.)
+    let copy = SledStore::open(&store_path(dir))?;
+    vault.copy_records_to(&copy)?;
+    drop(copy);
     drop(vault);
-    let (data_dir, dev) = db_data_dir(args)?;
+    let (storage, dev) = db_storage(args)?;
     let env = MasterKeyEnv::from_process();
     let previous = secrets::previous_keys(env.previous.as_ref())?;
-    let (master, _) = secrets::resolve_master_key(env.current, dev, &data_dir)?;
+    let (master, _) = secrets::resolve_master_key(env.current, dev, &storage.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_path(dir))?);
     let copy = Vault::open_keyring(store, &master, &previous, OpenMode::Inspect)
         .context("the copy does not open")?;
@@ -141,19 +150,4 @@ fn backup(args: &DbArgs, dir: &Path) -> Result<(), CliError> {
         "feature_history": counts.feature_history,
         "risk_logs": counts.risk_logs,
     }))?)
-}
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)
-                .with_context(|| format!("cannot copy {}", entry.path().display()))?;
-        }
-    }
-    Ok(())
 }

@@ -17,6 +17,7 @@
 //! The concern files reach the store only through the few methods below (`store`,
 //! `seal_value`, `unseal`, `registry`, `save_registry`); the fields stay private here.
 
+mod copy;
 mod erase;
 mod history;
 mod layout;

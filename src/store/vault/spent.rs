@@ -5,14 +5,21 @@ use super::{Vault, VaultError};
 use crate::store::Table;
 
 impl Vault {
-    /// Records a spent request id. Not durable until [`Vault::flush`], which every
-    /// answered request waits for.
-    pub fn spend_rid(&self, rid: &str, iat: i64) -> Result<(), VaultError> {
-        // A fresh id (the replay cache checked it), so a new record.
-        self.store()
-            .insert(Table::Replay, rid.as_bytes(), iat.to_be_bytes().to_vec())?;
-        self.counted(Table::Replay, 1);
-        Ok(())
+    /// Records a spent request id; `false` if it was spent already. The store decides, so
+    /// that replicas sharing one database spend an id once between them (each replica's
+    /// replay cache sees only its own requests). Not durable until [`Vault::flush`], which
+    /// every answered request waits for.
+    pub fn spend_rid(&self, rid: &str, iat: i64) -> Result<bool, VaultError> {
+        let fresh = self.store().compare_and_swap(
+            Table::Replay,
+            rid.as_bytes(),
+            None,
+            Some(iat.to_be_bytes().to_vec()),
+        )?;
+        if fresh {
+            self.counted(Table::Replay, 1);
+        }
+        Ok(fresh)
     }
 
     /// The spent request ids with `iat` at or after `since`; older ones are forgotten.

@@ -1,0 +1,434 @@
+//! The [`Store`] on PostgreSQL, for N replicas that share one state. PostgreSQL sees what
+//! sled sees: sealed values, blind indexes, random request ids; never a key or a user id.
+//!
+//! One relation per [`Table`], `(k bytea primary key, v bytea not null)`, created by a
+//! versioned schema at open ([`PostgresStore::migrate`]). Client: the synchronous `postgres`
+//! crate (the `Store` trait is synchronous and runs on the service's blocking threads; its
+//! async twin `tokio-postgres` is underneath), with `r2d2` for a bounded pool of
+//! connections. The pool's connection type is ours ([`Manager`]): it keeps each
+//! connection's prepared statements, so a statement is parsed once per connection (the
+//! sync client prepares again on every call otherwise).
+//!
+//! Durability keeps group commit's benefit. Every write commits on its own with
+//! `synchronous_commit = off`: visible to every replica at once, without waiting for the
+//! WAL flush. [`Store::flush`] then commits one tiny write with `synchronous_commit = on`,
+//! which returns only when the WAL is flushed up to its own commit record, and so past the
+//! commit of every write that completed before it, from any connection. One flush, one WAL
+//! fsync, serves all the requests the vault's group commit gathered.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use std::collections::HashMap;
+
+use postgres::types::ToSql;
+use postgres::{NoTls, Statement};
+use r2d2::PooledConnection;
+use zeroize::Zeroizing;
+
+use super::{KeyValue, Store, StoreError, Table, Visitor};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Rows per round trip when a table is walked.
+const PAGE: i64 = 10_000;
+
+type Pool = r2d2::Pool<Manager>;
+type Connection = PooledConnection<Manager>;
+
+/// Opens connections for the pool and checks them.
+struct Manager {
+    config: postgres::Config,
+}
+
+/// A connection and the statements prepared on it.
+struct Cached {
+    client: postgres::Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Cached {
+    /// The statement for `sql`, prepared on this connection the first time.
+    fn statement(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Cached;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Cached, postgres::Error> {
+        Ok(Cached {
+            client: self.config.connect(NoTls)?,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, connection: &mut Cached) -> Result<(), postgres::Error> {
+        connection.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, connection: &mut Cached) -> bool {
+        connection.client.is_closed()
+    }
+}
+
+/// How to reach the database. The URL may hold a password: no `Debug`, wiped on drop.
+pub struct PostgresOptions {
+    /// `postgres://user:password@host:port/db` (from `TEE_RISK_DATABASE_URL`).
+    pub url: Zeroizing<String>,
+    /// Connections at most (each a PostgreSQL backend process).
+    pub pool_size: u32,
+    /// Bound on connecting, on waiting for a pooled connection, and on every statement: a
+    /// dead database is a typed error after this long, never a hang.
+    pub timeout: Duration,
+}
+
+/// The PostgreSQL store (see the module).
+pub struct PostgresStore {
+    /// Always `Some` until dropped (see `Drop`).
+    pool: Option<Pool>,
+    /// Whether the last operation reached the database (for readiness probes: cheap).
+    reachable: AtomicBool,
+}
+
+fn backend(context: &str, error: impl std::fmt::Display) -> StoreError {
+    // The database's message, never the URL (the pool's errors do not carry it).
+    StoreError::Unavailable(format!("postgres {context}: {error}"))
+}
+
+impl PostgresStore {
+    /// Connects (at least one connection must succeed within the timeout) and creates or
+    /// migrates the schema.
+    pub fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
+        let mut config: postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| StoreError::Aborted(format!("TEE_RISK_DATABASE_URL is invalid: {e}")))?;
+        let timeout_ms = options.timeout.as_millis();
+        config
+            .connect_timeout(options.timeout)
+            .options(&format!(
+                "-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} \
+                 -c synchronous_commit=off -c idle_in_transaction_session_timeout={timeout_ms}"
+            ))
+            .application_name("tee-risk");
+        let manager = Manager { config };
+        let pool = r2d2::Pool::builder()
+            .max_size(options.pool_size.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(options.timeout)
+            // A connection the database dropped (a restart) is found and replaced at
+            // check-out, instead of failing the request that drew it.
+            .test_on_check_out(true)
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build(manager)
+            .map_err(|e| backend("connect", e))?;
+        let store = Self {
+            pool: Some(pool),
+            reachable: AtomicBool::new(true),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Creates the schema, or checks that the database holds the version this build knows.
+    /// Safe to run from several replicas at once (an advisory lock serialises them).
+    pub fn migrate(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection()?;
+        let mut tx = connection
+            .client
+            .transaction()
+            .map_err(|e| backend("migrate", e))?;
+        tx.batch_execute(
+            "SELECT pg_advisory_xact_lock(7366115); \
+             CREATE TABLE IF NOT EXISTS tee_risk_schema (version integer NOT NULL); \
+             CREATE SEQUENCE IF NOT EXISTS tee_risk_ids;",
+        )
+        .map_err(|e| backend("migrate", e))?;
+        let version: Option<i32> = tx
+            .query_opt("SELECT max(version) FROM tee_risk_schema", &[])
+            .map_err(|e| backend("migrate", e))?
+            .and_then(|row| row.get(0));
+        match version {
+            None => {
+                for table in Table::ALL {
+                    tx.batch_execute(&format!(
+                        "CREATE TABLE IF NOT EXISTS {} (k bytea PRIMARY KEY, v bytea NOT NULL)",
+                        relation(table)
+                    ))
+                    .map_err(|e| backend("migrate", e))?;
+                }
+                tx.execute(
+                    "INSERT INTO tee_risk_schema VALUES ($1)",
+                    &[&SCHEMA_VERSION],
+                )
+                .map_err(|e| backend("migrate", e))?;
+                tx.batch_execute("CREATE TABLE IF NOT EXISTS tee_risk_flush (n bigint NOT NULL); INSERT INTO tee_risk_flush VALUES (0);")
+                    .map_err(|e| backend("migrate", e))?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::Aborted(format!(
+                    "the database's schema is version {other}; this build knows {SCHEMA_VERSION}: \
+                     run the release that wrote it, or a newer one"
+                )));
+            }
+        }
+        // The migration itself is durable before anything relies on it.
+        tx.batch_execute("SET LOCAL synchronous_commit = on")
+            .map_err(|e| backend("migrate", e))?;
+        tx.commit().map_err(|e| backend("migrate", e))
+    }
+
+    fn pool(&self) -> &Pool {
+        self.pool
+            .as_ref()
+            .expect("the pool lives until the store is dropped")
+    }
+
+    fn connection(&self) -> Result<Connection, StoreError> {
+        let connection = self.pool().get().map_err(|e| backend("connection", e));
+        self.reachable.store(connection.is_ok(), Ordering::Relaxed);
+        connection
+    }
+
+    /// Runs a statement that changes rows; returns how many.
+    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let mut connection = self.connection()?;
+        let statement = connection
+            .statement(sql)
+            .map_err(|e| backend("prepare", e))?;
+        connection
+            .client
+            .execute(&statement, params)
+            .map_err(|e| backend("write", e))
+    }
+
+    fn rows(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<KeyValue>, StoreError> {
+        let mut connection = self.connection()?;
+        let statement = connection
+            .statement(sql)
+            .map_err(|e| backend("prepare", e))?;
+        Ok(connection
+            .client
+            .query(&statement, params)
+            .map_err(|e| backend("read", e))?
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect())
+    }
+}
+
+impl Drop for PostgresStore {
+    /// Closing a connection blocks on the client's own runtime, which panics inside an
+    /// async runtime (the server's, where the last handle may go): the pool is dropped on
+    /// a thread of its own.
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
+        }
+    }
+}
+
+/// The relation of a table (a fixed name: never interpolated from input).
+fn relation(table: Table) -> &'static str {
+    match table {
+        Table::UserData => "tee_risk_user_data",
+        Table::FeatureHistory => "tee_risk_feature_history",
+        Table::RiskLogs => "tee_risk_risk_logs",
+        Table::Meta => "tee_risk_meta",
+        Table::Audit => "tee_risk_audit",
+        Table::Replay => "tee_risk_replay",
+    }
+}
+
+/// The least key greater than every key that starts with `prefix` (`None`: no bound).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl Store for PostgresStore {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let sql = format!("SELECT k, v FROM {} WHERE k = $1", relation(table));
+        Ok(self.rows(&sql, &[&key])?.pop().map(|(_, v)| v))
+    }
+
+    fn insert(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {} (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+            relation(table)
+        );
+        self.execute(&sql, &[&key, &value]).map(|_| ())
+    }
+
+    fn compare_and_swap(
+        &self,
+        table: Table,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        let t = relation(table);
+        let changed = match (expected, new) {
+            (None, Some(new)) => self.execute(
+                &format!("INSERT INTO {t} (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING"),
+                &[&key, &new],
+            )?,
+            (Some(old), Some(new)) => self.execute(
+                &format!("UPDATE {t} SET v = $3 WHERE k = $1 AND v = $2"),
+                &[&key, &old, &new],
+            )?,
+            (Some(old), None) => self.execute(
+                &format!("DELETE FROM {t} WHERE k = $1 AND v = $2"),
+                &[&key, &old],
+            )?,
+            (None, None) => return Ok(self.get(table, key)?.is_none()),
+        };
+        Ok(changed == 1)
+    }
+
+    fn remove(&self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+        let sql = format!("DELETE FROM {} WHERE k = $1", relation(table));
+        self.execute(&sql, &[&key]).map(|_| ())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection()?;
+        let mut tx = connection
+            .client
+            .transaction()
+            .map_err(|e| backend("flush", e))?;
+        tx.batch_execute("SET LOCAL synchronous_commit = on; UPDATE tee_risk_flush SET n = n + 1")
+            .map_err(|e| backend("flush", e))?;
+        tx.commit().map_err(|e| backend("flush", e))
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        let mut connection = self.connection()?;
+        let statement = connection
+            .statement("SELECT nextval('tee_risk_ids')")
+            .map_err(|e| backend("prepare", e))?;
+        let id: i64 = connection
+            .client
+            .query_one(&statement, &[])
+            .map_err(|e| backend("next id", e))?
+            .get(0);
+        u64::try_from(id).map_err(|_| StoreError::Backend(format!("negative id {id}")))
+    }
+
+    fn scan(&self, table: Table) -> Result<Vec<KeyValue>, StoreError> {
+        let mut all = Vec::new();
+        self.visit(table, &mut |k, v| {
+            all.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        Ok(all)
+    }
+
+    fn scan_after(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let t = relation(table);
+        match after {
+            Some(after) => self.rows(
+                &format!("SELECT k, v FROM {t} WHERE k > $1 ORDER BY k LIMIT $2"),
+                &[&after, &limit],
+            ),
+            None => self.rows(
+                &format!("SELECT k, v FROM {t} ORDER BY k LIMIT $1"),
+                &[&limit],
+            ),
+        }
+    }
+
+    fn scan_prefix_last(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let t = relation(table);
+        match prefix_end(prefix) {
+            Some(end) => self.rows(
+                &format!("SELECT k, v FROM {t} WHERE k >= $1 AND k < $2 ORDER BY k DESC LIMIT $3"),
+                &[&prefix, &end, &limit],
+            ),
+            None => self.rows(
+                &format!("SELECT k, v FROM {t} WHERE k >= $1 ORDER BY k DESC LIMIT $2"),
+                &[&prefix, &limit],
+            ),
+        }
+    }
+
+    fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan_after(table, after.as_deref(), PAGE as usize)?;
+            for (k, v) in &page {
+                visit(k, v)?;
+            }
+            match page.last() {
+                Some((k, _)) if page.len() == PAGE as usize => after = Some(k.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn last(&self, table: Table) -> Result<Option<KeyValue>, StoreError> {
+        let sql = format!(
+            "SELECT k, v FROM {} ORDER BY k DESC LIMIT 1",
+            relation(table)
+        );
+        Ok(self.rows(&sql, &[])?.pop())
+    }
+
+    fn len(&self, table: Table) -> usize {
+        let sql = format!("SELECT count(*) FROM {}", relation(table));
+        let count = || -> Result<i64, StoreError> {
+            let mut connection = self.connection()?;
+            Ok(connection
+                .client
+                .query_one(sql.as_str(), &[])
+                .map_err(|e| backend("count", e))?
+                .get(0))
+        };
+        count().map_or(0, |n| usize::try_from(n).unwrap_or(0))
+    }
+
+    fn healthy(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_at_its_successor() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(&[]), None);
+    }
+}

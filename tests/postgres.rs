@@ -1,0 +1,246 @@
+//! The service on PostgreSQL, against a real throw-away cluster (`support::pg`): what the
+//! database holds (nothing in the clear), replicas sharing spent request ids and records, the
+//! operator commands, and a database that stops under load and comes back.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::pg::{self, PgCluster};
+use support::{MASTER_KEY, TestServer, error_code, faces, request};
+use tee_risk::lab::new_capture;
+use tee_risk::obs::unix_now;
+use tee_risk::protocol::request::{ProtectedHeader, seal};
+
+/// A config file that puts the store on PostgreSQL.
+fn postgres_config(dir: &Path, extra: &str) -> String {
+    let path = dir.join("postgres.toml");
+    std::fs::write(
+        &path,
+        format!("[storage]\nbackend = \"postgres\"\npool_size = 8\ntimeout_secs = 3\n{extra}"),
+    )
+    .unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// A replica: its own data folder (keys, dev files), the shared database.
+fn replica(dir: &Path, name: &str, url: &str, config: &str) -> TestServer {
+    let data = dir.join(name);
+    TestServer::try_start_env(
+        &data,
+        &dir.join(format!("{name}-keys")),
+        Some(MASTER_KEY),
+        &["--config", config],
+        &[("TEE_RISK_DATABASE_URL", url)],
+    )
+    .unwrap_or_else(|(status, log)| panic!("replica {name} did not start ({status:?}):\n{log}"))
+}
+
+fn db(dir: &Path, url: &str, config: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tee-risk"))
+        .arg("db")
+        .args(args)
+        .args(["--config", config, "--data-dir"])
+        .arg(dir.join("a"))
+        .env("DB_MASTER_KEY", MASTER_KEY)
+        .env("TEE_RISK_DATABASE_URL", url)
+        .env_remove("DB_MASTER_KEY_PREVIOUS")
+        .env_remove("TEE_RISK_CONFIG")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// Lowercase hex of `bytes`, as `pg_dump` prints `bytea`.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Enrolment, assessment and erasure on PostgreSQL; then `pg_dump` of the database holds
+/// no user id, device id or feature bytes, in the clear or as hex; and the operator
+/// commands work on it.
+#[test]
+fn the_service_runs_on_postgres_and_the_database_holds_nothing_in_the_clear() {
+    const USER: &str = "pg-user-5d8e21";
+    const DEVICE: &str = "pg-device-9a7c44";
+    let cluster = pg::shared();
+    let url = cluster.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_config(dir.path(), "");
+    let server = replica(dir.path(), "a", &url, &config);
+    let client = server.client();
+    let mut enrol = request(USER, &faces().enrol);
+    enrol.device_id = Some(DEVICE.into());
+    assert_eq!(client.enroll(&enrol).unwrap()["outcome"], "enrolled");
+    let mut probe = request(USER, &faces().genuine);
+    probe.device_id = Some(DEVICE.into());
+    let answer = client.assess(&probe).unwrap();
+    assert_eq!(answer["decision"], "allow", "{answer}");
+    client
+        .enroll(&request("pg-other", &faces().impostor))
+        .unwrap();
+    assert!(server.stop().success());
+
+    let dump = cluster.dump(&url);
+    assert!(
+        dump.contains("tee_risk_user_data") && dump.lines().count() > 40,
+        "the dump holds the records"
+    );
+    let feature_bytes: Vec<u8> = faces().enrol[..4]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    for (what, secret) in [
+        ("user id", USER.as_bytes().to_vec()),
+        ("device id", DEVICE.as_bytes().to_vec()),
+        ("feature bytes", feature_bytes),
+    ] {
+        let text = String::from_utf8_lossy(&secret).into_owned();
+        assert!(
+            !dump.contains(&text) && !dump.contains(&hex(&secret)),
+            "the {what} is in the dump"
+        );
+    }
+
+    for command in [&["status"][..], &["verify"], &["verify-log"]] {
+        let out = db(dir.path(), &url, &config, command);
+        assert!(
+            out.status.success(),
+            "db {command:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let backup_dir = dir.path().join("backup");
+    let backup = db(
+        dir.path(),
+        &url,
+        &config,
+        &["backup", backup_dir.to_str().unwrap()],
+    );
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    let counts: serde_json::Value = serde_json::from_slice(&backup.stdout).unwrap();
+    assert_eq!(
+        (counts["user_data"].as_u64(), counts["risk_logs"].as_u64()),
+        (Some(2), Some(1))
+    );
+}
+
+/// Two replicas on one database act as one service for request ids and records: an id
+/// spent on one is refused on the other; an enrolment on one is assessed on the other, and
+/// an erasure on one is seen by the other.
+#[test]
+fn two_replicas_share_spent_request_ids_and_records() {
+    let url = pg::shared().create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_config(dir.path(), "");
+    let a = replica(dir.path(), "a", &url, &config);
+    let b = replica(dir.path(), "b", &url, &config);
+    let (on_a, on_b) = (a.client(), b.client());
+
+    on_a.enroll(&request("shared", &faces().enrol)).unwrap();
+    let answer = on_b.assess(&request("shared", &faces().genuine)).unwrap();
+    assert_eq!(
+        answer["decision"], "allow",
+        "enrolled on a, assessed on b: {answer}"
+    );
+
+    // Each replica has its own encryption key: a client that reuses a request id seals it
+    // to the other replica's key. The id is spent in the shared database.
+    let spent = answer["rid"].as_str().unwrap().to_owned();
+    let key = on_a.keys().encryption.clone();
+    let mut header = ProtectedHeader::new(&key.kid(), unix_now()).unwrap();
+    header.rid = spent;
+    let plaintext =
+        serde_json::to_vec(&request("shared", &new_capture(&faces().genuine, 3))).unwrap();
+    let reused = seal(&key, &header, &plaintext).unwrap();
+    let refused = on_a.post_raw("/v1/assess", &reused).unwrap();
+    assert_eq!(error_code(&refused), (409, "replayed_request".into()));
+
+    on_b.erase("shared").unwrap();
+    let after = on_a
+        .assess(&request("shared", &new_capture(&faces().genuine, 4)))
+        .unwrap();
+    assert_eq!(
+        after["reasons"],
+        serde_json::json!(["no_enrolment"]),
+        "erased on b, seen on a"
+    );
+    assert!(a.stop().success() && b.stop().success());
+}
+
+/// PostgreSQL stops under load: requests get `503 storage_unavailable` within the
+/// configured timeout (never a hang, never a 500); when it is back, the replica serves again
+/// by itself, and every acknowledged enrolment is there.
+#[test]
+fn a_database_that_stops_under_load_gives_503_and_the_replica_recovers_by_itself() {
+    // A cluster of its own: stopping the shared one would fail the other tests.
+    let cluster = PgCluster::start();
+    let url = cluster.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_config(dir.path(), "");
+    let server = replica(dir.path(), "a", &url, &config);
+    let client = server.client();
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        let user = format!("before-{i}");
+        client
+            .enroll(&request(&user, &support::synthetic_face(i)))
+            .unwrap();
+        acknowledged.push(user);
+    }
+    cluster.stop();
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..5 {
+        let started = Instant::now();
+        let (_, body) = client
+            .seal(&request(
+                &format!("during-{i}"),
+                &support::synthetic_face(100 + i),
+            ))
+            .unwrap();
+        let raw = client.post_raw("/v1/enroll", &body).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(15), "no hang");
+        *statuses.entry(error_code(&raw)).or_insert(0) += 1;
+    }
+    assert_eq!(
+        statuses.keys().collect::<Vec<_>>(),
+        [&(503, "storage_unavailable".to_string())],
+        "{statuses:?}"
+    );
+    cluster.start_server();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let user = format!("after-{}", acknowledged.len());
+        match client.enroll(&request(
+            &user,
+            &support::synthetic_face(1_000 + acknowledged.len()),
+        )) {
+            Ok(_) => {
+                acknowledged.push(user);
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never recovered: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    for user in &acknowledged {
+        let answer = client
+            .assess(&request(user, &new_capture(&support::synthetic_face(0), 1)))
+            .unwrap();
+        assert_ne!(
+            answer["reasons"],
+            serde_json::json!(["no_enrolment"]),
+            "{user} lost"
+        );
+    }
+    assert!(server.stop().success());
+}
