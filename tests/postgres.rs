@@ -175,6 +175,61 @@ fn two_replicas_share_spent_request_ids_and_records() {
     assert!(a.stop().success() && b.stop().success());
 }
 
+/// The identity-conflict search of one replica sees enrolments and erasures made on
+/// another (the change feed, read every second): one face cannot open a second account
+/// through the other replica. Prints the delay measured.
+#[test]
+fn enrolments_and_erasures_on_one_replica_reach_the_conflict_search_of_the_other() {
+    let url = pg::shared().create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_config(dir.path(), "");
+    let a = replica(dir.path(), "a", &url, &config);
+    let b = replica(dir.path(), "b", &url, &config);
+    let (on_a, on_b) = (a.client(), b.client());
+    // A face enrolled on a; a second photograph of it, for another account, on b.
+    on_a.enroll(&request("face-owner", &faces().enrol)).unwrap();
+    let enrolled = Instant::now();
+    let deadline = enrolled + Duration::from_secs(10);
+    let mut attempt = 0;
+    let delay = loop {
+        // Each try under a new account id (a refused enrolment stores nothing).
+        attempt += 1;
+        let second = on_b
+            .enroll(&request(&format!("second-{attempt}"), &faces().genuine))
+            .unwrap();
+        if second["outcome"] == "identity_conflict" {
+            break enrolled.elapsed();
+        }
+        // Not seen yet: that account was enrolled; erase it so that it does not count.
+        on_b.erase(&format!("second-{attempt}")).unwrap();
+        assert!(Instant::now() < deadline, "b never saw a's enrolment");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("an enrolment on a reached b's conflict search after {delay:?}");
+    assert!(delay < Duration::from_secs(3), "{delay:?}");
+
+    // Erased on a: b lets the face enrol again, once it has read the erasure.
+    on_a.erase("face-owner").unwrap();
+    let erased = Instant::now();
+    let delay = loop {
+        attempt += 1;
+        let again = on_b
+            .enroll(&request(&format!("second-{attempt}"), &faces().genuine))
+            .unwrap();
+        if again["outcome"] == "enrolled" {
+            break erased.elapsed();
+        }
+        assert!(
+            erased.elapsed() < Duration::from_secs(10),
+            "b never saw the erasure"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("an erasure on a reached b's conflict search after {delay:?}");
+    assert!(delay < Duration::from_secs(3), "{delay:?}");
+    assert!(a.stop().success() && b.stop().success());
+}
+
 /// PostgreSQL stops under load: requests get `503 storage_unavailable` within the
 /// configured timeout (never a hang, never a 500); when it is back, the replica serves again
 /// by itself, and every acknowledged enrolment is there.

@@ -48,8 +48,8 @@ pub(super) fn spawn_rotation(
         })
 }
 
-/// Issues and wipes encryption keys on time, and forgets old request ids, checking every
-/// second until `stop`.
+/// Issues and wipes encryption keys on time, reads the store's change feed into the
+/// gallery, and forgets old request ids, checking every second until `stop`.
 pub(super) fn spawn_key_maintenance(
     service: Arc<Service>,
     stop: Arc<AtomicBool>,
@@ -61,6 +61,10 @@ pub(super) fn spawn_key_maintenance(
             while !stop.load(Ordering::Relaxed) {
                 if let Err(error) = service.maintain_keys(unix_now()) {
                     tracing::error!(%error, "encryption key maintenance failed");
+                }
+                // Enrolments and erasures by other replicas on a shared store.
+                if let Err(error) = service.refresh_gallery(unix_now()) {
+                    tracing::error!(%error, "reading the store's change feed failed");
                 }
                 if seconds % SPENT_RID_PRUNE_SECS == 0
                     && let Err(error) = service.prune_spent_rids(unix_now())

@@ -9,6 +9,8 @@ pub mod keyset;
 pub mod limits;
 pub mod replay;
 
+use std::sync::Mutex;
+
 use serde::Serialize;
 
 use crate::crypto::CryptoError;
@@ -23,7 +25,7 @@ use crate::protocol::{KeysDocument, PublicJwk};
 use crate::risk::gallery::{Gallery, gallery_key};
 use crate::risk::velocity::{VelocityTracker, device_key};
 use crate::risk::{self, Assessment, Decision, Reason, RiskPolicy};
-use crate::store::{Erased, RiskLogEntry, UserIndex, UserRef, Vault, VaultError};
+use crate::store::{ChangeCursor, Erased, RiskLogEntry, UserIndex, UserRef, Vault, VaultError};
 use keyset::{KeySet, KidLookup};
 use limits::RateLimiter;
 use replay::{ReplayCache, ReplayCheck};
@@ -113,6 +115,9 @@ pub struct Service {
     policy: RiskPolicy,
     /// Every enrolled user's centroid, for the identity-conflict search.
     gallery: Gallery,
+    /// Where this process is in the store's change feed (enrolments and erasures by other
+    /// replicas on a shared store).
+    changes: Mutex<ChangeCursor>,
     velocity: VelocityTracker,
     max_devices: usize,
     dimension: usize,
@@ -140,6 +145,8 @@ impl Service {
         // Request ids spent before a restart stay spent.
         replay.load(vault.spent_rids(now - replay.retention_secs())?);
         let gallery = Gallery::default();
+        // The feed's position first: what commits while the gallery loads is read again.
+        let changes = Mutex::new(vault.change_cursor_now()?);
         for (user_id, enrolment) in vault.enrolled_users()? {
             gallery.set(gallery_key(&user_id), &enrolment.templates);
         }
@@ -155,6 +162,7 @@ impl Service {
             replay,
             policy: settings.policy.clone(),
             gallery,
+            changes,
             velocity: VelocityTracker::new(settings.velocity_window_secs),
             max_devices: settings.max_devices,
             dimension: settings.dimension,
@@ -181,6 +189,19 @@ impl Service {
         self.velocity.prune(now);
         self.vault
             .forget_spent_rids(now - self.replay.retention_secs())
+    }
+
+    /// Reloads into the gallery the users whose enrolment changed in the store since the
+    /// last call (other replicas' enrolments and erasures: `store::vault::changes`).
+    /// Returns how many users were reloaded.
+    pub fn refresh_gallery(&self, now: i64) -> Result<usize, VaultError> {
+        let mut cursor = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let users = self.vault.changes_since(&mut cursor, now)?;
+        for user_id in &users {
+            let enrolment = self.vault.enrolment(&self.vault.user(user_id), user_id)?;
+            self.gallery.set(gallery_key(user_id), &enrolment.templates);
+        }
+        Ok(users.len())
     }
 
     /// Rotates and wipes encryption keys as their time comes (see [`KeySet::maintain`]).
@@ -365,9 +386,12 @@ impl Service {
             self.open_request_as(body, now, &mut timer, |p| Ok(EraseRequest::parse(p)?))?;
         let user = self.vault.user(&request.user_id);
         let key = gallery_key(&request.user_id);
-        drop(request);
         self.limit_user(&user)?;
-        let erased = self.vault.erase_user(&user).map_err(fault)?;
+        let erased = self
+            .vault
+            .erase_user(&user, &request.user_id)
+            .map_err(fault)?;
+        drop(request);
         self.gallery.remove(&key);
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;

@@ -24,8 +24,9 @@ pub use recovering::{RETRY_EVERY, RecoveringStore};
 pub use sled_store::{LOCK_WAIT, SledStore};
 pub use vault::mark;
 pub use vault::{
-    BatchOutcome, DEFAULT_BATCH, ERASED_USER, Enrolment, Erased, OpenMode, RiskLogEntry, Status,
-    TableCounts, UserIndex, UserRef, Vault, VaultError, VerifyReport,
+    BatchOutcome, CHANGE_OVERLAP_SECS, ChangeCursor, DEFAULT_BATCH, ERASED_USER, Enrolment, Erased,
+    OpenMode, RiskLogEntry, Status, TableCounts, UserIndex, UserRef, Vault, VaultError,
+    VerifyReport,
 };
 
 /// The tables (sled trees) the service keeps.
@@ -44,17 +45,21 @@ pub enum Table {
     /// Request ids spent within the replay window, with their `iat` (plain: random ids the
     /// clients chose, nothing about users), so a restart does not reopen the window.
     Replay,
+    /// The change feed: whose enrolment changed, in order (sealed user ids), so that
+    /// replicas sharing one store keep their in-memory galleries in step. Short-lived.
+    Changes,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::UserData,
         Table::FeatureHistory,
         Table::RiskLogs,
         Table::Meta,
         Table::Audit,
         Table::Replay,
+        Table::Changes,
     ];
 
     /// The tables of user data, every record sealed under a master key.
@@ -69,6 +74,7 @@ impl Table {
             Table::Meta => "meta",
             Table::Audit => "audit",
             Table::Replay => "replay",
+            Table::Changes => "changes",
         }
     }
 

@@ -247,6 +247,7 @@ fn relation(table: Table) -> &'static str {
         Table::Meta => "tee_risk_meta",
         Table::Audit => "tee_risk_audit",
         Table::Replay => "tee_risk_replay",
+        Table::Changes => "tee_risk_changes",
     }
 }
 

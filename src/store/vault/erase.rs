@@ -14,7 +14,9 @@ impl Vault {
     /// those index mappings, and in their risk log entries everything but the decision.
     /// Scans the index mappings and the risk logs (which are not keyed by user): cost grows
     /// with the database, which suits a rare operation. Not durable until [`Vault::flush`].
-    pub fn erase_user(&self, user: &UserRef) -> Result<Erased, VaultError> {
+    /// `user_id` is named in the change feed, so that other replicas drop the user from
+    /// their galleries.
+    pub fn erase_user(&self, user: &UserRef, user_id: &str) -> Result<Erased, VaultError> {
         let mut indexes: Vec<Vec<u8>> = user.indexes.iter().map(|i| i.to_vec()).collect();
         for (key, sealed) in self.store().scan(Table::Meta)? {
             let Some(old) = index_map_old(&key) else {
@@ -82,6 +84,7 @@ impl Vault {
             self.store().insert(Table::RiskLogs, &key, scrubbed)?;
             erased.risk_logs_scrubbed += 1;
         }
+        self.note_change(user_id, crate::obs::unix_now())?;
         Ok(erased)
     }
 

@@ -17,6 +17,7 @@
 //! The concern files reach the store only through the few methods below (`store`,
 //! `seal_value`, `unseal`, `registry`, `save_registry`); the fields stay private here.
 
+mod changes;
 mod copy;
 mod erase;
 mod history;
@@ -45,6 +46,7 @@ use super::registry::Registry;
 use super::{Store, StoreError, Table};
 use layout::META_REGISTRY;
 
+pub use changes::{CHANGE_OVERLAP_SECS, ChangeCursor};
 #[cfg(test)]
 pub(crate) use records::sample_log;
 pub use records::{ERASED_USER, Enrolment, Erased, RiskLogEntry, TableCounts};

@@ -265,7 +265,7 @@ impl Vault {
                 self.store()
                     .compare_and_swap(table, key, Some(old), Some(sealed))?;
             }
-            Table::Meta | Table::Audit | Table::Replay => {}
+            Table::Meta | Table::Audit | Table::Replay | Table::Changes => {}
         }
         Ok(())
     }

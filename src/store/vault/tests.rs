@@ -189,7 +189,7 @@ mod basics {
                 vault.spend_rid(&format!("rid-{i}"), i64::from(i)).unwrap();
             }
             check(&vault);
-            vault.erase_user(&vault.user("c2")).unwrap();
+            vault.erase_user(&vault.user("c2"), "c2").unwrap();
             vault.forget_spent_rids(3).unwrap();
             check(&vault);
             vault.flush().unwrap();
@@ -533,7 +533,7 @@ mod rotation {
                 })
                 .expect("a user still waits under the old index");
             for id in [&moved_id, &waiting_id] {
-                let erased = vault.erase_user(&vault.user(id)).unwrap();
+                let erased = vault.erase_user(&vault.user(id), id).unwrap();
                 assert_eq!(erased.templates, 1, "{id}");
                 assert_eq!(erased.history, 1, "{id}");
                 assert_eq!(erased.risk_logs_scrubbed, 1, "{id}");

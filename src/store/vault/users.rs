@@ -98,7 +98,7 @@ impl Vault {
         max_templates: usize,
         device: Option<(&str, usize)>,
     ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
-        self.update_user(user, user_id, &|record| {
+        let templates = self.update_user(user, user_id, &|record| {
             if record.templates.len() >= max_templates {
                 return Err(VaultError::TemplateLimit(max_templates));
             }
@@ -110,7 +110,10 @@ impl Vault {
                 remember(&mut record.devices, device, max);
             }
             Ok(())
-        })
+        })?;
+        // Other replicas' galleries learn of it from the change feed.
+        self.note_change(user_id, now)?;
+        Ok(templates)
     }
 
     /// Read-modify-write of a user's record, atomic per user: a compare-and-swap, retried
