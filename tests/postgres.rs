@@ -299,3 +299,84 @@ fn a_database_that_stops_under_load_gives_503_and_the_replica_recovers_by_itself
     }
     assert!(server.stop().success());
 }
+
+/// `db copy` moves a sled deployment to PostgreSQL: the records arrive sealed as they were,
+/// the counts per table and key match, a replica on PostgreSQL recognises the users; run
+/// again (as after an interruption) it finishes the same; into another database it refuses.
+#[test]
+fn db_copy_moves_a_sled_deployment_to_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sled_data, keys) = (dir.path().join("sled"), dir.path().join("keys"));
+    let server = TestServer::start(&sled_data, &keys, Some(MASTER_KEY), &[]);
+    let client = server.client();
+    for i in 0..20 {
+        let user = format!("moved-{i}");
+        client
+            .enroll(&request(&user, &support::synthetic_face(i)))
+            .unwrap();
+        client
+            .assess(&request(
+                &user,
+                &new_capture(&support::synthetic_face(i), 1),
+            ))
+            .unwrap();
+    }
+    assert!(server.stop().success());
+
+    let url = pg::shared().create_database();
+    let config = postgres_config(dir.path(), "");
+    let copy = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tee-risk"))
+            .args(["db", "copy", "--config", &config, "--from"])
+            .arg(&sled_data)
+            .env("DB_MASTER_KEY", MASTER_KEY)
+            .env("TEE_RISK_DATABASE_URL", url)
+            .env_remove("DB_MASTER_KEY_PREVIOUS")
+            .env_remove("TEE_RISK_CONFIG")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    for run in 0..2 {
+        let out = copy(&url);
+        assert!(
+            out.status.success(),
+            "run {run}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (report["user_data"].as_u64(), report["risk_logs"].as_u64()),
+            (Some(20), Some(20)),
+            "{report}"
+        );
+        eprintln!("db copy run {run}: {report}");
+    }
+    let replica = replica(dir.path(), "a", &url, &config);
+    let answer = replica
+        .client()
+        .assess(&request(
+            "moved-7",
+            &new_capture(&support::synthetic_face(7), 2),
+        ))
+        .unwrap();
+    assert_eq!(answer["decision"], "allow", "{answer}");
+    assert!(replica.stop().success());
+
+    // A database of its own (another salt) is not a target.
+    let other = pg::shared().create_database();
+    let other_dir = tempfile::tempdir().unwrap();
+    let started = replica_on(other_dir.path(), &other, &config);
+    assert!(started.stop().success());
+    let refused = copy(&other);
+    assert_eq!(
+        refused.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+fn replica_on(dir: &Path, url: &str, config: &str) -> TestServer {
+    replica(dir, "x", url, config)
+}

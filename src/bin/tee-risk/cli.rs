@@ -143,6 +143,21 @@ pub enum DbCommand {
         db: DbArgs,
         dir: PathBuf,
     },
+    /// PostgreSQL: create the schema, or check it is the version this build knows (the
+    /// service does the same at start).
+    Migrate(DbArgs),
+    /// Move a sled deployment to PostgreSQL: copies every record, sealed as it is, from the
+    /// sled data folder FROM into the database at TEE_RISK_DATABASE_URL (not on the command
+    /// line: a password there shows in `ps`), then proves it: records per table and key id
+    /// equal on both sides, and every record of the target decrypts. Interrupted, run it
+    /// again: it copies again over what is there.
+    Copy {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The sled data folder (holding `db/`) of the stopped service.
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 #[cfg(feature = "client")]

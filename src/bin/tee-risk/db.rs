@@ -117,6 +117,22 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
             println!("audit log intact: {} entries, head {head}", entries.len());
         }
         DbCommand::Backup { db, dir } => backup(&db, &dir)?,
+        DbCommand::Migrate(args) => {
+            let (storage, _) = db_storage(&args)?;
+            if storage.backend != StorageBackend::Postgres {
+                return Err(anyhow::anyhow!(
+                    "db migrate is for [storage] backend = \"postgres\"; sled needs none"
+                )
+                .into());
+            }
+            // Opening the store creates or checks the schema.
+            let env = MasterKeyEnv::from_process();
+            secrets::open_store(&storage, env.database_url.as_ref())?;
+            print_json(&serde_json::json!({
+                "schema_version": tee_risk::store::postgres::SCHEMA_VERSION,
+            }))?;
+        }
+        DbCommand::Copy { db, from } => copy_to_postgres(&db, &from)?,
     }
     Ok(())
 }
@@ -150,4 +166,57 @@ fn backup(args: &DbArgs, dir: &Path) -> Result<(), CliError> {
         "feature_history": counts.feature_history,
         "risk_logs": counts.risk_logs,
     }))?)
+}
+
+/// `db copy`: sled at `from` → the configured PostgreSQL database (see the command's help).
+fn copy_to_postgres(args: &DbArgs, from: &Path) -> Result<(), CliError> {
+    let (target_storage, dev) = db_storage(args)?;
+    if target_storage.backend != StorageBackend::Postgres {
+        return Err(anyhow::anyhow!(
+            "db copy needs a config with [storage] backend = \"postgres\" (--config) and \
+             TEE_RISK_DATABASE_URL"
+        )
+        .into());
+    }
+    let mut source_storage = target_storage.clone();
+    source_storage.backend = StorageBackend::Sled;
+    source_storage.data_dir = from.to_owned();
+    let source = open_vault(
+        MasterKeyEnv::from_process(),
+        dev,
+        &source_storage,
+        OpenMode::Inspect,
+        false,
+    )?;
+    let env = MasterKeyEnv::from_process();
+    let target_store = secrets::open_store(&target_storage, env.database_url.as_ref())?;
+    if !source.is_copy_target(target_store.as_ref())? {
+        return Err(CliError::Refused(
+            "the target holds another database (its salt differs): copy into an empty one".into(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let copied = source.copy_records_to(target_store.as_ref())?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(target_store);
+    // The proof: the target opens with the same keys, holds the same records per table
+    // and key id, and every record of it decrypts.
+    let target = open_vault(env, dev, &target_storage, OpenMode::Inspect, false)?;
+    let (ours, theirs) = (source.counts_by_key()?, target.counts_by_key()?);
+    if ours != theirs {
+        return Err(CliError::CheckFailed(format!(
+            "records per table and key differ after the copy: source {ours:?}, target {theirs:?}"
+        )));
+    }
+    let counts = target.verify_all()?;
+    print_json(&serde_json::json!({
+        "copied_records": copied,
+        "seconds": seconds,
+        "records_per_second": copied as f64 / seconds.max(1e-9),
+        "user_data": counts.user_data,
+        "feature_history": counts.feature_history,
+        "risk_logs": counts.risk_logs,
+        "next": "start the replicas with [storage] backend = \"postgres\"",
+    }))?;
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Copying the database record by record, sealed as it is: backups (`db backup`) and moving
 //! from one back-end to another. The copy needs no key and unseals nothing.
 
+use super::layout::META_SALT;
 use super::{Vault, VaultError};
 use crate::store::{Store, Table};
 
@@ -17,5 +18,14 @@ impl Vault {
         }
         to.flush()?;
         Ok(copied)
+    }
+
+    /// Whether `to` is empty or holds this same database (the same salt), so that a copy
+    /// into it cannot mix two databases; an interrupted copy is the same database.
+    pub fn is_copy_target(&self, to: &dyn Store) -> Result<bool, VaultError> {
+        Ok(match to.get(Table::Meta, META_SALT)? {
+            None => true,
+            Some(theirs) => Some(theirs) == self.store().get(Table::Meta, META_SALT)?,
+        })
     }
 }
