@@ -380,3 +380,119 @@ fn db_copy_moves_a_sled_deployment_to_postgres() {
 fn replica_on(dir: &Path, url: &str, config: &str) -> TestServer {
     replica(dir, "x", url, config)
 }
+
+/// A master-key rotation with two replicas on one database: one sweeps at a time (the
+/// lease), the other serves; the sweeper is killed mid-way and the other takes the sweep
+/// over; at the end every record is under the new key, nothing lost, and `db verify` passes.
+#[test]
+fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_death() {
+    use std::sync::Arc;
+    use tee_risk::store::{PostgresOptions, PostgresStore, RiskLogEntry, Store, Vault};
+    const OLD_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const NEW_KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const USERS: usize = 1_500;
+    let url = pg::shared().create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = postgres_config(dir.path(), "");
+    {
+        // Seeded under the old key: users with a template and an assessment each.
+        let store: Arc<dyn Store> = Arc::new(
+            PostgresStore::open(&PostgresOptions {
+                url: zeroize::Zeroizing::new(url.clone()),
+                pool_size: 2,
+                timeout: Duration::from_secs(10),
+            })
+            .unwrap(),
+        );
+        let vault = Vault::open(store, &support::master_key(OLD_KEY)).unwrap();
+        for i in 0..USERS {
+            let id = format!("user-{i}");
+            let user = vault.user(&id);
+            vault
+                .enrol(&user, &id, &support::synthetic_face(i), 1, 5)
+                .unwrap();
+            let log = RiskLogEntry {
+                rid: format!("seed-{i}"),
+                at: 1,
+                user: hex(user.current()),
+                decision: "allow".into(),
+                score: 0.0,
+                reasons: vec![],
+                model: "seed".into(),
+                features: support::synthetic_face(i),
+                liveness: None,
+                device_id: None,
+            };
+            vault.record_assessment(user.current(), &log, true).unwrap();
+        }
+        vault.flush().unwrap();
+    }
+    let start = |name: &str| {
+        TestServer::try_start_env(
+            &dir.path().join(name),
+            &dir.path().join(format!("{name}-keys")),
+            Some(NEW_KEY),
+            &["--config", &config],
+            &[
+                ("TEE_RISK_DATABASE_URL", url.as_str()),
+                ("DB_MASTER_KEY_PREVIOUS", OLD_KEY),
+            ],
+        )
+        .unwrap_or_else(|(status, log)| panic!("{name} did not start ({status:?}):\n{log}"))
+    };
+    let sweeps = |server: &TestServer| server.stderr().contains("this process sweeps");
+    let a = start("a");
+    let b = start("b");
+    // Whichever took the lease sweeps; the other serves (both read both keys).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sweeps(&a) && !sweeps(&b) {
+        assert!(Instant::now() < deadline, "nobody sweeps");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!(sweeps(&a) && sweeps(&b)), "two sweepers at once");
+    let (sweeper, other) = if sweeps(&a) { (a, b) } else { (b, a) };
+    let answer = other
+        .client()
+        .assess(&request(
+            "user-3",
+            &new_capture(&support::synthetic_face(3), 1),
+        ))
+        .unwrap();
+    assert_ne!(
+        answer["reasons"],
+        serde_json::json!(["no_enrolment"]),
+        "{answer}"
+    );
+    sweeper.kill();
+    // The other takes over once the lease runs out (10 s), and finishes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !other.stderr().contains("key rotation complete") {
+        assert!(
+            Instant::now() < deadline,
+            "the rotation never completed:\n{}",
+            other.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(sweeps(&other), "the other replica took the sweep over");
+    assert!(other.stop().success());
+    let out = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
+        .args(["db", "verify", "--config", &config, "--data-dir"])
+        .arg(dir.path().join("a"))
+        .env("DB_MASTER_KEY", NEW_KEY)
+        .env("TEE_RISK_DATABASE_URL", &url)
+        .env_remove("DB_MASTER_KEY_PREVIOUS")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["counts"]["user_data"], USERS as u64, "{report}");
+    // The seeded logs and the assessment made during the rotation.
+    assert_eq!(report["counts"]["risk_logs"], USERS as u64 + 1, "{report}");
+}

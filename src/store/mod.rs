@@ -160,6 +160,12 @@ pub trait Store: Send + Sync {
     fn healthy(&self) -> bool {
         true
     }
+    /// Whether this process is the store's only user (sled locks its folder); `false` for
+    /// a store that replicas share (PostgreSQL). What another process left behind in an
+    /// exclusive store (a lease, say) belongs to a process that is gone.
+    fn exclusive(&self) -> bool {
+        true
+    }
 }
 
 /// The test binary's throw-away PostgreSQL cluster (shared with the integration tests).

@@ -419,6 +419,10 @@ impl Store for PostgresStore {
     fn healthy(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
     }
+
+    fn exclusive(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -188,6 +188,10 @@ impl Store for RecoveringStore {
         let up = matches!(&*self.read(), State::Up(_));
         up || self.recover().is_ok()
     }
+
+    fn exclusive(&self) -> bool {
+        self.engine().is_ok_and(|engine| engine.exclusive())
+    }
 }
 
 #[cfg(test)]

@@ -91,18 +91,18 @@ impl Vault {
     /// Adds records an erasure is about to remove to the rotation's tally, if a rotation is
     /// recorded (until the next one, `db verify` compares counts with its start).
     fn note_erasure_in_rotation(&self, user_data: usize, history: usize) -> Result<(), VaultError> {
-        {
-            let mut registry = self.registry();
-            let Some(rotation) = registry.rotation.as_mut() else {
-                return Ok(());
-            };
-            for (table, n) in [
-                (Table::UserData, user_data),
-                (Table::FeatureHistory, history),
-            ] {
-                *rotation.erased.entry(table.name().to_owned()).or_default() += n as u64;
-            }
+        if self.registry().rotation.is_none() {
+            return Ok(());
         }
-        self.save_registry()
+        self.update_registry(&mut |registry| {
+            if let Some(rotation) = registry.rotation.as_mut() {
+                for (table, n) in [
+                    (Table::UserData, user_data),
+                    (Table::FeatureHistory, history),
+                ] {
+                    *rotation.erased.entry(table.name().to_owned()).or_default() += n as u64;
+                }
+            }
+        })
     }
 }

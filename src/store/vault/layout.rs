@@ -8,6 +8,8 @@ use crate::store::keys::KeyId;
 pub(super) const META_SALT: &[u8] = b"salt";
 /// The sealed key registry.
 pub(super) const META_REGISTRY: &[u8] = b"registry";
+/// `meta` key of the rotation lease: which process sweeps, until when.
+pub(super) const META_ROTATION_LEASE: &[u8] = b"rotation-lease";
 /// The single canary of databases created before the key registry.
 pub(super) const META_LEGACY_CANARY: &[u8] = b"canary";
 /// What every canary seals.

@@ -273,6 +273,40 @@ impl Vault {
         Ok(())
     }
 
+    /// Changes the registry as stored: read it, apply `change`, compare-and-swap; again when
+    /// another writer changed it meanwhile (a replica on the same store, or the rotation
+    /// thread), so no writer's change overwrites another's. The copy in memory becomes the
+    /// stored one. Not durable until flushed.
+    fn update_registry(&self, change: &mut dyn FnMut(&mut Registry)) -> Result<(), VaultError> {
+        loop {
+            let stored = self.store.get(Table::Meta, META_REGISTRY)?;
+            let mut registry: Registry = match &stored {
+                Some(sealed) => self.unseal(Table::Meta, META_REGISTRY, sealed)?,
+                None => self.registry().clone(),
+            };
+            change(&mut registry);
+            let sealed = self.seal_value(Table::Meta, META_REGISTRY, &registry)?;
+            if self.store.compare_and_swap(
+                Table::Meta,
+                META_REGISTRY,
+                stored.as_deref(),
+                Some(sealed),
+            )? {
+                *self.registry() = registry;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads the registry as stored into memory (another replica may have moved the
+    /// rotation on).
+    fn reload_registry(&self) -> Result<(), VaultError> {
+        if let Some(sealed) = self.store.get(Table::Meta, META_REGISTRY)? {
+            *self.registry() = self.unseal(Table::Meta, META_REGISTRY, &sealed)?;
+        }
+        Ok(())
+    }
+
     /// A copy of the key registry (ids, states, rotation progress).
     pub fn registry_snapshot(&self) -> Registry {
         self.registry().clone()

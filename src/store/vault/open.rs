@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroizing;
 
-use super::layout::{CANARY_PLAINTEXT, META_LEGACY_CANARY, META_REGISTRY, META_SALT, canary_key};
+use super::layout::{
+    CANARY_PLAINTEXT, META_LEGACY_CANARY, META_REGISTRY, META_ROTATION_LEASE, META_SALT, canary_key,
+};
 use super::status::table_totals;
 use super::{OpenMode, Vault, VaultError};
 use crate::crypto::random_array;
@@ -137,6 +139,11 @@ impl Vault {
         let by_key = vault.counts_by_key()?;
         vault.counts = super::RecordCounts::from_open(&by_key, vault.store.len(Table::Replay));
         vault.check_records_have_keys(&by_key)?;
+        if mode == OpenMode::Write && vault.store.exclusive() {
+            // A rotation lease in a store no other process can open is a crashed
+            // process's: this one sweeps now, without waiting for it to run out.
+            vault.store.remove(Table::Meta, META_ROTATION_LEASE)?;
+        }
         if changed && mode == OpenMode::Write {
             vault.write_canary(vault.keyring.current())?;
             let starting = {

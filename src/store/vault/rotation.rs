@@ -15,10 +15,18 @@
 //!
 //! When no record names an old key any more, the rotation is complete; the index map is
 //! removed when the old key is retired.
+//!
+//! Replicas sharing one store sweep one at a time: the sweeper holds a lease in `meta`
+//! (renewed with every batch, [`ROTATION_LEASE_SECS`] long), the others wait and serve
+//! meanwhile (they read both keys). A sweeper that dies is replaced once its lease runs out;
+//! the new one resumes from the cursor in the stored registry.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use super::layout::{split_history_key, user_index};
+use serde::{Deserialize, Serialize};
+
+use super::layout::{META_ROTATION_LEASE, split_history_key, user_index};
 use super::records::{HistoryRecord, RiskLogEntry, UserRecord};
 use super::status::table_totals;
 use super::{Vault, VaultError};
@@ -30,6 +38,18 @@ const DONE: &[u8] = b"\xff\xffdone";
 
 /// Records visited per batch by the background rotation.
 pub const DEFAULT_BATCH: usize = 512;
+
+/// How long a hold on the rotation lasts without a batch renewing it; another process takes
+/// the sweep over after that.
+pub const ROTATION_LEASE_SECS: i64 = 10;
+
+/// Who sweeps, until when (sealed in `meta`).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Lease {
+    holder: String,
+    until: i64,
+}
 
 /// What one call of [`Vault::rotate_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,13 +122,14 @@ impl Vault {
             };
             // Durable moves first, then the cursor that skips them.
             self.flush()?;
-            {
-                let mut registry = self.registry();
-                let rotation = registry.rotation.as_mut().expect("checked above");
-                rotation.cursor.insert(table.name().to_owned(), next_cursor);
-                rotation.moved += table_moved as u64;
-            }
-            self.save_registry()?;
+            self.update_registry(&mut |registry| {
+                if let Some(rotation) = registry.rotation.as_mut() {
+                    rotation
+                        .cursor
+                        .insert(table.name().to_owned(), next_cursor.clone());
+                    rotation.moved += table_moved as u64;
+                }
+            })?;
             self.flush()?;
             if !finished_table {
                 return Ok(BatchOutcome {
@@ -129,13 +150,11 @@ impl Vault {
         if left > 0 {
             // Records written under an old key while the sweep ran (cannot happen with one
             // current key, but a restart could have raced): sweep again.
-            self.registry()
-                .rotation
-                .as_mut()
-                .expect("checked above")
-                .cursor
-                .clear();
-            self.save_registry()?;
+            self.update_registry(&mut |registry| {
+                if let Some(rotation) = registry.rotation.as_mut() {
+                    rotation.cursor.clear();
+                }
+            })?;
             self.flush()?;
             return Ok(BatchOutcome {
                 visited,
@@ -144,12 +163,11 @@ impl Vault {
             });
         }
         let totals = table_totals(&by_key);
-        self.registry()
-            .rotation
-            .as_mut()
-            .expect("checked above")
-            .completed_at = Some(unix_now());
-        self.save_registry()?;
+        self.update_registry(&mut |registry| {
+            if let Some(rotation) = registry.rotation.as_mut() {
+                rotation.completed_at = Some(unix_now());
+            }
+        })?;
         audit::append(
             self.store(),
             unix_now(),
@@ -174,11 +192,31 @@ impl Vault {
         progress: &mut dyn FnMut(u64),
     ) -> Result<bool, VaultError> {
         const CHECKPOINT_EVERY: u64 = 50_000;
+        let holder = hex::encode(
+            crate::crypto::random_array::<16>().map_err(|e| VaultError::Corrupt(e.to_string()))?,
+        );
         let mut since_checkpoint = 0u64;
+        let mut holding = false;
         loop {
             if stop() {
+                self.release_rotation_lease(&holder)?;
                 return Ok(false);
             }
+            if !self.hold_rotation_lease(&holder, unix_now())? {
+                // Another process sweeps: wait, and stop waiting once it has finished.
+                self.reload_registry()?;
+                if !self.rotation_pending() {
+                    return Ok(true);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            if !holding {
+                tracing::info!("key rotation: this process sweeps (it holds the rotation lease)");
+                holding = true;
+            }
+            // The stored cursor: a previous holder may have moved it on.
+            self.reload_registry()?;
             let outcome = self.rotate_batch(limit)?;
             since_checkpoint += outcome.moved as u64;
             progress(outcome.moved as u64);
@@ -194,9 +232,47 @@ impl Vault {
                 since_checkpoint = 0;
             }
             if outcome.complete {
+                self.release_rotation_lease(&holder)?;
                 return Ok(true);
             }
         }
+    }
+
+    /// Takes or renews the rotation lease for `holder`; `false` while another holds it.
+    fn hold_rotation_lease(&self, holder: &str, now: i64) -> Result<bool, VaultError> {
+        let stored = self.store().get(Table::Meta, META_ROTATION_LEASE)?;
+        if let Some(sealed) = &stored {
+            // A lease that does not open (sealed under a key since retired) has expired.
+            if let Ok(lease) = self.unseal::<Lease>(Table::Meta, META_ROTATION_LEASE, sealed)
+                && lease.holder != holder
+                && lease.until >= now
+            {
+                return Ok(false);
+            }
+        }
+        let lease = Lease {
+            holder: holder.to_owned(),
+            until: now + ROTATION_LEASE_SECS,
+        };
+        let sealed = self.seal_value(Table::Meta, META_ROTATION_LEASE, &lease)?;
+        Ok(self.store().compare_and_swap(
+            Table::Meta,
+            META_ROTATION_LEASE,
+            stored.as_deref(),
+            Some(sealed),
+        )?)
+    }
+
+    /// Gives the lease up, if `holder` still holds it.
+    fn release_rotation_lease(&self, holder: &str) -> Result<(), VaultError> {
+        if let Some(sealed) = self.store().get(Table::Meta, META_ROTATION_LEASE)?
+            && let Ok(lease) = self.unseal::<Lease>(Table::Meta, META_ROTATION_LEASE, &sealed)
+            && lease.holder == holder
+        {
+            self.store()
+                .compare_and_swap(Table::Meta, META_ROTATION_LEASE, Some(&sealed), None)?;
+        }
+        Ok(())
     }
 
     fn move_record(&self, table: Table, key: &[u8], old: &[u8]) -> Result<(), VaultError> {

@@ -170,13 +170,12 @@ impl Vault {
         } else {
             "verify_failed"
         };
-        if report.passed()
-            && let Some(rotation) = self.registry().rotation.as_mut()
-        {
-            rotation.verified_at = Some(unix_now());
-        }
         if report.passed() {
-            self.save_registry()?;
+            self.update_registry(&mut |registry| {
+                if let Some(rotation) = registry.rotation.as_mut() {
+                    rotation.verified_at = Some(unix_now());
+                }
+            })?;
         }
         audit::append(
             self.store(),
@@ -215,8 +214,9 @@ impl Vault {
                 report.problems.join("; ")
             )));
         }
-        self.registry().set_state(id, KeyState::Retired, unix_now());
-        self.save_registry()?;
+        self.update_registry(&mut |registry| {
+            registry.set_state(id, KeyState::Retired, unix_now())
+        })?;
         self.store().remove(Table::Meta, &canary_key(id))?;
         for (key, _) in self.store().scan(Table::Meta)? {
             if index_map_old(&key).is_some() {
