@@ -15,7 +15,7 @@
 //! | `status.rs` | `db status`, `verify`, `retire-key` |
 //!
 //! The concern files reach the store only through the few methods below (`store`,
-//! `seal_value`, `unseal`, `registry`, `save_registry`); the fields stay private here.
+//! `seal_value`, `unseal`, `registry`, `save_registry`, `update_registry`); the fields stay private here.
 
 mod changes;
 mod copy;
