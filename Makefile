@@ -32,6 +32,7 @@ bench:
 	cargo bench --bench primitives
 	cargo bench --bench reference
 	cargo bench --bench load
+	cargo bench --bench replicas
 
 # Every benchmark in a short mode (about a minute after the release build): proves that
 # `make bench` runs end to end; the figures are not judged. CI runs it.
@@ -39,6 +40,7 @@ bench-smoke:
 	cargo bench --bench primitives -- --warm-up-time 0.05 --measurement-time 0.1 --sample-size 10
 	REFERENCE_SECONDS=1 REFERENCE_REQUIRE_ALL=1 cargo bench --bench reference
 	LOAD_SECONDS=1 LOAD_CONCURRENCY=4 LOAD_RATES=100 LOAD_REQUIRE_NO_ERRORS=1 cargo bench --bench load
+	REPLICAS_SECONDS=1 REPLICAS_CONNECTIONS=4 cargo bench --bench replicas
 
 # The server-only build that a TEE image runs: no client, no lab (linfa, ndarray, plotters,
 # ureq). Fails if any of them is in its dependency tree.
