@@ -136,6 +136,11 @@ impl Ctx {
         )
     }
 
+    /// `POST /v1/enroll` with `body`, signed by the full client.
+    fn enrol(&self, body: &[u8]) -> Answer {
+        self.send("POST", "/v1/enroll", body)
+    }
+
     /// `method path` with `body`, its length, signed by the full client.
     fn send(&self, method: &str, path: &str, body: &[u8]) -> Answer {
         self.send_as(method, path, body, Some(&self.full))
@@ -311,7 +316,7 @@ fn rows() -> Vec<Row> {
             "malformed_envelope",
             Yes,
             Unchanged,
-            Box::new(|c| c.send("POST", "/v1/enroll", b"{\"protected\":1}")),
+            Box::new(|c| c.enrol(b"{\"protected\":1}")),
         ),
         row(
             400,
@@ -320,7 +325,7 @@ fn rows() -> Vec<Row> {
             Unchanged,
             Box::new(|c| {
                 let body = c.edited(|v| v["iv"] = json!("!!!!!!!!!!!!!!!!"));
-                c.send("POST", "/v1/enroll", &body)
+                c.enrol(&body)
             }),
         ),
         row(
@@ -330,7 +335,7 @@ fn rows() -> Vec<Row> {
             Unchanged,
             Box::new(|c| {
                 let body = c.edited(|v| v["iv"] = json!(b64_encode(&[0u8; 8])));
-                c.send("POST", "/v1/enroll", &body)
+                c.enrol(&body)
             }),
         ),
         row(
@@ -340,7 +345,7 @@ fn rows() -> Vec<Row> {
             Unchanged,
             Box::new(|c| {
                 let body = c.with_header("extra", json!(1));
-                c.send("POST", "/v1/enroll", &body)
+                c.enrol(&body)
             }),
         ),
         row(
@@ -350,7 +355,7 @@ fn rows() -> Vec<Row> {
             Unchanged,
             Box::new(|c| {
                 let body = c.with_header("alg", json!("RSA-OAEP"));
-                c.send("POST", "/v1/enroll", &body)
+                c.enrol(&body)
             }),
         ),
         row(
@@ -367,7 +372,7 @@ fn rows() -> Vec<Row> {
                     &header,
                     &serde_json::to_vec(&request("k", &face())).unwrap(),
                 );
-                c.send("POST", "/v1/enroll", &body.unwrap())
+                c.enrol(&body.unwrap())
             }),
         ),
         row(
@@ -383,7 +388,7 @@ fn rows() -> Vec<Row> {
                     &header,
                     &serde_json::to_vec(&request("s", &face())).unwrap(),
                 );
-                c.send("POST", "/v1/enroll", &body.unwrap())
+                c.enrol(&body.unwrap())
             }),
         ),
         row(
@@ -397,7 +402,7 @@ fn rows() -> Vec<Row> {
                     let flipped = if tag.starts_with('A') { "B" } else { "A" };
                     v["tag"] = json!(format!("{flipped}{}", &tag[1..]));
                 });
-                c.send("POST", "/v1/enroll", &body)
+                c.enrol(&body)
             }),
         ),
         row(
@@ -449,13 +454,13 @@ fn rows() -> Vec<Row> {
             Unchanged,
             Box::new(|c| {
                 let body = c.scratch.borrow().clone();
-                c.send("POST", "/v1/enroll", &body)
+                c.enrol(&body)
             }),
         )
         .after(Box::new(|c| {
             // An id spent by a refusal after decryption (so nothing else was stored).
             let body = c.envelope(br#"{"user_id":"replayed","features":[1]}"#);
-            assert_eq!(c.send("POST", "/v1/enroll", &body).status, 422);
+            assert_eq!(c.enrol(&body).status, 422);
             *c.scratch.borrow_mut() = body;
         })),
         row(
@@ -463,27 +468,21 @@ fn rows() -> Vec<Row> {
             "template_limit",
             Yes,
             SpendsRid,
-            Box::new(|c| {
-                c.send(
-                    "POST",
-                    "/v1/enroll",
-                    &c.sealed(&request("full", &faces().enrol)),
-                )
-            }),
+            Box::new(|c| c.enrol(&c.sealed(&request("full", &faces().enrol)))),
         ),
         row(
             413,
             "body_too_large",
             Yes,
             Unchanged,
-            Box::new(|c| c.send("POST", "/v1/enroll", &vec![b' '; 70_000])),
+            Box::new(|c| c.enrol(&vec![b' '; 70_000])),
         ),
         row(
             422,
             "malformed_payload",
             Yes,
             SpendsRid,
-            Box::new(|c| c.send("POST", "/v1/enroll", &c.envelope(b"not json"))),
+            Box::new(|c| c.enrol(&c.envelope(b"not json"))),
         ),
         row(
             422,
@@ -492,7 +491,7 @@ fn rows() -> Vec<Row> {
             SpendsRid,
             Box::new(|c| {
                 let body = c.envelope(br#"{"user_id":"w","features":[0.6,0.8]}"#);
-                c.send("POST", "/v1/enroll", &body)
+                c.enrol(&body)
             }),
         ),
         row(
@@ -504,7 +503,7 @@ fn rows() -> Vec<Row> {
                 let mut values = vec!["0.1"; 128];
                 values[5] = "NaN";
                 let plaintext = format!(r#"{{"user_id":"n","features":[{}]}}"#, values.join(","));
-                c.send("POST", "/v1/enroll", &c.envelope(plaintext.as_bytes()))
+                c.enrol(&c.envelope(plaintext.as_bytes()))
             }),
         ),
         row(
@@ -517,7 +516,7 @@ fn rows() -> Vec<Row> {
                     r#"{{"user_id":"z","features":[{}]}}"#,
                     vec!["0"; 128].join(",")
                 );
-                c.send("POST", "/v1/enroll", &c.envelope(plaintext.as_bytes()))
+                c.enrol(&c.envelope(plaintext.as_bytes()))
             }),
         ),
         row(
@@ -525,13 +524,7 @@ fn rows() -> Vec<Row> {
             "invalid_field",
             Yes,
             SpendsRid,
-            Box::new(|c| {
-                c.send(
-                    "POST",
-                    "/v1/enroll",
-                    &c.sealed(&request("", &faces().enrol)),
-                )
-            }),
+            Box::new(|c| c.enrol(&c.sealed(&request("", &faces().enrol)))),
         ),
         row(
             401,
@@ -616,11 +609,7 @@ fn rows() -> Vec<Row> {
                 .write_all(b"POST /v1/enroll HTTP/1.1\r\nHost: localhost\r\nContent-Length: 65536\r\n\r\n{")
                 .unwrap();
                 std::thread::sleep(Duration::from_millis(300));
-                let answer = c.send(
-                    "POST",
-                    "/v1/enroll",
-                    &c.sealed(&request("o", &faces().enrol)),
-                );
+                let answer = c.enrol(&c.sealed(&request("o", &faces().enrol)));
                 // Let the stalled one go (`incomplete_body`, counted under its own code).
                 let _ = stalled.shutdown(std::net::Shutdown::Write);
                 let cut = read_answer(&mut stalled);
@@ -807,11 +796,7 @@ fn every_documented_refusal_over_http() {
         Box::new(move |c| {
             let header = ProtectedHeader::new(&first_key.kid(), unix_now()).unwrap();
             let plaintext = serde_json::to_vec(&request("late", &faces().enrol)).unwrap();
-            c.send(
-                "POST",
-                "/v1/enroll",
-                &seal(&first_key, &header, &plaintext).unwrap(),
-            )
+            c.enrol(&seal(&first_key, &header, &plaintext).unwrap())
         }),
     );
     let before = ctx.counters(retired.code);

@@ -38,19 +38,59 @@ fn replica(dir: &Path, name: &str, url: &str, config: &str) -> TestServer {
     .unwrap_or_else(|(status, log)| panic!("replica {name} did not start ({status:?}):\n{log}"))
 }
 
-fn db(dir: &Path, url: &str, config: &str, args: &[&str]) -> std::process::Output {
+/// Two replicas on a new database of the shared cluster.
+fn two_replicas(dir: &Path) -> (TestServer, TestServer) {
+    let url = pg::shared().create_database();
+    let config = postgres_config(dir, "");
+    (
+        replica(dir, "a", &url, &config),
+        replica(dir, "b", &url, &config),
+    )
+}
+
+/// The database at `url`, opened as the service opens it.
+fn open_database(url: &str) -> std::sync::Arc<dyn tee_risk::store::Store> {
+    std::sync::Arc::new(
+        tee_risk::store::PostgresStore::open(&tee_risk::store::PostgresOptions {
+            url: zeroize::Zeroizing::new(url.to_owned()),
+            pool_size: 2,
+            timeout: Duration::from_secs(10),
+        })
+        .unwrap(),
+    )
+}
+
+/// `tee-risk db <args>` with `key` as the master key and the database at `url`.
+fn db_with(args: &[&str], key: &str, url: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tee-risk"))
         .arg("db")
         .args(args)
-        .args(["--config", config, "--data-dir"])
-        .arg(dir.join("a"))
-        .env("DB_MASTER_KEY", MASTER_KEY)
+        .env("DB_MASTER_KEY", key)
         .env("TEE_RISK_DATABASE_URL", url)
         .env_remove("DB_MASTER_KEY_PREVIOUS")
         .env_remove("TEE_RISK_CONFIG")
         .env("RUST_LOG", "warn")
         .output()
         .unwrap()
+}
+
+/// `tee-risk db <args>` for the replica folder `a` under `dir`.
+fn db(dir: &Path, url: &str, config: &str, args: &[&str]) -> std::process::Output {
+    let data = dir.join("a");
+    let mut all = args.to_vec();
+    all.extend(["--config", config, "--data-dir", data.to_str().unwrap()]);
+    db_with(&all, MASTER_KEY, url)
+}
+
+/// The JSON a command printed, after checking that it succeeded.
+fn succeeded(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Lowercase hex of `bytes`, as `pg_dump` prints `bytea`.
@@ -120,12 +160,7 @@ fn the_service_runs_on_postgres_and_the_database_holds_nothing_in_the_clear() {
         &config,
         &["backup", backup_dir.to_str().unwrap()],
     );
-    assert!(
-        backup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&backup.stderr)
-    );
-    let counts: serde_json::Value = serde_json::from_slice(&backup.stdout).unwrap();
+    let counts = succeeded(&backup);
     assert_eq!(
         (counts["user_data"].as_u64(), counts["risk_logs"].as_u64()),
         (Some(2), Some(1))
@@ -137,11 +172,8 @@ fn the_service_runs_on_postgres_and_the_database_holds_nothing_in_the_clear() {
 /// an erasure on one is seen by the other.
 #[test]
 fn two_replicas_share_spent_request_ids_and_records() {
-    let url = pg::shared().create_database();
     let dir = tempfile::tempdir().unwrap();
-    let config = postgres_config(dir.path(), "");
-    let a = replica(dir.path(), "a", &url, &config);
-    let b = replica(dir.path(), "b", &url, &config);
+    let (a, b) = two_replicas(dir.path());
     let (on_a, on_b) = (a.client(), b.client());
 
     on_a.enroll(&request("shared", &faces().enrol)).unwrap();
@@ -180,11 +212,8 @@ fn two_replicas_share_spent_request_ids_and_records() {
 /// through the other replica. Prints the delay measured.
 #[test]
 fn enrolments_and_erasures_on_one_replica_reach_the_conflict_search_of_the_other() {
-    let url = pg::shared().create_database();
     let dir = tempfile::tempdir().unwrap();
-    let config = postgres_config(dir.path(), "");
-    let a = replica(dir.path(), "a", &url, &config);
-    let b = replica(dir.path(), "b", &url, &config);
+    let (a, b) = two_replicas(dir.path());
     let (on_a, on_b) = (a.client(), b.client());
     // A face enrolled on a; a second photograph of it, for another account, on b.
     on_a.enroll(&request("face-owner", &faces().enrol)).unwrap();
@@ -325,26 +354,16 @@ fn db_copy_moves_a_sled_deployment_to_postgres() {
 
     let url = pg::shared().create_database();
     let config = postgres_config(dir.path(), "");
+    let from = sled_data.to_str().unwrap();
     let copy = |url: &str| {
-        Command::new(env!("CARGO_BIN_EXE_tee-risk"))
-            .args(["db", "copy", "--config", &config, "--from"])
-            .arg(&sled_data)
-            .env("DB_MASTER_KEY", MASTER_KEY)
-            .env("TEE_RISK_DATABASE_URL", url)
-            .env_remove("DB_MASTER_KEY_PREVIOUS")
-            .env_remove("TEE_RISK_CONFIG")
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
+        db_with(
+            &["copy", "--config", &config, "--from", from],
+            MASTER_KEY,
+            url,
+        )
     };
     for run in 0..2 {
-        let out = copy(&url);
-        assert!(
-            out.status.success(),
-            "run {run}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let report = succeeded(&copy(&url));
         assert_eq!(
             (report["user_data"].as_u64(), report["risk_logs"].as_u64()),
             (Some(20), Some(20)),
@@ -386,8 +405,7 @@ fn replica_on(dir: &Path, url: &str, config: &str) -> TestServer {
 /// over; at the end every record is under the new key, nothing lost, and `db verify` passes.
 #[test]
 fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_death() {
-    use std::sync::Arc;
-    use tee_risk::store::{PostgresOptions, PostgresStore, RiskLogEntry, Store, Vault};
+    use tee_risk::store::{RiskLogEntry, Vault};
     const OLD_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const NEW_KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
     const USERS: usize = 1_500;
@@ -396,14 +414,7 @@ fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_dea
     let config = postgres_config(dir.path(), "");
     {
         // Seeded under the old key: users with a template and an assessment each.
-        let store: Arc<dyn Store> = Arc::new(
-            PostgresStore::open(&PostgresOptions {
-                url: zeroize::Zeroizing::new(url.clone()),
-                pool_size: 2,
-                timeout: Duration::from_secs(10),
-            })
-            .unwrap(),
-        );
+        let store = open_database(&url);
         let vault = Vault::open(store, &support::master_key(OLD_KEY)).unwrap();
         for i in 0..USERS {
             let id = format!("user-{i}");
@@ -476,22 +487,15 @@ fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_dea
     }
     assert!(sweeps(&other), "the other replica took the sweep over");
     assert!(other.stop().success());
-    let out = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
-        .args(["db", "verify", "--config", &config, "--data-dir"])
-        .arg(dir.path().join("a"))
-        .env("DB_MASTER_KEY", NEW_KEY)
-        .env("TEE_RISK_DATABASE_URL", &url)
-        .env_remove("DB_MASTER_KEY_PREVIOUS")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let data = dir.path().join("a");
+    let verify = [
+        "verify",
+        "--config",
+        &config,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let report = succeeded(&db_with(&verify, NEW_KEY, &url));
     assert_eq!(report["counts"]["user_data"], USERS as u64, "{report}");
     // The seeded logs and the assessment made during the rotation.
     assert_eq!(report["counts"]["risk_logs"], USERS as u64 + 1, "{report}");
@@ -501,9 +505,9 @@ fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_dea
 /// signed answer, on any replica, is in the database afterwards, as answered.
 #[test]
 fn sigkill_of_one_replica_under_load_loses_nothing_acknowledged() {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     use tee_risk::client::ClientError;
-    use tee_risk::store::{PostgresOptions, PostgresStore, Store, Vault};
+    use tee_risk::store::Vault;
     let url = pg::shared().create_database();
     let dir = tempfile::tempdir().unwrap();
     let config = postgres_config(
@@ -562,14 +566,7 @@ fn sigkill_of_one_replica_under_load_loses_nothing_acknowledged() {
         enrolled.iter().any(|(u, _)| u.starts_with("r2-")),
         "the killed replica had acknowledged work"
     );
-    let store: Arc<dyn Store> = Arc::new(
-        PostgresStore::open(&PostgresOptions {
-            url: zeroize::Zeroizing::new(url),
-            pool_size: 2,
-            timeout: Duration::from_secs(10),
-        })
-        .unwrap(),
-    );
+    let store = open_database(&url);
     let vault = Vault::open(store, &support::master_key(MASTER_KEY)).unwrap();
     for (user, face) in &enrolled {
         let templates = vault.templates(&vault.user(user), user).unwrap();
