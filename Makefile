@@ -10,7 +10,7 @@ run:
 # the library's tests and the fuzz regressions again with the `csv` feature (Hygon CSV
 # attestation, which builds OpenSSL from source: a few minutes the first time).
 test:
-	cargo test --all-targets
+	cargo test --all-targets --no-fail-fast
 	cargo test --features csv --lib --test fuzz_regressions
 
 lint:
@@ -52,7 +52,7 @@ server-only:
 # target, starting from valid seeds. Crashes land in fuzz/artifacts/<target>/; copy them to
 # fuzz/regressions/<target>/ so that `make test` replays them. Installs cargo-fuzz if needed.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = envelope decrypt authorization record evidence config
+FUZZ_TARGETS = envelope decrypt authorization record evidence config tdx_quote
 # FUZZ_FEATURES=csv also fuzzes the Hygon CSV report parser (in the evidence target).
 FUZZ_FEATURES ?=
 fuzz:

@@ -61,6 +61,44 @@ pub fn authorization(data: &[u8]) {
     );
 }
 
+/// A TDX quote: the DCAP parser, the FMSPC lookup, and the whole verification to Intel's
+/// root with the real sample quote's collateral, at a time inside its validity, under a
+/// policy that accepts every TCB status.
+pub fn tdx_quote(data: &[u8]) {
+    let _ = dcap_qvl::quote::Quote::parse(data);
+    let _ = crate::attest::tdx::fmspc(data);
+    let _ = verify_tdx_quote(data);
+}
+
+fn verify_tdx_quote(
+    data: &[u8],
+) -> Result<crate::attest::tdx::TdxFacts, crate::attest::AttestError> {
+    static COLLATERAL: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+    let collateral = COLLATERAL.get_or_init(|| {
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/vectors/tdx/tdx_quote_collateral.json"
+        ))
+        .ok()
+    });
+    let policy = crate::attest::tdx::TdxPolicy {
+        accepted_tcb_status: [
+            "UpToDate",
+            "SWHardeningNeeded",
+            "ConfigurationNeeded",
+            "ConfigurationAndSWHardeningNeeded",
+            "OutOfDate",
+            "OutOfDateConfigurationNeeded",
+        ]
+        .map(String::from)
+        .to_vec(),
+        accepted_advisories: Vec::new(),
+        ..Default::default()
+    };
+    // 2025-06-20: inside the sample collateral's month of validity.
+    crate::attest::tdx::verify(data, collateral.as_deref(), &policy, 1_750_400_000)
+}
+
 /// A stored record: header and authenticated decryption under fixed keys, for every table;
 /// then a decrypted risk log entry (JSON with packed embeddings).
 pub fn record(data: &[u8]) {
@@ -155,6 +193,7 @@ fn permissive_policy() -> &'static Policy {
             sim: Some(SimPolicy { platform_key: pem }),
             snp: None,
             csv: None,
+            tdx: None,
         }
     })
 }
@@ -201,6 +240,7 @@ pub fn reaches_the_end(target: &str, data: &[u8]) -> bool {
                 record::open(keys.cipher(table), keys.key_id(), table, b"key", data).is_ok()
             }) || serde_json::from_slice::<RiskLogEntry>(data).is_ok()
         }
+        "tdx_quote" => verify_tdx_quote(data).is_ok(),
         "evidence" => serde_json::from_slice::<Evidence>(data).is_ok_and(|e| {
             permissive_policy()
                 .verify(&e, &[1; 32], 1_800_000_000)
@@ -272,7 +312,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         .evidence(&[1; 32], identity.public(), 1_800_000_000)
         .expect("evidence");
 
+    let tdx_quote = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/vectors/tdx/tdx_quote"
+    ))
+    .expect("the sample TDX quote");
     vec![
+        ("tdx_quote", tdx_quote),
         ("envelope", body.clone()),
         ("decrypt", body),
         ("decrypt", full_body),

@@ -91,3 +91,89 @@ fn a_client_attests_then_sends_and_the_default_policy_refuses_sim() {
     }
     assert!(server.stop().success());
 }
+
+/// A TDX evidence document made from a real quote (Intel-signed, `tests/vectors/tdx/`) with
+/// its collateral inline, checked by `tee-risk client verify-evidence` as of a time inside the
+/// collateral's validity: it passes a policy that allows TDX and its MRTD, and is refused,
+/// with the check named, by one that does not allow TDX, one with another MRTD, and at
+/// today's date (the collateral has expired). The full verification with a nonce of ours
+/// refuses it at `report_data`: the quote binds someone else's data.
+#[test]
+fn a_real_tdx_quote_passes_the_platform_checks_and_cannot_bind_our_nonce() {
+    use tee_risk::crypto::sm2::IdentityKey;
+    use tee_risk::protocol::{PublicJwk, b64_encode};
+    const MRTD: &str = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7";
+    // QE identity issued 2025-06-19T10:32:27Z; an hour later.
+    const AT: i64 = 1_750_329_147 + 3_600;
+    let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/tdx");
+    let quote = std::fs::read(vectors.join("tdx_quote")).unwrap();
+    let collateral = std::fs::read(vectors.join("tdx_quote_collateral.json")).unwrap();
+    let nonce = [9u8; 32];
+    let identity = IdentityKey::generate().unwrap();
+    let evidence = tee_risk::attest::Evidence {
+        v: tee_risk::attest::EVIDENCE_VERSION,
+        tee: "tdx".into(),
+        nonce: b64_encode(&nonce),
+        identity_key: PublicJwk::new(identity.public(), "sig"),
+        report: b64_encode(&quote),
+        endorsements: [("tdx_collateral".to_owned(), b64_encode(&collateral))].into(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let evidence_file = dir.path().join("evidence.json");
+    std::fs::write(&evidence_file, serde_json::to_vec(&evidence).unwrap()).unwrap();
+    let policy = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let allows = policy(
+        "tdx.toml",
+        &format!(
+            "allowed_tee = [\"tdx\"]\nmeasurements = [\"{MRTD}\"]\nmax_age_secs = 300\n[tdx]\naccepted_tcb_status = [\"UpToDate\"]\n"
+        ),
+    );
+    let no_tdx = policy(
+        "snp-only.toml",
+        &format!("allowed_tee = [\"snp\"]\nmeasurements = [\"{MRTD}\"]\nmax_age_secs = 300\n"),
+    );
+    let other_mrtd = policy(
+        "other.toml",
+        &format!(
+            "allowed_tee = [\"tdx\"]\nmeasurements = [\"{}\"]\nmax_age_secs = 300\n",
+            "00".repeat(48)
+        ),
+    );
+    let run = |policy: &Path, at: Option<i64>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tee-risk"));
+        command
+            .args(["client", "verify-evidence", "--evidence"])
+            .arg(&evidence_file)
+            .arg("--policy")
+            .arg(policy);
+        if let Some(at) = at {
+            command.args(["--at", &at.to_string()]);
+        }
+        command.output().unwrap()
+    };
+    let passed = run(&allows, Some(AT));
+    assert!(
+        passed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&passed.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&passed.stdout).unwrap();
+    assert_eq!(printed["tee"], "tdx");
+    assert_eq!(printed["measurement"], MRTD);
+    for (policy, at, check) in [
+        (&no_tdx, Some(AT), "tee_kind"),
+        (&other_mrtd, Some(AT), "measurement"),
+        (&allows, None, "freshness"),
+    ] {
+        let refused = run(policy, at);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains(&format!("`{check}`")), "{check}: {stderr}");
+    }
+    let full = Policy::load(&allows).unwrap().verify(&evidence, &nonce, AT);
+    assert_eq!(full.unwrap_err().check, "report_data");
+}

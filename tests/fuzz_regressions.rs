@@ -17,6 +17,7 @@ fn target(name: &str) -> fn(&[u8]) {
         "record" => fuzzing::record,
         "evidence" => fuzzing::evidence,
         "config" => fuzzing::config,
+        "tdx_quote" => fuzzing::tdx_quote,
         other => panic!("no fuzz target {other}"),
     }
 }
@@ -88,13 +89,14 @@ fn committed_seeds_are_valid_inputs_of_every_target() {
 }
 
 /// The fuzz targets (the `[[bin]]`s of fuzz/Cargo.toml).
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
     "envelope",
     "decrypt",
     "authorization",
     "record",
     "evidence",
     "config",
+    "tdx_quote",
 ];
 
 /// A small deterministic mutator (xorshift): flips, overwrites with boundary bytes, inserts,

@@ -482,9 +482,12 @@ mod tests {
         } else {
             assert!(csv.unwrap_err().to_string().contains("--features csv"));
         }
-        let other =
+        let tdx =
             Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[attestation]\nmode = \"tdx\"\n"]);
+        assert_eq!(tdx.unwrap().attestation.mode, TeeKind::Tdx);
+        let other =
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, "[attestation]\nmode = \"sgx\"\n"]);
         let other = other.unwrap_err().to_string();
-        assert!(other.contains("unknown variant `tdx`"), "{other}");
+        assert!(other.contains("unknown variant `sgx`"), "{other}");
     }
 }

@@ -84,6 +84,8 @@ fn check_attestation_device(config: &Config) -> Result<(), AppError> {
         }
         TeeKind::Snp => "/dev/sev-guest",
         TeeKind::Csv => "/dev/csv-guest",
+        // Quotes come through configfs-tsm, which must be there.
+        TeeKind::Tdx => crate::attest::tsm::REPORT_DIR,
     };
     if Path::new(needed).exists() {
         Ok(())
@@ -117,6 +119,10 @@ fn attester(config: &Config) -> Result<Attester, AppError> {
                 "attestation.mode = \"csv\" needs a build with `--features csv`",
             )
             .into());
+        }
+        TeeKind::Tdx => {
+            tracing::info!("attestation: Intel TDX quotes through configfs-tsm");
+            Attester::Tdx
         }
         TeeKind::Sim => Attester::Sim(Box::new(sim_platform(config)?)),
     })

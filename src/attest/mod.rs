@@ -7,13 +7,16 @@
 //! ```
 //! TEE kinds: `sim` (a simulated report signed by a pinned "sim platform" SM2 key, for
 //! machines without a TEE; verifiers refuse it unless their policy lists it) and `snp` (AMD
-//! SEV-SNP, verified to AMD's roots) in every build; `csv` (Hygon CSV, verified to Hygon's
-//! root) with the cargo feature `csv`.
+//! SEV-SNP, verified to AMD's roots) and `tdx` (Intel TDX, DCAP quotes verified to Intel's
+//! root) in every build; `csv` (Hygon CSV, verified to Hygon's root) with the cargo feature
+//! `csv`.
 
 #[cfg(feature = "csv")]
 pub mod csv;
 pub mod sim;
 pub mod snp;
+pub mod tdx;
+pub mod tsm;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -25,7 +28,7 @@ use crate::crypto::sm2::PublicKey;
 use crate::crypto::{CryptoError, sm3};
 use crate::protocol::{PublicJwk, b64_encode};
 
-pub use verify::{Policy, PolicyError, Verified};
+pub use verify::{PlatformVerified, Policy, PolicyError, Verified};
 
 /// The kinds of TEE this crate attests and verifies. Chosen by this enum, never by a string:
 /// a kind this build cannot verify is named, not silently skipped.
@@ -38,11 +41,13 @@ pub enum TeeKind {
     Snp,
     /// Hygon CSV (verified by builds with the `csv` feature).
     Csv,
+    /// Intel TDX (DCAP quotes).
+    Tdx,
 }
 
 impl TeeKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [TeeKind; 3] = [TeeKind::Sim, TeeKind::Snp, TeeKind::Csv];
+    pub const ALL: [TeeKind; 4] = [TeeKind::Sim, TeeKind::Snp, TeeKind::Csv, TeeKind::Tdx];
 
     /// The name on the wire and in policy and config files.
     pub fn as_str(self) -> &'static str {
@@ -50,6 +55,7 @@ impl TeeKind {
             TeeKind::Sim => "sim",
             TeeKind::Snp => "snp",
             TeeKind::Csv => "csv",
+            TeeKind::Tdx => "tdx",
         }
     }
 }
@@ -210,6 +216,8 @@ pub enum Attester {
     Csv {
         hsk_cek_file: Option<std::path::PathBuf>,
     },
+    /// An Intel TDX guest: quotes through configfs-tsm.
+    Tdx,
 }
 
 impl Attester {
@@ -236,6 +244,18 @@ impl Attester {
                 let (report, hsk_cek) = csv::guest_report(data, hsk_cek_file.as_deref())?;
                 let endorsements = hsk_cek.map(|c| ("hsk_cek", c)).into_iter().collect();
                 (TeeKind::Csv, report, endorsements)
+            }
+            Attester::Tdx => {
+                let report = tsm::report(data)?;
+                if report.provider != "tdx_guest" {
+                    return Err(EvidenceError::Device {
+                        device: tsm::REPORT_DIR,
+                        detail: format!("the provider is {}, not tdx_guest", report.provider),
+                    });
+                }
+                // Collateral is the verifier's to find (inline only when an operator adds
+                // it; the quote names its FMSPC).
+                (TeeKind::Tdx, report.outblob, vec![])
             }
         };
         Ok(Evidence {

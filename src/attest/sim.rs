@@ -21,7 +21,7 @@ pub const MAGIC: &[u8; 8] = b"TRSIMRPT";
 pub const VERSION: u16 = 1;
 pub const REPORT_LEN: usize = 8 + 2 + 32 + 64 + 1 + 8;
 /// Devices whose presence means a real TEE is available: sim mode is refused there.
-pub const TEE_DEVICES: [&str; 2] = ["/dev/sev-guest", "/dev/csv-guest"];
+pub const TEE_DEVICES: [&str; 3] = ["/dev/sev-guest", "/dev/csv-guest", "/dev/tdx_guest"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimReport {

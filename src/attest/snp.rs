@@ -55,9 +55,47 @@ pub struct SnpFacts {
     pub chip_id: [u8; 64],
 }
 
-/// Gets a report binding `report_data` from `/dev/sev-guest`, with the VCEK when the host
-/// supplies one. Only works inside an SNP guest.
+/// The VCEK's GUID in the SEV certificate table (63da758d-e664-4564-adc5-f4b93be8accd, in
+/// the GUID byte order: the first three fields little-endian).
+const VCEK_GUID: [u8; 16] = [
+    0x8d, 0x75, 0xda, 0x63, 0x64, 0xe6, 0x64, 0x45, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd,
+];
+
+/// The VCEK in an SEV certificate table (configfs-tsm's `auxblob`): entries of GUID (16
+/// bytes), offset and length (u32 little-endian each, from the table's start), ended by an
+/// all-zero entry.
+fn vcek_from_cert_table(table: &[u8]) -> Option<Vec<u8>> {
+    for entry in table.chunks_exact(24) {
+        let (guid, rest) = entry.split_at(16);
+        if guid.iter().all(|b| *b == 0) {
+            return None;
+        }
+        if guid == VCEK_GUID {
+            let offset = u32::from_le_bytes(rest[..4].try_into().ok()?) as usize;
+            let length = u32::from_le_bytes(rest[4..].try_into().ok()?) as usize;
+            return table
+                .get(offset..offset.checked_add(length)?)
+                .map(<[u8]>::to_vec);
+        }
+    }
+    None
+}
+
+/// Gets a report binding `report_data`, with the VCEK when the host supplies one: through
+/// configfs-tsm (Linux 6.7+) where the kernel offers it, else from `/dev/sev-guest`. Only
+/// works inside an SNP guest.
 pub fn guest_report(report_data: [u8; 64]) -> Result<(Vec<u8>, Option<Vec<u8>>), EvidenceError> {
+    if super::tsm::available() {
+        let report = super::tsm::report(report_data)?;
+        if report.provider != "sev_guest" {
+            return Err(EvidenceError::Device {
+                device: super::tsm::REPORT_DIR,
+                detail: format!("the provider is {}, not sev_guest", report.provider),
+            });
+        }
+        let vcek = report.auxblob.as_deref().and_then(vcek_from_cert_table);
+        return Ok((report.outblob, vcek));
+    }
     use sev::firmware::guest::Firmware;
     use sev::firmware::host::CertType;
     let device = |detail: String| EvidenceError::Device {
@@ -290,6 +328,34 @@ mod tests {
     use super::*;
 
     use super::milan_vectors as vectors;
+
+    /// The VCEK is found in a certificate table by its GUID, among other entries; a table
+    /// without it, or with an entry pointing outside it, yields none.
+    #[test]
+    fn the_vcek_is_read_from_an_sev_certificate_table() {
+        let (_, vcek) = vectors();
+        let ark_guid = [0xc0u8; 16];
+        let mut table = Vec::new();
+        let data_at = 3 * 24;
+        for (guid, offset, len) in [
+            (ark_guid, data_at + vcek.len(), 4usize),
+            (VCEK_GUID, data_at, vcek.len()),
+        ] {
+            table.extend_from_slice(&guid);
+            table.extend_from_slice(&(offset as u32).to_le_bytes());
+            table.extend_from_slice(&(len as u32).to_le_bytes());
+        }
+        table.extend_from_slice(&[0; 24]);
+        table.extend_from_slice(&vcek);
+        table.extend_from_slice(b"ark!");
+        assert_eq!(vcek_from_cert_table(&table), Some(vcek.clone()));
+        let mut without = table[..24].to_vec();
+        without.extend_from_slice(&table[48..]);
+        assert_eq!(vcek_from_cert_table(&without), None, "no VCEK entry");
+        let mut outside = table.clone();
+        outside[24 + 16..24 + 20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(vcek_from_cert_table(&outside), None);
+    }
 
     #[test]
     fn the_real_milan_report_verifies_against_amds_root() {

@@ -9,6 +9,8 @@ use serde::Deserialize;
 
 use super::sim::SimReport;
 use super::snp::{self, Tcb};
+use super::tdx;
+pub use super::tdx::TdxPolicy;
 use super::{AttestError, Check, EVIDENCE_VERSION, Evidence, NONCE_LEN, TeeKind, err, report_data};
 use crate::crypto::sm2::PublicKey;
 use crate::protocol::{PublicJwk, b64_decode};
@@ -38,6 +40,9 @@ pub struct Policy {
     /// Hygon CSV (verified only by builds with the `csv` feature).
     #[serde(default)]
     pub csv: Option<CsvPolicy>,
+    /// Intel TDX: accepted TCB statuses and advisories, RTMR pins, offline collateral.
+    #[serde(default)]
+    pub tdx: Option<TdxPolicy>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -104,6 +109,19 @@ pub struct Verified {
     pub identity: PublicKey,
 }
 
+/// Evidence that passed every check but the binding ([`Policy::verify_platform`]).
+#[derive(Debug, Clone)]
+pub struct PlatformVerified {
+    pub tee: TeeKind,
+    pub measurement: String,
+    pub debug: bool,
+    pub issued_at: Option<i64>,
+    /// The key the evidence names; not to be trusted until report_data binds it.
+    pub identity: PublicKey,
+    /// What the report carries in report_data (REPORTDATA for TDX).
+    pub report_data: [u8; 64],
+}
+
 /// What the platform-specific step hands to the common checks.
 struct PlatformReport {
     measurement: Vec<u8>,
@@ -151,46 +169,63 @@ impl Policy {
         {
             *dir = base.join(&*dir);
         }
+        if let Some(dir) = policy.tdx.as_mut().and_then(|p| p.collateral_dir.as_mut())
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
         Ok(policy)
     }
 
-    /// Verifies `evidence` for the `nonce` this verifier sent, at `now`.
+    /// Verifies `evidence` for the `nonce` this verifier sent, at `now`: the platform's
+    /// report and the policy ([`Policy::verify_platform`]), then the binding of the nonce and
+    /// the identity key in report_data.
     pub fn verify(
         &self,
         evidence: &Evidence,
         nonce: &[u8; NONCE_LEN],
         now: i64,
     ) -> Result<Verified, AttestError> {
-        if evidence.v != EVIDENCE_VERSION {
-            return Err(err(
-                Check::Format,
-                format!("unknown evidence version {}", evidence.v),
-            ));
-        }
-        let kind: TeeKind = evidence.tee.parse().map_err(|()| {
-            err(
-                Check::TeeKind,
-                format!("`{}` is not a TEE kind this verifier knows", evidence.tee),
-            )
-        })?;
-        if !self.allowed_tee.contains(&kind) {
-            return Err(err(
-                Check::TeeKind,
-                format!(
-                    "`{kind}` evidence is not allowed by this policy (allowed: {:?})",
-                    self.allowed_tee
-                ),
-            ));
-        }
+        self.allowed_kind(evidence)?;
         if b64_decode(&evidence.nonce).as_deref() != Some(&nonce[..]) {
             return Err(err(Check::Nonce, "the evidence answers another nonce"));
         }
+        let platform = self.verify_platform(evidence, now)?;
+        // Last: everything above holds for any report of this platform; this ties it to
+        // this nonce and this key.
+        if platform.report_data != report_data(nonce, &platform.identity) {
+            return Err(err(
+                Check::ReportData,
+                "the report does not bind this nonce and identity key",
+            ));
+        }
+        Ok(Verified {
+            tee: platform.tee,
+            measurement: platform.measurement,
+            debug: platform.debug,
+            issued_at: platform.issued_at,
+            identity: platform.identity,
+        })
+    }
+
+    /// Every check but the binding: the evidence's format and TEE kind, the platform's
+    /// signature chain, the measurement, debug and freshness under this policy. What passes
+    /// here is a genuine report of an accepted platform and build, for *some* report_data:
+    /// an operator's check of a report and its collateral (`tee-risk client
+    /// verify-evidence`), never a trusted identity key on its own.
+    pub fn verify_platform(
+        &self,
+        evidence: &Evidence,
+        now: i64,
+    ) -> Result<PlatformVerified, AttestError> {
+        let kind = self.allowed_kind(evidence)?;
         let identity = jwk_key(&evidence.identity_key)?;
         let report = b64_decode(&evidence.report)
             .ok_or_else(|| err(Check::Format, "the report is not base64url"))?;
         let platform = match kind {
             TeeKind::Sim => self.verify_sim(&report, evidence)?,
             TeeKind::Snp => self.verify_snp(&report, evidence)?,
+            TeeKind::Tdx => self.verify_tdx(&report, evidence, now)?,
             #[cfg(feature = "csv")]
             TeeKind::Csv => self.verify_csv(&report, evidence)?,
             #[cfg(not(feature = "csv"))]
@@ -202,12 +237,6 @@ impl Policy {
                 ));
             }
         };
-        if platform.report_data != report_data(nonce, &identity) {
-            return Err(err(
-                Check::ReportData,
-                "the report does not bind this nonce and identity key",
-            ));
-        }
         let measurement = hex::encode(platform.measurement);
         if !self.allow_any_measurement && !self.measurements.contains(&measurement) {
             return Err(err(
@@ -232,13 +261,40 @@ impl Policy {
                 ),
             ));
         }
-        Ok(Verified {
+        Ok(PlatformVerified {
             tee: kind,
             measurement,
             debug: platform.debug,
             issued_at: platform.issued_at,
             identity,
+            report_data: platform.report_data,
         })
+    }
+
+    /// The evidence's version and TEE kind, which this policy must allow.
+    fn allowed_kind(&self, evidence: &Evidence) -> Result<TeeKind, AttestError> {
+        if evidence.v != EVIDENCE_VERSION {
+            return Err(err(
+                Check::Format,
+                format!("unknown evidence version {}", evidence.v),
+            ));
+        }
+        let kind: TeeKind = evidence.tee.parse().map_err(|()| {
+            err(
+                Check::TeeKind,
+                format!("`{}` is not a TEE kind this verifier knows", evidence.tee),
+            )
+        })?;
+        if !self.allowed_tee.contains(&kind) {
+            return Err(err(
+                Check::TeeKind,
+                format!(
+                    "`{kind}` evidence is not allowed by this policy (allowed: {:?})",
+                    self.allowed_tee
+                ),
+            ));
+        }
+        Ok(kind)
     }
 
     /// Sim: the pinned platform key signed the report.
@@ -299,6 +355,26 @@ impl Policy {
         )?;
         Ok(PlatformReport::hardware(
             &facts.measurement,
+            facts.report_data,
+            facts.debug,
+        ))
+    }
+}
+
+impl Policy {
+    /// TDX: Intel root → PCK (and CRL) → QE report → quote; TCB status, advisories, RTMRs.
+    fn verify_tdx(
+        &self,
+        report: &[u8],
+        evidence: &Evidence,
+        now: i64,
+    ) -> Result<PlatformReport, AttestError> {
+        let policy = self.tdx.clone().unwrap_or_default();
+        let inline = optional_endorsement(evidence, "tdx_collateral")?;
+        let now = u64::try_from(now).map_err(|_| err(Check::Freshness, "a time before 1970"))?;
+        let facts = tdx::verify(report, inline.as_deref(), &policy, now)?;
+        Ok(PlatformReport::hardware(
+            &facts.mr_td,
             facts.report_data,
             facts.debug,
         ))
@@ -381,6 +457,7 @@ mod tests {
             sim: Some(SimPolicy { platform_key: pem }),
             snp: None,
             csv: None,
+            tdx: None,
         };
         Setup {
             _dir: dir,
@@ -516,6 +593,7 @@ mod tests {
             sim: None,
             snp: None,
             csv: None,
+            tdx: None,
         }
     }
 

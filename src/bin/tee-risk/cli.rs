@@ -172,6 +172,22 @@ pub enum ClientCommand {
         #[arg(long, default_value = "config/attestation-policy.toml")]
         policy: PathBuf,
     },
+    /// Check an evidence document offline (a report and its collateral) under a policy:
+    /// every check but the binding of a nonce of ours, which a document made for someone
+    /// else cannot pass. For operators: does this platform and build pass our policy?
+    /// Exit 0 passed, 3 refused (the failed check is named).
+    VerifyEvidence {
+        /// The evidence (JSON, as `GET /v1/attestation` answers it).
+        #[arg(long)]
+        evidence: PathBuf,
+        /// Attestation policy (TOML).
+        #[arg(long, default_value = "config/attestation-policy.toml")]
+        policy: PathBuf,
+        /// Verify as of this time (unix seconds) instead of now: collateral is valid for a
+        /// while only, so an old document needs the time it was made.
+        #[arg(long)]
+        at: Option<i64>,
+    },
     /// Fetch and print the service's public keys.
     Keys {
         #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]

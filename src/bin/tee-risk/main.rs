@@ -34,7 +34,12 @@ fn main() -> ExitCode {
     let outcome: Result<(), CliError> = match Cli::parse().command {
         Command::Serve(args) => serve(args),
         #[cfg(feature = "client")]
-        Command::Client(command) => client::run(command).map_err(CliError::from),
+        // A refusal the client commands name (a failed check) keeps its exit code.
+        Command::Client(command) => client::run(command).map_err(|error| {
+            error
+                .downcast::<CliError>()
+                .unwrap_or_else(CliError::Failed)
+        }),
         Command::Db(command) => db::run(command),
         #[cfg(feature = "lab")]
         Command::Train {

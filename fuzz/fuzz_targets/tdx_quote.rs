@@ -1,0 +1,4 @@
+//! libFuzzer target: `tee_risk::fuzzing::tdx_quote` must never panic.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tee_risk::fuzzing::tdx_quote(data));
