@@ -31,6 +31,26 @@ const TD_ATTRIBUTES_DEBUG: u8 = 0x01;
 /// The TCB statuses accepted when the policy names none.
 pub const DEFAULT_ACCEPTED_STATUS: &[&str] = &["UpToDate"];
 
+/// Every TCB status Intel's TCB info uses (for policies that take them all: tests, fuzzing).
+pub const ALL_TCB_STATUSES: [&str; 6] = [
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+];
+
+impl TdxPolicy {
+    /// A policy that accepts every TCB status (and no advisory).
+    pub fn any_status() -> Self {
+        Self {
+            accepted_tcb_status: ALL_TCB_STATUSES.map(String::from).to_vec(),
+            ..Self::default()
+        }
+    }
+}
+
 /// What a TDX policy adds to the common ones (`[tdx]` in a policy file).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,20 +291,7 @@ mod tests {
     }
 
     fn all_statuses() -> TdxPolicy {
-        TdxPolicy {
-            accepted_tcb_status: [
-                "UpToDate",
-                "SWHardeningNeeded",
-                "ConfigurationNeeded",
-                "ConfigurationAndSWHardeningNeeded",
-                "OutOfDate",
-                "OutOfDateConfigurationNeeded",
-            ]
-            .map(String::from)
-            .to_vec(),
-            accepted_advisories: vec![],
-            ..TdxPolicy::default()
-        }
+        TdxPolicy::any_status()
     }
 
     /// The three real quotes verify to Intel's root with their collateral (a policy taking
