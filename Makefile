@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test lint bench bench-smoke server-only fmt fuzz fuzz-check deny
+.PHONY: run test lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
 
 # Run the service on its embedded defaults: sled in ./data, dev master key (loud warning),
 # listening on 127.0.0.1:8080, public keys written to ./keys.
@@ -12,6 +12,16 @@ run:
 test:
 	cargo test --all-targets --no-fail-fast
 	cargo test --features csv --lib --test fuzz_regressions
+
+# A local cluster (docs/OPERATIONS.md, "Running a cluster"): PostgreSQL, three replicas in dev
+# mode sharing one attested identity, HAProxy round-robin in front; throw-away folders under
+# target/cluster. The last line printed is `cluster ready: <balancer URL>`.
+cluster:
+	cargo build --release --bin tee-risk
+	scripts/cluster.sh up
+
+cluster-down:
+	scripts/cluster.sh down
 
 lint:
 	cargo fmt --all -- --check
@@ -34,19 +44,21 @@ bench:
 	cargo bench --bench load
 	cargo bench --bench replicas
 
-# Every benchmark in a short mode (about a minute after the release build): proves that
-# `make bench` runs end to end; the figures are not judged. CI runs it.
+# Every benchmark in a short mode: proves that `make bench` runs end to end; the figures are
+# not judged. CI runs it. Built with the dev profile, whose (optimised) dependencies
+# `make test` already compiled: a release build would add minutes and judge nothing.
+SMOKE = cargo bench --profile dev
 bench-smoke:
-	cargo bench --bench primitives -- --warm-up-time 0.05 --measurement-time 0.1 --sample-size 10
-	REFERENCE_SECONDS=1 REFERENCE_REQUIRE_ALL=1 cargo bench --bench reference
-	LOAD_SECONDS=1 LOAD_CONCURRENCY=4 LOAD_RATES=100 LOAD_REQUIRE_NO_ERRORS=1 cargo bench --bench load
-	REPLICAS_SECONDS=1 REPLICAS_CONNECTIONS=4 cargo bench --bench replicas
+	$(SMOKE) --bench primitives -- --warm-up-time 0.05 --measurement-time 0.1 --sample-size 10
+	REFERENCE_SECONDS=1 REFERENCE_REQUIRE_ALL=1 $(SMOKE) --bench reference
+	LOAD_SECONDS=1 LOAD_CONCURRENCY=4 LOAD_RATES=100 LOAD_REQUIRE_NO_ERRORS=1 $(SMOKE) --bench load
+	REPLICAS_SECONDS=1 REPLICAS_CONNECTIONS=4 $(SMOKE) --bench replicas
 
-# The server-only build that a TEE image runs: no client, no lab (linfa, ndarray, plotters,
-# ureq). Fails if any of them is in its dependency tree.
+# The server-only build that a TEE image runs: no client, no lab (linfa, ndarray, plotters).
+# Fails if any of them is in its dependency tree. (ureq is: replicas join peers over HTTP.)
 server-only:
 	cargo build --no-default-features --features server --bin tee-risk
-	! cargo tree -e normal --no-default-features --features server | grep -E '^[^a-z]*(linfa|ndarray|plotters|ureq) '
+	! cargo tree -e normal --no-default-features --features server | grep -E '^[^a-z]*(linfa|ndarray|plotters) '
 
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, nightly toolchain): FUZZ_SECONDS (60) per
 # target, starting from valid seeds. Crashes land in fuzz/artifacts/<target>/; copy them to

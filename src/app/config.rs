@@ -81,6 +81,28 @@ pub struct Config {
     pub attestation: AttestationConfig,
     pub access: AccessConfig,
     pub limits: LimitsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Replicas acting as one service (`app::join`, `service::cluster`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Peers' operator listeners (`http://host:port`); empty: a cluster of one.
+    pub peers: Vec<String>,
+    /// When no peer answers, generate the cluster's identity (the first replica).
+    pub bootstrap: bool,
+    /// The policy peers and joiners verify each other under (a client policy file).
+    pub policy: PathBuf,
+    /// A replica that has not joined within this many seconds exits instead of serving.
+    pub join_timeout_secs: u64,
+}
+
+impl ClusterConfig {
+    /// Whether this replica takes part in a cluster (serves joins, or joins).
+    pub fn enabled(&self) -> bool {
+        self.bootstrap || !self.peers.is_empty()
+    }
 }
 
 /// Token-bucket rate limits (0 per minute: no limit).
@@ -109,6 +131,10 @@ pub struct AttestationConfig {
     pub mode: TeeKind,
     /// Measurement reported in sim mode, 64 hex digits; empty: SM3 of the executable.
     pub sim_measurement: String,
+    /// sim mode: the sim platform's private key file; empty: in the data folder. The
+    /// replicas of a sim cluster share one, as real ones share a vendor's root.
+    #[serde(default)]
+    pub sim_platform_key_file: PathBuf,
     /// csv mode: the chip's HSK ‖ CEK file from Hygon's key server, sent inline with the
     /// evidence; empty: verifiers need it in their offline folder.
     #[serde(default)]
@@ -242,6 +268,25 @@ impl Config {
                 (0..=self.keys.encryption_key_lifetime_secs)
                     .contains(&self.keys.encryption_key_grace_secs),
                 "keys.encryption_key_grace_secs must be in 0..=encryption_key_lifetime_secs",
+            ),
+            (
+                !self.cluster.enabled() || !self.cluster.policy.as_os_str().is_empty(),
+                "cluster.policy must name the policy peers verify each other under",
+            ),
+            (
+                !self.cluster.enabled() || !self.server.operator_listen.is_empty(),
+                "a cluster replica needs server.operator_listen: the join endpoints answer there",
+            ),
+            (
+                (1..=3600).contains(&self.cluster.join_timeout_secs),
+                "cluster.join_timeout_secs must be in 1..=3600",
+            ),
+            (
+                self.cluster
+                    .peers
+                    .iter()
+                    .all(|p| p.starts_with("http://") || p.starts_with("https://")),
+                "cluster.peers must be URLs like http://10.0.0.2:9090",
             ),
             (
                 (1..=512).contains(&self.server.blocking_threads_per_worker),

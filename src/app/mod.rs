@@ -3,6 +3,7 @@
 //! together and nothing below imports it.
 
 pub mod config;
+pub mod join;
 pub mod secrets;
 pub mod server;
 mod tasks;
@@ -128,4 +129,12 @@ pub enum AppError {
     /// The HTTP server failed while running.
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    /// `cluster.policy` could not be loaded.
+    #[error("cluster.policy: {0}")]
+    ClusterPolicy(#[from] crate::attest::PolicyError),
+    /// No peer admitted this replica: it does not serve (`app::join`).
+    #[error(
+        "cannot join the cluster: {0}. A replica serves only with the cluster's identity;          check the peers, the cluster policy (measurement, TEE kind) and the peers' logs"
+    )]
+    Join(String),
 }

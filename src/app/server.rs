@@ -12,15 +12,18 @@ use actix_web::{App, HttpServer, web};
 
 use super::AppError;
 use super::config::Config;
+use super::join::{self, Joined};
 use super::secrets::{MasterKeyEnv, open_vault};
 use super::tasks::{spawn_key_maintenance, spawn_rotation};
+use crate::attest::join::ClusterSecrets;
 use crate::attest::sim::{Measurement, SimPlatform};
-use crate::attest::{Attester, TeeKind};
+use crate::attest::{Attester, Policy, TeeKind};
 use crate::crypto::keyfile;
 use crate::http::{AppState, request_context, routes};
 use crate::obs::unix_now;
 use crate::service::Service;
 use crate::service::access::{ClientRegistry, DevClient};
+use crate::service::cluster::ClusterPeer;
 use crate::service::limits::RateLimiter;
 use crate::store::OpenMode;
 
@@ -151,6 +154,37 @@ pub async fn serve(
     let listener = bind(config.listen_addr()?)?;
     let operator_listener_socket = config.operator_addr()?.map(bind).transpose()?;
 
+    // The cluster's secrets before the database opens: a replica that cannot join does not
+    // serve. (Joining needs evidence: in sim mode that writes the sim platform key first.)
+    let cluster_policy = if config.cluster.enabled() {
+        Some(Policy::load(&config.cluster.policy)?)
+    } else {
+        None
+    };
+    let early_attester = match cluster_policy {
+        Some(_) => Some(Arc::new(attester(&config)?)),
+        None => None,
+    };
+    let secrets = match (&cluster_policy, &early_attester) {
+        (Some(policy), Some(attestation)) if !config.cluster.peers.is_empty() => {
+            match off_runtime(|| join::join(&config.cluster, policy, attestation))? {
+                Joined::Peer(peer, secrets) => {
+                    check_schedule(&config, &secrets);
+                    tracing::info!(%peer, "cluster secrets received from a peer");
+                    Some(secrets)
+                }
+                Joined::Bootstrap => {
+                    tracing::warn!(
+                        "no peer answered: bootstrapping a NEW cluster identity (clients \
+                         must re-attest and re-pin it)"
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+
     // Off the async runtime: the PostgreSQL client blocks on a runtime of its own.
     let service = off_runtime(|| -> Result<_, AppError> {
         let vault = open_vault(
@@ -163,9 +197,15 @@ pub async fn serve(
         // The data folder holds the files beside the store (sim platform key, dev files);
         // with PostgreSQL nothing else has made it.
         std::fs::create_dir_all(&data_dir).map_err(io("create", &data_dir))?;
-        Ok(Arc::new(Service::new(&settings, vault, unix_now())?))
+        Ok(Arc::new(match secrets {
+            Some(secrets) => Service::with_secrets(&settings, vault, secrets, unix_now())?,
+            None => Service::new(&settings, vault, unix_now())?,
+        }))
     })?;
-    let attestation = Arc::new(attester(&config)?);
+    let attestation = match early_attester {
+        Some(attestation) => attestation,
+        None => Arc::new(attester(&config)?),
+    };
     let clients = Arc::new(match clients_file {
         Some(registry) => registry,
         None => dev_client_registry(&config)?,
@@ -187,6 +227,7 @@ pub async fn serve(
 
     let state = web::Data::new(AppState {
         attestation,
+        cluster: cluster_policy.map(|policy| Arc::new(ClusterPeer::new(policy))),
         clients,
         draining: Arc::new(AtomicBool::new(false)),
         operator_listener: Arc::new(std::sync::OnceLock::new()),
@@ -263,6 +304,24 @@ fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// The cluster's key schedule wins over this replica's `[keys]`: every replica must publish
+/// the same keys at the same time. A difference is worth a warning, not a refusal.
+fn check_schedule(config: &Config, secrets: &ClusterSecrets) {
+    let schedule = secrets.schedule;
+    if (schedule.lifetime, schedule.grace)
+        != (
+            config.keys.encryption_key_lifetime_secs,
+            config.keys.encryption_key_grace_secs,
+        )
+    {
+        tracing::warn!(
+            cluster_lifetime = schedule.lifetime,
+            cluster_grace = schedule.grace,
+            "[keys] differs from the cluster's key schedule; the cluster's applies"
+        );
+    }
+}
+
 /// Resolves at SIGTERM or SIGINT, after marking the service as draining.
 async fn shutdown_signal(draining: Arc<AtomicBool>) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -290,9 +349,21 @@ fn publish_public_keys(dir: &Path, service: &Service) -> Result<(), AppError> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let key = service.identity_public();
     let path = dir.join(IDENTITY_PEM);
-    std::fs::write(&path, key.to_pem()).map_err(io("write", &path))?;
+    write_public_file(&path, &key.to_pem())?;
     tracing::info!(path = %path.display(), kid = %key.kid(), "identity public key written");
     Ok(())
+}
+
+/// Writes a public file a verifier may be reading (a cluster policy pins a replica's sim
+/// platform key): unchanged content is left alone, new content replaces the file at once
+/// (write beside it, then rename), so a reader never sees it half-written.
+fn write_public_file(path: &Path, text: &str) -> Result<(), AppError> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text).map_err(io("write", &partial))?;
+    std::fs::rename(&partial, path).map_err(io("rename into place", path))
 }
 
 /// The simulated TEE: refused where a TEE device exists; its key persists beside the data
@@ -301,8 +372,17 @@ fn sim_platform(config: &Config) -> Result<SimPlatform, AppError> {
     if let Some(device) = SimPlatform::tee_device_present() {
         return Err(AppError::TeeDevicePresent(device));
     }
-    let key =
-        keyfile::load_or_create_sm2_key(&config.storage.data_dir.join(SIM_PLATFORM_KEY_FILE))?;
+    let key_file = if config
+        .attestation
+        .sim_platform_key_file
+        .as_os_str()
+        .is_empty()
+    {
+        config.storage.data_dir.join(SIM_PLATFORM_KEY_FILE)
+    } else {
+        config.attestation.sim_platform_key_file.clone()
+    };
+    let key = keyfile::load_or_create_sm2_key(&key_file)?;
     let measurement = if config.attestation.sim_measurement.is_empty() {
         let exe = std::env::current_exe().map_err(io("locate", Path::new("the executable")))?;
         Measurement::FileDigest(exe)
@@ -316,7 +396,7 @@ fn sim_platform(config: &Config) -> Result<SimPlatform, AppError> {
     let platform = SimPlatform::with_measurement(key, measurement, config.server.dev);
     let path = config.keys.dir.join(SIM_PLATFORM_PEM);
     std::fs::create_dir_all(&config.keys.dir).map_err(io("create", &config.keys.dir))?;
-    std::fs::write(&path, platform.public().to_pem()).map_err(io("write", &path))?;
+    write_public_file(&path, &platform.public().to_pem())?;
     tracing::warn!(
         platform_key = %path.display(),
         "SIMULATED attestation: evidence is signed by a local sim platform key, not by TEE \

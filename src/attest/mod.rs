@@ -13,6 +13,7 @@
 
 #[cfg(feature = "csv")]
 pub mod csv;
+pub mod join;
 pub mod sim;
 pub mod snp;
 pub mod tdx;
@@ -185,7 +186,34 @@ pub enum EvidenceError {
 pub const EVIDENCE_VERSION: u32 = 1;
 /// Nonces are exactly this long (base64url on the wire).
 pub const NONCE_LEN: usize = 32;
-const BINDING_LABEL: &[u8] = b"tee-risk/attest/v1\0";
+
+/// What a report's report_data binds beside the verifier's nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// The service's identity key, for clients (`GET /v1/attestation`; key use `sig`).
+    Identity,
+    /// A joining replica's ephemeral key, to which a peer seals the cluster's secrets
+    /// (`attest::join`; key use `enc`). Its own label: no client-facing report can pass for
+    /// a join report, nor the reverse.
+    ClusterJoin,
+}
+
+impl Binding {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Binding::Identity => b"tee-risk/attest/v1\0",
+            Binding::ClusterJoin => b"tee-risk/cluster-join/v1\0",
+        }
+    }
+
+    /// The JWK `use` of the bound key.
+    pub fn key_use(self) -> &'static str {
+        match self {
+            Binding::Identity => "sig",
+            Binding::ClusterJoin => "enc",
+        }
+    }
+}
 
 /// `GET /v1/attestation?nonce=…`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,7 +256,19 @@ impl Attester {
         identity: &PublicKey,
         now: i64,
     ) -> Result<Evidence, EvidenceError> {
-        let data = report_data(nonce, identity);
+        self.evidence_for(Binding::Identity, nonce, identity, now)
+    }
+
+    /// Evidence binding `nonce` and `key` for the purpose `binding` names.
+    pub fn evidence_for(
+        &self,
+        binding: Binding,
+        nonce: &[u8; NONCE_LEN],
+        key: &PublicKey,
+        now: i64,
+    ) -> Result<Evidence, EvidenceError> {
+        let identity = key;
+        let data = bound_report_data(binding, nonce, identity);
         let (tee, report, endorsements) = match self {
             Attester::Sim(platform) => {
                 let (report, signature) = platform.report(data, now)?;
@@ -262,7 +302,7 @@ impl Attester {
             v: EVIDENCE_VERSION,
             tee: tee.as_str().into(),
             nonce: b64_encode(nonce),
-            identity_key: PublicJwk::new(identity, "sig"),
+            identity_key: PublicJwk::new(identity, binding.key_use()),
             report: b64_encode(&report),
             endorsements: endorsements
                 .into_iter()
@@ -274,7 +314,13 @@ impl Attester {
 
 /// The 64 bytes a report must carry for `nonce` and `identity`.
 pub fn report_data(nonce: &[u8], identity: &PublicKey) -> [u8; 64] {
-    let mut input = BINDING_LABEL.to_vec();
+    bound_report_data(Binding::Identity, nonce, identity)
+}
+
+/// The 64 bytes a report must carry for `nonce` and `key`, for the purpose `binding` names.
+pub fn bound_report_data(binding: Binding, nonce: &[u8], key: &PublicKey) -> [u8; 64] {
+    let identity = key;
+    let mut input = binding.label().to_vec();
     input.extend_from_slice(&(nonce.len() as u16).to_be_bytes());
     input.extend_from_slice(nonce);
     input.extend_from_slice(&(identity.sec1().len() as u16).to_be_bytes());
@@ -302,5 +348,13 @@ mod tests {
         manual.extend_from_slice(&[0, 65]);
         manual.extend_from_slice(key.public().sec1());
         assert_eq!(&data[..32], &sm3(&manual));
+
+        let join = bound_report_data(Binding::ClusterJoin, &[1; 32], key.public());
+        assert_ne!(join, data, "a join report cannot pass for a client report");
+        let mut manual = b"tee-risk/cluster-join/v1\0\x00\x20".to_vec();
+        manual.extend_from_slice(&[1; 32]);
+        manual.extend_from_slice(&[0, 65]);
+        manual.extend_from_slice(key.public().sec1());
+        assert_eq!(&join[..32], &sm3(&manual));
     }
 }

@@ -11,7 +11,10 @@ use super::sim::SimReport;
 use super::snp::{self, Tcb};
 use super::tdx;
 pub use super::tdx::TdxPolicy;
-use super::{AttestError, Check, EVIDENCE_VERSION, Evidence, NONCE_LEN, TeeKind, err, report_data};
+use super::{
+    AttestError, Binding, Check, EVIDENCE_VERSION, Evidence, NONCE_LEN, TeeKind, bound_report_data,
+    err,
+};
 use crate::crypto::sm2::PublicKey;
 use crate::protocol::{PublicJwk, b64_decode};
 
@@ -186,17 +189,35 @@ impl Policy {
         nonce: &[u8; NONCE_LEN],
         now: i64,
     ) -> Result<Verified, AttestError> {
+        self.verify_bound(Binding::Identity, evidence, nonce, now)
+    }
+
+    /// [`Policy::verify`] for evidence made for the purpose `binding` names (a joining
+    /// replica's report binds its ephemeral key under its own label).
+    pub fn verify_bound(
+        &self,
+        binding: Binding,
+        evidence: &Evidence,
+        nonce: &[u8; NONCE_LEN],
+        now: i64,
+    ) -> Result<Verified, AttestError> {
         self.allowed_kind(evidence)?;
         if b64_decode(&evidence.nonce).as_deref() != Some(&nonce[..]) {
             return Err(err(Check::Nonce, "the evidence answers another nonce"));
         }
+        if evidence.identity_key.key_use != binding.key_use() {
+            return Err(err(
+                Check::IdentityKey,
+                format!("the bound key's use is not `{}`", binding.key_use()),
+            ));
+        }
         let platform = self.verify_platform(evidence, now)?;
         // Last: everything above holds for any report of this platform; this ties it to
         // this nonce and this key.
-        if platform.report_data != report_data(nonce, &platform.identity) {
+        if platform.report_data != bound_report_data(binding, nonce, &platform.identity) {
             return Err(err(
                 Check::ReportData,
-                "the report does not bind this nonce and identity key",
+                "the report does not bind this nonce and key",
             ));
         }
         Ok(Verified {
@@ -421,7 +442,7 @@ fn jwk_key(jwk: &PublicJwk) -> Result<PublicKey, AttestError> {
         |v: &str| b64_decode(v).ok_or_else(|| err(Check::IdentityKey, "bad key coordinate"));
     let key = PublicKey::from_xy(&coordinate(&jwk.x)?, &coordinate(&jwk.y)?)
         .map_err(|_| err(Check::IdentityKey, "not a point on SM2"))?;
-    if key.kid() != jwk.kid || jwk.key_use != "sig" {
+    if key.kid() != jwk.kid || !["sig", "enc"].contains(&jwk.key_use.as_str()) {
         return Err(err(Check::IdentityKey, "kid or use does not match the key"));
     }
     Ok(key)
@@ -430,6 +451,7 @@ fn jwk_key(jwk: &PublicJwk) -> Result<PublicKey, AttestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attest::report_data;
     use crate::attest::sim::SimPlatform;
     use crate::crypto::sm2::IdentityKey;
     use crate::protocol::b64_encode;

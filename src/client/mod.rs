@@ -442,7 +442,7 @@ mod tests {
 
     #[test]
     fn the_newest_certified_key_valid_now_is_chosen() {
-        let keys = KeySet::new(IdentityKey::generate().unwrap(), 3600, 300, 1_000).unwrap();
+        let keys = KeySet::new(KeySet::bootstrap(3600, 300, 1_000).unwrap(), 1_000).unwrap();
         let first = keys.newest();
         keys.maintain(4_600).unwrap();
         let second = keys.newest();
@@ -463,7 +463,7 @@ mod tests {
 
     #[test]
     fn keys_not_certified_by_the_identity_are_refused() {
-        let keys = KeySet::new(IdentityKey::generate().unwrap(), 3600, 300, 1_000).unwrap();
+        let keys = KeySet::new(KeySet::bootstrap(3600, 300, 1_000).unwrap(), 1_000).unwrap();
         let mut doc = document(&keys);
         // Swap in another identity: the encryption key's certificate no longer verifies.
         let other = IdentityKey::generate().unwrap();

@@ -6,6 +6,7 @@
 pub mod aead;
 pub mod kdf;
 pub mod keyfile;
+pub mod ratchet;
 pub mod secret;
 pub mod sm2;
 // The one place with `unsafe`: wiping sm2 key types that do not wipe themselves.

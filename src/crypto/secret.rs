@@ -18,6 +18,11 @@ impl<const N: usize> SecretBytes<N> {
         Ok(secret)
     }
 
+    /// All zero, to be filled in place ([`SecretBytes::expose_mut`]).
+    pub fn zeroed() -> Self {
+        Self(Box::new([0u8; N]))
+    }
+
     /// Copies `bytes` when it has exactly `N` bytes.
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         if bytes.len() != N {
@@ -38,6 +43,11 @@ impl<const N: usize> SecretBytes<N> {
     /// The secret bytes. Every call site is a place where key material is used.
     pub fn expose(&self) -> &[u8; N] {
         &self.0
+    }
+
+    /// The bytes, to fill in place (a KDF's output); the secret stays in wiping storage.
+    pub fn expose_mut(&mut self) -> &mut [u8; N] {
+        &mut self.0
     }
 
     /// Lowercase hex of the secret, wiped on drop; only for writing a dev key file.

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::service::ServiceError;
 use crate::service::access::{AccessError, Permission};
+use crate::service::cluster::JoinError;
 
 /// A refusal as the HTTP layer answers it.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,9 @@ pub enum ApiError {
     /// A known client without the permission this endpoint needs.
     #[error("this client lacks the `{}` permission", .0.as_str())]
     Forbidden(Permission),
+    /// A join step refused (`service::cluster`; operator listener only).
+    #[error("{0}")]
+    Join(JoinError),
 }
 
 impl From<AccessError> for ApiError {
@@ -80,6 +84,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::Join(JoinError::Malformed(_)) => "bad_join_request",
+            ApiError::Join(JoinError::Busy) => "overloaded",
+            ApiError::Join(JoinError::Unavailable(_)) => "join_unavailable",
+            ApiError::Join(_) => "join_refused",
         }
     }
 }
@@ -112,6 +120,11 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Join(JoinError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Join(JoinError::Busy | JoinError::Unavailable(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Join(_) => StatusCode::FORBIDDEN,
         }
     }
 

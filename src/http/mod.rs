@@ -2,6 +2,7 @@
 //! the body, hand it to the [`Service`] on a blocking thread (SM2 and fsync must not stall
 //! the async executor) and return its signed answer. The service knows nothing of HTTP.
 
+mod cluster;
 mod encrypted;
 pub mod error;
 mod operator;
@@ -20,6 +21,7 @@ use tracing::Instrument;
 use crate::attest::Attester;
 use crate::service::Service;
 use crate::service::access::ClientRegistry;
+use crate::service::cluster::ClusterPeer;
 use crate::service::limits::RateLimiter;
 use encrypted::{ASSESS, ENROLL, ERASE, handle_encrypted};
 use operator::{db_status, metrics};
@@ -39,6 +41,8 @@ pub struct AppState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Where evidence comes from.
     pub attestation: Arc<Attester>,
+    /// The join protocol's peer side, on a cluster replica (`[cluster]`).
+    pub cluster: Option<Arc<ClusterPeer>>,
     /// Bodies longer than this are refused (`server.max_body_bytes`).
     pub max_body_bytes: usize,
     /// A body must arrive whole within this (`server.body_deadline_secs`).
@@ -70,6 +74,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/admin/db/status")
             .route(web::get().to(db_status))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/cluster/v1/challenge")
+            .route(web::post().to(cluster::challenge))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/cluster/v1/join")
+            .route(web::post().to(cluster::join))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

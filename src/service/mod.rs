@@ -4,6 +4,7 @@
 //! which `http::error` maps to statuses.
 
 pub mod access;
+pub mod cluster;
 mod error;
 pub mod keyset;
 pub mod limits;
@@ -13,6 +14,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::attest::join::ClusterSecrets;
 use crate::crypto::CryptoError;
 use crate::crypto::sm2::{IdentityKey, PublicKey};
 use crate::crypto::sm3_hex;
@@ -129,16 +131,21 @@ pub struct Service {
 }
 
 impl Service {
-    /// Generates the identity key and the first encryption key in memory.
+    /// A service that is a cluster of its own: a new identity and ratchet, in memory.
     pub fn new(settings: &Settings, vault: Vault, now: i64) -> Result<Self, StartError> {
-        Self::with_identity(settings, vault, IdentityKey::generate()?, now)
+        let secrets = KeySet::bootstrap(
+            settings.encryption_key_lifetime_secs,
+            settings.encryption_key_grace_secs,
+            now,
+        )?;
+        Self::with_secrets(settings, vault, secrets, now)
     }
 
-    /// A service with a given identity key (tests; attested deployments).
-    pub fn with_identity(
+    /// A service holding a cluster's secrets (from a peer, `app::join`; or tests).
+    pub fn with_secrets(
         settings: &Settings,
         vault: Vault,
-        identity: IdentityKey,
+        secrets: ClusterSecrets,
         now: i64,
     ) -> Result<Self, StartError> {
         let replay = ReplayCache::new(settings.iat_window_secs, settings.replay_cache_capacity);
@@ -150,14 +157,10 @@ impl Service {
         for (user_id, enrolment) in vault.enrolled_users()? {
             gallery.set(gallery_key(&user_id), &enrolment.templates);
         }
+        let keys = KeySet::new(secrets, now)?;
         Ok(Self {
-            signer: ResponseSigner::new(identity.public()),
-            keys: KeySet::new(
-                identity,
-                settings.encryption_key_lifetime_secs,
-                settings.encryption_key_grace_secs,
-                now,
-            )?,
+            signer: ResponseSigner::new(keys.identity().public()),
+            keys,
             vault,
             replay,
             policy: settings.policy.clone(),
@@ -175,6 +178,17 @@ impl Service {
 
     pub fn identity_public(&self) -> &PublicKey {
         self.keys.identity().public()
+    }
+
+    /// The identity key, to sign what the service vouches for (answers, join grants).
+    pub fn identity(&self) -> &IdentityKey {
+        self.keys.identity()
+    }
+
+    /// The cluster's secrets, for a peer whose evidence passed the cluster policy
+    /// (`service::cluster`).
+    pub fn export_secrets(&self) -> ClusterSecrets {
+        self.keys.export()
     }
 
     /// The encryption key clients should use now.
