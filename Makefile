@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
+.PHONY: run test pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
 
 # Run the service on its embedded defaults: sled in ./data, dev master key (loud warning),
 # listening on 127.0.0.1:8080, public keys written to ./keys.
@@ -9,7 +9,7 @@ run:
 # Every test: unit tests, official vectors, OpenSSL interop, end-to-end server tests; then
 # the library's tests and the fuzz regressions again with the `csv` feature (Hygon CSV
 # attestation, which builds OpenSSL from source: a few minutes the first time).
-test:
+test: pyenv
 	cargo test --all-targets --no-fail-fast
 	cargo test --features csv --lib --test fuzz_regressions
 
@@ -22,6 +22,14 @@ cluster:
 
 cluster-down:
 	scripts/cluster.sh down
+
+# The independent Python client's packages (tests/independent: gmssl, cryptography from PyPI),
+# in a virtual environment under target/ so that nothing is installed system-wide.
+pyenv: target/pyenv/.installed
+target/pyenv/.installed: tests/independent/requirements.txt
+	python3 -m venv target/pyenv
+	target/pyenv/bin/pip install -q -r tests/independent/requirements.txt
+	touch $@
 
 lint:
 	cargo fmt --all -- --check

@@ -159,3 +159,149 @@ impl ClusterPeer {
         self.challenges.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::attest::join::ClusterSecrets;
+    use crate::attest::sim::SimPlatform;
+    use crate::crypto::sm2::{DecryptionKey, IdentityKey};
+
+    const NOW: i64 = 1_700_000_000;
+    const MEASUREMENT: [u8; 32] = [7; 32];
+
+    /// A sim policy pinning `platform`'s key (written into `dir`) and MEASUREMENT.
+    fn sim_policy(dir: &Path, platform: &IdentityKey) -> Policy {
+        std::fs::write(dir.join("sim.pem"), platform.public().to_pem()).unwrap();
+        let path = dir.join("policy.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "allowed_tee = [\"sim\"]\nmeasurements = [\"{}\"]\nmax_age_secs = 60\n\
+                 [sim]\nplatform_key = \"sim.pem\"\n",
+                hex::encode(MEASUREMENT)
+            ),
+        )
+        .unwrap();
+        Policy::load(&path).unwrap()
+    }
+
+    /// The sim platform every test replica shares (a fixed key).
+    fn platform() -> IdentityKey {
+        IdentityKey::from_scalar(
+            &crate::crypto::secret::SecretBytes::from_slice(&[0x31; 32]).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn attester(measurement: [u8; 32]) -> Attester {
+        Attester::Sim(Box::new(SimPlatform::new(platform(), measurement, false)))
+    }
+
+    /// A join request from a joiner attested by `joiner`, for a fresh challenge of `peer`.
+    fn join_request(
+        peer: &ClusterPeer,
+        service: &Service,
+        peer_attester: &Attester,
+        joiner: &Attester,
+    ) -> (JoinRequest, DecryptionKey) {
+        let answer = peer
+            .challenge(
+                service,
+                peer_attester,
+                &ChallengeRequest {
+                    nonce: b64_encode(&[5; 32]),
+                },
+                NOW,
+            )
+            .unwrap();
+        let challenge: [u8; NONCE_LEN] = b64_decode(&answer.challenge).unwrap().try_into().unwrap();
+        let ephemeral = DecryptionKey::generate().unwrap();
+        let evidence = joiner
+            .evidence_for(Binding::ClusterJoin, &challenge, ephemeral.public(), NOW)
+            .unwrap();
+        (
+            JoinRequest {
+                challenge: answer.challenge,
+                evidence,
+            },
+            ephemeral,
+        )
+    }
+
+    #[test]
+    fn a_production_policy_refuses_a_simulated_joiner() {
+        let service = crate::service::tests::service();
+        let production = Policy::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("config/attestation-policy.toml"),
+        )
+        .unwrap();
+        let peer = ClusterPeer::new(production);
+        let sim = attester(MEASUREMENT);
+        let (request, _) = join_request(&peer, &service, &sim, &sim);
+        let error = peer.admit(&service, &request, NOW).unwrap_err();
+        assert_eq!(error.check(), "tee_kind", "{error}");
+    }
+
+    #[test]
+    fn a_grant_carries_the_cluster_secrets_once_per_challenge() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = crate::service::tests::service();
+        let peer = ClusterPeer::new(sim_policy(dir.path(), &platform()));
+        let sim = attester(MEASUREMENT);
+        let (request, ephemeral) = join_request(&peer, &service, &sim, &sim);
+        let grant = peer.admit(&service, &request, NOW).unwrap();
+        let payload = crate::protocol::response::verify(service.identity_public(), &grant).unwrap();
+        let grant: JoinGrant = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(grant.recipient, ephemeral.public().kid());
+        let sealed = serde_json::to_vec(&grant.sealed).unwrap();
+        let plain = crate::protocol::request::RequestEnvelope::parse(&sealed)
+            .unwrap()
+            .open(&ephemeral)
+            .unwrap();
+        let secrets = ClusterSecrets::from_bytes(&plain).unwrap();
+        let identity = IdentityKey::from_scalar(&secrets.identity).unwrap();
+        assert_eq!(identity.public(), service.identity_public());
+        // Spent: the same request again is refused, and so is an unknown challenge.
+        let again = peer.admit(&service, &request, NOW).unwrap_err();
+        assert_eq!(again.check(), "challenge");
+        // An expired challenge is refused.
+        let (late, _) = join_request(&peer, &service, &sim, &sim);
+        let error = peer
+            .admit(&service, &late, NOW + CHALLENGE_TTL_SECS + 1)
+            .unwrap_err();
+        assert_eq!(error.check(), "challenge");
+        // Another build is refused by measurement.
+        let other = attester([8; 32]);
+        let (request, _) = join_request(&peer, &service, &sim, &other);
+        assert_eq!(
+            peer.admit(&service, &request, NOW).unwrap_err().check(),
+            "measurement"
+        );
+    }
+
+    #[test]
+    fn the_joiner_checks_the_peer_too() {
+        // The peer's own evidence is checked by the joiner under the same policy: a peer of
+        // another build fails it (app::join refuses it before sending its evidence).
+        let dir = tempfile::tempdir().unwrap();
+        let service = crate::service::tests::service();
+        let policy = sim_policy(dir.path(), &platform());
+        let peer = ClusterPeer::new(sim_policy(dir.path(), &platform()));
+        let other_build = attester([9; 32]);
+        let answer = peer
+            .challenge(
+                &service,
+                &other_build,
+                &ChallengeRequest {
+                    nonce: b64_encode(&[5; 32]),
+                },
+                NOW,
+            )
+            .unwrap();
+        let error = policy.verify(&answer.evidence, &[5; 32], NOW).unwrap_err();
+        assert_eq!(error.check, crate::attest::Check::Measurement);
+    }
+}

@@ -513,7 +513,7 @@ impl Service {
 /// The service driven in-process, on the in-memory store: no HTTP, no disk. What the HTTP
 /// tests check over loopback, checked here at the layer that decides.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
@@ -523,7 +523,7 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000;
 
-    fn service() -> Service {
+    pub(super) fn service() -> Service {
         let settings = Settings {
             policy: risk::default_policy(),
             iat_window_secs: 120,
