@@ -393,6 +393,19 @@ fn rows() -> Vec<Row> {
         ),
         row(
             400,
+            "answer_encryption_required",
+            Yes,
+            Unchanged,
+            Box::new(|c| {
+                let body = c.envelope(
+                    &serde_json::to_vec(&serde_json::json!({ "features": faces().genuine }))
+                        .unwrap(),
+                );
+                c.send("POST", "/v1/identify", &body)
+            }),
+        ),
+        row(
+            400,
             "decryption_failed",
             Yes,
             Unchanged,
@@ -630,7 +643,7 @@ fn start(dir: &Path) -> Ctx {
     std::fs::write(
         &clients,
         format!(
-            "[[client]]\nid = \"full\"\npermissions = [\"enroll\", \"assess\", \"erase\"]\n\
+            "[[client]]\nid = \"full\"\npermissions = [\"enroll\", \"assess\", \"erase\", \"identify\"]\n\
              public_key = \"\"\"\n{}\"\"\"\n\n[[client]]\nid = \"assessor\"\n\
              permissions = [\"assess\"]\npublic_key = \"\"\"\n{}\"\"\"\n",
             full.public().to_pem(),

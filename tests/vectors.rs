@@ -450,3 +450,41 @@ fn hkdf_sm3_equals_openssl() {
     .unwrap();
     assert_ne!(other, expected[..32]);
 }
+
+/// docs/PROTOCOL.md §3a's encrypted-answer vector: K_ans, and the sealed answer byte for
+/// byte (computed independently with Python's gmssl and cryptography), and it opens.
+#[test]
+fn the_encrypted_answer_vector_in_protocol_md_holds() {
+    use tee_risk::crypto::secret::SecretBytes;
+    use tee_risk::protocol::answer::{answer_key, open_answer, seal_answer_with_iv};
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
+    let block = doc
+        .split("```text answer-vector\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/PROTOCOL.md has the answer-vector block");
+    let field = |name: &str| {
+        block
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("the vector has `{name}`"))
+            .to_owned()
+    };
+    let key = SecretBytes::<16>::from_hex(&field("session key K (hex)")).unwrap();
+    let rid = field("rid");
+    assert_eq!(
+        hex::encode(answer_key(&key, &rid).unwrap().expose()),
+        field("K_ans (hex)")
+    );
+    let iv: [u8; 12] = hex::decode(field("iv (hex)")).unwrap().try_into().unwrap();
+    let plaintext = field("plaintext");
+    let sealed = seal_answer_with_iv(&key, &rid, plaintext.as_bytes(), &iv).unwrap();
+    assert_eq!(sealed.protected, field("protected"));
+    assert_eq!(sealed.ciphertext, field("ciphertext"));
+    assert_eq!(sealed.tag, field("tag"));
+    assert_eq!(
+        &open_answer(&key, &rid, &sealed).unwrap()[..],
+        plaintext.as_bytes()
+    );
+}

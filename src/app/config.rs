@@ -342,6 +342,10 @@ impl Config {
                 "risk.conflict_max_fmr and risk.enrolment_conflict_max_fmr must be in (0, 1]",
             ),
             (
+                0.0 < self.risk.identify_max_fmr && self.risk.identify_max_fmr <= 1.0,
+                "risk.identify_max_fmr must be in (0, 1]",
+            ),
+            (
                 (1..=86_400).contains(&self.risk.velocity_window_secs),
                 "risk.velocity_window_secs must be in 1..=86400",
             ),

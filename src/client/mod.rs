@@ -10,12 +10,15 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::attest::verify::{Policy, Verified};
 use crate::attest::{Evidence, NONCE_LEN};
+use crate::crypto::aead::KEY_LEN;
+use crate::crypto::secret::SecretBytes;
 use crate::crypto::sm2::PublicKey;
 use crate::crypto::sm3_hex;
 use crate::obs::unix_now;
+use crate::protocol::answer::{EncryptedAnswer, open_answer};
 use crate::protocol::client_auth::ClientCredential;
 use crate::protocol::keycert::verify_certificate;
-use crate::protocol::request::{ProtectedHeader, seal};
+use crate::protocol::request::{ProtectedHeader, seal_keeping_key};
 use crate::protocol::response::{SignedResponse, verify};
 use crate::protocol::{KeysDocument, PublicJwk, b64_decode};
 
@@ -56,6 +59,27 @@ pub struct FeatureRequest {
     pub liveness: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+}
+
+/// What the client sends to `POST /v1/identify`, before encryption. Wiped on drop.
+#[derive(Serialize, Zeroize, ZeroizeOnDrop)]
+pub struct IdentifyRequest {
+    pub features: Vec<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Candidates wanted, 1 to 10 (the service's default: 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+}
+
+/// A request sealed for sending: its header and body, and (when an encrypted answer was
+/// asked for) the session key that opens the answer, wiped on drop.
+pub struct SealedRequest {
+    pub header: ProtectedHeader,
+    pub body: Vec<u8>,
+    answer_key: Option<SecretBytes<KEY_LEN>>,
 }
 
 /// The service's public keys as the client trusts them: the identity key, and the
@@ -161,6 +185,8 @@ pub struct Client {
     keys: ServerKeys,
     /// Signs every request it posts (`access.rs`); without one the service answers 401.
     credential: Option<Arc<ClientCredential>>,
+    /// Ask for every answer encrypted to this client (identify always is).
+    encrypt_answers: bool,
 }
 
 fn agent() -> ureq::Agent {
@@ -247,6 +273,7 @@ impl Client {
             agent,
             keys,
             credential: None,
+            encrypt_answers: false,
         })
     }
 
@@ -257,7 +284,14 @@ impl Client {
             agent: agent(),
             keys,
             credential: None,
+            encrypt_answers: false,
         }
+    }
+
+    /// The same client, asking for every answer encrypted to it (docs/PROTOCOL.md §3a).
+    pub fn with_encrypted_answers(mut self) -> Self {
+        self.encrypt_answers = true;
+        self
     }
 
     /// The same client, signing its requests with `credential`.
@@ -270,19 +304,65 @@ impl Client {
         &self.keys
     }
 
-    /// Encrypts `request` into an envelope body with a fresh request id.
+    /// Encrypts `request` into an envelope body with a fresh request id (answer in the
+    /// clear).
     pub fn seal<T: Serialize>(
         &self,
         request: &T,
     ) -> Result<(ProtectedHeader, Vec<u8>), ClientError> {
-        let header = ProtectedHeader::new(&self.keys.encryption.kid(), unix_now())
+        let sealed = self.seal_request(request, false)?;
+        Ok((sealed.header, sealed.body))
+    }
+
+    /// Encrypts `request`, asking for an encrypted answer when `encrypted_answer`.
+    pub fn seal_request<T: Serialize>(
+        &self,
+        request: &T,
+        encrypted_answer: bool,
+    ) -> Result<SealedRequest, ClientError> {
+        let mut header = ProtectedHeader::new(&self.keys.encryption.kid(), unix_now())
             .map_err(|e| ClientError::Keys(e.to_string()))?;
+        if encrypted_answer {
+            header = header.with_encrypted_answer();
+        }
         let plaintext = Zeroizing::new(
             serde_json::to_vec(request).map_err(|e| ClientError::Keys(e.to_string()))?,
         );
-        let body = seal(&self.keys.encryption, &header, &plaintext)
+        let (body, key) = seal_keeping_key(&self.keys.encryption, &header, &plaintext)
             .map_err(|e| ClientError::Keys(e.to_string()))?;
-        Ok((header, body))
+        Ok(SealedRequest {
+            header,
+            body,
+            answer_key: encrypted_answer.then_some(key),
+        })
+    }
+
+    /// Checks the answer to `sealed`: decrypts it first when it was asked encrypted (and
+    /// refuses one sent in the clear then), then as [`Client::verify_answer`].
+    pub fn verify_sealed_answer(
+        &self,
+        sealed: &SealedRequest,
+        raw: &RawResponse,
+    ) -> Result<serde_json::Value, ClientError> {
+        let Some(key) = &sealed.answer_key else {
+            return self.verify_answer(&sealed.header, &sealed.body, raw);
+        };
+        if raw.status != 200 {
+            return self.verify_answer(&sealed.header, &sealed.body, raw);
+        }
+        let encrypted: EncryptedAnswer = serde_json::from_slice(&raw.body).map_err(|_| {
+            ClientError::Untrusted("an encrypted answer was asked for, not sent".into())
+        })?;
+        let signed = open_answer(key, &sealed.header.rid, &encrypted)
+            .map_err(|e| ClientError::Untrusted(e.to_string()))?;
+        self.verify_answer(
+            &sealed.header,
+            &sealed.body,
+            &RawResponse {
+                status: 200,
+                body: signed.to_vec(),
+            },
+        )
     }
 
     /// Posts `body` to `path` as is, signed when the client has a credential (tests use it
@@ -385,9 +465,17 @@ impl Client {
         path: &str,
         request: &FeatureRequest,
     ) -> Result<serde_json::Value, ClientError> {
-        let (header, body) = self.seal(request)?;
-        let raw = self.post_raw(path, &body)?;
-        self.verify_answer(&header, &body, &raw)
+        let sealed = self.seal_request(request, self.encrypt_answers)?;
+        let raw = self.post_raw(path, &sealed.body)?;
+        self.verify_sealed_answer(&sealed, &raw)
+    }
+
+    /// `POST /v1/identify`: the enrolled users this face may be, with a decision; the
+    /// answer is always encrypted to this client.
+    pub fn identify(&self, request: &IdentifyRequest) -> Result<serde_json::Value, ClientError> {
+        let sealed = self.seal_request(request, true)?;
+        let raw = self.post_raw("/v1/identify", &sealed.body)?;
+        self.verify_sealed_answer(&sealed, &raw)
     }
 
     pub fn enroll(&self, request: &FeatureRequest) -> Result<serde_json::Value, ClientError> {
@@ -400,9 +488,12 @@ impl Client {
 
     /// `DELETE /v1/users`: erases everything the service keeps about `user_id`.
     pub fn erase(&self, user_id: &str) -> Result<serde_json::Value, ClientError> {
-        let (header, body) = self.seal(&serde_json::json!({ "user_id": user_id }))?;
-        let raw = self.request_raw("DELETE", "/v1/users", &body)?;
-        self.verify_answer(&header, &body, &raw)
+        let sealed = self.seal_request(
+            &serde_json::json!({ "user_id": user_id }),
+            self.encrypt_answers,
+        )?;
+        let raw = self.request_raw("DELETE", "/v1/users", &sealed.body)?;
+        self.verify_sealed_answer(&sealed, &raw)
     }
 }
 

@@ -10,11 +10,10 @@ use super::AppState;
 use super::error::ApiError;
 use crate::obs::metrics::{Stage, StageTimer};
 use crate::obs::{unix_now, unix_now_f64};
-use crate::protocol::response::SignedResponse;
 use crate::service::access::Permission;
-use crate::service::{LimitScope, Service, ServiceError};
+use crate::service::{Answer, LimitScope, Service, ServiceError};
 
-type Operation = fn(&Service, &[u8], i64) -> Result<SignedResponse, ServiceError>;
+type Operation = fn(&Service, &[u8], i64) -> Result<Answer, ServiceError>;
 
 /// An encrypted endpoint: its name in metrics, the permission it needs, and the service
 /// operation behind it.
@@ -34,6 +33,12 @@ pub(super) const ASSESS: Encrypted = Encrypted {
     route: "assess",
     permission: Permission::Assess,
     operation: Service::assess,
+};
+
+pub(super) const IDENTIFY: Encrypted = Encrypted {
+    route: "identify",
+    permission: Permission::Identify,
+    operation: Service::identify,
 };
 
 pub(super) const ERASE: Encrypted = Encrypted {

@@ -99,6 +99,7 @@ impl ResponseError for ApiError {
                 ServiceError::Envelope(_)
                 | ServiceError::UnknownKid
                 | ServiceError::RetiredKid
+                | ServiceError::AnswerEncryptionRequired
                 | ServiceError::StaleRequest(_) => StatusCode::BAD_REQUEST,
                 ServiceError::ReplayedRequest | ServiceError::TemplateLimit(_) => {
                     StatusCode::CONFLICT

@@ -23,7 +23,7 @@ use crate::service::Service;
 use crate::service::access::ClientRegistry;
 use crate::service::cluster::ClusterPeer;
 use crate::service::limits::RateLimiter;
-use encrypted::{ASSESS, ENROLL, ERASE, handle_encrypted};
+use encrypted::{ASSESS, ENROLL, ERASE, IDENTIFY, handle_encrypted};
 use operator::{db_status, metrics};
 use public::{attestation, healthz, keys, method_not_allowed, not_found};
 
@@ -104,6 +104,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/assess")
             .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, ASSESS)))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/identify")
+            .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, IDENTIFY)))
             .default_service(web::to(method_not_allowed)),
     )
     .service(

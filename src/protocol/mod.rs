@@ -3,6 +3,7 @@
 //! signatures. No I/O: bytes in, typed values out. Specified in `docs/PROTOCOL.md`; the
 //! service and the client library both build on it, so they cannot disagree.
 
+pub mod answer;
 pub mod client_auth;
 pub mod jwk;
 pub mod keycert;

@@ -32,6 +32,8 @@ pub enum FeatureError {
     MalformedPayload,
     #[error("the payload is not JSON with user_id only")]
     MalformedErasure,
+    #[error("the payload is not JSON with features and optional liveness, device_id, top_k")]
+    MalformedIdentify,
     #[error("features must have {expected} values, got {got}")]
     WrongDimension { expected: usize, got: usize },
     #[error("feature {0} is not a finite number")]
@@ -90,6 +92,69 @@ impl Probe {
             features: std::mem::take(&mut *features),
             liveness: message.liveness,
             device_id: message.device_id.take(),
+        })
+    }
+}
+
+/// Most candidates an identification may ask for.
+pub const MAX_TOP_K: usize = 10;
+
+/// The plaintext of `POST /v1/identify`, as sent. Wiped on drop.
+#[derive(Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+struct IdentifyMessage {
+    features: Vec<f32>,
+    #[serde(default)]
+    liveness: Option<f32>,
+    #[serde(default)]
+    device_id: Option<String>,
+    #[serde(default)]
+    top_k: Option<usize>,
+}
+
+/// `POST /v1/identify`: whose face is this? Checked like a [`Probe`], without a user id.
+/// Wiped on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct IdentifyProbe {
+    /// L2-normalised.
+    pub features: Vec<f32>,
+    pub liveness: Option<f32>,
+    pub device_id: Option<String>,
+    /// Candidates to return, 1 to [`MAX_TOP_K`] (default 1).
+    pub top_k: usize,
+}
+
+impl IdentifyProbe {
+    pub fn parse(plaintext: &[u8], dimension: usize) -> Result<Self, FeatureError> {
+        let mut message: IdentifyMessage =
+            serde_json::from_slice(plaintext).map_err(|_| match non_finite_feature(plaintext) {
+                Some(index) => FeatureError::NonFinite(index),
+                None => FeatureError::MalformedIdentify,
+            })?;
+        if let Some(device) = &message.device_id {
+            check_id(
+                device,
+                MAX_DEVICE_ID_BYTES,
+                "device_id must be 1 to 128 bytes without control characters",
+            )?;
+        }
+        if let Some(liveness) = message.liveness
+            && !(0.0..=1.0).contains(&liveness)
+        {
+            return Err(FeatureError::InvalidField(
+                "liveness must be a number in [0, 1]",
+            ));
+        }
+        let top_k = message.top_k.unwrap_or(1);
+        if !(1..=MAX_TOP_K).contains(&top_k) {
+            return Err(FeatureError::InvalidField("top_k must be 1 to 10"));
+        }
+        let mut features = normalise(&message.features, dimension)?;
+        Ok(Self {
+            features: std::mem::take(&mut *features),
+            liveness: message.liveness,
+            device_id: message.device_id.take(),
+            top_k,
         })
     }
 }

@@ -39,7 +39,9 @@ pub enum EnvelopeError {
     },
     #[error("the protected header is not the expected JSON object: {0}")]
     BadHeader(&'static str),
-    #[error("unsupported algorithm: alg must be \"SM2\" and enc \"SM4-GCM\"")]
+    #[error(
+        "unsupported algorithm: alg must be \"SM2\", enc \"SM4-GCM\" and ans absent or \"SM4-GCM\""
+    )]
     UnsupportedAlgorithm,
     #[error("the session key or the payload could not be decrypted and authenticated")]
     DecryptionFailed,
@@ -65,6 +67,10 @@ pub struct ProtectedHeader {
     pub kid: String,
     pub rid: String,
     pub iat: i64,
+    /// `"SM4-GCM"`: encrypt the answer to this request's session key (docs/PROTOCOL.md §3a;
+    /// protocol v1.1). Absent: a signed answer readable by anyone on the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ans: Option<String>,
 }
 
 impl ProtectedHeader {
@@ -76,7 +82,19 @@ impl ProtectedHeader {
             kid: kid.into(),
             rid: b64_encode(&random_array::<MIN_RID_BYTES>()?),
             iat,
+            ans: None,
         })
+    }
+
+    /// The same, asking for an encrypted answer.
+    pub fn with_encrypted_answer(mut self) -> Self {
+        self.ans = Some(super::answer::ANS_SM4_GCM.into());
+        self
+    }
+
+    /// Whether the client asked for an encrypted answer.
+    pub fn wants_encrypted_answer(&self) -> bool {
+        self.ans.is_some()
     }
 }
 
@@ -119,9 +137,15 @@ impl RequestEnvelope {
         }
         let header_json = decode_field(&wire.protected, "protected")?;
         let header: ProtectedHeader = serde_json::from_slice(&header_json).map_err(|_| {
-            EnvelopeError::BadHeader("it must hold exactly alg, enc, kid, rid, iat")
+            EnvelopeError::BadHeader("it must hold exactly alg, enc, kid, rid, iat (and ans)")
         })?;
-        if header.alg != ALG_SM2 || header.enc != ENC_SM4_GCM {
+        if header.alg != ALG_SM2
+            || header.enc != ENC_SM4_GCM
+            || header
+                .ans
+                .as_deref()
+                .is_some_and(|a| a != super::answer::ANS_SM4_GCM)
+        {
             return Err(EnvelopeError::UnsupportedAlgorithm);
         }
         let rid =
@@ -183,6 +207,16 @@ pub fn seal(
     header: &ProtectedHeader,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
+    seal_keeping_key(recipient, header, plaintext).map(|(body, _)| body)
+}
+
+/// [`seal`], also returning the session key (wiped on drop), which opens an encrypted
+/// answer (`protocol::answer`).
+pub fn seal_keeping_key(
+    recipient: &PublicKey,
+    header: &ProtectedHeader,
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, SecretBytes<KEY_LEN>), CryptoError> {
     let protected = b64_encode(&serde_json::to_vec(header).expect("a header always serialises"));
     let session_key = SecretBytes::<KEY_LEN>::random()?;
     let encrypted_key = recipient.encrypt_der(session_key.expose())?;
@@ -196,7 +230,10 @@ pub fn seal(
         tag: b64_encode(&tag),
         protected,
     };
-    Ok(serde_json::to_vec(&wire).expect("an envelope always serialises"))
+    Ok((
+        serde_json::to_vec(&wire).expect("an envelope always serialises"),
+        session_key,
+    ))
 }
 
 #[cfg(test)]

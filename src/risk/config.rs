@@ -21,6 +21,8 @@ pub struct RiskConfig {
     pub conflict_max_fmr: f64,
     /// See [`RiskPolicy::enrolment_conflict_max_fmr`].
     pub enrolment_conflict_max_fmr: f64,
+    /// See [`RiskPolicy::identify_max_fmr`].
+    pub identify_max_fmr: f64,
     /// See [`RiskPolicy::min_liveness`].
     pub min_liveness: f32,
     /// See [`RiskPolicy::copy_min_similarity`].
@@ -46,6 +48,7 @@ impl RiskConfig {
             step_up_max_fmr: self.step_up_max_fmr,
             conflict_max_fmr: self.conflict_max_fmr,
             enrolment_conflict_max_fmr: self.enrolment_conflict_max_fmr,
+            identify_max_fmr: self.identify_max_fmr,
             min_liveness: self.min_liveness,
             copy_min_similarity: self.copy_min_similarity,
             replay_history: self.replay_history,

@@ -6,6 +6,7 @@
 pub mod calibration;
 mod config;
 pub mod gallery;
+pub mod identify;
 pub mod model;
 pub mod velocity;
 
@@ -145,6 +146,9 @@ pub struct RiskPolicy {
     /// …and at enrolment, where a missed conflict lets one face open a second account and a
     /// false one only delays an enrolment, so the bar is lower.
     pub enrolment_conflict_max_fmr: f64,
+    /// 1:N: a candidate is named when its false-match rate, corrected for the gallery size
+    /// searched, is at most this (`risk::identify`).
+    pub identify_max_fmr: f64,
     /// A context signal is named as a reason when it adds at least this to the log-odds.
     pub reason_min_log_odds: f64,
 }

@@ -1,5 +1,5 @@
 //! Who may call the encrypted endpoints: registered clients, each with an SM2 key and a set
-//! of permissions (`enroll`, `assess`, `erase`). The signature format is
+//! of permissions (`enroll`, `assess`, `erase`, `identify`). The signature format is
 //! `protocol::client_auth`; this module checks it against the clients file.
 
 use std::collections::HashMap;
@@ -23,6 +23,8 @@ pub enum Permission {
     Assess,
     /// `DELETE /v1/users`.
     Erase,
+    /// `POST /v1/identify` (1:N: names users, so grant it only to clients that may know).
+    Identify,
 }
 
 impl Permission {
@@ -32,6 +34,7 @@ impl Permission {
             Permission::Enroll => "enroll",
             Permission::Assess => "assess",
             Permission::Erase => "erase",
+            Permission::Identify => "identify",
         }
     }
 }
@@ -292,7 +295,12 @@ impl DevClient {
         Ok(ClientRegistry::single(
             Self::ID,
             key.public(),
-            vec![Permission::Enroll, Permission::Assess, Permission::Erase],
+            vec![
+                Permission::Enroll,
+                Permission::Assess,
+                Permission::Erase,
+                Permission::Identify,
+            ],
         )
         .expect("the development client's entry is valid"))
     }

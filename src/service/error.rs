@@ -46,6 +46,12 @@ pub enum ServiceError {
     /// The request id was spent before.
     #[error("this request id was already used")]
     ReplayedRequest,
+    /// An endpoint whose answer names users, asked for without `ans` in the header.
+    #[error(
+        "this endpoint's answer names users, so it is always encrypted: set \"ans\":\"SM4-GCM\" \
+         in the protected header (docs/PROTOCOL.md §3a)"
+    )]
+    AnswerEncryptionRequired,
     /// The decrypted payload is invalid.
     #[error(transparent)]
     Payload(#[from] FeatureError),
@@ -87,11 +93,12 @@ impl ServiceError {
             ServiceError::UnknownKid => "unknown_kid",
             ServiceError::RetiredKid => "key_retired",
             ServiceError::StaleRequest(_) => "stale_request",
+            ServiceError::AnswerEncryptionRequired => "answer_encryption_required",
             ServiceError::ReplayedRequest => "replayed_request",
             ServiceError::Payload(e) => match e {
-                FeatureError::MalformedPayload | FeatureError::MalformedErasure => {
-                    "malformed_payload"
-                }
+                FeatureError::MalformedPayload
+                | FeatureError::MalformedErasure
+                | FeatureError::MalformedIdentify => "malformed_payload",
                 FeatureError::WrongDimension { .. } => "wrong_dimension",
                 FeatureError::NonFinite(_) => "non_finite_feature",
                 FeatureError::ZeroNorm => "zero_norm",

@@ -16,15 +16,19 @@ use serde::Serialize;
 
 use crate::attest::join::ClusterSecrets;
 use crate::crypto::CryptoError;
+use crate::crypto::aead::KEY_LEN;
+use crate::crypto::secret::SecretBytes;
 use crate::crypto::sm2::{IdentityKey, PublicKey};
 use crate::crypto::sm3_hex;
 use crate::obs::metrics::{Metrics, Stage, StageTimer};
 use crate::obs::unix_now_f64;
-use crate::protocol::payload::{EraseRequest, Probe};
+use crate::protocol::answer::{EncryptedAnswer, seal_answer};
+use crate::protocol::payload::{EraseRequest, IdentifyProbe, Probe};
 use crate::protocol::request::{ProtectedHeader, RequestEnvelope};
 use crate::protocol::response::{ResponseSigner, SignedResponse};
 use crate::protocol::{KeysDocument, PublicJwk};
 use crate::risk::gallery::{Gallery, gallery_key};
+use crate::risk::identify::{IdentifyDecision, ScoredCandidate};
 use crate::risk::velocity::{VelocityTracker, device_key};
 use crate::risk::{self, Assessment, Decision, Reason, RiskPolicy};
 use crate::store::{ChangeCursor, Erased, RiskLogEntry, UserIndex, UserRef, Vault, VaultError};
@@ -87,6 +91,43 @@ struct AssessPayload<'a> {
     reasons: &'a [Reason],
     model: &'a str,
 }
+
+#[derive(Serialize)]
+struct IdentifyPayload<'a> {
+    op: &'static str,
+    rid: &'a str,
+    req_sm3: String,
+    iat: i64,
+    decision: IdentifyDecision,
+    /// How many enrolled users were searched (the FMRs are corrected for it).
+    searched: usize,
+    candidates: &'a [ScoredCandidate],
+    reasons: &'a [Reason],
+    model: &'a str,
+}
+
+/// An answer: signed by the identity key, and encrypted to the request's session key when
+/// the client asked (`ans` in its header; always for identify). On the wire as its JSON.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Signed(SignedResponse),
+    Encrypted(EncryptedAnswer),
+}
+
+impl Answer {
+    /// The signed answer, if it was sent in the clear.
+    pub fn signed(self) -> Option<SignedResponse> {
+        match self {
+            Answer::Signed(signed) => Some(signed),
+            Answer::Encrypted(_) => None,
+        }
+    }
+}
+
+/// The session key of a request whose client asked for an encrypted answer; wiped when the
+/// answer is sealed (or the request fails).
+pub(crate) type AnswerKey = Option<SecretBytes<KEY_LEN>>;
 
 #[derive(Serialize)]
 struct ErasePayload<'a> {
@@ -155,7 +196,7 @@ impl Service {
         // The feed's position first: what commits while the gallery loads is read again.
         let changes = Mutex::new(vault.change_cursor_now()?);
         for (user_id, enrolment) in vault.enrolled_users()? {
-            gallery.set(gallery_key(&user_id), &enrolment.templates);
+            gallery.set(&user_id, &enrolment.templates);
         }
         let keys = KeySet::new(secrets, now)?;
         Ok(Self {
@@ -213,7 +254,7 @@ impl Service {
         let users = self.vault.changes_since(&mut cursor, now)?;
         for user_id in &users {
             let enrolment = self.vault.enrolment(&self.vault.user(user_id), user_id)?;
-            self.gallery.set(gallery_key(user_id), &enrolment.templates);
+            self.gallery.set(user_id, &enrolment.templates);
         }
         Ok(users.len())
     }
@@ -253,9 +294,9 @@ impl Service {
 
     /// `POST /v1/enroll`: adds the probe as a template of the user, unless the face is
     /// already enrolled under another account (identity conflict: nothing is stored).
-    pub fn enroll(&self, body: &[u8], now: i64) -> Result<SignedResponse, ServiceError> {
+    pub fn enroll(&self, body: &[u8], now: i64) -> Result<Answer, ServiceError> {
         let mut timer = StageTimer::start(&self.metrics);
-        let (header, probe) = self.open_request(body, now, &mut timer)?;
+        let (header, probe, answer_key) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
         self.limit_user(&user)?;
         let key = gallery_key(&probe.user_id);
@@ -293,31 +334,35 @@ impl Service {
                 }
                 Err(e) => return Err(fault(e)),
             };
-            self.gallery.set(key, &templates);
+            self.gallery.set(&probe.user_id, &templates);
             ("enrolled", templates.len(), Vec::new())
         };
         drop(probe);
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
-        let response = self.sign(&EnrollPayload {
-            op: "enroll",
-            rid: &header.rid,
-            req_sm3: sm3_hex(body),
-            iat: now,
-            outcome,
-            templates,
-            reasons: &reasons,
-            model: self.policy.model_version(),
-        });
+        let response = self.answer(
+            &header.rid,
+            answer_key,
+            &EnrollPayload {
+                op: "enroll",
+                rid: &header.rid,
+                req_sm3: sm3_hex(body),
+                iat: now,
+                outcome,
+                templates,
+                reasons: &reasons,
+                model: self.policy.model_version(),
+            },
+        );
         timer.lap(Stage::Sign);
         response
     }
 
     /// `POST /v1/assess`: scores the probe against the user's templates and recent accepted
     /// probes.
-    pub fn assess(&self, body: &[u8], now: i64) -> Result<SignedResponse, ServiceError> {
+    pub fn assess(&self, body: &[u8], now: i64) -> Result<Answer, ServiceError> {
         let mut timer = StageTimer::start(&self.metrics);
-        let (header, probe) = self.open_request(body, now, &mut timer)?;
+        let (header, probe, answer_key) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
         self.limit_user(&user)?;
         let enrolment = self.vault.enrolment(&user, &probe.user_id).map_err(fault)?;
@@ -378,26 +423,123 @@ impl Service {
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
         self.metrics.record_decision(decision.as_str());
-        let response = self.sign(&AssessPayload {
-            op: "assess",
-            rid: &header.rid,
-            req_sm3: sm3_hex(body),
-            iat: now,
-            decision,
+        let response = self.answer(
+            &header.rid,
+            answer_key,
+            &AssessPayload {
+                op: "assess",
+                rid: &header.rid,
+                req_sm3: sm3_hex(body),
+                iat: now,
+                decision,
+                score,
+                reasons: &reasons,
+                model: self.policy.model_version(),
+            },
+        );
+        timer.lap(Stage::Sign);
+        response
+    }
+
+    /// `POST /v1/identify`: whose face is this, among every enrolled user? The answer names
+    /// users, so it is always encrypted to the client (`ans` is required).
+    pub fn identify(&self, body: &[u8], now: i64) -> Result<Answer, ServiceError> {
+        let mut timer = StageTimer::start(&self.metrics);
+        let dimension = self.dimension;
+        let (header, probe, answer_key) =
+            self.open_request_as(body, now, &mut timer, true, |p| {
+                Ok(IdentifyProbe::parse(p, dimension)?)
+            })?;
+        let searched = self.gallery.len();
+        // Two at least: the second tells a match from an ambiguous one.
+        let candidates = self.gallery.top_k(&probe.features, probe.top_k.max(2));
+        // The hard rules, against the best candidate: a copy of one of its templates or of
+        // one of its recent accepted probes names no one. So does a failed liveness check.
+        let mut copy = probe
+            .liveness
+            .filter(|&l| l < self.policy.min_liveness)
+            .map(|_| Reason::LowLiveness);
+        let mut logged_user = None;
+        if let Some(best) = candidates.first() {
+            let user = self.vault.user(&best.user_id);
+            let enrolment = self.vault.enrolment(&user, &best.user_id).map_err(fault)?;
+            let recent = self
+                .vault
+                .recent_probes(&user, self.policy.replay_history)
+                .map_err(fault)?;
+            let signals = risk::signals(&probe.features, &enrolment.templates, &recent);
+            if signals
+                .copy_similarity
+                .is_some_and(|s| s >= self.policy.copy_min_similarity)
+            {
+                copy = Some(Reason::TemplateInjection);
+            } else if signals
+                .history_similarity
+                .is_some_and(|s| s >= self.policy.copy_min_similarity)
+            {
+                copy = Some(Reason::ReplayedProbe);
+            }
+            logged_user = Some(hex::encode(user.current()));
+        }
+        let found = self
+            .policy
+            .identify(&candidates, searched, probe.top_k, copy);
+        drop(candidates);
+        timer.lap(Stage::Score);
+        let score = found.candidates.first().map_or(1.0, |c| c.fmr);
+        let log = RiskLogEntry {
+            rid: header.rid.clone(),
+            at: now,
+            // The best candidate's blind index when one is named (an erasure of that user
+            // scrubs the entry), else no one's.
+            user: match found.decision {
+                IdentifyDecision::Match => logged_user.unwrap_or_default(),
+                _ => "identify".into(),
+            },
+            decision: found.decision.as_str().into(),
             score,
-            reasons: &reasons,
-            model: self.policy.model_version(),
-        });
+            reasons: found
+                .reasons
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            model: self.policy.model_version().into(),
+            features: probe.features.clone(),
+            liveness: probe.liveness,
+            device_id: probe.device_id.clone(),
+        };
+        drop(probe);
+        self.vault.record_identification(&log).map_err(fault)?;
+        drop(log);
+        timer.lap(Stage::StoreWrite);
+        self.make_durable(&mut timer)?;
+        let response = self.answer(
+            &header.rid,
+            answer_key,
+            &IdentifyPayload {
+                op: "identify",
+                rid: &header.rid,
+                req_sm3: sm3_hex(body),
+                iat: now,
+                decision: found.decision,
+                searched,
+                candidates: &found.candidates,
+                reasons: &found.reasons,
+                model: self.policy.model_version(),
+            },
+        );
         timer.lap(Stage::Sign);
         response
     }
 
     /// `DELETE /v1/users`: erases the user's templates, history and indexes, and scrubs
     /// their risk log entries down to the decisions (`Vault::erase_user`).
-    pub fn erase(&self, body: &[u8], now: i64) -> Result<SignedResponse, ServiceError> {
+    pub fn erase(&self, body: &[u8], now: i64) -> Result<Answer, ServiceError> {
         let mut timer = StageTimer::start(&self.metrics);
-        let (header, request) =
-            self.open_request_as(body, now, &mut timer, |p| Ok(EraseRequest::parse(p)?))?;
+        let (header, request, answer_key) =
+            self.open_request_as(body, now, &mut timer, false, |p| {
+                Ok(EraseRequest::parse(p)?)
+            })?;
         let user = self.vault.user(&request.user_id);
         let key = gallery_key(&request.user_id);
         self.limit_user(&user)?;
@@ -409,13 +551,17 @@ impl Service {
         self.gallery.remove(&key);
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
-        let response = self.sign(&ErasePayload {
-            op: "erase",
-            rid: &header.rid,
-            req_sm3: sm3_hex(body),
-            iat: now,
-            erased,
-        });
+        let response = self.answer(
+            &header.rid,
+            answer_key,
+            &ErasePayload {
+                op: "erase",
+                rid: &header.rid,
+                req_sm3: sm3_hex(body),
+                iat: now,
+                erased,
+            },
+        );
         timer.lap(Stage::Sign);
         response
     }
@@ -435,9 +581,9 @@ impl Service {
         body: &[u8],
         now: i64,
         timer: &mut StageTimer,
-    ) -> Result<(ProtectedHeader, Probe), ServiceError> {
+    ) -> Result<(ProtectedHeader, Probe, AnswerKey), ServiceError> {
         let dimension = self.dimension;
-        self.open_request_as(body, now, timer, |plaintext| {
+        self.open_request_as(body, now, timer, false, |plaintext| {
             Ok(Probe::parse(plaintext, dimension)?)
         })
     }
@@ -448,10 +594,14 @@ impl Service {
         body: &[u8],
         now: i64,
         timer: &mut StageTimer,
+        encrypted_answer_required: bool,
         parse: impl FnOnce(&[u8]) -> Result<T, ServiceError>,
-    ) -> Result<(ProtectedHeader, T), ServiceError> {
+    ) -> Result<(ProtectedHeader, T, AnswerKey), ServiceError> {
         let envelope = RequestEnvelope::parse(body)?;
         let header = &envelope.header;
+        if encrypted_answer_required && !header.wants_encrypted_answer() {
+            return Err(ServiceError::AnswerEncryptionRequired);
+        }
         let encryption = match self.keys.lookup(&header.kid, now) {
             KidLookup::Live(key) => key,
             KidLookup::Retired => return Err(ServiceError::RetiredKid),
@@ -468,7 +618,8 @@ impl Service {
         drop(encryption);
         timer.lap(Stage::Sm2Unwrap);
         let plaintext = envelope.open_payload(&session_key)?;
-        drop(session_key);
+        // Kept (in wiping storage) only to encrypt the answer the client asked for.
+        let answer_key = header.wants_encrypted_answer().then_some(session_key);
         timer.lap(Stage::Sm4GcmOpen);
         // The payload authenticated under a live key: the request id is spent now, whatever
         // the answer from here on (docs/PROTOCOL.md: one rule a client can act on: never
@@ -490,7 +641,7 @@ impl Service {
         let payload = parse(&plaintext).map_err(|e| self.refuse_spent(e));
         drop(plaintext);
         timer.lap(Stage::PayloadParse);
-        Ok((envelope.header, payload?))
+        Ok((envelope.header, payload?, answer_key))
     }
 
     /// A refusal after the request id was spent: makes the spent id durable first, so that
@@ -502,11 +653,28 @@ impl Service {
         error
     }
 
-    fn sign<T: Serialize>(&self, payload: &T) -> Result<SignedResponse, ServiceError> {
+    /// Signs `payload`, then encrypts the signed answer to the request's session key when
+    /// the client asked (sign-then-encrypt: `protocol::answer`); the key is wiped here.
+    fn answer<T: Serialize>(
+        &self,
+        rid: &str,
+        key: AnswerKey,
+        payload: &T,
+    ) -> Result<Answer, ServiceError> {
         let json = serde_json::to_vec(payload).map_err(internal)?;
-        self.signer
+        let signed = self
+            .signer
             .sign(self.keys.identity(), &json)
-            .map_err(internal)
+            .map_err(internal)?;
+        match key {
+            None => Ok(Answer::Signed(signed)),
+            Some(key) => {
+                let signed_json = serde_json::to_vec(&signed).map_err(internal)?;
+                Ok(Answer::Encrypted(
+                    seal_answer(&key, rid, &signed_json).map_err(internal)?,
+                ))
+            }
+        }
     }
 }
 
@@ -550,9 +718,59 @@ pub(crate) mod tests {
     }
 
     /// The signed answer's payload, after checking the signature with the identity key.
-    fn answer(service: &Service, signed: &SignedResponse) -> serde_json::Value {
+    fn answer(service: &Service, answer: &Answer) -> serde_json::Value {
+        let Answer::Signed(signed) = answer else {
+            panic!("a signed answer in the clear");
+        };
         let payload = verify(service.identity_public(), signed).expect("signed by the identity");
         serde_json::from_slice(&payload).unwrap()
+    }
+
+    #[test]
+    fn an_identification_is_encrypted_to_its_client_and_logged_sealed() {
+        let service = service();
+        let enrol = |user: &str, face: serde_json::Value| {
+            let body = envelope(
+                &service,
+                serde_json::json!({"user_id": user, "features": face}),
+                NOW,
+            );
+            answer(&service, &service.enroll(&body, NOW).unwrap());
+        };
+        enrol("alice", serde_json::json!([0.6, 0.8, 0.0, 0.0]));
+        enrol("bob", serde_json::json!([0.0, 0.0, 1.0, 0.0]));
+        let key = service.encryption_public();
+        let header = ProtectedHeader::new(&key.kid(), NOW)
+            .unwrap()
+            .with_encrypted_answer();
+        let probe = serde_json::json!({"features": [0.6, 0.79, 0.02, 0.0], "top_k": 2});
+        let (body, session_key) = crate::protocol::request::seal_keeping_key(
+            &key,
+            &header,
+            &serde_json::to_vec(&probe).unwrap(),
+        )
+        .unwrap();
+        let Answer::Encrypted(sealed) = service.identify(&body, NOW).unwrap() else {
+            panic!("identify answers encrypted");
+        };
+        let signed =
+            crate::protocol::answer::open_answer(&session_key, &header.rid, &sealed).unwrap();
+        let signed: SignedResponse = serde_json::from_slice(&signed).unwrap();
+        let payload = answer(&service, &Answer::Signed(signed));
+        assert_eq!(payload["candidates"][0]["user_id"], "alice", "{payload}");
+        assert_eq!(payload["searched"], 2);
+        // Logged sealed, under the named user's blind index, with the probe.
+        let logs = service.vault().risk_logs().unwrap();
+        let logged = logs.iter().find(|l| l.rid == header.rid).unwrap();
+        assert_eq!(logged.decision, payload["decision"].as_str().unwrap());
+        assert_eq!(logged.features.len(), 4);
+
+        // Without `ans`: refused before anything is decrypted or spent.
+        let plain = envelope(&service, probe, NOW);
+        assert!(matches!(
+            service.identify(&plain, NOW),
+            Err(ServiceError::AnswerEncryptionRequired)
+        ));
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn test_client(data_dir: &Path) -> (Arc<ClientCredential>, PathBuf) {
     std::fs::write(
         &clients_file,
         format!(
-            "[[client]]\nid = \"test\"\npermissions = [\"enroll\", \"assess\", \"erase\"]\n\
+            "[[client]]\nid = \"test\"\npermissions = [\"enroll\", \"assess\", \"erase\", \"identify\"]\n\
              public_key = \"\"\"\n{}\"\"\"\n",
             key.public().to_pem()
         ),

@@ -197,6 +197,26 @@ pub enum ClientCommand {
     Enroll(RequestArgs),
     /// Assess a face embedding against a user's enrolment.
     Assess(RequestArgs),
+    /// Identify a face among every enrolled user (1:N); the answer is encrypted to this
+    /// client, decrypted and verified here.
+    Identify {
+        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// JSON file: an array of numbers, or an object with `features` or `embedding`.
+        #[arg(long)]
+        features: PathBuf,
+        /// Candidates wanted, 1 to 10.
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        liveness: Option<f32>,
+        #[arg(long)]
+        device: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
+        #[arg(long)]
+        pin_keys: Option<PathBuf>,
+    },
     /// Erase everything the service keeps about a user (templates, history, indexes; risk
     /// logs keep the decisions only).
     Erase {
@@ -249,4 +269,7 @@ pub struct RequestArgs {
     /// service presents; encryption keys must carry its certificate.
     #[arg(long)]
     pub pin_keys: Option<PathBuf>,
+    /// Ask for the answer encrypted to this client (docs/PROTOCOL.md §3a).
+    #[arg(long)]
+    pub encrypted_answer: bool,
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tee_risk::app::server::IDENTITY_PEM;
 use tee_risk::attest::Policy;
-use tee_risk::client::{Client, FeatureRequest, ServerKeys, read_features_file};
+use tee_risk::client::{Client, FeatureRequest, IdentifyRequest, ServerKeys, read_features_file};
 use tee_risk::crypto::keyfile::load_sm2_key;
 use tee_risk::protocol::client_auth::ClientCredential;
 
@@ -106,11 +106,38 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        ClientCommand::Identify {
+            url,
+            features,
+            top_k,
+            liveness,
+            device,
+            access,
+            pin_keys,
+        } => {
+            let client = connect(&url, pin_keys.as_deref())?.with_credential(credential(&access)?);
+            let payload = client.identify(&IdentifyRequest {
+                features: read_features_file(&features)?,
+                liveness,
+                device_id: device,
+                top_k,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&payload)?);
+            eprintln!(
+                "answer decrypted with this request's key; signature verified (identity kid \
+                 {}), rid and req_sm3 match",
+                client.keys().identity.kid()
+            );
+            return Ok(());
+        }
         ClientCommand::Enroll(args) => ("/v1/enroll", args),
         ClientCommand::Assess(args) => ("/v1/assess", args),
     };
-    let client =
+    let mut client =
         connect(&args.url, args.pin_keys.as_deref())?.with_credential(credential(&args.access)?);
+    if args.encrypted_answer {
+        client = client.with_encrypted_answers();
+    }
     let request = FeatureRequest {
         user_id: args.user.clone(),
         features: read_features_file(&args.features)?,

@@ -60,6 +60,15 @@ impl Vault {
         Ok(())
     }
 
+    /// Logs an identification (sealed like an assessment; no feature history).
+    pub fn record_identification(&self, log: &RiskLogEntry) -> Result<(), VaultError> {
+        let log_key = self.store().next_id()?.to_be_bytes();
+        let log_record = self.seal_value(Table::RiskLogs, &log_key, log)?;
+        self.store().insert(Table::RiskLogs, &log_key, log_record)?;
+        self.counted(Table::RiskLogs, 1);
+        Ok(())
+    }
+
     /// Every risk log entry, oldest first (for audits and tests).
     pub fn risk_logs(&self) -> Result<Vec<RiskLogEntry>, VaultError> {
         self.store()
