@@ -4,7 +4,8 @@
 //! vectors (timing does not depend on what the faces look like; accuracy is `tee-risk eval`'s).
 //!
 //! Env: IDENTIFY_SIZES (10000,100000,1000000), IDENTIFY_QUERIES (200), IDENTIFY_FAISS
-//! (1: run the reference; needs target/pyenv with faiss-cpu, which `make bench` installs).
+//! (1: run the reference; needs target/pyenv with faiss-cpu, which `make bench` installs),
+//! IDENTIFY_STARTUP_USERS (100000: users enrolled in a sled vault to time the start-up load).
 //! Report: target/identify-report.json. Timings are reported, never asserted.
 
 use std::io::Write;
@@ -78,6 +79,44 @@ fn faiss(dir: &Path, n: usize, dim: usize, queries: usize) -> Option<(f64, f64)>
     Some((v["p50_ms"].as_f64()?, v["p99_ms"].as_f64()?))
 }
 
+/// Start-up: the service loads every enrolled user from the vault (decrypting each record)
+/// into the index. Measured on sled with `users` enrolments, per user, to extrapolate.
+fn startup(users: usize, dim: usize) -> serde_json::Value {
+    use std::sync::Arc;
+    use tee_risk::store::{MasterKey, SledStore, Store, Vault};
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    let vault = Vault::open(store, &MasterKey::generate().unwrap()).unwrap();
+    let vectors = unit_vectors(users, dim, 3);
+    let started = Instant::now();
+    for (i, v) in vectors.chunks_exact(dim).enumerate() {
+        let id = format!("user-{i:07}");
+        vault.enrol_from(&vault.user(&id), &id, v, 0, 5, None).unwrap();
+    }
+    vault.flush().unwrap();
+    let enrol_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let gallery = Gallery::default();
+    for (id, enrolment) in vault.enrolled_users().unwrap() {
+        gallery.set(&id, &enrolment.templates);
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+    assert_eq!(gallery.len(), users);
+    let per_user_us = load_secs / users as f64 * 1e6;
+    println!(
+        "start-up: {users} users loaded from sled (decrypted) into the index in {load_secs:.2} s \
+         ({per_user_us:.1} µs a user: {:.0} s for a million); enrolling them took {enrol_secs:.1} s",
+        per_user_us
+    );
+    serde_json::json!({
+        "users": users,
+        "load_secs": load_secs,
+        "load_us_per_user": per_user_us,
+        "million_users_secs_extrapolated": per_user_us,
+        "enrol_secs": enrol_secs,
+    })
+}
+
 fn main() {
     let sizes = env_list("IDENTIFY_SIZES", &[10_000, 100_000, 1_000_000]);
     let queries = env_list("IDENTIFY_QUERIES", &[200])[0];
@@ -128,22 +167,29 @@ fn main() {
             checksum += found.map_or(0.0, |c| c.similarity);
         }
         conflict.sort_by(f64::total_cmp);
-        // The plain exact f32 scan it replaces (as the old gallery did).
+        // The plain exact f32 scan it replaces (as the old gallery did); the index must give
+        // the same best score on every query (exactness, checked here on the bench's data too).
         let mut plain = Vec::with_capacity(queries.min(50));
         for probe in probes.chunks_exact(dim).take(50) {
             let t = Instant::now();
             let best = vectors
                 .chunks_exact(dim)
-                .map(|c| tee_risk::risk::cosine(probe, c))
+                .map(|c| tee_risk::risk::cosine(probe, &tee_risk::risk::centroid(&[c])))
                 .fold(f32::MIN, f32::max);
             plain.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(gallery.top_k(probe, 1)[0].similarity, best, "exact top-1");
             checksum += best;
         }
         plain.sort_by(f64::total_cmp);
         let faiss = if run_faiss {
             write_f32(&dir.join("gallery.f32"), &vectors);
             write_f32(&dir.join("queries.f32"), &probes);
-            faiss(&dir, n, dim, queries)
+            let found = faiss(&dir, n, dim, queries);
+            assert!(
+                found.is_some() || std::env::var_os("IDENTIFY_REQUIRE_FAISS").is_none(),
+                "the FAISS reference did not run (make bench-pyenv installs it)"
+            );
+            found
         } else {
             None
         };
@@ -171,7 +217,9 @@ fn main() {
             "checksum": checksum,
         }));
     }
+    let startup = startup(env_list("IDENTIFY_STARTUP_USERS", &[100_000])[0], dim);
     let path = target_dir().join("identify-report.json");
+    let report = serde_json::json!({ "searches": report, "startup": startup });
     std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
     println!("report: {}", path.display());
 }

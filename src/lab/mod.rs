@@ -5,6 +5,7 @@
 
 pub mod dataset;
 pub mod eval;
+pub mod identification;
 pub mod plots;
 pub mod synth;
 pub mod train;

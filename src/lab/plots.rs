@@ -132,6 +132,66 @@ fn det(path: &Path, reports: &[Report]) -> PlotResult {
     Ok(())
 }
 
+/// The 1:N DET-style curve (FNIR against FPIR) for each gallery size, as `det_1n.png` in
+/// `dir`.
+pub fn write_identification(
+    dir: &Path,
+    reports: &[crate::lab::identification::IdentificationReport],
+) -> Result<PathBuf, LabError> {
+    load_font()?;
+    std::fs::create_dir_all(dir).map_err(|source| LabError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let path = dir.join("det_1n.png");
+    det_1n(&path, reports).map_err(|e| LabError::Plot(e.to_string()))?;
+    Ok(path)
+}
+
+fn det_1n(path: &Path, reports: &[crate::lab::identification::IdentificationReport]) -> PlotResult {
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "1:N DET: non-mated searches from never-enrolled identities",
+            ("sans-serif", 24),
+        )
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1e-3f64..1.0f64).log_scale(), (1e-3f64..1.0f64).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("false positive identification rate (FPIR)")
+        .y_desc("false negative identification rate (FNIR)")
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    for (r, colour) in reports.iter().zip(COLOURS.iter().cycle()) {
+        let points: Vec<(f64, f64)> = r
+            .det
+            .iter()
+            .map(|&(fpir, fnir)| (fpir.max(1e-3), fnir.max(1e-3)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(format!(
+                "gallery {} ({} images each): rank-1 {:.1} %",
+                r.gallery,
+                r.enrol_images,
+                r.rank1_identification_rate * 100.0
+            ))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 fn histogram(path: &Path, r: &Report) -> PlotResult {
     const BINS: usize = 80;
     let (low, high) = (0.5f32, 1.0f32);

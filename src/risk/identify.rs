@@ -123,14 +123,14 @@ mod tests {
         let policy = default_policy();
         let strong = candidate("alice", 0.98);
         let weak = candidate("bob", 0.5);
-        let found = policy.identify(&[strong.clone(), weak.clone()], 1_000, 1, None);
+        let found = policy.identify(&[strong.clone(), weak.clone()], 10, 1, None);
         assert_eq!(found.decision, IdentifyDecision::Match);
         assert_eq!(found.candidates.len(), 1);
         assert_eq!(found.candidates[0].user_id, "alice");
         assert!(found.candidates[0].fmr <= policy.identify_max_fmr);
 
         let twin = candidate("alice-twin", 0.979);
-        let found = policy.identify(&[strong.clone(), twin], 1_000, 2, None);
+        let found = policy.identify(&[strong.clone(), twin], 10, 2, None);
         assert_eq!(found.decision, IdentifyDecision::Ambiguous);
         assert_eq!(found.candidates.len(), 2);
 

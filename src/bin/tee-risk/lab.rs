@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 use tee_risk::app::Config;
 use tee_risk::lab::eval::{self};
-use tee_risk::lab::{Dataset, Labelled, plots, train};
+use tee_risk::lab::{Dataset, Labelled, identification, plots, train};
 use tee_risk::risk::model::TrainingSummary;
 
 pub(crate) fn labelled(dataset: &Dataset) -> Vec<Labelled<'_>> {
@@ -72,6 +72,31 @@ pub fn evaluate(
             r.genuine_flagged_as_replay * 100.0,
         );
     }
+    // 1:N, two images enrolled per identity, galleries from 10 to every enrollable one.
+    let identification =
+        identification::evaluate_identification(&policy, &samples, 2, &[10, 30, 100, 0])?;
+    println!(
+        "\n1:N (2 images enrolled; FPIR/FNIR at the operating point identify_max_fmr = {})\n\
+         gallery  mated  non-mated  rank-1   FNIR@FPIR1%  FNIR@FPIR0.1%  FPIR@op  FNIR@op  ambiguous  wrong  conflicts-caught  false-conflicts",
+        policy.identify_max_fmr
+    );
+    for r in &identification {
+        println!(
+            "{:>7}  {:>5}  {:>9}  {:>5.1}%  {:>10.1}%  {:>12.1}%  {:>6.2}%  {:>6.1}%  {:>8.2}%  {:>4.2}%  {:>15.1}%  {:>14.2}%",
+            r.gallery,
+            r.mated_searches,
+            r.non_mated_searches,
+            r.rank1_identification_rate * 100.0,
+            r.fnir_at_fpir_1pct * 100.0,
+            r.fnir_at_fpir_0_1pct * 100.0,
+            r.fpir_at_operating_point * 100.0,
+            r.fnir_at_operating_point * 100.0,
+            r.ambiguous_rate * 100.0,
+            r.wrong_match_rate * 100.0,
+            r.conflicts_caught * 100.0,
+            r.false_conflicts * 100.0,
+        );
+    }
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -80,6 +105,7 @@ pub fn evaluate(
         "images": dataset.samples.len(),
         "model": policy.model_version(),
         "reports": reports,
+        "identification": identification,
     });
     std::fs::write(out, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
@@ -88,6 +114,8 @@ pub fn evaluate(
         for file in plots::write_all(dir, &reports)? {
             eprintln!("plot written to {}", file.display());
         }
+        let file = plots::write_identification(dir, &identification)?;
+        eprintln!("plot written to {}", file.display());
     }
     Ok(())
 }
