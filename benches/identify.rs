@@ -91,7 +91,9 @@ fn startup(users: usize, dim: usize) -> serde_json::Value {
     let started = Instant::now();
     for (i, v) in vectors.chunks_exact(dim).enumerate() {
         let id = format!("user-{i:07}");
-        vault.enrol_from(&vault.user(&id), &id, v, 0, 5, None).unwrap();
+        vault
+            .enrol_from(&vault.user(&id), &id, v, 0, 5, None)
+            .unwrap();
     }
     vault.flush().unwrap();
     let enrol_secs = started.elapsed().as_secs_f64();

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use crate::app::config::{Config, DEFAULT_CONFIG_TOML};
 use crate::attest::verify::{Policy, SimPolicy};
 use crate::attest::{Evidence, sim::SimReport, snp};
-use crate::protocol::payload::{EraseRequest, Probe};
+use crate::protocol::payload::{EraseRequest, IdentifyProbe, Probe};
 use crate::protocol::request::RequestEnvelope;
 use crate::protocol::response::SignedResponse;
 use crate::store::RiskLogEntry;
@@ -23,8 +23,14 @@ pub fn envelope(data: &[u8]) {
     let _ = Probe::parse(data, 128);
     let _ = Probe::parse(data, 2);
     let _ = EraseRequest::parse(data);
+    let _ = IdentifyProbe::parse(data, 128);
     if let Ok(signed) = serde_json::from_slice::<SignedResponse>(data) {
         let _ = crate::protocol::response::verify(fixed_key().public(), &signed);
+    }
+    // An encrypted answer as a client would open it (fixed session key and rid).
+    if let Ok(answer) = serde_json::from_slice::<crate::protocol::answer::EncryptedAnswer>(data) {
+        let key = crate::crypto::secret::SecretBytes::<16>::from_slice(&[7; 16]).expect("16 bytes");
+        let _ = crate::protocol::answer::open_answer(&key, "AAECAwQFBgcICQoLDA0ODw", &answer);
     }
 }
 
@@ -39,6 +45,7 @@ pub fn decrypt(data: &[u8]) {
         if let Ok(plaintext) = envelope.open(key) {
             let _ = Probe::parse(&plaintext, 128);
             let _ = EraseRequest::parse(&plaintext);
+            let _ = IdentifyProbe::parse(&plaintext, 128);
         }
     }
 }

@@ -34,9 +34,7 @@ fn body(key: &PublicKey, iat: i64, user: &str) -> Vec<u8> {
 
 #[test]
 fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-    let vault = Vault::open(store, &MasterKey::generate().unwrap()).unwrap();
+    let (vault, _dir) = vault();
     let config = Config::builtin();
     let lifetime = config.keys.encryption_key_lifetime_secs;
     let grace = config.keys.encryption_key_grace_secs;
@@ -120,9 +118,7 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
 /// A replica with its own store, holding what `peer` would grant a joiner at `now` (the
 /// secrets cross as the join protocol's bytes).
 fn replica(peer: &Service, now: i64) -> (Service, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-    let vault = Vault::open(store, &MasterKey::generate().unwrap()).unwrap();
+    let (vault, dir) = vault();
     let bytes = peer.export_secrets().to_bytes();
     let secrets = ClusterSecrets::from_bytes(&bytes).unwrap();
     let config = Config::builtin();
@@ -133,9 +129,7 @@ fn replica(peer: &Service, now: i64) -> (Service, tempfile::TempDir) {
 
 #[test]
 fn forward_secrecy_holds_across_replicas_and_against_states_captured_later() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-    let vault = Vault::open(store, &MasterKey::generate().unwrap()).unwrap();
+    let (vault, _dir) = vault();
     let config = Config::builtin();
     let lifetime = config.keys.encryption_key_lifetime_secs;
     let grace = config.keys.encryption_key_grace_secs;
@@ -202,4 +196,14 @@ fn forward_secrecy_holds_across_replicas_and_against_states_captured_later() {
     ));
     let fresh = body(&third.encryption_public(), after, "carol");
     first.assess(&fresh, after).unwrap();
+}
+
+/// A vault on a fresh sled folder (kept while the folder lives).
+fn vault() -> (Vault, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    (
+        Vault::open(store, &MasterKey::generate().unwrap()).unwrap(),
+        dir,
+    )
 }

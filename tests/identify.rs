@@ -144,7 +144,9 @@ fn a_genuine_face_is_named_and_a_stranger_is_not() {
             }
             // Two enrolled faces pass: the right one is among them.
             "ambiguous" => assert!(
-                candidates[..2].iter().any(|c| c["user_id"] == identity.as_str()),
+                candidates[..2]
+                    .iter()
+                    .any(|c| c["user_id"] == identity.as_str()),
                 "{answer}"
             ),
             other => assert_eq!(other, "no_match", "{answer}"),

@@ -323,20 +323,7 @@ fn the_client_signature_example_in_protocol_md_holds() {
     use tee_risk::protocol::client_auth::signed_message;
     use tee_risk::service::access::{ClientRegistry, Permission};
 
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
-    let block = doc
-        .split("```text client-signature-vector\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("docs/PROTOCOL.md has the client-signature-vector block");
-    let field = |name: &str| {
-        block
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
-            .unwrap_or_else(|| panic!("the vector has `{name}`"))
-            .to_owned()
-    };
+    let field = protocol_md_vector("client-signature-vector");
     let key = IdentityKey::from_hex(&field("private key (hex)")).unwrap();
     assert_eq!(
         hex::encode(key.public().sec1()),
@@ -457,20 +444,7 @@ fn hkdf_sm3_equals_openssl() {
 fn the_encrypted_answer_vector_in_protocol_md_holds() {
     use tee_risk::crypto::secret::SecretBytes;
     use tee_risk::protocol::answer::{answer_key, open_answer, seal_answer_with_iv};
-    let doc =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
-    let block = doc
-        .split("```text answer-vector\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("docs/PROTOCOL.md has the answer-vector block");
-    let field = |name: &str| {
-        block
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
-            .unwrap_or_else(|| panic!("the vector has `{name}`"))
-            .to_owned()
-    };
+    let field = protocol_md_vector("answer-vector");
     let key = SecretBytes::<16>::from_hex(&field("session key K (hex)")).unwrap();
     let rid = field("rid");
     assert_eq!(
@@ -487,4 +461,24 @@ fn the_encrypted_answer_vector_in_protocol_md_holds() {
         &open_answer(&key, &rid, &sealed).unwrap()[..],
         plaintext.as_bytes()
     );
+}
+
+/// The `name: value` lines of the ```` ```text <block> ```` block of docs/PROTOCOL.md, read
+/// from the document itself so that what a client author follows cannot drift from the code.
+fn protocol_md_vector(block: &str) -> impl Fn(&str) -> String {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md")).unwrap();
+    let block = doc
+        .split(&format!("```text {block}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap_or_else(|| panic!("docs/PROTOCOL.md has the {block} block"))
+        .to_owned();
+    move |name: &str| {
+        block
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("the vector has `{name}`"))
+            .to_owned()
+    }
 }

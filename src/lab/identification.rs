@@ -169,16 +169,13 @@ pub fn evaluate_identification(
 fn fnir_at_fpir(mated: &[(bool, f32)], non_mated: &[f32], fpir: f64) -> f64 {
     let mut scores = non_mated.to_vec();
     scores.sort_by(|a, b| b.total_cmp(a));
-    // The smallest threshold with at most `fpir` of non-mated at or above it.
+    // The first non-mated score that must not pass: a search passes only strictly above it
+    // (none such: every search passes).
     let allowed = (fpir * scores.len() as f64).floor() as usize;
-    let threshold = match scores.get(allowed) {
-        // Strictly above the first non-mated score that must not pass.
-        Some(&s) => s.next_up(),
-        None => f32::MIN,
-    };
+    let limit = scores.get(allowed).copied();
     let missed = mated
         .iter()
-        .filter(|(right, score)| !right || *score < threshold)
+        .filter(|&&(right, score)| !right || limit.is_some_and(|l| score <= l))
         .count();
     missed as f64 / mated.len().max(1) as f64
 }

@@ -71,20 +71,7 @@ impl Probe {
             MAX_USER_ID_BYTES,
             "user_id must be 1 to 128 bytes without control characters",
         )?;
-        if let Some(device) = &message.device_id {
-            check_id(
-                device,
-                MAX_DEVICE_ID_BYTES,
-                "device_id must be 1 to 128 bytes without control characters",
-            )?;
-        }
-        if let Some(liveness) = message.liveness
-            && !(0.0..=1.0).contains(&liveness)
-        {
-            return Err(FeatureError::InvalidField(
-                "liveness must be a number in [0, 1]",
-            ));
-        }
+        check_context(message.device_id.as_deref(), message.liveness)?;
         let mut features = normalise(&message.features, dimension)?;
         // Move the values out; `message` and `features` wipe what is left when dropped.
         Ok(Self {
@@ -131,20 +118,7 @@ impl IdentifyProbe {
                 Some(index) => FeatureError::NonFinite(index),
                 None => FeatureError::MalformedIdentify,
             })?;
-        if let Some(device) = &message.device_id {
-            check_id(
-                device,
-                MAX_DEVICE_ID_BYTES,
-                "device_id must be 1 to 128 bytes without control characters",
-            )?;
-        }
-        if let Some(liveness) = message.liveness
-            && !(0.0..=1.0).contains(&liveness)
-        {
-            return Err(FeatureError::InvalidField(
-                "liveness must be a number in [0, 1]",
-            ));
-        }
+        check_context(message.device_id.as_deref(), message.liveness)?;
         let top_k = message.top_k.unwrap_or(1);
         if !(1..=MAX_TOP_K).contains(&top_k) {
             return Err(FeatureError::InvalidField("top_k must be 1 to 10"));
@@ -177,6 +151,25 @@ impl EraseRequest {
         )?;
         Ok(request)
     }
+}
+
+/// The optional context every probe may carry: a device id, a liveness score in [0, 1].
+fn check_context(device_id: Option<&str>, liveness: Option<f32>) -> Result<(), FeatureError> {
+    if let Some(device) = device_id {
+        check_id(
+            device,
+            MAX_DEVICE_ID_BYTES,
+            "device_id must be 1 to 128 bytes without control characters",
+        )?;
+    }
+    if let Some(liveness) = liveness
+        && !(0.0..=1.0).contains(&liveness)
+    {
+        return Err(FeatureError::InvalidField(
+            "liveness must be a number in [0, 1]",
+        ));
+    }
+    Ok(())
 }
 
 fn check_id(id: &str, max: usize, message: &'static str) -> Result<(), FeatureError> {
