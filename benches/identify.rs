@@ -3,7 +3,8 @@
 //! exact `IndexFlatIP` (faiss-cpu from PyPI, one thread) on the same vectors. Synthetic unit
 //! vectors (timing does not depend on what the faces look like; accuracy is `tee-risk eval`'s).
 //!
-//! Env: IDENTIFY_SIZES (10000,100000,1000000), IDENTIFY_QUERIES (200), IDENTIFY_FAISS
+//! Env (defaults under `cargo bench`; `cargo test` runs a 2,000-user pass without FAISS):
+//! IDENTIFY_SIZES (10000,100000,1000000), IDENTIFY_QUERIES (200), IDENTIFY_FAISS
 //! (1: run the reference; needs target/pyenv with faiss-cpu, which `make bench` installs),
 //! IDENTIFY_STARTUP_USERS (100000: users enrolled in a sled vault to time the start-up load).
 //! Report: target/identify-report.json. Timings are reported, never asserted.
@@ -120,9 +121,16 @@ fn startup(users: usize, dim: usize) -> serde_json::Value {
 }
 
 fn main() {
-    let sizes = env_list("IDENTIFY_SIZES", &[10_000, 100_000, 1_000_000]);
-    let queries = env_list("IDENTIFY_QUERIES", &[200])[0];
-    let run_faiss = std::env::var("IDENTIFY_FAISS").map_or(true, |v| v != "0");
+    // `cargo test` runs this binary without `--bench`: a quick pass that proves it works.
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let (default_sizes, default_queries): (&[usize], usize) = if benchmarking {
+        (&[10_000, 100_000, 1_000_000], 200)
+    } else {
+        (&[2_000], 20)
+    };
+    let sizes = env_list("IDENTIFY_SIZES", default_sizes);
+    let queries = env_list("IDENTIFY_QUERIES", &[default_queries])[0];
+    let run_faiss = std::env::var("IDENTIFY_FAISS").map_or(benchmarking, |v| v != "0");
     let dim = 128;
     let dir = target_dir().join("identify-bench");
     std::fs::create_dir_all(&dir).unwrap();
@@ -219,7 +227,8 @@ fn main() {
             "checksum": checksum,
         }));
     }
-    let startup = startup(env_list("IDENTIFY_STARTUP_USERS", &[100_000])[0], dim);
+    let startup_users = if benchmarking { 100_000 } else { 2_000 };
+    let startup = startup(env_list("IDENTIFY_STARTUP_USERS", &[startup_users])[0], dim);
     let path = target_dir().join("identify-report.json");
     let report = serde_json::json!({ "searches": report, "startup": startup });
     std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
