@@ -6,6 +6,7 @@
 pub mod access;
 pub mod cluster;
 mod error;
+mod identify;
 pub mod keyset;
 pub mod limits;
 pub mod replay;
@@ -23,12 +24,11 @@ use crate::crypto::sm3_hex;
 use crate::obs::metrics::{Metrics, Stage, StageTimer};
 use crate::obs::unix_now_f64;
 use crate::protocol::answer::{EncryptedAnswer, seal_answer};
-use crate::protocol::payload::{EraseRequest, IdentifyProbe, Probe};
+use crate::protocol::payload::{EraseRequest, Probe};
 use crate::protocol::request::{ProtectedHeader, RequestEnvelope};
 use crate::protocol::response::{ResponseSigner, SignedResponse};
 use crate::protocol::{KeysDocument, PublicJwk};
 use crate::risk::gallery::{Gallery, gallery_key};
-use crate::risk::identify::{IdentifyDecision, ScoredCandidate};
 use crate::risk::velocity::{VelocityTracker, device_key};
 use crate::risk::{self, Assessment, Decision, Reason, RiskPolicy};
 use crate::store::{ChangeCursor, Erased, RiskLogEntry, UserIndex, UserRef, Vault, VaultError};
@@ -88,20 +88,6 @@ struct AssessPayload<'a> {
     iat: i64,
     decision: Decision,
     score: f64,
-    reasons: &'a [Reason],
-    model: &'a str,
-}
-
-#[derive(Serialize)]
-struct IdentifyPayload<'a> {
-    op: &'static str,
-    rid: &'a str,
-    req_sm3: String,
-    iat: i64,
-    decision: IdentifyDecision,
-    /// How many enrolled users were searched (the FMRs are corrected for it).
-    searched: usize,
-    candidates: &'a [ScoredCandidate],
     reasons: &'a [Reason],
     model: &'a str,
 }
@@ -434,97 +420,6 @@ impl Service {
                 decision,
                 score,
                 reasons: &reasons,
-                model: self.policy.model_version(),
-            },
-        );
-        timer.lap(Stage::Sign);
-        response
-    }
-
-    /// `POST /v1/identify`: whose face is this, among every enrolled user? The answer names
-    /// users, so it is always encrypted to the client (`ans` is required).
-    pub fn identify(&self, body: &[u8], now: i64) -> Result<Answer, ServiceError> {
-        let mut timer = StageTimer::start(&self.metrics);
-        let dimension = self.dimension;
-        let (header, probe, answer_key) =
-            self.open_request_as(body, now, &mut timer, true, |p| {
-                Ok(IdentifyProbe::parse(p, dimension)?)
-            })?;
-        let searched = self.gallery.len();
-        // Two at least: the second tells a match from an ambiguous one.
-        let candidates = self.gallery.top_k(&probe.features, probe.top_k.max(2));
-        // The hard rules, against the best candidate: a copy of one of its templates or of
-        // one of its recent accepted probes names no one. So does a failed liveness check.
-        let mut copy = probe
-            .liveness
-            .filter(|&l| l < self.policy.min_liveness)
-            .map(|_| Reason::LowLiveness);
-        let mut logged_user = None;
-        if let Some(best) = candidates.first() {
-            let user = self.vault.user(&best.user_id);
-            let enrolment = self.vault.enrolment(&user, &best.user_id).map_err(fault)?;
-            let recent = self
-                .vault
-                .recent_probes(&user, self.policy.replay_history)
-                .map_err(fault)?;
-            let signals = risk::signals(&probe.features, &enrolment.templates, &recent);
-            if signals
-                .copy_similarity
-                .is_some_and(|s| s >= self.policy.copy_min_similarity)
-            {
-                copy = Some(Reason::TemplateInjection);
-            } else if signals
-                .history_similarity
-                .is_some_and(|s| s >= self.policy.copy_min_similarity)
-            {
-                copy = Some(Reason::ReplayedProbe);
-            }
-            logged_user = Some(hex::encode(user.current()));
-        }
-        let found = self
-            .policy
-            .identify(&candidates, searched, probe.top_k, copy);
-        drop(candidates);
-        timer.lap(Stage::Score);
-        let score = found.candidates.first().map_or(1.0, |c| c.fmr);
-        let log = RiskLogEntry {
-            rid: header.rid.clone(),
-            at: now,
-            // The best candidate's blind index when one is named (an erasure of that user
-            // scrubs the entry), else no one's.
-            user: match found.decision {
-                IdentifyDecision::Match => logged_user.unwrap_or_default(),
-                _ => "identify".into(),
-            },
-            decision: found.decision.as_str().into(),
-            score,
-            reasons: found
-                .reasons
-                .iter()
-                .map(|r| r.as_str().to_owned())
-                .collect(),
-            model: self.policy.model_version().into(),
-            features: probe.features.clone(),
-            liveness: probe.liveness,
-            device_id: probe.device_id.clone(),
-        };
-        drop(probe);
-        self.vault.record_identification(&log).map_err(fault)?;
-        drop(log);
-        timer.lap(Stage::StoreWrite);
-        self.make_durable(&mut timer)?;
-        let response = self.answer(
-            &header.rid,
-            answer_key,
-            &IdentifyPayload {
-                op: "identify",
-                rid: &header.rid,
-                req_sm3: sm3_hex(body),
-                iat: now,
-                decision: found.decision,
-                searched,
-                candidates: &found.candidates,
-                reasons: &found.reasons,
                 model: self.policy.model_version(),
             },
         );
