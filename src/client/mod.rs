@@ -226,6 +226,62 @@ fn get_ok(agent: &ureq::Agent, base_url: &str, path: &str) -> Result<Vec<u8>, Cl
     Ok(raw.body)
 }
 
+/// Checks an answer in the clear to the envelope `body` (which may have been built by another
+/// program: its request id is read from its protected header) under the service's `identity`
+/// key. A refusal becomes [`ClientError::Refused`]; an encrypted answer cannot be checked
+/// here (only the sealer holds its key).
+pub fn verify_answer_to(
+    identity: &PublicKey,
+    body: &[u8],
+    raw: &RawResponse,
+) -> Result<serde_json::Value, ClientError> {
+    let envelope = crate::protocol::request::RequestEnvelope::parse(body)
+        .map_err(|e| ClientError::Keys(format!("not a request envelope: {e}")))?;
+    check_signed_answer(identity, &envelope.header.rid, body, raw)
+}
+
+/// A refusal as a typed error; a 200 answer only if signed by `identity` for request `rid`
+/// and the exact `body` (`req_sm3`).
+fn check_signed_answer(
+    identity: &PublicKey,
+    rid: &str,
+    body: &[u8],
+    raw: &RawResponse,
+) -> Result<serde_json::Value, ClientError> {
+    if raw.status != 200 {
+        #[derive(Deserialize)]
+        struct ErrorBody {
+            error: String,
+            detail: String,
+        }
+        let error: ErrorBody = serde_json::from_slice(&raw.body).unwrap_or(ErrorBody {
+            error: "unknown".into(),
+            detail: String::from_utf8_lossy(&raw.body).into_owned(),
+        });
+        return Err(ClientError::Refused {
+            status: raw.status,
+            code: error.error,
+            detail: error.detail,
+        });
+    }
+    let signed: SignedResponse = serde_json::from_slice(&raw.body)
+        .map_err(|_| ClientError::Untrusted("not a signed response".into()))?;
+    let payload = verify(identity, &signed).map_err(|e| ClientError::Untrusted(e.to_string()))?;
+    let payload: serde_json::Value = serde_json::from_slice(&payload)
+        .map_err(|_| ClientError::Untrusted("payload is not JSON".into()))?;
+    if payload["rid"] != rid {
+        return Err(ClientError::Untrusted(
+            "the response answers another request id".into(),
+        ));
+    }
+    if payload["req_sm3"] != sm3_hex(body).as_str() {
+        return Err(ClientError::Untrusted(
+            "the response answers another request body".into(),
+        ));
+    }
+    Ok(payload)
+}
+
 impl Client {
     /// A client that trusts the identity key the service publishes at `GET /v1/keys`
     /// (trust on first use; attested keys are the planned alternative) and the encryption
@@ -424,39 +480,22 @@ impl Client {
         body: &[u8],
         raw: &RawResponse,
     ) -> Result<serde_json::Value, ClientError> {
-        if raw.status != 200 {
-            #[derive(Deserialize)]
-            struct ErrorBody {
-                error: String,
-                detail: String,
-            }
-            let error: ErrorBody = serde_json::from_slice(&raw.body).unwrap_or(ErrorBody {
-                error: "unknown".into(),
-                detail: String::from_utf8_lossy(&raw.body).into_owned(),
-            });
-            return Err(ClientError::Refused {
-                status: raw.status,
-                code: error.error,
-                detail: error.detail,
-            });
-        }
-        let signed: SignedResponse = serde_json::from_slice(&raw.body)
-            .map_err(|_| ClientError::Untrusted("not a signed response".into()))?;
-        let payload = verify(&self.keys.identity, &signed)
-            .map_err(|e| ClientError::Untrusted(e.to_string()))?;
-        let payload: serde_json::Value = serde_json::from_slice(&payload)
-            .map_err(|_| ClientError::Untrusted("payload is not JSON".into()))?;
-        if payload["rid"] != header.rid.as_str() {
-            return Err(ClientError::Untrusted(
-                "the response answers another request id".into(),
-            ));
-        }
-        if payload["req_sm3"] != sm3_hex(body).as_str() {
-            return Err(ClientError::Untrusted(
-                "the response answers another request body".into(),
-            ));
-        }
-        Ok(payload)
+        check_signed_answer(&self.keys.identity, &header.rid, body, raw)
+    }
+
+    /// Posts a sealed request (`POST`, or `DELETE` for `/v1/users`) and checks its answer.
+    pub fn post_sealed(
+        &self,
+        path: &str,
+        sealed: &SealedRequest,
+    ) -> Result<serde_json::Value, ClientError> {
+        let method = if path == "/v1/users" {
+            "DELETE"
+        } else {
+            "POST"
+        };
+        let raw = self.request_raw(method, path, &sealed.body)?;
+        self.verify_sealed_answer(sealed, &raw)
     }
 
     /// Seals, posts and verifies: the whole client side of one request.

@@ -65,16 +65,20 @@ pub fn read_secret_text(path: &Path) -> Result<Zeroizing<String>, KeyFileError> 
 /// An SM2 private key from a file: 64 hex digits, or a PKCS#8 PEM (as `openssl genpkey`
 /// writes).
 pub fn load_sm2_key(path: &Path) -> Result<IdentityKey, KeyFileError> {
-    let text = read_secret_text(path)?;
-    if text.contains("-----BEGIN") {
-        IdentityKey::from_pkcs8_pem(&text)
-    } else {
-        IdentityKey::from_hex(text.trim())
-    }
-    .map_err(|_| KeyFileError::NotAKey {
+    parse_sm2_key(&read_secret_text(path)?).map_err(|_| KeyFileError::NotAKey {
         path: path.to_owned(),
         expected: "64 hex digits or a PKCS#8 PEM",
     })
+}
+
+/// An SM2 private key from text: 64 hex digits, or a PKCS#8 PEM (for callers that hold the
+/// key in memory, such as the language bindings in `clients/ffi`).
+pub fn parse_sm2_key(text: &str) -> Result<IdentityKey, crate::CryptoError> {
+    if text.contains("-----BEGIN") {
+        IdentityKey::from_pkcs8_pem(text)
+    } else {
+        IdentityKey::from_hex(text.trim())
+    }
 }
 
 /// An SM2 private key from a file of 64 hex digits, created (mode 0600) when missing.

@@ -217,6 +217,57 @@ pub enum ClientCommand {
         #[arg(long)]
         pin_keys: Option<PathBuf>,
     },
+    /// Seal an enrol or assess payload into an envelope file without sending it, for another
+    /// program to post (the answer is asked in the clear: only the sealer could open an
+    /// encrypted one). Prints the request id.
+    Seal {
+        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long)]
+        user: String,
+        /// JSON file: an array of numbers, or an object with `features` or `embedding`.
+        #[arg(long)]
+        features: PathBuf,
+        #[arg(long)]
+        liveness: Option<f32>,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        pin_keys: Option<PathBuf>,
+        /// Where to write the envelope (docs/PROTOCOL.md §2).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Post an envelope file built by any program, signed as this client, and verify the
+    /// answer (signature, rid, req_sm3) before printing it.
+    Post {
+        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The route: /v1/enroll, /v1/assess, /v1/identify or /v1/users (sent as DELETE).
+        #[arg(long)]
+        path: String,
+        /// The envelope file.
+        #[arg(long)]
+        request: PathBuf,
+        #[command(flatten)]
+        access: AccessArgs,
+        #[arg(long)]
+        pin_keys: Option<PathBuf>,
+        /// Also write the answer's body, as received, to this file.
+        #[arg(long)]
+        save_answer: Option<PathBuf>,
+    },
+    /// Verify offline a signed answer (file) to an envelope (file) under an identity key:
+    /// signature, rid and req_sm3. Exit 0 and the payload, or 3 with the failed check.
+    VerifyAnswer {
+        #[arg(long)]
+        request: PathBuf,
+        #[arg(long)]
+        answer: PathBuf,
+        /// The service's identity key (PEM), e.g. keys/identity.pub.pem.
+        #[arg(long)]
+        identity: PathBuf,
+    },
     /// Erase everything the service keeps about a user (templates, history, indexes; risk
     /// logs keep the decisions only).
     Erase {

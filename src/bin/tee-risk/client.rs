@@ -6,7 +6,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use tee_risk::app::server::IDENTITY_PEM;
 use tee_risk::attest::Policy;
-use tee_risk::client::{Client, FeatureRequest, IdentifyRequest, ServerKeys, read_features_file};
+use tee_risk::client::{
+    Client, FeatureRequest, IdentifyRequest, RawResponse, ServerKeys, read_features_file,
+    verify_answer_to,
+};
 use tee_risk::crypto::keyfile::load_sm2_key;
 use tee_risk::protocol::client_auth::ClientCredential;
 
@@ -127,6 +130,83 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
                 "answer decrypted with this request's key; signature verified (identity kid \
                  {}), rid and req_sm3 match",
                 client.keys().identity.kid()
+            );
+            return Ok(());
+        }
+        ClientCommand::Seal {
+            url,
+            user,
+            features,
+            liveness,
+            device,
+            pin_keys,
+            out,
+        } => {
+            let client = connect(&url, pin_keys.as_deref())?;
+            let sealed = client.seal_request(
+                &FeatureRequest {
+                    user_id: user,
+                    features: read_features_file(&features)?,
+                    liveness,
+                    device_id: device,
+                },
+                false,
+            )?;
+            std::fs::write(&out, &sealed.body)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{}", sealed.header.rid);
+            return Ok(());
+        }
+        ClientCommand::Post {
+            url,
+            path,
+            request,
+            access,
+            pin_keys,
+            save_answer,
+        } => {
+            let client = connect(&url, pin_keys.as_deref())?.with_credential(credential(&access)?);
+            let body = std::fs::read(&request)
+                .with_context(|| format!("cannot read {}", request.display()))?;
+            let method = if path == "/v1/users" {
+                "DELETE"
+            } else {
+                "POST"
+            };
+            let raw = client.request_raw(method, &path, &body)?;
+            if let Some(file) = save_answer {
+                std::fs::write(&file, &raw.body)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+            }
+            let payload = verify_answer_to(&client.keys().identity, &body, &raw)?;
+            println!("{}", serde_json::to_string_pretty(&payload)?);
+            eprintln!(
+                "signature verified (identity kid {}), rid and req_sm3 match",
+                client.keys().identity.kid()
+            );
+            return Ok(());
+        }
+        ClientCommand::VerifyAnswer {
+            request,
+            answer,
+            identity,
+        } => {
+            let read = |path: &Path| {
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+            };
+            let pem = String::from_utf8(read(&identity)?)
+                .with_context(|| format!("{} is not a PEM file", identity.display()))?;
+            let identity = ServerKeys::identity_from_pem(&pem)?;
+            let raw = RawResponse {
+                status: 200,
+                body: read(&answer)?,
+            };
+            let payload = verify_answer_to(&identity, &read(&request)?, &raw)
+                .map_err(|e| CliError::CheckFailed(e.to_string()))?;
+            println!("{}", serde_json::to_string_pretty(&payload)?);
+            eprintln!(
+                "signature verified (identity kid {}), rid and req_sm3 match",
+                identity.kid()
             );
             return Ok(());
         }
