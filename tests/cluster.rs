@@ -156,7 +156,25 @@ fn get(url: &str) -> (u16, Vec<u8>) {
         .new_agent();
     let mut response = agent.get(url).call().expect("GET");
     let status = response.status().as_u16();
-    (status, response.body_mut().read_to_vec().unwrap())
+    let content_type = content_type(&response);
+    let body = response.body_mut().read_to_vec().unwrap();
+    support::openapi::check("GET", &target(url), status, &content_type, &body);
+    (status, body)
+}
+
+/// The path and query of `url` (what docs/openapi.yaml is looked up by).
+fn target(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.find('/').map_or("/".into(), |i| rest[i..].to_owned())
+}
+
+fn content_type(response: &ureq::http::Response<ureq::Body>) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn post_json(url: &str, body: &impl serde::Serialize) -> (u16, serde_json::Value) {
@@ -166,7 +184,9 @@ fn post_json(url: &str, body: &impl serde::Serialize) -> (u16, serde_json::Value
         .new_agent();
     let mut response = agent.post(url).send_json(body).expect("POST");
     let status = response.status().as_u16();
+    let content_type = content_type(&response);
     let bytes = response.body_mut().read_to_vec().unwrap();
+    support::openapi::check("POST", &target(url), status, &content_type, &bytes);
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
@@ -417,6 +437,29 @@ fn refusals(cluster: &LocalCluster) {
     client_report.identity_key.key_use = "enc".into();
     relabelled.evidence = client_report;
     refused(&relabelled, "`report_data`");
+
+    // A join message that is not the documented JSON.
+    let (status, body) = post_json(
+        &format!("{peer}/cluster/v1/join"),
+        &serde_json::json!({ "challenge": 7 }),
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_join_request")),
+        "{body}"
+    );
+    // Every answer above was checked against docs/openapi.yaml; the cluster routes' 200s
+    // and refusals were among them.
+    let (operations, codes) = support::openapi::covered();
+    for route in ["/cluster/v1/challenge", "/cluster/v1/join"] {
+        assert!(
+            operations.contains(&("POST".into(), route.into())),
+            "{route}"
+        );
+    }
+    for code in ["join_refused", "bad_join_request"] {
+        assert!(codes.contains(code), "{code}");
+    }
 
     // The endpoints exist only on the operator listener.
     let (status, _) = post_json(

@@ -231,6 +231,7 @@ fn a_full_disk_is_a_503_and_the_service_recovers_when_space_returns() {
         support::error_code(&refused),
         (503, "storage_unavailable".into())
     );
+    support::openapi::check("POST", "/v1/enroll", 503, "application/json", &refused.body);
     // Later requests too, typed, and quickly: the broken engine is not touched again.
     for i in 2000..2005 {
         let (_, body) = client.seal(&enrol_request(i)).unwrap();
@@ -243,6 +244,7 @@ fn a_full_disk_is_a_503_and_the_service_recovers_when_space_returns() {
     let (status, body) = health();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("failing"), "{body}");
+    support::openapi::check("GET", "/healthz", 503, "application/json", body.as_bytes());
     assert!(
         server
             .metrics(OPERATOR_TOKEN)

@@ -3,6 +3,7 @@
 //! test master key and client, OpenSSL helpers.
 #![allow(dead_code)]
 
+pub mod openapi;
 pub mod pg;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
