@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test pyenv bench-pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
+.PHONY: run test python-test bindings pyenv bench-pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
 
 # Run the service on its embedded defaults: sled in ./data, dev master key (loud warning),
 # listening on 127.0.0.1:8080, public keys written to ./keys.
@@ -9,9 +9,27 @@ run:
 # Every test: unit tests, official vectors, OpenSSL interop, end-to-end server tests; then
 # the library's tests and the fuzz regressions again with the `csv` feature (Hygon CSV
 # attestation, which builds OpenSSL from source: a few minutes the first time).
+# Then the Python client (clients/python: the Rust client library through uniffi) is built,
+# installed into target/pyenv and tested against the server binary the first step built.
 test: pyenv
 	cargo test --all-targets --no-fail-fast
 	cargo test --features csv --lib --test fuzz_regressions
+	scripts/bindings.sh
+	$(MAKE) python-test
+
+# `pip install ./clients/python` as a user would (maturin builds the Rust library), then its
+# pytest suite against a real `tee-risk serve --dev` on loopback, and the CLI.
+python-test: pyenv
+	target/pyenv/bin/pip install -q "./clients/python[test]"
+	TEE_RISK_BIN=$(CURDIR)/target/debug/tee-risk \
+	TEE_RISK_KOTLIN_JAR=$(if $(wildcard target/bindings/kotlin-smoke.jar),$(CURDIR)/target/bindings/kotlin-smoke.jar) \
+	  target/pyenv/bin/python -m pytest -q -rs clients/python/tests
+
+# Kotlin and Swift bindings of the same library (target/bindings/), generated from the built
+# library; the Kotlin ones are compiled (with clients/kotlin/Smoke.kt) when a JDK, JNA and npm
+# are installed, and then run by python-test (docs/CLIENTS.md).
+bindings:
+	scripts/bindings.sh
 
 # A local cluster (docs/OPERATIONS.md, "Running a cluster"): PostgreSQL, three replicas in dev
 # mode sharing one attested identity, HAProxy round-robin in front; throw-away folders under
@@ -43,6 +61,8 @@ lint:
 	cargo clippy --features csv --all-targets -- -D warnings
 	cargo clippy --no-default-features --features server --lib --bins -- -D warnings
 	cargo clippy --no-default-features --features client --lib -- -D warnings
+	cargo fmt --manifest-path clients/ffi/Cargo.toml -- --check
+	cargo clippy --manifest-path clients/ffi/Cargo.toml --all-targets -- -D warnings
 
 fmt:
 	cargo fmt --all
@@ -103,3 +123,4 @@ fuzz-check:
 deny:
 	command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
 	cargo deny check licenses bans sources
+	cargo deny --config deny.toml --manifest-path clients/ffi/Cargo.toml check licenses bans sources

@@ -1,0 +1,427 @@
+//! The tee-risk client library for other languages, through Mozilla's uniffi: one definition
+//! (this file) from which Python, Kotlin and Swift bindings are generated. Everything here
+//! delegates to `tee_risk::client`, the Rust client the CLI and the tests use: attestation
+//! under a policy, certified keys, envelopes, request signatures, answer checks and answer
+//! decryption exist once, in Rust (docs/CLIENTS.md says why uniffi).
+//!
+//! Answers come back as JSON text (the verified payload of docs/PROTOCOL.md §3), so that a
+//! field the service adds reaches callers without a new binding.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tee_risk::attest::Policy;
+use tee_risk::client::{
+    self, Client, ClientError, FeatureRequest, IdentifyRequest, RawResponse, ServerKeys,
+};
+use tee_risk::crypto::keyfile::{load_sm2_key, parse_sm2_key};
+use tee_risk::protocol::client_auth::{ClientCredential, valid_client_id};
+
+uniffi::setup_scaffolding!("tee_risk_client");
+
+/// Every failure a caller can meet, by whose fault and what to do.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum TeeRiskError {
+    /// The service could not be reached, or answered outside the protocol: retry later.
+    #[error("HTTP request failed: {detail}")]
+    Http { detail: String },
+    /// The service refused the request with a typed error (docs/PROTOCOL.md §4).
+    #[error("the service refused the request ({status} {code}): {detail}")]
+    Refused {
+        status: u16,
+        code: String,
+        detail: String,
+    },
+    /// Evidence, a key certificate or an answer failed a check: trust nothing in it.
+    #[error("the response cannot be trusted: {detail}")]
+    Untrusted { detail: String },
+    /// The service's keys are unusable (none certified, none valid now, another identity
+    /// than the pinned one).
+    #[error("{detail}")]
+    Keys { detail: String },
+    /// An argument is unusable: a key that is no SM2 key, a policy file that does not load,
+    /// payload text that is not JSON.
+    #[error("invalid argument: {detail}")]
+    InvalidArgument { detail: String },
+}
+
+impl From<ClientError> for TeeRiskError {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Http(detail) => Self::Http { detail },
+            ClientError::Refused {
+                status,
+                code,
+                detail,
+            } => Self::Refused {
+                status,
+                code,
+                detail,
+            },
+            ClientError::Untrusted(detail) => Self::Untrusted { detail },
+            ClientError::Keys(detail) => Self::Keys { detail },
+            other => Self::InvalidArgument {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+fn invalid(detail: impl ToString) -> TeeRiskError {
+    TeeRiskError::InvalidArgument {
+        detail: detail.to_string(),
+    }
+}
+
+/// What a verifier accepts (docs/ATTESTATION.md, "The policy file").
+#[derive(uniffi::Object)]
+pub struct AttestationPolicy(Policy);
+
+#[uniffi::export]
+impl AttestationPolicy {
+    /// Loads a policy file (TOML); a relative sim platform key is read beside it.
+    #[uniffi::constructor]
+    pub fn load(path: String) -> Result<Arc<Self>, TeeRiskError> {
+        Ok(Arc::new(Self(
+            Policy::load(Path::new(&path)).map_err(invalid)?,
+        )))
+    }
+}
+
+/// A registered client's id and SM2 private key; signs every request (docs/PROTOCOL.md,
+/// "Client authentication"). The key is held in wiping memory.
+#[derive(uniffi::Object)]
+pub struct Credential(Arc<ClientCredential>);
+
+#[uniffi::export]
+impl Credential {
+    /// From the key's text: 64 hex digits or a PKCS#8 PEM.
+    #[uniffi::constructor]
+    pub fn new(client_id: String, private_key: String) -> Result<Arc<Self>, TeeRiskError> {
+        let key = parse_sm2_key(&private_key)
+            .map_err(|_| invalid("the private key is not 64 hex digits or a PKCS#8 SM2 PEM"))?;
+        Self::checked(client_id, key)
+    }
+
+    /// From a key file (as `make run` writes `data/dev-client-key.hex`).
+    #[uniffi::constructor]
+    pub fn from_file(client_id: String, path: String) -> Result<Arc<Self>, TeeRiskError> {
+        Self::checked(client_id, load_sm2_key(Path::new(&path)).map_err(invalid)?)
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> String {
+        self.0.id().to_owned()
+    }
+
+    /// The public key the operator registers for this client (PEM).
+    pub fn public_key_pem(&self) -> String {
+        self.0.public().to_pem()
+    }
+}
+
+impl Credential {
+    fn checked(
+        client_id: String,
+        key: tee_risk::crypto::sm2::IdentityKey,
+    ) -> Result<Arc<Self>, TeeRiskError> {
+        if !valid_client_id(&client_id) {
+            return Err(invalid(format!("{client_id:?} is not a valid client id")));
+        }
+        Ok(Arc::new(Self(Arc::new(ClientCredential::new(
+            &client_id, key,
+        )))))
+    }
+}
+
+/// What a verified attestation showed.
+#[derive(uniffi::Record)]
+pub struct Attestation {
+    /// `snp`, `csv`, `tdx` or `sim`.
+    pub tee: String,
+    pub measurement: String,
+    pub debug: bool,
+    /// When the report says it was made (sim only; hardware reports are fresh by the nonce).
+    pub issued_at: Option<i64>,
+    /// The identity key the report binds, which signs answers and certifies encryption keys.
+    pub identity_kid: String,
+}
+
+/// An HTTP answer as received, before any check.
+#[derive(uniffi::Record)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl From<RawResponse> for RawAnswer {
+    fn from(raw: RawResponse) -> Self {
+        Self {
+            status: raw.status,
+            body: raw.body,
+        }
+    }
+}
+
+impl From<RawAnswer> for RawResponse {
+    fn from(raw: RawAnswer) -> Self {
+        Self {
+            status: raw.status,
+            body: raw.body,
+        }
+    }
+}
+
+/// A request sealed to the service: the envelope to post, and (when an encrypted answer was
+/// asked for) the session key that opens the answer, wiped when this object is freed.
+#[derive(uniffi::Object)]
+pub struct SealedRequest(client::SealedRequest);
+
+#[uniffi::export]
+impl SealedRequest {
+    /// The envelope (docs/PROTOCOL.md §2), the exact bytes to post.
+    pub fn body(&self) -> Vec<u8> {
+        self.0.body.clone()
+    }
+
+    /// The request id the answer must carry.
+    pub fn rid(&self) -> String {
+        self.0.header.rid.clone()
+    }
+
+    /// Whether the answer was asked encrypted to this client.
+    pub fn encrypted_answer(&self) -> bool {
+        self.0.header.wants_encrypted_answer()
+    }
+}
+
+/// A client of one service: its verified keys, and the credential that signs requests.
+/// Every answer it returns has been checked (signature by the identity key, request id,
+/// SM3 of the body sent) and, where asked, decrypted.
+#[derive(uniffi::Object)]
+pub struct TeeRiskClient {
+    inner: Client,
+    attestation: Option<Attestation>,
+}
+
+impl TeeRiskClient {
+    fn wrap(
+        inner: Client,
+        credential: Option<Arc<Credential>>,
+        attestation: Option<Attestation>,
+    ) -> Arc<Self> {
+        let inner = match credential {
+            Some(credential) => inner.with_credential(credential.0.clone()),
+            None => inner,
+        };
+        Arc::new(Self { inner, attestation })
+    }
+
+    fn send<T: serde::Serialize>(
+        &self,
+        method: &str,
+        path: &str,
+        request: &T,
+        encrypted_answer: bool,
+    ) -> Result<String, TeeRiskError> {
+        let sealed = self.inner.seal_request(request, encrypted_answer)?;
+        let raw = self.inner.request_raw(method, path, &sealed.body)?;
+        json(self.inner.verify_sealed_answer(&sealed, &raw)?)
+    }
+}
+
+fn json(value: serde_json::Value) -> Result<String, TeeRiskError> {
+    serde_json::to_string(&value).map_err(invalid)
+}
+
+#[uniffi::export]
+impl TeeRiskClient {
+    /// Attests the service at `base_url` with a fresh nonce under `policy`, then trusts the
+    /// identity key the evidence binds and the encryption key it certified.
+    #[uniffi::constructor]
+    pub fn attest(
+        base_url: String,
+        policy: Arc<AttestationPolicy>,
+        credential: Option<Arc<Credential>>,
+    ) -> Result<Arc<Self>, TeeRiskError> {
+        let (inner, verified) = Client::attest(&base_url, &policy.0)?;
+        let attestation = Attestation {
+            tee: verified.tee.to_string(),
+            measurement: verified.measurement,
+            debug: verified.debug,
+            issued_at: verified.issued_at,
+            identity_kid: verified.identity.kid(),
+        };
+        Ok(Self::wrap(inner, credential, Some(attestation)))
+    }
+
+    /// Trusts only the identity key in `identity_pem` (as the service writes
+    /// `keys/identity.pub.pem`), and encryption keys it certified.
+    #[uniffi::constructor]
+    pub fn pinned(
+        base_url: String,
+        identity_pem: String,
+        credential: Option<Arc<Credential>>,
+    ) -> Result<Arc<Self>, TeeRiskError> {
+        let identity = ServerKeys::identity_from_pem(&identity_pem)?;
+        Ok(Self::wrap(
+            Client::fetch_keys_pinned(&base_url, &identity)?,
+            credential,
+            None,
+        ))
+    }
+
+    /// Trusts the identity key the service presents at `GET /v1/keys` (trust on first use:
+    /// for development; attest or pin in production).
+    #[uniffi::constructor]
+    pub fn trust_on_first_use(
+        base_url: String,
+        credential: Option<Arc<Credential>>,
+    ) -> Result<Arc<Self>, TeeRiskError> {
+        Ok(Self::wrap(Client::fetch_keys(&base_url)?, credential, None))
+    }
+
+    /// What the attestation showed, for a client made by `attest`.
+    pub fn attestation(&self) -> Option<Attestation> {
+        self.attestation.as_ref().map(|a| Attestation {
+            tee: a.tee.clone(),
+            measurement: a.measurement.clone(),
+            debug: a.debug,
+            issued_at: a.issued_at,
+            identity_kid: a.identity_kid.clone(),
+        })
+    }
+
+    /// The trusted identity key's id and PEM (pin it for later sessions).
+    pub fn identity_kid(&self) -> String {
+        self.inner.keys().identity.kid()
+    }
+
+    pub fn identity_pem(&self) -> String {
+        self.inner.keys().identity.to_pem()
+    }
+
+    /// The certified encryption key requests are sealed to, and when it expires (unix s).
+    pub fn encryption_kid(&self) -> String {
+        self.inner.keys().encryption.kid()
+    }
+
+    pub fn encryption_valid_until(&self) -> i64 {
+        self.inner.keys().encryption_not_after
+    }
+
+    /// `POST /v1/enroll`: adds a template for `user_id`. Returns the verified payload (JSON).
+    pub fn enroll(
+        &self,
+        user_id: String,
+        features: Vec<f32>,
+        liveness: Option<f32>,
+        device_id: Option<String>,
+        encrypted_answer: bool,
+    ) -> Result<String, TeeRiskError> {
+        let request = FeatureRequest {
+            user_id,
+            features,
+            liveness,
+            device_id,
+        };
+        self.send("POST", "/v1/enroll", &request, encrypted_answer)
+    }
+
+    /// `POST /v1/assess`: allow / step_up / deny for a face claimed to be `user_id`.
+    pub fn assess(
+        &self,
+        user_id: String,
+        features: Vec<f32>,
+        liveness: Option<f32>,
+        device_id: Option<String>,
+        encrypted_answer: bool,
+    ) -> Result<String, TeeRiskError> {
+        let request = FeatureRequest {
+            user_id,
+            features,
+            liveness,
+            device_id,
+        };
+        self.send("POST", "/v1/assess", &request, encrypted_answer)
+    }
+
+    /// `POST /v1/identify` (1:N): the enrolled users this face may be. The answer names
+    /// users, so it is always encrypted to this client.
+    pub fn identify(
+        &self,
+        features: Vec<f32>,
+        liveness: Option<f32>,
+        device_id: Option<String>,
+        top_k: Option<u32>,
+    ) -> Result<String, TeeRiskError> {
+        let request = IdentifyRequest {
+            features,
+            liveness,
+            device_id,
+            top_k: top_k.map(|k| k as usize),
+        };
+        self.send("POST", "/v1/identify", &request, true)
+    }
+
+    /// `DELETE /v1/users`: erases everything the service keeps about `user_id`.
+    pub fn erase(&self, user_id: String, encrypted_answer: bool) -> Result<String, TeeRiskError> {
+        let request = serde_json::json!({ "user_id": user_id });
+        self.send("DELETE", "/v1/users", &request, encrypted_answer)
+    }
+
+    /// Seals a payload (JSON text, docs/PROTOCOL.md §2) to the service's encryption key with
+    /// a fresh request id, without sending it.
+    pub fn seal(
+        &self,
+        payload_json: String,
+        encrypted_answer: bool,
+    ) -> Result<Arc<SealedRequest>, TeeRiskError> {
+        let payload: serde_json::Value = serde_json::from_str(&payload_json)
+            .map_err(|e| invalid(format!("the payload is not JSON: {e}")))?;
+        Ok(Arc::new(SealedRequest(
+            self.inner.seal_request(&payload, encrypted_answer)?,
+        )))
+    }
+
+    /// Sends `body` with `method` (POST or DELETE) to `path`, signed with the credential;
+    /// returns the answer unchecked (check it with `open_answer` or `verify_answer`).
+    pub fn post_raw(
+        &self,
+        method: String,
+        path: String,
+        body: Vec<u8>,
+    ) -> Result<RawAnswer, TeeRiskError> {
+        Ok(self.inner.request_raw(&method, &path, &body)?.into())
+    }
+
+    /// Checks the answer to `sealed` (decrypting it first when it was asked encrypted) and
+    /// returns its payload; a refusal raises `Refused`.
+    pub fn open_answer(
+        &self,
+        sealed: Arc<SealedRequest>,
+        answer: RawAnswer,
+    ) -> Result<String, TeeRiskError> {
+        json(
+            self.inner
+                .verify_sealed_answer(&sealed.0, &RawResponse::from(answer))?,
+        )
+    }
+}
+
+/// Checks an answer in the clear to the envelope `request_body`, which any program may have
+/// built (its request id is read from its header), under the identity key `identity_pem`.
+/// Returns the payload (JSON); a refusal raises `Refused`.
+#[uniffi::export]
+pub fn verify_answer(
+    identity_pem: String,
+    request_body: Vec<u8>,
+    answer: RawAnswer,
+) -> Result<String, TeeRiskError> {
+    let identity = ServerKeys::identity_from_pem(&identity_pem)?;
+    json(client::verify_answer_to(
+        &identity,
+        &request_body,
+        &RawResponse::from(answer),
+    )?)
+}

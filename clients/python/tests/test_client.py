@@ -1,0 +1,169 @@
+"""The Python package against a real server: the walkthrough, encrypted answers, refusals,
+tampered answers, the production policy, and artefacts exchanged with the Rust CLI."""
+
+import json
+
+import pytest
+
+from conftest import sample
+from tee_risk_client import (
+    AttestationPolicy,
+    Credential,
+    RawAnswer,
+    TeeRiskClient,
+    TeeRiskError,
+    verify_answer,
+)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return TeeRiskClient.attest(
+        server.url,
+        AttestationPolicy.load(server.dev_policy),
+        Credential.from_file("dev", server.client_key),
+    )
+
+
+def test_attestation_binds_the_identity_the_server_wrote(server, client):
+    attestation = client.attestation()
+    assert attestation.tee == "sim"
+    assert attestation.debug is True
+    pinned = TeeRiskClient.pinned(server.url, server.identity_pem, None)
+    assert attestation.identity_kid == client.identity_kid() == pinned.identity_kid()
+    assert client.encryption_kid() == pinned.encryption_kid()
+    assert client.encryption_valid_until() > 0
+
+
+def test_production_policy_refuses_simulated_evidence(server):
+    with pytest.raises(TeeRiskError.Untrusted) as refused:
+        TeeRiskClient.attest(server.url, AttestationPolicy.load(server.production_policy), None)
+    assert "sim" in str(refused.value)
+
+
+def test_enrol_assess_identify_erase(client):
+    enrolled = json.loads(client.enroll("py-alice", sample("alice-enrol.json"), None, "phone-1", False))
+    assert enrolled["op"] == "enroll" and enrolled["outcome"] == "enrolled", enrolled
+
+    # Identify first: an accepted assessment makes its probe "recent", and identify refuses a
+    # copy of a recent probe (replayed_probe).
+    identified = json.loads(client.identify(sample("alice-probe.json"), None, None, 3))
+    assert identified["op"] == "identify" and identified["decision"] == "match", identified
+    assert identified["candidates"][0]["user_id"] == "py-alice", identified
+
+    genuine = json.loads(client.assess("py-alice", sample("alice-probe.json"), 0.97, "phone-1", False))
+    assert genuine["decision"] == "allow", genuine
+
+    impostor = json.loads(client.assess("py-alice", sample("mallory-probe.json"), None, None, False))
+    assert impostor["decision"] == "deny" and "no_match" in impostor["reasons"], impostor
+
+    erased = json.loads(client.erase("py-alice", True))
+    assert erased["op"] == "erase" and erased["erased"]["templates"] == 1, erased
+
+    after = json.loads(client.assess("py-alice", sample("alice-probe.json"), None, None, False))
+    assert after["decision"] == "deny" and after["reasons"] == ["no_enrolment"], after
+
+
+def test_encrypted_answer_is_unreadable_on_the_way(client):
+    sealed = client.seal(json.dumps({"user_id": "py-nobody", "features": sample("alice-probe.json")}), True)
+    assert sealed.encrypted_answer()
+    answer = client.post_raw("POST", "/v1/assess", sealed.body())
+    assert answer.status == 200
+    on_the_wire = json.loads(answer.body)
+    assert "payload" not in on_the_wire and b"py-nobody" not in answer.body
+    payload = json.loads(client.open_answer(sealed, answer))
+    assert payload["rid"] == sealed.rid() and payload["reasons"] == ["no_enrolment"]
+
+
+def test_tampered_answers_are_refused(client):
+    sealed = client.seal(json.dumps({"user_id": "py-bob", "features": sample("alice-probe.json")}), False)
+    answer = client.post_raw("POST", "/v1/assess", sealed.body())
+    assert answer.status == 200
+    signed = json.loads(answer.body)
+    # Flip one bit of the signed payload: the SM2 signature no longer verifies.
+    payload = bytearray(signed["payload"].encode())
+    payload[10] = ord("A") if payload[10] != ord("A") else ord("B")
+    forged = RawAnswer(status=200, body=json.dumps({**signed, "payload": payload.decode()}).encode())
+    with pytest.raises(TeeRiskError.Untrusted):
+        client.open_answer(sealed, forged)
+    # A genuine answer to another request is refused too (rid and req_sm3).
+    other = client.seal(json.dumps({"user_id": "py-bob", "features": sample("alice-probe.json")}), False)
+    with pytest.raises(TeeRiskError.Untrusted) as refused:
+        client.open_answer(other, answer)
+    assert "another request" in str(refused.value)
+    # And the untouched answer passes.
+    assert json.loads(client.open_answer(sealed, answer))["decision"] == "deny"
+
+
+def test_refusals_are_typed(server, client):
+    sealed = client.seal(json.dumps({"user_id": "py-bob", "features": sample("alice-probe.json")}), False)
+    envelope = json.loads(sealed.body())
+    envelope["tag"] = "A" * 22  # a 16-byte tag of zeros: authentication fails
+    answer = client.post_raw("POST", "/v1/assess", json.dumps(envelope).encode())
+    with pytest.raises(TeeRiskError.Refused) as refused:
+        client.open_answer(sealed, answer)
+    assert (refused.value.status, refused.value.code) == (400, "decryption_failed")
+
+    anonymous = TeeRiskClient.pinned(server.url, server.identity_pem, None)
+    with pytest.raises(TeeRiskError.Refused) as refused:
+        anonymous.assess("py-bob", sample("alice-probe.json"), None, None, False)
+    assert (refused.value.status, refused.value.code) == (401, "unauthenticated")
+
+    with pytest.raises(TeeRiskError.Refused) as refused:
+        client.enroll("py-bob", [0.0] * 128, None, None, False)
+    assert (refused.value.status, refused.value.code) == (422, "zero_norm")
+
+
+def test_bad_arguments_and_other_identities(server):
+    with pytest.raises(TeeRiskError.InvalidArgument):
+        Credential("dev", "not a key")
+    with pytest.raises(TeeRiskError.InvalidArgument):
+        AttestationPolicy.load("/nonexistent/policy.toml")
+    stranger = Credential("stranger", "11" * 32).public_key_pem()
+    with pytest.raises(TeeRiskError.Keys) as refused:
+        TeeRiskClient.pinned(server.url, stranger, None)
+    assert "pinned" in str(refused.value)
+
+
+def test_a_request_sealed_in_python_is_posted_by_the_cli(server, client, tmp_path):
+    sealed = client.seal(json.dumps({"user_id": "interop-py", "features": sample("alice-enrol.json")}), False)
+    request = tmp_path / "request.json"
+    request.write_bytes(sealed.body())
+    answer_file = tmp_path / "answer.json"
+    done = server.cli("post", "--url", server.url, "--path", "/v1/enroll", "--request", str(request),
+                      "--client-key", server.client_key, "--pin-keys", str(server.keys),
+                      "--save-answer", str(answer_file))
+    assert json.loads(done.stdout)["outcome"] == "enrolled"
+    # The answer the CLI received and verified verifies here too, against the same request.
+    answer = RawAnswer(status=200, body=answer_file.read_bytes())
+    payload = json.loads(verify_answer(server.identity_pem, request.read_bytes(), answer))
+    assert payload["rid"] == sealed.rid() and payload["outcome"] == "enrolled"
+    assert json.loads(client.open_answer(sealed, answer))["outcome"] == "enrolled"
+
+
+def test_a_request_sealed_by_the_cli_is_posted_in_python(server, client, tmp_path):
+    request = tmp_path / "request.json"
+    features = tmp_path / "probe.json"
+    features.write_text(json.dumps(sample("alice-probe.json")))
+    rid = server.cli("seal", "--url", server.url, "--user", "interop-py", "--features", str(features),
+                     "--pin-keys", str(server.keys), "--out", str(request)).stdout.strip()
+    answer = client.post_raw("POST", "/v1/assess", request.read_bytes())
+    payload = json.loads(verify_answer(server.identity_pem, request.read_bytes(), answer))
+    assert payload["rid"] == rid and payload["decision"] == "allow", payload
+    answer_file = tmp_path / "answer.json"
+    answer_file.write_bytes(answer.body)
+    identity = str(server.keys / "identity.pub.pem")
+    verified = server.cli("verify-answer", "--request", str(request), "--answer", str(answer_file),
+                          "--identity", identity)
+    assert json.loads(verified.stdout)["rid"] == rid
+    # A byte changed in the answer: both refuse it.
+    forged = bytearray(answer.body)
+    forged[forged.index(b'"signature":"') + 14] ^= 0x01
+    answer_file.write_bytes(forged)
+    refused = server.cli("verify-answer", "--request", str(request), "--answer", str(answer_file),
+                         "--identity", identity, check=False)
+    assert refused.returncode == 3, refused.stderr
+    with pytest.raises(TeeRiskError.Untrusted):
+        verify_answer(server.identity_pem, request.read_bytes(), RawAnswer(status=200, body=bytes(forged)))
+    # Leave no one enrolled with this face for the tests that follow.
+    assert json.loads(client.erase("interop-py", False))["erased"]["templates"] == 1
