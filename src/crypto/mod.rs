@@ -9,7 +9,8 @@ pub mod keyfile;
 pub mod ratchet;
 pub mod secret;
 pub mod sm2;
-// The one place with `unsafe`: wiping sm2 key types that do not wipe themselves.
+// `unsafe` here (and in risk/gallery/scan.rs only): wiping sm2 key types that do not wipe
+// themselves.
 #[allow(unsafe_code)]
 mod wipe;
 

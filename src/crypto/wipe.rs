@@ -3,7 +3,8 @@
 //! `sm2` 0.14's `SigningKey` and `DecryptingKey` hold their secret scalar in a plain
 //! `NonZeroScalar` and have no `Drop` that clears it, so a dropped key would leave the scalar in
 //! freed memory. [`Wiped`] drops the inner value in place and then overwrites every byte it
-//! occupied. This is the crate's only `unsafe` code.
+//! occupied. This and `risk/gallery/scan.rs` (the AVX2 scan of the 1:N index) are the crate's
+//! only `unsafe` code.
 
 use core::mem::{ManuallyDrop, size_of};
 use core::ops::Deref;

@@ -4,7 +4,7 @@
 //! An **exact** search over a compact layout, chosen by measurement over a graph index
 //! (docs/PERFORMANCE.md, "1:N"): each unit centroid is kept twice, contiguously — as int8
 //! codes `round(127 · c)` for a fast scan, and as f32 for the exact score. A search scores
-//! every user on the codes (integer dot products, which the compiler vectorises), then
+//! every user on the codes (exact integer dot products, `scan`: AVX2), then
 //! re-scores in f32 every user whose code score is within twice the quantisation error bound
 //! of the k-th best. That bound is computed per probe (below), so the answer is provably the
 //! brute-force top k, not an approximation; usually a few hundred users are re-scored.
@@ -31,8 +31,13 @@ pub fn gallery_key(user_id: &str) -> GalleryKey {
     crate::crypto::sm3(user_id.as_bytes())
 }
 
+mod scan;
+
 /// Scale of the centroids' int8 codes.
 const CODE_SCALE: f32 = 127.0;
+
+/// Rows scored per call of the scan (16 KiB of scores on the stack, reused).
+const SCAN_BLOCK: usize = 4096;
 
 /// A user found by a search.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,22 +201,28 @@ impl Index {
         let mut best = std::collections::BinaryHeap::with_capacity(k + 1);
         let mut kth = i64::MIN;
         let mut near: Vec<(usize, i32)> = Vec::new();
-        for (i, codes) in self.codes.chunks_exact(self.dim).enumerate() {
-            let score = dot_codes(&query, codes);
-            if Some(i) == skip || i64::from(score) < kth.saturating_sub(slack) {
-                continue;
-            }
-            near.push((i, score));
-            if best.len() < k {
-                best.push(std::cmp::Reverse(score));
-            } else if i64::from(score) > kth {
-                best.pop();
-                best.push(std::cmp::Reverse(score));
-            } else {
-                continue;
-            }
-            if best.len() == k {
-                kth = i64::from(best.peek().map_or(i32::MIN, |r| r.0));
+        // Scored a block of rows at a time (`scan`: the probe stays in registers).
+        let mut scores = Zeroizing::new([0i32; SCAN_BLOCK]);
+        for (b, block) in self.codes.chunks(SCAN_BLOCK * self.dim).enumerate() {
+            let rows = block.len() / self.dim;
+            scan::score_rows(&query[..], block, &mut scores[..rows]);
+            for (r, &score) in scores[..rows].iter().enumerate() {
+                let i = b * SCAN_BLOCK + r;
+                if Some(i) == skip || i64::from(score) < kth.saturating_sub(slack) {
+                    continue;
+                }
+                near.push((i, score));
+                if best.len() < k {
+                    best.push(std::cmp::Reverse(score));
+                } else if i64::from(score) > kth {
+                    best.pop();
+                    best.push(std::cmp::Reverse(score));
+                } else {
+                    continue;
+                }
+                if best.len() == k {
+                    kth = i64::from(best.peek().map_or(i32::MIN, |r| r.0));
+                }
             }
         }
         if best.is_empty() {
