@@ -19,8 +19,11 @@ test: pyenv
 
 # `pip install ./clients/python` as a user would (maturin builds the Rust library), then its
 # pytest suite against a real `tee-risk serve --dev` on loopback, and the CLI.
+# (The dev profile, whose optimised dependencies the bindings step already built: a release
+# build would add minutes and test the same code. `pip install ./clients/python` alone builds
+# the release profile, as a user gets it.)
 python-test: pyenv
-	target/pyenv/bin/pip install -q "./clients/python[test]"
+	MATURIN_PEP517_ARGS="--profile dev" target/pyenv/bin/pip install -q "./clients/python[test]"
 	TEE_RISK_BIN=$(CURDIR)/target/debug/tee-risk \
 	TEE_RISK_KOTLIN_JAR=$(if $(wildcard target/bindings/kotlin-smoke.jar),$(CURDIR)/target/bindings/kotlin-smoke.jar) \
 	  target/pyenv/bin/python -m pytest -q -rs clients/python/tests

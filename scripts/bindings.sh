@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 
 KOTLIN_VERSION=2.4.20
 ffi=clients/ffi
-cargo build -q --manifest-path "$ffi/Cargo.toml" --lib
+# The library as the Python package builds it (make python-test: dev profile, no bindgen).
+cargo build -q --manifest-path "$ffi/Cargo.toml" --lib --no-default-features
 library=$ffi/target/debug/libtee_risk_ffi.so
 out=target/bindings
 rm -rf "$out"

@@ -230,6 +230,21 @@ impl TeeRiskClient {
     }
 }
 
+/// An enrol or assess payload (wiped on drop).
+fn feature_request(
+    user_id: String,
+    features: Vec<f32>,
+    liveness: Option<f32>,
+    device_id: Option<String>,
+) -> FeatureRequest {
+    FeatureRequest {
+        user_id,
+        features,
+        liveness,
+        device_id,
+    }
+}
+
 fn json(value: serde_json::Value) -> Result<String, TeeRiskError> {
     serde_json::to_string(&value).map_err(invalid)
 }
@@ -319,12 +334,7 @@ impl TeeRiskClient {
         device_id: Option<String>,
         encrypted_answer: bool,
     ) -> Result<String, TeeRiskError> {
-        let request = FeatureRequest {
-            user_id,
-            features,
-            liveness,
-            device_id,
-        };
+        let request = feature_request(user_id, features, liveness, device_id);
         self.send("POST", "/v1/enroll", &request, encrypted_answer)
     }
 
@@ -337,12 +347,7 @@ impl TeeRiskClient {
         device_id: Option<String>,
         encrypted_answer: bool,
     ) -> Result<String, TeeRiskError> {
-        let request = FeatureRequest {
-            user_id,
-            features,
-            liveness,
-            device_id,
-        };
+        let request = feature_request(user_id, features, liveness, device_id);
         self.send("POST", "/v1/assess", &request, encrypted_answer)
     }
 

@@ -102,11 +102,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         } => {
             let client = connect(&url, pin_keys.as_deref())?.with_credential(credential(&access)?);
             let payload = client.erase(&user)?;
-            println!("{}", serde_json::to_string_pretty(&payload)?);
-            eprintln!(
-                "signature verified (identity kid {}), rid and req_sm3 match",
-                client.keys().identity.kid()
-            );
+            print_verified(&payload, &client.keys().identity)?;
             return Ok(());
         }
         ClientCommand::Identify {
@@ -179,11 +175,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot write {}", file.display()))?;
             }
             let payload = verify_answer_to(&client.keys().identity, &body, &raw)?;
-            println!("{}", serde_json::to_string_pretty(&payload)?);
-            eprintln!(
-                "signature verified (identity kid {}), rid and req_sm3 match",
-                client.keys().identity.kid()
-            );
+            print_verified(&payload, &client.keys().identity)?;
             return Ok(());
         }
         ClientCommand::VerifyAnswer {
@@ -203,11 +195,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             };
             let payload = verify_answer_to(&identity, &read(&request)?, &raw)
                 .map_err(|e| CliError::CheckFailed(e.to_string()))?;
-            println!("{}", serde_json::to_string_pretty(&payload)?);
-            eprintln!(
-                "signature verified (identity kid {}), rid and req_sm3 match",
-                identity.kid()
-            );
+            print_verified(&payload, &identity)?;
             return Ok(());
         }
         ClientCommand::Enroll(args) => ("/v1/enroll", args),
@@ -225,10 +213,19 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         device_id: args.device.clone(),
     };
     let payload = client.send(path, &request)?;
-    println!("{}", serde_json::to_string_pretty(&payload)?);
+    print_verified(&payload, &client.keys().identity)?;
+    Ok(())
+}
+
+/// Prints a verified payload, and on stderr what was verified.
+fn print_verified(
+    payload: &serde_json::Value,
+    identity: &tee_risk::crypto::sm2::PublicKey,
+) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(payload)?);
     eprintln!(
         "signature verified (identity kid {}), rid and req_sm3 match",
-        client.keys().identity.kid()
+        identity.kid()
     );
     Ok(())
 }
