@@ -207,7 +207,7 @@ pub fn normalise(values: &[f32], dimension: usize) -> Result<Zeroizing<Vec<f32>>
 }
 
 /// The index of the first element of the top-level `features` array that is a non-finite
-/// number token (`NaN`, `Infinity`, `-Infinity`, or a literal beyond f64 such as `1e309`),
+/// number token (`NaN`, `Infinity`, `-Infinity`, or a literal beyond f32 such as `1e39`),
 /// if the plaintext has one. A small scanner that tracks strings, so that a `"features"`
 /// inside a user id is not mistaken for the key; used only after serde_json refused the
 /// payload, to give the precise error.
@@ -234,8 +234,12 @@ fn non_finite_feature(plaintext: &[u8]) -> Option<usize> {
                 let end = array.find(']').unwrap_or(array.len());
                 return array[..end].split(',').map(str::trim).position(|token| {
                     let unsigned = token.trim_start_matches(['-', '+']);
+                    // Beyond f32 (`1e39`) is non-finite as a feature whether or not the
+                    // JSON parser refused it as out of range for f32 itself.
                     matches!(unsigned, "NaN" | "Infinity" | "inf" | "nan")
-                        || token.parse::<f64>().is_ok_and(|v| !v.is_finite())
+                        || token
+                            .parse::<f64>()
+                            .is_ok_and(|v| !v.is_finite() || v.abs() > f64::from(f32::MAX))
                 });
             }
             b',' => last_string = None,
