@@ -67,34 +67,6 @@ fn exchange(address: &str, head: &str, body: &[u8]) -> Answer {
     answer
 }
 
-/// The body of a GET as text (for `/metrics`).
-fn get_text(address: &str, path: &str, token: &str) -> String {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .write_all(
-            format!(
-                "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
-                 Connection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    openapi::check("GET", path, 200, &content_type, body.as_bytes());
-    text
-}
-
 fn read_answer(stream: &mut TcpStream) -> Answer {
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
@@ -238,7 +210,9 @@ impl Ctx {
 
     /// (refusals of `code`, records per table).
     fn counters(&self, code: &str) -> (u64, BTreeMap<String, u64>) {
-        let text = get_text(&self.address, "/metrics", ADMIN_TOKEN);
+        let metrics = self.get("/metrics", Some(ADMIN_TOKEN));
+        assert_eq!(metrics.status, 200);
+        let text = String::from_utf8(metrics.raw).unwrap();
         let refusals = tee_risk::obs::metrics::sample(
             &text,
             &format!("tee_risk_refusals_total{{code=\"{code}\"}}"),

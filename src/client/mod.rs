@@ -483,21 +483,6 @@ impl Client {
         check_signed_answer(&self.keys.identity, &header.rid, body, raw)
     }
 
-    /// Posts a sealed request (`POST`, or `DELETE` for `/v1/users`) and checks its answer.
-    pub fn post_sealed(
-        &self,
-        path: &str,
-        sealed: &SealedRequest,
-    ) -> Result<serde_json::Value, ClientError> {
-        let method = if path == "/v1/users" {
-            "DELETE"
-        } else {
-            "POST"
-        };
-        let raw = self.request_raw(method, path, &sealed.body)?;
-        self.verify_sealed_answer(sealed, &raw)
-    }
-
     /// Seals, posts and verifies: the whole client side of one request.
     pub fn send(
         &self,

@@ -135,7 +135,7 @@ impl Credential {
 }
 
 /// What a verified attestation showed.
-#[derive(uniffi::Record)]
+#[derive(Clone, uniffi::Record)]
 pub struct Attestation {
     /// `snp`, `csv`, `tdx` or `sim`.
     pub tee: String,
@@ -298,13 +298,7 @@ impl TeeRiskClient {
 
     /// What the attestation showed, for a client made by `attest`.
     pub fn attestation(&self) -> Option<Attestation> {
-        self.attestation.as_ref().map(|a| Attestation {
-            tee: a.tee.clone(),
-            measurement: a.measurement.clone(),
-            debug: a.debug,
-            issued_at: a.issued_at,
-            identity_kid: a.identity_kid.clone(),
-        })
+        self.attestation.clone()
     }
 
     /// The trusted identity key's id and PEM (pin it for later sessions).
