@@ -6,27 +6,35 @@ mod support;
 use std::process::Command;
 
 use support::dev_dataset;
-use tee_risk::lab::Labelled;
 use tee_risk::lab::train;
+use tee_risk::lab::{Dataset, Labelled};
 use tee_risk::risk::RiskModel;
 use tee_risk::risk::model::DEFAULT_MODEL_JSON;
+
+/// A file's samples with identities numbered from `offset` (as `tee-risk train` numbers a
+/// distractor file's after the main file's).
+fn labelled(data: &Dataset, offset: usize) -> Vec<Labelled<'_>> {
+    data.identity_indices()
+        .into_iter()
+        .zip(&data.samples)
+        .map(|(identity, s)| Labelled {
+            identity: identity + offset,
+            embedding: &s.embedding,
+        })
+        .collect()
+}
 
 #[test]
 fn shipped_model_is_the_dev_training_result() {
     let data = dev_dataset();
-    let ids = data.identity_indices();
-    let samples: Vec<Labelled> = data
-        .samples
-        .iter()
-        .zip(&ids)
-        .map(|(s, &identity)| Labelled {
-            identity,
-            embedding: &s.embedding,
-        })
-        .collect();
+    let distractors = Dataset::load(&support::distractors_path()).unwrap();
+    let samples = labelled(&data, 0);
+    let offset = samples.iter().map(|s| s.identity).max().unwrap() + 1;
+    let extra = labelled(&distractors, offset);
     let shipped = RiskModel::builtin();
     let trained = train::train(
         &samples,
+        &extra,
         shipped.training.clone(),
         shipped.training.alpha,
         1,
@@ -46,6 +54,17 @@ fn shipped_model_is_the_dev_training_result() {
     assert_eq!(shipped.calibration.sizes(), 5);
     let c = &shipped.calibration;
     assert!(c.false_match_rate(3, 0.93) > c.false_match_rate(1, 0.93));
+    // Every curve has a fitted tail beyond its measured points, reaching the per-pair FMR a
+    // 1 % budget needs in a gallery of a million (10⁻⁸), and it never falls to zero.
+    for k in 1..=5 {
+        let curve = c.for_templates(k);
+        let tail = curve.tail().expect("a fitted tail");
+        assert!(tail.shape < 0.0 && tail.scale > 0.0, "k = {k}: {tail:?}");
+        assert!(curve.points().len() > curve.measured_points().len());
+        assert!(curve.points().last().unwrap().1 <= 1e-8, "k = {k}");
+        assert!(curve.false_match_rate(0.99999) > 0.0);
+    }
+    assert_eq!(shipped.training.distractors.len(), 1);
 }
 
 /// `tee-risk train` as docs/EVALUATION.md runs it (default seed and penalty) writes the
@@ -58,6 +77,8 @@ fn the_train_command_reproduces_the_shipped_model_file() {
     let run = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
         .args(["train", "--data"])
         .arg(&data)
+        .arg("--distractors")
+        .arg(support::distractors_path())
         .arg("--out")
         .arg(&out)
         .output()
@@ -76,6 +97,13 @@ fn the_train_command_reproduces_the_shipped_model_file() {
         shipped.training.data_sm3,
         tee_risk::crypto::sm3_hex(&std::fs::read(&data).unwrap())
     );
+    assert_eq!(
+        shipped.training.distractors[0].data_sm3,
+        tee_risk::crypto::sm3_hex(&std::fs::read(support::distractors_path()).unwrap())
+    );
+    // The report names the highest impostor pairs it was fitted against.
+    let printed = String::from_utf8_lossy(&run.stdout);
+    assert!(printed.contains("Tamara_Mowry"), "{printed}");
 }
 
 #[test]

@@ -15,6 +15,8 @@ fn eval_on_the_dev_file_meets_the_documented_targets_and_matches_the_committed_r
     let run = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
         .args(["eval", "--data"])
         .arg(&data)
+        .arg("--distractors")
+        .arg(support::distractors_path())
         .arg("--out")
         .arg(&out)
         .env_remove("TEE_RISK_CONFIG")
@@ -61,15 +63,11 @@ fn eval_on_the_dev_file_meets_the_documented_targets_and_matches_the_committed_r
         assert!(value(k, "fmr_enrolled_impostors") <= bound, "k = {k}");
         assert!(value(k, "fmr_in_bursts") <= bound, "k = {k}");
     }
-    // ≥ 95 % of conflicting enrolments flagged: met on dev with two or more images (the
-    // document says k = 1 reaches 94.5 %; that sentence is checked here too).
-    for k in 2..=3 {
-        assert!(
-            value(k, "conflicting_enrolments_flagged") >= 0.95,
-            "k = {k}"
-        );
-    }
-    assert!((value(1, "conflicting_enrolments_flagged") - 0.945).abs() < 0.0005);
+    // Conflicting enrolments at the 110 users of the 1:1 protocol, with
+    // `enrolment_conflict_max_fmr` chosen for ≤ 2 % honest stops at the largest gallery
+    // (docs/EVALUATION.md, "Enrolment conflicts"): k = 2 catches 92.7 % and stops 1.82 %.
+    assert!(value(2, "conflicting_enrolments_flagged") >= 0.92);
+    assert!(value(2, "new_enrolments_flagged") <= 0.02);
     // FNMR ≤ 2 % at the operating point with ≥ 2 images is a holdout target, documented as
     // not met on dev; what the document says of dev is checked: more images, fewer misses,
     // and the centroid of two images more than halves the single-image FNMR at FMR 0.1 %.
@@ -77,11 +75,11 @@ fn eval_on_the_dev_file_meets_the_documented_targets_and_matches_the_committed_r
     assert!(value(3, "fnmr_at_fmr_0_1pct") < value(2, "fnmr_at_fmr_0_1pct"));
     assert!(value(3, "fnmr_at_operating_point") < value(2, "fnmr_at_operating_point"));
     assert!(value(2, "fnmr_at_operating_point") < value(1, "fnmr_at_operating_point"));
-    // "FNMR with genuine context (8–17 % on dev)".
+    // "FNMR with genuine context (6–15 % on dev)".
     for k in 1..=3 {
         let with_context = value(k, "fnmr_with_genuine_context");
         assert!(
-            (0.08..=0.17).contains(&with_context),
+            (0.06..=0.15).contains(&with_context),
             "k = {k}: {with_context}"
         );
     }
@@ -99,9 +97,85 @@ fn eval_on_the_dev_file_meets_the_documented_targets_and_matches_the_committed_r
     )
     .unwrap();
     assert_eq!(report["model"], committed["model"]);
-    assert!(
-        report["reports"] == committed["reports"],
-        "docs/eval/dev-report.json is stale: run `tee-risk eval --data <dev> --out \
-         docs/eval/dev-report.json --plots docs/eval` and commit it"
+    for section in ["reports", "tail", "identification", "top_impostor_pairs"] {
+        assert!(
+            report[section] == committed[section],
+            "docs/eval/dev-report.json is stale ({section}): run `tee-risk eval --data <dev> \
+             --distractors <distractors> --out docs/eval/dev-report.json --plots docs/eval` \
+             and commit it"
+        );
+    }
+    decisions_hold_at_every_gallery_size(&report);
+    the_tail_agrees_with_the_pairs_it_resolves(&report);
+}
+
+/// docs/EVALUATION.md, "1:N by gallery size": at every gallery size the service's FPIR is
+/// within 3× of `identify_max_fmr` (or below it), and its FNIR at most 1.5× what the best
+/// threshold reaches at FPIR = `identify_max_fmr`; conflict search at the largest gallery
+/// stops at most 2 % of honest first enrolments and catches what the best threshold catches
+/// there.
+fn decisions_hold_at_every_gallery_size(report: &serde_json::Value) {
+    let budget = 0.01; // config/default.toml [risk] identify_max_fmr
+    let rows = report["identification"].as_array().unwrap();
+    let sizes: Vec<u64> = rows
+        .iter()
+        .map(|r| r["gallery"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        sizes,
+        [10, 100, 1000, 1089],
+        "gallery sizes 10, 100, 1000 and the largest"
     );
+    for r in rows {
+        let f = |field: &str| r[field].as_f64().unwrap();
+        let gallery = r["gallery"].as_u64().unwrap();
+        assert!(f("non_mated_searches") >= 1500.0);
+        assert!(
+            f("fpir_at_operating_point") <= 3.0 * budget,
+            "G = {gallery}: FPIR {}",
+            f("fpir_at_operating_point")
+        );
+        assert!(
+            f("fnir_at_operating_point") <= 1.5 * f("fnir_at_fpir_budget"),
+            "G = {gallery}: FNIR {} against the best {}",
+            f("fnir_at_operating_point"),
+            f("fnir_at_fpir_budget")
+        );
+        assert!(f("rank1_identification_rate") >= 0.96, "G = {gallery}");
+    }
+    let largest = rows.last().unwrap();
+    let f = |field: &str| largest[field].as_f64().unwrap();
+    assert!(f("false_conflicts") <= 0.021, "{}", f("false_conflicts"));
+    assert!(f("conflicts_caught") >= f("conflicts_caught_at_budget"));
+}
+
+/// docs/EVALUATION.md, "The tail": at every decade the impostor pairs resolve (at least 5
+/// expected above it), down to 10⁻⁶ at least, the measured FMR is within 3× of the model's,
+/// for every enrolment size.
+fn the_tail_agrees_with_the_pairs_it_resolves(report: &serde_json::Value) {
+    let tail = report["tail"].as_array().unwrap();
+    assert_eq!(tail.len(), 5, "k = 1 to 5");
+    for size in tail {
+        let k = size["enrol_images"].as_u64().unwrap();
+        let rows = size["rows"].as_array().unwrap();
+        let resolved: Vec<_> = rows.iter().filter(|r| r["resolved"] == true).collect();
+        let deepest = resolved.last().unwrap()["nominal_fmr"].as_f64().unwrap();
+        assert!(
+            deepest <= 1.000_001e-6,
+            "k = {k}: resolved only to {deepest}"
+        );
+        assert!(
+            rows.iter()
+                .any(|r| r["modelled"] == true && r["resolved"] == true),
+            "k = {k}: the tail model is checked where it alone decides"
+        );
+        for r in resolved {
+            let ratio = r["measured_fmr"].as_f64().unwrap() / r["nominal_fmr"].as_f64().unwrap();
+            assert!(
+                (1.0 / 3.0..=3.0).contains(&ratio),
+                "k = {k}: measured/nominal {ratio} at {}",
+                r["nominal_fmr"]
+            );
+        }
+    }
 }

@@ -10,41 +10,42 @@ use super::AppState;
 use super::error::ApiError;
 use crate::obs::metrics::{Stage, StageTimer};
 use crate::obs::{unix_now, unix_now_f64};
-use crate::service::access::Permission;
+use crate::service::access::{Authorized, Permission};
 use crate::service::{Answer, LimitScope, Service, ServiceError};
 
-type Operation = fn(&Service, &[u8], i64) -> Result<Answer, ServiceError>;
+type Operation = fn(&Service, &[u8], i64, &Authorized) -> Result<Answer, ServiceError>;
 
-/// An encrypted endpoint: its name in metrics, the permission it needs, and the service
-/// operation behind it.
+/// An encrypted endpoint: its name in metrics, the permissions of which a client needs one
+/// (the operation checks what its payload asks for), and the service operation behind it.
 pub(super) struct Encrypted {
     route: &'static str,
-    permission: Permission,
+    permission: &'static [Permission],
     operation: Operation,
 }
 
 pub(super) const ENROLL: Encrypted = Encrypted {
     route: "enroll",
-    permission: Permission::Enroll,
-    operation: Service::enroll,
+    permission: &[Permission::Enroll],
+    operation: |service, body, now, _| service.enroll(body, now),
 };
 
 pub(super) const ASSESS: Encrypted = Encrypted {
     route: "assess",
-    permission: Permission::Assess,
-    operation: Service::assess,
+    permission: &[Permission::Assess],
+    operation: |service, body, now, _| service.assess(body, now),
 };
 
+/// Deciding needs `identify`, investigating `investigate` (`Service::identify` checks).
 pub(super) const IDENTIFY: Encrypted = Encrypted {
     route: "identify",
-    permission: Permission::Identify,
+    permission: &[Permission::Identify, Permission::Investigate],
     operation: Service::identify,
 };
 
 pub(super) const ERASE: Encrypted = Encrypted {
     route: "erase",
-    permission: Permission::Erase,
-    operation: Service::erase,
+    permission: &[Permission::Erase],
+    operation: |service, body, now, _| service.erase(body, now),
 };
 
 /// The one shape of every encrypted endpoint: bounded body, then the service operation on a
@@ -106,15 +107,15 @@ async fn run_encrypted(
         let mut timer = StageTimer::start(service.metrics());
         // The signature check is an SM2 verification: CPU work, so it runs here too.
         let client =
-            clients.authorize(authorization.as_deref(), &method, &path, &body, permission)?;
+            clients.authorize_any(authorization.as_deref(), &method, &path, &body, permission)?;
         client_limits
-            .check(&client, unix_now_f64())
+            .check(&client.id, unix_now_f64())
             .map_err(|retry_after_secs| ServiceError::RateLimited {
                 scope: LimitScope::Client,
                 retry_after_secs,
             })?;
         timer.lap(Stage::ClientAuth);
-        Ok::<_, ApiError>(operation(&service, &body, unix_now())?)
+        Ok::<_, ApiError>(operation(&service, &body, unix_now(), &client)?)
     })
     .await;
     let response = outcome.map_err(|_| ApiError::Service(ServiceError::Internal))??;

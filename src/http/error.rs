@@ -109,6 +109,7 @@ impl ResponseError for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 ServiceError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
                 ServiceError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod identification;
 pub mod plots;
 pub mod synth;
+pub mod tail;
 pub mod train;
 
 use std::path::PathBuf;

@@ -137,15 +137,81 @@ fn det(path: &Path, reports: &[Report]) -> PlotResult {
 pub fn write_identification(
     dir: &Path,
     reports: &[crate::lab::identification::IdentificationReport],
-) -> Result<PathBuf, LabError> {
+) -> Result<Vec<PathBuf>, LabError> {
     load_font()?;
     std::fs::create_dir_all(dir).map_err(|source| LabError::Io {
         path: dir.to_owned(),
         source,
     })?;
-    let path = dir.join("det_1n.png");
-    det_1n(&path, reports).map_err(|e| LabError::Plot(e.to_string()))?;
-    Ok(path)
+    let det = dir.join("det_1n.png");
+    det_1n(&det, reports).map_err(|e| LabError::Plot(e.to_string()))?;
+    let by_size = dir.join("fnir_by_gallery.png");
+    fnir_by_gallery(&by_size, reports).map_err(|e| LabError::Plot(e.to_string()))?;
+    Ok(vec![det, by_size])
+}
+
+/// FNIR at the operating point against gallery size, beside the best threshold's FNIR at
+/// the FPIR budget and at the FPIR the operating point reached.
+fn fnir_by_gallery(
+    path: &Path,
+    reports: &[crate::lab::identification::IdentificationReport],
+) -> PlotResult {
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let largest = reports
+        .iter()
+        .map(|r| r.gallery)
+        .max()
+        .unwrap_or(10)
+        .max(10) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("1:N: FNIR by gallery size", ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d((5f64..largest * 2.0).log_scale(), 0f64..1.0f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("users enrolled (gallery size)")
+        .y_desc("false negative identification rate (FNIR)")
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    type Pick = fn(&crate::lab::identification::IdentificationReport) -> f64;
+    let lines: [(&str, Pick); 3] = [
+        ("the service's decisions (operating point)", |r| {
+            r.fnir_at_operating_point
+        }),
+        ("best threshold at FPIR = identify_max_fmr", |r| {
+            r.fnir_at_fpir_budget
+        }),
+        ("best threshold at the FPIR the service reached", |r| {
+            r.fnir_at_measured_fpir
+        }),
+    ];
+    for ((name, pick), colour) in lines.into_iter().zip(COLOURS.iter().cycle()) {
+        let points: Vec<(f64, f64)> = reports
+            .iter()
+            .map(|r| (r.gallery as f64, pick(r)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, colour.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    root.present()?;
+    Ok(())
 }
 
 fn det_1n(path: &Path, reports: &[crate::lab::identification::IdentificationReport]) -> PlotResult {
@@ -153,7 +219,7 @@ fn det_1n(path: &Path, reports: &[crate::lab::identification::IdentificationRepo
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            "1:N DET: non-mated searches from never-enrolled identities",
+            "1:N DET: non-mated searches from never-enrolled identities and distractors",
             ("sans-serif", 24),
         )
         .margin(20)

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::LabError;
 use super::eval::evaluate as evaluate_scores;
 use super::synth::{Context, Labelled, Rng, genuine_context, group, impostor_context};
-use crate::risk::calibration::{CALIBRATION_FMR_LEVELS, CalibrationSet};
+use super::tail::fit_calibration;
 use crate::risk::model::{Feature, FeatureVector, MODEL_FORMAT, RiskModel, TrainingSummary};
 use crate::risk::{Conflict, RiskPolicy, Signals, centroid, cosine, signals};
 
@@ -162,17 +162,18 @@ fn other(rng: &mut Rng, n: usize, not: usize) -> usize {
     if j >= not { j + 1 } else { j }
 }
 
-/// Fits the model: calibration measured on `samples`, weights by linfa's logistic
-/// regression on the generated attempts.
+/// Fits the model: calibration measured on `samples` and the impostor-only `distractors`
+/// (identities distinct from the samples'), its tail fitted beyond the data
+/// ([`super::tail`]); weights by linfa's logistic regression on attempts generated from
+/// `samples`.
 pub fn train(
     samples: &[Labelled],
+    distractors: &[Labelled],
     summary: TrainingSummary,
     alpha: f64,
     seed: u64,
 ) -> Result<RiskModel, LabError> {
-    let identities: Vec<usize> = samples.iter().map(|s| s.identity).collect();
-    let embeddings: Vec<Vec<f32>> = samples.iter().map(|s| s.embedding.to_vec()).collect();
-    let calibration = CalibrationSet::measure(&identities, &embeddings)?;
+    let calibration = fit_calibration(samples, distractors)?;
     let mut model = RiskModel {
         format: MODEL_FORMAT.into(),
         version: String::new(),
@@ -215,7 +216,13 @@ pub fn train(
     Ok(model)
 }
 
-/// Measures the score thresholds at [`CALIBRATION_FMR_LEVELS`] on every impostor attempt of
+/// FMR levels of the operating-point table.
+const OPERATING_FMR_LEVELS: [f64; 15] = [
+    0.99, 0.9, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001,
+    0.00005,
+];
+
+/// Measures the score thresholds at [`OPERATING_FMR_LEVELS`] on every impostor attempt of
 /// the evaluation protocol (k = 1, 2, 3; attackers not enrolled, no context).
 fn operating_points(model: &RiskModel, samples: &[Labelled]) -> Result<Vec<(f64, f64)>, LabError> {
     // Only the raw model scores are used; the provisional table merely lets `decide` run.
@@ -248,7 +255,7 @@ fn operating_points(model: &RiskModel, samples: &[Labelled]) -> Result<Vec<(f64,
     scores.sort_by(f64::total_cmp);
     let n = scores.len() as f64;
     let mut points: Vec<(f64, f64)> = Vec::new();
-    for level in CALIBRATION_FMR_LEVELS {
+    for level in OPERATING_FMR_LEVELS {
         // The largest threshold allowing at most `level` of the impostors (score ≤ t).
         let allowed = (level * n).floor() as usize;
         if allowed == 0 {

@@ -86,6 +86,35 @@ impl Probe {
 /// Most candidates an identification may ask for.
 pub const MAX_TOP_K: usize = 10;
 
+/// Most candidates an investigative search (`"mode": "investigate"`) may ask for.
+pub const MAX_INVESTIGATE_TOP_K: usize = 50;
+
+/// Candidates an investigative search returns when `top_k` is absent.
+pub const DEFAULT_INVESTIGATE_TOP_K: usize = 10;
+
+/// What an identification is for (NIST FRTE 1:N's two uses of a gallery search).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentifyMode {
+    /// A decision: match / no_match / ambiguous at `[risk] identify_max_fmr` (permission
+    /// `identify`).
+    #[default]
+    Decide,
+    /// Leads for a human: the top k candidates ranked with their calibrated FMRs, no
+    /// decision (permission `investigate`).
+    Investigate,
+}
+
+impl IdentifyMode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentifyMode::Decide => "decide",
+            IdentifyMode::Investigate => "investigate",
+        }
+    }
+}
+
 /// The plaintext of `POST /v1/identify`, as sent. Wiped on drop.
 #[derive(Deserialize, Zeroize, ZeroizeOnDrop)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +126,9 @@ struct IdentifyMessage {
     device_id: Option<String>,
     #[serde(default)]
     top_k: Option<usize>,
+    #[serde(default)]
+    #[zeroize(skip)]
+    mode: Option<IdentifyMode>,
 }
 
 /// `POST /v1/identify`: whose face is this? Checked like a [`Probe`], without a user id.
@@ -107,8 +139,11 @@ pub struct IdentifyProbe {
     pub features: Vec<f32>,
     pub liveness: Option<f32>,
     pub device_id: Option<String>,
-    /// Candidates to return, 1 to [`MAX_TOP_K`] (default 1).
+    /// Candidates to return: 1 to [`MAX_TOP_K`] (default 1) to decide, 1 to
+    /// [`MAX_INVESTIGATE_TOP_K`] (default [`DEFAULT_INVESTIGATE_TOP_K`]) to investigate.
     pub top_k: usize,
+    #[zeroize(skip)]
+    pub mode: IdentifyMode,
 }
 
 impl IdentifyProbe {
@@ -119,9 +154,21 @@ impl IdentifyProbe {
                 None => FeatureError::MalformedIdentify,
             })?;
         check_context(message.device_id.as_deref(), message.liveness)?;
-        let top_k = message.top_k.unwrap_or(1);
-        if !(1..=MAX_TOP_K).contains(&top_k) {
-            return Err(FeatureError::InvalidField("top_k must be 1 to 10"));
+        let mode = message.mode.unwrap_or_default();
+        let top_k = match mode {
+            IdentifyMode::Decide => message.top_k.unwrap_or(1),
+            IdentifyMode::Investigate => message.top_k.unwrap_or(DEFAULT_INVESTIGATE_TOP_K),
+        };
+        match mode {
+            IdentifyMode::Decide if !(1..=MAX_TOP_K).contains(&top_k) => {
+                return Err(FeatureError::InvalidField("top_k must be 1 to 10"));
+            }
+            IdentifyMode::Investigate if !(1..=MAX_INVESTIGATE_TOP_K).contains(&top_k) => {
+                return Err(FeatureError::InvalidField(
+                    "top_k must be 1 to 50 in investigate mode",
+                ));
+            }
+            _ => {}
         }
         let mut features = normalise(&message.features, dimension)?;
         Ok(Self {
@@ -129,6 +176,7 @@ impl IdentifyProbe {
             liveness: message.liveness,
             device_id: message.device_id.take(),
             top_k,
+            mode,
         })
     }
 }

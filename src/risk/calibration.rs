@@ -6,23 +6,71 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::risk::{centroid, cosine};
+use crate::risk::cosine;
 
 /// Enrolment sizes with a curve of their own; larger enrolments use the last one (their
 /// centroids are at least as well estimated, so its FMRs are conservative).
 pub const CALIBRATED_ENROLMENT_SIZES: usize = 5;
 
-/// FMR levels at which `measure` places curve points.
-pub const CALIBRATION_FMR_LEVELS: [f64; 15] = [
+/// FMR levels at which curves get measured points, as far as the data resolves them.
+pub const CALIBRATION_FMR_LEVELS: [f64; 21] = [
     0.99, 0.9, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001,
-    0.00005,
+    0.00005, 0.00002, 0.00001, 5e-6, 2e-6, 1e-6, 5e-7,
 ];
 
-/// Points (similarity, FMR), similarity strictly increasing, FMR strictly decreasing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "Vec<(f32, f64)>", into = "Vec<(f32, f64)>")]
+/// A measured point needs at least this many impostor scores at or above it: fewer give an
+/// FMR whose relative error exceeds 10 %; below, the fitted tail takes over.
+pub const MIN_PAIRS_PER_POINT: usize = 100;
+
+/// One curve: points (similarity, FMR), similarity strictly increasing, FMR strictly
+/// decreasing. The first `measured` points are read off the impostor scores (at least
+/// [`MIN_PAIRS_PER_POINT`] pairs above each); the rest come from the fitted tail (`tail`):
+/// the similarity above which a stranger scores with probability at most that FMR, at the
+/// tail fit's upper confidence bound. Beyond the last point the curve goes on falling at its
+/// last slope (log-linear), never to zero: no similarity below 1 is called impossible for a
+/// stranger.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Calibration {
     points: Vec<(f32, f64)>,
+    measured: usize,
+    tail: Option<TailFit>,
+}
+
+/// How the tail of a curve was fitted (`tee-risk train`, `lab::tail`): a generalised Pareto
+/// distribution over the impostor scores above `threshold`, by maximum likelihood, with a
+/// bootstrap bound. Carried in the model file so that an auditor sees what the points beyond
+/// the data rest on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailFit {
+    /// Impostor pairs the curve was measured on.
+    pub pairs: u64,
+    /// The similarity above which the tail model is fitted.
+    pub threshold: f32,
+    /// Impostor scores above it (the fit's sample), and their share of `pairs`.
+    pub exceedances: u64,
+    pub exceedance_rate: f64,
+    /// GPD shape ξ (negative: a bounded tail, as cosine similarity is) and scale σ, the
+    /// maximum-likelihood estimate.
+    pub shape: f64,
+    pub scale: f64,
+    /// Bootstrap resamples of the exceedances, and the one-sided confidence of the bound the
+    /// tail points carry.
+    pub resamples: u32,
+    pub confidence: f64,
+}
+
+/// The model file's form of a curve: an object with the tail (format 2), or the bare list
+/// of points of format 1 (no tail: extrapolated at its last slope).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum CurveFile {
+    Fitted {
+        points: Vec<(f32, f64)>,
+        measured: usize,
+        tail: TailFit,
+    },
+    Points(Vec<(f32, f64)>),
 }
 
 /// Why a calibration curve was refused.
@@ -45,6 +93,9 @@ pub enum CalibrationError {
     /// The curve is not strictly monotone.
     #[error("calibration similarities must increase and FMRs decrease strictly")]
     NotMonotone,
+    /// More measured points than points.
+    #[error("a curve cannot have more measured points than points")]
+    Measured,
     /// A set without the one-template curve.
     #[error("a calibration set needs the curve for one template at least")]
     EmptySet,
@@ -53,16 +104,31 @@ pub enum CalibrationError {
     TooFewPairs(usize),
 }
 
-impl TryFrom<Vec<(f32, f64)>> for Calibration {
-    type Error = CalibrationError;
-    fn try_from(points: Vec<(f32, f64)>) -> Result<Self, CalibrationError> {
-        Self::new(points)
+impl<'de> Deserialize<'de> for Calibration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let curve = match CurveFile::deserialize(d)? {
+            CurveFile::Fitted {
+                points,
+                measured,
+                tail,
+            } => Self::with_tail(points, measured, Some(tail)),
+            CurveFile::Points(points) => Self::new(points),
+        };
+        curve.map_err(serde::de::Error::custom)
     }
 }
 
-impl From<Calibration> for Vec<(f32, f64)> {
-    fn from(c: Calibration) -> Self {
-        c.points
+impl Serialize for Calibration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.tail {
+            Some(tail) => CurveFile::Fitted {
+                points: self.points.clone(),
+                measured: self.measured,
+                tail: tail.clone(),
+            },
+            None => CurveFile::Points(self.points.clone()),
+        }
+        .serialize(s)
     }
 }
 
@@ -91,6 +157,11 @@ impl From<CalibrationSet> for Vec<Calibration> {
 }
 
 impl CalibrationSet {
+    /// A set from its curves, one per enrolment size 1, 2, … (at least one).
+    pub fn new(by_size: Vec<Calibration>) -> Result<Self, CalibrationError> {
+        Self::try_from(by_size)
+    }
+
     /// The curve for a user with `templates` templates (at least one).
     pub fn for_templates(&self, templates: usize) -> &Calibration {
         &self.by_size[templates.clamp(1, self.by_size.len()) - 1]
@@ -101,31 +172,29 @@ impl CalibrationSet {
         self.for_templates(templates).false_match_rate(similarity)
     }
 
-    /// Measures a curve for every enrolment size 1..=[`CALIBRATED_ENROLMENT_SIZES`] that the
-    /// data allows (sizes with too few impostor pairs are left out).
-    pub fn measure(
-        identities: &[usize],
-        embeddings: &[Vec<f32>],
-    ) -> Result<Self, CalibrationError> {
-        let mut by_size = vec![Calibration::measure(identities, embeddings)?];
-        for k in 2..=CALIBRATED_ENROLMENT_SIZES {
-            match Calibration::measure_centroids(identities, embeddings, k) {
-                Ok(curve) => by_size.push(curve),
-                Err(_) => break,
-            }
-        }
-        Ok(Self { by_size })
-    }
-
     pub fn sizes(&self) -> usize {
         self.by_size.len()
     }
 }
 
 impl Calibration {
+    /// A curve of measured points only (no tail).
     pub fn new(points: Vec<(f32, f64)>) -> Result<Self, CalibrationError> {
+        let measured = points.len();
+        Self::with_tail(points, measured, None)
+    }
+
+    /// A curve whose first `measured` points were measured and the rest come from `tail`.
+    pub fn with_tail(
+        points: Vec<(f32, f64)>,
+        measured: usize,
+        tail: Option<TailFit>,
+    ) -> Result<Self, CalibrationError> {
         if points.len() < 2 {
             return Err(CalibrationError::TooFewPoints);
+        }
+        if measured > points.len() {
+            return Err(CalibrationError::Measured);
         }
         for &(s, f) in &points {
             if !((-1.0..=1.0).contains(&s) && f > 0.0 && f <= 1.0) {
@@ -141,95 +210,95 @@ impl Calibration {
         {
             return Err(CalibrationError::NotMonotone);
         }
-        Ok(Self { points })
+        Ok(Self {
+            points,
+            measured,
+            tail,
+        })
     }
 
     pub fn points(&self) -> &[(f32, f64)] {
         &self.points
     }
 
+    /// The points read off the data (the rest are the tail model's).
+    pub fn measured_points(&self) -> &[(f32, f64)] {
+        &self.points[..self.measured]
+    }
+
+    pub fn tail(&self) -> Option<&TailFit> {
+        self.tail.as_ref()
+    }
+
     /// FMR at `similarity`: log-linear between points (impostor tails fall off roughly
-    /// exponentially), the first point's FMR below the curve, and linear to 0 at
-    /// similarity 1 above it.
+    /// exponentially), the first point's FMR below the curve, and beyond the last point the
+    /// last segment's log-linear slope continued: smaller and smaller, never zero.
     pub fn false_match_rate(&self, similarity: f32) -> f64 {
         let first = self.points[0];
-        let last = self.points[self.points.len() - 1];
         if similarity <= first.0 {
             return first.1;
         }
-        if similarity >= last.0 {
-            let span = 1.0 - f64::from(last.0);
-            if span <= 0.0 {
-                return 0.0;
-            }
-            let left = (1.0 - f64::from(similarity)).max(0.0);
-            return last.1 * left / span;
-        }
-        let i = self.points.partition_point(|&(s, _)| s <= similarity);
+        let n = self.points.len();
+        let i = self
+            .points
+            .partition_point(|&(s, _)| s <= similarity)
+            .min(n - 1);
         let (s0, f0) = self.points[i - 1];
         let (s1, f1) = self.points[i];
         let t = f64::from(similarity - s0) / f64::from(s1 - s0);
-        (f0.ln() + t * (f1.ln() - f0.ln())).exp()
+        (f0.ln() + t * (f1.ln() - f0.ln()))
+            .exp()
+            .clamp(f64::MIN_POSITIVE, 1.0)
     }
 
-    /// Measures the curve on labelled unit embeddings: every pair of different identities is
-    /// an impostor attempt.
-    pub fn measure(
-        identities: &[usize],
-        embeddings: &[Vec<f32>],
-    ) -> Result<Self, CalibrationError> {
-        Self::from_impostor_scores(impostor_scores(identities, embeddings))
-    }
-
-    /// Measures the curve of k-template enrolments: each identity's images, in order, form
-    /// disjoint groups of `k` whose centroid is compared with every image of every other
-    /// identity.
-    pub fn measure_centroids(
-        identities: &[usize],
-        embeddings: &[Vec<f32>],
-        k: usize,
-    ) -> Result<Self, CalibrationError> {
-        let mut by_identity: std::collections::BTreeMap<usize, Vec<&[f32]>> = Default::default();
-        for (&id, e) in identities.iter().zip(embeddings) {
-            by_identity.entry(id).or_default().push(e);
+    /// The lowest similarity whose FMR is at most `fmr` (the inverse of
+    /// [`Self::false_match_rate`]), by bisection; 1 when none below 1 is.
+    pub fn similarity_at(&self, fmr: f64) -> f32 {
+        let (mut low, mut high) = (-1.0f32, 1.0f32);
+        if self.false_match_rate(high) > fmr {
+            return 1.0;
         }
-        let mut impostor = Vec::new();
-        for (&id, images) in &by_identity {
-            for group in images.chunks_exact(k) {
-                let c = centroid(group);
-                for (&other, e) in identities.iter().zip(embeddings) {
-                    if other != id {
-                        impostor.push(cosine(&c, e));
-                    }
-                }
-            }
-        }
-        impostor.sort_by(f32::total_cmp);
-        Self::from_impostor_scores(impostor)
-    }
-
-    /// The curve through sorted impostor scores at [`CALIBRATION_FMR_LEVELS`].
-    fn from_impostor_scores(impostor: Vec<f32>) -> Result<Self, CalibrationError> {
-        if impostor.len() < 1000 {
-            return Err(CalibrationError::TooFewPairs(impostor.len()));
-        }
-        let n = impostor.len() as f64;
-        let mut points: Vec<(f32, f64)> = Vec::new();
-        for level in CALIBRATION_FMR_LEVELS {
-            // Smallest threshold whose share of impostor scores at or above it is ≤ level.
-            let above = (level * n).floor() as usize;
-            if above == 0 {
+        for _ in 0..60 {
+            let mid = (low + high) / 2.0;
+            if mid <= low || mid >= high {
                 break;
             }
-            let threshold = impostor[impostor.len() - above];
-            let measured = impostor.len() - impostor.partition_point(|&s| s < threshold);
-            let fmr = measured as f64 / n;
-            if points.last().is_none_or(|&(s, f)| threshold > s && fmr < f) {
-                points.push((threshold, fmr));
+            if self.false_match_rate(mid) > fmr {
+                low = mid;
+            } else {
+                high = mid;
             }
         }
-        Self::new(points)
+        high
     }
+}
+
+/// Points (threshold, measured FMR) through sorted impostor scores: at each level (FMRs,
+/// decreasing), the smallest threshold whose share of scores at or above it is at most the
+/// level, as far as at least `min_above` scores lie at or above it.
+pub fn measured_points(
+    impostor: &[f32],
+    levels: &[f64],
+    min_above: usize,
+) -> Result<Vec<(f32, f64)>, CalibrationError> {
+    if impostor.len() < 1000 {
+        return Err(CalibrationError::TooFewPairs(impostor.len()));
+    }
+    let n = impostor.len() as f64;
+    let mut points: Vec<(f32, f64)> = Vec::new();
+    for &level in levels {
+        let above = (level * n).floor() as usize;
+        if above < min_above.max(1) {
+            break;
+        }
+        let threshold = impostor[impostor.len() - above];
+        let measured = impostor.len() - impostor.partition_point(|&s| s < threshold);
+        let fmr = measured as f64 / n;
+        if points.last().is_none_or(|&(s, f)| threshold > s && fmr < f) {
+            points.push((threshold, fmr));
+        }
+    }
+    Ok(points)
 }
 
 /// Sorted cosine scores of all pairs with different identities.
@@ -276,8 +345,44 @@ mod tests {
         assert_eq!(c.false_match_rate(0.1), 0.1);
         assert!((c.false_match_rate(0.85) - 0.01).abs() < 1e-7);
         assert!((c.false_match_rate(0.9) - 0.001).abs() < 1e-12);
-        assert!((c.false_match_rate(0.95) - 0.0005).abs() < 1e-7);
-        assert_eq!(c.false_match_rate(1.0), 0.0);
+        // Beyond the last point: the last slope (two decades per 0.1) goes on, never 0.
+        assert!((c.false_match_rate(0.95) - 0.0001).abs() < 1e-9);
+        assert!((c.false_match_rate(1.0) - 0.00001).abs() < 1e-10);
+        assert!((c.similarity_at(0.01) - 0.85).abs() < 1e-5);
+        assert!((c.similarity_at(0.0001) - 0.95).abs() < 1e-5);
+        assert_eq!(c.similarity_at(1e-9), 1.0, "beyond similarity 1");
+    }
+
+    #[test]
+    fn model_files_of_format_1_and_2_read_and_write_back() {
+        let old: Calibration = serde_json::from_str("[[0.8, 0.1], [0.9, 0.001]]").unwrap();
+        assert_eq!(old.measured_points().len(), 2);
+        assert!(old.tail().is_none());
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            "[[0.8,0.1],[0.9,0.001]]"
+        );
+        let tail = TailFit {
+            pairs: 10_000,
+            threshold: 0.85,
+            exceedances: 100,
+            exceedance_rate: 0.01,
+            shape: -0.2,
+            scale: 0.03,
+            resamples: 100,
+            confidence: 0.95,
+        };
+        let fitted =
+            Calibration::with_tail(vec![(0.8, 0.1), (0.9, 0.001), (0.95, 1e-6)], 2, Some(tail))
+                .unwrap();
+        let text = serde_json::to_string(&fitted).unwrap();
+        let back: Calibration = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, fitted);
+        assert_eq!(back.measured_points().len(), 2);
+        assert!(
+            serde_json::from_str::<Calibration>(&text.replace("\"measured\":2", "\"measured\":4"))
+                .is_err()
+        );
     }
 
     #[test]
@@ -298,8 +403,9 @@ mod tests {
             })
             .collect();
         let ids: Vec<usize> = (0..200).collect();
-        let curve = Calibration::measure(&ids, &embeddings).unwrap();
         let scores = impostor_scores(&ids, &embeddings);
+        let curve = Calibration::new(measured_points(&scores, &CALIBRATION_FMR_LEVELS, 1).unwrap())
+            .unwrap();
         for &(s, f) in curve.points() {
             let share = scores.iter().filter(|&&x| x >= s).count() as f64 / scores.len() as f64;
             assert!(

@@ -56,7 +56,71 @@ pub struct Identification {
     pub reasons: Vec<Reason>,
 }
 
+/// A candidate of an investigative search: its rank, similarity and calibrated FMRs, with
+/// no decision (NIST FRTE 1:N's "investigation" use: leads for a human reviewer).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankedCandidate {
+    /// 1 for the best.
+    pub rank: usize,
+    pub user_id: String,
+    /// Cosine similarity with the user's enrolled centroid (6 decimals).
+    pub similarity: f64,
+    /// As in a decision: the per-pair FMR × users searched, at most 1.
+    pub fmr: f64,
+    /// The calibrated FMR of this one comparison (a stranger's chance of scoring this well
+    /// against this user).
+    pub pair_fmr: f64,
+}
+
+/// An investigative search's candidates, or a refusal by the hard rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Investigation {
+    /// `false` when a hard rule refused (no candidates, `reasons` says why).
+    pub answered: bool,
+    pub candidates: Vec<RankedCandidate>,
+    pub reasons: Vec<Reason>,
+}
+
 impl RiskPolicy {
+    /// The top `candidates` of a search of `searched` users, ranked with their FMRs; the
+    /// hard rules (`copy`) refuse as in a decision, naming no one.
+    pub fn investigate(
+        &self,
+        candidates: &[Candidate],
+        searched: usize,
+        copy: Option<Reason>,
+    ) -> Investigation {
+        if let Some(reason) = copy {
+            return Investigation {
+                answered: false,
+                candidates: Vec::new(),
+                reasons: vec![reason],
+            };
+        }
+        let candidates = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let pair_fmr = self
+                    .model
+                    .calibration
+                    .false_match_rate(c.templates, c.similarity);
+                RankedCandidate {
+                    rank: i + 1,
+                    user_id: c.user_id.clone(),
+                    similarity: (f64::from(c.similarity) * 1e6).round() / 1e6,
+                    fmr: (pair_fmr * searched as f64).min(1.0),
+                    pair_fmr,
+                }
+            })
+            .collect();
+        Investigation {
+            answered: true,
+            candidates,
+            reasons: Vec::new(),
+        }
+    }
+
     /// Decides on `candidates` (best first, at least two when the gallery has them) from a
     /// search of `searched` users, returning at most `top_k`. `copy` is the reason if the
     /// probe is a copy of an enrolled template or a recent probe of the best candidate.
@@ -144,6 +208,37 @@ mod tests {
         let refused = policy.identify(&[strong], 1_000, 1, Some(Reason::TemplateInjection));
         assert_eq!(refused.decision, IdentifyDecision::Refused);
         assert!(refused.candidates.is_empty());
+    }
+
+    #[test]
+    fn an_investigation_ranks_every_candidate_and_decides_nothing() {
+        let policy = default_policy();
+        let found = policy.investigate(
+            &[
+                candidate("alice", 0.98),
+                candidate("bob", 0.9),
+                candidate("carol", 0.5),
+            ],
+            1_000,
+            None,
+        );
+        assert!(found.answered);
+        let ranks: Vec<_> = found
+            .candidates
+            .iter()
+            .map(|c| (c.rank, c.user_id.as_str()))
+            .collect();
+        assert_eq!(ranks, [(1, "alice"), (2, "bob"), (3, "carol")]);
+        for c in &found.candidates {
+            assert!(c.pair_fmr > 0.0 && c.fmr >= c.pair_fmr && c.fmr <= 1.0);
+        }
+        assert!(found.candidates[0].pair_fmr < found.candidates[1].pair_fmr);
+        let refused = policy.investigate(
+            &[candidate("alice", 1.0)],
+            1,
+            Some(Reason::TemplateInjection),
+        );
+        assert!(!refused.answered && refused.candidates.is_empty());
     }
 
     #[test]

@@ -9,7 +9,11 @@ use super::Signals;
 use super::calibration::CalibrationSet;
 
 /// The file format this build reads and writes.
-pub const MODEL_FORMAT: &str = "tee-risk-model/1";
+pub const MODEL_FORMAT: &str = "tee-risk-model/2";
+
+/// The earlier format this build still reads: curves as bare point lists, no fitted tail
+/// (beyond their last point they fall at their last slope).
+pub const MODEL_FORMAT_1: &str = "tee-risk-model/1";
 
 /// The model shipped in the binary (trained on the dev embeddings by `tee-risk train`).
 pub const DEFAULT_MODEL_JSON: &str = include_str!("../../config/risk-model.json");
@@ -105,6 +109,21 @@ pub struct TrainingSummary {
     pub samples: std::collections::BTreeMap<String, usize>,
     /// linfa-logistic's L2 penalty.
     pub alpha: f64,
+    /// Impostor-only files the calibration was also fitted on (`tee-risk train
+    /// --distractors`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distractors: Vec<DataFile>,
+}
+
+/// A data file a model was fitted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataFile {
+    /// The file's name and SM3 digest.
+    pub data: String,
+    pub data_sm3: String,
+    pub identities: usize,
+    pub images: usize,
 }
 
 /// The model file (JSON).
@@ -165,7 +184,7 @@ impl RiskModel {
     /// Parses and checks a model file: format, feature names and finite weights.
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
         let model: RiskModel = serde_json::from_str(text)?;
-        if model.format != MODEL_FORMAT {
+        if model.format != MODEL_FORMAT && model.format != MODEL_FORMAT_1 {
             return Err(ModelError::Format(model.format));
         }
         let expected: Vec<&'static str> = Feature::ALL.iter().map(|f| f.name()).collect();

@@ -25,6 +25,9 @@ pub enum Permission {
     Erase,
     /// `POST /v1/identify` (1:N: names users, so grant it only to clients that may know).
     Identify,
+    /// `POST /v1/identify` with `"mode": "investigate"`: the top candidates of a search with
+    /// no decision, leads for a fraud team (grant it more narrowly still).
+    Investigate,
 }
 
 impl Permission {
@@ -35,6 +38,7 @@ impl Permission {
             Permission::Assess => "assess",
             Permission::Erase => "erase",
             Permission::Identify => "identify",
+            Permission::Investigate => "investigate",
         }
     }
 }
@@ -243,6 +247,21 @@ impl ClientRegistry {
         body: &[u8],
         needed: Permission,
     ) -> Result<String, AccessError> {
+        self.authorize_any(authorization, method, path, body, &[needed])
+            .map(|client| client.id)
+    }
+
+    /// Checks the `Authorization` header of a request and that its client holds at least
+    /// one of `any` (a route whose payload says which it needs, such as identify's mode).
+    /// Returns the client and its permissions, for the check the payload then asks for.
+    pub fn authorize_any(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        any: &[Permission],
+    ) -> Result<Authorized, AccessError> {
         let credential = parse_authorization(authorization)?;
         let id = credential.client_id;
         // One answer, and about the same work, for an unknown client and a bad signature:
@@ -258,10 +277,26 @@ impl ClientRegistry {
             .verifier
             .verify(&message, &credential.signature)
             .map_err(|_| REFUSED)?;
-        if !client.permissions.contains(&needed) {
-            return Err(AccessError::Forbidden(needed));
+        match any.iter().find(|p| client.permissions.contains(p)) {
+            Some(_) => Ok(Authorized {
+                id: id.to_owned(),
+                permissions: client.permissions.clone(),
+            }),
+            None => Err(AccessError::Forbidden(any[0])),
         }
-        Ok(id.to_owned())
+    }
+}
+
+/// A client whose signature verified, with what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorized {
+    pub id: String,
+    pub permissions: Vec<Permission>,
+}
+
+impl Authorized {
+    pub fn may(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
     }
 }
 
@@ -300,6 +335,7 @@ impl DevClient {
                 Permission::Assess,
                 Permission::Erase,
                 Permission::Identify,
+                Permission::Investigate,
             ],
         )
         .expect("the development client's entry is valid"))

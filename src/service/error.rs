@@ -55,6 +55,10 @@ pub enum ServiceError {
     /// The decrypted payload is invalid.
     #[error(transparent)]
     Payload(#[from] FeatureError),
+    /// The payload asks for what the client's permissions do not cover (identify's
+    /// `"mode": "investigate"` without `investigate`). The request id is spent.
+    #[error("this client lacks the `{}` permission", .0.as_str())]
+    Forbidden(crate::service::access::Permission),
     /// The user already has the maximum number of templates.
     #[error("the user already has the maximum of {0} templates")]
     TemplateLimit(usize),
@@ -104,6 +108,7 @@ impl ServiceError {
                 FeatureError::ZeroNorm => "zero_norm",
                 FeatureError::InvalidField(_) => "invalid_field",
             },
+            ServiceError::Forbidden(_) => "forbidden",
             ServiceError::TemplateLimit(_) => "template_limit",
             ServiceError::Overloaded => "overloaded",
             ServiceError::RateLimited { .. } => "rate_limited",

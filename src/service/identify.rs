@@ -1,39 +1,90 @@
 //! `POST /v1/identify` (1:N): the flow of one identification, beside the verification flows
-//! of `service/mod.rs`. Its answer names users, so it is always encrypted to the client.
+//! of `service/mod.rs`. Its answer names users, so it is always encrypted to the client. Two
+//! modes: a decision (`identify`) and an investigation (`investigate`: ranked leads, no
+//! decision), each under its own permission.
 
 use serde::Serialize;
 
+use super::access::{Authorized, Permission};
 use super::{Answer, Service, ServiceError, fault};
 use crate::crypto::sm3_hex;
 use crate::obs::metrics::{Stage, StageTimer};
-use crate::protocol::payload::IdentifyProbe;
-use crate::risk::identify::{IdentifyDecision, ScoredCandidate};
+use crate::protocol::payload::{IdentifyMode, IdentifyProbe};
+use crate::risk::identify::{Identification, IdentifyDecision, Investigation};
 use crate::risk::{self, Reason};
 use crate::store::RiskLogEntry;
 
 #[derive(Serialize)]
-struct IdentifyPayload<'a> {
+struct IdentifyPayload<'a, C: Serialize> {
     op: &'static str,
+    mode: &'static str,
     rid: &'a str,
     req_sm3: String,
     iat: i64,
-    decision: IdentifyDecision,
+    /// `match` / `no_match` / `ambiguous` / `refused` to decide; `candidates` / `refused`
+    /// to investigate.
+    decision: &'static str,
     /// How many enrolled users were searched (the FMRs are corrected for it).
     searched: usize,
-    candidates: &'a [ScoredCandidate],
+    candidates: &'a [C],
     reasons: &'a [Reason],
     model: &'a str,
 }
 
+/// The outcome of either mode, as answered and logged.
+enum Found {
+    Decided(Identification),
+    Investigated(Investigation),
+}
+
+impl Found {
+    fn decision(&self) -> &'static str {
+        match self {
+            Found::Decided(found) => found.decision.as_str(),
+            Found::Investigated(found) if found.answered => "candidates",
+            Found::Investigated(_) => IdentifyDecision::Refused.as_str(),
+        }
+    }
+
+    fn reasons(&self) -> &[Reason] {
+        match self {
+            Found::Decided(found) => &found.reasons,
+            Found::Investigated(found) => &found.reasons,
+        }
+    }
+
+    /// The best candidate's corrected FMR (1 with none), logged as the score.
+    fn best_fmr(&self) -> f64 {
+        match self {
+            Found::Decided(found) => found.candidates.first().map_or(1.0, |c| c.fmr),
+            Found::Investigated(found) => found.candidates.first().map_or(1.0, |c| c.fmr),
+        }
+    }
+}
+
 impl Service {
     /// `POST /v1/identify`: whose face is this, among every enrolled user? The answer names
-    /// users, so it is always encrypted to the client (`ans` is required).
-    pub fn identify(&self, body: &[u8], now: i64) -> Result<Answer, ServiceError> {
+    /// users, so it is always encrypted to the client (`ans` is required). To decide the
+    /// client needs `identify`; to investigate (`"mode": "investigate"`), `investigate`.
+    pub fn identify(
+        &self,
+        body: &[u8],
+        now: i64,
+        client: &Authorized,
+    ) -> Result<Answer, ServiceError> {
         let mut timer = StageTimer::start(&self.metrics);
         let dimension = self.dimension;
         let (header, probe, answer_key) =
             self.open_request_as(body, now, &mut timer, true, |p| {
-                Ok(IdentifyProbe::parse(p, dimension)?)
+                let probe = IdentifyProbe::parse(p, dimension)?;
+                let needed = match probe.mode {
+                    IdentifyMode::Decide => Permission::Identify,
+                    IdentifyMode::Investigate => Permission::Investigate,
+                };
+                if !client.may(needed) {
+                    return Err(ServiceError::Forbidden(needed));
+                }
+                Ok(probe)
             })?;
         let searched = self.gallery.len();
         // Two at least: the second tells a match from an ambiguous one.
@@ -66,25 +117,43 @@ impl Service {
             }
             logged_user = Some(hex::encode(user.current()));
         }
-        let found = self
-            .policy
-            .identify(&candidates, searched, probe.top_k, copy);
+        let found = match probe.mode {
+            IdentifyMode::Decide => {
+                Found::Decided(
+                    self.policy
+                        .identify(&candidates, searched, probe.top_k, copy),
+                )
+            }
+            IdentifyMode::Investigate => Found::Investigated(self.policy.investigate(
+                &candidates[..probe.top_k.min(candidates.len())],
+                searched,
+                copy,
+            )),
+        };
         drop(candidates);
         timer.lap(Stage::Score);
-        let score = found.candidates.first().map_or(1.0, |c| c.fmr);
+        let score = found.best_fmr();
         let log = RiskLogEntry {
             rid: header.rid.clone(),
             at: now,
             // The best candidate's blind index when one is named (an erasure of that user
             // scrubs the entry), else no one's.
-            user: match found.decision {
-                IdentifyDecision::Match => logged_user.unwrap_or_default(),
-                _ => "identify".into(),
+            // An investigation names leads, not a finding: logged under no one's index, as
+            // such (its decision "investigate", or "refused").
+            user: match &found {
+                Found::Decided(d) if d.decision == IdentifyDecision::Match => {
+                    logged_user.unwrap_or_default()
+                }
+                Found::Decided(_) => "identify".into(),
+                Found::Investigated(_) => "investigate".into(),
             },
-            decision: found.decision.as_str().into(),
+            decision: match &found {
+                Found::Investigated(i) if i.answered => "investigate".into(),
+                _ => found.decision().into(),
+            },
             score,
             reasons: found
-                .reasons
+                .reasons()
                 .iter()
                 .map(|r| r.as_str().to_owned())
                 .collect(),
@@ -98,21 +167,41 @@ impl Service {
         drop(log);
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
-        let response = self.answer(
-            &header.rid,
-            answer_key,
-            &IdentifyPayload {
-                op: "identify",
-                rid: &header.rid,
-                req_sm3: sm3_hex(body),
-                iat: now,
-                decision: found.decision,
-                searched,
-                candidates: &found.candidates,
-                reasons: &found.reasons,
-                model: self.policy.model_version(),
-            },
-        );
+        let (req_sm3, model) = (sm3_hex(body), self.policy.model_version());
+        let response = match &found {
+            Found::Decided(d) => self.answer(
+                &header.rid,
+                answer_key,
+                &IdentifyPayload {
+                    op: "identify",
+                    mode: IdentifyMode::Decide.as_str(),
+                    rid: &header.rid,
+                    req_sm3,
+                    iat: now,
+                    decision: found.decision(),
+                    searched,
+                    candidates: &d.candidates,
+                    reasons: &d.reasons,
+                    model,
+                },
+            ),
+            Found::Investigated(i) => self.answer(
+                &header.rid,
+                answer_key,
+                &IdentifyPayload {
+                    op: "identify",
+                    mode: IdentifyMode::Investigate.as_str(),
+                    rid: &header.rid,
+                    req_sm3,
+                    iat: now,
+                    decision: found.decision(),
+                    searched,
+                    candidates: &i.candidates,
+                    reasons: &i.reasons,
+                    model,
+                },
+            ),
+        };
         timer.lap(Stage::Sign);
         response
     }

@@ -582,6 +582,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::protocol::request::seal;
     use crate::protocol::response::verify;
+    use crate::service::access::{Authorized, Permission};
     use crate::store::{MasterKey, MemoryStore};
 
     const NOW: i64 = 1_800_000_000;
@@ -645,7 +646,11 @@ pub(crate) mod tests {
             &serde_json::to_vec(&probe).unwrap(),
         )
         .unwrap();
-        let Answer::Encrypted(sealed) = service.identify(&body, NOW).unwrap() else {
+        let decider = Authorized {
+            id: "bank".into(),
+            permissions: vec![Permission::Identify],
+        };
+        let Answer::Encrypted(sealed) = service.identify(&body, NOW, &decider).unwrap() else {
             panic!("identify answers encrypted");
         };
         let signed =
@@ -661,10 +666,57 @@ pub(crate) mod tests {
         assert_eq!(logged.features.len(), 4);
 
         // Without `ans`: refused before anything is decrypted or spent.
-        let plain = envelope(&service, probe, NOW);
+        let plain = envelope(&service, probe.clone(), NOW);
         assert!(matches!(
-            service.identify(&plain, NOW),
+            service.identify(&plain, NOW, &decider),
             Err(ServiceError::AnswerEncryptionRequired)
+        ));
+
+        // Investigating needs `investigate`: refused after the payload is read (the request
+        // id is spent), answered with ranked candidates and no decision once granted.
+        let investigate =
+            serde_json::json!({"features": [0.6, 0.79, 0.02, 0.0], "mode": "investigate"});
+        let seal = |probe: &serde_json::Value| {
+            let header = ProtectedHeader::new(&key.kid(), NOW)
+                .unwrap()
+                .with_encrypted_answer();
+            let (body, session_key) = crate::protocol::request::seal_keeping_key(
+                &key,
+                &header,
+                &serde_json::to_vec(probe).unwrap(),
+            )
+            .unwrap();
+            (header, body, session_key)
+        };
+        let (_, body, _) = seal(&investigate);
+        assert!(matches!(
+            service.identify(&body, NOW, &decider),
+            Err(ServiceError::Forbidden(Permission::Investigate))
+        ));
+        let investigator = Authorized {
+            id: "fraud-team".into(),
+            permissions: vec![Permission::Investigate],
+        };
+        let (header, body, session_key) = seal(&investigate);
+        let Answer::Encrypted(sealed) = service.identify(&body, NOW, &investigator).unwrap() else {
+            panic!("identify answers encrypted");
+        };
+        let signed =
+            crate::protocol::answer::open_answer(&session_key, &header.rid, &sealed).unwrap();
+        let payload = answer(
+            &service,
+            &Answer::Signed(serde_json::from_slice(&signed).unwrap()),
+        );
+        assert_eq!(payload["mode"], "investigate", "{payload}");
+        assert_eq!(payload["decision"], "candidates");
+        assert_eq!(payload["candidates"][0]["rank"], 1);
+        assert_eq!(payload["candidates"][0]["user_id"], "alice");
+        assert!(payload["candidates"][0]["pair_fmr"].as_f64().unwrap() > 0.0);
+        // And an investigator may not decide.
+        let (_, body, _) = seal(&probe);
+        assert!(matches!(
+            service.identify(&body, NOW, &investigator),
+            Err(ServiceError::Forbidden(Permission::Identify))
         ));
     }
 

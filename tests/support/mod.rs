@@ -39,6 +39,13 @@ pub fn dev_dataset_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces/lfw_dlib128_dev.json")
 }
 
+/// The impostor-only distractors (one photo each, identities in no other file) that the
+/// shipped calibration's tail is also fitted on.
+#[allow(dead_code)]
+pub fn distractors_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces/lfw_dlib128_distractors.json")
+}
+
 /// The development embeddings (never the holdout file).
 pub fn dev_dataset() -> Dataset {
     Dataset::load(&dev_dataset_path())

@@ -37,6 +37,10 @@ pub enum Command {
     Train {
         #[arg(long)]
         data: PathBuf,
+        /// Impostor-only embeddings (same format; identities in no other file) that the
+        /// calibration's tail is also fitted on; repeatable.
+        #[arg(long)]
+        distractors: Vec<PathBuf>,
         /// Where to write the model (the shipped one is config/risk-model.json).
         #[arg(long)]
         out: PathBuf,
@@ -53,6 +57,13 @@ pub enum Command {
     Eval {
         #[arg(long)]
         data: PathBuf,
+        /// Impostor-only embeddings (one-photo identities in no other file): they join the
+        /// impostor pairs, the strangers of 1:N and the larger galleries; repeatable.
+        #[arg(long)]
+        distractors: Vec<PathBuf>,
+        /// 1:N gallery sizes (0: the largest the data supports).
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000,0")]
+        gallery_sizes: Vec<usize>,
         /// Operator config file (for the `[risk]` policy).
         #[arg(long, env = "TEE_RISK_CONFIG")]
         config: Option<PathBuf>,

@@ -1,36 +1,110 @@
 //! `tee-risk train` and `tee-risk eval`: the lab commands.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tee_risk::app::Config;
 use tee_risk::lab::eval::{self};
-use tee_risk::lab::{Dataset, Labelled, identification, plots, train};
-use tee_risk::risk::model::TrainingSummary;
+use tee_risk::lab::{Dataset, Labelled, identification, plots, tail, train};
+use tee_risk::risk::model::{DataFile, TrainingSummary};
 
-pub(crate) fn labelled(dataset: &Dataset) -> Vec<Labelled<'_>> {
+/// The embeddings of a run: the file under test and its distractor files, loaded once;
+/// distractor identities numbered after the file's, so that no two files share one.
+struct Corpus {
+    main: Dataset,
+    extra: Vec<Dataset>,
+}
+
+impl Corpus {
+    fn load(data: &Path, distractors: &[PathBuf]) -> anyhow::Result<Self> {
+        Ok(Self {
+            main: Dataset::load(data)?,
+            extra: distractors
+                .iter()
+                .map(|p| Dataset::load(p))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn main(&self) -> Vec<Labelled<'_>> {
+        labelled(&self.main, 0)
+    }
+
+    fn extra(&self) -> Vec<Labelled<'_>> {
+        let mut offset = identity_count(&self.main);
+        let mut out = Vec::new();
+        for dataset in &self.extra {
+            out.extend(labelled(dataset, offset));
+            offset += identity_count(dataset);
+        }
+        out
+    }
+
+    /// Identity names by the numbers [`Self::main`] and [`Self::extra`] give them.
+    fn identity_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for dataset in std::iter::once(&self.main).chain(&self.extra) {
+            let mut own = vec![String::new(); identity_count(dataset)];
+            for (sample, i) in dataset.samples.iter().zip(dataset.identity_indices()) {
+                own[i] = sample.identity.clone();
+            }
+            names.extend(own);
+        }
+        names
+    }
+
+    /// (identity, image, embedding) of every sample, for the top impostor pairs.
+    fn named(&self) -> Vec<(&str, &str, &[f32])> {
+        std::iter::once(&self.main)
+            .chain(&self.extra)
+            .flat_map(|d| &d.samples)
+            .map(|s| {
+                (
+                    s.identity.as_str(),
+                    s.image.as_str(),
+                    s.embedding.as_slice(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn identity_count(dataset: &Dataset) -> usize {
+    dataset.identity_indices().iter().max().map_or(0, |m| m + 1)
+}
+
+fn labelled(dataset: &Dataset, offset: usize) -> Vec<Labelled<'_>> {
     dataset
         .samples
         .iter()
         .zip(dataset.identity_indices())
         .map(|(sample, identity)| Labelled {
-            identity,
+            identity: identity + offset,
             embedding: &sample.embedding,
         })
         .collect()
 }
 
-pub fn evaluate(
-    data: &Path,
-    config: Option<&Path>,
-    enrol_images: &[usize],
-    out: &Path,
-    plot_dir: Option<&Path>,
-) -> anyhow::Result<()> {
+/// What `tee-risk eval` was asked for.
+pub struct EvalArgs<'a> {
+    pub data: &'a Path,
+    pub distractors: &'a [PathBuf],
+    pub gallery_sizes: &'a [usize],
+    pub enrol_images: &'a [usize],
+    pub out: &'a Path,
+    pub plots: Option<&'a Path>,
+}
+
+/// How many of the highest impostor pairs the reports list.
+const TOP_PAIRS: usize = 10;
+
+pub fn evaluate(args: &EvalArgs<'_>, config: Option<&Path>) -> anyhow::Result<()> {
     let policy = Config::load(config)?.risk_policy()?;
-    let dataset = Dataset::load(data)?;
-    let samples = labelled(&dataset);
-    let reports = enrol_images
+    let corpus = Corpus::load(args.data, args.distractors)?;
+    let (samples, extra) = (corpus.main(), corpus.extra());
+    let (data, dataset) = (args.data, &corpus.main);
+    let reports = args
+        .enrol_images
         .iter()
         .map(|&k| eval::evaluate(&policy, &samples, k).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -72,69 +146,60 @@ pub fn evaluate(
             r.genuine_flagged_as_replay * 100.0,
         );
     }
-    // 1:N, two images enrolled per identity, galleries from 10 to every enrollable one.
+    let tail = tail_checks(&policy, &corpus, &samples, &extra);
+    let top_pairs = tail::top_impostor_pairs(&corpus.named(), TOP_PAIRS);
+    print_tail(&tail, &top_pairs);
+    // 1:N, two images enrolled per identity, by gallery size.
     let identification =
-        identification::evaluate_identification(&policy, &samples, 2, &[10, 30, 100, 0])?;
-    println!(
-        "\n1:N (2 images enrolled; FPIR/FNIR at the operating point identify_max_fmr = {})\n\
-         gallery  mated  non-mated  rank-1   FNIR@FPIR1%  FNIR@FPIR0.1%  FPIR@op  FNIR@op  ambiguous  wrong  conflicts-caught  false-conflicts",
-        policy.identify_max_fmr
-    );
-    for r in &identification {
-        println!(
-            "{:>7}  {:>5}  {:>9}  {:>5.1}%  {:>10.1}%  {:>12.1}%  {:>6.2}%  {:>6.1}%  {:>8.2}%  {:>4.2}%  {:>15.1}%  {:>14.2}%",
-            r.gallery,
-            r.mated_searches,
-            r.non_mated_searches,
-            r.rank1_identification_rate * 100.0,
-            r.fnir_at_fpir_1pct * 100.0,
-            r.fnir_at_fpir_0_1pct * 100.0,
-            r.fpir_at_operating_point * 100.0,
-            r.fnir_at_operating_point * 100.0,
-            r.ambiguous_rate * 100.0,
-            r.wrong_match_rate * 100.0,
-            r.conflicts_caught * 100.0,
-            r.false_conflicts * 100.0,
-        );
-    }
+        identification::evaluate_identification(&policy, &samples, &extra, 2, args.gallery_sizes)?;
+    print_identification(&policy, &identification);
+    let out = args.out;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let report = serde_json::json!({
         "data": data.display().to_string(),
         "images": dataset.samples.len(),
+        "distractors": args.distractors.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "distractor_images": extra.len(),
         "model": policy.model_version(),
         "reports": reports,
+        "tail": tail,
+        "top_impostor_pairs": top_pairs,
         "identification": identification,
     });
     std::fs::write(out, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!("report written to {}", out.display());
-    if let Some(dir) = plot_dir {
+    if let Some(dir) = args.plots {
         for file in plots::write_all(dir, &reports)? {
             eprintln!("plot written to {}", file.display());
         }
-        let file = plots::write_identification(dir, &identification)?;
-        eprintln!("plot written to {}", file.display());
+        for file in plots::write_identification(dir, &identification)? {
+            eprintln!("plot written to {}", file.display());
+        }
     }
     Ok(())
 }
 
-pub fn train_model(data: &Path, out: &Path, alpha: f64, seed: u64) -> anyhow::Result<()> {
-    let bytes = std::fs::read(data).with_context(|| format!("cannot read {}", data.display()))?;
-    let dataset = Dataset::load(data)?;
-    let samples = labelled(&dataset);
+pub fn train_model(
+    data: &Path,
+    distractors: &[PathBuf],
+    out: &Path,
+    alpha: f64,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let corpus = Corpus::load(data, distractors)?;
     let summary = TrainingSummary {
-        data: data
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        data_sm3: tee_risk::crypto::sm3_hex(&bytes),
-        identities: dataset.identity_indices().iter().max().map_or(0, |m| m + 1),
-        images: dataset.samples.len(),
-        samples: Default::default(),
-        alpha,
+        distractors: distractors
+            .iter()
+            .zip(&corpus.extra)
+            .map(|(path, dataset)| data_file(path, dataset))
+            .collect::<anyhow::Result<_>>()?,
+        ..summary(data, &corpus.main)?
     };
-    let model = train::train(&samples, summary, alpha, seed)?;
+    let (samples, extra) = (corpus.main(), corpus.extra());
+    let model = train::train(&samples, &extra, summary, alpha, seed)?;
     let mut json = serde_json::to_string_pretty(&model)?;
     json.push('\n');
     std::fs::write(out, json).with_context(|| format!("cannot write {}", out.display()))?;
@@ -143,5 +208,182 @@ pub fn train_model(data: &Path, out: &Path, alpha: f64, seed: u64) -> anyhow::Re
         println!("  {feature:<18} {weight:>9.4}");
     }
     println!("  {:<18} {:>9.4}", "intercept", model.intercept);
+    println!(
+        "\ncalibration: measured points, then the fitted tail (GPD above the threshold, upper bound)"
+    );
+    println!(
+        "k  pairs       measured-to  threshold  exceedances  shape     scale     tail-points  FMR 1e-6 at  1e-8 at"
+    );
+    for k in 1..=model.calibration.sizes() {
+        let curve = model.calibration.for_templates(k);
+        let measured = curve.measured_points();
+        match curve.tail() {
+            Some(t) => println!(
+                "{k}  {:>10}  {:>11.1e}  {:>9.4}  {:>11}  {:>7.4}  {:>8.5}  {:>11}  {:>11.4}  {:>7.4}",
+                t.pairs,
+                measured.last().map_or(1.0, |p| p.1),
+                t.threshold,
+                t.exceedances,
+                t.shape,
+                t.scale,
+                curve.points().len() - measured.len(),
+                curve.similarity_at(1e-6),
+                curve.similarity_at(1e-8),
+            ),
+            None => println!("{k}  (no tail: too few pairs)"),
+        }
+    }
+    println!("\nthe highest impostor pairs the calibration was fitted against:");
+    for pair in tail::top_impostor_pairs(&corpus.named(), TOP_PAIRS) {
+        println!(
+            "  {:.4}  {} ({})  ~  {} ({})",
+            pair.similarity, pair.a.0, pair.a.1, pair.b.0, pair.b.1
+        );
+    }
     Ok(())
+}
+
+/// The record of a data file: its name, SM3, identities and images.
+fn data_file(path: &Path, dataset: &Dataset) -> anyhow::Result<DataFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(DataFile {
+        data: path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        data_sm3: tee_risk::crypto::sm3_hex(&bytes),
+        identities: identity_count(dataset),
+        images: dataset.samples.len(),
+    })
+}
+
+fn summary(path: &Path, dataset: &Dataset) -> anyhow::Result<TrainingSummary> {
+    let file = data_file(path, dataset)?;
+    Ok(TrainingSummary {
+        data: file.data,
+        data_sm3: file.data_sm3,
+        identities: file.identities,
+        images: file.images,
+        samples: Default::default(),
+        alpha: 0.0,
+        distractors: Vec::new(),
+    })
+}
+
+/// Nominal against measured FMR of every calibrated enrolment size, on every impostor pair
+/// of this run (the file under test and its distractors, formed as training forms them).
+fn tail_checks(
+    policy: &tee_risk::risk::RiskPolicy,
+    corpus: &Corpus,
+    samples: &[Labelled],
+    extra: &[Labelled],
+) -> Vec<tail::TailReport> {
+    let calibration = &policy.model.calibration;
+    let names = corpus.identity_names();
+    let name = |i: usize| names.get(i).cloned().unwrap_or_default();
+    (1..=calibration.sizes())
+        .map(|k| {
+            let curve = calibration.for_templates(k);
+            let scores = tail::impostor_scores(samples, extra, k, true);
+            // Identities of the pairs beyond the 10⁻⁴ point: where the tail is judged.
+            let from = curve.similarity_at(1e-4);
+            let above = tail::impostor_pairs_above(samples, extra, k, from);
+            tail::check_tail(curve, k, &scores, (from, &above), &name)
+        })
+        .filter(|r| r.pairs > 0)
+        .collect()
+}
+
+fn print_tail(tail: &[tail::TailReport], top: &[tail::TopPair]) {
+    println!(
+        "\nThe calibration against this data: at the similarity where the model says FMR = nominal,\n\
+         the share of impostor pairs at or above it (measured), and the fit's own estimate there\n\
+         k  pairs      nominal  similarity  pairs-above (identity pairs)  measured   measured/nominal  fit      region"
+    );
+    for r in tail {
+        for row in &r.rows {
+            println!(
+                "{}  {:>9}  {:>7.0e}  {:>10.4}  {:>11} ({:>5})  {:>9.2e}  {:>16.2}  {:>7}  {}",
+                r.enrol_images,
+                r.pairs,
+                row.nominal_fmr,
+                row.similarity,
+                row.pairs_above,
+                row.identity_pairs_above
+                    .map_or_else(|| "-".into(), |n| n.to_string()),
+                row.measured_fmr,
+                row.measured_fmr / row.nominal_fmr,
+                row.fit_fmr
+                    .map_or_else(|| "-".into(), |f| format!("{f:.1e}")),
+                match (row.modelled, row.resolved) {
+                    (true, true) => "tail model",
+                    (true, false) => "tail model (not resolved)",
+                    (false, _) => "measured",
+                },
+            );
+            if row.modelled && !row.top_identity_pairs.is_empty() {
+                let from: Vec<String> = row
+                    .top_identity_pairs
+                    .iter()
+                    .map(|(a, b, n)| format!("{a} ~ {b}: {n}"))
+                    .collect();
+                println!("     most from: {}", from.join("; "));
+            }
+        }
+    }
+    println!("\nthe highest impostor pairs of this data:");
+    for pair in top {
+        println!(
+            "  {:.4}  {} ({})  ~  {} ({})",
+            pair.similarity, pair.a.0, pair.a.1, pair.b.0, pair.b.1
+        );
+    }
+}
+
+fn print_identification(
+    policy: &tee_risk::risk::RiskPolicy,
+    identification: &[identification::IdentificationReport],
+) {
+    println!(
+        "\n1:N (2 images enrolled; distractors 1; operating point identify_max_fmr = {})\n\
+         gallery  file  distr  mated  non-mated  rank-1   FNIR@FPIR1%  FNIR@FPIR0.1%  FNIR@budget  FPIR@op (n)    FNIR@op  FNIR@FPIR(op)  ambiguous  wrong",
+        policy.identify_max_fmr
+    );
+    for r in identification {
+        println!(
+            "{:>7}  {:>4}  {:>5}  {:>5}  {:>9}  {:>5.1}%  {:>10.1}%  {:>12.1}%  {:>10.1}%  {:>6.2}% ({:>3})  {:>6.1}%  {:>12.1}%  {:>8.2}%  {:>4.2}%",
+            r.gallery,
+            r.gallery_from_file,
+            r.gallery_distractors,
+            r.mated_searches,
+            r.non_mated_searches,
+            r.rank1_identification_rate * 100.0,
+            r.fnir_at_fpir_1pct * 100.0,
+            r.fnir_at_fpir_0_1pct * 100.0,
+            r.fnir_at_fpir_budget * 100.0,
+            r.fpir_at_operating_point * 100.0,
+            r.named_at_operating_point,
+            r.fnir_at_operating_point * 100.0,
+            r.fnir_at_measured_fpir * 100.0,
+            r.ambiguous_rate * 100.0,
+            r.wrong_match_rate * 100.0,
+        );
+    }
+    println!(
+        "\nenrolment conflicts (enrolment_conflict_max_fmr = {}; best threshold at {} % honest stopped)\n\
+         gallery  attempts  caught  honest  stopped  caught@{}%-honest",
+        policy.enrolment_conflict_max_fmr,
+        identification::CONFLICT_HONEST_BUDGET * 100.0,
+        identification::CONFLICT_HONEST_BUDGET * 100.0
+    );
+    for r in identification {
+        println!(
+            "{:>7}  {:>8}  {:>5.1}%  {:>6}  {:>6.2}%  {:>15.1}%",
+            r.gallery,
+            r.conflict_attempts,
+            r.conflicts_caught * 100.0,
+            r.honest_enrolments,
+            r.false_conflicts * 100.0,
+            r.conflicts_caught_at_budget * 100.0,
+        );
+    }
 }

@@ -44,23 +44,30 @@ fn main() -> ExitCode {
         #[cfg(feature = "lab")]
         Command::Train {
             data,
+            distractors,
             out,
             alpha,
             seed,
-        } => lab::train_model(&data, &out, alpha, seed).map_err(CliError::from),
+        } => lab::train_model(&data, &distractors, &out, alpha, seed).map_err(CliError::from),
         #[cfg(feature = "lab")]
         Command::Eval {
             data,
+            distractors,
+            gallery_sizes,
             config,
             enrol_images,
             out,
             plots,
         } => lab::evaluate(
-            &data,
+            &lab::EvalArgs {
+                data: &data,
+                distractors: &distractors,
+                gallery_sizes: &gallery_sizes,
+                enrol_images: &enrol_images,
+                out: &out,
+                plots: plots.as_deref(),
+            },
             config.as_deref(),
-            &enrol_images,
-            &out,
-            plots.as_deref(),
         )
         .map_err(CliError::from),
     };
