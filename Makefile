@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test python-test bindings pyenv bench-pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
+.PHONY: run setup test python-test bindings pyenv bench-pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
 
 # Run the service on its embedded defaults: sled in ./data, dev master key (loud warning),
 # listening on 127.0.0.1:8080, public keys written to ./keys.
@@ -11,11 +11,16 @@ run:
 # attestation, which builds OpenSSL from source: a few minutes the first time).
 # Then the Python client (clients/python: the Rust client library through uniffi) is built,
 # installed into target/pyenv and tested against the server binary the first step built.
-test: pyenv
+test: setup pyenv
 	cargo test --all-targets --no-fail-fast
 	cargo test --features csv --lib --test fuzz_regressions
 	scripts/bindings.sh
 	$(MAKE) python-test
+
+# What `make test` needs and this machine lacks (Debian packages: openssl, postgresql,
+# haproxy, python3-venv, a JDK, JNA, npm, C/C++ compilers), installed as root; CI runs the same.
+setup:
+	scripts/setup.sh
 
 # `pip install ./clients/python` as a user would (maturin builds the Rust library), then its
 # pytest suite against a real `tee-risk serve --dev` on loopback, and the CLI.

@@ -94,6 +94,7 @@ fn probe(features: &[f32], top_k: Option<usize>) -> IdentifyRequest {
         liveness: Some(0.95),
         device_id: Some("kiosk-1".into()),
         top_k,
+        mode: None,
     }
 }
 

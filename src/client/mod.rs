@@ -18,6 +18,7 @@ use crate::obs::unix_now;
 use crate::protocol::answer::{EncryptedAnswer, open_answer};
 use crate::protocol::client_auth::ClientCredential;
 use crate::protocol::keycert::verify_certificate;
+pub use crate::protocol::payload::IdentifyMode;
 use crate::protocol::request::{ProtectedHeader, seal_keeping_key};
 use crate::protocol::response::{SignedResponse, verify};
 use crate::protocol::{KeysDocument, PublicJwk, b64_decode};
@@ -69,9 +70,15 @@ pub struct IdentifyRequest {
     pub liveness: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
-    /// Candidates wanted, 1 to 10 (the service's default: 1).
+    /// Candidates wanted: 1 to 10 to decide (the service's default: 1), 1 to 50 to
+    /// investigate (default 10).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
+    /// `Investigate` for ranked leads without a decision (permission `investigate`); absent
+    /// or `Decide` for a decision (permission `identify`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[zeroize(skip)]
+    pub mode: Option<IdentifyMode>,
 }
 
 /// A request sealed for sending: its header and body, and (when an encrypted answer was
@@ -494,8 +501,9 @@ impl Client {
         self.verify_sealed_answer(&sealed, &raw)
     }
 
-    /// `POST /v1/identify`: the enrolled users this face may be, with a decision; the
-    /// answer is always encrypted to this client.
+    /// `POST /v1/identify`: the enrolled users this face may be, with a decision (or, with
+    /// `mode: Investigate`, ranked candidates and no decision); the answer is always
+    /// encrypted to this client.
     pub fn identify(&self, request: &IdentifyRequest) -> Result<serde_json::Value, ClientError> {
         let sealed = self.seal_request(request, true)?;
         let raw = self.post_raw("/v1/identify", &sealed.body)?;

@@ -1,7 +1,7 @@
 //! The decrypted request: who claims to be whom, with which face embedding.
 //! Parsing turns untrusted plaintext into a [`Probe`] whose every field has been checked.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// Longest user id, in bytes.
@@ -93,7 +93,7 @@ pub const MAX_INVESTIGATE_TOP_K: usize = 50;
 pub const DEFAULT_INVESTIGATE_TOP_K: usize = 10;
 
 /// What an identification is for (NIST FRTE 1:N's two uses of a gallery search).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentifyMode {
     /// A decision: match / no_match / ambiguous at `[risk] identify_max_fmr` (permission

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use tee_risk::attest::Policy;
 use tee_risk::client::{
-    self, Client, ClientError, FeatureRequest, IdentifyRequest, RawResponse, ServerKeys,
+    self, Client, ClientError, FeatureRequest, IdentifyMode, IdentifyRequest, RawResponse,
+    ServerKeys,
 };
 use tee_risk::crypto::keyfile::{load_sm2_key, parse_sm2_key};
 use tee_risk::protocol::client_auth::{ClientCredential, valid_client_id};
@@ -359,6 +360,27 @@ impl TeeRiskClient {
             liveness,
             device_id,
             top_k: top_k.map(|k| k as usize),
+            mode: None,
+        };
+        self.send("POST", "/v1/identify", &request, true)
+    }
+
+    /// `POST /v1/identify` in investigative mode: the top `top_k` (1 to 50, default 10)
+    /// candidates ranked with their similarity and calibrated FMRs, and no decision (the
+    /// client needs the `investigate` permission). Always encrypted to this client.
+    pub fn investigate(
+        &self,
+        features: Vec<f32>,
+        liveness: Option<f32>,
+        device_id: Option<String>,
+        top_k: Option<u32>,
+    ) -> Result<String, TeeRiskError> {
+        let request = IdentifyRequest {
+            features,
+            liveness,
+            device_id,
+            top_k: top_k.map(|k| k as usize),
+            mode: Some(IdentifyMode::Investigate),
         };
         self.send("POST", "/v1/identify", &request, true)
     }

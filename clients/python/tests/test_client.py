@@ -51,6 +51,13 @@ def test_enrol_assess_identify_erase(client):
     assert identified["op"] == "identify" and identified["decision"] == "match", identified
     assert identified["candidates"][0]["user_id"] == "py-alice", identified
 
+    # The investigative mode (the dev client holds `investigate`): ranked leads, no decision.
+    leads = json.loads(client.investigate(sample("alice-probe.json"), None, None, 5))
+    assert leads["mode"] == "investigate" and leads["decision"] == "candidates", leads
+    assert leads["candidates"][0]["rank"] == 1, leads
+    assert leads["candidates"][0]["user_id"] == "py-alice", leads
+    assert 0 < leads["candidates"][0]["pair_fmr"] <= leads["candidates"][0]["fmr"], leads
+
     genuine = json.loads(client.assess("py-alice", sample("alice-probe.json"), 0.97, "phone-1", False))
     assert genuine["decision"] == "allow", genuine
 

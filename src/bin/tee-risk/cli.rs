@@ -79,6 +79,13 @@ pub enum Command {
     },
 }
 
+/// `tee-risk client identify --mode`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    Decide,
+    Investigate,
+}
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Operator config file overriding the built-in defaults (config/default.toml).
@@ -216,9 +223,14 @@ pub enum ClientCommand {
         /// JSON file: an array of numbers, or an object with `features` or `embedding`.
         #[arg(long)]
         features: PathBuf,
-        /// Candidates wanted, 1 to 10.
+        /// Candidates wanted: 1 to 10 to decide (default 1), 1 to 50 to investigate
+        /// (default 10).
         #[arg(long)]
         top_k: Option<usize>,
+        /// `decide` (a match decision; permission `identify`) or `investigate` (ranked
+        /// candidates with their FMRs, no decision; permission `investigate`).
+        #[arg(long, value_enum, default_value = "decide")]
+        mode: ModeArg,
         #[arg(long)]
         liveness: Option<f32>,
         #[arg(long)]

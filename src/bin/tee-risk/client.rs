@@ -7,14 +7,14 @@ use anyhow::Context;
 use tee_risk::app::server::IDENTITY_PEM;
 use tee_risk::attest::Policy;
 use tee_risk::client::{
-    Client, FeatureRequest, IdentifyRequest, RawResponse, ServerKeys, read_features_file,
-    verify_answer_to,
+    Client, FeatureRequest, IdentifyMode, IdentifyRequest, RawResponse, ServerKeys,
+    read_features_file, verify_answer_to,
 };
 use tee_risk::crypto::keyfile::load_sm2_key;
 use tee_risk::protocol::client_auth::ClientCredential;
 
 use crate::CliError;
-use crate::cli::{AccessArgs, ClientCommand};
+use crate::cli::{AccessArgs, ClientCommand, ModeArg};
 
 /// The client's credential from its id and key file.
 fn credential(access: &AccessArgs) -> anyhow::Result<Arc<ClientCredential>> {
@@ -109,6 +109,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             url,
             features,
             top_k,
+            mode,
             liveness,
             device,
             access,
@@ -120,6 +121,8 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
                 liveness,
                 device_id: device,
                 top_k,
+                // A decision is the default: sent without `mode`, as v1.1 clients send it.
+                mode: matches!(mode, ModeArg::Investigate).then_some(IdentifyMode::Investigate),
             })?;
             println!("{}", serde_json::to_string_pretty(&payload)?);
             eprintln!(
