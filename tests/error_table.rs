@@ -722,6 +722,12 @@ fn check(
         "{what}: a fresh x-request-id"
     );
     seen_ids.push(id.clone());
+    // RFC 9110 §15.5.6: a 405 names the methods the path answers.
+    assert_eq!(
+        answer.headers.get("allow").map(String::as_str),
+        (row.code == "method_not_allowed").then_some("POST"),
+        "{what}: Allow"
+    );
     if matches!(row.code, "rate_limited" | "storage_unavailable") {
         let seconds: u64 = answer.headers["retry-after"].parse().unwrap();
         assert!(seconds >= 1, "{what}: Retry-After");

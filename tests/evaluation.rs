@@ -179,3 +179,89 @@ fn the_tail_agrees_with_the_pairs_it_resolves(report: &serde_json::Value) {
         }
     }
 }
+
+/// The 1:N tables of docs/EVALUATION.md say what the committed reports hold: every figure of
+/// each row, as printed (percentages to the decimals the table shows).
+#[test]
+fn the_documented_1n_tables_are_the_committed_reports() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/EVALUATION.md"))
+        .unwrap();
+    let section = &doc[doc.find("## 1:N by gallery size").expect("the 1:N section")..];
+    let tables: Vec<Vec<Vec<String>>> = section
+        .split("\n\n")
+        .filter(|block| block.starts_with("| gallery (file + distractors)"))
+        .map(|block| {
+            block
+                .lines()
+                .skip(2)
+                .map(|line| {
+                    line.trim_matches('|')
+                        .split('|')
+                        .map(|cell| cell.trim().to_owned())
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(tables.len(), 2, "the dev and the holdout table");
+    for (table, report) in tables
+        .iter()
+        .zip(["dev-report.json", "holdout-report.json"])
+    {
+        let path = format!("{}/docs/eval/{report}", env!("CARGO_MANIFEST_DIR"));
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let rows = report["identification"].as_array().unwrap();
+        assert_eq!(
+            table.len(),
+            rows.len(),
+            "{path}: one table row per gallery size"
+        );
+        for (cells, r) in table.iter().zip(rows) {
+            let int = |field: &str| r[field].as_u64().unwrap();
+            let pct = |field: &str, decimals: usize| {
+                let value = r[field].as_f64().unwrap() * 100.0;
+                if decimals == 0 && value == 100.0 {
+                    "100 %".to_owned()
+                } else {
+                    format!("{value:.decimals$} %")
+                }
+            };
+            let thousands = |n: u64| {
+                let s = n.to_string();
+                if s.len() > 3 {
+                    format!("{},{}", &s[..s.len() - 3], &s[s.len() - 3..])
+                } else {
+                    s
+                }
+            };
+            let gallery = format!(
+                "{} ({} + {})",
+                thousands(int("gallery")),
+                thousands(int("gallery_from_file")),
+                thousands(int("gallery_distractors"))
+            );
+            let rank1 = match pct("rank1_identification_rate", 1).as_str() {
+                "100.0 %" => "100 %".to_owned(),
+                other => other.to_owned(),
+            };
+            let expected = vec![
+                gallery,
+                int("mated_searches").to_string(),
+                rank1,
+                pct("fnir_at_fpir_1pct", 1),
+                pct("fnir_at_fpir_0_1pct", 1),
+                format!(
+                    "{} ({})",
+                    pct("fpir_at_operating_point", 2),
+                    int("named_at_operating_point")
+                ),
+                pct("fnir_at_operating_point", 1),
+                pct("fnir_at_fpir_budget", 1),
+                pct("ambiguous_rate", 2),
+                pct("wrong_match_rate", 2),
+            ];
+            assert_eq!(cells, &expected, "{path}");
+        }
+    }
+}

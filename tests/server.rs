@@ -264,11 +264,38 @@ fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
         .http_status_as_error(false)
         .build()
         .new_agent();
-    for (method, path, status, expected) in [
-        ("GET", "/v1/nothing", 404, "not_found"),
-        ("GET", "/v1/assess", 405, "method_not_allowed"),
-        ("DELETE", "/v1/keys", 405, "method_not_allowed"),
-        ("GET", "/healthz", 200, "ok"),
+    // A 405 names what the path answers (RFC 9110 §15.5.6); the GET routes answer HEAD,
+    // without a body; a closed operator endpoint is 404 whatever the method.
+    for (method, path, status, expected, allow) in [
+        ("GET", "/v1/nothing", 404, "not_found", None),
+        ("GET", "/v1/assess", 405, "method_not_allowed", Some("POST")),
+        (
+            "GET",
+            "/v1/users",
+            405,
+            "method_not_allowed",
+            Some("DELETE"),
+        ),
+        (
+            "DELETE",
+            "/v1/keys",
+            405,
+            "method_not_allowed",
+            Some("GET, HEAD"),
+        ),
+        (
+            "POST",
+            "/healthz",
+            405,
+            "method_not_allowed",
+            Some("GET, HEAD"),
+        ),
+        ("GET", "/healthz", 200, "ok", None),
+        ("HEAD", "/healthz", 200, "", None),
+        ("HEAD", "/v1/keys", 200, "", None),
+        ("GET", "/admin/db/status", 404, "not_found", None),
+        ("POST", "/admin/db/status", 404, "not_found", None),
+        ("GET", "/cluster/v1/join", 404, "not_found", None),
     ] {
         let url = format!("{}{path}", server.url);
         let request = ureq::http::Request::builder()
@@ -278,14 +305,17 @@ fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
             .unwrap();
         let mut response = agent.run(request).unwrap();
         assert_eq!(response.status().as_u16(), status, "{method} {path}");
-        assert!(
-            response
-                .body_mut()
-                .read_to_string()
-                .unwrap()
-                .contains(expected),
+        assert_eq!(
+            response.headers().get("allow").map(|v| v.to_str().unwrap()),
+            allow,
             "{method} {path}"
         );
+        let body = response.body_mut().read_to_string().unwrap();
+        if method == "HEAD" {
+            assert!(body.is_empty(), "HEAD {path} has no body: {body}");
+        } else {
+            assert!(body.contains(expected), "{method} {path}: {body}");
+        }
     }
 
     // The service still works after all that, and nothing bad was stored.

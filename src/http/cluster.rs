@@ -24,6 +24,15 @@ fn peer(state: &AppState, request: &HttpRequest) -> Result<std::sync::Arc<Cluste
     }
 }
 
+/// Another method on a join endpoint: 405 where the endpoint exists, 404 elsewhere.
+pub(super) async fn other_method(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    peer(&state, &request)?;
+    Err(ApiError::MethodNotAllowed("POST"))
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|_| ApiError::Join(JoinError::Malformed("the body is not this endpoint's JSON")))

@@ -40,9 +40,9 @@ pub enum ApiError {
     /// An operator endpoint without the operator's token.
     #[error("this endpoint needs the operator's bearer token")]
     Unauthorized,
-    /// The endpoint exists, not with this method.
-    #[error("method not allowed on this endpoint")]
-    MethodNotAllowed,
+    /// The endpoint exists, not with this method; it answers these (the `Allow` header).
+    #[error("method not allowed on this endpoint (allowed: {0})")]
+    MethodNotAllowed(&'static str),
     /// No valid client signature (`docs/PROTOCOL.md`, access control).
     #[error("client authentication failed: {0}")]
     Unauthenticated(&'static str),
@@ -81,7 +81,7 @@ impl ApiError {
             ApiError::BadNonce => "bad_nonce",
             ApiError::NotFound => "not_found",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Join(JoinError::Malformed(_)) => "bad_join_request",
@@ -119,7 +119,7 @@ impl ResponseError for ApiError {
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Join(JoinError::Malformed(_)) => StatusCode::BAD_REQUEST,
@@ -143,6 +143,9 @@ impl ResponseError for ApiError {
         };
         if let Some(seconds) = retry_after {
             response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
+        }
+        if let ApiError::MethodNotAllowed(allow) = self {
+            response.insert_header((actix_web::http::header::ALLOW, *allow));
         }
         response.json(ErrorBody {
             error: self.code(),

@@ -59,62 +59,73 @@ pub struct AppState {
     pub dev: bool,
 }
 
-/// Registers every route; unknown paths and methods get JSON errors too.
+/// The methods a GET resource answers (HEAD is GET without the body).
+const GET: &str = "GET, HEAD";
+
+/// Registers every route; unknown paths and methods get JSON errors too. A resource asked
+/// with another method answers 405 with the `Allow` header (RFC 9110 §15.5.6), except an
+/// operator or join endpoint that is closed here, which answers 404 whatever the method, so
+/// that a scan cannot tell it exists.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/healthz")
             .route(web::get().to(healthz))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::head().to(healthz))
+            .default_service(web::to(|| method_not_allowed(GET))),
     )
     .service(
         web::resource("/metrics")
             .route(web::get().to(metrics))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::head().to(metrics))
+            .default_service(web::to(|s, r| operator::other_method(s, r, false, GET))),
     )
     .service(
         web::resource("/admin/db/status")
             .route(web::get().to(db_status))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::head().to(db_status))
+            .default_service(web::to(|s, r| operator::other_method(s, r, true, GET))),
     )
     .service(
         web::resource("/cluster/v1/challenge")
             .route(web::post().to(cluster::challenge))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(cluster::other_method)),
     )
     .service(
         web::resource("/cluster/v1/join")
             .route(web::post().to(cluster::join))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(cluster::other_method)),
     )
     .service(
         web::resource("/v1/attestation")
             .route(web::get().to(attestation))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::head().to(attestation))
+            .default_service(web::to(|| method_not_allowed(GET))),
     )
     .service(
         web::resource("/v1/keys")
             .route(web::get().to(keys))
-            .default_service(web::to(method_not_allowed)),
+            .route(web::head().to(keys))
+            .default_service(web::to(|| method_not_allowed(GET))),
     )
     .service(
         web::resource("/v1/enroll")
             .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, ENROLL)))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| method_not_allowed("POST"))),
     )
     .service(
         web::resource("/v1/assess")
             .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, ASSESS)))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| method_not_allowed("POST"))),
     )
     .service(
         web::resource("/v1/identify")
             .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, IDENTIFY)))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| method_not_allowed("POST"))),
     )
     .service(
         web::resource("/v1/users")
             .route(web::delete().to(|s, r, p| handle_encrypted(s, r, p, ERASE)))
-            .default_service(web::to(method_not_allowed)),
+            .default_service(web::to(|| method_not_allowed("DELETE"))),
     )
     .default_service(web::to(not_found));
 }

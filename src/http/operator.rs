@@ -55,6 +55,20 @@ fn check_operator(state: &AppState, request: &HttpRequest, admin: bool) -> Resul
     Ok(())
 }
 
+/// Another method on an operator endpoint: 405 where the endpoint is open to this request,
+/// 404 where it is closed (as for its own method).
+pub(super) async fn other_method(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    admin: bool,
+    allow: &'static str,
+) -> Result<HttpResponse, ApiError> {
+    match check_operator(&state, &request, admin) {
+        Err(ApiError::NotFound) => Err(ApiError::NotFound),
+        _ => Err(ApiError::MethodNotAllowed(allow)),
+    }
+}
+
 /// `GET /admin/db/status`: key ids, states, rotation progress, records per key (operator
 /// endpoint: see [`check_operator`]).
 pub(super) async fn db_status(

@@ -18,8 +18,10 @@ pub const MIN_NORM: f64 = 1e-6;
 struct FeatureMessage {
     user_id: String,
     features: Vec<f32>,
+    /// f64, so that a number beyond f32 (1e39) is an out-of-range liveness, not a
+    /// malformed payload.
     #[serde(default)]
-    liveness: Option<f32>,
+    liveness: Option<f64>,
     #[serde(default)]
     device_id: Option<String>,
 }
@@ -71,13 +73,13 @@ impl Probe {
             MAX_USER_ID_BYTES,
             "user_id must be 1 to 128 bytes without control characters",
         )?;
-        check_context(message.device_id.as_deref(), message.liveness)?;
+        let liveness = check_context(message.device_id.as_deref(), message.liveness)?;
         let mut features = normalise(&message.features, dimension)?;
         // Move the values out; `message` and `features` wipe what is left when dropped.
         Ok(Self {
             user_id: std::mem::take(&mut message.user_id),
             features: std::mem::take(&mut *features),
-            liveness: message.liveness,
+            liveness,
             device_id: message.device_id.take(),
         })
     }
@@ -121,11 +123,14 @@ impl IdentifyMode {
 struct IdentifyMessage {
     features: Vec<f32>,
     #[serde(default)]
-    liveness: Option<f32>,
+    liveness: Option<f64>,
     #[serde(default)]
     device_id: Option<String>,
+    /// Any JSON value, so that a negative, fractional or non-numeric `top_k` is an invalid
+    /// field (with the range in its detail), not a malformed payload.
     #[serde(default)]
-    top_k: Option<usize>,
+    #[zeroize(skip)]
+    top_k: Option<serde_json::Value>,
     #[serde(default)]
     #[zeroize(skip)]
     mode: Option<IdentifyMode>,
@@ -153,27 +158,28 @@ impl IdentifyProbe {
                 Some(index) => FeatureError::NonFinite(index),
                 None => FeatureError::MalformedIdentify,
             })?;
-        check_context(message.device_id.as_deref(), message.liveness)?;
+        let liveness = check_context(message.device_id.as_deref(), message.liveness)?;
         let mode = message.mode.unwrap_or_default();
-        let top_k = match mode {
-            IdentifyMode::Decide => message.top_k.unwrap_or(1),
-            IdentifyMode::Investigate => message.top_k.unwrap_or(DEFAULT_INVESTIGATE_TOP_K),
+        let (default, most, range) = match mode {
+            IdentifyMode::Decide => (1, MAX_TOP_K, "top_k must be an integer from 1 to 10"),
+            IdentifyMode::Investigate => (
+                DEFAULT_INVESTIGATE_TOP_K,
+                MAX_INVESTIGATE_TOP_K,
+                "top_k must be an integer from 1 to 50 in investigate mode",
+            ),
         };
-        match mode {
-            IdentifyMode::Decide if !(1..=MAX_TOP_K).contains(&top_k) => {
-                return Err(FeatureError::InvalidField("top_k must be 1 to 10"));
-            }
-            IdentifyMode::Investigate if !(1..=MAX_INVESTIGATE_TOP_K).contains(&top_k) => {
-                return Err(FeatureError::InvalidField(
-                    "top_k must be 1 to 50 in investigate mode",
-                ));
-            }
-            _ => {}
-        }
+        let top_k = match &message.top_k {
+            None => default,
+            Some(value) => value
+                .as_u64()
+                .and_then(|k| usize::try_from(k).ok())
+                .filter(|k| (1..=most).contains(k))
+                .ok_or(FeatureError::InvalidField(range))?,
+        };
         let mut features = normalise(&message.features, dimension)?;
         Ok(Self {
             features: std::mem::take(&mut *features),
-            liveness: message.liveness,
+            liveness,
             device_id: message.device_id.take(),
             top_k,
             mode,
@@ -201,8 +207,12 @@ impl EraseRequest {
     }
 }
 
-/// The optional context every probe may carry: a device id, a liveness score in [0, 1].
-fn check_context(device_id: Option<&str>, liveness: Option<f32>) -> Result<(), FeatureError> {
+/// The optional context every probe may carry: a device id, a liveness score in [0, 1]
+/// (returned as the f32 the scoring reads).
+fn check_context(
+    device_id: Option<&str>,
+    liveness: Option<f64>,
+) -> Result<Option<f32>, FeatureError> {
     if let Some(device) = device_id {
         check_id(
             device,
@@ -217,7 +227,7 @@ fn check_context(device_id: Option<&str>, liveness: Option<f32>) -> Result<(), F
             "liveness must be a number in [0, 1]",
         ));
     }
-    Ok(())
+    Ok(liveness.map(|l| l as f32))
 }
 
 fn check_id(id: &str, max: usize, message: &'static str) -> Result<(), FeatureError> {
@@ -304,6 +314,71 @@ mod tests {
 
     fn payload(features: &str, extra: &str) -> Vec<u8> {
         format!(r#"{{"user_id":"alice","features":{features}{extra}}}"#).into_bytes()
+    }
+
+    /// docs/PROTOCOL.md §2, §2b and §4: a liveness outside [0, 1], however large, and a
+    /// `top_k` that is not an integer in its range are `invalid_field`; null is absent.
+    #[test]
+    fn out_of_range_numbers_are_invalid_fields_not_malformed_payloads() {
+        for liveness in ["2", "-0.5", "1e39", "3.5e38", "1e308"] {
+            let result = Probe::parse(&payload("[3,4]", &format!(r#","liveness":{liveness}"#)), 2);
+            assert!(
+                matches!(result, Err(FeatureError::InvalidField(_))),
+                "liveness {liveness}"
+            );
+        }
+        assert!(
+            Probe::parse(&payload("[3,4]", r#","liveness":null"#), 2)
+                .is_ok_and(|p| p.liveness.is_none())
+        );
+        let identify = |extra: &str| {
+            IdentifyProbe::parse(format!(r#"{{"features":[3,4]{extra}}}"#).as_bytes(), 2)
+        };
+        for top_k in [
+            "0",
+            "11",
+            "-1",
+            "1.0",
+            "3.0",
+            "1e1",
+            "2.5",
+            "18446744073709551616",
+            "4294967296",
+            "true",
+            "\"3\"",
+        ] {
+            assert!(
+                matches!(
+                    identify(&format!(r#","top_k":{top_k}"#)),
+                    Err(FeatureError::InvalidField(_))
+                ),
+                "top_k {top_k}"
+            );
+        }
+        assert_eq!(identify(r#","top_k":null"#).unwrap().top_k, 1);
+        assert_eq!(identify(r#","top_k":10"#).unwrap().top_k, 10);
+        assert_eq!(
+            identify(r#","mode":"investigate""#).unwrap().top_k,
+            DEFAULT_INVESTIGATE_TOP_K
+        );
+        assert_eq!(
+            identify(r#","mode":"investigate","top_k":50"#)
+                .unwrap()
+                .top_k,
+            50
+        );
+        assert!(matches!(
+            identify(r#","mode":"investigate","top_k":51"#),
+            Err(FeatureError::InvalidField(_))
+        ));
+        assert!(matches!(
+            identify(r#","mode":"other""#),
+            Err(FeatureError::MalformedIdentify)
+        ));
+        assert!(matches!(
+            identify(r#","liveness":1e39"#),
+            Err(FeatureError::InvalidField(_))
+        ));
     }
 
     #[test]
