@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run setup test python-test bindings pyenv bench-pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
+.PHONY: run setup test contract-test python-test bindings pyenv bench-pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
 
 # Run the service on its embedded defaults: sled in ./data, dev master key (loud warning),
 # listening on 127.0.0.1:8080, public keys written to ./keys.
@@ -14,8 +14,20 @@ run:
 test: setup pyenv
 	cargo test --all-targets --no-fail-fast
 	cargo test --features csv --lib --test fuzz_regressions
+	$(MAKE) contract-test
 	scripts/bindings.sh
 	$(MAKE) python-test
+
+# The contract test nobody here wrote: schemathesis (pinned, from PyPI, in target/pyenv)
+# against a live `tee-risk serve --dev` (the binary the first step built), every check on,
+# requests signed as the development client; exclusions documented in
+# tests/contract/schemathesis.toml.
+contract-test: target/pyenv/.contract
+	cargo build --bin tee-risk
+	tests/contract/run.sh
+target/pyenv/.contract: target/pyenv/.installed tests/contract/requirements.txt
+	target/pyenv/bin/pip install -q -r tests/contract/requirements.txt
+	touch $@
 
 # What `make test` needs and this machine lacks (Debian packages: openssl, postgresql,
 # haproxy, python3-venv, a JDK, JNA, npm, C/C++ compilers), installed as root; CI runs the same.
