@@ -31,37 +31,17 @@ fn setup() -> &'static Setup {
         let dir = tempfile::tempdir().unwrap();
         let key = |name: &str| load_or_create_sm2_key(&dir.path().join(name)).unwrap();
         let (reader, teller) = (key("reader.hex"), key("teller.hex"));
-        let clients = dir.path().join("clients.toml");
-        std::fs::write(
-            &clients,
-            format!(
-                "[[client]]\nid = \"reader\"\npermissions = [\"enroll\", \"assess\", \"erase\", \
-                 \"identify\"]\npublic_key = \"\"\"\n{}\"\"\"\n\n[[client]]\nid = \"teller\"\n\
-                 permissions = [\"enroll\", \"assess\"]\npublic_key = \"\"\"\n{}\"\"\"\n",
-                reader.public().to_pem(),
-                teller.public().to_pem()
-            ),
-        )
-        .unwrap();
         // Enrolment conflicts off: the ambiguous case enrols one person under two accounts
         // (what the conflict check exists to stop), and no limit slows the test down.
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            "[risk]\nenrolment_conflict_max_fmr = 1e-300\n[limits]\nuser_per_minute = 0\n\
-             client_per_minute = 0\n",
-        )
-        .unwrap();
-        let server = TestServer::start(
-            &dir.path().join("data"),
-            &dir.path().join("keys"),
-            Some(support::MASTER_KEY),
+        let server = TestServer::start_gallery(
+            dir.path(),
             &[
-                "--no-test-client",
-                "--clients",
-                clients.to_str().unwrap(),
-                "--config",
-                config.to_str().unwrap(),
+                (
+                    "reader",
+                    r#""enroll", "assess", "erase", "identify""#,
+                    reader.public(),
+                ),
+                ("teller", r#""enroll", "assess""#, teller.public()),
             ],
         );
         let mut faces: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();

@@ -43,42 +43,14 @@ fn investigating_the_largest_gallery_ranks_as_the_eval_does_under_its_own_permis
     let dir = tempfile::tempdir().unwrap();
     let key = |name: &str| load_or_create_sm2_key(&dir.path().join(name)).unwrap();
     let (registrar, decider, investigator) = (key("r.hex"), key("d.hex"), key("i.hex"));
-    let clients = dir.path().join("clients.toml");
-    let entry = |id: &str, permissions: &str, pem: String| {
-        format!(
-            "[[client]]\nid = \"{id}\"\npermissions = [{permissions}]\npublic_key = \"\"\"\n{pem}\"\"\"\n\n"
-        )
-    };
-    std::fs::write(
-        &clients,
-        entry("registrar", "\"enroll\"", registrar.public().to_pem())
-            + &entry("decider", "\"identify\"", decider.public().to_pem())
-            + &entry(
-                "investigator",
-                "\"investigate\"",
-                investigator.public().to_pem(),
-            ),
-    )
-    .unwrap();
     // The eval's gallery has no conflict check (it measures search, not enrolment), and no
     // limit slows the enrolment of a thousand users.
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        "[risk]\nenrolment_conflict_max_fmr = 1e-300\n[limits]\nuser_per_minute = 0\n\
-         client_per_minute = 0\n",
-    )
-    .unwrap();
-    let server = TestServer::start(
-        &dir.path().join("data"),
-        &dir.path().join("keys"),
-        Some(support::MASTER_KEY),
+    let server = TestServer::start_gallery(
+        dir.path(),
         &[
-            "--no-test-client",
-            "--clients",
-            clients.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
+            ("registrar", r#""enroll""#, registrar.public()),
+            ("decider", r#""identify""#, decider.public()),
+            ("investigator", r#""investigate""#, investigator.public()),
         ],
     );
     let connect = |id: &str, key| {

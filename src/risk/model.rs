@@ -154,7 +154,7 @@ pub enum ModelError {
     #[error("not a risk model file: {0}")]
     Parse(#[from] serde_json::Error),
     /// Another format version.
-    #[error("risk model format `{0}` is not {MODEL_FORMAT}")]
+    #[error("risk model format `{0}` is not {MODEL_FORMAT} (or {MODEL_FORMAT_1})")]
     Format(String),
     /// Features other than this build's, or in another order.
     #[error("risk model features {found:?} are not this build's {expected:?}")]

@@ -118,6 +118,47 @@ impl TestServer {
 
     /// A server on a fresh `data` and `keys` under `dir`, with the test master key and a
     /// config file (in `dir`) holding `overrides` over the defaults.
+    /// A server in `dir` for 1:N tests: the clients of `clients` (id, permissions as TOML
+    /// list items, key), no enrolment conflict check (galleries enrol look-alikes on
+    /// purpose) and no rate limits (they enrol users by the thousand).
+    #[allow(dead_code)]
+    pub fn start_gallery(
+        dir: &Path,
+        clients: &[(&str, &str, &tee_risk::crypto::sm2::PublicKey)],
+    ) -> Self {
+        let file = dir.join("clients.toml");
+        let entries: String = clients
+            .iter()
+            .map(|(id, permissions, key)| {
+                format!(
+                    "[[client]]\nid = \"{id}\"\npermissions = [{permissions}]\npublic_key = \
+                     \"\"\"\n{}\"\"\"\n\n",
+                    key.to_pem()
+                )
+            })
+            .collect();
+        std::fs::write(&file, entries).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            "[risk]\nenrolment_conflict_max_fmr = 1e-300\n[limits]\nuser_per_minute = 0\n\
+             client_per_minute = 0\n",
+        )
+        .unwrap();
+        Self::start(
+            &dir.join("data"),
+            &dir.join("keys"),
+            Some(MASTER_KEY),
+            &[
+                "--no-test-client",
+                "--clients",
+                file.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        )
+    }
+
     pub fn start_with_config(dir: &Path, overrides: &str) -> Self {
         let config = dir.join("overrides.toml");
         std::fs::write(&config, overrides).unwrap();

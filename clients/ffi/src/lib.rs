@@ -229,6 +229,25 @@ impl TeeRiskClient {
         let raw = self.inner.request_raw(method, path, &sealed.body)?;
         json(self.inner.verify_sealed_answer(&sealed, &raw)?)
     }
+
+    /// `POST /v1/identify` in either mode (the answer always encrypted to this client).
+    fn search(
+        &self,
+        features: Vec<f32>,
+        liveness: Option<f32>,
+        device_id: Option<String>,
+        top_k: Option<u32>,
+        mode: Option<IdentifyMode>,
+    ) -> Result<String, TeeRiskError> {
+        let request = IdentifyRequest {
+            features,
+            liveness,
+            device_id,
+            top_k: top_k.map(|k| k as usize),
+            mode,
+        };
+        self.send("POST", "/v1/identify", &request, true)
+    }
 }
 
 /// An enrol or assess payload (wiped on drop).
@@ -355,14 +374,7 @@ impl TeeRiskClient {
         device_id: Option<String>,
         top_k: Option<u32>,
     ) -> Result<String, TeeRiskError> {
-        let request = IdentifyRequest {
-            features,
-            liveness,
-            device_id,
-            top_k: top_k.map(|k| k as usize),
-            mode: None,
-        };
-        self.send("POST", "/v1/identify", &request, true)
+        self.search(features, liveness, device_id, top_k, None)
     }
 
     /// `POST /v1/identify` in investigative mode: the top `top_k` (1 to 50, default 10)
@@ -375,14 +387,7 @@ impl TeeRiskClient {
         device_id: Option<String>,
         top_k: Option<u32>,
     ) -> Result<String, TeeRiskError> {
-        let request = IdentifyRequest {
-            features,
-            liveness,
-            device_id,
-            top_k: top_k.map(|k| k as usize),
-            mode: Some(IdentifyMode::Investigate),
-        };
-        self.send("POST", "/v1/identify", &request, true)
+        self.search(features, liveness, device_id, top_k, Some(IdentifyMode::Investigate))
     }
 
     /// `DELETE /v1/users`: erases everything the service keeps about `user_id`.
