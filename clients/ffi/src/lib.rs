@@ -387,7 +387,13 @@ impl TeeRiskClient {
         device_id: Option<String>,
         top_k: Option<u32>,
     ) -> Result<String, TeeRiskError> {
-        self.search(features, liveness, device_id, top_k, Some(IdentifyMode::Investigate))
+        self.search(
+            features,
+            liveness,
+            device_id,
+            top_k,
+            Some(IdentifyMode::Investigate),
+        )
     }
 
     /// `DELETE /v1/users`: erases everything the service keeps about `user_id`.
