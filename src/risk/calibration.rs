@@ -6,8 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::risk::cosine;
-
 /// Enrolment sizes with a curve of their own; larger enrolments use the last one (their
 /// centroids are at least as well estimated, so its FMRs are conservative).
 pub const CALIBRATED_ENROLMENT_SIZES: usize = 5;
@@ -301,34 +299,10 @@ pub fn measured_points(
     Ok(points)
 }
 
-/// Sorted cosine scores of all pairs with different identities.
-pub fn impostor_scores(identities: &[usize], embeddings: &[Vec<f32>]) -> Vec<f32> {
-    let mut scores = pair_scores(identities, embeddings, false);
-    scores.sort_by(f32::total_cmp);
-    scores
-}
-
-/// Cosine scores of all pairs with the same identity.
-pub fn genuine_scores(identities: &[usize], embeddings: &[Vec<f32>]) -> Vec<f32> {
-    pair_scores(identities, embeddings, true)
-}
-
-/// Cosine scores of every unordered pair whose identities are equal (`same`) or differ.
-fn pair_scores(identities: &[usize], embeddings: &[Vec<f32>], same: bool) -> Vec<f32> {
-    let mut scores = Vec::new();
-    for i in 0..embeddings.len() {
-        for j in (i + 1)..embeddings.len() {
-            if (identities[i] == identities[j]) == same {
-                scores.push(cosine(&embeddings[i], &embeddings[j]));
-            }
-        }
-    }
-    scores
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::risk::cosine;
 
     #[test]
     fn rejects_bad_curves() {
@@ -402,8 +376,12 @@ mod tests {
                 vec![a.cos(), a.sin()]
             })
             .collect();
-        let ids: Vec<usize> = (0..200).collect();
-        let scores = impostor_scores(&ids, &embeddings);
+        // One identity each: every pair is an impostor pair.
+        let mut scores: Vec<f32> = (0..embeddings.len())
+            .flat_map(|i| (i + 1..embeddings.len()).map(move |j| (i, j)))
+            .map(|(i, j)| cosine(&embeddings[i], &embeddings[j]))
+            .collect();
+        scores.sort_by(f32::total_cmp);
         let curve = Calibration::new(measured_points(&scores, &CALIBRATION_FMR_LEVELS, 1).unwrap())
             .unwrap();
         for &(s, f) in curve.points() {
