@@ -9,21 +9,42 @@ use std::sync::OnceLock;
 use crate::app::config::{Config, DEFAULT_CONFIG_TOML};
 use crate::attest::verify::{Policy, SimPolicy};
 use crate::attest::{Evidence, sim::SimReport, snp};
-use crate::protocol::payload::{EraseRequest, IdentifyProbe, Probe};
+use crate::protocol::payload::{EraseRequest, FeatureError, IdentifyProbe, Probe};
 use crate::protocol::request::RequestEnvelope;
 use crate::protocol::response::SignedResponse;
 use crate::store::RiskLogEntry;
 use crate::store::keys::TableKeys;
 use crate::store::{MasterKey, Table, record};
 
+/// The face models the payload parsers accept here: the shipped two by id (the default
+/// dlib's), and a 2-d one for the committed seeds.
+fn menu(requested: Option<&str>) -> Result<(String, usize), FeatureError> {
+    match requested {
+        None | Some("dlib-resnet128") => Ok(("dlib-resnet128".into(), 128)),
+        Some("mobilefacenet192") => Ok(("mobilefacenet192".into(), 192)),
+        Some(other) => Err(FeatureError::UnknownFaceModel {
+            requested: other.into(),
+            accepted: "dlib-resnet128, mobilefacenet192".into(),
+        }),
+    }
+}
+
+/// The 2-d model of the committed seeds (no `face_model`).
+fn menu_2d(requested: Option<&str>) -> Result<(String, usize), FeatureError> {
+    match requested {
+        None => Ok(("two".into(), 2)),
+        Some(other) => menu(Some(other)),
+    }
+}
+
 /// A request body: the envelope parser, then (as if it had decrypted) the payload parsers,
 /// then a signed response as a client would read it.
 pub fn envelope(data: &[u8]) {
     let _ = RequestEnvelope::parse(data);
-    let _ = Probe::parse(data, 128);
-    let _ = Probe::parse(data, 2);
+    let _ = Probe::parse(data, &menu);
+    let _ = Probe::parse(data, &menu_2d);
     let _ = EraseRequest::parse(data);
-    let _ = IdentifyProbe::parse(data, 128);
+    let _ = IdentifyProbe::parse(data, &menu);
     if let Ok(signed) = serde_json::from_slice::<SignedResponse>(data) {
         let _ = crate::protocol::response::verify(fixed_key().public(), &signed);
     }
@@ -43,9 +64,9 @@ pub fn decrypt(data: &[u8]) {
     let _ = key.decrypt_der_exact::<16>(data);
     if let Ok(envelope) = RequestEnvelope::parse(data) {
         if let Ok(plaintext) = envelope.open(key) {
-            let _ = Probe::parse(&plaintext, 128);
+            let _ = Probe::parse(&plaintext, &menu);
             let _ = EraseRequest::parse(&plaintext);
-            let _ = IdentifyProbe::parse(&plaintext, 128);
+            let _ = IdentifyProbe::parse(&plaintext, &menu);
         }
     }
 }
@@ -199,7 +220,7 @@ pub fn reaches_the_end(target: &str, data: &[u8]) -> bool {
     match target {
         "envelope" => {
             RequestEnvelope::parse(data).is_ok()
-                || Probe::parse(data, 2).is_ok()
+                || Probe::parse(data, &menu_2d).is_ok()
                 || EraseRequest::parse(data).is_ok()
                 || serde_json::from_slice::<SignedResponse>(data).is_ok_and(|signed| {
                     crate::protocol::response::verify(fixed_key().public(), &signed).is_ok()
@@ -209,7 +230,7 @@ pub fn reaches_the_end(target: &str, data: &[u8]) -> bool {
             recipient().decrypt_der(data).is_ok()
                 || RequestEnvelope::parse(data).is_ok_and(|envelope| {
                     envelope.open(recipient()).is_ok_and(|plaintext| {
-                        Probe::parse(&plaintext, 128).is_ok() || Probe::parse(&plaintext, 2).is_ok()
+                        Probe::parse(&plaintext, &menu).is_ok() || Probe::parse(&plaintext, &menu_2d).is_ok()
                     })
                 })
         }

@@ -6,7 +6,7 @@ mod support;
 use std::process::Command;
 
 use tee_risk::risk::RiskModel;
-use tee_risk::risk::model::DEFAULT_MODEL_JSON;
+use tee_risk::risk::model::{BUILTIN_MODELS, DEFAULT_MODEL_JSON};
 
 /// The shipped model's curves: one per enrolment size, each with a fitted tail. (That the
 /// model is what training makes of the dev file and the distractors, byte for byte, is the
@@ -33,18 +33,21 @@ fn the_shipped_model_has_a_fitted_tail_for_every_enrolment_size() {
     assert_eq!(shipped.training.distractors.len(), 1);
 }
 
-/// `tee-risk train` as docs/EVALUATION.md runs it (default seed and penalty) writes the
-/// shipped model byte for byte, and the model records the SM3 of the very dev file on disk.
-#[test]
-fn the_train_command_reproduces_the_shipped_model_file() {
-    let data = support::dev_dataset_path();
+/// Trains as docs/EVALUATION.md runs it (default seed and penalty) and checks that the
+/// result is the shipped model file byte for byte, recording the SM3 of the very files on
+/// disk; returns what the command printed.
+fn reproduce(face_model: &str, files: &str, shipped: &str) -> String {
+    let (data, distractors) = (
+        support::shared_faces(files, "dev"),
+        support::shared_faces(files, "distractors"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model.json");
     let run = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
-        .args(["train", "--data"])
+        .args(["train", "--face-model", face_model, "--data"])
         .arg(&data)
         .arg("--distractors")
-        .arg(support::distractors_path())
+        .arg(&distractors)
         .arg("--out")
         .arg(&out)
         .output()
@@ -55,21 +58,51 @@ fn the_train_command_reproduces_the_shipped_model_file() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(
-        std::fs::read(&out).unwrap() == DEFAULT_MODEL_JSON.as_bytes(),
-        "config/risk-model.json is not what `tee-risk train` makes of the dev file: retrain"
+        std::fs::read(&out).unwrap() == shipped.as_bytes(),
+        "config/models/{face_model}.json is not what `tee-risk train` makes of {files}: retrain"
     );
-    let shipped = RiskModel::builtin();
+    let model = RiskModel::from_json(shipped).unwrap();
+    let recorded = model.face_model.as_ref().unwrap();
+    assert_eq!(recorded.id, face_model);
     assert_eq!(
-        shipped.training.data_sm3,
+        model.training.data_sm3,
         tee_risk::crypto::sm3_hex(&std::fs::read(&data).unwrap())
     );
     assert_eq!(
-        shipped.training.distractors[0].data_sm3,
-        tee_risk::crypto::sm3_hex(&std::fs::read(support::distractors_path()).unwrap())
+        model.training.distractors[0].data_sm3,
+        tee_risk::crypto::sm3_hex(&std::fs::read(&distractors).unwrap())
     );
-    // The report names the highest impostor pairs it was fitted against.
-    let printed = String::from_utf8_lossy(&run.stdout);
+    String::from_utf8(run.stdout).unwrap()
+}
+
+/// dlib's shipped model; the report names the highest impostor pairs it was fitted against.
+#[test]
+fn the_train_command_reproduces_the_shipped_dlib_model() {
+    let printed = reproduce("dlib-resnet128", "dlib128", DEFAULT_MODEL_JSON);
     assert!(printed.contains("Tamara_Mowry"), "{printed}");
+    assert!(printed.contains("(128-d)"), "{printed}");
+}
+
+/// MobileFaceNet's shipped model: its own calibration (impostors near 0, not 0.83), its own
+/// fitted tails, trained on its own dev file and distractors.
+#[test]
+fn the_train_command_reproduces_the_shipped_mobilefacenet_model() {
+    let shipped = BUILTIN_MODELS
+        .iter()
+        .find(|(id, _)| *id == "mobilefacenet192")
+        .unwrap()
+        .1;
+    let printed = reproduce("mobilefacenet192", "mobilefacenet192", shipped);
+    assert!(printed.contains("(192-d)"), "{printed}");
+    let model = RiskModel::builtin_for("mobilefacenet192").unwrap();
+    assert_eq!(model.face_model.as_ref().unwrap().dimension, 192);
+    // Another scale: at dlib's typical impostor similarity (0.83) this model's FMR is far
+    // below 10⁻⁶; at 0.3 it is a common impostor score.
+    assert!(model.calibration.false_match_rate(2, 0.83) < 1e-6);
+    assert!(model.calibration.false_match_rate(2, 0.3) > 1e-2);
+    for k in 1..=5 {
+        assert!(model.calibration.for_templates(k).tail().is_some(), "k = {k}");
+    }
 }
 
 #[test]
@@ -93,6 +126,8 @@ fn train_command_writes_a_model_that_eval_and_the_config_accept() {
     // Another seed: another model, with its own version.
     let printed = run(&[
         "train".as_ref(),
+        "--face-model".as_ref(),
+        "dlib-resnet128".as_ref(),
         "--data".as_ref(),
         data.as_os_str(),
         "--out".as_ref(),
@@ -106,7 +141,10 @@ fn train_command_writes_a_model_that_eval_and_the_config_accept() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!("[risk]\nmodel_file = {:?}\n", model.display().to_string()),
+        format!(
+            "[features]\nmodels = [{{ id = \"dlib-resnet128\", dimension = 128, model_file = {:?} }}]\n",
+            model.display().to_string()
+        ),
     )
     .unwrap();
     let table = run(&[
@@ -134,5 +172,18 @@ fn train_command_writes_a_model_that_eval_and_the_config_accept() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("risk.model_file"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("model_file of face model dlib-resnet128")
+    );
+    // Data of another dimension than the face model's is refused, naming both.
+    let out = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
+        .args(["eval", "--face-model", "dlib-resnet128", "--data"])
+        .arg(support::shared_faces("mobilefacenet192", "dev"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("192-d embeddings, but face model dlib-resnet128 is 128-d")
+    );
 }

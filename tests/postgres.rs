@@ -430,6 +430,7 @@ fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_dea
                 score: 0.0,
                 reasons: vec![],
                 model: "seed".into(),
+                face_model: tee_risk::store::LEGACY_FACE_MODEL.into(),
                 features: support::synthetic_face(i),
                 liveness: None,
                 device_id: None,

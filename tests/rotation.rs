@@ -63,6 +63,7 @@ fn seed(data: &Path, users: usize, records: usize) -> Vec<(String, Vec<f32>)> {
             score: 0.0,
             reasons: vec![],
             model: "seed".into(),
+            face_model: tee_risk::store::LEGACY_FACE_MODEL.into(),
             features: features.clone(),
             liveness: None,
             device_id: None,

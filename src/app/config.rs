@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::attest::TeeKind;
 use crate::risk::model::ModelError;
-use crate::risk::{RiskConfig, RiskModel, RiskPolicy};
+use crate::risk::{FaceModel, FaceModels, FaceModelsError, RiskConfig, RiskModel, RiskPolicy};
 use crate::service::Settings;
 
 /// The documented defaults; also the example file operators copy.
@@ -51,22 +51,57 @@ pub enum ConfigError {
         /// What it holds.
         value: String,
     },
-    /// `risk.model_file` could not be read.
-    #[error("cannot read risk.model_file {path}: {source}")]
+    /// A face model's `model_file` could not be read.
+    #[error("cannot read the model_file of face model {face_model}, {path}: {source}")]
     ModelRead {
+        /// The face model's id.
+        face_model: String,
         /// The model file.
         path: PathBuf,
         /// What the operating system said.
         source: std::io::Error,
     },
-    /// `risk.model_file` is not a valid model.
-    #[error("risk.model_file {path}: {source}")]
+    /// A face model's `model_file` is not a valid model.
+    #[error("the model_file of face model {face_model}, {path}: {source}")]
     Model {
+        /// The face model's id.
+        face_model: String,
         /// The model file.
         path: PathBuf,
         /// What is wrong with it.
         source: ModelError,
     },
+    /// A model file trained for another face model or dimension than its entry says.
+    #[error(
+        "face model {face_model} ({dimension}-d): its model file {path} was trained for \
+         {trained_for} ({trained_dimension}-d)"
+    )]
+    ModelMismatch {
+        /// The entry's id and dimension.
+        face_model: String,
+        dimension: usize,
+        /// The model file.
+        path: String,
+        /// What the model file says.
+        trained_for: String,
+        trained_dimension: usize,
+    },
+    /// An entry with `model_file = ""` for a face model no model is shipped for.
+    #[error(
+        "face model {0} has no shipped model: give its model_file (tee-risk train --face-model {0})"
+    )]
+    NoShippedModel(String),
+    /// `--face-model` names a model the configuration does not accept.
+    #[error("face model `{requested}` is not in features.models; accepted: {accepted}")]
+    UnknownFaceModel {
+        /// The id asked for.
+        requested: String,
+        /// The accepted ones.
+        accepted: String,
+    },
+    /// The list of face models is empty, repeats an id, or lacks the default.
+    #[error(transparent)]
+    FaceModels(#[from] FaceModelsError),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,10 +240,25 @@ pub struct ProtocolConfig {
     pub replay_cache_capacity: usize,
 }
 
+/// `[features]`: the face models this deployment accepts.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeaturesConfig {
+    /// What a request without `face_model` means (v1.1 and v1.2 clients).
+    pub default_model: String,
+    pub models: Vec<FaceModelConfig>,
+}
+
+/// One accepted face model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaceModelConfig {
+    /// The id requests name in `face_model`.
+    pub id: String,
+    /// Its embedding dimension.
     pub dimension: usize,
+    /// Its risk model (`tee-risk train --face-model <id>`); "" = the one shipped for `id`.
+    pub model_file: PathBuf,
 }
 
 impl Config {
@@ -325,8 +375,15 @@ impl Config {
                 "protocol.replay_cache_capacity must be positive",
             ),
             (
-                (1..=4096).contains(&self.features.dimension),
-                "features.dimension must be in 1..=4096",
+                self.features
+                    .models
+                    .iter()
+                    .all(|m| (1..=4096).contains(&m.dimension)),
+                "every features.models dimension must be in 1..=4096",
+            ),
+            (
+                self.features.models.iter().all(|m| valid_model_id(&m.id)),
+                "every features.models id must be 1 to 64 letters, digits, '-', '_' or '.'",
             ),
             (
                 0.0 < self.risk.allow_max_fmr
@@ -378,23 +435,73 @@ impl Config {
             return Err(ConfigError::Invalid(message));
         }
         self.listen_addr()?;
-        self.risk_model().map(|_| ())
+        self.face_models().map(|_| ())
     }
 
-    /// The risk model: the shipped one, or `risk.model_file`.
-    pub fn risk_model(&self) -> Result<RiskModel, ConfigError> {
-        if self.risk.model_file.as_os_str().is_empty() {
-            return Ok(RiskModel::builtin());
+    /// A face model's risk model: the one shipped for its id, or its `model_file`, checked
+    /// to have been trained for that id and dimension (files of formats before 3 name
+    /// neither: the entry's word is taken).
+    fn risk_model(&self, entry: &FaceModelConfig) -> Result<RiskModel, ConfigError> {
+        let (model, path) = if entry.model_file.as_os_str().is_empty() {
+            let model = RiskModel::builtin_for(&entry.id)
+                .ok_or_else(|| ConfigError::NoShippedModel(entry.id.clone()))?;
+            (model, format!("config/models/{}.json (shipped)", entry.id))
+        } else {
+            let path = &entry.model_file;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ModelRead {
+                face_model: entry.id.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            let model = RiskModel::from_json(&text).map_err(|source| ConfigError::Model {
+                face_model: entry.id.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            (model, path.display().to_string())
+        };
+        match &model.face_model {
+            Some(trained) if trained.id != entry.id || trained.dimension != entry.dimension => {
+                Err(ConfigError::ModelMismatch {
+                    face_model: entry.id.clone(),
+                    dimension: entry.dimension,
+                    path,
+                    trained_for: trained.id.clone(),
+                    trained_dimension: trained.dimension,
+                })
+            }
+            _ => Ok(model),
         }
-        let path = &self.risk.model_file;
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ModelRead {
-            path: path.clone(),
-            source,
-        })?;
-        RiskModel::from_json(&text).map_err(|source| ConfigError::Model {
-            path: path.clone(),
-            source,
-        })
+    }
+
+    /// The accepted face models, each with its policy (`[risk]`'s thresholds, its own model).
+    pub fn face_models(&self) -> Result<FaceModels, ConfigError> {
+        let models = self
+            .features
+            .models
+            .iter()
+            .map(|entry| {
+                let model = self.risk_model(entry)?;
+                Ok(FaceModel::new(
+                    entry.id.clone(),
+                    entry.dimension,
+                    self.risk.policy(Arc::new(model)),
+                ))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(FaceModels::new(&self.features.default_model, models)?)
+    }
+
+    /// One accepted face model (`None`: the default), e.g. for `tee-risk eval --face-model`.
+    pub fn face_model(&self, id: Option<&str>) -> Result<FaceModel, ConfigError> {
+        let models = self.face_models()?;
+        models
+            .resolve(id)
+            .cloned()
+            .ok_or_else(|| ConfigError::UnknownFaceModel {
+                requested: id.unwrap_or_default().to_owned(),
+                accepted: models.describe(),
+            })
     }
 
     /// The operator listener's address, if one is configured.
@@ -423,27 +530,35 @@ impl Config {
             })
     }
 
-    /// The policy; the model file was checked when the config was loaded.
+    /// The default face model's policy; its model file was checked when the config was
+    /// loaded.
     pub fn risk_policy(&self) -> Result<RiskPolicy, ConfigError> {
-        Ok(self.risk.policy(Arc::new(self.risk_model()?)))
+        Ok(self.face_model(None)?.policy().clone())
     }
 
     /// What the service needs, assembled from the sections that hold it.
     pub fn service_settings(&self) -> Result<Settings, ConfigError> {
         Ok(Settings {
-            policy: self.risk_policy()?,
+            face_models: self.face_models()?,
             iat_window_secs: self.protocol.iat_window_secs,
             replay_cache_capacity: self.protocol.replay_cache_capacity,
             encryption_key_lifetime_secs: self.keys.encryption_key_lifetime_secs,
             encryption_key_grace_secs: self.keys.encryption_key_grace_secs,
             velocity_window_secs: self.risk.velocity_window_secs,
             max_devices: self.risk.max_devices,
-            dimension: self.features.dimension,
             max_templates: self.risk.max_templates,
             user_per_minute: self.limits.user_per_minute,
             user_burst: self.limits.user_burst,
         })
     }
+}
+
+/// A face model id: short, printable, and safe in a file name and a metrics label.
+fn valid_model_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn merge(base: &mut toml::Table, overlay: toml::Table) {
@@ -466,7 +581,10 @@ mod tests {
     #[test]
     fn builtin_defaults_load() {
         let config = Config::builtin();
-        assert_eq!(config.features.dimension, 128);
+        assert_eq!(config.features.default_model, "dlib-resnet128");
+        let models = config.face_models().unwrap();
+        let ids: Vec<(&str, usize)> = models.iter().map(|m| (m.id(), m.dimension())).collect();
+        assert_eq!(ids, [("dlib-resnet128", 128), ("mobilefacenet192", 192)]);
         assert_eq!(config.protocol.iat_window_secs, 120);
         assert!(!config.server.dev);
     }
@@ -498,9 +616,41 @@ mod tests {
         assert!(addr.unwrap_err().to_string().contains("not an address"));
         let model = Config::from_toml_layers(&[
             DEFAULT_CONFIG_TOML,
-            "[risk]\nmodel_file = \"/nonexistent/model.json\"\n",
+            "[features]\nmodels = [{ id = \"m\", dimension = 4, model_file = \"/nonexistent/model.json\" }]\ndefault_model = \"m\"\n",
         ]);
-        assert!(model.unwrap_err().to_string().contains("risk.model_file"));
+        assert!(model.unwrap_err().to_string().contains("model_file of face model m"));
+    }
+
+    /// `[features]`: a model file must have been trained for its entry's id and dimension;
+    /// an id without a shipped model needs a file; the default must be listed.
+    #[test]
+    fn face_model_entries_are_checked_against_their_model_files() {
+        let features = |body: &str| {
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, &format!("[features]\n{body}\n")])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        let shipped = "models = [{ id = \"dlib-resnet128\", dimension = 192, model_file = \"\" }]";
+        assert!(features(shipped).contains("trained for dlib-resnet128 (128-d)"));
+        let unshipped = "models = [{ id = \"arcface512\", dimension = 512, model_file = \"\" }]\ndefault_model = \"arcface512\"";
+        assert!(features(unshipped).contains("no shipped model"));
+        assert!(features("default_model = \"arcface512\"").contains("not in features.models"));
+        assert!(features("models = []").contains("at least one face model"));
+        let bad_id = "models = [{ id = \"a b\", dimension = 4, model_file = \"\" }]";
+        assert!(features(bad_id).contains("letters, digits"));
+        let config = Config::builtin();
+        assert_eq!(
+            config.face_model(Some("mobilefacenet192")).unwrap().dimension(),
+            192
+        );
+        assert!(
+            config
+                .face_model(Some("x"))
+                .unwrap_err()
+                .to_string()
+                .contains("dlib-resnet128 (128-d, the default), mobilefacenet192 (192-d)")
+        );
     }
 
     /// The bounds of the encryption-key lifetime, as docs/OPERATIONS.md states them.

@@ -104,7 +104,9 @@ impl ResponseError for ApiError {
                 ServiceError::ReplayedRequest | ServiceError::TemplateLimit(_) => {
                     StatusCode::CONFLICT
                 }
-                ServiceError::Payload(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                ServiceError::Payload(_) | ServiceError::OtherFaceModel { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 ServiceError::Overloaded | ServiceError::StorageUnavailable => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }

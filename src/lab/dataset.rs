@@ -11,6 +11,9 @@ use crate::protocol::payload::normalise;
 
 #[derive(Deserialize)]
 struct File {
+    /// The face model that made the embeddings, as the file names it.
+    #[serde(default)]
+    model: String,
     dim: usize,
     items: Vec<Item>,
 }
@@ -32,6 +35,8 @@ pub struct Sample {
 
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// The file's `model` field (free text: the training command names the face model id).
+    pub model: String,
     pub dim: usize,
     pub samples: Vec<Sample>,
 }
@@ -51,7 +56,7 @@ impl Dataset {
             .items
             .into_iter()
             .map(|item| {
-                let embedding = normalise(&item.embedding, file.dim).map_err(|source| {
+                let embedding = normalise(&item.embedding, &file.model, file.dim).map_err(|source| {
                     LabError::BadEmbedding {
                         image: item.image.clone(),
                         source,
@@ -65,6 +70,7 @@ impl Dataset {
             })
             .collect::<Result<Vec<_>, LabError>>()?;
         Ok(Self {
+            model: file.model,
             dim: file.dim,
             samples,
         })

@@ -20,7 +20,9 @@ use super::LabError;
 use super::eval::evaluate as evaluate_scores;
 use super::synth::{Context, Labelled, Rng, genuine_context, group, impostor_context};
 use super::tail::fit_calibration;
-use crate::risk::model::{Feature, FeatureVector, MODEL_FORMAT, RiskModel, TrainingSummary};
+use crate::risk::model::{
+    FaceModelInfo, Feature, FeatureVector, MODEL_FORMAT, RiskModel, TrainingSummary,
+};
 use crate::risk::{Conflict, RiskPolicy, Signals, centroid, cosine, signals};
 
 /// L2 penalty: small, the features are few and the samples many.
@@ -165,10 +167,11 @@ fn other(rng: &mut Rng, n: usize, not: usize) -> usize {
 /// Fits the model: calibration measured on `samples` and the impostor-only `distractors`
 /// (identities distinct from the samples'), its tail fitted beyond the data
 /// ([`super::tail`]); weights by linfa's logistic regression on attempts generated from
-/// `samples`.
+/// `samples`, all embedded by `face_model`.
 pub fn train(
     samples: &[Labelled],
     distractors: &[Labelled],
+    face_model: FaceModelInfo,
     summary: TrainingSummary,
     alpha: f64,
     seed: u64,
@@ -176,6 +179,7 @@ pub fn train(
     let calibration = fit_calibration(samples, distractors)?;
     let mut model = RiskModel {
         format: MODEL_FORMAT.into(),
+        face_model: Some(face_model),
         version: String::new(),
         features: Feature::ALL.iter().map(|f| f.name().into()).collect(),
         weights: vec![0.0; Feature::ALL.len()],

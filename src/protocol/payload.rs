@@ -24,7 +24,16 @@ struct FeatureMessage {
     liveness: Option<f64>,
     #[serde(default)]
     device_id: Option<String>,
+    /// PROTOCOL v1.3: the face model that made `features`; absent means the deployment's
+    /// default (what v1.1 and v1.2 clients send).
+    #[serde(default)]
+    #[zeroize(skip)]
+    face_model: Option<String>,
 }
+
+/// Resolves a request's `face_model` (`None`: absent) to the accepted model's id and its
+/// embedding dimension, or refuses it ([`FeatureError::UnknownFaceModel`]).
+pub type FaceModelMenu<'a> = &'a dyn Fn(Option<&str>) -> Result<(String, usize), FeatureError>;
 
 /// Why a decrypted payload was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,8 +45,15 @@ pub enum FeatureError {
     MalformedErasure,
     #[error("the payload is not JSON with features and optional liveness, device_id, top_k")]
     MalformedIdentify,
-    #[error("features must have {expected} values, got {got}")]
-    WrongDimension { expected: usize, got: usize },
+    #[error("features must have {expected} values for face model {face_model}, got {got}")]
+    WrongDimension {
+        face_model: String,
+        expected: usize,
+        got: usize,
+    },
+    /// A `face_model` the deployment does not accept; `accepted` names those it does.
+    #[error("face_model `{requested}` is not accepted here; accepted: {accepted}")]
+    UnknownFaceModel { requested: String, accepted: String },
     #[error("feature {0} is not a finite number")]
     NonFinite(usize),
     #[error("the feature vector's norm is too small (zero, or below 1e-6)")]
@@ -46,11 +62,14 @@ pub enum FeatureError {
     InvalidField(&'static str),
 }
 
-/// A checked request: non-empty ids of bounded length, a unit-length embedding of the
-/// configured dimension, liveness in [0, 1]. Wiped on drop.
+/// A checked request: non-empty ids of bounded length, a unit-length embedding of its face
+/// model's dimension, liveness in [0, 1]. Wiped on drop.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct Probe {
     pub user_id: String,
+    /// The accepted face model that made `features` (the default when the request named none).
+    #[zeroize(skip)]
+    pub face_model: String,
     /// L2-normalised, so cosine similarity is a dot product.
     pub features: Vec<f32>,
     pub liveness: Option<f32>,
@@ -58,8 +77,8 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Parses and validates the decrypted payload.
-    pub fn parse(plaintext: &[u8], dimension: usize) -> Result<Self, FeatureError> {
+    /// Parses and validates the decrypted payload; `models` resolves its face model.
+    pub fn parse(plaintext: &[u8], models: FaceModelMenu<'_>) -> Result<Self, FeatureError> {
         let mut message: FeatureMessage = serde_json::from_slice(plaintext).map_err(|_| {
             // JSON has no NaN or Infinity and serde_json refuses 1e309: name such a value
             // as what it is rather than as a malformed payload.
@@ -74,10 +93,12 @@ impl Probe {
             "user_id must be 1 to 128 bytes without control characters",
         )?;
         let liveness = check_context(message.device_id.as_deref(), message.liveness)?;
-        let mut features = normalise(&message.features, dimension)?;
+        let (face_model, dimension) = models(message.face_model.as_deref())?;
+        let mut features = normalise(&message.features, &face_model, dimension)?;
         // Move the values out; `message` and `features` wipe what is left when dropped.
         Ok(Self {
             user_id: std::mem::take(&mut message.user_id),
+            face_model,
             features: std::mem::take(&mut *features),
             liveness,
             device_id: message.device_id.take(),
@@ -134,12 +155,18 @@ struct IdentifyMessage {
     #[serde(default)]
     #[zeroize(skip)]
     mode: Option<IdentifyMode>,
+    #[serde(default)]
+    #[zeroize(skip)]
+    face_model: Option<String>,
 }
 
 /// `POST /v1/identify`: whose face is this? Checked like a [`Probe`], without a user id.
 /// Wiped on drop.
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct IdentifyProbe {
+    /// The accepted face model that made `features`: only its templates are searched.
+    #[zeroize(skip)]
+    pub face_model: String,
     /// L2-normalised.
     pub features: Vec<f32>,
     pub liveness: Option<f32>,
@@ -152,7 +179,7 @@ pub struct IdentifyProbe {
 }
 
 impl IdentifyProbe {
-    pub fn parse(plaintext: &[u8], dimension: usize) -> Result<Self, FeatureError> {
+    pub fn parse(plaintext: &[u8], models: FaceModelMenu<'_>) -> Result<Self, FeatureError> {
         let mut message: IdentifyMessage =
             serde_json::from_slice(plaintext).map_err(|_| match non_finite_feature(plaintext) {
                 Some(index) => FeatureError::NonFinite(index),
@@ -176,8 +203,10 @@ impl IdentifyProbe {
                 .filter(|k| (1..=most).contains(k))
                 .ok_or(FeatureError::InvalidField(range))?,
         };
-        let mut features = normalise(&message.features, dimension)?;
+        let (face_model, dimension) = models(message.face_model.as_deref())?;
+        let mut features = normalise(&message.features, &face_model, dimension)?;
         Ok(Self {
+            face_model,
             features: std::mem::take(&mut *features),
             liveness,
             device_id: message.device_id.take(),
@@ -237,10 +266,15 @@ fn check_id(id: &str, max: usize, message: &'static str) -> Result<(), FeatureEr
     Ok(())
 }
 
-/// Checks dimension and finiteness and scales to unit length.
-pub fn normalise(values: &[f32], dimension: usize) -> Result<Zeroizing<Vec<f32>>, FeatureError> {
+/// Checks dimension (that of `face_model`) and finiteness and scales to unit length.
+pub fn normalise(
+    values: &[f32],
+    face_model: &str,
+    dimension: usize,
+) -> Result<Zeroizing<Vec<f32>>, FeatureError> {
     if values.len() != dimension {
         return Err(FeatureError::WrongDimension {
+            face_model: face_model.to_owned(),
             expected: dimension,
             got: values.len(),
         });
@@ -312,6 +346,48 @@ fn non_finite_feature(plaintext: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// Two accepted models: `m2` (2-d, the default) and `m3` (3-d).
+    fn menu(requested: Option<&str>) -> Result<(String, usize), FeatureError> {
+        match requested.unwrap_or("m2") {
+            "m2" => Ok(("m2".into(), 2)),
+            "m3" => Ok(("m3".into(), 3)),
+            other => Err(FeatureError::UnknownFaceModel {
+                requested: other.into(),
+                accepted: "m2 (2-d, the default), m3 (3-d)".into(),
+            }),
+        }
+    }
+
+    /// PROTOCOL v1.3: `face_model` picks the model and so the dimension; absent is the
+    /// default; an unknown one is refused naming the accepted ones, before the features are
+    /// looked at.
+    #[test]
+    fn the_face_model_picks_the_dimension() {
+        let probe = Probe::parse(&payload("[1,2,2]", r#","face_model":"m3""#), &menu).unwrap();
+        assert_eq!((probe.face_model.as_str(), probe.features.len()), ("m3", 3));
+        let probe = Probe::parse(&payload("[3,4]", ""), &menu).unwrap();
+        assert_eq!(probe.face_model, "m2");
+        assert_eq!(
+            Probe::parse(&payload("[3,4]", r#","face_model":"m3""#), &menu).err(),
+            Some(FeatureError::WrongDimension {
+                face_model: "m3".into(),
+                expected: 3,
+                got: 2
+            })
+        );
+        let unknown = Probe::parse(&payload("[3,4]", r#","face_model":"arcface""#), &menu)
+            .err()
+            .unwrap();
+        assert!(unknown.to_string().contains("m2 (2-d, the default), m3 (3-d)"));
+        let identify =
+            IdentifyProbe::parse(br#"{"features":[1,2,2],"face_model":"m3"}"#, &menu).unwrap();
+        assert_eq!(identify.face_model, "m3");
+        assert!(matches!(
+            IdentifyProbe::parse(br#"{"features":[1,2],"face_model":7}"#, &menu),
+            Err(FeatureError::MalformedIdentify)
+        ));
+    }
+
     fn payload(features: &str, extra: &str) -> Vec<u8> {
         format!(r#"{{"user_id":"alice","features":{features}{extra}}}"#).into_bytes()
     }
@@ -321,18 +397,18 @@ mod tests {
     #[test]
     fn out_of_range_numbers_are_invalid_fields_not_malformed_payloads() {
         for liveness in ["2", "-0.5", "1e39", "3.5e38", "1e308"] {
-            let result = Probe::parse(&payload("[3,4]", &format!(r#","liveness":{liveness}"#)), 2);
+            let result = Probe::parse(&payload("[3,4]", &format!(r#","liveness":{liveness}"#)), &menu);
             assert!(
                 matches!(result, Err(FeatureError::InvalidField(_))),
                 "liveness {liveness}"
             );
         }
         assert!(
-            Probe::parse(&payload("[3,4]", r#","liveness":null"#), 2)
+            Probe::parse(&payload("[3,4]", r#","liveness":null"#), &menu)
                 .is_ok_and(|p| p.liveness.is_none())
         );
         let identify = |extra: &str| {
-            IdentifyProbe::parse(format!(r#"{{"features":[3,4]{extra}}}"#).as_bytes(), 2)
+            IdentifyProbe::parse(format!(r#"{{"features":[3,4]{extra}}}"#).as_bytes(), &menu)
         };
         for top_k in [
             "0",
@@ -384,7 +460,7 @@ mod tests {
     #[test]
     fn valid_probe_is_normalised() {
         let probe =
-            Probe::parse(&payload("[3,4]", r#","liveness":0.9,"device_id":"d1""#), 2).unwrap();
+            Probe::parse(&payload("[3,4]", r#","liveness":0.9,"device_id":"d1""#), &menu).unwrap();
         assert_eq!(probe.user_id, "alice");
         assert!((probe.features[0] - 0.6).abs() < 1e-6 && (probe.features[1] - 0.8).abs() < 1e-6);
         assert_eq!(probe.liveness, Some(0.9));
@@ -402,6 +478,7 @@ mod tests {
             (
                 payload("[1,2,3]", ""),
                 FeatureError::WrongDimension {
+                    face_model: "m2".into(),
                     expected: 2,
                     got: 3,
                 },
@@ -424,16 +501,16 @@ mod tests {
             ),
         ];
         for (body, expected) in cases {
-            assert_eq!(Probe::parse(&body, 2).err(), Some(expected));
+            assert_eq!(Probe::parse(&body, &menu).err(), Some(expected));
         }
         let long_user = format!(r#"{{"user_id":"{}","features":[1,2]}}"#, "u".repeat(129));
         assert!(matches!(
-            Probe::parse(long_user.as_bytes(), 2),
+            Probe::parse(long_user.as_bytes(), &menu),
             Err(FeatureError::InvalidField(_))
         ));
         let empty_user = br#"{"user_id":"","features":[1,2]}"#;
         assert!(matches!(
-            Probe::parse(empty_user, 2),
+            Probe::parse(empty_user, &menu),
             Err(FeatureError::InvalidField(_))
         ));
         assert_eq!(
@@ -452,14 +529,14 @@ mod tests {
         // A user id that mentions "features" does not fool the scanner.
         let decoy = br#"{"user_id":"features","features":[1,NaN]}"#;
         assert_eq!(
-            Probe::parse(decoy, 2).err(),
+            Probe::parse(decoy, &menu).err(),
             Some(FeatureError::NonFinite(1))
         );
         let decoy = br#"{"user_id":"x\"features\":[NaN]","features":[1,2,3]}"#;
-        assert!(Probe::parse(decoy, 2).is_err());
+        assert!(Probe::parse(decoy, &menu).is_err());
         let control = br#"{"user_id":"a\nb","features":[1,2]}"#;
         assert!(matches!(
-            Probe::parse(control, 2),
+            Probe::parse(control, &menu),
             Err(FeatureError::InvalidField(_))
         ));
     }

@@ -1,6 +1,5 @@
 //! `[risk]` in the configuration: owned here, assembled into the top-level config by `app`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -11,8 +10,6 @@ use super::{RiskModel, RiskPolicy};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RiskConfig {
-    /// The model file from `tee-risk train`; "" = the shipped model. Read by the app.
-    pub model_file: PathBuf,
     /// See [`RiskPolicy::allow_max_fmr`].
     pub allow_max_fmr: f64,
     /// See [`RiskPolicy::step_up_max_fmr`].

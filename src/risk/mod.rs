@@ -5,6 +5,7 @@
 
 pub mod calibration;
 mod config;
+mod face_model;
 pub mod gallery;
 pub mod identify;
 pub mod model;
@@ -16,6 +17,7 @@ use serde::Serialize;
 
 pub use calibration::{Calibration, CalibrationSet};
 pub use config::RiskConfig;
+pub use face_model::{FaceModel, FaceModels, FaceModelsError};
 pub use model::{Feature, RiskModel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

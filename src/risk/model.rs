@@ -8,15 +8,28 @@ use serde::{Deserialize, Serialize};
 use super::Signals;
 use super::calibration::CalibrationSet;
 
-/// The file format this build reads and writes.
-pub const MODEL_FORMAT: &str = "tee-risk-model/2";
+/// The file format this build writes: format 2 and the face model it was trained for.
+pub const MODEL_FORMAT: &str = "tee-risk-model/3";
 
-/// The earlier format this build still reads: curves as bare point lists, no fitted tail
-/// (beyond their last point they fall at their last slope).
+/// Earlier formats this build still reads (no face model recorded: the configuration's
+/// word is taken for it). Format 2 added the fitted tail; format 1 has curves as bare point
+/// lists (beyond their last point they fall at their last slope).
+pub const MODEL_FORMAT_2: &str = "tee-risk-model/2";
 pub const MODEL_FORMAT_1: &str = "tee-risk-model/1";
 
-/// The model shipped in the binary (trained on the dev embeddings by `tee-risk train`).
-pub const DEFAULT_MODEL_JSON: &str = include_str!("../../config/risk-model.json");
+/// The model shipped for dlib's 128-d ResNet (trained on the dev embeddings and the
+/// distractors by `tee-risk train --face-model dlib-resnet128`).
+pub const DEFAULT_MODEL_JSON: &str = include_str!("../../config/models/dlib-resnet128.json");
+
+/// The models shipped in the binary, by face model id (`config/models/<id>.json`; the
+/// `[features] models` entries with `model_file = ""` use them).
+pub const BUILTIN_MODELS: [(&str, &str); 2] = [
+    ("dlib-resnet128", DEFAULT_MODEL_JSON),
+    (
+        "mobilefacenet192",
+        include_str!("../../config/models/mobilefacenet192.json"),
+    ),
+];
 
 /// Evidence is capped here: beyond FMR 10⁻⁶ the calibration has no data.
 const MAX_EVIDENCE: f64 = 6.0;
@@ -126,11 +139,24 @@ pub struct DataFile {
     pub images: usize,
 }
 
+/// The face model whose embeddings a risk model was trained on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaceModelInfo {
+    /// The id requests name (`face_model`), e.g. `mobilefacenet192`.
+    pub id: String,
+    /// Its embedding dimension.
+    pub dimension: usize,
+}
+
 /// The model file (JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RiskModel {
     pub format: String,
+    /// The face model it was trained for (format 3; absent in earlier formats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_model: Option<FaceModelInfo>,
     /// Named in every assessment: `logit-<SM3 prefix of calibration and weights>`.
     pub version: String,
     /// Feature names in order; must equal this build's.
@@ -154,8 +180,13 @@ pub enum ModelError {
     #[error("not a risk model file: {0}")]
     Parse(#[from] serde_json::Error),
     /// Another format version.
-    #[error("risk model format `{0}` is not {MODEL_FORMAT} (or {MODEL_FORMAT_1})")]
+    #[error(
+        "risk model format `{0}` is not {MODEL_FORMAT} (or {MODEL_FORMAT_2}, {MODEL_FORMAT_1})"
+    )]
     Format(String),
+    /// Format 3 without its face model, or an earlier format with one.
+    #[error("risk model format {MODEL_FORMAT} names its face model (id, dimension); earlier formats do not")]
+    FaceModel,
     /// Features other than this build's, or in another order.
     #[error("risk model features {found:?} are not this build's {expected:?}")]
     Features {
@@ -184,8 +215,16 @@ impl RiskModel {
     /// Parses and checks a model file: format, feature names and finite weights.
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
         let model: RiskModel = serde_json::from_str(text)?;
-        if model.format != MODEL_FORMAT && model.format != MODEL_FORMAT_1 {
+        if ![MODEL_FORMAT, MODEL_FORMAT_2, MODEL_FORMAT_1].contains(&model.format.as_str()) {
             return Err(ModelError::Format(model.format));
+        }
+        if (model.format == MODEL_FORMAT)
+            != model
+                .face_model
+                .as_ref()
+                .is_some_and(|f| !f.id.is_empty() && f.dimension > 0)
+        {
+            return Err(ModelError::FaceModel);
         }
         let expected: Vec<&'static str> = Feature::ALL.iter().map(|f| f.name()).collect();
         if model.features != expected {
@@ -224,9 +263,21 @@ impl RiskModel {
         Ok(model)
     }
 
-    /// The shipped model.
+    /// The shipped model of dlib's 128-d ResNet (the default face model).
     pub fn builtin() -> Self {
-        Self::from_json(DEFAULT_MODEL_JSON).expect("config/risk-model.json is a valid model")
+        Self::from_json(DEFAULT_MODEL_JSON)
+            .expect("config/models/dlib-resnet128.json is a valid model")
+    }
+
+    /// The model shipped for `face_model`, if one is.
+    pub fn builtin_for(face_model: &str) -> Option<Self> {
+        BUILTIN_MODELS
+            .iter()
+            .find(|(id, _)| *id == face_model)
+            .map(|(id, json)| {
+                Self::from_json(json)
+                    .unwrap_or_else(|e| panic!("config/models/{id}.json is not a valid model: {e}"))
+            })
     }
 
     /// The version a model with this content carries: a digest of what decides scores,

@@ -59,8 +59,20 @@ pub enum ServiceError {
     /// `"mode": "investigate"` without `investigate`). The request id is spent.
     #[error("this client lacks the `{}` permission", .0.as_str())]
     Forbidden(crate::service::access::Permission),
-    /// The user already has the maximum number of templates.
-    #[error("the user already has the maximum of {0} templates")]
+    /// An assessment in one face model of a user whose templates are all of others: scores
+    /// of two models are never compared. The request id is spent.
+    #[error(
+        "face_model {requested}: this user's templates are of {enrolled} only; enrol the user \
+         under {requested} first, or send an embedding of {enrolled}"
+    )]
+    OtherFaceModel {
+        /// The model the request named (or the default).
+        requested: String,
+        /// The models the user's templates are of.
+        enrolled: String,
+    },
+    /// The user already has the maximum number of templates (of the request's face model).
+    #[error("the user already has the maximum of {0} templates of this face model")]
     TemplateLimit(usize),
     /// The replay cache is full: the service cannot take more requests now.
     #[error("too many requests in flight; retry later")]
@@ -106,8 +118,11 @@ impl ServiceError {
                 FeatureError::WrongDimension { .. } => "wrong_dimension",
                 FeatureError::NonFinite(_) => "non_finite_feature",
                 FeatureError::ZeroNorm => "zero_norm",
-                FeatureError::InvalidField(_) => "invalid_field",
+                FeatureError::InvalidField(_) | FeatureError::UnknownFaceModel { .. } => {
+                    "invalid_field"
+                }
             },
+            ServiceError::OtherFaceModel { .. } => "invalid_field",
             ServiceError::Forbidden(_) => "forbidden",
             ServiceError::TemplateLimit(_) => "template_limit",
             ServiceError::Overloaded => "overloaded",

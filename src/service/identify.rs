@@ -29,6 +29,8 @@ struct IdentifyPayload<'a, C: Serialize> {
     candidates: &'a [C],
     reasons: &'a [Reason],
     model: &'a str,
+    /// PROTOCOL v1.3: the face model whose templates were searched.
+    face_model: &'a str,
 }
 
 /// The outcome of either mode, as answered and logged.
@@ -73,10 +75,9 @@ impl Service {
         client: &Authorized,
     ) -> Result<Answer, ServiceError> {
         let mut timer = StageTimer::start(&self.metrics);
-        let dimension = self.dimension;
         let (header, probe, answer_key) =
             self.open_request_as(body, now, &mut timer, true, |p| {
-                let probe = IdentifyProbe::parse(p, dimension)?;
+                let probe = IdentifyProbe::parse(p, &|m| self.resolve_face_model(m))?;
                 let needed = match probe.mode {
                     IdentifyMode::Decide => Permission::Identify,
                     IdentifyMode::Investigate => Permission::Investigate,
@@ -86,14 +87,17 @@ impl Service {
                 }
                 Ok(probe)
             })?;
-        let searched = self.gallery.len();
+        let slot = self.slot(&probe.face_model)?;
+        let policy = slot.policy();
+        // This model's templates only: users not (yet) enrolled under it are not searched.
+        let searched = slot.gallery.len();
         // Two at least: the second tells a match from an ambiguous one.
-        let candidates = self.gallery.top_k(&probe.features, probe.top_k.max(2));
+        let candidates = slot.gallery.top_k(&probe.features, probe.top_k.max(2));
         // The hard rules, against the best candidate: a copy of one of its templates or of
         // one of its recent accepted probes names no one. So does a failed liveness check.
         let mut copy = probe
             .liveness
-            .filter(|&l| l < self.policy.min_liveness)
+            .filter(|&l| l < policy.min_liveness)
             .map(|_| Reason::LowLiveness);
         let mut logged_user = None;
         if let Some(best) = candidates.first() {
@@ -101,17 +105,18 @@ impl Service {
             let enrolment = self.vault.enrolment(&user, &best.user_id).map_err(fault)?;
             let recent = self
                 .vault
-                .recent_probes(&user, self.policy.replay_history)
+                .recent_probes(&user, slot.id(), policy.replay_history)
                 .map_err(fault)?;
-            let signals = risk::signals(&probe.features, &enrolment.templates, &recent);
+            let templates = enrolment.templates_of(slot.id());
+            let signals = risk::signals(&probe.features, &templates, &recent);
             if signals
                 .copy_similarity
-                .is_some_and(|s| s >= self.policy.copy_min_similarity)
+                .is_some_and(|s| s >= policy.copy_min_similarity)
             {
                 copy = Some(Reason::TemplateInjection);
             } else if signals
                 .history_similarity
-                .is_some_and(|s| s >= self.policy.copy_min_similarity)
+                .is_some_and(|s| s >= policy.copy_min_similarity)
             {
                 copy = Some(Reason::ReplayedProbe);
             }
@@ -119,12 +124,9 @@ impl Service {
         }
         let found = match probe.mode {
             IdentifyMode::Decide => {
-                Found::Decided(
-                    self.policy
-                        .identify(&candidates, searched, probe.top_k, copy),
-                )
+                Found::Decided(policy.identify(&candidates, searched, probe.top_k, copy))
             }
-            IdentifyMode::Investigate => Found::Investigated(self.policy.investigate(
+            IdentifyMode::Investigate => Found::Investigated(policy.investigate(
                 &candidates[..probe.top_k.min(candidates.len())],
                 searched,
                 copy,
@@ -157,7 +159,8 @@ impl Service {
                 .iter()
                 .map(|r| r.as_str().to_owned())
                 .collect(),
-            model: self.policy.model_version().into(),
+            model: policy.model_version().into(),
+            face_model: slot.id().to_owned(),
             features: probe.features.clone(),
             liveness: probe.liveness,
             device_id: probe.device_id.clone(),
@@ -167,7 +170,7 @@ impl Service {
         drop(log);
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
-        let (req_sm3, model) = (sm3_hex(body), self.policy.model_version());
+        let (req_sm3, model, face_model) = (sm3_hex(body), policy.model_version(), slot.id());
         let response = match &found {
             Found::Decided(d) => self.answer(
                 &header.rid,
@@ -183,6 +186,7 @@ impl Service {
                     candidates: &d.candidates,
                     reasons: &d.reasons,
                     model,
+                    face_model,
                 },
             ),
             Found::Investigated(i) => self.answer(
@@ -199,6 +203,7 @@ impl Service {
                     candidates: &i.candidates,
                     reasons: &i.reasons,
                     model,
+                    face_model,
                 },
             ),
         };

@@ -24,14 +24,16 @@ use crate::crypto::sm3_hex;
 use crate::obs::metrics::{Metrics, Stage, StageTimer};
 use crate::obs::unix_now_f64;
 use crate::protocol::answer::{EncryptedAnswer, seal_answer};
-use crate::protocol::payload::{EraseRequest, Probe};
+use crate::protocol::payload::{EraseRequest, FeatureError, Probe};
 use crate::protocol::request::{ProtectedHeader, RequestEnvelope};
 use crate::protocol::response::{ResponseSigner, SignedResponse};
 use crate::protocol::{KeysDocument, PublicJwk};
 use crate::risk::gallery::{Gallery, gallery_key};
 use crate::risk::velocity::{VelocityTracker, device_key};
-use crate::risk::{self, Assessment, Decision, Reason, RiskPolicy};
-use crate::store::{ChangeCursor, Erased, RiskLogEntry, UserIndex, UserRef, Vault, VaultError};
+use crate::risk::{self, Assessment, Decision, FaceModel, FaceModels, Reason};
+use crate::store::{
+    ChangeCursor, Enrolment, Erased, RiskLogEntry, Template, UserIndex, UserRef, Vault, VaultError,
+};
 use keyset::{KeySet, KidLookup};
 use limits::RateLimiter;
 use replay::{ReplayCache, ReplayCheck};
@@ -43,8 +45,9 @@ pub(crate) use error::{fault, internal};
 /// What the service needs from the configuration (the app assembles it from `Config`).
 #[derive(Clone)]
 pub struct Settings {
-    /// The scoring policy (model and thresholds).
-    pub policy: RiskPolicy,
+    /// The accepted face models, each with its scoring policy (model and thresholds); the
+    /// default first.
+    pub face_models: FaceModels,
     /// Accepted |now − iat| in seconds.
     pub iat_window_secs: i64,
     /// Request ids remembered at most.
@@ -57,9 +60,7 @@ pub struct Settings {
     pub velocity_window_secs: i64,
     /// Devices remembered per user.
     pub max_devices: usize,
-    /// Embedding dimension.
-    pub dimension: usize,
-    /// Templates per user at most.
+    /// Templates per user and face model at most.
     pub max_templates: usize,
     /// Requests per user and minute (0: no limit).
     pub user_per_minute: u32,
@@ -78,6 +79,8 @@ struct EnrollPayload<'a> {
     templates: usize,
     reasons: &'a [Reason],
     model: &'a str,
+    /// PROTOCOL v1.3: the face model whose templates were searched and counted.
+    face_model: &'a str,
 }
 
 #[derive(Serialize)]
@@ -90,6 +93,8 @@ struct AssessPayload<'a> {
     score: f64,
     reasons: &'a [Reason],
     model: &'a str,
+    /// PROTOCOL v1.3: the face model that decided.
+    face_model: &'a str,
 }
 
 /// An answer: signed by the identity key, and encrypted to the request's session key when
@@ -136,20 +141,47 @@ pub enum StartError {
     Store(#[from] VaultError),
 }
 
+/// One accepted face model as the service holds it: its policy, and the gallery of its
+/// templates (every enrolled user's centroid of that model, for conflict search and 1:N).
+struct ModelSlot {
+    model: FaceModel,
+    gallery: Gallery,
+}
+
+impl ModelSlot {
+    fn policy(&self) -> &risk::RiskPolicy {
+        self.model.policy()
+    }
+
+    fn id(&self) -> &str {
+        self.model.id()
+    }
+
+    /// Puts the user's templates of this model (none: the user leaves this gallery).
+    fn load(&self, user_id: &str, enrolment: &Enrolment) {
+        let templates = enrolment.templates_of(self.id());
+        if templates.is_empty() {
+            self.gallery.remove(&gallery_key(user_id));
+        } else {
+            self.gallery.set(user_id, &templates);
+        }
+    }
+}
+
 pub struct Service {
     keys: KeySet,
     signer: ResponseSigner,
     vault: Vault,
     replay: ReplayCache,
-    policy: RiskPolicy,
-    /// Every enrolled user's centroid, for the identity-conflict search.
-    gallery: Gallery,
+    /// The accepted face models, the default first.
+    models: Vec<ModelSlot>,
+    /// For refusals' details: the accepted models, described once.
+    models_described: String,
     /// Where this process is in the store's change feed (enrolments and erasures by other
     /// replicas on a shared store).
     changes: Mutex<ChangeCursor>,
     velocity: VelocityTracker,
     max_devices: usize,
-    dimension: usize,
     iat_window_secs: i64,
     max_templates: usize,
     metrics: Metrics,
@@ -178,11 +210,20 @@ impl Service {
         let replay = ReplayCache::new(settings.iat_window_secs, settings.replay_cache_capacity);
         // Request ids spent before a restart stay spent.
         replay.load(vault.spent_rids(now - replay.retention_secs())?);
-        let gallery = Gallery::default();
-        // The feed's position first: what commits while the gallery loads is read again.
+        let models: Vec<ModelSlot> = settings
+            .face_models
+            .iter()
+            .map(|model| ModelSlot {
+                model: model.clone(),
+                gallery: Gallery::default(),
+            })
+            .collect();
+        // The feed's position first: what commits while the galleries load is read again.
         let changes = Mutex::new(vault.change_cursor_now()?);
         for (user_id, enrolment) in vault.enrolled_users()? {
-            gallery.set(&user_id, &enrolment.templates);
+            for slot in &models {
+                slot.load(&user_id, &enrolment);
+            }
         }
         let keys = KeySet::new(secrets, now)?;
         Ok(Self {
@@ -190,12 +231,11 @@ impl Service {
             keys,
             vault,
             replay,
-            policy: settings.policy.clone(),
-            gallery,
+            models_described: settings.face_models.describe(),
+            models,
             changes,
             velocity: VelocityTracker::new(settings.velocity_window_secs),
             max_devices: settings.max_devices,
-            dimension: settings.dimension,
             iat_window_secs: settings.iat_window_secs,
             max_templates: settings.max_templates,
             metrics: Metrics::default(),
@@ -240,7 +280,9 @@ impl Service {
         let users = self.vault.changes_since(&mut cursor, now)?;
         for user_id in &users {
             let enrolment = self.vault.enrolment(&self.vault.user(user_id), user_id)?;
-            self.gallery.set(user_id, &enrolment.templates);
+            for slot in &self.models {
+                slot.load(user_id, &enrolment);
+            }
         }
         Ok(users.len())
     }
@@ -266,6 +308,29 @@ impl Service {
         KeysDocument { keys }
     }
 
+    /// The slot of a face model a request resolved to (always one of ours: the parser
+    /// resolves against the same list).
+    fn slot(&self, face_model: &str) -> Result<&ModelSlot, ServiceError> {
+        self.models
+            .iter()
+            .find(|s| s.id() == face_model)
+            .ok_or_else(|| internal(format!("face model {face_model} resolved but not held")))
+    }
+
+    /// Resolves a request's `face_model` (absent: the default) to its id and dimension.
+    fn resolve_face_model(&self, requested: Option<&str>) -> Result<(String, usize), FeatureError> {
+        let found = match requested {
+            None => self.models.first(),
+            Some(id) => self.models.iter().find(|s| s.id() == id),
+        };
+        found
+            .map(|s| (s.id().to_owned(), s.model.dimension()))
+            .ok_or_else(|| FeatureError::UnknownFaceModel {
+                requested: requested.unwrap_or_default().to_owned(),
+                accepted: self.models_described.clone(),
+            })
+    }
+
     /// Takes one of the user's request tokens.
     fn limit_user(&self, user: &UserRef) -> Result<(), ServiceError> {
         self.user_limits
@@ -285,16 +350,19 @@ impl Service {
         let (header, probe, answer_key) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
         self.limit_user(&user)?;
+        let slot = self.slot(&probe.face_model)?;
         let key = gallery_key(&probe.user_id);
-        let conflict = self
+        // Among this model's templates only: another model's scores live on another scale.
+        let conflict = slot
             .gallery
             .best_other(&probe.features, &key)
-            .filter(|c| self.policy.is_enrolment_conflict(c));
+            .filter(|c| slot.policy().is_enrolment_conflict(c));
         let (outcome, templates, reasons) = if conflict.is_some() {
             let templates = self
                 .vault
-                .templates(&user, &probe.user_id)
+                .enrolment(&user, &probe.user_id)
                 .map_err(fault)?
+                .templates_of(slot.id())
                 .len();
             (
                 "identity_conflict",
@@ -306,10 +374,14 @@ impl Service {
                 .device_id
                 .as_deref()
                 .map(|d| hex::encode(device_key(d)));
+            let template = Template {
+                face_model: probe.face_model.clone(),
+                features: zeroize::Zeroizing::new(probe.features.clone()),
+            };
             let templates = match self.vault.enrol_from(
                 &user,
                 &probe.user_id,
-                &probe.features,
+                &template,
                 now,
                 self.max_templates,
                 device.as_deref().map(|d| (d, self.max_devices)),
@@ -320,7 +392,8 @@ impl Service {
                 }
                 Err(e) => return Err(fault(e)),
             };
-            self.gallery.set(&probe.user_id, &templates);
+            drop(template);
+            slot.gallery.set(&probe.user_id, &templates);
             ("enrolled", templates.len(), Vec::new())
         };
         drop(probe);
@@ -337,7 +410,8 @@ impl Service {
                 outcome,
                 templates,
                 reasons: &reasons,
-                model: self.policy.model_version(),
+                model: slot.policy().model_version(),
+                face_model: slot.id(),
             },
         );
         timer.lap(Stage::Sign);
@@ -351,30 +425,41 @@ impl Service {
         let (header, probe, answer_key) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
         self.limit_user(&user)?;
+        let slot = self.slot(&probe.face_model)?;
+        let policy = slot.policy();
         let enrolment = self.vault.enrolment(&user, &probe.user_id).map_err(fault)?;
-        let recent = if enrolment.templates.is_empty() {
+        let templates = enrolment.templates_of(slot.id());
+        if templates.is_empty() && !enrolment.templates.is_empty() {
+            // Enrolled, but under other models only: comparing would mix two scales.
+            return Err(self.refuse_spent(ServiceError::OtherFaceModel {
+                requested: slot.id().to_owned(),
+                enrolled: enrolment.face_models().join(", "),
+            }));
+        }
+        let recent = if templates.is_empty() {
             Vec::new()
         } else {
             self.vault
-                .recent_probes(&user, self.policy.replay_history)
+                .recent_probes(&user, slot.id(), policy.replay_history)
                 .map_err(fault)?
         };
         let key = gallery_key(&probe.user_id);
         let device = probe.device_id.as_deref().map(device_key);
         let device_hex = device.map(hex::encode);
-        let mut signals = risk::signals(&probe.features, &enrolment.templates, &recent);
-        signals.conflict = self.gallery.best_other(&probe.features, &key);
+        let mut signals = risk::signals(&probe.features, &templates, &recent);
+        signals.conflict = slot.gallery.best_other(&probe.features, &key);
         signals.liveness = probe.liveness;
         signals.velocity = self.velocity.observe(&key, device.as_ref(), now);
         signals.new_device = risk::device_is_new(device_hex.as_deref(), &enrolment.devices);
-        let enrolled = !enrolment.templates.is_empty();
+        let enrolled = !templates.is_empty();
+        drop(templates);
         drop(enrolment);
         drop(recent);
         let Assessment {
             decision,
             score,
             reasons,
-        } = self.policy.decide(&signals);
+        } = policy.decide(&signals);
         // A failure is a denied attempt; a step-up is the user being asked for more.
         self.velocity
             .record(&key, device.as_ref(), now, decision != Decision::Deny);
@@ -396,7 +481,8 @@ impl Service {
             decision: decision.as_str().into(),
             score,
             reasons: reasons.iter().map(|r| r.as_str().to_owned()).collect(),
-            model: self.policy.model_version().into(),
+            model: policy.model_version().into(),
+            face_model: slot.id().to_owned(),
             features: probe.features.clone(),
             liveness: probe.liveness,
             device_id: probe.device_id.clone(),
@@ -420,7 +506,8 @@ impl Service {
                 decision,
                 score,
                 reasons: &reasons,
-                model: self.policy.model_version(),
+                model: policy.model_version(),
+                face_model: slot.id(),
             },
         );
         timer.lap(Stage::Sign);
@@ -443,7 +530,9 @@ impl Service {
             .erase_user(&user, &request.user_id)
             .map_err(fault)?;
         drop(request);
-        self.gallery.remove(&key);
+        for slot in &self.models {
+            slot.gallery.remove(&key);
+        }
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
         let response = self.answer(
@@ -477,9 +566,8 @@ impl Service {
         now: i64,
         timer: &mut StageTimer,
     ) -> Result<(ProtectedHeader, Probe, AnswerKey), ServiceError> {
-        let dimension = self.dimension;
         self.open_request_as(body, now, timer, false, |plaintext| {
-            Ok(Probe::parse(plaintext, dimension)?)
+            Ok(Probe::parse(plaintext, &|m| self.resolve_face_model(m))?)
         })
     }
 
@@ -588,15 +676,23 @@ pub(crate) mod tests {
     const NOW: i64 = 1_800_000_000;
 
     pub(super) fn service() -> Service {
+        // Two face models on the shipped policy: "four" (4-d, the default) and "three".
+        let face_models = FaceModels::new(
+            "four",
+            vec![
+                FaceModel::new("three", 3, risk::default_policy()),
+                FaceModel::new("four", 4, risk::default_policy()),
+            ],
+        )
+        .unwrap();
         let settings = Settings {
-            policy: risk::default_policy(),
+            face_models,
             iat_window_secs: 120,
             replay_cache_capacity: 1000,
             encryption_key_lifetime_secs: 3600,
             encryption_key_grace_secs: 300,
             velocity_window_secs: 600,
             max_devices: 16,
-            dimension: 4,
             max_templates: 5,
             user_per_minute: 0,
             user_burst: 1,
@@ -762,5 +858,70 @@ pub(crate) mod tests {
         let after = envelope(&service, request(&capture), NOW);
         let assessed = answer(&service, &service.assess(&after, NOW).unwrap());
         assert_eq!(assessed["reasons"], serde_json::json!(["no_enrolment"]));
+    }
+
+    /// PROTOCOL v1.3: a request names its face model (absent: the default); each model's
+    /// templates are compared only with probes of that model, and the answer says which
+    /// model decided. An unknown model, or a user enrolled under another model only, is
+    /// `invalid_field` with a detail that says what would be accepted.
+    #[test]
+    fn face_models_never_mix() {
+        let service = service();
+        let send = |payload: serde_json::Value| envelope(&service, payload, NOW);
+        let alice = send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.8, 0.0, 0.0]}));
+        let enrolled = answer(&service, &service.enroll(&alice, NOW).unwrap());
+        assert_eq!(enrolled["face_model"], "four");
+        // The same face under another account, in the other model: no conflict (not
+        // compared), and counted in that model only.
+        let bob = send(serde_json::json!({"user_id": "bob", "features": [0.6, 0.8, 0.0], "face_model": "three"}));
+        let enrolled = answer(&service, &service.enroll(&bob, NOW).unwrap());
+        assert_eq!(
+            (&enrolled["outcome"], &enrolled["templates"], &enrolled["face_model"]),
+            (&"enrolled".into(), &1.into(), &"three".into())
+        );
+        let alice_in_three = send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.8, 0.0], "face_model": "three"}));
+        let refused = service.assess(&alice_in_three, NOW).unwrap_err();
+        assert_eq!(refused.code(), "invalid_field");
+        assert!(refused.to_string().contains("templates are of four only"), "{refused}");
+        let unknown = send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.8], "face_model": "two"}));
+        let refused = service.assess(&unknown, NOW).unwrap_err();
+        assert_eq!(refused.code(), "invalid_field");
+        assert!(
+            refused.to_string().contains("accepted: four (4-d, the default), three (3-d)"),
+            "{refused}"
+        );
+        let assessed = answer(
+            &service,
+            &service
+                .assess(&send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.79, 0.02, 0.0]})), NOW)
+                .unwrap(),
+        );
+        assert_eq!((&assessed["decision"], &assessed["face_model"]), (&"allow".into(), &"four".into()));
+        // 1:N in "three" searches bob only.
+        let decider = Authorized {
+            id: "bank".into(),
+            permissions: vec![Permission::Identify],
+        };
+        let key = service.encryption_public();
+        let header = ProtectedHeader::new(&key.kid(), NOW)
+            .unwrap()
+            .with_encrypted_answer();
+        let probe = serde_json::json!({"features": [0.6, 0.79, 0.02], "face_model": "three"});
+        let (body, session_key) = crate::protocol::request::seal_keeping_key(
+            &key,
+            &header,
+            &serde_json::to_vec(&probe).unwrap(),
+        )
+        .unwrap();
+        let Answer::Encrypted(sealed) = service.identify(&body, NOW, &decider).unwrap() else {
+            panic!("identify answers encrypted");
+        };
+        let signed =
+            crate::protocol::answer::open_answer(&session_key, &header.rid, &sealed).unwrap();
+        let payload = answer(&service, &Answer::Signed(serde_json::from_slice(&signed).unwrap()));
+        assert_eq!((&payload["searched"], &payload["face_model"]), (&1.into(), &"three".into()));
+        assert_eq!(payload["candidates"][0]["user_id"], "bob", "{payload}");
+        let logged = service.vault().risk_logs().unwrap();
+        assert!(logged.iter().any(|l| l.rid == header.rid && l.face_model == "three"));
     }
 }

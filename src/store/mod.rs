@@ -25,8 +25,8 @@ pub use sled_store::{LOCK_WAIT, SledStore};
 pub use vault::mark;
 pub use vault::{
     BatchOutcome, CHANGE_OVERLAP_SECS, ChangeCursor, DEFAULT_BATCH, ERASED_USER, Enrolment, Erased,
-    OpenMode, RiskLogEntry, Status, TableCounts, UserIndex, UserRef, Vault, VaultError,
-    VerifyReport,
+    LEGACY_FACE_MODEL, OpenMode, RiskLogEntry, Status, TableCounts, Template, UserIndex, UserRef,
+    Vault, VaultError, VerifyReport,
 };
 
 /// The tables (sled trees) the service keeps.

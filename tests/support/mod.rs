@@ -46,6 +46,14 @@ pub fn distractors_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces/lfw_dlib128_distractors.json")
 }
 
+/// A file of the shared face embeddings (`lfw_<model>_<split>.json`), e.g.
+/// `shared_faces("mobilefacenet192", "dev")`.
+#[allow(dead_code)]
+pub fn shared_faces(model: &str, split: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../shared/data/faces/lfw_{model}_{split}.json"))
+}
+
 /// The development embeddings (never the holdout file).
 pub fn dev_dataset() -> Dataset {
     Dataset::load(&dev_dataset_path())

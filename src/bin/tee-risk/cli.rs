@@ -41,7 +41,12 @@ pub enum Command {
         /// calibration's tail is also fitted on; repeatable.
         #[arg(long)]
         distractors: Vec<PathBuf>,
-        /// Where to write the model (the shipped one is config/risk-model.json).
+        /// The id of the face model that made the embeddings (recorded in the model file
+        /// with the dimension; `[features] models` entries are checked against it), e.g.
+        /// dlib-resnet128 or mobilefacenet192.
+        #[arg(long)]
+        face_model: String,
+        /// Where to write the model (the shipped ones are config/models/<id>.json).
         #[arg(long)]
         out: PathBuf,
         /// L2 penalty of the logistic regression.
@@ -64,9 +69,13 @@ pub enum Command {
         /// 1:N gallery sizes (0: the largest the data supports).
         #[arg(long, value_delimiter = ',', default_value = "10,100,1000,0")]
         gallery_sizes: Vec<usize>,
-        /// Operator config file (for the `[risk]` policy).
+        /// Operator config file (for `[features] models` and the `[risk]` policy).
         #[arg(long, env = "TEE_RISK_CONFIG")]
         config: Option<PathBuf>,
+        /// The face model whose policy decides (its id in `[features] models`; the data's
+        /// dimension must be its own). Default: the configuration's default model.
+        #[arg(long)]
+        face_model: Option<String>,
         /// Enrolment sizes to evaluate, e.g. 1,2,3.
         #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
         enrol_images: Vec<usize>,

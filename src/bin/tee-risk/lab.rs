@@ -6,7 +6,7 @@ use anyhow::Context;
 use tee_risk::app::Config;
 use tee_risk::lab::eval::{self};
 use tee_risk::lab::{Dataset, Labelled, identification, plots, tail, train};
-use tee_risk::risk::model::{DataFile, TrainingSummary};
+use tee_risk::risk::model::{DataFile, FaceModelInfo, TrainingSummary};
 
 /// The embeddings of a run: the file under test and its distractor files, loaded once;
 /// distractor identities numbered after the file's, so that no two files share one.
@@ -24,6 +24,17 @@ impl Corpus {
                 .map(|p| Dataset::load(p))
                 .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// Every file of the run must hold embeddings of `dimension` (those of `face_model`).
+    fn check_dimension(&self, face_model: &str, dimension: usize) -> anyhow::Result<()> {
+        let files = std::iter::once(&self.main).chain(&self.extra);
+        if let Some(other) = files.map(|d| d.dim).find(|&d| d != dimension) {
+            anyhow::bail!(
+                "the data holds {other}-d embeddings, but face model {face_model} is {dimension}-d"
+            );
+        }
+        Ok(())
     }
 
     fn main(&self) -> Vec<Labelled<'_>> {
@@ -87,6 +98,8 @@ fn labelled(dataset: &Dataset, offset: usize) -> Vec<Labelled<'_>> {
 
 /// What `tee-risk eval` was asked for.
 pub struct EvalArgs<'a> {
+    /// The face model whose policy decides (`None`: the configuration's default).
+    pub face_model: Option<&'a str>,
     pub data: &'a Path,
     pub distractors: &'a [PathBuf],
     pub gallery_sizes: &'a [usize],
@@ -99,20 +112,23 @@ pub struct EvalArgs<'a> {
 const TOP_PAIRS: usize = 10;
 
 pub fn evaluate(args: &EvalArgs<'_>, config: Option<&Path>) -> anyhow::Result<()> {
-    let policy = Config::load(config)?.risk_policy()?;
+    let face_model = Config::load(config)?.face_model(args.face_model)?;
+    let policy = face_model.policy();
     let corpus = Corpus::load(args.data, args.distractors)?;
+    corpus.check_dimension(face_model.id(), face_model.dimension())?;
     let (samples, extra) = (corpus.main(), corpus.extra());
     let (data, dataset) = (args.data, &corpus.main);
     let reports = args
         .enrol_images
         .iter()
-        .map(|&k| eval::evaluate(&policy, &samples, k).map_err(anyhow::Error::from))
+        .map(|&k| eval::evaluate(policy, &samples, k).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<_>>>()?;
     println!(
-        "{} ({} images), model {}\n\n\
+        "{} ({} images), face model {}, model {}\n\n\
          k  genuine  impostor  FMR@op    FNMR@op  FNMR@FMR1%  FNMR@FMR0.1%  EER     FMR(enrolled)  FNMR(context)",
         data.display(),
         dataset.samples.len(),
+        face_model.id(),
         policy.model_version()
     );
     for r in &reports {
@@ -146,13 +162,13 @@ pub fn evaluate(args: &EvalArgs<'_>, config: Option<&Path>) -> anyhow::Result<()
             r.genuine_flagged_as_replay * 100.0,
         );
     }
-    let tail = tail_checks(&policy, &corpus, &samples, &extra);
+    let tail = tail_checks(policy, &corpus, &samples, &extra);
     let top_pairs = tail::top_impostor_pairs(&corpus.named(), TOP_PAIRS);
     print_tail(&tail, &top_pairs);
     // 1:N, two images enrolled per identity, by gallery size.
     let identification =
-        identification::evaluate_identification(&policy, &samples, &extra, 2, args.gallery_sizes)?;
-    print_identification(&policy, &identification);
+        identification::evaluate_identification(policy, &samples, &extra, 2, args.gallery_sizes)?;
+    print_identification(policy, &identification);
     let out = args.out;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -162,6 +178,7 @@ pub fn evaluate(args: &EvalArgs<'_>, config: Option<&Path>) -> anyhow::Result<()
         "images": dataset.samples.len(),
         "distractors": args.distractors.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "distractor_images": extra.len(),
+        "face_model": face_model.id(),
         "model": policy.model_version(),
         "reports": reports,
         "tail": tail,
@@ -182,14 +199,32 @@ pub fn evaluate(args: &EvalArgs<'_>, config: Option<&Path>) -> anyhow::Result<()
     Ok(())
 }
 
-pub fn train_model(
-    data: &Path,
-    distractors: &[PathBuf],
-    out: &Path,
-    alpha: f64,
-    seed: u64,
-) -> anyhow::Result<()> {
+/// What `tee-risk train` was asked for.
+pub struct TrainArgs<'a> {
+    pub data: &'a Path,
+    pub distractors: &'a [PathBuf],
+    /// The id of the face model that made the embeddings.
+    pub face_model: &'a str,
+    pub out: &'a Path,
+    pub alpha: f64,
+    pub seed: u64,
+}
+
+pub fn train_model(args: &TrainArgs<'_>) -> anyhow::Result<()> {
+    let TrainArgs {
+        data,
+        distractors,
+        out,
+        alpha,
+        seed,
+        ..
+    } = *args;
     let corpus = Corpus::load(data, distractors)?;
+    corpus.check_dimension(args.face_model, corpus.main.dim)?;
+    let face_model = FaceModelInfo {
+        id: args.face_model.to_owned(),
+        dimension: corpus.main.dim,
+    };
     let summary = TrainingSummary {
         distractors: distractors
             .iter()
@@ -199,11 +234,17 @@ pub fn train_model(
         ..summary(data, &corpus.main)?
     };
     let (samples, extra) = (corpus.main(), corpus.extra());
-    let model = train::train(&samples, &extra, summary, alpha, seed)?;
+    let model = train::train(&samples, &extra, face_model, summary, alpha, seed)?;
     let mut json = serde_json::to_string_pretty(&model)?;
     json.push('\n');
     std::fs::write(out, json).with_context(|| format!("cannot write {}", out.display()))?;
-    println!("model {} written to {}", model.version, out.display());
+    println!(
+        "model {} for face model {} ({}-d) written to {}",
+        model.version,
+        args.face_model,
+        corpus.main.dim,
+        out.display()
+    );
     for (feature, weight) in model.features.iter().zip(&model.weights) {
         println!("  {feature:<18} {weight:>9.4}");
     }

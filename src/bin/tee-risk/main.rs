@@ -45,21 +45,32 @@ fn main() -> ExitCode {
         Command::Train {
             data,
             distractors,
+            face_model,
             out,
             alpha,
             seed,
-        } => lab::train_model(&data, &distractors, &out, alpha, seed).map_err(CliError::from),
+        } => lab::train_model(&lab::TrainArgs {
+            data: &data,
+            distractors: &distractors,
+            face_model: &face_model,
+            out: &out,
+            alpha,
+            seed,
+        })
+        .map_err(CliError::from),
         #[cfg(feature = "lab")]
         Command::Eval {
             data,
             distractors,
             gallery_sizes,
             config,
+            face_model,
             enrol_images,
             out,
             plots,
         } => lab::evaluate(
             &lab::EvalArgs {
+                face_model: face_model.as_deref(),
                 data: &data,
                 distractors: &distractors,
                 gallery_sizes: &gallery_sizes,

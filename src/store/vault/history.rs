@@ -9,11 +9,14 @@ use super::{UserIndex, UserRef, Vault, VaultError};
 use crate::store::Table;
 
 impl Vault {
-    /// The user's `limit` most recent accepted probes (unit vectors), newest first, under
-    /// every key's index (a rotation may not have moved them yet).
+    /// The user's accepted probes of `face_model` among their `limit` most recent (unit
+    /// vectors), newest first, under every key's index (a rotation may not have moved them
+    /// yet). While a user moves to a new face model the older model's probes count against
+    /// `limit` and are left out: fewer to compare with, never another model's vectors.
     pub fn recent_probes(
         &self,
         user: &UserRef,
+        face_model: &str,
         limit: usize,
     ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
         let mut probes = Vec::new();
@@ -26,7 +29,9 @@ impl Vault {
                     continue;
                 }
                 let mut entry: HistoryRecord = self.unseal(Table::FeatureHistory, &key, &sealed)?;
-                probes.push(Zeroizing::new(std::mem::take(&mut entry.features)));
+                if entry.face_model == face_model {
+                    probes.push(Zeroizing::new(std::mem::take(&mut entry.features)));
+                }
             }
         }
         probes.truncate(limit);
@@ -52,6 +57,7 @@ impl Vault {
                 features: log.features.clone(),
                 at: log.at,
                 rid: log.rid.clone(),
+                face_model: log.face_model.clone(),
             };
             let sealed = self.seal_value(Table::FeatureHistory, &key, &entry)?;
             self.store().insert(Table::FeatureHistory, &key, sealed)?;

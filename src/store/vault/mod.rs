@@ -49,7 +49,9 @@ use layout::META_REGISTRY;
 pub use changes::{CHANGE_OVERLAP_SECS, ChangeCursor};
 #[cfg(test)]
 pub(crate) use records::sample_log;
-pub use records::{ERASED_USER, Enrolment, Erased, RiskLogEntry, TableCounts};
+pub use records::{
+    ERASED_USER, Enrolment, Erased, LEGACY_FACE_MODEL, RiskLogEntry, TableCounts, Template,
+};
 pub use rotation::{BatchOutcome, DEFAULT_BATCH};
 pub use status::{Status, VerifyReport};
 

@@ -19,21 +19,69 @@ pub(super) struct UserRecord {
     pub(super) devices: Vec<String>,
 }
 
-/// What the vault holds about an enrolled user: templates (unit vectors) and known devices.
+/// The face model of records written before records named one (PROTOCOL v1.3): every
+/// template, accepted probe and log entry of an earlier database is dlib's 128-d ResNet.
+pub const LEGACY_FACE_MODEL: &str = "dlib-resnet128";
+
+fn legacy_face_model() -> String {
+    LEGACY_FACE_MODEL.to_owned()
+}
+
+/// One enrolled template: a unit vector of the face model that made it. Wiped on drop.
+pub struct Template {
+    pub face_model: String,
+    pub features: Zeroizing<Vec<f32>>,
+}
+
+/// What the vault holds about an enrolled user: templates (unit vectors, of one face model
+/// or, while the user re-enrols under a new one, of several) and known devices.
 #[derive(Default)]
 pub struct Enrolment {
-    pub templates: Vec<Zeroizing<Vec<f32>>>,
+    pub templates: Vec<Template>,
     /// SM3 (hex) of known device ids, most recent first.
     pub devices: Vec<String>,
 }
 
+impl Enrolment {
+    /// The templates of one face model: a decision never compares two models' vectors.
+    pub fn templates_of(&self, face_model: &str) -> Vec<&[f32]> {
+        self.templates
+            .iter()
+            .filter(|t| t.face_model == face_model)
+            .map(|t| t.features.as_slice())
+            .collect()
+    }
+
+    /// The face models the user has templates of, in enrolment order, each once.
+    pub fn face_models(&self) -> Vec<&str> {
+        let mut models: Vec<&str> = Vec::new();
+        for t in &self.templates {
+            if !models.contains(&t.face_model.as_str()) {
+                models.push(&t.face_model);
+            }
+        }
+        models
+    }
+}
+
 impl UserRecord {
     /// Moves the templates out (the record is wiped on drop; the vectors in `Zeroizing`).
-    pub(super) fn take_templates(&mut self) -> Vec<Zeroizing<Vec<f32>>> {
+    pub(super) fn take_templates(&mut self) -> Vec<Template> {
         self.templates
             .iter_mut()
-            .map(|t| Zeroizing::new(std::mem::take(&mut t.features)))
+            .map(|t| Template {
+                face_model: std::mem::take(&mut t.face_model),
+                features: Zeroizing::new(std::mem::take(&mut t.features)),
+            })
             .collect()
+    }
+
+    /// The number of templates of `face_model`.
+    pub(super) fn count_of(&self, face_model: &str) -> usize {
+        self.templates
+            .iter()
+            .filter(|t| t.face_model == face_model)
+            .count()
     }
 
     pub(super) fn take_enrolment(&mut self) -> Enrolment {
@@ -57,6 +105,9 @@ pub(super) struct StoredTemplate {
     #[serde(with = "crate::store::packed")]
     pub(super) features: Vec<f32>,
     pub(super) enrolled_at: i64,
+    /// Absent in records written before face models were named: [`LEGACY_FACE_MODEL`].
+    #[serde(default = "legacy_face_model")]
+    pub(super) face_model: String,
 }
 
 /// An accepted probe kept for drift checks. Wiped on drop.
@@ -67,6 +118,10 @@ pub(super) struct HistoryRecord {
     pub(super) features: Vec<f32>,
     pub(super) at: i64,
     pub(super) rid: String,
+    /// Absent in records written before face models were named: [`LEGACY_FACE_MODEL`].
+    #[serde(default = "legacy_face_model")]
+    #[zeroize(skip)]
+    pub(super) face_model: String,
 }
 
 /// What an assessment leaves in `risk_logs`: the result and the re-encrypted probe.
@@ -82,6 +137,10 @@ pub struct RiskLogEntry {
     pub score: f64,
     pub reasons: Vec<String>,
     pub model: String,
+    /// The face model of `features`; absent in entries written before face models were
+    /// named: [`LEGACY_FACE_MODEL`].
+    #[serde(default = "legacy_face_model")]
+    pub face_model: String,
     #[serde(with = "crate::store::packed")]
     pub features: Vec<f32>,
     pub liveness: Option<f32>,
@@ -127,6 +186,7 @@ pub(crate) fn sample_log(rid: &str, user: &str) -> RiskLogEntry {
         score: 0.0,
         reasons: vec![],
         model: "m".into(),
+        face_model: LEGACY_FACE_MODEL.into(),
         features: vec![0.6, 0.8],
         liveness: None,
         device_id: None,

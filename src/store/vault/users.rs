@@ -5,7 +5,7 @@
 use zeroize::Zeroizing;
 
 use super::layout::index_map_key;
-use super::records::{Enrolment, StoredTemplate, UserRecord, remember};
+use super::records::{Enrolment, LEGACY_FACE_MODEL, StoredTemplate, Template, UserRecord, remember};
 use super::{UserIndex, UserRef, Vault, VaultError};
 use crate::store::Table;
 
@@ -20,15 +20,20 @@ impl Vault {
         Ok(None)
     }
 
-    /// The user's templates (unit vectors); empty when not enrolled. A record from before
-    /// user ids were sealed in it is upgraded on the way (once), so that a later key
-    /// rotation can re-index it. Not durable until [`Vault::flush`].
+    /// The user's templates (unit vectors, of every face model); empty when not enrolled. A
+    /// record from before user ids were sealed in it is upgraded on the way (once), so that a
+    /// later key rotation can re-index it. Not durable until [`Vault::flush`].
     pub fn templates(
         &self,
         user: &UserRef,
         user_id: &str,
     ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
-        Ok(self.enrolment(user, user_id)?.templates)
+        Ok(self
+            .enrolment(user, user_id)?
+            .templates
+            .into_iter()
+            .map(|t| t.features)
+            .collect())
     }
 
     /// The user's templates and known devices (see [`Vault::templates`]).
@@ -73,8 +78,8 @@ impl Vault {
         .map(|_| ())
     }
 
-    /// Adds a template and returns the user's template count. Not durable until
-    /// [`Vault::flush`].
+    /// Adds a template of the [`LEGACY_FACE_MODEL`] and returns the user's template count of
+    /// that model. Not durable until [`Vault::flush`].
     pub fn enrol(
         &self,
         user: &UserRef,
@@ -83,28 +88,36 @@ impl Vault {
         now: i64,
         max_templates: usize,
     ) -> Result<usize, VaultError> {
-        self.enrol_from(user, user_id, template, now, max_templates, None)
+        let template = Template {
+            face_model: LEGACY_FACE_MODEL.to_owned(),
+            features: Zeroizing::new(template.to_vec()),
+        };
+        self.enrol_from(user, user_id, &template, now, max_templates, None)
             .map(|templates| templates.len())
     }
 
-    /// [`Vault::enrol`], remembering the enrolling device (SM3 hex, at most `max_devices`);
-    /// returns all of the user's templates as stored (for the in-memory gallery).
+    /// Adds a template (at most `max_templates` per face model: a user re-enrolling under a
+    /// new model keeps the old model's until erased), remembering the enrolling device (SM3
+    /// hex, at most `max_devices`); returns the user's templates of the template's model as
+    /// stored (for that model's in-memory gallery).
     pub fn enrol_from(
         &self,
         user: &UserRef,
         user_id: &str,
-        template: &[f32],
+        template: &Template,
         now: i64,
         max_templates: usize,
         device: Option<(&str, usize)>,
     ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
+        let model = template.face_model.as_str();
         let templates = self.update_user(user, user_id, &|record| {
-            if record.templates.len() >= max_templates {
+            if record.count_of(model) >= max_templates {
                 return Err(VaultError::TemplateLimit(max_templates));
             }
             record.templates.push(StoredTemplate {
-                features: template.to_vec(),
+                features: template.features.to_vec(),
                 enrolled_at: now,
+                face_model: model.to_owned(),
             });
             if let Some((device, max)) = device {
                 remember(&mut record.devices, device, max);
@@ -113,7 +126,11 @@ impl Vault {
         })?;
         // Other replicas' galleries learn of it from the change feed.
         self.note_change(user_id, now)?;
-        Ok(templates)
+        Ok(templates
+            .into_iter()
+            .filter(|t| t.face_model == model)
+            .map(|t| t.features)
+            .collect())
     }
 
     /// Read-modify-write of a user's record, atomic per user: a compare-and-swap, retried
@@ -125,7 +142,7 @@ impl Vault {
         user: &UserRef,
         user_id: &str,
         change: &dyn Fn(&mut UserRecord) -> Result<(), VaultError>,
-    ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
+    ) -> Result<Vec<Template>, VaultError> {
         let target = *user.current();
         loop {
             let found = self.find_user(user)?;
