@@ -205,6 +205,7 @@ fn prepare(
                                 features: new_capture(features, i),
                                 liveness: Some(0.95),
                                 device_id: Some(format!("device-{}", i % 97)),
+                                face_model: None,
                             };
                             let (_, body) = client.seal(&request).expect("seal");
                             let authorization = credential
@@ -511,6 +512,7 @@ fn main() {
                 features: features.clone(),
                 liveness: None,
                 device_id: None,
+                face_model: None,
             })
             .expect("enrol");
     }

@@ -41,6 +41,7 @@ fn request_plaintext() -> Vec<u8> {
         features: embedding(1),
         liveness: Some(0.9),
         device_id: Some("device-1".into()),
+        face_model: None,
     })
     .unwrap()
 }

@@ -86,6 +86,7 @@ fn prepare(server: &TestServer, count: usize, salt: usize) -> Vec<(Vec<u8>, Stri
                     features: new_capture(&face(user), salt + i),
                     liveness: Some(0.95),
                     device_id: Some(format!("d{user}")),
+                    face_model: None,
                 })
                 .unwrap();
             let authorization = server

@@ -230,7 +230,8 @@ pub fn reaches_the_end(target: &str, data: &[u8]) -> bool {
             recipient().decrypt_der(data).is_ok()
                 || RequestEnvelope::parse(data).is_ok_and(|envelope| {
                     envelope.open(recipient()).is_ok_and(|plaintext| {
-                        Probe::parse(&plaintext, &menu).is_ok() || Probe::parse(&plaintext, &menu_2d).is_ok()
+                        Probe::parse(&plaintext, &menu).is_ok()
+                            || Probe::parse(&plaintext, &menu_2d).is_ok()
                     })
                 })
         }

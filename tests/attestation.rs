@@ -43,6 +43,7 @@ fn a_client_attests_then_sends_and_the_default_policy_refuses_sim() {
             features: (0..128).map(|i| (i % 5) as f32 - 2.0).collect(),
             liveness: None,
             device_id: None,
+            face_model: None,
         })
         .unwrap();
     assert_eq!(answer["outcome"], "enrolled");

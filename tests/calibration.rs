@@ -101,7 +101,10 @@ fn the_train_command_reproduces_the_shipped_mobilefacenet_model() {
     assert!(model.calibration.false_match_rate(2, 0.83) < 1e-6);
     assert!(model.calibration.false_match_rate(2, 0.3) > 1e-2);
     for k in 1..=5 {
-        assert!(model.calibration.for_templates(k).tail().is_some(), "k = {k}");
+        assert!(
+            model.calibration.for_templates(k).tail().is_some(),
+            "k = {k}"
+        );
     }
 }
 

@@ -915,6 +915,7 @@ fn every_route_answers_as_documented(ctx: &Ctx) {
         device_id: None,
         top_k: Some(3),
         mode: None,
+        face_model: None,
     };
     for (path, sealed) in [
         (

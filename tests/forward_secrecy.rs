@@ -27,6 +27,7 @@ fn body(key: &PublicKey, iat: i64, user: &str) -> Vec<u8> {
         features,
         liveness: None,
         device_id: None,
+        face_model: None,
     };
     let header = ProtectedHeader::new(&key.kid(), iat).unwrap();
     seal(key, &header, &serde_json::to_vec(&request).unwrap()).unwrap()

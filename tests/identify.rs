@@ -75,6 +75,7 @@ fn probe(features: &[f32], top_k: Option<usize>) -> IdentifyRequest {
         device_id: Some("kiosk-1".into()),
         top_k,
         mode: None,
+        face_model: None,
     }
 }
 
@@ -85,6 +86,7 @@ fn enrol(client: &Client, user: &str, face: &[f32]) {
             features: face.to_vec(),
             liveness: Some(0.95),
             device_id: Some("kiosk-1".into()),
+            face_model: None,
         })
         .unwrap();
     assert_eq!(answer["outcome"], "enrolled", "{answer}");
@@ -270,6 +272,7 @@ fn the_answer_is_readable_only_with_the_requests_session_key() {
         features: images[i].clone(),
         liveness: Some(0.95),
         device_id: Some("kiosk-1".into()),
+        face_model: None,
     };
     assert_eq!(private.enroll(&request(0)).unwrap()["outcome"], "enrolled");
     let sealed = private.seal_request(&request(1), true).unwrap();

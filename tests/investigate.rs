@@ -23,6 +23,7 @@ fn request(features: &[f32], mode: Option<IdentifyMode>, top_k: Option<usize>) -
         device_id: None,
         top_k,
         mode,
+        face_model: None,
     }
 }
 
@@ -76,6 +77,7 @@ fn investigating_the_largest_gallery_ranks_as_the_eval_does_under_its_own_permis
                 features: face.to_vec(),
                 liveness: None,
                 device_id: None,
+                face_model: None,
             })
             .unwrap();
         assert_eq!(answer["outcome"], "enrolled", "{answer}");

@@ -176,6 +176,7 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
                             features,
                             liveness: Some(0.9),
                             device_id: None,
+                            face_model: None,
                         };
                         let answer = client.send(path, &request).unwrap();
                         // (what happened, user or rid): "enrolled" / "identity_conflict"

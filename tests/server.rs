@@ -99,6 +99,7 @@ fn enrol_assess_signed_and_pinned() {
             features: new_capture(&faces.genuine, 1),
             liveness: Some(0.1),
             device_id: None,
+            face_model: None,
         })
         .unwrap();
     // Liveness 0.1 after an earlier denial in the window: refused, both named.

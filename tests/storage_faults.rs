@@ -13,6 +13,7 @@ fn enrol_request(i: usize) -> FeatureRequest {
         features: synthetic_face(i),
         liveness: None,
         device_id: None,
+        face_model: None,
     }
 }
 

@@ -618,7 +618,12 @@ mod tests {
             DEFAULT_CONFIG_TOML,
             "[features]\nmodels = [{ id = \"m\", dimension = 4, model_file = \"/nonexistent/model.json\" }]\ndefault_model = \"m\"\n",
         ]);
-        assert!(model.unwrap_err().to_string().contains("model_file of face model m"));
+        assert!(
+            model
+                .unwrap_err()
+                .to_string()
+                .contains("model_file of face model m")
+        );
     }
 
     /// `[features]`: a model file must have been trained for its entry's id and dimension;
@@ -641,7 +646,10 @@ mod tests {
         assert!(features(bad_id).contains("letters, digits"));
         let config = Config::builtin();
         assert_eq!(
-            config.face_model(Some("mobilefacenet192")).unwrap().dimension(),
+            config
+                .face_model(Some("mobilefacenet192"))
+                .unwrap()
+                .dimension(),
             192
         );
         assert!(

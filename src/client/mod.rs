@@ -60,6 +60,11 @@ pub struct FeatureRequest {
     pub liveness: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+    /// PROTOCOL v1.3: the face model that made `features` (e.g. `mobilefacenet192`); `None`
+    /// means the service's default model, as clients before v1.3 expect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[zeroize(skip)]
+    pub face_model: Option<String>,
 }
 
 /// What the client sends to `POST /v1/identify`, before encryption. Wiped on drop.
@@ -79,6 +84,11 @@ pub struct IdentifyRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[zeroize(skip)]
     pub mode: Option<IdentifyMode>,
+    /// PROTOCOL v1.3: the face model that made `features`; only that model's templates are
+    /// searched. `None`: the service's default model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[zeroize(skip)]
+    pub face_model: Option<String>,
 }
 
 /// A request sealed for sending: its header and body, and (when an encrypted answer was

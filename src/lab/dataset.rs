@@ -56,12 +56,13 @@ impl Dataset {
             .items
             .into_iter()
             .map(|item| {
-                let embedding = normalise(&item.embedding, &file.model, file.dim).map_err(|source| {
-                    LabError::BadEmbedding {
-                        image: item.image.clone(),
-                        source,
-                    }
-                })?;
+                let embedding =
+                    normalise(&item.embedding, &file.model, file.dim).map_err(|source| {
+                        LabError::BadEmbedding {
+                            image: item.image.clone(),
+                            source,
+                        }
+                    })?;
                 Ok(Sample {
                     identity: item.identity,
                     image: item.image,

@@ -378,7 +378,11 @@ mod tests {
         let unknown = Probe::parse(&payload("[3,4]", r#","face_model":"arcface""#), &menu)
             .err()
             .unwrap();
-        assert!(unknown.to_string().contains("m2 (2-d, the default), m3 (3-d)"));
+        assert!(
+            unknown
+                .to_string()
+                .contains("m2 (2-d, the default), m3 (3-d)")
+        );
         let identify =
             IdentifyProbe::parse(br#"{"features":[1,2,2],"face_model":"m3"}"#, &menu).unwrap();
         assert_eq!(identify.face_model, "m3");
@@ -397,7 +401,10 @@ mod tests {
     #[test]
     fn out_of_range_numbers_are_invalid_fields_not_malformed_payloads() {
         for liveness in ["2", "-0.5", "1e39", "3.5e38", "1e308"] {
-            let result = Probe::parse(&payload("[3,4]", &format!(r#","liveness":{liveness}"#)), &menu);
+            let result = Probe::parse(
+                &payload("[3,4]", &format!(r#","liveness":{liveness}"#)),
+                &menu,
+            );
             assert!(
                 matches!(result, Err(FeatureError::InvalidField(_))),
                 "liveness {liveness}"
@@ -459,8 +466,11 @@ mod tests {
 
     #[test]
     fn valid_probe_is_normalised() {
-        let probe =
-            Probe::parse(&payload("[3,4]", r#","liveness":0.9,"device_id":"d1""#), &menu).unwrap();
+        let probe = Probe::parse(
+            &payload("[3,4]", r#","liveness":0.9,"device_id":"d1""#),
+            &menu,
+        )
+        .unwrap();
         assert_eq!(probe.user_id, "alice");
         assert!((probe.features[0] - 0.6).abs() < 1e-6 && (probe.features[1] - 0.8).abs() < 1e-6);
         assert_eq!(probe.liveness, Some(0.9));

@@ -185,7 +185,9 @@ pub enum ModelError {
     )]
     Format(String),
     /// Format 3 without its face model, or an earlier format with one.
-    #[error("risk model format {MODEL_FORMAT} names its face model (id, dimension); earlier formats do not")]
+    #[error(
+        "risk model format {MODEL_FORMAT} names its face model (id, dimension); earlier formats do not"
+    )]
     FaceModel,
     /// Features other than this build's, or in another order.
     #[error("risk model features {found:?} are not this build's {expected:?}")]

@@ -873,30 +873,53 @@ pub(crate) mod tests {
         assert_eq!(enrolled["face_model"], "four");
         // The same face under another account, in the other model: no conflict (not
         // compared), and counted in that model only.
-        let bob = send(serde_json::json!({"user_id": "bob", "features": [0.6, 0.8, 0.0], "face_model": "three"}));
+        let bob = send(
+            serde_json::json!({"user_id": "bob", "features": [0.6, 0.8, 0.0], "face_model": "three"}),
+        );
         let enrolled = answer(&service, &service.enroll(&bob, NOW).unwrap());
         assert_eq!(
-            (&enrolled["outcome"], &enrolled["templates"], &enrolled["face_model"]),
+            (
+                &enrolled["outcome"],
+                &enrolled["templates"],
+                &enrolled["face_model"]
+            ),
             (&"enrolled".into(), &1.into(), &"three".into())
         );
-        let alice_in_three = send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.8, 0.0], "face_model": "three"}));
+        let alice_in_three = send(
+            serde_json::json!({"user_id": "alice", "features": [0.6, 0.8, 0.0], "face_model": "three"}),
+        );
         let refused = service.assess(&alice_in_three, NOW).unwrap_err();
         assert_eq!(refused.code(), "invalid_field");
-        assert!(refused.to_string().contains("templates are of four only"), "{refused}");
-        let unknown = send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.8], "face_model": "two"}));
+        assert!(
+            refused.to_string().contains("templates are of four only"),
+            "{refused}"
+        );
+        let unknown = send(
+            serde_json::json!({"user_id": "alice", "features": [0.6, 0.8], "face_model": "two"}),
+        );
         let refused = service.assess(&unknown, NOW).unwrap_err();
         assert_eq!(refused.code(), "invalid_field");
         assert!(
-            refused.to_string().contains("accepted: four (4-d, the default), three (3-d)"),
+            refused
+                .to_string()
+                .contains("accepted: four (4-d, the default), three (3-d)"),
             "{refused}"
         );
         let assessed = answer(
             &service,
             &service
-                .assess(&send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.79, 0.02, 0.0]})), NOW)
+                .assess(
+                    &send(
+                        serde_json::json!({"user_id": "alice", "features": [0.6, 0.79, 0.02, 0.0]}),
+                    ),
+                    NOW,
+                )
                 .unwrap(),
         );
-        assert_eq!((&assessed["decision"], &assessed["face_model"]), (&"allow".into(), &"four".into()));
+        assert_eq!(
+            (&assessed["decision"], &assessed["face_model"]),
+            (&"allow".into(), &"four".into())
+        );
         // 1:N in "three" searches bob only.
         let decider = Authorized {
             id: "bank".into(),
@@ -918,10 +941,20 @@ pub(crate) mod tests {
         };
         let signed =
             crate::protocol::answer::open_answer(&session_key, &header.rid, &sealed).unwrap();
-        let payload = answer(&service, &Answer::Signed(serde_json::from_slice(&signed).unwrap()));
-        assert_eq!((&payload["searched"], &payload["face_model"]), (&1.into(), &"three".into()));
+        let payload = answer(
+            &service,
+            &Answer::Signed(serde_json::from_slice(&signed).unwrap()),
+        );
+        assert_eq!(
+            (&payload["searched"], &payload["face_model"]),
+            (&1.into(), &"three".into())
+        );
         assert_eq!(payload["candidates"][0]["user_id"], "bob", "{payload}");
         let logged = service.vault().risk_logs().unwrap();
-        assert!(logged.iter().any(|l| l.rid == header.rid && l.face_model == "three"));
+        assert!(
+            logged
+                .iter()
+                .any(|l| l.rid == header.rid && l.face_model == "three")
+        );
     }
 }

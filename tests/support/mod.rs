@@ -407,6 +407,7 @@ pub fn request(user: &str, features: &[f32]) -> FeatureRequest {
         features: features.to_vec(),
         liveness: Some(0.95),
         device_id: Some("phone-1".into()),
+        face_model: None,
     }
 }
 

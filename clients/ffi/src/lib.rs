@@ -238,6 +238,7 @@ impl TeeRiskClient {
         device_id: Option<String>,
         top_k: Option<u32>,
         mode: Option<IdentifyMode>,
+        face_model: Option<String>,
     ) -> Result<String, TeeRiskError> {
         let request = IdentifyRequest {
             features,
@@ -245,6 +246,7 @@ impl TeeRiskClient {
             device_id,
             top_k: top_k.map(|k| k as usize),
             mode,
+            face_model,
         };
         self.send("POST", "/v1/identify", &request, true)
     }
@@ -256,12 +258,14 @@ fn feature_request(
     features: Vec<f32>,
     liveness: Option<f32>,
     device_id: Option<String>,
+    face_model: Option<String>,
 ) -> FeatureRequest {
     FeatureRequest {
         user_id,
         features,
         liveness,
         device_id,
+        face_model,
     }
 }
 
@@ -340,6 +344,9 @@ impl TeeRiskClient {
     }
 
     /// `POST /v1/enroll`: adds a template for `user_id`. Returns the verified payload (JSON).
+    /// `face_model` names the model that made `features` (PROTOCOL v1.3, e.g.
+    /// `mobilefacenet192`); absent: the service's default model.
+    #[uniffi::method(default(face_model = None))]
     pub fn enroll(
         &self,
         user_id: String,
@@ -347,12 +354,15 @@ impl TeeRiskClient {
         liveness: Option<f32>,
         device_id: Option<String>,
         encrypted_answer: bool,
+        face_model: Option<String>,
     ) -> Result<String, TeeRiskError> {
-        let request = feature_request(user_id, features, liveness, device_id);
+        let request = feature_request(user_id, features, liveness, device_id, face_model);
         self.send("POST", "/v1/enroll", &request, encrypted_answer)
     }
 
-    /// `POST /v1/assess`: allow / step_up / deny for a face claimed to be `user_id`.
+    /// `POST /v1/assess`: allow / step_up / deny for a face claimed to be `user_id`, scored
+    /// by `face_model`'s policy against that model's templates (absent: the default model).
+    #[uniffi::method(default(face_model = None))]
     pub fn assess(
         &self,
         user_id: String,
@@ -360,32 +370,38 @@ impl TeeRiskClient {
         liveness: Option<f32>,
         device_id: Option<String>,
         encrypted_answer: bool,
+        face_model: Option<String>,
     ) -> Result<String, TeeRiskError> {
-        let request = feature_request(user_id, features, liveness, device_id);
+        let request = feature_request(user_id, features, liveness, device_id, face_model);
         self.send("POST", "/v1/assess", &request, encrypted_answer)
     }
 
     /// `POST /v1/identify` (1:N): the enrolled users this face may be. The answer names
-    /// users, so it is always encrypted to this client.
+    /// users, so it is always encrypted to this client. Only templates of `face_model`
+    /// (absent: the default model) are searched.
+    #[uniffi::method(default(face_model = None))]
     pub fn identify(
         &self,
         features: Vec<f32>,
         liveness: Option<f32>,
         device_id: Option<String>,
         top_k: Option<u32>,
+        face_model: Option<String>,
     ) -> Result<String, TeeRiskError> {
-        self.search(features, liveness, device_id, top_k, None)
+        self.search(features, liveness, device_id, top_k, None, face_model)
     }
 
     /// `POST /v1/identify` in investigative mode: the top `top_k` (1 to 50, default 10)
     /// candidates ranked with their similarity and calibrated FMRs, and no decision (the
     /// client needs the `investigate` permission). Always encrypted to this client.
+    #[uniffi::method(default(face_model = None))]
     pub fn investigate(
         &self,
         features: Vec<f32>,
         liveness: Option<f32>,
         device_id: Option<String>,
         top_k: Option<u32>,
+        face_model: Option<String>,
     ) -> Result<String, TeeRiskError> {
         self.search(
             features,
@@ -393,6 +409,7 @@ impl TeeRiskClient {
             device_id,
             top_k,
             Some(IdentifyMode::Investigate),
+            face_model,
         )
     }
 

@@ -240,6 +240,10 @@ pub enum ClientCommand {
         /// candidates with their FMRs, no decision; permission `investigate`).
         #[arg(long, value_enum, default_value = "decide")]
         mode: ModeArg,
+        /// The face model that made the features (e.g. mobilefacenet192; PROTOCOL v1.3).
+        /// Absent: the service's default model.
+        #[arg(long)]
+        face_model: Option<String>,
         #[arg(long)]
         liveness: Option<f32>,
         #[arg(long)]
@@ -260,6 +264,10 @@ pub enum ClientCommand {
         /// JSON file: an array of numbers, or an object with `features` or `embedding`.
         #[arg(long)]
         features: PathBuf,
+        /// The face model that made the features (e.g. mobilefacenet192; PROTOCOL v1.3).
+        /// Absent: the service's default model.
+        #[arg(long)]
+        face_model: Option<String>,
         #[arg(long)]
         liveness: Option<f32>,
         #[arg(long)]
@@ -341,6 +349,10 @@ pub struct RequestArgs {
     /// JSON file: an array of numbers, or an object with `features` or `embedding`.
     #[arg(long)]
     pub features: PathBuf,
+    /// The face model that made the features (e.g. mobilefacenet192; PROTOCOL v1.3).
+    /// Absent: the service's default model.
+    #[arg(long)]
+    pub face_model: Option<String>,
     /// Client-side liveness (presentation-attack) score in [0, 1].
     #[arg(long)]
     pub liveness: Option<f32>,

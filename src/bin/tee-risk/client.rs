@@ -110,6 +110,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             features,
             top_k,
             mode,
+            face_model,
             liveness,
             device,
             access,
@@ -123,6 +124,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
                 top_k,
                 // A decision is the default: sent without `mode`, as v1.1 clients send it.
                 mode: matches!(mode, ModeArg::Investigate).then_some(IdentifyMode::Investigate),
+                face_model,
             })?;
             println!("{}", serde_json::to_string_pretty(&payload)?);
             eprintln!(
@@ -136,6 +138,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
             url,
             user,
             features,
+            face_model,
             liveness,
             device,
             pin_keys,
@@ -148,6 +151,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
                     features: read_features_file(&features)?,
                     liveness,
                     device_id: device,
+                    face_model,
                 },
                 false,
             )?;
@@ -214,6 +218,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         features: read_features_file(&args.features)?,
         liveness: args.liveness,
         device_id: args.device.clone(),
+        face_model: args.face_model.clone(),
     };
     let payload = client.send(path, &request)?;
     print_verified(&payload, &client.keys().identity)?;

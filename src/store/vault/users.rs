@@ -5,7 +5,9 @@
 use zeroize::Zeroizing;
 
 use super::layout::index_map_key;
-use super::records::{Enrolment, LEGACY_FACE_MODEL, StoredTemplate, Template, UserRecord, remember};
+use super::records::{
+    Enrolment, LEGACY_FACE_MODEL, StoredTemplate, Template, UserRecord, remember,
+};
 use super::{UserIndex, UserRef, Vault, VaultError};
 use crate::store::Table;
 
