@@ -84,7 +84,7 @@ fn faiss(dir: &Path, n: usize, dim: usize, queries: usize) -> Option<(f64, f64)>
 /// into the index. Measured on sled with `users` enrolments, per user, to extrapolate.
 fn startup(users: usize, dim: usize) -> serde_json::Value {
     use std::sync::Arc;
-    use tee_risk::store::{MasterKey, SledStore, Store, Vault};
+    use tee_risk::store::{LEGACY_FACE_MODEL, MasterKey, SledStore, Store, Vault};
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
     let vault = Vault::open(store, &MasterKey::generate().unwrap()).unwrap();
@@ -92,16 +92,14 @@ fn startup(users: usize, dim: usize) -> serde_json::Value {
     let started = Instant::now();
     for (i, v) in vectors.chunks_exact(dim).enumerate() {
         let id = format!("user-{i:07}");
-        vault
-            .enrol_from(&vault.user(&id), &id, v, 0, 5, None)
-            .unwrap();
+        vault.enrol(&vault.user(&id), &id, v, 0, 5).unwrap();
     }
     vault.flush().unwrap();
     let enrol_secs = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let gallery = Gallery::default();
     for (id, enrolment) in vault.enrolled_users().unwrap() {
-        gallery.set(&id, &enrolment.templates);
+        gallery.set(&id, &enrolment.templates_of(LEGACY_FACE_MODEL));
     }
     let load_secs = started.elapsed().as_secs_f64();
     assert_eq!(gallery.len(), users);

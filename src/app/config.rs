@@ -259,6 +259,52 @@ pub struct FaceModelConfig {
     pub dimension: usize,
     /// Its risk model (`tee-risk train --face-model <id>`); "" = the one shipped for `id`.
     pub model_file: PathBuf,
+    /// This model's own decision thresholds, where its measurements call for other values
+    /// than `[risk]`'s (absent: `[risk]`'s). Each is a false-match rate in (0, 1].
+    #[serde(default)]
+    pub allow_max_fmr: Option<f64>,
+    #[serde(default)]
+    pub step_up_max_fmr: Option<f64>,
+    #[serde(default)]
+    pub conflict_max_fmr: Option<f64>,
+    #[serde(default)]
+    pub enrolment_conflict_max_fmr: Option<f64>,
+    #[serde(default)]
+    pub identify_max_fmr: Option<f64>,
+}
+
+impl FaceModelConfig {
+    /// `[risk]` with this model's thresholds in place of the shared ones.
+    fn risk(&self, shared: &RiskConfig) -> RiskConfig {
+        RiskConfig {
+            allow_max_fmr: self.allow_max_fmr.unwrap_or(shared.allow_max_fmr),
+            step_up_max_fmr: self.step_up_max_fmr.unwrap_or(shared.step_up_max_fmr),
+            conflict_max_fmr: self.conflict_max_fmr.unwrap_or(shared.conflict_max_fmr),
+            enrolment_conflict_max_fmr: self
+                .enrolment_conflict_max_fmr
+                .unwrap_or(shared.enrolment_conflict_max_fmr),
+            identify_max_fmr: self.identify_max_fmr.unwrap_or(shared.identify_max_fmr),
+            ..shared.clone()
+        }
+    }
+}
+
+/// The rules every set of thresholds keeps (`[risk]`'s and each model's own).
+fn thresholds_hold(risk: &RiskConfig) -> Option<&'static str> {
+    let rate = |f: f64| 0.0 < f && f <= 1.0;
+    if !(rate(risk.allow_max_fmr)
+        && risk.allow_max_fmr <= risk.step_up_max_fmr
+        && rate(risk.step_up_max_fmr))
+    {
+        return Some("risk thresholds must satisfy 0 < allow_max_fmr <= step_up_max_fmr <= 1");
+    }
+    if !(rate(risk.conflict_max_fmr) && rate(risk.enrolment_conflict_max_fmr)) {
+        return Some("risk.conflict_max_fmr and risk.enrolment_conflict_max_fmr must be in (0, 1]");
+    }
+    if !rate(risk.identify_max_fmr) {
+        return Some("risk.identify_max_fmr must be in (0, 1]");
+    }
+    None
 }
 
 impl Config {
@@ -386,23 +432,6 @@ impl Config {
                 "every features.models id must be 1 to 64 letters, digits, '-', '_' or '.'",
             ),
             (
-                0.0 < self.risk.allow_max_fmr
-                    && self.risk.allow_max_fmr <= self.risk.step_up_max_fmr
-                    && self.risk.step_up_max_fmr <= 1.0,
-                "risk thresholds must satisfy 0 < allow_max_fmr <= step_up_max_fmr <= 1",
-            ),
-            (
-                0.0 < self.risk.conflict_max_fmr
-                    && self.risk.conflict_max_fmr <= 1.0
-                    && 0.0 < self.risk.enrolment_conflict_max_fmr
-                    && self.risk.enrolment_conflict_max_fmr <= 1.0,
-                "risk.conflict_max_fmr and risk.enrolment_conflict_max_fmr must be in (0, 1]",
-            ),
-            (
-                0.0 < self.risk.identify_max_fmr && self.risk.identify_max_fmr <= 1.0,
-                "risk.identify_max_fmr must be in (0, 1]",
-            ),
-            (
                 (1..=86_400).contains(&self.risk.velocity_window_secs),
                 "risk.velocity_window_secs must be in 1..=86400",
             ),
@@ -432,6 +461,13 @@ impl Config {
             ),
         ];
         if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(ConfigError::Invalid(message));
+        }
+        let own = self.features.models.iter().map(|m| m.risk(&self.risk));
+        if let Some(message) = std::iter::once(self.risk.clone())
+            .chain(own)
+            .find_map(|risk| thresholds_hold(&risk))
+        {
             return Err(ConfigError::Invalid(message));
         }
         self.listen_addr()?;
@@ -485,7 +521,7 @@ impl Config {
                 Ok(FaceModel::new(
                     entry.id.clone(),
                     entry.dimension,
-                    self.risk.policy(Arc::new(model)),
+                    entry.risk(&self.risk).policy(Arc::new(model)),
                 ))
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -644,6 +680,8 @@ mod tests {
         assert!(features("models = []").contains("at least one face model"));
         let bad_id = "models = [{ id = \"a b\", dimension = 4, model_file = \"\" }]";
         assert!(features(bad_id).contains("letters, digits"));
+        let bad_own = "models = [{ id = \"dlib-resnet128\", dimension = 128, model_file = \"\", enrolment_conflict_max_fmr = 0.0 }]";
+        assert!(features(bad_own).contains("enrolment_conflict_max_fmr must be in (0, 1]"));
         let config = Config::builtin();
         assert_eq!(
             config

@@ -174,3 +174,25 @@ def test_a_request_sealed_by_the_cli_is_posted_in_python(server, client, tmp_pat
         verify_answer(server.identity_pem, request.read_bytes(), RawAnswer(status=200, body=bytes(forged)))
     # Leave no one enrolled with this face for the tests that follow.
     assert json.loads(client.erase("interop-py", False))["erased"]["templates"] == 1
+
+
+def test_the_face_model_is_named_per_request(client):
+    """PROTOCOL v1.3: `face_model` (a keyword argument, default None: the service's default
+    model) picks the model; each model's templates are searched apart."""
+    # A 192-d MobileFaceNet vector (any direction will do for the plumbing; accuracy is
+    # measured by tee-risk eval): enrolled under that model, found only there.
+    face = [((i * 7) % 13) / 13.0 - 0.5 for i in range(192)]
+    enrolled = json.loads(client.enroll("py-mfn", face, None, "phone-9", False, face_model="mobilefacenet192"))
+    assert (enrolled["outcome"], enrolled["face_model"]) == ("enrolled", "mobilefacenet192")
+    found = json.loads(client.identify(face, None, None, 1, face_model="mobilefacenet192"))
+    assert found["face_model"] == "mobilefacenet192"
+    assert found["searched"] == 1
+    # The same vector without a model is the default (128-d dlib): the wrong dimension.
+    with pytest.raises(TeeRiskError.Refused) as refused:
+        client.assess("py-mfn", face, None, None, False)
+    assert (refused.value.status, refused.value.code) == (422, "wrong_dimension")
+    with pytest.raises(TeeRiskError.Refused) as refused:
+        client.assess("py-mfn", face, None, None, False, face_model="arcface")
+    assert (refused.value.status, refused.value.code) == (422, "invalid_field")
+    assert "mobilefacenet192 (192-d)" in refused.value.detail
+    json.loads(client.erase("py-mfn", False))
