@@ -265,13 +265,15 @@ fn python() -> PathBuf {
     path
 }
 
-/// Runs the independent client; returns the verified payload.
+/// Runs the independent client (naming `face_model` when given); returns the verified
+/// payload.
 fn independent(
     cluster: &LocalCluster,
     url: &str,
     path: &str,
     user: &str,
     face: &[f32],
+    face_model: Option<&str>,
 ) -> serde_json::Value {
     let features = cluster.dir.join(format!("{user}-{}.json", face.len()));
     std::fs::write(&features, serde_json::to_vec(face).unwrap()).unwrap();
@@ -292,6 +294,12 @@ fn independent(
         .arg(cluster.dir.join("r1/keys/identity.pub.pem"))
         .args(["--user", user, "--features"])
         .arg(&features)
+        .args(
+            face_model
+                .map(|m| ["--face-model", m])
+                .into_iter()
+                .flatten(),
+        )
         .output()
         .unwrap();
     assert!(
@@ -312,8 +320,10 @@ fn independent_client(cluster: &LocalCluster) {
         "/v1/enroll",
         "indy",
         &face,
+        None,
     );
     assert_eq!(enrolled["outcome"], "enrolled", "{enrolled}");
+    assert_eq!(enrolled["face_model"], "dlib-resnet128", "{enrolled}");
     let ours = cluster.client(&cluster.replica_url(1));
     // On the device the independent client enrolled from (a new or shared device would
     // rightly raise the risk).
@@ -325,11 +335,34 @@ fn independent_client(cluster: &LocalCluster) {
     let face = synthetic_face(3);
     ours.enroll(&request("rusty", &face)).unwrap();
     let probe = tee_risk::lab::new_capture(&face, 4);
-    let answer = independent(cluster, &cluster.balancer, "/v1/assess", "rusty", &probe);
+    let answer = independent(
+        cluster,
+        &cluster.balancer,
+        "/v1/assess",
+        "rusty",
+        &probe,
+        None,
+    );
     assert_eq!(answer["op"], "assess", "{answer}");
     assert!(
         !answer["reasons"].to_string().contains("no_enrolment"),
         "{answer}"
+    );
+
+    // PROTOCOL v1.3 from the independent client: a 192-d MobileFaceNet enrolment, named.
+    let face: Vec<f32> = (0..192).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+    let enrolled = independent(
+        cluster,
+        &cluster.balancer,
+        "/v1/enroll",
+        "indy-192",
+        &face,
+        Some("mobilefacenet192"),
+    );
+    assert_eq!(
+        (&enrolled["outcome"], &enrolled["face_model"]),
+        (&"enrolled".into(), &"mobilefacenet192".into()),
+        "{enrolled}"
     );
 }
 

@@ -7,7 +7,7 @@ against the cluster through the load balancer; a disagreement with the Rust impl
 about any byte of the protocol fails there.
 
   client.py send --url URL --path /v1/enroll --client-id dev --client-key HEX \
-      --pin IDENTITY_PEM --user USER --features FILE.json
+      --pin IDENTITY_PEM --user USER --features FILE.json [--face-model ID]
 
 prints the verified answer's payload (JSON) on stdout; exit 1 with a reason on stderr when
 the service refuses or anything does not verify.
@@ -168,6 +168,8 @@ def send(args) -> dict:
         features = features.get("features") or features["embedding"]
     payload = {"user_id": args.user, "features": features, "liveness": 0.95,
                "device_id": "independent-client"}
+    if args.face_model:  # PROTOCOL v1.3 §2c; absent: the service's default model
+        payload["face_model"] = args.face_model
     session_key, iv = os.urandom(16), os.urandom(12)
     encryptor = Cipher(algorithms.SM4(session_key), modes.GCM(iv)).encryptor()
     encryptor.authenticate_additional_data(protected.encode("ascii"))
@@ -201,6 +203,7 @@ def main() -> int:
     for name in ("--url", "--path", "--client-id", "--client-key", "--pin", "--user",
                  "--features"):
         command.add_argument(name, required=True)
+    command.add_argument("--face-model", default=None)
     args = parser.parse_args()
     try:
         print(json.dumps(send(args)))
