@@ -279,7 +279,26 @@ fn a_database_that_stops_under_load_gives_503_and_the_replica_recovers_by_itself
             .unwrap();
         acknowledged.push(user);
     }
+    // Readiness follows the database within a second, both ways (docs/OPERATIONS.md): a
+    // balancer stops sending traffic this replica could only refuse.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let health = |url: &str| {
+        let response = agent.get(format!("{url}/healthz")).call().unwrap();
+        response.status().as_u16()
+    };
+    assert_eq!(health(&server.url), 200);
     cluster.stop();
+    let stopped = Instant::now();
+    while health(&server.url) != 503 {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(1),
+            "/healthz still 200 a second after PostgreSQL stopped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut statuses = std::collections::BTreeMap::new();
     for i in 0..5 {
         let started = Instant::now();
@@ -299,6 +318,14 @@ fn a_database_that_stops_under_load_gives_503_and_the_replica_recovers_by_itself
         "{statuses:?}"
     );
     cluster.start_server();
+    let back = Instant::now();
+    while health(&server.url) != 200 {
+        assert!(
+            back.elapsed() < Duration::from_secs(1),
+            "/healthz still 503 a second after PostgreSQL came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let user = format!("after-{}", acknowledged.len());

@@ -178,7 +178,7 @@ async fn read_body(
     };
     let body = tokio::time::timeout(state.body_deadline, read)
         .await
-        .map_err(|_| ApiError::IncompleteBody)??;
+        .map_err(|_| ApiError::BodyDeadline(state.body_deadline.as_secs()))??;
     if body.len() != declared {
         return Err(ApiError::IncompleteBody);
     }

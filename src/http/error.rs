@@ -24,6 +24,13 @@ pub enum ApiError {
     /// connection failed while it was read.
     #[error("the request body ended before its Content-Length: nothing was done; send it again")]
     IncompleteBody,
+    /// The body did not arrive whole within `server.body_deadline_secs` (a slow or stalled
+    /// sender): the same code as a cut body, with the limit in the detail.
+    #[error(
+        "the request body did not arrive whole within the {0} s deadline \
+         ([server] body_deadline_secs): nothing was done; send the whole body at once"
+    )]
+    BodyDeadline(u64),
     /// A body without `Content-Length` (chunked): a cut-short chunked body cannot be told
     /// from a whole one.
     #[error("send the body with a Content-Length header; chunked bodies are refused")]
@@ -75,7 +82,7 @@ impl ApiError {
         match self {
             ApiError::Service(e) => e.code(),
             ApiError::BodyTooLarge(_) => "body_too_large",
-            ApiError::IncompleteBody => "incomplete_body",
+            ApiError::IncompleteBody | ApiError::BodyDeadline(_) => "incomplete_body",
             ApiError::LengthRequired => "length_required",
             ApiError::QueryNotAllowed => "query_not_allowed",
             ApiError::BadNonce => "bad_nonce",
@@ -115,9 +122,10 @@ impl ResponseError for ApiError {
                 ServiceError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::IncompleteBody | ApiError::BadNonce | ApiError::QueryNotAllowed => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::IncompleteBody
+            | ApiError::BodyDeadline(_)
+            | ApiError::BadNonce
+            | ApiError::QueryNotAllowed => StatusCode::BAD_REQUEST,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,

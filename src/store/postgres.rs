@@ -16,8 +16,9 @@
 //! commit of every write that completed before it, from any connection. One flush, one WAL
 //! fsync, serves all the requests the vault's group commit gathered.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
@@ -91,12 +92,63 @@ pub struct PostgresOptions {
     pub timeout: Duration,
 }
 
+/// How often the health monitor asks the database, and how stale its last answer may be
+/// before the store counts as unreachable: readiness (`/healthz`) follows the database
+/// within about a second either way (the pool's own connections are not tested at check-out,
+/// so they cannot tell; a request would learn only after the statement timeout).
+const HEALTH_EVERY: Duration = Duration::from_millis(200);
+const HEALTH_STALE: Duration = Duration::from_millis(800);
+
+/// What the health monitor (a thread of its own, with its own connection) shares with the
+/// store: when the database last answered, and whether the store was dropped.
+struct Health {
+    since: Instant,
+    /// Milliseconds after `since` of the last answered check.
+    last_ok_ms: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl Health {
+    fn answered(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ok_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn healthy(&self) -> bool {
+        let last = Duration::from_millis(self.last_ok_ms.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(last) < HEALTH_STALE
+    }
+}
+
+/// Asks the database `SELECT 1` every [`HEALTH_EVERY`] on a connection of its own
+/// (reconnecting when it fails, each attempt bounded), until the store is dropped. A check
+/// that hangs (a partition) ages the last answer past [`HEALTH_STALE`] all the same.
+fn monitor_health(mut config: postgres::Config, health: Arc<Health>) {
+    config
+        .connect_timeout(HEALTH_STALE / 2)
+        .options("-c statement_timeout=400")
+        .application_name("tee-risk health");
+    let mut client: Option<postgres::Client> = None;
+    while !health.stopped.load(Ordering::Relaxed) {
+        if client.is_none() {
+            client = config.connect(NoTls).ok();
+        }
+        match client.as_mut().map(|c| c.simple_query("SELECT 1")) {
+            Some(Ok(_)) => health.answered(),
+            // A plain thread, not the server's runtime: dropping the client is safe here.
+            Some(Err(_)) => drop(client.take()),
+            None => {}
+        }
+        std::thread::sleep(HEALTH_EVERY);
+    }
+}
+
 /// The PostgreSQL store (see the module).
 pub struct PostgresStore {
     /// Always `Some` until dropped (see `Drop`).
     pool: Option<Pool>,
-    /// Whether the last operation reached the database (for readiness probes: cheap).
-    reachable: AtomicBool,
+    /// Whether the database answers now (readiness probes: a load, no round trip).
+    health: Arc<Health>,
 }
 
 fn backend(context: &str, error: impl std::fmt::Display) -> StoreError {
@@ -120,6 +172,16 @@ impl PostgresStore {
                  -c synchronous_commit=off -c idle_in_transaction_session_timeout={timeout_ms}"
             ))
             .application_name("tee-risk");
+        let health = Arc::new(Health {
+            since: Instant::now(),
+            last_ok_ms: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let monitored = (config.clone(), health.clone());
+        std::thread::Builder::new()
+            .name("pg-health".into())
+            .spawn(move || monitor_health(monitored.0, monitored.1))
+            .map_err(|e| backend("health monitor", e))?;
         let manager = Manager { config };
         let pool = r2d2::Pool::builder()
             .max_size(options.pool_size.max(1))
@@ -134,7 +196,7 @@ impl PostgresStore {
             .map_err(|e| backend("connect", e))?;
         let store = Self {
             pool: Some(pool),
-            reachable: AtomicBool::new(true),
+            health,
         };
         store.migrate()?;
         Ok(store)
@@ -196,9 +258,7 @@ impl PostgresStore {
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
-        let connection = self.pool().get().map_err(|e| backend("connection", e));
-        self.reachable.store(connection.is_ok(), Ordering::Relaxed);
-        connection
+        self.pool().get().map_err(|e| backend("connection", e))
     }
 
     /// Runs a statement that changes rows; returns how many.
@@ -233,6 +293,7 @@ impl Drop for PostgresStore {
     /// async runtime (the server's, where the last handle may go): the pool is dropped on
     /// a thread of its own.
     fn drop(&mut self) {
+        self.health.stopped.store(true, Ordering::Relaxed);
         if let Some(pool) = self.pool.take() {
             let _ = std::thread::spawn(move || drop(pool)).join();
         }
@@ -422,7 +483,7 @@ impl Store for PostgresStore {
     }
 
     fn healthy(&self) -> bool {
-        self.reachable.load(Ordering::Relaxed)
+        self.health.healthy()
     }
 
     fn exclusive(&self) -> bool {
