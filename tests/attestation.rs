@@ -178,3 +178,54 @@ fn a_real_tdx_quote_passes_the_platform_checks_and_cannot_bind_our_nonce() {
     let full = Policy::load(&allows).unwrap().verify(&evidence, &nonce, AT);
     assert_eq!(full.unwrap_err().check, "report_data");
 }
+
+/// A single node makes a new identity at every start (its key lives only in TEE memory). A
+/// client made by attestation keeps working across the restart: the service answers
+/// `unknown_kid`, the client attests again under the same policy (the new identity's
+/// evidence passes) and sends once more. A client pinned to the old identity is told, with a
+/// typed error, that the identity changed and how to re-pin; nothing is sent under the
+/// unknown key.
+#[test]
+fn an_attested_client_survives_a_restart_and_a_pinned_one_is_told_the_identity_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let policy = dev_policy(dir.path(), &keys);
+    let (attested, before) = Client::attest(&server.url, &policy).unwrap();
+    let attested = attested.with_credential(server.credential.clone());
+    let pinned = Client::fetch_keys_pinned(&server.url, &before.identity)
+        .unwrap()
+        .with_credential(server.credential.clone());
+    let face: Vec<f32> = (0..128).map(|i| (i % 7) as f32 - 3.0).collect();
+    let request = |user: &str| FeatureRequest {
+        user_id: user.into(),
+        features: face.clone(),
+        liveness: None,
+        device_id: Some("phone".into()),
+        face_model: None,
+    };
+    assert_eq!(
+        attested.enroll(&request("u")).unwrap()["outcome"],
+        "enrolled"
+    );
+
+    // The same address, the same data: a restart.
+    let listen = server.url.trim_start_matches("http://").to_owned();
+    assert!(server.stop().success());
+    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--listen", &listen]);
+    assert_eq!(server.url, format!("http://{listen}"));
+
+    let answer = attested.assess(&request("u")).unwrap();
+    assert_eq!(answer["op"], "assess", "{answer}");
+    let now = attested.keys().identity;
+    assert_ne!(now, before.identity, "a new identity after the restart");
+    let refused = pinned.assess(&request("u")).unwrap_err();
+    match &refused {
+        tee_risk::client::ClientError::IdentityChanged { pinned, presented } => {
+            assert_eq!((pinned, presented), (&before.identity.kid(), &now.kid()));
+        }
+        other => panic!("expected IdentityChanged, got {other}"),
+    }
+    assert!(refused.to_string().contains("pin the new key"), "{refused}");
+    assert!(server.stop().success());
+}

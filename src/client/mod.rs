@@ -2,7 +2,7 @@
 //! keys, seal a feature message into an envelope, post it, and accept the answer only if its
 //! SM2 signature, request id and request hash all check out.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,20 @@ pub enum ClientError {
     },
     #[error("the response cannot be trusted: {0}")]
     Untrusted(String),
+    /// The service presents another identity key than the one this client pinned: it
+    /// restarted with a new identity (a single node makes one at every start) or it is not
+    /// the service that was pinned. Nothing was sent under the new key.
+    #[error(
+        "the service's identity changed: it presents identity key {presented}, not the pinned \
+         {pinned}. A single node makes a new identity at every start: attest it again (tee-risk \
+         client attest) and pin the new key (keys/identity.pub.pem) if the evidence holds"
+    )]
+    IdentityChanged {
+        /// The kid of the pinned identity key.
+        pinned: String,
+        /// The kid of the identity key the service presents now.
+        presented: String,
+    },
     #[error("{0}")]
     Keys(String),
     /// A features file the CLI was given is unusable.
@@ -145,10 +159,11 @@ impl ServerKeys {
             .find(|k| k.key_use == "sig" && k.crv == "SM2")
             .ok_or_else(|| ClientError::Keys("no SM2 identity key (use sig)".into()))?;
         let identity = jwk_key(sig)?;
-        if pinned.is_some_and(|p| *p != identity) {
-            return Err(ClientError::Keys(
-                "the service presents another identity key than the pinned one".into(),
-            ));
+        if let Some(pinned) = pinned.filter(|p| **p != identity) {
+            return Err(ClientError::IdentityChanged {
+                pinned: pinned.kid(),
+                presented: identity.kid(),
+            });
         }
         let mut best: Option<(i64, i64, PublicKey)> = None;
         let mut rejected = Vec::new();
@@ -196,10 +211,25 @@ pub struct RawResponse {
     pub body: Vec<u8>,
 }
 
+/// What a client trusts the service's identity by, so that it can fetch the keys again
+/// when the service says it no longer knows the encryption key (`unknown_kid` after a
+/// restart, `key_retired` after a long pause).
+#[derive(Clone)]
+enum Trust {
+    /// The identity key `GET /v1/keys` presents (development).
+    FirstUse,
+    /// Only this identity key: a new one is [`ClientError::IdentityChanged`].
+    Pinned(PublicKey),
+    /// Whatever identity fresh evidence binds under this policy (a restarted single node's
+    /// new identity is accepted when its attestation passes).
+    Attested(Box<Policy>),
+}
+
 pub struct Client {
     base_url: String,
     agent: ureq::Agent,
-    keys: ServerKeys,
+    keys: RwLock<ServerKeys>,
+    trust: Trust,
     /// Signs every request it posts (`access.rs`); without one the service answers 401.
     credential: Option<Arc<ClientCredential>>,
     /// Ask for every answer encrypted to this client (identify always is).
@@ -324,7 +354,8 @@ impl Client {
         let verified = policy
             .verify(&evidence, &nonce, unix_now())
             .map_err(|e| ClientError::Untrusted(e.to_string()))?;
-        let client = Self::fetch_keys_pinned(&base_url, &verified.identity)?;
+        let mut client = Self::fetch_keys_pinned(&base_url, &verified.identity)?;
+        client.trust = Trust::Attested(Box::new(policy.clone()));
         Ok((client, verified))
     }
 
@@ -344,21 +375,37 @@ impl Client {
         Ok(Self {
             base_url,
             agent,
-            keys,
+            keys: RwLock::new(keys),
+            trust: pinned.map_or(Trust::FirstUse, |p| Trust::Pinned(p.clone())),
             credential: None,
             encrypt_answers: false,
         })
     }
 
-    /// A client that trusts only `keys` (pinned).
+    /// A client that trusts only `keys` (pinned: a later key fetch accepts only their
+    /// identity key).
     pub fn with_keys(base_url: &str, keys: ServerKeys) -> Self {
         Self {
             base_url: base_url.trim_end_matches('/').to_owned(),
             agent: agent(),
-            keys,
+            trust: Trust::Pinned(keys.identity.clone()),
+            keys: RwLock::new(keys),
             credential: None,
             encrypt_answers: false,
         }
+    }
+
+    /// Fetches the service's keys again under the trust this client was made with: the
+    /// same pinned identity, or fresh evidence under the same attestation policy (which may
+    /// bind a new identity: a restarted single node), or what the service presents.
+    pub fn refresh_keys(&self) -> Result<(), ClientError> {
+        let fresh = match &self.trust {
+            Trust::FirstUse => Self::fetch_keys_checked(&self.base_url, None)?,
+            Trust::Pinned(identity) => Self::fetch_keys_checked(&self.base_url, Some(identity))?,
+            Trust::Attested(policy) => Self::attest(&self.base_url, policy)?.0,
+        };
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = fresh.keys();
+        Ok(())
     }
 
     /// The same client, asking for every answer encrypted to it (docs/PROTOCOL.md §3a).
@@ -373,8 +420,9 @@ impl Client {
         self
     }
 
-    pub fn keys(&self) -> &ServerKeys {
-        &self.keys
+    /// The keys this client trusts now (a copy: [`Client::refresh_keys`] may replace them).
+    pub fn keys(&self) -> ServerKeys {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Encrypts `request` into an envelope body with a fresh request id (answer in the
@@ -393,7 +441,8 @@ impl Client {
         request: &T,
         encrypted_answer: bool,
     ) -> Result<SealedRequest, ClientError> {
-        let mut header = ProtectedHeader::new(&self.keys.encryption.kid(), unix_now())
+        let encryption = self.keys().encryption;
+        let mut header = ProtectedHeader::new(&encryption.kid(), unix_now())
             .map_err(|e| ClientError::Keys(e.to_string()))?;
         if encrypted_answer {
             header = header.with_encrypted_answer();
@@ -401,7 +450,7 @@ impl Client {
         let plaintext = Zeroizing::new(
             serde_json::to_vec(request).map_err(|e| ClientError::Keys(e.to_string()))?,
         );
-        let (body, key) = seal_keeping_key(&self.keys.encryption, &header, &plaintext)
+        let (body, key) = seal_keeping_key(&encryption, &header, &plaintext)
             .map_err(|e| ClientError::Keys(e.to_string()))?;
         Ok(SealedRequest {
             header,
@@ -497,7 +546,36 @@ impl Client {
         body: &[u8],
         raw: &RawResponse,
     ) -> Result<serde_json::Value, ClientError> {
-        check_signed_answer(&self.keys.identity, &header.rid, body, raw)
+        check_signed_answer(&self.keys().identity, &header.rid, body, raw)
+    }
+
+    /// Seals, sends and verifies one request. When the service no longer knows the key it
+    /// was sealed to (`unknown_kid`: it restarted; `key_retired`: the key expired while this
+    /// client waited), nothing was spent: the keys are fetched again under this client's
+    /// trust ([`Client::refresh_keys`]) and the request is sealed afresh (a new `rid`) and
+    /// sent once more. A pinned client whose service changed identity gets
+    /// [`ClientError::IdentityChanged`] instead.
+    pub fn exchange<T: Serialize>(
+        &self,
+        method: &str,
+        path: &str,
+        request: &T,
+        encrypted_answer: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let once = || {
+            let sealed = self.seal_request(request, encrypted_answer)?;
+            let raw = self.request_raw(method, path, &sealed.body)?;
+            self.verify_sealed_answer(&sealed, &raw)
+        };
+        match once() {
+            Err(ClientError::Refused {
+                status: 400, code, ..
+            }) if code == "unknown_kid" || code == "key_retired" => {
+                self.refresh_keys()?;
+                once()
+            }
+            other => other,
+        }
     }
 
     /// Seals, posts and verifies: the whole client side of one request.
@@ -506,18 +584,14 @@ impl Client {
         path: &str,
         request: &FeatureRequest,
     ) -> Result<serde_json::Value, ClientError> {
-        let sealed = self.seal_request(request, self.encrypt_answers)?;
-        let raw = self.post_raw(path, &sealed.body)?;
-        self.verify_sealed_answer(&sealed, &raw)
+        self.exchange("POST", path, request, self.encrypt_answers)
     }
 
     /// `POST /v1/identify`: the enrolled users this face may be, with a decision (or, with
     /// `mode: Investigate`, ranked candidates and no decision); the answer is always
     /// encrypted to this client.
     pub fn identify(&self, request: &IdentifyRequest) -> Result<serde_json::Value, ClientError> {
-        let sealed = self.seal_request(request, true)?;
-        let raw = self.post_raw("/v1/identify", &sealed.body)?;
-        self.verify_sealed_answer(&sealed, &raw)
+        self.exchange("POST", "/v1/identify", request, true)
     }
 
     pub fn enroll(&self, request: &FeatureRequest) -> Result<serde_json::Value, ClientError> {
@@ -530,12 +604,12 @@ impl Client {
 
     /// `DELETE /v1/users`: erases everything the service keeps about `user_id`.
     pub fn erase(&self, user_id: &str) -> Result<serde_json::Value, ClientError> {
-        let sealed = self.seal_request(
+        self.exchange(
+            "DELETE",
+            "/v1/users",
             &serde_json::json!({ "user_id": user_id }),
             self.encrypt_answers,
-        )?;
-        let raw = self.request_raw("DELETE", "/v1/users", &sealed.body)?;
-        self.verify_sealed_answer(&sealed, &raw)
+        )
     }
 }
 

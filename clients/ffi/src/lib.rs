@@ -44,6 +44,14 @@ pub enum TeeRiskError {
     /// payload text that is not JSON.
     #[error("invalid argument: {detail}")]
     InvalidArgument { detail: String },
+    /// The pinned service presents another identity key (kids given): it restarted with a
+    /// new identity, or it is not the pinned service. Attest it again and pin the new key.
+    #[error("{detail}")]
+    IdentityChanged {
+        pinned: String,
+        presented: String,
+        detail: String,
+    },
 }
 
 impl From<ClientError> for TeeRiskError {
@@ -61,6 +69,15 @@ impl From<ClientError> for TeeRiskError {
             },
             ClientError::Untrusted(detail) => Self::Untrusted { detail },
             ClientError::Keys(detail) => Self::Keys { detail },
+            ClientError::IdentityChanged { pinned, presented } => Self::IdentityChanged {
+                detail: ClientError::IdentityChanged {
+                    pinned: pinned.clone(),
+                    presented: presented.clone(),
+                }
+                .to_string(),
+                pinned,
+                presented,
+            },
             other => Self::InvalidArgument {
                 detail: other.to_string(),
             },
@@ -225,9 +242,11 @@ impl TeeRiskClient {
         request: &T,
         encrypted_answer: bool,
     ) -> Result<String, TeeRiskError> {
-        let sealed = self.inner.seal_request(request, encrypted_answer)?;
-        let raw = self.inner.request_raw(method, path, &sealed.body)?;
-        json(self.inner.verify_sealed_answer(&sealed, &raw)?)
+        // Re-fetches the keys (re-attests an attested client) once on unknown_kid.
+        json(
+            self.inner
+                .exchange(method, path, request, encrypted_answer)?,
+        )
     }
 
     /// `POST /v1/identify` in either mode (the answer always encrypted to this client).
