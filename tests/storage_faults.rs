@@ -75,6 +75,29 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
+    // `db status` says so (the mark, the store's commits, the verdict) and fails its check;
+    // `db backup` refuses to pass the damage off as a backup, or with --force keeps a copy
+    // marked as damaged, failing all the same.
+    let status = db(&["status"], &data);
+    assert_eq!(status.status.code(), Some(3));
+    let printed: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(printed["damaged"], true, "{printed}");
+    assert!(
+        printed["high_water_mark"]["mark"]["commits"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let refused = dir.path().join("backup");
+    let backup = db(&["backup", refused.to_str().unwrap()], &data);
+    assert_eq!(backup.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&backup.stderr).contains("no backup was made"));
+    assert!(!refused.join("db").exists());
+    let evidence = dir.path().join("evidence");
+    let forced = db(&["backup", "--force", evidence.to_str().unwrap()], &data);
+    assert_eq!(forced.status.code(), Some(3));
+    assert!(evidence.join("DAMAGED-COPY.txt").exists());
+    assert!(evidence.join("high-water-mark").exists());
 
     // The operator accepts the loss: the service serves what is left, and says so in the
     // audit log; the mark now matches the store.
@@ -134,6 +157,16 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
         String::from_utf8_lossy(&log.stdout)
     );
     assert!(String::from_utf8_lossy(&log.stderr).contains("high-water mark"));
+
+    // The mark removed beside a store that holds records: the start is refused, naming the
+    // mark's path and the ways out; `db status` reports the store as damaged.
+    std::fs::remove_file(data.join("high-water-mark")).unwrap();
+    let (_, stderr) = TestServer::try_start(&data, &keys, Some(MASTER_KEY), &[])
+        .err()
+        .expect("a populated store without its mark is not served");
+    assert!(stderr.contains("high-water-mark is missing"), "{stderr}");
+    assert!(stderr.contains("--accept-data-loss"), "{stderr}");
+    assert_eq!(db(&["status"], &data).status.code(), Some(3));
 }
 
 /// A small tmpfs, unmounted when dropped. Mounting needs root, as CI runs; where it cannot

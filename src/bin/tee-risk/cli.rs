@@ -169,6 +169,10 @@ pub enum DbCommand {
         #[command(flatten)]
         db: DbArgs,
         dir: PathBuf,
+        /// Copy a damaged store anyway, byte for byte, into a folder marked as a damaged
+        /// copy (DAMAGED-COPY.txt says what was found); the command still exits 3.
+        #[arg(long)]
+        force: bool,
     },
     /// PostgreSQL: create the schema, or check it is the version this build knows (the
     /// service does the same at start).

@@ -39,9 +39,7 @@ fn open_db(args: &DbArgs, mode: OpenMode) -> Result<Vault, CliError> {
 /// Runs one `db` command.
 pub fn run(command: DbCommand) -> Result<(), CliError> {
     match command {
-        DbCommand::Status(args) => {
-            print_json(&open_db(&args, OpenMode::Inspect)?.status()?)?;
-        }
+        DbCommand::Status(args) => status(&args)?,
         DbCommand::Rotate { db, dry_run: true } => {
             let vault = open_db(&db, OpenMode::Inspect)?;
             print_json(&serde_json::json!({
@@ -66,18 +64,7 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
         DbCommand::Verify(args) => {
             let (storage, _) = db_storage(&args)?;
             let data_dir = storage.data_dir;
-            // A database that does not open because it is damaged fails the check (3), as
-            // one that opens and then fails it does; a wrong key is an error (1).
-            let vault = match open_db(&args, OpenMode::Inspect) {
-                Err(CliError::Failed(error))
-                    if error.downcast_ref::<tee_risk::app::AppError>().is_some_and(
-                        |e| matches!(e, tee_risk::app::AppError::Vault(v) if v.is_damage()),
-                    ) =>
-                {
-                    return Err(CliError::CheckFailed(format!("{error:#}")));
-                }
-                other => other?,
-            };
+            let vault = open_inspected(&args)?;
             let (report, mark) = vault.verify_with_mark(&data_dir)?;
             let mut json = serde_json::to_value(&report)?;
             json["high_water_mark"] = serde_json::to_value(&mark)?;
@@ -116,7 +103,7 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
             let head = entries.last().map_or(audit::GENESIS, |e| e.hash.as_str());
             println!("audit log intact: {} entries, head {head}", entries.len());
         }
-        DbCommand::Backup { db, dir } => backup(&db, &dir)?,
+        DbCommand::Backup { db, dir, force } => backup(&db, &dir, force)?,
         DbCommand::Migrate(args) => {
             let (storage, _) = db_storage(&args)?;
             if storage.backend != StorageBackend::Postgres {
@@ -137,13 +124,85 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Opens the database to inspect it. One that does not open because it is damaged fails
+/// the check (exit 3), as one that opens and then fails it does; a wrong key is an error (1).
+fn open_inspected(args: &DbArgs) -> Result<Vault, CliError> {
+    match open_db(args, OpenMode::Inspect) {
+        Err(CliError::Failed(error))
+            if error.downcast_ref::<tee_risk::app::AppError>().is_some_and(
+                |e| matches!(e, tee_risk::app::AppError::Vault(v) if v.is_damage()),
+            ) =>
+        {
+            Err(CliError::CheckFailed(format!("{error:#}")))
+        }
+        other => other,
+    }
+}
+
+/// Why the store is damaged, if it is: a sled store behind its high-water mark (or whose mark
+/// is gone). PostgreSQL keeps no mark: its own checks (`amcheck`) are the operator's.
+fn damage(args: &DbArgs, vault: &Vault) -> Result<Option<(mark::MarkCheck, String)>, CliError> {
+    let (storage, _) = db_storage(args)?;
+    if storage.backend != StorageBackend::Sled {
+        return Ok(None);
+    }
+    let check = vault.check_high_water_mark(&storage.data_dir)?;
+    Ok(check.behind.clone().map(|why| (check, why)))
+}
+
+/// `db status`: keys, rotation, records per key, and (sled) the high-water mark with a
+/// verdict; exit 3 when the store is damaged.
+fn status(args: &DbArgs) -> Result<(), CliError> {
+    let vault = open_inspected(args)?;
+    let mut json = serde_json::to_value(vault.status()?)?;
+    let (storage, _) = db_storage(args)?;
+    if storage.backend == StorageBackend::Sled {
+        let check = vault.check_high_water_mark(&storage.data_dir)?;
+        json["damaged"] = check.behind.is_some().into();
+        json["high_water_mark"] = serde_json::to_value(&check)?;
+        print_json(&json)?;
+        if let Some(why) = check.behind {
+            return Err(CliError::CheckFailed(format!(
+                "the store is damaged: {why}"
+            )));
+        }
+        return Ok(());
+    }
+    Ok(print_json(&json)?)
+}
+
 /// Copies the flushed database while holding its lock, then proves the copy opens with the
-/// same keys and that every record of it decrypts.
-fn backup(args: &DbArgs, dir: &Path) -> Result<(), CliError> {
+/// same keys and that every record of it decrypts. A damaged store is refused (exit 3): its
+/// copy would be a copy of the damage taken for a backup; with `force` its files are copied
+/// byte for byte into a folder marked as a damaged copy, and the exit is still 3.
+fn backup(args: &DbArgs, dir: &Path, force: bool) -> Result<(), CliError> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         return Err(anyhow::anyhow!("{} is not empty: choose a new folder", dir.display()).into());
     }
-    let vault = open_db(args, OpenMode::Inspect)?;
+    let vault = open_inspected(args)?;
+    if let Some((_, why)) = damage(args, &vault)? {
+        if !force {
+            return Err(CliError::CheckFailed(format!(
+                "the store is damaged ({why}): no backup was made, as it would be a copy of                  the damage. Restore an earlier backup; `db backup --force DIR` keeps a copy                  marked as damaged, as evidence"
+            )));
+        }
+        drop(vault);
+        let (storage, _) = db_storage(args)?;
+        copy_tree(&storage.data_dir, dir)?;
+        std::fs::write(
+            dir.join("DAMAGED-COPY.txt"),
+            format!(
+                "A byte-for-byte copy of the damaged data folder {}, made by `tee-risk db \
+                 backup --force` at unix time {}. It is evidence, not a backup: {why}\n",
+                storage.data_dir.display(),
+                tee_risk::obs::unix_now()
+            ),
+        )?;
+        return Err(CliError::CheckFailed(format!(
+            "the store is damaged ({why}): copied as is into {}, marked DAMAGED-COPY",
+            dir.display()
+        )));
+    }
     vault.flush()?;
     // Record by record into a new sled store, from either back-end: the records stay
     // sealed, so the copy needs no key. (With sled the service's lock is held meanwhile;
@@ -218,5 +277,20 @@ fn copy_to_postgres(args: &DbArgs, from: &Path) -> Result<(), CliError> {
         "risk_logs": counts.risk_logs,
         "next": "start the replicas with [storage] backend = \"postgres\"",
     }))?;
+    Ok(())
+}
+
+/// Copies every file under `from` into `to`, byte for byte.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
     Ok(())
 }

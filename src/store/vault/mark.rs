@@ -123,6 +123,16 @@ fn entries_behind(entries: &[audit::AuditEntry], mark: &Mark) -> Option<String> 
 }
 
 impl Vault {
+    /// Whether any table of data (templates, history, risk logs) holds a record.
+    fn holds_records(&self) -> Result<bool, VaultError> {
+        for table in [Table::UserData, Table::FeatureHistory, Table::RiskLogs] {
+            if self.store().last(table)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The store's own commit count (0 before the first commit).
     pub(super) fn store_commits(&self) -> Result<u64, VaultError> {
         match self.store().get(Table::Meta, COMMIT_SEQ_KEY)? {
@@ -175,13 +185,33 @@ impl Vault {
         Ok(())
     }
 
-    /// The store against the mark in `dir` (a missing mark is a mark of zero: a database
-    /// from before the mark, or a new one).
+    /// The store against the mark in `dir`. A missing mark is a mark of zero only for a new
+    /// store (no commits, no records); for any other it is a store that cannot be checked,
+    /// reported as behind.
     pub fn check_high_water_mark(&self, dir: &Path) -> Result<MarkCheck, VaultError> {
         let store_commits = self.store_commits()?;
         let audit = audit::verify(self.store());
         let store_audit_len = audit.as_ref().map_or(0, |e| e.len() as u64);
-        let mark = match read_file(&dir.join(MARK_FILE))? {
+        let path = dir.join(MARK_FILE);
+        let mark = match read_file(&path)? {
+            // No mark: a new store, or one whose mark was removed. The store records that it
+            // had one (its commit count: every commit under a mark counts), and a store that
+            // holds records had one too.
+            None if store_commits > 0 || self.holds_records()? => {
+                return Ok(MarkCheck {
+                    behind: Some(format!(
+                        "the high-water mark {} is missing, but the store holds {store_commits}                          commits and records: the mark was removed or lost, so the store cannot                          be checked for lost data; put the mark back (it is in every copy of the                          data folder)",
+                        path.display()
+                    )),
+                    mark: Mark {
+                        commits: 0,
+                        audit_len: 0,
+                        audit_head: GENESIS.to_owned(),
+                    },
+                    store_commits,
+                    store_audit_len,
+                });
+            }
             None => Mark {
                 commits: 0,
                 audit_len: 0,
