@@ -42,7 +42,9 @@ fn open(data: &Path, current: &str, previous: &[&str]) -> Vault {
 /// log and a history entry each) until the data tables hold `records` records.
 fn seed(data: &Path, users: usize, records: usize) -> Vec<(String, Vec<f32>)> {
     let faces = dev_dataset();
-    let vault = open(data, OLD_KEY, &[]);
+    let mut vault = open(data, OLD_KEY, &[]);
+    // A store with records has a high-water mark beside it, as the service keeps one.
+    vault.keep_high_water_mark(data, false).unwrap();
     let people: Vec<(String, Vec<f32>)> = (0..users)
         .map(|i| {
             let features = faces.samples[i % faces.samples.len()].embedding.clone();

@@ -54,7 +54,10 @@ fn enrol_assess_signed_and_pinned() {
         .err()
         .unwrap();
     assert!(
-        refused.to_string().contains("another identity key"),
+        matches!(
+            refused,
+            tee_risk::client::ClientError::IdentityChanged { .. }
+        ),
         "{refused}"
     );
 

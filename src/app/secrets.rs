@@ -85,6 +85,31 @@ pub fn open_store(
     }
 }
 
+/// The vault of a stopped service, to inspect: a sled store is opened as a copy (see
+/// [`SledStore::open_copy`]), so nothing the inspection does (sled's recovery included)
+/// writes to it; PostgreSQL as it is (its recovery is its own).
+pub fn open_vault_copy(
+    env: MasterKeyEnv,
+    dev: bool,
+    storage: &StorageConfig,
+) -> Result<Vault, AppError> {
+    if storage.backend != StorageBackend::Sled {
+        return open_vault(env, dev, storage, OpenMode::Inspect, false);
+    }
+    let (master, _) = resolve_master_key(env.current, dev, &storage.data_dir)?;
+    let previous = previous_keys(env.previous.as_ref())?;
+    let copy: Arc<dyn Store> = Arc::new(
+        SledStore::open_copy(&store_path(&storage.data_dir))
+            .map_err(|source| AppError::StoreOpen { source })?,
+    );
+    Ok(Vault::open_keyring(
+        copy,
+        &master,
+        &previous,
+        OpenMode::Inspect,
+    )?)
+}
+
 /// The master key from `env_value` (the content of DB_MASTER_KEY, if set) or, in dev mode
 /// only, from (or newly into) the dev key file under `data_dir`.
 pub fn resolve_master_key(
@@ -199,6 +224,35 @@ pub fn open_vault(
         warn_dev_key(data_dir);
     }
     let previous = previous_keys(env.previous.as_ref())?;
+    if mode == OpenMode::Write && storage.backend == StorageBackend::Sled && !accept_loss {
+        // Checked on a copy first: a store that is refused stays byte for byte as found
+        // (sled's recovery would rewrite a damaged log as it opens it).
+        let copy: Arc<dyn Store> = Arc::new(
+            SledStore::open_copy(&store_path(data_dir))
+                .map_err(|source| AppError::StoreOpen { source })?,
+        );
+        let new_store = copy
+            .last(crate::store::Table::Meta)
+            .map_err(|source| AppError::StoreOpen { source })?
+            .is_none();
+        let check = match new_store {
+            true => None,
+            false => Some(
+                Vault::open_keyring(copy, &master, &previous, OpenMode::Inspect)?
+                    .check_high_water_mark(data_dir)?,
+            ),
+        };
+        if let Some(check) = check
+            && let Some(detail) = check.behind
+        {
+            return Err(crate::store::VaultError::BehindHighWaterMark {
+                detail,
+                mark_commits: check.mark.commits,
+                store_commits: check.store_commits,
+            }
+            .into());
+        }
+    }
     let store = open_store(storage, env.database_url.as_ref())?;
     let mut vault = Vault::open_keyring(store, &master, &previous, mode)?;
     if mode == OpenMode::Write && storage.backend == StorageBackend::Sled {

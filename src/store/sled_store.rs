@@ -2,7 +2,7 @@
 //! batches: either would put every later operation of the process behind sled's global
 //! reader-writer lock (see the [`Store`] trait).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{KeyValue, Store, StoreError, Table, Visitor};
 
@@ -12,6 +12,37 @@ pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 pub struct SledStore {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// For a store opened as a copy ([`SledStore::open_copy`]): the copy's folder, removed
+    /// after the database above is dropped, and the original's lock. Declared last, so
+    /// dropped last.
+    copy: Option<Copy>,
+}
+
+/// The copy behind a [`SledStore::open_copy`].
+struct Copy {
+    dir: PathBuf,
+    _original_lock: std::fs::File,
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Copies every file under `from` into `to`, byte for byte.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 impl SledStore {
@@ -42,7 +73,56 @@ impl SledStore {
             .iter()
             .map(|t| db.open_tree(t.name()).map_err(backend))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { db, trees })
+        Ok(Self {
+            db,
+            trees,
+            copy: None,
+        })
+    }
+
+    /// Opens a copy of the store at `path`, leaving the original as it is, byte for byte.
+    /// sled's recovery rewrites a damaged log as it opens it (the records after the damage
+    /// are zeroed), so inspecting a damaged store in place would destroy the evidence and
+    /// what a salvage could still read. The original's file lock (sled's own: its `db`
+    /// file) is held while the copy is made and used, so that no service starts on it
+    /// meanwhile; the copy (in the system's temporary folder: it needs the store's size in
+    /// free space there) is removed when the store is dropped. A folder without a store
+    /// gives an empty copy.
+    pub fn open_copy(path: &Path) -> Result<Self, StoreError> {
+        use fs2::FileExt;
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Backend(format!("cannot {what} {}: {e}", path.display()))
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "tee-risk-inspect-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let lock_path = path.join("db");
+        let lock = if lock_path.exists() {
+            let file = std::fs::File::open(&lock_path).map_err(|e| io("read", e))?;
+            let deadline = std::time::Instant::now() + LOCK_WAIT;
+            while file.try_lock_exclusive().is_err() {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Locked(path.display().to_string()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            copy_tree(path, &dir).map_err(|e| io("copy", e))?;
+            file
+        } else {
+            std::fs::create_dir_all(&dir).map_err(|e| io("make a copy of", e))?;
+            std::fs::File::open(&dir).map_err(|e| io("make a copy of", e))?
+        };
+        let copy = Copy {
+            dir: dir.clone(),
+            _original_lock: lock,
+        };
+        let mut store = Self::open(&dir)?;
+        store.copy = Some(copy);
+        Ok(store)
     }
 
     fn tree(&self, table: Table) -> &sled::Tree {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tee_risk::app::Config;
 use tee_risk::app::config::{StorageBackend, StorageConfig};
-use tee_risk::app::secrets::{self, MasterKeyEnv, open_vault, store_path};
+use tee_risk::app::secrets::{self, MasterKeyEnv, open_vault, open_vault_copy, store_path};
 use tee_risk::store::{
     DEFAULT_BATCH, KeyId, OpenMode, SledStore, Store, Vault, VaultError, audit, mark,
 };
@@ -41,7 +41,7 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
     match command {
         DbCommand::Status(args) => status(&args)?,
         DbCommand::Rotate { db, dry_run: true } => {
-            let vault = open_db(&db, OpenMode::Inspect)?;
+            let vault = open_inspected(&db)?;
             print_json(&serde_json::json!({
                 "current_key": vault.key_id().to_string(),
                 "would_move": vault.pending_moves()?,
@@ -63,12 +63,25 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
         }
         DbCommand::Verify(args) => {
             let (storage, _) = db_storage(&args)?;
-            let data_dir = storage.data_dir;
-            let vault = open_inspected(&args)?;
-            let (report, mark) = vault.verify_with_mark(&data_dir)?;
-            let mut json = serde_json::to_value(&report)?;
-            json["high_water_mark"] = serde_json::to_value(&mark)?;
-            print_json(&json)?;
+            // Verified on a copy (nothing is written to a damaged store, not even the
+            // failed check); a pass is then recorded on the store itself (the audit log and
+            // the rotation's verification, which retire-key requires).
+            let copy = open_inspected(&args)?;
+            let report = if storage.backend == StorageBackend::Sled {
+                let (report, mark) = copy.verify_with_mark(&storage.data_dir)?;
+                let mut json = serde_json::to_value(&report)?;
+                json["high_water_mark"] = serde_json::to_value(&mark)?;
+                print_json(&json)?;
+                report
+            } else {
+                let report = copy.verify()?;
+                print_json(&report)?;
+                report
+            };
+            drop(copy);
+            if report.passed() && storage.backend == StorageBackend::Sled {
+                open_db(&args, OpenMode::Inspect)?.record_verification(&report)?;
+            }
             if !report.passed() {
                 return Err(CliError::CheckFailed(report.problems.join("; ")));
             }
@@ -85,7 +98,14 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
         DbCommand::VerifyLog(args) => {
             let (storage, _) = db_storage(&args)?;
             let env = MasterKeyEnv::from_process();
-            let store = secrets::open_store(&storage, env.database_url.as_ref())?;
+            let store: Arc<dyn Store> = match storage.backend {
+                StorageBackend::Sled => {
+                    Arc::new(SledStore::open_copy(&store_path(&storage.data_dir))?)
+                }
+                StorageBackend::Postgres => {
+                    secrets::open_store(&storage, env.database_url.as_ref())?
+                }
+            };
             let entries = match audit::verify(store.as_ref()) {
                 Ok(entries) => entries,
                 Err(e) => return Err(CliError::CheckFailed(format!("audit log broken: {e}"))),
@@ -124,10 +144,19 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Opens the database to inspect it. One that does not open because it is damaged fails
-/// the check (exit 3), as one that opens and then fails it does; a wrong key is an error (1).
+/// Opens the database to inspect it: a sled store as a copy, so that nothing here (sled's
+/// recovery of a damaged log included) writes to it. One that does not open because it is
+/// damaged fails the check (exit 3), as one that opens and then fails it does; a wrong key
+/// is an error (1).
 fn open_inspected(args: &DbArgs) -> Result<Vault, CliError> {
-    match open_db(args, OpenMode::Inspect) {
+    let opened = db_storage(args).and_then(|(storage, dev)| {
+        Ok(open_vault_copy(
+            MasterKeyEnv::from_process(),
+            dev,
+            &storage,
+        )?)
+    });
+    match opened {
         Err(CliError::Failed(error))
             if error.downcast_ref::<tee_risk::app::AppError>().is_some_and(
                 |e| matches!(e, tee_risk::app::AppError::Vault(v) if v.is_damage()),
@@ -183,7 +212,9 @@ fn backup(args: &DbArgs, dir: &Path, force: bool) -> Result<(), CliError> {
     if let Some((_, why)) = damage(args, &vault)? {
         if !force {
             return Err(CliError::CheckFailed(format!(
-                "the store is damaged ({why}): no backup was made, as it would be a copy of                  the damage. Restore an earlier backup; `db backup --force DIR` keeps a copy                  marked as damaged, as evidence"
+                "the store is damaged ({why}): no backup was made, as it would be a copy of \
+                 the damage. Restore an earlier backup; `db backup --force DIR` keeps a copy \
+                 marked as damaged, as evidence"
             )));
         }
         drop(vault);
@@ -203,7 +234,6 @@ fn backup(args: &DbArgs, dir: &Path, force: bool) -> Result<(), CliError> {
             dir.display()
         )));
     }
-    vault.flush()?;
     // Record by record into a new sled store, from either back-end: the records stay
     // sealed, so the copy needs no key. (With sled the service's lock is held meanwhile;
     // with PostgreSQL stop the replicas first, or use PostgreSQL's own backups.)

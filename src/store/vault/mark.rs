@@ -200,7 +200,9 @@ impl Vault {
             None if store_commits > 0 || self.holds_records()? => {
                 return Ok(MarkCheck {
                     behind: Some(format!(
-                        "the high-water mark {} is missing, but the store holds {store_commits}                          commits and records: the mark was removed or lost, so the store cannot                          be checked for lost data; put the mark back (it is in every copy of the                          data folder)",
+                        "the high-water mark {} is missing, but the store holds {store_commits} commits \
+                         and records: the mark was removed or lost, so the store cannot be checked \
+                         for lost data; put the mark back (it is in every copy of the data folder)",
                         path.display()
                     )),
                     mark: Mark {
