@@ -127,9 +127,11 @@ def test_bad_arguments_and_other_identities(server):
     with pytest.raises(TeeRiskError.InvalidArgument):
         AttestationPolicy.load("/nonexistent/policy.toml")
     stranger = Credential("stranger", "11" * 32).public_key_pem()
-    with pytest.raises(TeeRiskError.Keys) as refused:
+    # Another identity than the pinned one: typed, with both kids (how to re-pin in detail).
+    with pytest.raises(TeeRiskError.IdentityChanged) as refused:
         TeeRiskClient.pinned(server.url, stranger, None)
-    assert "pinned" in str(refused.value)
+    assert refused.value.presented != refused.value.pinned
+    assert "pin the new key" in refused.value.detail
 
 
 def test_a_request_sealed_in_python_is_posted_by_the_cli(server, client, tmp_path):
