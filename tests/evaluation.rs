@@ -88,23 +88,12 @@ fn eval_on_the_dev_file_meets_the_documented_targets_and_matches_the_committed_r
 
     // The evaluation is deterministic: the run equals the committed report, figure for
     // figure, so that any change to the engine or the model shows in docs/eval.
-    let committed: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/docs/eval/dev-report.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(report["model"], committed["model"]);
-    for section in ["reports", "tail", "identification", "top_impostor_pairs"] {
-        assert!(
-            report[section] == committed[section],
-            "docs/eval/dev-report.json is stale ({section}): run `tee-risk eval --data <dev> \
-             --distractors <distractors> --out docs/eval/dev-report.json --plots docs/eval` \
-             and commit it"
-        );
-    }
+    matches_committed(
+        &report,
+        "docs/eval/dev-report.json",
+        "tee-risk eval --data <dev> --distractors <distractors> --out docs/eval/dev-report.json \
+         --plots docs/eval",
+    );
     decisions_hold_at_every_gallery_size(&report);
     the_tail_agrees_with_the_pairs_it_resolves(&report);
 }
@@ -150,21 +139,27 @@ fn eval_of_mobilefacenet_meets_its_targets_and_matches_the_committed_report() {
     assert!(f("conflicts_caught") >= 0.95, "{}", f("conflicts_caught"));
     assert!(f("false_conflicts") <= 0.02, "{}", f("false_conflicts"));
     the_tail_agrees_with_the_pairs_it_resolves(&report);
+    matches_committed(
+        &report,
+        "docs/eval/mobilefacenet192/dev-report.json",
+        "tee-risk eval --face-model mobilefacenet192 --data <its dev> --distractors <its \
+         distractors> --out docs/eval/mobilefacenet192/dev-report.json --plots \
+         docs/eval/mobilefacenet192",
+    );
+}
+
+/// The evaluation is deterministic: a run equals the committed report at `path`, figure for
+/// figure, so that any change to the engine or the model shows in docs/eval.
+fn matches_committed(report: &serde_json::Value, path: &str, regenerate: &str) {
     let committed: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/docs/eval/mobilefacenet192/dev-report.json"
-        ))
-        .unwrap(),
+        &std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap(),
     )
     .unwrap();
     assert_eq!(report["model"], committed["model"]);
     for section in ["reports", "tail", "identification", "top_impostor_pairs"] {
         assert!(
             report[section] == committed[section],
-            "docs/eval/mobilefacenet192/dev-report.json is stale ({section}): run `tee-risk eval \
-             --face-model mobilefacenet192 --data <its dev> --distractors <its distractors> \
-             --out docs/eval/mobilefacenet192/dev-report.json --plots docs/eval/mobilefacenet192`"
+            "{path} is stale ({section}): run `{regenerate}` and commit it"
         );
     }
 }

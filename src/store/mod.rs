@@ -21,7 +21,7 @@ pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use recovering::{RETRY_EVERY, RecoveringStore};
-pub use sled_store::{LOCK_WAIT, SledStore};
+pub use sled_store::{LOCK_WAIT, SledStore, copy_tree};
 pub use vault::mark;
 pub use vault::{
     BatchOutcome, CHANGE_OVERLAP_SECS, ChangeCursor, DEFAULT_BATCH, ERASED_USER, Enrolment, Erased,

@@ -31,7 +31,7 @@ impl Drop for Copy {
 }
 
 /// Copies every file under `from` into `to`, byte for byte.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

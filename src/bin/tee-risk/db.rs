@@ -219,7 +219,7 @@ fn backup(args: &DbArgs, dir: &Path, force: bool) -> Result<(), CliError> {
         }
         drop(vault);
         let (storage, _) = db_storage(args)?;
-        copy_tree(&storage.data_dir, dir)?;
+        tee_risk::store::copy_tree(&storage.data_dir, dir)?;
         std::fs::write(
             dir.join("DAMAGED-COPY.txt"),
             format!(
@@ -307,20 +307,5 @@ fn copy_to_postgres(args: &DbArgs, from: &Path) -> Result<(), CliError> {
         "risk_logs": counts.risk_logs,
         "next": "start the replicas with [storage] backend = \"postgres\"",
     }))?;
-    Ok(())
-}
-
-/// Copies every file under `from` into `to`, byte for byte.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), CliError> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
     Ok(())
 }
