@@ -90,7 +90,7 @@ fn a_client_attests_then_sends_and_the_default_policy_refuses_sim() {
             "keys/README.md names {file}"
         );
     }
-    assert!(server.stop().success());
+    server.stop_cleanly();
 }
 
 /// A TDX evidence document made from a real quote (Intel-signed, `tests/vectors/tdx/`) with
@@ -211,7 +211,7 @@ fn an_attested_client_survives_a_restart_and_a_pinned_one_is_told_the_identity_c
 
     // The same address, the same data: a restart.
     let listen = server.url.trim_start_matches("http://").to_owned();
-    assert!(server.stop().success());
+    server.stop_cleanly();
     let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--listen", &listen]);
     assert_eq!(server.url, format!("http://{listen}"));
 
@@ -227,5 +227,5 @@ fn an_attested_client_survives_a_restart_and_a_pinned_one_is_told_the_identity_c
         other => panic!("expected IdentityChanged, got {other}"),
     }
     assert!(refused.to_string().contains("pin the new key"), "{refused}");
-    assert!(server.stop().success());
+    server.stop_cleanly();
 }

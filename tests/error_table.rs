@@ -828,7 +828,7 @@ fn every_documented_refusal_over_http() {
     // tampered with while the service is down; the next assessment that reads it fails,
     // and says no more than that (the cause is in the log, under the request id).
     let (full, assessor) = (ctx.full.clone(), ctx.assessor.clone());
-    assert!(ctx.server.stop().success());
+    ctx.server.stop_cleanly();
     tamper_history_of(&dir.path().join("data"), "full");
     let ctx = launch(dir.path(), full, assessor);
     let internal = row(
@@ -1130,7 +1130,7 @@ fn every_reason_code_comes_back_over_http() {
     let answer = assess("r-drift", &accepted, "phone-drift", 0.95);
     assert_eq!(answer["decision"], "allow", "{answer}");
     drop(client);
-    assert!(server.stop().success());
+    server.stop_cleanly();
     let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
     let mut r = request("r-drift", &drifting);
     r.device_id = Some("phone-drift".into());
@@ -1147,7 +1147,7 @@ fn every_reason_code_comes_back_over_http() {
         .map(|r| r.as_str().to_owned())
         .collect();
     assert_eq!(seen, all, "every reason code came back over HTTP");
-    assert!(server.stop().success());
+    server.stop_cleanly();
 }
 
 /// The contract check is not vacuous: answers the document does not allow are refused.

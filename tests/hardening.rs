@@ -361,7 +361,7 @@ fn logs_at_every_level_carry_no_secret_or_personal_data() {
     assert!(metrics.contains("tee_risk_store_records{table=\"user_data\"} 0"));
     assert!(metrics.contains("tee_risk_http_request_duration_seconds_bucket{route=\"assess\""));
     let log_path = server.stderr_log.clone();
-    assert!(server.stop().success());
+    server.stop_cleanly();
 
     let log = std::fs::read_to_string(log_path).unwrap();
     assert!(

@@ -121,7 +121,7 @@ fn the_service_runs_on_postgres_and_the_database_holds_nothing_in_the_clear() {
     client
         .enroll(&request("pg-other", &faces().impostor))
         .unwrap();
-    assert!(server.stop().success());
+    server.stop_cleanly();
 
     let dump = cluster.dump(&url);
     assert!(
@@ -204,7 +204,8 @@ fn two_replicas_share_spent_request_ids_and_records() {
         serde_json::json!(["no_enrolment"]),
         "erased on b, seen on a"
     );
-    assert!(a.stop().success() && b.stop().success());
+    a.stop_cleanly();
+    b.stop_cleanly();
 }
 
 /// The identity-conflict search of one replica sees enrolments and erasures made on
@@ -256,7 +257,8 @@ fn enrolments_and_erasures_on_one_replica_reach_the_conflict_search_of_the_other
     };
     eprintln!("an erasure on a reached b's conflict search after {delay:?}");
     assert!(delay < Duration::from_secs(3), "{delay:?}");
-    assert!(a.stop().success() && b.stop().success());
+    a.stop_cleanly();
+    b.stop_cleanly();
 }
 
 /// PostgreSQL stops under load: requests get `503 storage_unavailable` within the
@@ -353,7 +355,7 @@ fn a_database_that_stops_under_load_gives_503_and_the_replica_recovers_by_itself
             "{user} lost"
         );
     }
-    assert!(server.stop().success());
+    server.stop_cleanly();
 }
 
 /// `db copy` moves a sled deployment to PostgreSQL: the records arrive sealed as they were,
@@ -377,7 +379,7 @@ fn db_copy_moves_a_sled_deployment_to_postgres() {
             ))
             .unwrap();
     }
-    assert!(server.stop().success());
+    server.stop_cleanly();
 
     let url = pg::shared().create_database();
     let config = postgres_config(dir.path(), "");
@@ -407,13 +409,13 @@ fn db_copy_moves_a_sled_deployment_to_postgres() {
         ))
         .unwrap();
     assert_eq!(answer["decision"], "allow", "{answer}");
-    assert!(replica.stop().success());
+    replica.stop_cleanly();
 
     // A database of its own (another salt) is not a target.
     let other = pg::shared().create_database();
     let other_dir = tempfile::tempdir().unwrap();
     let started = replica_on(other_dir.path(), &other, &config);
-    assert!(started.stop().success());
+    started.stop_cleanly();
     let refused = copy(&other);
     assert_eq!(
         refused.status.code(),
@@ -514,7 +516,7 @@ fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_dea
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(sweeps(&other), "the other replica took the sweep over");
-    assert!(other.stop().success());
+    other.stop_cleanly();
     let data = dir.path().join("a");
     let verify = [
         "verify",
@@ -586,7 +588,7 @@ fn sigkill_of_one_replica_under_load_loses_nothing_acknowledged() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     for server in replicas.into_iter().take(2) {
-        assert!(server.stop().success());
+        server.stop_cleanly();
     }
     let enrolled = enrolled.into_inner().unwrap();
     let assessed = assessed.into_inner().unwrap();

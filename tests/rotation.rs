@@ -225,7 +225,7 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
     });
     let seconds = started.elapsed().as_secs_f64();
     let final_status = status(&server);
-    assert!(server.stop().success());
+    server.stop_cleanly();
 
     let assessed: Vec<&String> = acknowledged
         .iter()
@@ -445,7 +445,7 @@ fn sigkill_at_random_points_during_rotation_loses_and_duplicates_nothing() {
         assert!(Instant::now() < deadline, "rotation did not finish");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(server.stop().success());
+    server.stop_cleanly();
 
     // Exact counts: nothing lost, nothing duplicated, everything under the new key; of the
     // erased users nothing but their scrubbed log entries.
@@ -659,7 +659,7 @@ fn a_pre_rotation_backup_restores_and_recognises_its_users() {
     for absent in ["no_enrolment", "no_match", "weak_match"] {
         assert!(!reasons.iter().any(|r| r == absent), "{answer}");
     }
-    assert!(server.stop().success());
+    server.stop_cleanly();
     let verify = db(&data, &["verify"], OLD_KEY, None);
     assert!(
         verify.status.success(),

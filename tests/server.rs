@@ -138,7 +138,7 @@ fn enrol_assess_signed_and_pinned() {
     assert!(client.verify_answer(&header, &other_body, &raw).is_err());
     client.verify_answer(&header, &body, &raw).unwrap();
 
-    assert!(server.stop().success(), "SIGTERM stops the server cleanly");
+    server.stop_cleanly();
 
     // Reopen the database with the same master key and read every record back.
     let vault = open_vault(&data, MASTER_KEY).unwrap();
@@ -328,7 +328,7 @@ fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
         .unwrap();
     assert_eq!(after["decision"], "allow");
     let stderr = server.stderr();
-    assert!(server.stop().success());
+    server.stop_cleanly();
     assert!(!stderr.contains("panicked"), "no panic in the server log");
     let vault = open_vault(&data, MASTER_KEY).unwrap();
     assert_eq!(
@@ -607,7 +607,7 @@ fn identity_conflict_new_device_and_velocity_end_to_end() {
         (&json!("allow"), &json!([])),
         "{again}"
     );
-    assert!(server.stop().success());
+    server.stop_cleanly();
 
     // After a restart the gallery is rebuilt from the vault: the conflict still holds.
     let server = start();
@@ -632,5 +632,5 @@ fn identity_conflict_new_device_and_velocity_end_to_end() {
     client.erase("alice").unwrap();
     let after = client.enroll(&request("mallory", &faces.genuine)).unwrap();
     assert_eq!(after["outcome"], "enrolled", "{after}");
-    assert!(server.stop().success());
+    server.stop_cleanly();
 }

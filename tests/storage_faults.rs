@@ -141,7 +141,7 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
         enrolled < 40,
         "the damage did lose enrolments ({enrolled} left)"
     );
-    assert!(server.stop().success());
+    server.stop_cleanly();
     let log = db(&["verify-log"], &data);
     assert!(
         log.status.success(),
@@ -333,5 +333,5 @@ fn a_full_disk_is_a_503_and_the_service_recovers_when_space_returns() {
             "acknowledged enrolment {i} lost"
         );
     }
-    assert!(server.stop().success());
+    server.stop_cleanly();
 }

@@ -248,6 +248,7 @@ pub async fn serve(
             .map(|t| crate::crypto::sm3(t.as_bytes())),
     });
     let draining = state.draining.clone();
+    let stop_signals = StopSignals::install()?;
     let operator_listener = state.operator_listener.clone();
     let mut server = HttpServer::new(move || {
         App::new()
@@ -255,7 +256,7 @@ pub async fn serve(
             .wrap_fn(request_context)
             .configure(routes)
     })
-    .shutdown_signal(shutdown_signal(draining))
+    .shutdown_signal(stop_signals.wait(draining))
     .shutdown_timeout(30)
     .worker_max_blocking_threads(config.server.blocking_threads_per_worker);
     if config.server.workers > 0 {
@@ -322,25 +323,34 @@ fn check_schedule(config: &Config, secrets: &ClusterSecrets) {
     }
 }
 
-/// Resolves at SIGTERM or SIGINT, after marking the service as draining.
-async fn shutdown_signal(draining: Arc<AtomicBool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    draining.store(true, Ordering::SeqCst);
-    tracing::info!(
-        signal = name,
-        "draining: finishing in-flight requests, then stopping"
-    );
+/// SIGTERM and SIGINT, caught from before the service says it listens: a signal that
+/// arrives between that line and the server's first poll must drain, not kill.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self, AppError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(AppError::Serve)?,
+            int: signal(SignalKind::interrupt()).map_err(AppError::Serve)?,
+        })
+    }
+
+    /// Resolves at SIGTERM or SIGINT, after marking the service as draining.
+    async fn wait(mut self, draining: Arc<AtomicBool>) {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        draining.store(true, Ordering::SeqCst);
+        tracing::info!(
+            signal = name,
+            "draining: finishing in-flight requests, then stopping"
+        );
+    }
 }
 
 /// Writes the identity public key as PEM for clients that pin it (encryption keys rotate;

@@ -303,6 +303,17 @@ impl TestServer {
         terminate(&mut child)
     }
 
+    /// SIGTERM, and the exit must be clean; a failure shows what the server wrote on stderr.
+    pub fn stop_cleanly(self) {
+        let log = self.stderr_log.clone();
+        let status = self.stop();
+        assert!(
+            status.success(),
+            "the server exited with {status}; its stderr:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
     /// SIGKILL: no drain, no final flush, as in a crash.
     pub fn kill(mut self) {
         let mut child = self.child.take().unwrap();
