@@ -118,6 +118,26 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
     // (The audit log itself survived this damage: verify-log checks it, and only it.)
     let log = db(&["verify-log"], &data);
     assert!(log.status.code().is_some());
+    // Salvage: every record that still proves itself, into a new folder that starts as a
+    // whole store (its own mark, an audit entry naming what was lost).
+    let salvaged = dir.path().join("salvaged");
+    let salvage = db(&["salvage", salvaged.to_str().unwrap()], &data);
+    assert!(
+        salvage.status.success(),
+        "{}",
+        String::from_utf8_lossy(&salvage.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&salvage.stdout).unwrap();
+    let kept_users = report["kept"]["user_data"].as_u64().unwrap();
+    assert!(kept_users > 0 && kept_users < 40, "{report}");
+    assert_eq!(
+        report["verify"]["problems"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    assert!(report["source_mark"]["behind"].is_string(), "{report}");
+    assert!(db(&["verify"], &salvaged).status.success());
+    assert!(db(&["verify-log"], &salvaged).status.success());
     // The refused start, status, verify, verify-log and both backups left every file under
     // the data folder as they found it: sled's recovery ran on copies only.
     assert!(
@@ -125,22 +145,42 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
         "a command wrote to the damaged store"
     );
 
+    let answers_for = |client: &tee_risk::client::Client| {
+        (0..40)
+            .filter(|&i| {
+                client
+                    .assess(&enrol_request(i))
+                    .map(|answer| answer["reasons"] != serde_json::json!(["no_enrolment"]))
+                    .unwrap_or(true)
+            })
+            .count()
+    };
+    // The salvaged folder starts as it is (no --accept-data-loss) and answers for every
+    // account whose template it kept.
+    let server = TestServer::start(&salvaged, &keys, Some(MASTER_KEY), &[]);
+    let salvaged_enrolled = answers_for(&server.client());
+    assert_eq!(salvaged_enrolled as u64, kept_users);
+    server.stop_cleanly();
+    {
+        let store = tee_risk::store::SledStore::open(&salvaged.join("db")).unwrap();
+        let events: Vec<String> = tee_risk::store::audit::verify(&store)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert!(events.contains(&"salvaged".to_owned()), "{events:?}");
+    }
+
     // The operator accepts the loss: the service serves what is left, and says so in the
     // audit log; the mark now matches the store.
     let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--accept-data-loss"]);
-    let client = server.client();
-    let enrolled = (0..40)
-        .filter(|&i| {
-            client
-                .assess(&enrol_request(i))
-                .map(|answer| answer["reasons"] != serde_json::json!(["no_enrolment"]))
-                .unwrap_or(true)
-        })
-        .count();
+    let enrolled = answers_for(&server.client());
     assert!(
         enrolled < 40,
         "the damage did lose enrolments ({enrolled} left)"
     );
+    // The salvage kept every account the store still holds after the damage.
+    assert_eq!(salvaged_enrolled, enrolled);
     server.stop_cleanly();
     let log = db(&["verify-log"], &data);
     assert!(

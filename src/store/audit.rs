@@ -87,31 +87,46 @@ pub fn append(
 
 /// Checks every entry and the chain; returns the entries.
 pub fn verify(store: &dyn Store) -> Result<Vec<AuditEntry>, AuditError> {
+    match intact_prefix(store)? {
+        (entries, None) => Ok(entries),
+        (_, Some(broken)) => Err(broken),
+    }
+}
+
+/// The entries from the first up to the first broken one, and what broke it (`None`: the
+/// whole log is intact). What `db salvage` keeps of a damaged log: a chain, cut where it
+/// stops being one.
+pub fn intact_prefix(
+    store: &dyn Store,
+) -> Result<(Vec<AuditEntry>, Option<AuditError>), AuditError> {
     let mut entries = Vec::new();
     let mut prev = GENESIS.to_owned();
     let records = store
         .scan(Table::Audit)
         .map_err(|e| AuditError::Store(e.to_string()))?;
     for (expected_seq, (key, value)) in (0u64..).zip(records) {
-        let broken = |reason| AuditError::Broken {
-            seq: expected_seq,
-            reason,
+        let broken = |reason| {
+            Some(AuditError::Broken {
+                seq: expected_seq,
+                reason,
+            })
         };
-        let entry: AuditEntry =
-            serde_json::from_slice(&value).map_err(|_| broken("not an audit entry"))?;
+        let Ok(entry) = serde_json::from_slice::<AuditEntry>(&value) else {
+            return Ok((entries, broken("not an audit entry")));
+        };
         if key != expected_seq.to_be_bytes() || entry.seq != expected_seq {
-            return Err(broken("entries are missing or out of order"));
+            return Ok((entries, broken("entries are missing or out of order")));
         }
         if entry.prev != prev {
-            return Err(broken("it does not chain to the entry before"));
+            return Ok((entries, broken("it does not chain to the entry before")));
         }
         if entry.hash != entry.compute_hash() {
-            return Err(broken("its content does not match its hash"));
+            return Ok((entries, broken("its content does not match its hash")));
         }
         prev = entry.hash.clone();
         entries.push(entry);
     }
-    Ok(entries)
+    Ok((entries, None))
 }
 
 #[cfg(test)]

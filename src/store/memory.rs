@@ -85,6 +85,11 @@ impl Store for MemoryStore {
         Ok(self.ids.fetch_add(1, Ordering::SeqCst))
     }
 
+    fn skip_ids_through(&self, id: u64) -> Result<(), StoreError> {
+        self.ids.fetch_max(id.saturating_add(1), Ordering::SeqCst);
+        Ok(())
+    }
+
     fn scan(&self, table: Table) -> Result<Vec<KeyValue>, StoreError> {
         Ok(pairs(self.read(table).iter()))
     }

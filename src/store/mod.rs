@@ -25,8 +25,8 @@ pub use sled_store::{LOCK_WAIT, SledStore, copy_tree};
 pub use vault::mark;
 pub use vault::{
     BatchOutcome, CHANGE_OVERLAP_SECS, ChangeCursor, DEFAULT_BATCH, ERASED_USER, Enrolment, Erased,
-    LEGACY_FACE_MODEL, OpenMode, RiskLogEntry, Status, TableCounts, Template, UserIndex, UserRef,
-    Vault, VaultError, VerifyReport,
+    LEGACY_FACE_MODEL, OpenMode, RiskLogEntry, SalvageReport, Status, TableCounts, Template,
+    UserIndex, UserRef, Vault, VaultError, VerifyReport,
 };
 
 /// The tables (sled trees) the service keeps.
@@ -134,6 +134,9 @@ pub trait Store: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
     /// A fresh, strictly increasing id (for log keys).
     fn next_id(&self) -> Result<u64, StoreError>;
+    /// Makes every later [`Store::next_id`] greater than `id`: records copied in from another
+    /// store carry that store's ids, which a new id must never overwrite.
+    fn skip_ids_through(&self, id: u64) -> Result<(), StoreError>;
     /// All records of a table, in key order.
     fn scan(&self, table: Table) -> Result<Vec<KeyValue>, StoreError>;
     /// Up to `limit` records with keys strictly after `after` (from the start: `None`).

@@ -398,6 +398,24 @@ impl Store for PostgresStore {
         u64::try_from(id).map_err(|_| StoreError::Backend(format!("negative id {id}")))
     }
 
+    fn skip_ids_through(&self, id: u64) -> Result<(), StoreError> {
+        let id = i64::try_from(id)
+            .map_err(|_| StoreError::Backend(format!("id {id} is beyond the sequence")))?;
+        let mut connection = self.connection()?;
+        // Never moves the sequence back (another replica may have drawn past `id`).
+        let statement = connection
+            .statement(
+                "SELECT setval('tee_risk_ids', GREATEST($1::bigint, \
+                 (SELECT last_value FROM tee_risk_ids), 1))",
+            )
+            .map_err(|e| backend("prepare", e))?;
+        connection
+            .client
+            .query_one(&statement, &[&id])
+            .map_err(|e| backend("skip ids", e))?;
+        Ok(())
+    }
+
     fn scan(&self, table: Table) -> Result<Vec<KeyValue>, StoreError> {
         let mut all = Vec::new();
         self.visit(table, &mut |k, v| {

@@ -150,6 +150,10 @@ impl Store for RecoveringStore {
         self.run(|s| s.next_id())
     }
 
+    fn skip_ids_through(&self, id: u64) -> Result<(), StoreError> {
+        self.run(|s| s.skip_ids_through(id))
+    }
+
     fn scan(&self, table: Table) -> Result<Vec<KeyValue>, StoreError> {
         self.run(|s| s.scan(table))
     }
@@ -246,6 +250,10 @@ mod tests {
         fn next_id(&self) -> Result<u64, StoreError> {
             self.check()?;
             self.inner.next_id()
+        }
+        fn skip_ids_through(&self, id: u64) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.skip_ids_through(id)
         }
         fn scan(&self, t: Table) -> Result<Vec<KeyValue>, StoreError> {
             self.check()?;

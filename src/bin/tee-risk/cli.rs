@@ -174,6 +174,16 @@ pub enum DbCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Read a damaged database without writing to it and build a new, whole sled data folder
+    /// at OUT (which must not exist or be empty) from every record that still proves itself:
+    /// data records whose seal opens, the audit log up to its first broken entry, the keys'
+    /// records. OUT gets a new high-water mark and an audit entry `salvaged` with the counts;
+    /// a report by table is printed. Exit 0 when OUT was built and passes `db verify`.
+    Salvage {
+        #[command(flatten)]
+        db: DbArgs,
+        out: PathBuf,
+    },
     /// PostgreSQL: create the schema, or check it is the version this build knows (the
     /// service does the same at start).
     Migrate(DbArgs),

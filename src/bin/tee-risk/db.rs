@@ -124,6 +124,7 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
             println!("audit log intact: {} entries, head {head}", entries.len());
         }
         DbCommand::Backup { db, dir, force } => backup(&db, &dir, force)?,
+        DbCommand::Salvage { db, out } => salvage(&db, &out)?,
         DbCommand::Migrate(args) => {
             let (storage, _) = db_storage(&args)?;
             if storage.backend != StorageBackend::Postgres {
@@ -255,6 +256,91 @@ fn backup(args: &DbArgs, dir: &Path, force: bool) -> Result<(), CliError> {
         "feature_history": counts.feature_history,
         "risk_logs": counts.risk_logs,
     }))?)
+}
+
+/// `db salvage`: every record of the (damaged) database that proves itself, into a new sled
+/// data folder at `out`, which then starts as a whole store with its own mark.
+fn salvage(args: &DbArgs, out: &Path) -> Result<(), CliError> {
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        return Err(anyhow::anyhow!("{} is not empty: choose a new folder", out.display()).into());
+    }
+    let (storage, dev) = db_storage(args)?;
+    let env = MasterKeyEnv::from_process();
+    let previous = secrets::previous_keys(env.previous.as_ref())?;
+    let (master, source_of_key) = secrets::resolve_master_key(env.current, dev, &storage.data_dir)?;
+    eprintln!(
+        "salvage: reading the database of {} without writing to it; writing what still \
+         proves itself into the new data folder {}",
+        storage.data_dir.display(),
+        out.display()
+    );
+    let source_store: Arc<dyn Store> = match storage.backend {
+        // sled's recovery runs on a copy: the damaged store stays as found.
+        StorageBackend::Sled => Arc::new(
+            SledStore::open_copy(&store_path(&storage.data_dir)).map_err(|e| {
+                CliError::CheckFailed(format!(
+                    "nothing can be salvaged: sled cannot open even a copy of the store: {e}"
+                ))
+            })?,
+        ),
+        StorageBackend::Postgres => secrets::open_store(&storage, env.database_url.as_ref())?,
+    };
+    let source =
+        Vault::open_keyring(source_store, &master, &previous, OpenMode::Salvage).map_err(|e| {
+            CliError::CheckFailed(format!(
+                "nothing can be salvaged without the database's keys: {e}"
+            ))
+        })?;
+    // What the source owed (its mark), for the report; a mark that cannot be read is said.
+    let acknowledged = match storage.backend {
+        StorageBackend::Sled => match source.check_high_water_mark(&storage.data_dir) {
+            Ok(check) => serde_json::to_value(&check)?,
+            Err(e) => serde_json::json!({ "unreadable": e.to_string() }),
+        },
+        StorageBackend::Postgres => serde_json::Value::Null,
+    };
+    std::fs::create_dir_all(out)?;
+    if matches!(source_of_key, secrets::MasterKeySource::DevFile) {
+        // A development store keeps its key beside it: so must the salvaged one.
+        let key = secrets::DEV_KEY_FILE;
+        std::fs::copy(storage.data_dir.join(key), out.join(key))?;
+    }
+    let target: Arc<dyn Store> = Arc::new(SledStore::open(&store_path(out))?);
+    let report = source.salvage_into(target.as_ref())?;
+    drop(source);
+    let mut salvaged = Vault::open_keyring(target, &master, &previous, OpenMode::Write)
+        .context("the salvaged store does not open")?;
+    let mut counts = report.audit_counts();
+    if let Some(check) = acknowledged.get("mark") {
+        counts.insert(
+            "mark_commits".into(),
+            check["commits"].as_u64().unwrap_or(0),
+        );
+        counts.insert(
+            "store_commits".into(),
+            acknowledged["store_commits"].as_u64().unwrap_or(0),
+        );
+    }
+    salvaged.record_salvage(counts)?;
+    salvaged.start_high_water_mark(out)?;
+    let (verify, _) = salvaged.verify_with_mark(out)?;
+    print_json(&serde_json::json!({
+        "salvaged_into": out,
+        "source_mark": acknowledged,
+        "kept": report.kept,
+        "dropped": report.dropped,
+        "problems": report.problems,
+        "verify": verify,
+        "next": "move the damaged data folder aside (keep it as evidence), put this folder in \
+                 its place (its db/ and high-water-mark together), and start the service",
+    }))?;
+    if !verify.passed() {
+        return Err(CliError::CheckFailed(format!(
+            "the salvaged store fails its verification: {}",
+            verify.problems.join("; ")
+        )));
+    }
+    Ok(())
 }
 
 /// `db copy`: sled at `from` → the configured PostgreSQL database (see the command's help).

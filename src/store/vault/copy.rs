@@ -7,7 +7,8 @@ use crate::store::{Store, Table};
 
 impl Vault {
     /// Copies every record of every table into `to`, then makes `to` durable. Returns the
-    /// records copied.
+    /// records copied. Ids drawn in `to` afterwards come after every copied one (a new risk
+    /// log must not land on a copied log's key).
     pub fn copy_records_to(&self, to: &dyn Store) -> Result<u64, VaultError> {
         let mut copied = 0u64;
         for table in Table::ALL {
@@ -16,6 +17,7 @@ impl Vault {
                 to.insert(table, key, value.to_vec())
             })?;
         }
+        to.skip_ids_through(super::salvage::highest_id(to)?)?;
         to.flush()?;
         Ok(copied)
     }

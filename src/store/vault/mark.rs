@@ -185,6 +185,22 @@ impl Vault {
         Ok(())
     }
 
+    /// Starts the high-water mark in `dir` for a store this process has just built from
+    /// records of another (`db salvage`): its count starts at what the store holds. Refused
+    /// where a mark exists already (that store has a history to be checked against).
+    pub fn start_high_water_mark(&mut self, dir: &Path) -> Result<(), VaultError> {
+        if read_file(&dir.join(MARK_FILE))?.is_some() {
+            return Err(VaultError::Refused(format!(
+                "{} already has a high-water mark: a salvage writes into a new folder",
+                dir.display()
+            )));
+        }
+        self.mark_dir = Some(dir.to_owned());
+        *self.commits.lock().unwrap_or_else(|p| p.into_inner()) = self.store_commits()?;
+        self.flush()?;
+        Ok(())
+    }
+
     /// The store against the mark in `dir`. A missing mark is a mark of zero only for a new
     /// store (no commits, no records); for any other it is a store that cannot be checked,
     /// reported as behind.

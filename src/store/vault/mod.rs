@@ -12,6 +12,9 @@
 //! | `erase.rs` | erasure |
 //! | `spent.rs` | spent request ids |
 //! | `rotation.rs` | the re-encryption sweep |
+//! | `copy.rs`, `salvage.rs` | copying a database whole, or what is left of a damaged one |
+//! | `mark.rs` | the high-water mark beside a sled store |
+//! | `changes.rs` | the change feed replicas follow |
 //! | `status.rs` | `db status`, `verify`, `retire-key` |
 //!
 //! The concern files reach the store only through the few methods below (`store`,
@@ -26,6 +29,7 @@ pub mod mark;
 mod open;
 mod records;
 mod rotation;
+mod salvage;
 mod spent;
 mod status;
 #[cfg(test)]
@@ -53,6 +57,7 @@ pub use records::{
     ERASED_USER, Enrolment, Erased, LEGACY_FACE_MODEL, RiskLogEntry, TableCounts, Template,
 };
 pub use rotation::{BatchOutcome, DEFAULT_BATCH};
+pub use salvage::SalvageReport;
 pub use status::{Status, VerifyReport};
 
 /// A user's blind index (HMAC-SM3 of the user id).
@@ -178,6 +183,10 @@ pub enum OpenMode {
     Write,
     /// `db status` and friends: changes nothing, refuses what would need a change.
     Inspect,
+    /// `db salvage` on a damaged database: changes nothing, and opens with the keys and
+    /// canaries alone; records that name a key it lacks, or whose headers are unreadable,
+    /// are left for the salvage to count instead of refusing the open.
+    Salvage,
 }
 
 /// A user as the vault looks them up: the blind index under every key of the keyring,

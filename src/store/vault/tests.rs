@@ -581,9 +581,83 @@ mod rotation {
             let report = vault.verify_rotation().unwrap();
             assert!(report.passed(), "{:?}", report.problems);
         }
+        /// `db salvage`: a record whose seal fails, one with a header past reading, and a
+        /// risk log that no longer opens are left behind (and counted); everything else is
+        /// copied, opens as a whole database, and new ids come after the copied ones.
+        pub(super) fn salvage_keeps_what_opens_and_new_ids_follow_the_copied(dir: &Backend) {
+            seed(dir, 1, 4);
+            {
+                let store = dir.open();
+                let flip = |table: Table, key: &[u8]| {
+                    let mut value = store.get(table, key).unwrap().unwrap();
+                    let last = value.len() - 1;
+                    value[last] ^= 1;
+                    store.insert(table, key, value).unwrap();
+                };
+                let (user_key, _) = store.scan(Table::UserData).unwrap().remove(0);
+                flip(Table::UserData, &user_key);
+                let (log_key, _) = store.last(Table::RiskLogs).unwrap().unwrap();
+                flip(Table::RiskLogs, &log_key);
+                store
+                    .insert(Table::FeatureHistory, &[7u8; 40], b"not a record".to_vec())
+                    .unwrap();
+                store.flush().unwrap();
+            }
+            assert!(
+                open(dir, 1, &[], OpenMode::Inspect).is_err(),
+                "an unreadable header stops an ordinary open"
+            );
+            let source = open(dir, 1, &[], OpenMode::Salvage).unwrap();
+            let target = dir.fresh();
+            let report = source.salvage_into(&*target.open()).unwrap();
+            let count = |map: &BTreeMap<String, u64>, t: &str| map.get(t).copied().unwrap_or(0);
+            assert_eq!(count(&report.kept, "user_data"), 3, "{report:?}");
+            assert_eq!(count(&report.dropped, "user_data"), 1);
+            assert_eq!(count(&report.kept, "feature_history"), 4);
+            assert_eq!(count(&report.dropped, "feature_history"), 1);
+            assert_eq!(count(&report.kept, "risk_logs"), 4);
+            assert_eq!(count(&report.dropped, "risk_logs"), 1);
+            assert!(report.lost_anything());
+            drop(source);
+
+            let salvaged = open(&target, 1, &[], OpenMode::Write).unwrap();
+            assert!(salvaged.verify().unwrap().passed());
+            let users = salvaged.enrolled_users().unwrap();
+            assert_eq!(users.len(), 3);
+            // New logs and history land after the copied ones, never on them.
+            for i in 0..3 {
+                let user = salvaged.user(&users[0].0);
+                salvaged
+                    .record_assessment(user.current(), &log(&format!("new{i}"), "00"), true)
+                    .unwrap();
+            }
+            salvaged.flush().unwrap();
+            let counts = salvaged.verify_all().unwrap();
+            assert_eq!((counts.risk_logs, counts.feature_history), (7, 7));
+        }
+
+        /// `db copy` and `db backup`: a log written into the copy never lands on a copied one.
+        pub(super) fn a_copy_draws_ids_after_the_copied_records(dir: &Backend) {
+            seed(dir, 1, 3);
+            let source = open(dir, 1, &[], OpenMode::Inspect).unwrap();
+            let target = dir.fresh();
+            source.copy_records_to(&*target.open()).unwrap();
+            drop(source);
+            let copy = open(&target, 1, &[], OpenMode::Write).unwrap();
+            let user = copy.user("u0");
+            for i in 0..5 {
+                copy.record_assessment(user.current(), &log(&format!("new{i}"), "00"), true)
+                    .unwrap();
+            }
+            copy.flush().unwrap();
+            let counts = copy.verify_all().unwrap();
+            assert_eq!((counts.risk_logs, counts.feature_history), (4 + 5, 3 + 5));
+        }
     }
 
     every_backend!(
+        salvage_keeps_what_opens_and_new_ids_follow_the_copied,
+        a_copy_draws_ids_after_the_copied_records,
         erasure_during_a_rotation_leaves_nothing_under_either_index,
         rotation_moves_and_reindexes_every_record,
         enrolment_during_rotation_moves_the_user_and_loses_nothing,
