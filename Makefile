@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run setup test contract-test python-test server-only-tree bindings pyenv bench-pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
+.PHONY: run setup test contract-test python-test server-only-tree client-only-tree bindings pyenv bench-pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
 
 # Run the service on its embedded defaults: sled in ./data, dev master key (loud warning),
 # listening on 127.0.0.1:8080, public keys written to ./keys.
@@ -79,8 +79,9 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --features csv --lib -- -D warnings
-	cargo clippy --no-default-features --features server --lib --bins -- -D warnings
-	cargo clippy --no-default-features --features client --lib -- -D warnings
+	cargo clippy --no-default-features --features $(SERVER_FEATURES) --lib --bins -- -D warnings
+	cargo clippy --no-default-features --features server,cli --lib --bins -- -D warnings
+	cargo clippy --no-default-features --features cli,client --lib --bins -- -D warnings
 	cargo fmt --manifest-path clients/ffi/Cargo.toml -- --check
 	cargo clippy --manifest-path clients/ffi/Cargo.toml --all-targets -- -D warnings
 
@@ -112,14 +113,25 @@ bench-smoke: bench-pyenv
 
 # The server-only build that a TEE image runs: no client, no lab (linfa, ndarray, plotters).
 # Fails if any of them is in its dependency tree. (ureq is: replicas join peers over HTTP.)
+SERVER_FEATURES = server,cli,postgres
 server-only:
-	cargo build --no-default-features --features server --bin tee-risk
+	cargo build --no-default-features --features $(SERVER_FEATURES) --bin tee-risk
 	$(MAKE) server-only-tree
 
 # The server-only build's dependency tree holds no training code. (CI runs this alone: `make
 # lint` already compiles the server-only configuration, so building it again adds nothing.)
 server-only-tree:
-	! cargo tree -e normal --no-default-features --features server | grep -E '^[^a-z]*(linfa|ndarray|plotters) '
+	! cargo tree -e normal --no-default-features --features $(SERVER_FEATURES) | grep -E '^[^a-z]*(linfa|ndarray|plotters) '
+
+# What the bindings link (clients/ffi's library): the client side alone, none of the
+# server's storage, scoring, HTTP stack or command line. (It verifies SNP and TDX evidence,
+# so sev and dcap-qvl are in: a client that cannot check hardware reports trusts nothing.)
+CLIENT_ONLY_ABSENT = sled|actix-web|actix-http|tokio|postgres|tokio-postgres|r2d2|simsimd|clap|tracing-subscriber|linfa|ndarray|plotters|cpu-time
+client-only-tree:
+	@tree="$$(cargo tree --manifest-path clients/ffi/Cargo.toml -e normal --no-default-features --prefix none)"; \
+	found="$$(echo "$$tree" | sed 's/ v.*//' | sort -u | grep -xE '$(CLIENT_ONLY_ABSENT)' || true)"; \
+	if [ -n "$$found" ]; then echo "the client library links: $$found"; exit 1; fi; \
+	echo "client library: $$(echo "$$tree" | sed 's/ v.*//' | sort -u | wc -l) crates, none of the server's"
 
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, nightly toolchain): FUZZ_SECONDS (60) per
 # target, starting from valid seeds. Crashes land in fuzz/artifacts/<target>/; copy them to

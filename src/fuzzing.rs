@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use crate::app::config::{Config, DEFAULT_CONFIG_TOML};
-use crate::attest::verify::{Policy, SimPolicy};
+use crate::attest::policy::{Policy, SimPolicy};
 use crate::attest::{Evidence, sim::SimReport, snp};
 use crate::protocol::payload::{EraseRequest, FeatureError, IdentifyProbe, Probe};
 use crate::protocol::request::RequestEnvelope;
@@ -129,7 +129,12 @@ pub fn record(data: &[u8]) {
 /// TEE kind; and the raw sim and SNP report parsers.
 pub fn evidence(data: &[u8]) {
     let _ = SimReport::decode(data);
-    let _ = snp::verify(data, Some(data), None, &snp::Tcb::default());
+    let _ = snp::verify(
+        data,
+        Some(data),
+        None,
+        &crate::attest::policy::Tcb::default(),
+    );
     #[cfg(feature = "csv")]
     let _ = crate::attest::csv::verify(data, Some(data), None);
     if let Ok(evidence) = serde_json::from_slice::<Evidence>(data) {

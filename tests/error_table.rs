@@ -656,6 +656,7 @@ fn start(dir: &Path) -> Ctx {
         &config,
         "[server]\nmax_body_bytes = 65536\nbodies_in_flight_bytes = 65536\n\
          [keys]\nencryption_key_lifetime_secs = 60\nencryption_key_grace_secs = 5\n\
+         [protocol]\niat_window_secs = 5\n\
          [limits]\nuser_per_minute = 1\nuser_burst = 20\n",
     )
     .unwrap();

@@ -374,6 +374,28 @@ impl Config {
                 "a cluster replica needs server.operator_listen: the join endpoints answer there",
             ),
             (
+                self.storage.backend != StorageBackend::Postgres || cfg!(feature = "postgres"),
+                "storage.backend = \"postgres\" needs a build with `--features postgres`",
+            ),
+            (
+                !self.cluster.enabled() || self.storage.backend == StorageBackend::Postgres,
+                "a cluster needs storage.backend = \"postgres\": replicas share one database",
+            ),
+            (
+                self.keys.encryption_key_grace_secs >= self.protocol.iat_window_secs,
+                "keys.encryption_key_grace_secs must be at least protocol.iat_window_secs: a \
+                 request sealed just before a key change must still open",
+            ),
+            (
+                (self.limits.client_per_minute == 0 || self.limits.client_burst >= 1)
+                    && (self.limits.user_per_minute == 0 || self.limits.user_burst >= 1),
+                "limits.client_burst and limits.user_burst must be at least 1 where a rate is set",
+            ),
+            (
+                self.server.workers <= 1024,
+                "server.workers must be in 0..=1024 (0: one per core)",
+            ),
+            (
                 (1..=3600).contains(&self.cluster.join_timeout_secs),
                 "cluster.join_timeout_secs must be in 1..=3600",
             ),
@@ -706,7 +728,8 @@ mod tests {
             Config::from_toml_layers(&[
                 DEFAULT_CONFIG_TOML,
                 &format!(
-                    "[keys]\nencryption_key_lifetime_secs = {secs}\nencryption_key_grace_secs = 0\n"
+                    "[keys]\nencryption_key_lifetime_secs = {secs}\nencryption_key_grace_secs = 1\n\
+                     [protocol]\niat_window_secs = 1\n"
                 ),
             ])
         };
@@ -716,6 +739,32 @@ mod tests {
         assert!(lifetime(604_801).is_err());
         let operations = include_str!("../../docs/OPERATIONS.md");
         assert!(operations.contains("**at least 60 s** and at most 604,800 s"));
+    }
+
+    /// The documented rules between sections hold at load, each refusal naming its keys.
+    #[test]
+    fn rules_between_sections_are_checked() {
+        let refused = |layer: &str| {
+            Config::from_toml_layers(&[DEFAULT_CONFIG_TOML, layer])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            refused("[keys]\nencryption_key_grace_secs = 119\n")
+                .contains("at least protocol.iat_window_secs")
+        );
+        assert!(refused("[limits]\nuser_burst = 0\n").contains("limits.user_burst"));
+        assert!(refused("[server]\nworkers = 5000\n").contains("server.workers"));
+        assert!(
+            refused("[cluster]\nbootstrap = true\npolicy = \"p.toml\"\n[server]\noperator_listen = \"127.0.0.1:9\"\n")
+                .contains("a cluster needs storage.backend = \"postgres\"")
+        );
+        // No rate, no burst needed.
+        Config::from_toml_layers(&[
+            DEFAULT_CONFIG_TOML,
+            "[limits]\nuser_per_minute = 0\nuser_burst = 0\n",
+        ])
+        .unwrap();
     }
 
     #[test]

@@ -11,9 +11,7 @@ use zeroize::Zeroizing;
 use super::AppError;
 use super::config::{StorageBackend, StorageConfig};
 use crate::crypto::keyfile::{read_secret_text, write_private_file};
-use crate::store::{
-    MasterKey, OpenMode, PostgresOptions, PostgresStore, RecoveringStore, SledStore, Store, Vault,
-};
+use crate::store::{MasterKey, OpenMode, RecoveringStore, SledStore, Store, Vault};
 
 /// Name of the environment variable holding the DB master key (64 hex characters).
 pub const MASTER_KEY_ENV: &str = "DB_MASTER_KEY";
@@ -72,7 +70,16 @@ pub fn open_store(
                 .map_err(|source| AppError::StoreOpen { source })?,
             ))
         }
+        #[cfg(not(feature = "postgres"))]
         StorageBackend::Postgres => {
+            let _ = database_url;
+            Err(AppError::Config(crate::app::ConfigError::Invalid(
+                "storage.backend = \"postgres\" needs a build with `--features postgres`",
+            )))
+        }
+        #[cfg(feature = "postgres")]
+        StorageBackend::Postgres => {
+            use crate::store::{PostgresOptions, PostgresStore};
             let url = database_url.ok_or(AppError::NoDatabaseUrl)?;
             let store = PostgresStore::open(&PostgresOptions {
                 url: url.clone(),

@@ -33,8 +33,7 @@ pub const ADMIN_TOKEN_ENV: &str = "TEE_RISK_ADMIN_TOKEN";
 pub const OPERATOR_LISTENING_PREFIX: &str = "OPERATOR LISTENING ";
 /// The line printed on stdout once the server listens (tests and scripts wait for it).
 pub const LISTENING_PREFIX: &str = "tee-risk listening on http://";
-/// The identity public key as PEM, in the keys folder, for clients that pin it.
-pub const IDENTITY_PEM: &str = "identity.pub.pem";
+pub use crate::protocol::IDENTITY_PEM;
 /// The sim platform's public key as PEM, in the keys folder (sim mode).
 pub const SIM_PLATFORM_PEM: &str = "sim-platform.pub.pem";
 /// The sim platform's private key, beside the data (sim mode only).

@@ -13,10 +13,15 @@
 
 #[cfg(feature = "csv")]
 pub mod csv;
+#[cfg(feature = "server")]
 pub mod join;
+pub mod policy;
 pub mod sim;
+#[cfg(feature = "snp")]
 pub mod snp;
+#[cfg(feature = "tdx")]
 pub mod tdx;
+#[cfg(feature = "server")]
 pub mod tsm;
 pub mod verify;
 
@@ -27,9 +32,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::sm2::PublicKey;
 use crate::crypto::{CryptoError, sm3};
-use crate::protocol::{PublicJwk, b64_encode};
+use crate::protocol::PublicJwk;
 
-pub use verify::{PlatformVerified, Policy, PolicyError, Verified};
+pub use policy::{Policy, PolicyError};
+pub use verify::{PlatformVerified, Verified};
 
 /// The kinds of TEE this crate attests and verifies. Chosen by this enum, never by a string:
 /// a kind this build cannot verify is named, not silently skipped.
@@ -234,6 +240,7 @@ pub struct Evidence {
 }
 
 /// Where evidence comes from on the service side.
+#[cfg(feature = "server")]
 pub enum Attester {
     Sim(Box<sim::SimPlatform>),
     /// An AMD SEV-SNP guest: reports from `/dev/sev-guest`.
@@ -248,6 +255,7 @@ pub enum Attester {
     Tdx,
 }
 
+#[cfg(feature = "server")]
 impl Attester {
     /// Evidence binding `nonce` and `identity`, made now.
     pub fn evidence(
@@ -301,12 +309,12 @@ impl Attester {
         Ok(Evidence {
             v: EVIDENCE_VERSION,
             tee: tee.as_str().into(),
-            nonce: b64_encode(nonce),
+            nonce: crate::protocol::b64_encode(nonce),
             identity_key: PublicJwk::new(identity, binding.key_use()),
-            report: b64_encode(&report),
+            report: crate::protocol::b64_encode(&report),
             endorsements: endorsements
                 .into_iter()
-                .map(|(name, bytes)| (name.to_owned(), b64_encode(&bytes)))
+                .map(|(name, bytes)| (name.to_owned(), crate::protocol::b64_encode(&bytes)))
                 .collect(),
         })
     }

@@ -13,14 +13,16 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
 use sev::certs::snp::{Certificate, Chain, Verifiable, builtin, ca};
 use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;
 use x509_cert::der::Decode;
 use x509_cert::der::asn1::OctetString;
 
-use super::{AttestError, Check, EvidenceError, err};
+#[cfg(feature = "server")]
+use super::EvidenceError;
+use super::policy::Tcb;
+use super::{AttestError, Check, err};
 
 /// Length of an SNP attestation report.
 pub const REPORT_LEN: usize = 1184;
@@ -32,16 +34,6 @@ const OID_TEE_SPL: &str = "1.3.6.1.4.1.3704.1.3.2";
 const OID_SNP_SPL: &str = "1.3.6.1.4.1.3704.1.3.3";
 const OID_UCODE_SPL: &str = "1.3.6.1.4.1.3704.1.3.8";
 const OID_HW_ID: &str = "1.3.6.1.4.1.3704.1.4";
-
-/// A minimum TCB (security patch levels), compared component by component.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tcb {
-    pub bootloader: u8,
-    pub tee: u8,
-    pub snp: u8,
-    pub microcode: u8,
-}
 
 /// What SNP verification established, for the common checks.
 #[derive(Debug, Clone)]
@@ -57,6 +49,7 @@ pub struct SnpFacts {
 
 /// The VCEK's GUID in the SEV certificate table (63da758d-e664-4564-adc5-f4b93be8accd, in
 /// the GUID byte order: the first three fields little-endian).
+#[cfg(feature = "server")]
 const VCEK_GUID: [u8; 16] = [
     0x8d, 0x75, 0xda, 0x63, 0x64, 0xe6, 0x64, 0x45, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac, 0xcd,
 ];
@@ -64,6 +57,7 @@ const VCEK_GUID: [u8; 16] = [
 /// The VCEK in an SEV certificate table (configfs-tsm's `auxblob`): entries of GUID (16
 /// bytes), offset and length (u32 little-endian each, from the table's start), ended by an
 /// all-zero entry.
+#[cfg(feature = "server")]
 fn vcek_from_cert_table(table: &[u8]) -> Option<Vec<u8>> {
     for entry in table.chunks_exact(24) {
         let (guid, rest) = entry.split_at(16);
@@ -84,6 +78,7 @@ fn vcek_from_cert_table(table: &[u8]) -> Option<Vec<u8>> {
 /// Gets a report binding `report_data`, with the VCEK when the host supplies one: through
 /// configfs-tsm (Linux 6.7+) where the kernel offers it, else from `/dev/sev-guest`. Only
 /// works inside an SNP guest.
+#[cfg(feature = "server")]
 pub fn guest_report(report_data: [u8; 64]) -> Result<(Vec<u8>, Option<Vec<u8>>), EvidenceError> {
     if super::tsm::available() {
         let report = super::tsm::report(report_data)?;

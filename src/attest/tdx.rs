@@ -21,57 +21,12 @@ use std::path::Path;
 use dcap_qvl::QuoteCollateralV3;
 use dcap_qvl::quote::Quote;
 use dcap_qvl::verify::QuoteVerifier;
-use serde::Deserialize;
 
+pub use super::policy::{ALL_TCB_STATUSES, DEFAULT_ACCEPTED_STATUS, TdxPolicy};
 use super::{AttestError, Check, err};
 
 /// `TD_ATTRIBUTES` bit 0: the TD runs in debug mode (its memory is readable by the host).
 const TD_ATTRIBUTES_DEBUG: u8 = 0x01;
-
-/// The TCB statuses accepted when the policy names none.
-pub const DEFAULT_ACCEPTED_STATUS: &[&str] = &["UpToDate"];
-
-/// Every TCB status Intel's TCB info uses (for policies that take them all: tests, fuzzing).
-pub const ALL_TCB_STATUSES: [&str; 6] = [
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-];
-
-impl TdxPolicy {
-    /// A policy that accepts every TCB status (and no advisory).
-    pub fn any_status() -> Self {
-        Self {
-            accepted_tcb_status: ALL_TCB_STATUSES.map(String::from).to_vec(),
-            ..Self::default()
-        }
-    }
-}
-
-/// What a TDX policy adds to the common ones (`[tdx]` in a policy file).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TdxPolicy {
-    /// TCB statuses accepted (Intel's names: `UpToDate`, `SWHardeningNeeded`,
-    /// `ConfigurationNeeded`, `ConfigurationAndSWHardeningNeeded`, `OutOfDate`, …); default
-    /// `UpToDate` only.
-    #[serde(default)]
-    pub accepted_tcb_status: Vec<String>,
-    /// Advisories (`INTEL-SA-…`) accepted; a status that comes with any other is refused.
-    #[serde(default)]
-    pub accepted_advisories: Vec<String>,
-    /// RTMRs to pin, by index (0–3), lowercase hex of 48 bytes. RTMR0 holds the TD's
-    /// firmware configuration, RTMR1 the kernel and its command line, RTMR2 the initrd and
-    /// what the kernel measures; RTMR3 is left to the workload.
-    #[serde(default)]
-    pub rtmrs: std::collections::BTreeMap<String, String>,
-    /// Offline collateral files, `<fmspc hex>.json` (relative to the policy file).
-    #[serde(default)]
-    pub collateral_dir: Option<std::path::PathBuf>,
-}
 
 /// What a verified TDX quote says.
 #[derive(Debug, Clone, PartialEq, Eq)]

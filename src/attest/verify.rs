@@ -1,102 +1,20 @@
 //! The one verifier of attestation evidence (client library, `tee-risk client attest`,
-//! tests): parse → verify the platform's signature chain → common checks (allowed TEE kinds,
-//! measurement, debug, report_data binding, freshness) → a trusted identity key. Policy comes
-//! from a TOML file (`config/attestation-policy*.toml`); a failure names the check.
+//! tests): parse → verify the platform's signature chain (per TEE, in its module) → common
+//! checks (allowed TEE kinds, measurement, debug, report_data binding, freshness) → a trusted
+//! identity key. What is accepted is the [`Policy`] (`policy.rs`); a failure names the check.
 
-use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
-
+use super::policy::Policy;
 use super::sim::SimReport;
-use super::snp::{self, Tcb};
+#[cfg(feature = "snp")]
+use super::snp;
+#[cfg(feature = "tdx")]
 use super::tdx;
-pub use super::tdx::TdxPolicy;
 use super::{
     AttestError, Binding, Check, EVIDENCE_VERSION, Evidence, NONCE_LEN, TeeKind, bound_report_data,
     err,
 };
 use crate::crypto::sm2::PublicKey;
 use crate::protocol::{PublicJwk, b64_decode};
-
-/// What a verifier accepts. Unknown keys are errors.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Policy {
-    /// TEE kinds accepted: `snp`, `csv`, `sim`. Sim evidence proves nothing about hardware;
-    /// list it only for development.
-    pub allowed_tee: Vec<TeeKind>,
-    /// Accepted measurements (lowercase hex).
-    #[serde(default)]
-    pub measurements: Vec<String>,
-    /// Accept any measurement (development only).
-    #[serde(default)]
-    pub allow_any_measurement: bool,
-    /// Accept reports from debug-mode guests.
-    #[serde(default)]
-    pub allow_debug: bool,
-    /// Reports issued longer ago than this (or in the future by more) are refused.
-    pub max_age_secs: i64,
-    #[serde(default)]
-    pub sim: Option<SimPolicy>,
-    #[serde(default)]
-    pub snp: Option<SnpPolicy>,
-    /// Hygon CSV (verified only by builds with the `csv` feature).
-    #[serde(default)]
-    pub csv: Option<CsvPolicy>,
-    /// Intel TDX: accepted TCB statuses and advisories, RTMR pins, offline collateral.
-    #[serde(default)]
-    pub tdx: Option<TdxPolicy>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CsvPolicy {
-    /// Offline HSK ‖ CEK files from Hygon's key server, named `<chip serial>.cert`
-    /// (relative to the policy file), for evidence that carries none.
-    #[serde(default)]
-    pub hsk_cek_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnpPolicy {
-    /// The lowest reported TCB accepted, component by component.
-    #[serde(default)]
-    pub min_tcb: Tcb,
-    /// Offline VCEKs, named `<chip id hex>-<bl>-<tee>-<snp>-<ucode>.der` (relative to the
-    /// policy file), for evidence that carries none.
-    #[serde(default)]
-    pub vcek_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimPolicy {
-    /// The pinned sim platform public key (PEM), relative to the policy file.
-    pub platform_key: PathBuf,
-}
-
-/// Why a policy file could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PolicyError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The policy file.
-        path: PathBuf,
-        /// What the operating system said.
-        source: std::io::Error,
-    },
-    /// The file is not a policy (unknown keys are errors).
-    #[error("{path}: {source}")]
-    Parse {
-        /// The policy file.
-        path: PathBuf,
-        /// What the TOML parser said.
-        source: toml::de::Error,
-    },
-}
 
 /// Evidence that passed every check.
 #[derive(Debug, Clone)]
@@ -135,6 +53,7 @@ struct PlatformReport {
 
 impl PlatformReport {
     /// A hardware report: it carries no time, the verifier's nonce makes it fresh.
+    #[cfg(any(feature = "snp", feature = "tdx", feature = "csv"))]
     fn hardware(measurement: &[u8], report_data: [u8; 64], debug: bool) -> Self {
         Self {
             measurement: measurement.to_vec(),
@@ -146,40 +65,6 @@ impl PlatformReport {
 }
 
 impl Policy {
-    /// Loads a policy file; a relative `sim.platform_key` is resolved against its folder.
-    pub fn load(path: &Path) -> Result<Self, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut policy: Policy = toml::from_str(&text).map_err(|source| PolicyError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        if let Some(sim) = policy.sim.as_mut()
-            && sim.platform_key.is_relative()
-        {
-            sim.platform_key = base.join(&sim.platform_key);
-        }
-        if let Some(dir) = policy.snp.as_mut().and_then(|p| p.vcek_dir.as_mut())
-            && dir.is_relative()
-        {
-            *dir = base.join(&*dir);
-        }
-        if let Some(dir) = policy.csv.as_mut().and_then(|p| p.hsk_cek_dir.as_mut())
-            && dir.is_relative()
-        {
-            *dir = base.join(&*dir);
-        }
-        if let Some(dir) = policy.tdx.as_mut().and_then(|p| p.collateral_dir.as_mut())
-            && dir.is_relative()
-        {
-            *dir = base.join(&*dir);
-        }
-        Ok(policy)
-    }
-
     /// Verifies `evidence` for the `nonce` this verifier sent, at `now`: the platform's
     /// report and the policy ([`Policy::verify_platform`]), then the binding of the nonce and
     /// the identity key in report_data.
@@ -245,18 +130,18 @@ impl Policy {
             .ok_or_else(|| err(Check::Format, "the report is not base64url"))?;
         let platform = match kind {
             TeeKind::Sim => self.verify_sim(&report, evidence)?,
+            #[cfg(feature = "snp")]
             TeeKind::Snp => self.verify_snp(&report, evidence)?,
+            #[cfg(feature = "tdx")]
             TeeKind::Tdx => self.verify_tdx(&report, evidence, now)?,
+            #[cfg(not(feature = "snp"))]
+            TeeKind::Snp => return Err(not_in_this_build("snp")),
+            #[cfg(not(feature = "tdx"))]
+            TeeKind::Tdx => return Err(not_in_this_build("tdx")),
             #[cfg(feature = "csv")]
             TeeKind::Csv => self.verify_csv(&report, evidence)?,
             #[cfg(not(feature = "csv"))]
-            TeeKind::Csv => {
-                return Err(err(
-                    Check::TeeKind,
-                    "`csv` evidence cannot be verified by this build: build with \
-                     `--features csv`",
-                ));
-            }
+            TeeKind::Csv => return Err(not_in_this_build("csv")),
         };
         let measurement = hex::encode(platform.measurement);
         if !self.allow_any_measurement && !self.measurements.contains(&measurement) {
@@ -361,6 +246,7 @@ impl Policy {
     }
 
     /// SNP: AMD root → ASK → VCEK → report, VCEK extensions, VMPL 0, TCB floor.
+    #[cfg(feature = "snp")]
     fn verify_snp(
         &self,
         report: &[u8],
@@ -382,6 +268,7 @@ impl Policy {
     }
 }
 
+#[cfg(feature = "tdx")]
 impl Policy {
     /// TDX: Intel root → PCK (and CRL) → QE report → quote; TCB status, advisories, RTMRs.
     fn verify_tdx(
@@ -422,6 +309,16 @@ impl Policy {
 }
 
 /// The endorsement `name`, decoded, when the evidence carries it.
+/// The refusal of evidence whose verifier this build leaves out (a TEE's feature).
+#[cfg(not(all(feature = "snp", feature = "tdx", feature = "csv")))]
+fn not_in_this_build(tee: &str) -> AttestError {
+    err(
+        Check::TeeKind,
+        format!("`{tee}` evidence cannot be verified by this build: build with `--features {tee}`"),
+    )
+}
+
+#[cfg(any(feature = "snp", feature = "tdx", feature = "csv"))]
 fn optional_endorsement(evidence: &Evidence, name: &str) -> Result<Option<Vec<u8>>, AttestError> {
     evidence
         .endorsements
@@ -451,10 +348,12 @@ fn jwk_key(jwk: &PublicJwk) -> Result<PublicKey, AttestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attest::policy::SimPolicy;
     use crate::attest::report_data;
     use crate::attest::sim::SimPlatform;
     use crate::crypto::sm2::IdentityKey;
     use crate::protocol::b64_encode;
+    use std::path::Path;
 
     const NOW: i64 = 1_795_000_000;
 

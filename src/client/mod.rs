@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::attest::verify::{Policy, Verified};
 use crate::attest::{Evidence, NONCE_LEN};
+use crate::attest::{Policy, Verified};
 use crate::crypto::aead::KEY_LEN;
 use crate::crypto::secret::SecretBytes;
 use crate::crypto::sm2::PublicKey;

@@ -69,8 +69,6 @@ impl Stage {
 }
 
 const STAGES: usize = Stage::ALL.len();
-/// The decisions counted, as the risk layer names them (obs imports no layer above it).
-pub const DECISIONS: [&str; 3] = ["allow", "step_up", "deny"];
 
 #[derive(Default)]
 struct Counter {
@@ -103,10 +101,12 @@ type Histogram = ([u64; LATENCY_BUCKETS.len()], u64, f64);
 type RequestTotals = (u64, f64);
 
 /// The service's counters; cheap enough to update on every request (relaxed atomics).
-#[derive(Default)]
 pub struct Metrics {
     stages: [Counter; STAGES],
-    decisions: [AtomicU64; 3],
+    /// The decisions' names, from the layer that owns them (`risk::Decision::NAMES`: obs
+    /// imports nothing above it), and a counter for each, in the same order.
+    decision_names: &'static [&'static str],
+    decisions: Box<[AtomicU64]>,
     commits: AtomicU64,
     flushes: AtomicU64,
     requests: Mutex<BTreeMap<RouteStatus, RequestTotals>>,
@@ -116,15 +116,33 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counters at zero, with one decision counter per name in `decision_names`.
+    pub fn new(decision_names: &'static [&'static str]) -> Self {
+        Self {
+            stages: Default::default(),
+            decision_names,
+            decisions: decision_names.iter().map(|_| AtomicU64::new(0)).collect(),
+            commits: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            requests: Mutex::default(),
+            latencies: Mutex::default(),
+            refusals: Mutex::default(),
+        }
+    }
+
     /// Charges `wall` (and `cpu` of the running thread) to `stage`.
     pub fn record_stage(&self, stage: Stage, wall: Duration, cpu: Duration) {
         self.stages[stage as usize].add(wall, cpu);
     }
 
-    /// One assessment answered with `decision` (one of [`DECISIONS`]).
-    pub fn record_decision(&self, decision: &str) {
-        let index = DECISIONS.iter().position(|d| *d == decision).unwrap_or(0);
-        self.decisions[index].fetch_add(1, Relaxed);
+    /// One assessment answered with the decision at `index` of the names given to
+    /// [`Metrics::new`]. An index past them is a bug of the caller: counted nowhere, rather
+    /// than under another decision.
+    pub fn record_decision(&self, index: usize) {
+        debug_assert!(index < self.decisions.len(), "decision index {index}");
+        if let Some(counter) = self.decisions.get(index) {
+            counter.fetch_add(1, Relaxed);
+        }
     }
 
     /// One durable commit; `flushed` when this request ran the fsync itself.
@@ -235,7 +253,7 @@ impl Metrics {
                  tee_risk_stage_total{{stage=\"{name}\"}} {count}"
             );
         }
-        for (decision, count) in DECISIONS.iter().zip(&self.decisions) {
+        for (decision, count) in self.decision_names.iter().zip(self.decisions.iter()) {
             let _ = writeln!(
                 out,
                 "tee_risk_decisions_total{{decision=\"{}\"}} {}",
@@ -340,11 +358,11 @@ mod tests {
 
     #[test]
     fn stages_accumulate_and_render() {
-        let metrics = Metrics::default();
+        let metrics = Metrics::new(&["allow", "step_up", "deny"]);
         let us = Duration::from_micros;
         metrics.record_stage(Stage::Sm2Unwrap, us(200), us(150));
         metrics.record_stage(Stage::Sm2Unwrap, us(300), us(250));
-        metrics.record_decision("deny");
+        metrics.record_decision(2);
         metrics.record_commit(true);
         metrics.record_commit(false);
         metrics.record_request("assess", 200, Duration::from_millis(2));
@@ -386,7 +404,7 @@ mod tests {
 
     #[test]
     fn timer_charges_each_lap_to_its_stage() {
-        let metrics = Metrics::default();
+        let metrics = Metrics::new(&["allow", "step_up", "deny"]);
         let mut timer = StageTimer::start(&metrics);
         timer.lap(Stage::EnvelopeParse);
         timer.lap(Stage::Sign);

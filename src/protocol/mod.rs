@@ -16,6 +16,10 @@ pub use jwk::{KeysDocument, PublicJwk};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+/// The file in the service's keys folder holding its identity public key as PEM, for clients
+/// that pin it (`tee-risk client … --pin-keys DIR`).
+pub const IDENTITY_PEM: &str = "identity.pub.pem";
+
 /// base64url without padding (RFC 4648 §5), as every field of the protocol uses.
 pub fn b64_encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)

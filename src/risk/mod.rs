@@ -219,6 +219,16 @@ pub(crate) fn best_cosine<T: AsRef<[f32]>>(probe: &[f32], others: &[T]) -> Optio
 }
 
 impl Decision {
+    /// Every decision, in [`Decision::index`] order.
+    pub const ALL: [Decision; 3] = [Decision::Allow, Decision::StepUp, Decision::Deny];
+    /// Their wire codes, in the same order (the metrics' labels).
+    pub const NAMES: [&'static str; 3] = ["allow", "step_up", "deny"];
+
+    /// The decision's place in [`Decision::ALL`] and [`Decision::NAMES`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The wire code, as in responses and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -403,6 +413,19 @@ mod tests {
 
     fn policy() -> RiskPolicy {
         default_policy()
+    }
+
+    /// The metrics' labels are the wire codes, each at its decision's index.
+    #[test]
+    fn decision_names_follow_the_index() {
+        for decision in Decision::ALL {
+            assert_eq!(Decision::NAMES[decision.index()], decision.as_str());
+            assert_eq!(
+                serde_json::to_value(decision).unwrap(),
+                decision.as_str(),
+                "the serialised form is the same code"
+            );
+        }
     }
 
     /// A normal genuine attempt: two templates, a strong match (FMR about 10⁻⁵), recent

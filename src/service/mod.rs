@@ -235,7 +235,7 @@ impl Service {
             max_devices: settings.max_devices,
             iat_window_secs: settings.iat_window_secs,
             max_templates: settings.max_templates,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(&Decision::NAMES),
             user_limits: RateLimiter::new(settings.user_per_minute, settings.user_burst),
         })
     }
@@ -491,7 +491,7 @@ impl Service {
         drop(log);
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
-        self.metrics.record_decision(decision.as_str());
+        self.metrics.record_decision(decision.index());
         let response = self.answer(
             &header.rid,
             answer_key,

@@ -20,6 +20,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the service (DB master key from env DB_MASTER_KEY, or --dev).
+    #[cfg(feature = "server")]
     Serve(ServeArgs),
     /// Talk to a running service.
     #[cfg(feature = "client")]
@@ -28,9 +29,10 @@ pub enum Command {
     /// Operator commands on the database of a stopped service (keys from DB_MASTER_KEY and
     /// DB_MASTER_KEY_PREVIOUS). Exit codes: 0 done, 1 could not run, 3 a check failed,
     /// 4 refused (a precondition does not hold yet).
+    #[cfg(feature = "server")]
     #[command(subcommand)]
     Db(DbCommand),
-    #[cfg(feature = "lab")]
+    #[cfg(all(feature = "lab", feature = "server"))]
     /// Train the risk model on a labelled embeddings file: measure the match calibration,
     /// generate labelled attempts (genuine and attacks), fit the logistic regression, write
     /// the versioned model file (docs/EVALUATION.md).
@@ -56,7 +58,7 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    #[cfg(feature = "lab")]
+    #[cfg(all(feature = "lab", feature = "server"))]
     /// Replay the evaluation protocol (docs/EVALUATION.md) on a labelled embeddings file
     /// through the configured scoring policy; print a table and write a JSON report.
     Eval {
@@ -95,6 +97,7 @@ pub enum ModeArg {
     Investigate,
 }
 
+#[cfg(feature = "server")]
 #[derive(Args)]
 pub struct ServeArgs {
     /// Operator config file overriding the built-in defaults (config/default.toml).
@@ -125,6 +128,7 @@ pub struct ServeArgs {
     pub accept_data_loss: bool,
 }
 
+#[cfg(feature = "server")]
 #[derive(Args)]
 pub struct DbArgs {
     /// Operator config file (for storage.data_dir).
@@ -137,6 +141,7 @@ pub struct DbArgs {
     pub dev: Option<bool>,
 }
 
+#[cfg(feature = "server")]
 #[derive(Subcommand)]
 pub enum DbCommand {
     /// Key ids and states, rotation progress, records per key (read-only; JSON).

@@ -4,13 +4,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tee_risk::app::server::IDENTITY_PEM;
 use tee_risk::attest::Policy;
 use tee_risk::client::{
     Client, FeatureRequest, IdentifyMode, IdentifyRequest, RawResponse, ServerKeys,
     read_features_file, verify_answer_to,
 };
 use tee_risk::crypto::keyfile::load_sm2_key;
+use tee_risk::protocol::IDENTITY_PEM;
 use tee_risk::protocol::client_auth::ClientCredential;
 
 use crate::CliError;

@@ -136,6 +136,7 @@ pub fn run(command: DbCommand) -> Result<(), CliError> {
             // Opening the store creates or checks the schema.
             let env = MasterKeyEnv::from_process();
             secrets::open_store(&storage, env.database_url.as_ref())?;
+            #[cfg(feature = "postgres")]
             print_json(&serde_json::json!({
                 "schema_version": tee_risk::store::postgres::SCHEMA_VERSION,
             }))?;

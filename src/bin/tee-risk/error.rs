@@ -14,6 +14,7 @@ pub enum CliError {
     #[error("{0}")]
     CheckFailed(String),
     /// Refused: a precondition does not hold yet (the message says which).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))] // Only `db` commands refuse.
     #[error("refused: {0}")]
     Refused(String),
 }
@@ -53,12 +54,12 @@ macro_rules! from_library_errors {
     };
 }
 
+from_library_errors!(std::io::Error, serde_json::Error);
+#[cfg(feature = "server")]
 from_library_errors!(
     tee_risk::app::AppError,
     tee_risk::app::ConfigError,
     tee_risk::store::VaultError,
     tee_risk::store::StoreError,
-    std::io::Error,
     tee_risk::store::audit::AuditError,
-    serde_json::Error,
 );

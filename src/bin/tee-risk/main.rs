@@ -1,21 +1,27 @@
-//! The `tee-risk` command: `serve`, `db …`, and with the default features `client …`,
-//! `train` and `eval`. Each command group is a module; `cli.rs` holds the definitions and
-//! `error.rs` the exit codes.
+//! The `tee-risk` command (feature `cli`): `serve` and `db …` (feature `server`), `client …`
+//! (feature `client`), `train` and `eval` (features `lab` and `server`). A client-only build
+//! (`--no-default-features --features cli,client`) is the command a client's operator runs.
+//! Each command group is a module; `cli.rs` holds the definitions and `error.rs` the exit
+//! codes.
 
 mod cli;
 #[cfg(feature = "client")]
 mod client;
+#[cfg(feature = "server")]
 mod db;
 mod error;
-#[cfg(feature = "lab")]
+#[cfg(all(feature = "lab", feature = "server"))]
 mod lab;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+#[cfg(feature = "server")]
 use tee_risk::app::{self, Config, MasterKeyEnv};
 
-use cli::{Cli, Command, ServeArgs};
+#[cfg(feature = "server")]
+use cli::ServeArgs;
+use cli::{Cli, Command};
 use error::CliError;
 
 fn main() -> ExitCode {
@@ -32,6 +38,7 @@ fn main() -> ExitCode {
         .log_internal_errors(false)
         .init();
     let outcome: Result<(), CliError> = match Cli::parse().command {
+        #[cfg(feature = "server")]
         Command::Serve(args) => serve(args),
         #[cfg(feature = "client")]
         // A refusal the client commands name (a failed check) keeps its exit code.
@@ -40,8 +47,9 @@ fn main() -> ExitCode {
                 .downcast::<CliError>()
                 .unwrap_or_else(CliError::Failed)
         }),
+        #[cfg(feature = "server")]
         Command::Db(command) => db::run(command),
-        #[cfg(feature = "lab")]
+        #[cfg(all(feature = "lab", feature = "server"))]
         Command::Train {
             data,
             distractors,
@@ -58,7 +66,7 @@ fn main() -> ExitCode {
             seed,
         })
         .map_err(CliError::from),
-        #[cfg(feature = "lab")]
+        #[cfg(all(feature = "lab", feature = "server"))]
         Command::Eval {
             data,
             distractors,
@@ -92,11 +100,13 @@ fn main() -> ExitCode {
 }
 
 /// Prints `value` as pretty JSON on stdout.
+#[cfg(feature = "server")]
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
+#[cfg(feature = "server")]
 fn serve(args: ServeArgs) -> Result<(), CliError> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
