@@ -32,6 +32,16 @@ fn files_under(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::P
     files
 }
 
+/// The events of the audit log of the (stopped) store under `data`, checked as a chain.
+fn audit_events(data: &std::path::Path) -> Vec<String> {
+    let store = tee_risk::store::SledStore::open(&data.join("db")).unwrap();
+    tee_risk::store::audit::verify(&store)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect()
+}
+
 fn db(args: &[&str], data: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tee-risk"))
         .arg("db")
@@ -161,15 +171,8 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
     let salvaged_enrolled = answers_for(&server.client());
     assert_eq!(salvaged_enrolled as u64, kept_users);
     server.stop_cleanly();
-    {
-        let store = tee_risk::store::SledStore::open(&salvaged.join("db")).unwrap();
-        let events: Vec<String> = tee_risk::store::audit::verify(&store)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.event)
-            .collect();
-        assert!(events.contains(&"salvaged".to_owned()), "{events:?}");
-    }
+    let events = audit_events(&salvaged);
+    assert!(events.contains(&"salvaged".to_owned()), "{events:?}");
 
     // The operator accepts the loss: the service serves what is left, and says so in the
     // audit log; the mark now matches the store.
@@ -192,12 +195,7 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
     assert!(db(&["verify"], &data).status.success());
     TestServer::start(&data, &keys, Some(MASTER_KEY), &[]).stop();
     {
-        let store = tee_risk::store::SledStore::open(&data.join("db")).unwrap();
-        let events: Vec<String> = tee_risk::store::audit::verify(&store)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.event)
-            .collect();
+        let events = audit_events(&data);
         // The accepted loss, the check that passed afterwards (the failed check before it
         // ran on a copy: a damaged store is not written to, not even to log that).
         assert_eq!(

@@ -293,12 +293,13 @@ fn salvage(args: &DbArgs, out: &Path) -> Result<(), CliError> {
             ))
         })?;
     // What the source owed (its mark), for the report; a mark that cannot be read is said.
-    let acknowledged = match storage.backend {
-        StorageBackend::Sled => match source.check_high_water_mark(&storage.data_dir) {
-            Ok(check) => serde_json::to_value(&check)?,
-            Err(e) => serde_json::json!({ "unreadable": e.to_string() }),
-        },
-        StorageBackend::Postgres => serde_json::Value::Null,
+    let mark = match storage.backend {
+        StorageBackend::Sled => Some(
+            source
+                .check_high_water_mark(&storage.data_dir)
+                .map_err(|e| e.to_string()),
+        ),
+        StorageBackend::Postgres => None,
     };
     std::fs::create_dir_all(out)?;
     if matches!(source_of_key, secrets::MasterKeySource::DevFile) {
@@ -312,16 +313,15 @@ fn salvage(args: &DbArgs, out: &Path) -> Result<(), CliError> {
     let mut salvaged = Vault::open_keyring(target, &master, &previous, OpenMode::Write)
         .context("the salvaged store does not open")?;
     let mut counts = report.audit_counts();
-    if let Some(check) = acknowledged.get("mark") {
-        counts.insert(
-            "mark_commits".into(),
-            check["commits"].as_u64().unwrap_or(0),
-        );
-        counts.insert(
-            "store_commits".into(),
-            acknowledged["store_commits"].as_u64().unwrap_or(0),
-        );
+    if let Some(Ok(check)) = &mark {
+        counts.insert("mark_commits".into(), check.mark.commits);
+        counts.insert("store_commits".into(), check.store_commits);
     }
+    let acknowledged = match &mark {
+        Some(Ok(check)) => serde_json::to_value(check)?,
+        Some(Err(unreadable)) => serde_json::json!({ "unreadable": unreadable }),
+        None => serde_json::Value::Null,
+    };
     salvaged.record_salvage(counts)?;
     salvaged.start_high_water_mark(out)?;
     let (verify, _) = salvaged.verify_with_mark(out)?;
