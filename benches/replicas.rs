@@ -186,7 +186,7 @@ fn propagation_ms(a: &TestServer, b: &TestServer, samples: usize) -> f64 {
             let answer = on_b
                 .enroll(&support::request(&account, &new_capture(&owner_face, 1)))
                 .unwrap();
-            if answer["outcome"] == "identity_conflict" {
+            if answer.outcome == "identity_conflict" {
                 delays.push(enrolled.elapsed().as_secs_f64() * 1000.0);
                 break;
             }

@@ -13,6 +13,7 @@ use tee_risk::client::Client;
 use tee_risk::crypto::sm2::IdentityKey;
 use tee_risk::lab::new_capture;
 use tee_risk::protocol::client_auth::ClientCredential;
+use tee_risk::protocol::reply::ErasedCounts;
 use tee_risk::store::ERASED_USER;
 
 /// A clients file with `full` (every permission) and `assessor` (assess only).
@@ -118,7 +119,7 @@ fn only_registered_clients_with_the_permission_get_in() {
     let still_there = as_full
         .assess(&request("alice", &new_capture(&faces.genuine, 1)))
         .unwrap();
-    assert_eq!(still_there["decision"], "allow");
+    assert_eq!(still_there.decision, "allow");
     // Unsigned reads stay open: keys and attestation carry nothing secret.
     assert!(Client::fetch_keys(&server.url).is_ok());
     server.stop();
@@ -142,32 +143,35 @@ fn erasing_a_user_removes_templates_history_and_personal_log_fields() {
             .enroll(&request(user, &new_capture(enrol, 0)))
             .unwrap();
         let allowed = client.assess(&request(user, &probe)).unwrap();
-        assert_eq!(allowed["decision"], "allow", "{user}: {allowed}");
+        assert_eq!(allowed.decision, "allow", "{user}: {allowed}");
     }
     client.assess(&request("alice", &faces.impostor)).unwrap();
 
     let erased = client.erase("alice").unwrap();
-    assert_eq!(erased["op"], "erase");
+    assert_eq!(erased.stamp.op, "erase");
     assert_eq!(
-        erased["erased"],
-        serde_json::json!({"templates": 2, "history": 1, "risk_logs_scrubbed": 2})
+        erased.erased,
+        ErasedCounts {
+            templates: 2,
+            history: 1,
+            risk_logs_scrubbed: 2
+        }
     );
     // Alice is unknown from now on; Bob is untouched.
     let after = client.assess(&request("alice", &faces.genuine)).unwrap();
-    assert_eq!(after["decision"], "deny");
-    assert!(
-        after["reasons"]
-            .as_array()
-            .unwrap()
-            .contains(&"no_enrolment".into())
-    );
+    assert_eq!(after.decision, "deny");
+    assert!(after.reasons.iter().any(|r| r == "no_enrolment"));
     let bob = client.assess(&request("bob", &bob_face)).unwrap();
-    assert_eq!(bob["decision"], "allow", "{bob}");
+    assert_eq!(bob.decision, "allow", "{bob}");
     // Erasing again finds no data, only the log of the assessment made since.
     let again = client.erase("alice").unwrap();
     assert_eq!(
-        again["erased"],
-        serde_json::json!({"templates": 0, "history": 0, "risk_logs_scrubbed": 1})
+        again.erased,
+        ErasedCounts {
+            templates: 0,
+            history: 0,
+            risk_logs_scrubbed: 1
+        }
     );
     server.stop();
 
@@ -290,7 +294,10 @@ fn a_client_key_made_by_openssl_works_and_openssl_verifies_its_signatures() {
         .unwrap()
         .with_credential(credential.clone());
     assert_eq!(
-        client.enroll(&request("alice", &faces.enrol)).unwrap()["templates"],
+        client
+            .enroll(&request("alice", &faces.enrol))
+            .unwrap()
+            .templates,
         1
     );
     server.stop();

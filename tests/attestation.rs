@@ -46,7 +46,7 @@ fn a_client_attests_then_sends_and_the_default_policy_refuses_sim() {
             face_model: None,
         })
         .unwrap();
-    assert_eq!(answer["outcome"], "enrolled");
+    assert_eq!(answer.outcome, "enrolled");
 
     let shipped =
         Policy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/attestation-policy.toml"))
@@ -204,10 +204,7 @@ fn an_attested_client_survives_a_restart_and_a_pinned_one_is_told_the_identity_c
         device_id: Some("phone".into()),
         face_model: None,
     };
-    assert_eq!(
-        attested.enroll(&request("u")).unwrap()["outcome"],
-        "enrolled"
-    );
+    assert_eq!(attested.enroll(&request("u")).unwrap().outcome, "enrolled");
 
     // The same address, the same data: a restart.
     let listen = server.url.trim_start_matches("http://").to_owned();
@@ -216,7 +213,7 @@ fn an_attested_client_survives_a_restart_and_a_pinned_one_is_told_the_identity_c
     assert_eq!(server.url, format!("http://{listen}"));
 
     let answer = attested.assess(&request("u")).unwrap();
-    assert_eq!(answer["op"], "assess", "{answer}");
+    assert_eq!(answer.stamp.op, "assess", "{answer}");
     let now = attested.keys().identity;
     assert_ne!(now, before.identity, "a new identity after the restart");
     let refused = pinned.assess(&request("u")).unwrap_err();

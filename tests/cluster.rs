@@ -27,6 +27,7 @@ use tee_risk::crypto::random_array;
 use tee_risk::crypto::sm2::{DecryptionKey, PublicKey};
 use tee_risk::obs::unix_now;
 use tee_risk::protocol::client_auth::ClientCredential;
+use tee_risk::protocol::reply::EnrollReply;
 use tee_risk::protocol::response::SignedResponse;
 use tee_risk::protocol::{b64_decode, b64_encode};
 
@@ -224,12 +225,12 @@ fn three_replicas_behind_haproxy_act_as_one_attested_service() {
     on_first.enroll(&request("walk-in", &face)).unwrap();
     let probe = tee_risk::lab::new_capture(&face, 7);
     let answer = on_second.assess(&request("walk-in", &probe)).unwrap();
-    assert_eq!(answer["decision"], "allow", "{answer}");
+    assert_eq!(answer.decision, "allow", "{answer}");
     for i in 0..3 {
         let probe = tee_risk::lab::new_capture(&face, 100 + i);
         let answer = through.assess(&request("walk-in", &probe)).unwrap();
         assert!(
-            !answer["reasons"].to_string().contains("no_enrolment"),
+            !answer.reasons.iter().any(|r| r == "no_enrolment"),
             "{answer}"
         );
     }
@@ -330,7 +331,7 @@ fn independent_client(cluster: &LocalCluster) {
     let mut probe = request("indy", &tee_risk::lab::new_capture(&face, 3));
     probe.device_id = Some("independent-client".into());
     let answer = ours.assess(&probe).unwrap();
-    assert_eq!(answer["decision"], "allow", "{answer}");
+    assert_eq!(answer.decision, "allow", "{answer}");
 
     let face = synthetic_face(3);
     ours.enroll(&request("rusty", &face)).unwrap();
@@ -593,13 +594,13 @@ fn sigkill_under_load(cluster: &LocalCluster) {
                             .seal(&request(&user, &features))
                             .and_then(|(header, body)| {
                                 let raw = client.post_raw(path, &body)?;
-                                client.verify_answer(&header, &body, &raw)
+                                client.verify_answer::<EnrollReply>(&header, &body, &raw)
                             });
                     match result {
                         Ok(answer) => {
                             tally.acknowledged += 1;
                             if path == "/v1/enroll" {
-                                assert_eq!(answer["outcome"], "enrolled", "{answer}");
+                                assert_eq!(answer.outcome, "enrolled", "{answer}");
                                 tally.enrolled.insert(user, features);
                             }
                         }
@@ -663,7 +664,7 @@ fn sigkill_under_load(cluster: &LocalCluster) {
                     let probe = tee_risk::lab::new_capture(face, 1_000_000 + i);
                     let answer = replica.assess(&request(user, &probe)).unwrap();
                     assert!(
-                        !answer["reasons"].to_string().contains("no_enrolment"),
+                        !answer.reasons.iter().any(|r| r == "no_enrolment"),
                         "{user} was acknowledged, then lost: {answer}"
                     );
                 }

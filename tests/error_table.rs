@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{MASTER_KEY, TestServer, faces, openapi, request, synthetic_face};
+use support::{MASTER_KEY, TestServer, codes, faces, openapi, request, synthetic_face};
 use tee_risk::client::{Client, FeatureRequest};
 use tee_risk::crypto::sm2::{DecryptionKey, IdentityKey, PublicKey};
 use tee_risk::lab::new_capture;
 use tee_risk::obs::unix_now;
 use tee_risk::protocol::b64_encode;
 use tee_risk::protocol::client_auth::ClientCredential;
+use tee_risk::protocol::reply::AssessReply;
 use tee_risk::protocol::request::{ProtectedHeader, seal};
 use tee_risk::risk::model::RiskModel;
 use tee_risk::store::{SledStore, Store, Table, Vault};
@@ -765,7 +766,7 @@ fn every_documented_refusal_over_http() {
     }
     // And an accepted assessment in its history (tampered with at the end).
     let accepted = client.assess(&request("full", &faces().genuine)).unwrap();
-    assert_eq!(accepted["decision"], "allow", "{accepted}");
+    assert_eq!(accepted.decision, "allow", "{accepted}");
 
     let rows = rows();
     let documented = documented_rows();
@@ -866,6 +867,12 @@ fn every_documented_refusal_over_http() {
             "no 200 answer of {method} {route} was checked against docs/openapi.yaml"
         );
     }
+    // The protocol's error codes (what the client reads) are exactly the documented ones.
+    let typed: std::collections::BTreeSet<String> = tee_risk::protocol::reply::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(typed, openapi::documented_codes());
     for code in openapi::documented_codes() {
         let elsewhere = OPENAPI_CODES_ELSEWHERE.iter().any(|(c, _)| *c == code);
         assert!(
@@ -993,12 +1000,8 @@ fn cosine_for_evidence(model: &RiskModel, evidence: f64) -> f32 {
     high
 }
 
-fn has(answer: &Value, reason: &str) -> bool {
-    answer["reasons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|r| r == reason)
+fn has(answer: &AssessReply, reason: &str) -> bool {
+    answer.reasons.iter().any(|r| r == reason)
 }
 
 /// Every reason code an assessment can give, produced over HTTP by the attempt it names
@@ -1011,9 +1014,9 @@ fn every_reason_code_comes_back_over_http() {
     let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
     let client = server.client();
     let mut seen = std::collections::BTreeSet::new();
-    let mut note = |answer: &Value| {
-        for reason in answer["reasons"].as_array().unwrap() {
-            seen.insert(reason.as_str().unwrap().to_owned());
+    let mut note = |answer: &AssessReply| {
+        for reason in &answer.reasons {
+            seen.insert(reason.to_string());
         }
     };
     // A face per account: unit synthetic vectors, far from each other and from real faces.
@@ -1022,7 +1025,7 @@ fn every_reason_code_comes_back_over_http() {
         let mut r = request(user, features);
         r.device_id = Some(device.into());
         let answer = client.enroll(&r).unwrap();
-        assert_eq!(answer["outcome"], "enrolled", "{user}: {answer}");
+        assert_eq!(answer.outcome, "enrolled", "{user}: {answer}");
     };
     let assess = |user: &str, features: &[f32], device: &str, liveness: f32| {
         let mut r = request(user, features);
@@ -1032,7 +1035,7 @@ fn every_reason_code_comes_back_over_http() {
     };
 
     let answer = assess("r-nobody", &face(0), "phone-1", 0.95);
-    assert_eq!(answer["reasons"], json!(["no_enrolment"]));
+    assert_eq!(answer.reasons, ["no_enrolment"]);
     note(&answer);
 
     enrol("r-nomatch", &faces().enrol, "phone-1");
@@ -1045,7 +1048,7 @@ fn every_reason_code_comes_back_over_http() {
     let weak = at_cosine(&e, &orthogonal(&e, 5_001), cosine_for_evidence(&model, 2.5));
     let answer = assess("r-weak", &weak, "phone-1", 0.95);
     assert!(
-        has(&answer, "weak_match") && answer["decision"] != "allow",
+        has(&answer, "weak_match") && answer.decision != "allow",
         "{answer}"
     );
     note(&answer);
@@ -1060,8 +1063,8 @@ fn every_reason_code_comes_back_over_http() {
     enrol("r-inject", &e, "phone-1");
     let answer = assess("r-inject", &e, "phone-1", 0.95);
     assert_eq!(
-        (&answer["decision"], &answer["reasons"]),
-        (&json!("deny"), &json!(["template_injection"]))
+        (answer.decision.as_str(), codes(&answer.reasons)),
+        ("deny", vec!["template_injection"])
     );
     note(&answer);
 
@@ -1070,13 +1073,13 @@ fn every_reason_code_comes_back_over_http() {
     enrol("r-replay", &e, "phone-replay");
     let probe = new_capture(&e, 1);
     assert_eq!(
-        assess("r-replay", &probe, "phone-replay", 0.95)["decision"],
+        assess("r-replay", &probe, "phone-replay", 0.95).decision,
         "allow"
     );
     let answer = assess("r-replay", &probe, "phone-replay", 0.95);
     assert_eq!(
-        (&answer["decision"], &answer["reasons"]),
-        (&json!("deny"), &json!(["replayed_probe"]))
+        (answer.decision.as_str(), codes(&answer.reasons)),
+        ("deny", vec!["replayed_probe"])
     );
     note(&answer);
 
@@ -1088,10 +1091,16 @@ fn every_reason_code_comes_back_over_http() {
 
     // A burst of failed attempts on one account.
     enrol("r-burst", &face(6), "phone-1");
-    let mut answer = json!(null);
+    let mut answer = None;
     for i in 0..8 {
-        answer = assess("r-burst", &new_capture(&face(7), i), "phone-1", 0.95);
+        answer = Some(assess(
+            "r-burst",
+            &new_capture(&face(7), i),
+            "phone-1",
+            0.95,
+        ));
     }
+    let answer = answer.unwrap();
     assert!(
         has(&answer, "high_velocity") && has(&answer, "repeated_failures"),
         "{answer}"
@@ -1129,7 +1138,7 @@ fn every_reason_code_comes_back_over_http() {
         "the probes are far apart"
     );
     let answer = assess("r-drift", &accepted, "phone-drift", 0.95);
-    assert_eq!(answer["decision"], "allow", "{answer}");
+    assert_eq!(answer.decision, "allow", "{answer}");
     drop(client);
     server.stop_cleanly();
     let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
@@ -1137,8 +1146,8 @@ fn every_reason_code_comes_back_over_http() {
     r.device_id = Some("phone-drift".into());
     let answer = server.client().assess(&r).unwrap();
     assert_eq!(
-        (&answer["decision"], &answer["reasons"]),
-        (&json!("step_up"), &json!(["drift"])),
+        (answer.decision.as_str(), codes(&answer.reasons)),
+        ("step_up", vec!["drift"]),
         "{answer}"
     );
     note(&answer);

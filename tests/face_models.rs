@@ -9,6 +9,7 @@ mod support;
 
 use tee_risk::client::{Client, ClientError, FeatureRequest, IdentifyRequest};
 use tee_risk::lab::Dataset;
+use tee_risk::protocol::reply::IdentifyReply;
 
 use support::{TestServer, shared_faces};
 
@@ -39,7 +40,7 @@ fn request(user: &str, features: &[f32], face_model: Option<&str>) -> FeatureReq
     }
 }
 
-fn identify(client: &Client, features: &[f32], face_model: Option<&str>) -> serde_json::Value {
+fn identify(client: &Client, features: &[f32], face_model: Option<&str>) -> IdentifyReply {
     client
         .identify(&IdentifyRequest {
             features: features.to_vec(),
@@ -53,13 +54,13 @@ fn identify(client: &Client, features: &[f32], face_model: Option<&str>) -> serd
 }
 
 /// The refusal's code and detail.
-fn refused(result: Result<serde_json::Value, ClientError>) -> (String, String) {
+fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (String, String) {
     match result {
         Err(ClientError::Refused {
             status: 422,
             code,
             detail,
-        }) => (code, detail),
+        }) => (code.to_string(), detail),
         other => panic!("expected a 422 refusal, got {other:?}"),
     }
 }
@@ -80,8 +81,8 @@ fn two_face_models_are_served_side_by_side_without_mixing() {
         let images = if model == Some(MFN) { &mfn } else { &dlib };
         for image in &images[i].1[..2] {
             let answer = client.enroll(&request(&name(i), image, model)).unwrap();
-            assert_eq!(answer["outcome"], "enrolled", "{answer}");
-            assert_eq!(answer["face_model"], model.unwrap_or("dlib-resnet128"));
+            assert_eq!(answer.outcome, "enrolled", "{answer}");
+            assert_eq!(answer.face_model, model.unwrap_or("dlib-resnet128"));
         }
     };
     // Users 0–2 enrolled by a v1.1 client (no face_model: the default, dlib), users 3–5
@@ -100,8 +101,8 @@ fn two_face_models_are_served_side_by_side_without_mixing() {
     };
     for (i, model) in [(1, None), (3, Some(MFN)), (0, None), (0, Some(MFN))] {
         let answer = assess(i, model).unwrap();
-        assert_eq!(answer["decision"], "allow", "user {i} {model:?}: {answer}");
-        assert_eq!(answer["face_model"], model.unwrap_or("dlib-resnet128"));
+        assert_eq!(answer.decision, "allow", "user {i} {model:?}: {answer}");
+        assert_eq!(answer.face_model, model.unwrap_or("dlib-resnet128"));
     }
     // A user enrolled under MobileFaceNet only, assessed with a dlib embedding: refused,
     // naming the model the user is enrolled under, never compared across scales.
@@ -114,32 +115,29 @@ fn two_face_models_are_served_side_by_side_without_mixing() {
 
     // 1:N searches the request's model only: `searched` counts that model's users.
     let found = identify(&client, &mfn[4].1[3], Some(MFN));
-    assert_eq!(found["decision"], "match", "{found}");
-    assert_eq!(found["candidates"][0]["user_id"], name(4));
-    assert_eq!(
-        (found["searched"].as_u64(), &found["face_model"]),
-        (Some(4), &MFN.into())
-    );
+    assert_eq!(found.decision, "match", "{found}");
+    assert_eq!(found.candidates[0].user_id, name(4));
+    assert_eq!((found.searched, found.face_model.as_str()), (4, MFN));
     let found = identify(&client, &dlib[4].1[3], None);
-    assert_eq!(found["decision"], "no_match", "{found}");
+    assert_eq!(found.decision, "no_match", "{found}");
     assert_eq!(
-        (found["searched"].as_u64(), &found["face_model"]),
-        (Some(3), &"dlib-resnet128".into())
+        (found.searched, found.face_model.as_str()),
+        (3, "dlib-resnet128")
     );
     let found = identify(&client, &dlib[2].1[3], None);
-    assert_eq!(found["candidates"][0]["user_id"], name(2), "{found}");
+    assert_eq!(found.candidates[0].user_id, name(2), "{found}");
 
     // Conflict search at enrolment is per model: user 1's face is enrolled under dlib only,
     // so a MobileFaceNet enrolment of it under another account is not a conflict there …
     let answer = client
         .enroll(&request("second-1", &mfn[1].1[3], Some(MFN)))
         .unwrap();
-    assert_eq!(answer["outcome"], "enrolled", "{answer}");
+    assert_eq!(answer.outcome, "enrolled", "{answer}");
     // … but user 4's, enrolled under MobileFaceNet, is.
     let answer = client
         .enroll(&request("second-4", &mfn[4].1[4], Some(MFN)))
         .unwrap();
-    assert_eq!(answer["outcome"], "identity_conflict", "{answer}");
+    assert_eq!(answer.outcome, "identity_conflict", "{answer}");
 
     // An unknown model, and a vector of another model's dimension: typed refusals that say
     // what would be accepted.
@@ -172,9 +170,9 @@ fn two_face_models_are_served_side_by_side_without_mixing() {
     );
     let client = server.client();
     let found = identify(&client, &mfn[5].1[3], Some(MFN));
-    assert_eq!(found["candidates"][0]["user_id"], name(5), "{found}");
-    assert_eq!(found["searched"].as_u64(), Some(5));
+    assert_eq!(found.candidates[0].user_id, name(5), "{found}");
+    assert_eq!(found.searched, 5);
     let found = identify(&client, &dlib[0].1[3], None);
-    assert_eq!(found["candidates"][0]["user_id"], name(0), "{found}");
-    assert_eq!(found["searched"].as_u64(), Some(3));
+    assert_eq!(found.candidates[0].user_id, name(0), "{found}");
+    assert_eq!(found.searched, 3);
 }

@@ -39,7 +39,7 @@ fn a_request_id_stays_spent_across_restarts_and_crashes() {
     let client = server.client();
     client.enroll(&request("alice", &faces.enrol)).unwrap();
     let first = client.assess(&request("alice", &faces.genuine)).unwrap();
-    let first_rid = first["rid"].as_str().unwrap().to_owned();
+    let first_rid = first.stamp.rid.as_str().to_owned();
     let (_, captured) = client.seal(&request("alice", &faces.genuine)).unwrap();
     assert_eq!(
         client.post_raw("/v1/assess", &captured).unwrap().status,
@@ -56,7 +56,7 @@ fn a_request_id_stays_spent_across_restarts_and_crashes() {
     let refused = client.post_raw("/v1/assess", &reused).unwrap();
     assert_eq!(error_code(&refused), (409, "replayed_request".into()));
     let second = client.assess(&request("alice", &faces.genuine)).unwrap();
-    let second_rid = second["rid"].as_str().unwrap().to_owned();
+    let second_rid = second.stamp.rid.as_str().to_owned();
 
     // A crash right after an answer: that id is spent too.
     server.kill();
@@ -71,9 +71,9 @@ fn a_request_id_stays_spent_across_restarts_and_crashes() {
     let fresh = client
         .assess(&request("alice", &new_capture(&faces.genuine, 1)))
         .unwrap();
-    assert_eq!(fresh["decision"], "allow");
+    assert_eq!(fresh.decision, "allow");
     let same_probe = client.assess(&request("alice", &faces.genuine)).unwrap();
-    assert_eq!(same_probe["reasons"], serde_json::json!(["replayed_probe"]));
+    assert_eq!(same_probe.reasons, ["replayed_probe"]);
 }
 
 #[test]
@@ -160,7 +160,7 @@ fn send_until_killed(client: &Client, round: usize, sender: usize, out: &Mutex<V
             Err(ClientError::Http(_)) => return,
             Err(other) => panic!("enrolment of {user} failed without a kill: {other}"),
         };
-        assert_eq!(enrolled["templates"], 1);
+        assert_eq!(enrolled.templates, 1);
         out.lock()
             .unwrap()
             .push(Acknowledged::Enrolled(user.clone(), face.clone()));
@@ -171,9 +171,9 @@ fn send_until_killed(client: &Client, round: usize, sender: usize, out: &Mutex<V
             Err(other) => panic!("assessment of {user} failed without a kill: {other}"),
         };
         out.lock().unwrap().push(Acknowledged::Assessed(
-            assessed["rid"].as_str().unwrap().to_owned(),
-            assessed["decision"].as_str().unwrap().to_owned(),
-            assessed["score"].as_f64().unwrap(),
+            assessed.stamp.rid.as_str().to_owned(),
+            assessed.decision.as_str().to_owned(),
+            assessed.score,
         ));
     }
 }

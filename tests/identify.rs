@@ -8,9 +8,12 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use tee_risk::client::{Client, ClientError, FeatureRequest, IdentifyRequest, RawResponse};
+use tee_risk::client::{
+    Client, ClientError, Distrust, FeatureRequest, IdentifyRequest, RawResponse,
+};
 use tee_risk::crypto::keyfile::load_or_create_sm2_key;
 use tee_risk::protocol::client_auth::ClientCredential;
+use tee_risk::protocol::reply::{AssessReply, IdentifyReply};
 
 use support::{TestServer, dev_dataset, error_code};
 
@@ -89,7 +92,7 @@ fn enrol(client: &Client, user: &str, face: &[f32]) {
             face_model: None,
         })
         .unwrap();
-    assert_eq!(answer["outcome"], "enrolled", "{answer}");
+    assert_eq!(answer.outcome, "enrolled", "{answer}");
 }
 
 /// Enrols the first 40 identities with two images each (0 and 1; image 2 is their probe),
@@ -116,29 +119,26 @@ fn a_genuine_face_is_named_and_a_stranger_is_not() {
         let answer = reader
             .identify(&probe(&setup().faces[identity][2], Some(3)))
             .unwrap();
-        assert_eq!(answer["op"], "identify");
-        assert!(answer["searched"].as_u64().unwrap() >= 40, "{answer}");
-        let candidates = answer["candidates"].as_array().unwrap();
+        assert_eq!(answer.stamp.op, "identify");
+        assert!(answer.searched >= 40, "{answer}");
+        let candidates = &answer.candidates;
         assert_eq!(candidates.len(), 3, "{answer}");
-        match answer["decision"].as_str().unwrap() {
+        match answer.decision.as_str() {
             "match" => {
-                assert_eq!(candidates[0]["user_id"], identity.as_str(), "{answer}");
+                assert_eq!(candidates[0].user_id, identity.as_str(), "{answer}");
                 named += 1;
             }
             // Two enrolled faces pass: the right one is among them.
             "ambiguous" => assert!(
                 candidates[..2]
                     .iter()
-                    .any(|c| c["user_id"] == identity.as_str()),
+                    .any(|c| c.user_id == identity.as_str()),
                 "{answer}"
             ),
             other => assert_eq!(other, "no_match", "{answer}"),
         }
         // Best first, with FMRs corrected for the gallery size.
-        let sims: Vec<f64> = candidates
-            .iter()
-            .map(|c| c["similarity"].as_f64().unwrap())
-            .collect();
+        let sims: Vec<f64> = candidates.iter().map(|c| c.similarity).collect();
         assert!(sims.windows(2).all(|w| w[0] >= w[1]), "{sims:?}");
     }
     // Named only when right (above); and named at all: the rate itself is measured by
@@ -152,8 +152,8 @@ fn a_genuine_face_is_named_and_a_stranger_is_not() {
         let answer = reader
             .identify(&probe(&setup().faces[stranger][0], None))
             .unwrap();
-        assert_eq!(answer["decision"], "no_match", "{stranger}: {answer}");
-        assert_eq!(answer["candidates"].as_array().unwrap().len(), 1);
+        assert_eq!(answer.decision, "no_match", "{stranger}: {answer}");
+        assert_eq!(answer.candidates.len(), 1);
     }
 }
 
@@ -182,11 +182,10 @@ fn one_person_under_two_accounts_is_ambiguous() {
     let mut ambiguous = 0;
     for image in &probes {
         let answer = reader.identify(&probe(image, Some(2))).unwrap();
-        let named: Vec<&str> = answer["candidates"]
-            .as_array()
-            .unwrap()
+        let named: Vec<&str> = answer
+            .candidates
             .iter()
-            .map(|c| c["user_id"].as_str().unwrap())
+            .map(|c| c.user_id.as_str())
             .collect();
         assert!(
             named.contains(&format!("{identity}-a").as_str()),
@@ -196,7 +195,7 @@ fn one_person_under_two_accounts_is_ambiguous() {
             named.contains(&format!("{identity}-b").as_str()),
             "{answer}"
         );
-        match answer["decision"].as_str().unwrap() {
+        match answer.decision.as_str() {
             "ambiguous" => ambiguous += 1,
             "no_match" => {}
             other => panic!("{other}: {answer}"),
@@ -214,15 +213,15 @@ fn a_copy_of_an_enrolled_template_names_no_one() {
     let reader = client(&setup().reader);
     let template = &setup().faces[&enrolled[3]][0];
     let answer = reader.identify(&probe(template, Some(3))).unwrap();
-    assert_eq!(answer["decision"], "refused", "{answer}");
-    assert_eq!(answer["reasons"][0], "template_injection", "{answer}");
-    assert!(answer["candidates"].as_array().unwrap().is_empty());
+    assert_eq!(answer.decision, "refused", "{answer}");
+    assert_eq!(answer.reasons[0], "template_injection", "{answer}");
+    assert!(answer.candidates.is_empty());
     // A failed liveness check names no one either.
     let mut spoof = probe(&setup().faces[&enrolled[4]][2], None);
     spoof.liveness = Some(0.1);
     let answer = reader.identify(&spoof).unwrap();
-    assert_eq!(answer["decision"], "refused", "{answer}");
-    assert_eq!(answer["reasons"][0], "low_liveness", "{answer}");
+    assert_eq!(answer.decision, "refused", "{answer}");
+    assert_eq!(answer.reasons[0], "low_liveness", "{answer}");
 }
 
 #[test]
@@ -244,8 +243,8 @@ fn the_answer_is_readable_only_with_the_requests_session_key() {
     fields.sort();
     assert_eq!(fields, ["ciphertext", "iv", "protected", "tag"]);
     assert!(!String::from_utf8_lossy(&raw.body).contains(&gallery()[5]));
-    let answer = reader.verify_sealed_answer(&sealed, &raw).unwrap();
-    assert_eq!(answer["rid"], sealed.header.rid.as_str());
+    let answer: IdentifyReply = reader.verify_sealed_answer(&sealed, &raw).unwrap();
+    assert_eq!(answer.stamp.rid, sealed.header.rid);
 
     // One bit of the ciphertext flipped: refused.
     let mut tampered = body.clone();
@@ -257,12 +256,21 @@ fn the_answer_is_readable_only_with_the_requests_session_key() {
         body: serde_json::to_vec(&tampered).unwrap(),
     };
     assert!(matches!(
-        reader.verify_sealed_answer(&sealed, &raw_tampered),
-        Err(ClientError::Untrusted(_))
+        reader.verify_sealed_answer::<IdentifyReply>(&sealed, &raw_tampered),
+        Err(ClientError::Untrusted {
+            failed: Distrust::Envelope,
+            ..
+        })
     ));
     // Another request's key (its own answer is fine) cannot open this one.
     let other = reader.seal_request(&probe(face, None), true).unwrap();
-    assert!(reader.verify_sealed_answer(&other, &raw).is_err());
+    assert!(matches!(
+        reader.verify_sealed_answer::<IdentifyReply>(&other, &raw),
+        Err(ClientError::Untrusted {
+            failed: Distrust::Envelope,
+            ..
+        })
+    ));
 
     // Enrol, assess and erase answer encrypted when asked.
     let private = client(&setup().reader).with_encrypted_answers();
@@ -274,15 +282,18 @@ fn the_answer_is_readable_only_with_the_requests_session_key() {
         device_id: Some("kiosk-1".into()),
         face_model: None,
     };
-    assert_eq!(private.enroll(&request(0)).unwrap()["outcome"], "enrolled");
+    assert_eq!(private.enroll(&request(0)).unwrap().outcome, "enrolled");
     let sealed = private.seal_request(&request(1), true).unwrap();
     let raw = private.post_raw("/v1/assess", &sealed.body).unwrap();
     assert!(!String::from_utf8_lossy(&raw.body).contains("decision"));
     assert_eq!(
-        private.verify_sealed_answer(&sealed, &raw).unwrap()["decision"],
+        private
+            .verify_sealed_answer::<AssessReply>(&sealed, &raw)
+            .unwrap()
+            .decision,
         "allow"
     );
-    assert_eq!(private.erase(identity).unwrap()["op"], "erase");
+    assert_eq!(private.erase(identity).unwrap().stamp.op, "erase");
 }
 
 #[test]

@@ -80,7 +80,7 @@ fn investigating_the_largest_gallery_ranks_as_the_eval_does_under_its_own_permis
                 face_model: None,
             })
             .unwrap();
-        assert_eq!(answer["outcome"], "enrolled", "{answer}");
+        assert_eq!(answer.outcome, "enrolled", "{answer}");
     };
     for (identity, images) in enrolled {
         enrol(identity, &images[0]);
@@ -98,18 +98,18 @@ fn investigating_the_largest_gallery_ranks_as_the_eval_does_under_its_own_permis
             let answer = investigator
                 .identify(&request(probe, Some(IdentifyMode::Investigate), Some(5)))
                 .unwrap();
-            assert_eq!(answer["mode"], "investigate", "{answer}");
-            assert_eq!(answer["decision"], "candidates", "{answer}");
-            assert_eq!(answer["searched"].as_u64().unwrap() as usize, gallery);
-            let candidates = answer["candidates"].as_array().unwrap();
+            assert_eq!(answer.mode, "investigate", "{answer}");
+            assert_eq!(answer.decision, "candidates", "{answer}");
+            assert_eq!(answer.searched, gallery);
+            let candidates = &answer.candidates;
             assert_eq!(candidates.len(), 5, "{answer}");
             for (i, c) in candidates.iter().enumerate() {
-                assert_eq!(c["rank"].as_u64().unwrap() as usize, i + 1);
-                let (fmr, pair) = (c["fmr"].as_f64().unwrap(), c["pair_fmr"].as_f64().unwrap());
-                assert!(pair > 0.0 && pair <= fmr && fmr <= 1.0, "{c}");
+                assert_eq!(c.rank, Some(i + 1));
+                let (fmr, pair) = (c.fmr, c.pair_fmr.unwrap());
+                assert!(pair > 0.0 && pair <= fmr && fmr <= 1.0, "{c:?}");
             }
             searches += 1;
-            rank1 += usize::from(candidates[0]["user_id"] == identity.as_str());
+            rank1 += usize::from(candidates[0].user_id == identity.as_str());
         }
     }
     let over_http = rank1 as f64 / searches as f64;
@@ -155,12 +155,12 @@ fn investigating_the_largest_gallery_ranks_as_the_eval_does_under_its_own_permis
     refused(&registrar, Some(IdentifyMode::Investigate), "identify");
     // A decision for the decider; top_k beyond 10 only when investigating.
     let decided = decider.identify(&request(probe, None, None)).unwrap();
-    assert_eq!(decided["mode"], "decide");
-    assert!(decided["candidates"][0].get("rank").is_none(), "{decided}");
+    assert_eq!(decided.mode, "decide");
+    assert!(decided.candidates[0].rank.is_none(), "{decided}");
     let many = investigator
         .identify(&request(probe, Some(IdentifyMode::Investigate), Some(50)))
         .unwrap();
-    assert_eq!(many["candidates"].as_array().unwrap().len(), 50);
+    assert_eq!(many.candidates.len(), 50);
     match decider.identify(&request(probe, None, Some(11))) {
         Err(ClientError::Refused { status, code, .. }) => {
             assert_eq!((status, code.as_str()), (422, "invalid_field"))

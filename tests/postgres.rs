@@ -113,11 +113,11 @@ fn the_service_runs_on_postgres_and_the_database_holds_nothing_in_the_clear() {
     let client = server.client();
     let mut enrol = request(USER, &faces().enrol);
     enrol.device_id = Some(DEVICE.into());
-    assert_eq!(client.enroll(&enrol).unwrap()["outcome"], "enrolled");
+    assert_eq!(client.enroll(&enrol).unwrap().outcome, "enrolled");
     let mut probe = request(USER, &faces().genuine);
     probe.device_id = Some(DEVICE.into());
     let answer = client.assess(&probe).unwrap();
-    assert_eq!(answer["decision"], "allow", "{answer}");
+    assert_eq!(answer.decision, "allow", "{answer}");
     client
         .enroll(&request("pg-other", &faces().impostor))
         .unwrap();
@@ -179,13 +179,13 @@ fn two_replicas_share_spent_request_ids_and_records() {
     on_a.enroll(&request("shared", &faces().enrol)).unwrap();
     let answer = on_b.assess(&request("shared", &faces().genuine)).unwrap();
     assert_eq!(
-        answer["decision"], "allow",
+        answer.decision, "allow",
         "enrolled on a, assessed on b: {answer}"
     );
 
     // Each replica has its own encryption key: a client that reuses a request id seals it
     // to the other replica's key. The id is spent in the shared database.
-    let spent = answer["rid"].as_str().unwrap().to_owned();
+    let spent = answer.stamp.rid.as_str().to_owned();
     let key = on_a.keys().encryption.clone();
     let mut header = ProtectedHeader::new(&key.kid(), unix_now()).unwrap();
     header.rid = spent;
@@ -199,11 +199,7 @@ fn two_replicas_share_spent_request_ids_and_records() {
     let after = on_a
         .assess(&request("shared", &new_capture(&faces().genuine, 4)))
         .unwrap();
-    assert_eq!(
-        after["reasons"],
-        serde_json::json!(["no_enrolment"]),
-        "erased on b, seen on a"
-    );
+    assert_eq!(after.reasons, ["no_enrolment"], "erased on b, seen on a");
     a.stop_cleanly();
     b.stop_cleanly();
 }
@@ -227,7 +223,7 @@ fn enrolments_and_erasures_on_one_replica_reach_the_conflict_search_of_the_other
         let second = on_b
             .enroll(&request(&format!("second-{attempt}"), &faces().genuine))
             .unwrap();
-        if second["outcome"] == "identity_conflict" {
+        if second.outcome == "identity_conflict" {
             break enrolled.elapsed();
         }
         // Not seen yet: that account was enrolled; erase it so that it does not count.
@@ -246,7 +242,7 @@ fn enrolments_and_erasures_on_one_replica_reach_the_conflict_search_of_the_other
         let again = on_b
             .enroll(&request(&format!("second-{attempt}"), &faces().genuine))
             .unwrap();
-        if again["outcome"] == "enrolled" {
+        if again.outcome == "enrolled" {
             break erased.elapsed();
         }
         assert!(
@@ -349,11 +345,7 @@ fn a_database_that_stops_under_load_gives_503_and_the_replica_recovers_by_itself
         let answer = client
             .assess(&request(user, &new_capture(&support::synthetic_face(0), 1)))
             .unwrap();
-        assert_ne!(
-            answer["reasons"],
-            serde_json::json!(["no_enrolment"]),
-            "{user} lost"
-        );
+        assert_ne!(answer.reasons, ["no_enrolment"], "{user} lost");
     }
     server.stop_cleanly();
 }
@@ -408,7 +400,7 @@ fn db_copy_moves_a_sled_deployment_to_postgres() {
             &new_capture(&support::synthetic_face(7), 2),
         ))
         .unwrap();
-    assert_eq!(answer["decision"], "allow", "{answer}");
+    assert_eq!(answer.decision, "allow", "{answer}");
     replica.stop_cleanly();
 
     // A database of its own (another salt) is not a target.
@@ -499,11 +491,7 @@ fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_dea
             &new_capture(&support::synthetic_face(3), 1),
         ))
         .unwrap();
-    assert_ne!(
-        answer["reasons"],
-        serde_json::json!(["no_enrolment"]),
-        "{answer}"
-    );
+    assert_ne!(answer.reasons, ["no_enrolment"], "{answer}");
     sweeper.kill();
     // The other takes over once the lease runs out (10 s), and finishes.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -569,8 +557,8 @@ fn sigkill_of_one_replica_under_load_loses_nothing_acknowledged() {
                     }
                     match client.assess(&request(&user, &new_capture(&face, 1))) {
                         Ok(answer) => assessed.lock().unwrap().push((
-                            answer["rid"].as_str().unwrap().to_owned(),
-                            answer["decision"].as_str().unwrap().to_owned(),
+                            answer.stamp.rid.as_str().to_owned(),
+                            answer.decision.as_str().to_owned(),
                         )),
                         Err(ClientError::Http(_)) => return,
                         Err(other) => panic!("{user}: {other}"),

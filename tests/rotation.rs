@@ -180,7 +180,7 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
                             device_id: None,
                             face_model: None,
                         };
-                        let answer = client.send(path, &request).unwrap();
+                        let answer: serde_json::Value = client.send(path, &request).unwrap();
                         // (what happened, user or rid): "enrolled" / "identity_conflict"
                         // for enrolments, "assess" + the decision for assessments.
                         let what = if path == "/v1/enroll" {
@@ -385,7 +385,7 @@ fn sigkill_at_random_points_during_rotation_loses_and_duplicates_nothing() {
             let client = server.client();
             for user in ERASED {
                 let answer = client.erase(user).unwrap();
-                assert_eq!(answer["erased"]["templates"], 1, "{answer}");
+                assert_eq!(answer.erased.templates, 1, "{answer}");
             }
             erased_at = Some(last_moved);
         }
@@ -655,7 +655,7 @@ fn a_pre_rotation_backup_restores_and_recognises_its_users() {
         .unwrap();
     // Recognised: her template is there and matches (the ten seeded users are one person's
     // ten photographs, so the others are named as conflicts).
-    let reasons = answer["reasons"].as_array().unwrap();
+    let reasons = &answer.reasons;
     for absent in ["no_enrolment", "no_match", "weak_match"] {
         assert!(!reasons.iter().any(|r| r == absent), "{answer}");
     }

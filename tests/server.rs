@@ -7,12 +7,15 @@ mod support;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use support::{MASTER_KEY, TestServer, error_code, faces, open_vault, request, unlimited_config};
+use support::{
+    MASTER_KEY, TestServer, codes, error_code, faces, open_vault, request, unlimited_config,
+};
 use tee_risk::app::server::IDENTITY_PEM;
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
 use tee_risk::lab::new_capture;
 use tee_risk::obs::unix_now;
 use tee_risk::protocol::client_auth::ClientCredential;
+use tee_risk::protocol::reply::AssessReply;
 use tee_risk::protocol::request::{ProtectedHeader, seal};
 use tee_risk::protocol::{b64_decode, b64_encode};
 use tee_risk::service::access::DevClient;
@@ -66,35 +69,32 @@ fn enrol_assess_signed_and_pinned() {
         .unwrap();
     assert_eq!(
         (
-            enrolled["op"].as_str(),
-            enrolled["outcome"].as_str(),
-            enrolled["templates"].as_u64()
+            enrolled.stamp.op.as_str(),
+            enrolled.outcome.as_str(),
+            enrolled.templates
         ),
-        (Some("enroll"), Some("enrolled"), Some(1))
+        ("enroll", "enrolled", 1)
     );
 
     let genuine = client.assess(&request("alice", &faces.genuine)).unwrap();
-    assert_eq!(genuine["decision"], "allow", "{genuine}");
-    assert_eq!(genuine["reasons"], json!([]));
+    assert_eq!(genuine.decision, "allow", "{genuine}");
+    assert_eq!(genuine.reasons, [] as [&str; 0]);
     let policy = tee_risk::app::config::Config::builtin()
         .risk_policy()
         .unwrap();
-    assert_eq!(genuine["model"], policy.model_version());
-    assert_eq!(enrolled["model"], policy.model_version());
-    assert!(genuine["score"].as_f64().unwrap() <= policy.allow_max_risk());
-    let iat = genuine["iat"].as_i64().unwrap();
+    assert_eq!(genuine.model, policy.model_version());
+    assert_eq!(enrolled.model, policy.model_version());
+    assert!(genuine.score <= policy.allow_max_risk());
+    let iat = genuine.stamp.iat;
     assert!((iat - unix_now()).abs() < 60);
 
     let impostor = client.assess(&request("alice", &faces.impostor)).unwrap();
-    assert_eq!(impostor["decision"], "deny");
-    assert_eq!(impostor["reasons"][0], "no_match", "{impostor}");
+    assert_eq!(impostor.decision, "deny");
+    assert_eq!(impostor.reasons[0], "no_match", "{impostor}");
 
     let unknown = client.assess(&request("nobody", &faces.genuine)).unwrap();
-    assert_eq!(
-        (unknown["decision"].as_str(), unknown["score"].as_f64()),
-        (Some("deny"), Some(1.0))
-    );
-    assert_eq!(unknown["reasons"], json!(["no_enrolment"]));
+    assert_eq!((unknown.decision.as_str(), unknown.score), ("deny", 1.0));
+    assert_eq!(unknown.reasons, ["no_enrolment"]);
 
     let low_liveness = client
         .assess(&FeatureRequest {
@@ -106,17 +106,17 @@ fn enrol_assess_signed_and_pinned() {
         })
         .unwrap();
     // Liveness 0.1 after an earlier denial in the window: refused, both named.
-    assert_ne!(low_liveness["decision"], "allow", "{low_liveness}");
-    assert_eq!(low_liveness["reasons"][0], "low_liveness", "{low_liveness}");
+    assert_ne!(low_liveness.decision, "allow", "{low_liveness}");
+    assert_eq!(low_liveness.reasons[0], "low_liveness", "{low_liveness}");
 
     // The payload carries no feature values.
-    for payload in [&enrolled, &genuine, &impostor] {
-        assert!(payload.get("features").is_none());
-        assert!(
-            !payload
-                .to_string()
-                .contains(&format!("{}", faces.genuine[0]))
-        );
+    for payload in [
+        enrolled.to_string(),
+        genuine.to_string(),
+        impostor.to_string(),
+    ] {
+        assert!(!payload.contains("\"features\""));
+        assert!(!payload.contains(&format!("{}", faces.genuine[0])));
     }
 
     // A response signed by another key is refused by the client.
@@ -132,11 +132,21 @@ fn enrol_assess_signed_and_pinned() {
         ..client.keys().clone()
     };
     let wrong = Client::with_keys(&server.url, impostor_keys);
-    assert!(wrong.verify_answer(&header, &body, &raw).is_err());
+    assert!(
+        wrong
+            .verify_answer::<AssessReply>(&header, &body, &raw)
+            .is_err()
+    );
     // …and an answer to another body is refused even with the right key.
     let (_, other_body) = client.seal(&request("alice", &faces.genuine)).unwrap();
-    assert!(client.verify_answer(&header, &other_body, &raw).is_err());
-    client.verify_answer(&header, &body, &raw).unwrap();
+    assert!(
+        client
+            .verify_answer::<AssessReply>(&header, &other_body, &raw)
+            .is_err()
+    );
+    client
+        .verify_answer::<AssessReply>(&header, &body, &raw)
+        .unwrap();
 
     server.stop_cleanly();
 
@@ -253,7 +263,9 @@ fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
 
     // Replays: the first use succeeds, the second is refused.
     let first = client.post_raw("/v1/assess", &body).unwrap();
-    client.verify_answer(&header, &body, &first).unwrap();
+    client
+        .verify_answer::<AssessReply>(&header, &body, &first)
+        .unwrap();
     let again = client.post_raw("/v1/assess", &body).unwrap();
     assert_eq!(error_code(&again), (409, "replayed_request".into()));
     let cross = client.post_raw("/v1/enroll", &body).unwrap();
@@ -326,7 +338,7 @@ fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
     let after = client
         .assess(&request("alice", &new_capture(&faces.genuine, 1)))
         .unwrap();
-    assert_eq!(after["decision"], "allow");
+    assert_eq!(after.decision, "allow");
     let stderr = server.stderr();
     server.stop_cleanly();
     assert!(!stderr.contains("panicked"), "no panic in the server log");
@@ -377,10 +389,11 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
                             let (header, body) =
                                 client.seal(&request("metrics-user-7f3a", &probe)).unwrap();
                             let raw = client.post_raw("/v1/assess", &body).unwrap();
-                            let answer = client.verify_answer(&header, &body, &raw).unwrap();
+                            let answer: AssessReply =
+                                client.verify_answer(&header, &body, &raw).unwrap();
                             // 64 attempts on one account within seconds: the velocity
                             // signals may refuse some; each is answered and stored anyway.
-                            assert_eq!(answer["op"], "assess");
+                            assert_eq!(answer.stamp.op, "assess");
                             header.rid
                         })
                         .collect::<Vec<_>>()
@@ -539,7 +552,7 @@ fn dev_mode_generates_a_key_and_warns_and_production_mode_needs_one() {
         .with_credential(dev_client)
         .assess(&request("dev-user", &faces.genuine))
         .unwrap();
-    assert_eq!(answer["decision"], "allow");
+    assert_eq!(answer.decision, "allow");
     again.stop();
     let dev_key = std::fs::read_to_string(key_file).unwrap();
     assert_eq!(
@@ -566,45 +579,39 @@ fn identity_conflict_new_device_and_velocity_end_to_end() {
     let server = start();
     let client = server.client();
     let enrolled = client.enroll(&request("alice", &faces.enrol)).unwrap();
-    assert_eq!(enrolled["outcome"], "enrolled", "{enrolled}");
+    assert_eq!(enrolled.outcome, "enrolled", "{enrolled}");
     // Another photograph of the same face, enrolled as someone else: refused, not stored.
     let second = client.enroll(&request("mallory", &faces.genuine)).unwrap();
     assert_eq!(
-        (&second["outcome"], &second["templates"], &second["reasons"]),
         (
-            &json!("identity_conflict"),
-            &json!(0),
-            &json!(["identity_conflict"])
+            second.outcome.as_str(),
+            second.templates,
+            codes(&second.reasons)
         ),
+        ("identity_conflict", 0, vec!["identity_conflict"]),
         "{second}"
     );
     let mallory = client.assess(&request("mallory", &faces.genuine)).unwrap();
-    assert_eq!(mallory["reasons"], json!(["no_enrolment"]));
+    assert_eq!(mallory.reasons, ["no_enrolment"]);
     // A different face enrols as bob without conflict.
     let bob = client.enroll(&request("bob", &faces.impostor)).unwrap();
-    assert_eq!(bob["outcome"], "enrolled", "{bob}");
+    assert_eq!(bob.outcome, "enrolled", "{bob}");
 
     // A new device is named (and costs a step-up with the shipped model); once an attempt
     // from it was allowed or stepped up, it is known.
     let mut tablet = request("alice", &new_capture(&faces.genuine, 1));
     tablet.device_id = Some("tablet-9".into());
     let first = client.assess(&tablet).unwrap();
-    assert!(
-        first["reasons"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("new_device")),
-        "{first}"
-    );
+    assert!(first.reasons.iter().any(|r| r == "new_device"), "{first}");
     assert_ne!(
-        first["decision"], "deny",
+        first.decision, "deny",
         "a strong match from a new device: {first}"
     );
     tablet.features = new_capture(&faces.genuine, 2);
     let again = client.assess(&tablet).unwrap();
     assert_eq!(
-        (&again["decision"], &again["reasons"]),
-        (&json!("allow"), &json!([])),
+        (again.decision.as_str(), codes(&again.reasons)),
+        ("allow", Vec::<&str>::new()),
         "{again}"
     );
     server.stop_cleanly();
@@ -613,24 +620,27 @@ fn identity_conflict_new_device_and_velocity_end_to_end() {
     let server = start();
     let client = server.client();
     let retry = client.enroll(&request("mallory", &faces.genuine)).unwrap();
-    assert_eq!(retry["outcome"], "identity_conflict", "{retry}");
+    assert_eq!(retry.outcome, "identity_conflict", "{retry}");
     // A burst on bob's account with someone else's face: named, and refused.
-    let mut last = json!(null);
+    let mut last = None;
     for i in 0..8 {
-        last = client
-            .assess(&request("bob", &new_capture(&faces.genuine, 10 + i)))
-            .unwrap();
+        last = Some(
+            client
+                .assess(&request("bob", &new_capture(&faces.genuine, 10 + i)))
+                .unwrap(),
+        );
     }
-    assert_eq!(last["decision"], "deny");
+    let last = last.unwrap();
+    assert_eq!(last.decision, "deny");
     for reason in ["no_match", "high_velocity", "repeated_failures"] {
         assert!(
-            last["reasons"].as_array().unwrap().contains(&json!(reason)),
+            last.reasons.iter().any(|r| r == reason),
             "{reason} in {last}"
         );
     }
     // Once alice is erased her face may enrol again, under any account.
     client.erase("alice").unwrap();
     let after = client.enroll(&request("mallory", &faces.genuine)).unwrap();
-    assert_eq!(after["outcome"], "enrolled", "{after}");
+    assert_eq!(after.outcome, "enrolled", "{after}");
     server.stop_cleanly();
 }

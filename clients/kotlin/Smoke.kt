@@ -22,17 +22,23 @@ fun main(args: Array<String>) {
         url, AttestationPolicy.load(devPolicy), Credential.fromFile("dev", clientKey),
     )
     println("{\"attested\":\"${client.attestation()?.tee}\",\"identity_kid\":\"${client.identityKid()}\"}")
-    println(client.enroll("kotlin-user", features(enrol), null, "kiosk-1", false))
+    // The answers are typed records; printed as JSON lines for the Python test to read.
+    val enrolled = client.enroll("kotlin-user", features(enrol), null, "kiosk-1", false)
+    println("{\"outcome\":\"${enrolled.outcome}\",\"templates\":${enrolled.templates}}")
     // Identify before the assessment makes this probe a recent one (identify refuses those).
-    println(client.identify(features(probe), null, null, 3u))
-    println(client.assess("kotlin-user", features(probe), 0.97f, "kiosk-1", false))
-    println(client.erase("kotlin-user", true))
+    val identified = client.identify(features(probe), null, null, 3u)
+    val best = identified.candidates.firstOrNull()?.userId ?: ""
+    println("{\"decision\":\"${identified.decision}\",\"best\":\"$best\"}")
+    val assessed = client.assess("kotlin-user", features(probe), 0.97f, "kiosk-1", false)
+    println("{\"decision\":\"${assessed.decision}\",\"score\":${assessed.score}}")
+    val erased = client.erase("kotlin-user", true)
+    println("{\"templates\":${erased.templates}}")
     try {
         TeeRiskClient.attest(url, AttestationPolicy.load(productionPolicy), null)
         System.err.println("the production policy accepted simulated evidence")
         exitProcess(1)
     } catch (e: TeeRiskException.Untrusted) {
-        println("{\"production_policy\":\"refused\"}")
+        println("{\"production_policy\":\"refused\",\"check\":\"${e.check}\"}")
     }
 }
 

@@ -151,38 +151,8 @@ pub async fn serve(
     check_attestation_device(&config)?;
     let clients_file = clients_from_file(&config)?;
     let listener = bind(config.listen_addr()?)?;
-    let operator_listener_socket = config.operator_addr()?.map(bind).transpose()?;
-
-    // The cluster's secrets before the database opens: a replica that cannot join does not
-    // serve. (Joining needs evidence: in sim mode that writes the sim platform key first.)
-    let cluster_policy = if config.cluster.enabled() {
-        Some(Policy::load(&config.cluster.policy)?)
-    } else {
-        None
-    };
-    let early_attester = match cluster_policy {
-        Some(_) => Some(Arc::new(attester(&config)?)),
-        None => None,
-    };
-    let secrets = match (&cluster_policy, &early_attester) {
-        (Some(policy), Some(attestation)) if !config.cluster.peers.is_empty() => {
-            match off_runtime(|| join::join(&config.cluster, policy, attestation))? {
-                Joined::Peer(peer, secrets) => {
-                    check_schedule(&config, &secrets);
-                    tracing::info!(%peer, "cluster secrets received from a peer");
-                    Some(secrets)
-                }
-                Joined::Bootstrap => {
-                    tracing::warn!(
-                        "no peer answered: bootstrapping a NEW cluster identity (clients \
-                         must re-attest and re-pin it)"
-                    );
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let operator_listener = config.operator_addr()?.map(bind).transpose()?;
+    let cluster = join_cluster(&config)?;
 
     // Off the async runtime: the PostgreSQL client blocks on a runtime of its own.
     let service = off_runtime(|| -> Result<_, AppError> {
@@ -196,12 +166,12 @@ pub async fn serve(
         // The data folder holds the files beside the store (sim platform key, dev files);
         // with PostgreSQL nothing else has made it.
         std::fs::create_dir_all(&data_dir).map_err(io("create", &data_dir))?;
-        Ok(Arc::new(match secrets {
+        Ok(Arc::new(match cluster.secrets {
             Some(secrets) => Service::with_secrets(&settings, vault, secrets, unix_now())?,
             None => Service::new(&settings, vault, unix_now())?,
         }))
     })?;
-    let attestation = match early_attester {
+    let attestation = match cluster.attester {
         Some(attestation) => attestation,
         None => Arc::new(attester(&config)?),
     };
@@ -210,21 +180,111 @@ pub async fn serve(
         None => dev_client_registry(&config)?,
     });
     publish_public_keys(&config.keys.dir, &service)?;
+    let background = Background::start(&service, &data_dir)?;
+    let state = app_state(&config, &service, attestation, cluster.policy, clients);
+    // On SIGTERM/SIGINT: stop accepting, finish in-flight requests (answers then close
+    // their connections), then stop the background threads and flush.
+    run_http(&config, state, listener, operator_listener).await?;
+    background.stop();
+    off_runtime(|| service.vault().flush())?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
 
-    let stop_rotation = Arc::new(AtomicBool::new(false));
-    let rotation = if service.vault().rotation_pending() {
-        Some(
-            spawn_rotation(service.clone(), stop_rotation.clone())
-                .map_err(io("start the rotation thread for", &data_dir))?,
-        )
-    } else {
+/// What a cluster replica has before its database opens.
+struct ClusterStart {
+    /// The policy peers verify each other under (none outside a cluster).
+    policy: Option<Policy>,
+    /// The attester made early to join (sim mode writes the sim platform key first).
+    attester: Option<Arc<Attester>>,
+    /// The cluster's secrets from a peer; none for a single node or a new cluster.
+    secrets: Option<ClusterSecrets>,
+}
+
+/// The cluster's secrets before the database opens: a replica that cannot join does not
+/// serve.
+fn join_cluster(config: &Config) -> Result<ClusterStart, AppError> {
+    if !config.cluster.enabled() {
+        return Ok(ClusterStart {
+            policy: None,
+            attester: None,
+            secrets: None,
+        });
+    }
+    let policy = Policy::load(&config.cluster.policy)?;
+    let attestation = Arc::new(attester(config)?);
+    let secrets = if config.cluster.peers.is_empty() {
         None
+    } else {
+        match off_runtime(|| join::join(&config.cluster, &policy, &attestation))? {
+            Joined::Peer(peer, secrets) => {
+                check_schedule(config, &secrets);
+                tracing::info!(%peer, "cluster secrets received from a peer");
+                Some(secrets)
+            }
+            Joined::Bootstrap => {
+                tracing::warn!(
+                    "no peer answered: bootstrapping a NEW cluster identity (clients must \
+                     re-attest and re-pin it)"
+                );
+                None
+            }
+        }
     };
-    let stop_maintenance = Arc::new(AtomicBool::new(false));
-    let maintenance = spawn_key_maintenance(service.clone(), stop_maintenance.clone())
-        .map_err(io("start the key maintenance thread for", &data_dir))?;
+    Ok(ClusterStart {
+        policy: Some(policy),
+        attester: Some(attestation),
+        secrets,
+    })
+}
 
-    let state = web::Data::new(AppState {
+/// The background threads: the re-encryption sweep (while one is pending) and the key
+/// maintenance.
+struct Background {
+    stop: Arc<AtomicBool>,
+    rotation: Option<std::thread::JoinHandle<()>>,
+    maintenance: std::thread::JoinHandle<()>,
+}
+
+impl Background {
+    fn start(service: &Arc<Service>, data_dir: &Path) -> Result<Self, AppError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rotation = if service.vault().rotation_pending() {
+            Some(
+                spawn_rotation(service.clone(), stop.clone())
+                    .map_err(io("start the rotation thread for", data_dir))?,
+            )
+        } else {
+            None
+        };
+        let maintenance = spawn_key_maintenance(service.clone(), stop.clone())
+            .map_err(io("start the key maintenance thread for", data_dir))?;
+        Ok(Self {
+            stop,
+            rotation,
+            maintenance,
+        })
+    }
+
+    /// Asks both threads to stop and waits for them.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(rotation) = self.rotation {
+            let _ = rotation.join();
+        }
+        let _ = self.maintenance.join();
+    }
+}
+
+/// What every handler shares.
+fn app_state(
+    config: &Config,
+    service: &Arc<Service>,
+    attestation: Arc<Attester>,
+    cluster_policy: Option<Policy>,
+    clients: Arc<ClientRegistry>,
+) -> web::Data<AppState> {
+    web::Data::new(AppState {
         attestation,
         cluster: cluster_policy.map(|policy| Arc::new(ClusterPeer::new(policy))),
         clients,
@@ -245,10 +305,20 @@ pub async fn serve(
             .ok()
             .filter(|t| !t.is_empty())
             .map(|t| crate::crypto::sm3(t.as_bytes())),
-    });
+    })
+}
+
+/// Serves HTTP on the service's listener (and the operator's, if any) until SIGTERM or
+/// SIGINT, then drains: stops accepting and finishes the requests in flight.
+async fn run_http(
+    config: &Config,
+    state: web::Data<AppState>,
+    listener: std::net::TcpListener,
+    operator_listener: Option<std::net::TcpListener>,
+) -> Result<(), AppError> {
     let draining = state.draining.clone();
     let stop_signals = StopSignals::install()?;
-    let operator_listener = state.operator_listener.clone();
+    let operator_addr = state.operator_listener.clone();
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -266,13 +336,13 @@ pub async fn serve(
         addr: service_addr,
         source,
     })?;
-    if let Some(operator) = operator_listener_socket {
+    if let Some(operator) = operator_listener {
         let bound = operator.local_addr().map_err(AppError::Serve)?;
         server = server.listen(operator).map_err(|source| AppError::Bind {
             addr: bound,
             source,
         })?;
-        let _ = operator_listener.set(bound);
+        let _ = operator_addr.set(bound);
         tracing::info!(addr = %bound, "operator endpoints (/metrics, /admin/…) listening");
         // Before the service's line, which tells watchers that start-up is complete.
         println!("{OPERATOR_LISTENING_PREFIX}{bound}");
@@ -280,18 +350,7 @@ pub async fn serve(
     tracing::info!(addr = %service_addr, "listening");
     println!("{LISTENING_PREFIX}{service_addr}");
     std::io::stdout().flush().ok();
-    // On SIGTERM/SIGINT: stop accepting, finish in-flight requests (answers then close
-    // their connections), then stop the background threads and flush.
-    server.run().await.map_err(AppError::Serve)?;
-    stop_rotation.store(true, Ordering::Relaxed);
-    stop_maintenance.store(true, Ordering::Relaxed);
-    if let Some(rotation) = rotation {
-        let _ = rotation.join();
-    }
-    let _ = maintenance.join();
-    off_runtime(|| service.vault().flush())?;
-    tracing::info!("stopped cleanly");
-    Ok(())
+    server.run().await.map_err(AppError::Serve)
 }
 
 /// Runs blocking storage work (a start, the last flush) on a thread of its own: the

@@ -5,11 +5,11 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::attest::{Evidence, NONCE_LEN};
-use crate::attest::{Policy, Verified};
+use crate::attest::{Check, Evidence, NONCE_LEN, Policy, Verified};
 use crate::crypto::aead::KEY_LEN;
 use crate::crypto::secret::SecretBytes;
 use crate::crypto::sm2::PublicKey;
@@ -19,6 +19,9 @@ use crate::protocol::answer::{EncryptedAnswer, open_answer};
 use crate::protocol::client_auth::ClientCredential;
 use crate::protocol::keycert::verify_certificate;
 pub use crate::protocol::payload::IdentifyMode;
+use crate::protocol::reply::{
+    AssessReply, Code, EnrollReply, EraseReply, ErrorBody, ErrorCode, IdentifyReply, Stamp,
+};
 use crate::protocol::request::{ProtectedHeader, seal_keeping_key};
 use crate::protocol::response::{SignedResponse, verify};
 use crate::protocol::{KeysDocument, PublicJwk, b64_decode};
@@ -34,11 +37,19 @@ pub enum ClientError {
     #[error("the service refused the request ({status} {code}): {detail}")]
     Refused {
         status: u16,
-        code: String,
+        /// The stable code (docs/PROTOCOL.md §4); one this client does not know is kept as
+        /// text.
+        code: Code<ErrorCode>,
         detail: String,
     },
-    #[error("the response cannot be trusted: {0}")]
-    Untrusted(String),
+    /// Evidence, a key certificate or an answer failed a check: trust nothing in it.
+    #[error("the response cannot be trusted ({failed}): {detail}")]
+    Untrusted {
+        /// Which check failed.
+        failed: Distrust,
+        /// What it found.
+        detail: String,
+    },
     /// The service presents another identity key than the one this client pinned: it
     /// restarted with a new identity (a single node makes one at every start) or it is not
     /// the service that was pinned. Nothing was sent under the new key.
@@ -63,6 +74,64 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// Which check an untrusted response failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Distrust {
+    /// The attestation evidence failed this check of the policy.
+    Attestation(Check),
+    /// The evidence does not parse.
+    Evidence,
+    /// A 200 answer that is not a signed response, or an encrypted answer that does not
+    /// open under this request's key (or was not sent encrypted when asked).
+    Envelope,
+    /// The answer's SM2 signature does not verify under the trusted identity key.
+    Signature,
+    /// The signed answer answers another request id.
+    RequestId,
+    /// The signed answer answers another request body (`req_sm3`).
+    RequestHash,
+    /// The signed payload is not the answer this call expects.
+    Payload,
+}
+
+impl Distrust {
+    /// A stable name: the attestation check's own (`measurement`, `tcb`, …) or `evidence`,
+    /// `envelope`, `signature`, `request_id`, `request_hash`, `payload`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Distrust::Attestation(check) => check.as_str(),
+            Distrust::Evidence => "evidence",
+            Distrust::Envelope => "envelope",
+            Distrust::Signature => "signature",
+            Distrust::RequestId => "request_id",
+            Distrust::RequestHash => "request_hash",
+            Distrust::Payload => "payload",
+        }
+    }
+}
+
+impl std::fmt::Display for Distrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Distrust::Attestation(check) => return write!(f, "attestation check `{check}`"),
+            Distrust::Evidence => "evidence",
+            Distrust::Envelope => "answer envelope",
+            Distrust::Signature => "signature",
+            Distrust::RequestId => "request id",
+            Distrust::RequestHash => "request hash",
+            Distrust::Payload => "payload",
+        })
+    }
+}
+
+fn untrusted(failed: Distrust, detail: impl ToString) -> ClientError {
+    ClientError::Untrusted {
+        failed,
+        detail: detail.to_string(),
+    }
 }
 
 /// What the client sends, before encryption. Wiped on drop.
@@ -275,34 +344,30 @@ fn get_ok(agent: &ureq::Agent, base_url: &str, path: &str) -> Result<Vec<u8>, Cl
 
 /// Checks an answer in the clear to the envelope `body` (which may have been built by another
 /// program: its request id is read from its protected header) under the service's `identity`
-/// key. A refusal becomes [`ClientError::Refused`]; an encrypted answer cannot be checked
-/// here (only the sealer holds its key).
-pub fn verify_answer_to(
+/// key, and returns its payload as `T` (any answer: `serde_json::Value`). A refusal becomes
+/// [`ClientError::Refused`]; an encrypted answer cannot be checked here (only the sealer
+/// holds its key).
+pub fn verify_answer_to<T: DeserializeOwned>(
     identity: &PublicKey,
     body: &[u8],
     raw: &RawResponse,
-) -> Result<serde_json::Value, ClientError> {
+) -> Result<T, ClientError> {
     let envelope = crate::protocol::request::RequestEnvelope::parse(body)
         .map_err(|e| ClientError::Keys(format!("not a request envelope: {e}")))?;
     check_signed_answer(identity, &envelope.header.rid, body, raw)
 }
 
 /// A refusal as a typed error; a 200 answer only if signed by `identity` for request `rid`
-/// and the exact `body` (`req_sm3`).
-fn check_signed_answer(
+/// and the exact `body` (`req_sm3`), then read as `T`.
+fn check_signed_answer<T: DeserializeOwned>(
     identity: &PublicKey,
     rid: &str,
     body: &[u8],
     raw: &RawResponse,
-) -> Result<serde_json::Value, ClientError> {
+) -> Result<T, ClientError> {
     if raw.status != 200 {
-        #[derive(Deserialize)]
-        struct ErrorBody {
-            error: String,
-            detail: String,
-        }
         let error: ErrorBody = serde_json::from_slice(&raw.body).unwrap_or(ErrorBody {
-            error: "unknown".into(),
+            error: Code::Other("unknown".into()),
             detail: String::from_utf8_lossy(&raw.body).into_owned(),
         });
         return Err(ClientError::Refused {
@@ -312,21 +377,31 @@ fn check_signed_answer(
         });
     }
     let signed: SignedResponse = serde_json::from_slice(&raw.body)
-        .map_err(|_| ClientError::Untrusted("not a signed response".into()))?;
-    let payload = verify(identity, &signed).map_err(|e| ClientError::Untrusted(e.to_string()))?;
-    let payload: serde_json::Value = serde_json::from_slice(&payload)
-        .map_err(|_| ClientError::Untrusted("payload is not JSON".into()))?;
-    if payload["rid"] != rid {
-        return Err(ClientError::Untrusted(
-            "the response answers another request id".into(),
+        .map_err(|_| untrusted(Distrust::Envelope, "not a signed response"))?;
+    let payload = verify(identity, &signed).map_err(|e| untrusted(Distrust::Signature, e))?;
+    let stamp: Stamp = serde_json::from_slice(&payload)
+        .map_err(|e| untrusted(Distrust::Payload, format!("no answer stamp: {e}")))?;
+    if stamp.rid != rid {
+        return Err(untrusted(
+            Distrust::RequestId,
+            "the response answers another request id",
         ));
     }
-    if payload["req_sm3"] != sm3_hex(body).as_str() {
-        return Err(ClientError::Untrusted(
-            "the response answers another request body".into(),
+    if stamp.req_sm3 != sm3_hex(body) {
+        return Err(untrusted(
+            Distrust::RequestHash,
+            "the response answers another request body",
         ));
     }
-    Ok(payload)
+    serde_json::from_slice(&payload).map_err(|e| {
+        untrusted(
+            Distrust::Payload,
+            format!(
+                "a signed {} answer that does not read as expected: {e}",
+                stamp.op
+            ),
+        )
+    })
 }
 
 impl Client {
@@ -350,10 +425,10 @@ impl Client {
         );
         let body = get_ok(&agent(), &base_url, &path)?;
         let evidence: Evidence = serde_json::from_slice(&body)
-            .map_err(|e| ClientError::Untrusted(format!("bad evidence: {e}")))?;
+            .map_err(|e| untrusted(Distrust::Evidence, format!("bad evidence: {e}")))?;
         let verified = policy
             .verify(&evidence, &nonce, unix_now())
-            .map_err(|e| ClientError::Untrusted(e.to_string()))?;
+            .map_err(|e| untrusted(Distrust::Attestation(e.check), e.detail))?;
         let mut client = Self::fetch_keys_pinned(&base_url, &verified.identity)?;
         client.trust = Trust::Attested(Box::new(policy.clone()));
         Ok((client, verified))
@@ -461,11 +536,11 @@ impl Client {
 
     /// Checks the answer to `sealed`: decrypts it first when it was asked encrypted (and
     /// refuses one sent in the clear then), then as [`Client::verify_answer`].
-    pub fn verify_sealed_answer(
+    pub fn verify_sealed_answer<R: DeserializeOwned>(
         &self,
         sealed: &SealedRequest,
         raw: &RawResponse,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<R, ClientError> {
         let Some(key) = &sealed.answer_key else {
             return self.verify_answer(&sealed.header, &sealed.body, raw);
         };
@@ -473,10 +548,13 @@ impl Client {
             return self.verify_answer(&sealed.header, &sealed.body, raw);
         }
         let encrypted: EncryptedAnswer = serde_json::from_slice(&raw.body).map_err(|_| {
-            ClientError::Untrusted("an encrypted answer was asked for, not sent".into())
+            untrusted(
+                Distrust::Envelope,
+                "an encrypted answer was asked for, not sent",
+            )
         })?;
         let signed = open_answer(key, &sealed.header.rid, &encrypted)
-            .map_err(|e| ClientError::Untrusted(e.to_string()))?;
+            .map_err(|e| untrusted(Distrust::Envelope, e))?;
         self.verify_answer(
             &sealed.header,
             &sealed.body,
@@ -540,12 +618,12 @@ impl Client {
 
     /// Checks a 200 answer: SM2 signature by the pinned identity key, same `rid`, `req_sm3`
     /// equal to SM3 of the body we sent. Returns the payload.
-    pub fn verify_answer(
+    pub fn verify_answer<R: DeserializeOwned>(
         &self,
         header: &ProtectedHeader,
         body: &[u8],
         raw: &RawResponse,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<R, ClientError> {
         check_signed_answer(&self.keys().identity, &header.rid, body, raw)
     }
 
@@ -555,13 +633,13 @@ impl Client {
     /// trust ([`Client::refresh_keys`]) and the request is sealed afresh (a new `rid`) and
     /// sent once more. A pinned client whose service changed identity gets
     /// [`ClientError::IdentityChanged`] instead.
-    pub fn exchange<T: Serialize>(
+    pub fn exchange<T: Serialize, R: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
         request: &T,
         encrypted_answer: bool,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<R, ClientError> {
         let once = || {
             let sealed = self.seal_request(request, encrypted_answer)?;
             let raw = self.request_raw(method, path, &sealed.body)?;
@@ -569,8 +647,10 @@ impl Client {
         };
         match once() {
             Err(ClientError::Refused {
-                status: 400, code, ..
-            }) if code == "unknown_kid" || code == "key_retired" => {
+                status: 400,
+                code: Code::Known(ErrorCode::UnknownKid | ErrorCode::KeyRetired),
+                ..
+            }) => {
                 self.refresh_keys()?;
                 once()
             }
@@ -578,32 +658,37 @@ impl Client {
         }
     }
 
-    /// Seals, posts and verifies: the whole client side of one request.
-    pub fn send(
+    /// Seals, posts and verifies a feature message to `path` (`/v1/enroll`, `/v1/assess`)
+    /// and returns the verified payload as `R`: the typed answer, or any answer as
+    /// `serde_json::Value`.
+    pub fn send<R: DeserializeOwned>(
         &self,
         path: &str,
         request: &FeatureRequest,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<R, ClientError> {
         self.exchange("POST", path, request, self.encrypt_answers)
     }
 
     /// `POST /v1/identify`: the enrolled users this face may be, with a decision (or, with
     /// `mode: Investigate`, ranked candidates and no decision); the answer is always
     /// encrypted to this client.
-    pub fn identify(&self, request: &IdentifyRequest) -> Result<serde_json::Value, ClientError> {
+    pub fn identify(&self, request: &IdentifyRequest) -> Result<IdentifyReply, ClientError> {
         self.exchange("POST", "/v1/identify", request, true)
     }
 
-    pub fn enroll(&self, request: &FeatureRequest) -> Result<serde_json::Value, ClientError> {
+    /// `POST /v1/enroll`: adds a template for the user (or refuses a face that is another
+    /// user's: `outcome` says which).
+    pub fn enroll(&self, request: &FeatureRequest) -> Result<EnrollReply, ClientError> {
         self.send("/v1/enroll", request)
     }
 
-    pub fn assess(&self, request: &FeatureRequest) -> Result<serde_json::Value, ClientError> {
+    /// `POST /v1/assess`: allow / step_up / deny, with a score and reason codes.
+    pub fn assess(&self, request: &FeatureRequest) -> Result<AssessReply, ClientError> {
         self.send("/v1/assess", request)
     }
 
     /// `DELETE /v1/users`: erases everything the service keeps about `user_id`.
-    pub fn erase(&self, user_id: &str) -> Result<serde_json::Value, ClientError> {
+    pub fn erase(&self, user_id: &str) -> Result<EraseReply, ClientError> {
         self.exchange(
             "DELETE",
             "/v1/users",

@@ -61,7 +61,7 @@ pub(super) async fn handle_encrypted(
     let status = match &result {
         Ok(_) => 200,
         Err(e) => {
-            state.service.metrics().record_refusal(e.code());
+            state.service.metrics().record_refusal(e.code().as_str());
             actix_web::ResponseError::status_code(e).as_u16()
         }
     };

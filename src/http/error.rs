@@ -2,6 +2,7 @@
 //! with a 4xx status (5xx only for faults of the service itself). The service's refusals
 //! keep their codes; this module adds those only HTTP can produce and maps each to a status.
 
+use crate::protocol::reply::ErrorCode;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -71,30 +72,30 @@ impl From<AccessError> for ApiError {
 }
 
 #[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
+struct ErrorBody {
+    error: ErrorCode,
     detail: String,
 }
 
 impl ApiError {
     /// The stable machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::Service(e) => e.code(),
-            ApiError::BodyTooLarge(_) => "body_too_large",
-            ApiError::IncompleteBody | ApiError::BodyDeadline(_) => "incomplete_body",
-            ApiError::LengthRequired => "length_required",
-            ApiError::QueryNotAllowed => "query_not_allowed",
-            ApiError::BadNonce => "bad_nonce",
-            ApiError::NotFound => "not_found",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::Unauthenticated(_) => "unauthenticated",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::Join(JoinError::Malformed(_)) => "bad_join_request",
-            ApiError::Join(JoinError::Busy) => "overloaded",
-            ApiError::Join(JoinError::Unavailable(_)) => "join_unavailable",
-            ApiError::Join(_) => "join_refused",
+            ApiError::BodyTooLarge(_) => ErrorCode::BodyTooLarge,
+            ApiError::IncompleteBody | ApiError::BodyDeadline(_) => ErrorCode::IncompleteBody,
+            ApiError::LengthRequired => ErrorCode::LengthRequired,
+            ApiError::QueryNotAllowed => ErrorCode::QueryNotAllowed,
+            ApiError::BadNonce => ErrorCode::BadNonce,
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::Join(JoinError::Malformed(_)) => ErrorCode::BadJoinRequest,
+            ApiError::Join(JoinError::Busy) => ErrorCode::Overloaded,
+            ApiError::Join(JoinError::Unavailable(_)) => ErrorCode::JoinUnavailable,
+            ApiError::Join(_) => ErrorCode::JoinRefused,
         }
     }
 }

@@ -190,59 +190,20 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let mut family = |name: &str, kind: &str, help: &str| {
+        for (name, kind, help) in FAMILIES {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        family(
-            "tee_risk_stage_seconds_total",
-            "counter",
-            "Wall-clock time spent in each stage of encrypted requests.",
-        );
-        family(
-            "tee_risk_stage_cpu_seconds_total",
-            "counter",
-            "CPU time of the serving thread in each stage of encrypted requests.",
-        );
-        family(
-            "tee_risk_stage_total",
-            "counter",
-            "Encrypted requests that reached each stage.",
-        );
-        family(
-            "tee_risk_decisions_total",
-            "counter",
-            "Assessments by decision.",
-        );
-        family(
-            "tee_risk_store_commits_total",
-            "counter",
-            "Requests whose writes were made durable.",
-        );
-        family(
-            "tee_risk_store_flushes_total",
-            "counter",
-            "fsyncs performed; commits / flushes is the group-commit batch size.",
-        );
-        family(
-            "tee_risk_http_requests_total",
-            "counter",
-            "Requests by route and status.",
-        );
-        family(
-            "tee_risk_http_request_seconds_total",
-            "counter",
-            "Time from the handler's start to the answer built, by route and status.",
-        );
-        family(
-            "tee_risk_http_request_duration_seconds",
-            "histogram",
-            "Time from the handler's start to the answer built, by route.",
-        );
-        family(
-            "tee_risk_refusals_total",
-            "counter",
-            "Refused encrypted requests by error code (replays, authentication, limits…).",
-        );
+        }
+        self.render_stages(&mut out);
+        self.render_http(&mut out);
+        let refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        for (code, count) in refusals.iter() {
+            let _ = writeln!(out, "tee_risk_refusals_total{{code=\"{code}\"}} {count}");
+        }
+        out
+    }
+
+    /// The request stages, decisions and commits.
+    fn render_stages(&self, out: &mut String) {
         for stage in Stage::ALL {
             let (count, seconds, cpu_seconds) = self.stage_total(stage);
             let name = stage.name();
@@ -267,6 +228,10 @@ impl Metrics {
             self.commits.load(Relaxed),
             self.flushes.load(Relaxed)
         );
+    }
+
+    /// Requests by route and status, and the latency histograms by route.
+    fn render_http(&self, out: &mut String) {
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         for ((route, status), (count, seconds)) in requests.iter() {
             let _ = writeln!(
@@ -294,12 +259,6 @@ impl Metrics {
                  tee_risk_http_request_duration_seconds_count{{route=\"{route}\"}} {count}"
             );
         }
-        drop(latencies);
-        let refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        for (code, count) in refusals.iter() {
-            let _ = writeln!(out, "tee_risk_refusals_total{{code=\"{code}\"}} {count}");
-        }
-        out
     }
 
     /// Gauges of the store's size, appended to [`Metrics::render`]'s text.
@@ -314,6 +273,60 @@ impl Metrics {
         out
     }
 }
+
+/// The metric families [`Metrics::render`] writes: name, type, help.
+const FAMILIES: [(&str, &str, &str); 10] = [
+    (
+        "tee_risk_stage_seconds_total",
+        "counter",
+        "Wall-clock time spent in each stage of encrypted requests.",
+    ),
+    (
+        "tee_risk_stage_cpu_seconds_total",
+        "counter",
+        "CPU time of the serving thread in each stage of encrypted requests.",
+    ),
+    (
+        "tee_risk_stage_total",
+        "counter",
+        "Encrypted requests that reached each stage.",
+    ),
+    (
+        "tee_risk_decisions_total",
+        "counter",
+        "Assessments by decision.",
+    ),
+    (
+        "tee_risk_store_commits_total",
+        "counter",
+        "Requests whose writes were made durable.",
+    ),
+    (
+        "tee_risk_store_flushes_total",
+        "counter",
+        "fsyncs performed; commits / flushes is the group-commit batch size.",
+    ),
+    (
+        "tee_risk_http_requests_total",
+        "counter",
+        "Requests by route and status.",
+    ),
+    (
+        "tee_risk_http_request_seconds_total",
+        "counter",
+        "Time from the handler's start to the answer built, by route and status.",
+    ),
+    (
+        "tee_risk_http_request_duration_seconds",
+        "histogram",
+        "Time from the handler's start to the answer built, by route.",
+    ),
+    (
+        "tee_risk_refusals_total",
+        "counter",
+        "Refused encrypted requests by error code (replays, authentication, limits…).",
+    ),
+];
 
 /// Times consecutive stages of one request: each [`StageTimer::lap`] charges the time since
 /// the previous lap to the named stage.

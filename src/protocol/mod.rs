@@ -8,6 +8,7 @@ pub mod client_auth;
 pub mod jwk;
 pub mod keycert;
 pub mod payload;
+pub mod reply;
 pub mod request;
 pub mod response;
 

@@ -53,3 +53,40 @@ impl RiskConfig {
         }
     }
 }
+
+impl RiskConfig {
+    /// The rules `[risk]` keeps on its own (the thresholds' order is checked with each face
+    /// model's overrides by `app::config`); each with the message given when it fails.
+    pub fn checks(&self) -> Vec<(bool, &'static str)> {
+        vec![
+            (
+                (1..=86_400).contains(&self.velocity_window_secs),
+                "risk.velocity_window_secs must be in 1..=86400",
+            ),
+            (
+                (1..=1000).contains(&self.max_devices),
+                "risk.max_devices must be in 1..=1000",
+            ),
+            (
+                self.reason_min_log_odds.is_finite() && self.reason_min_log_odds > 0.0,
+                "risk.reason_min_log_odds must be positive",
+            ),
+            (
+                (0.0..=1.0).contains(&self.min_liveness),
+                "risk.min_liveness must be in [0, 1]",
+            ),
+            (
+                (0.99..=1.0).contains(&self.copy_min_similarity),
+                "risk.copy_min_similarity must be in [0.99, 1]",
+            ),
+            (
+                self.replay_history <= 1000,
+                "risk.replay_history must be at most 1000",
+            ),
+            (
+                (1..=100).contains(&self.max_templates),
+                "risk.max_templates must be in 1..=100",
+            ),
+        ]
+    }
+}

@@ -13,70 +13,12 @@ pub mod velocity;
 
 use std::sync::Arc;
 
-use serde::Serialize;
-
+/// The wire's vocabulary of a decision (`protocol::reply`), which scoring produces.
+pub use crate::protocol::reply::{Decision, Reason};
 pub use calibration::{Calibration, CalibrationSet};
 pub use config::RiskConfig;
 pub use face_model::{FaceModel, FaceModels, FaceModelsError};
 pub use model::{Feature, RiskModel};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decision {
-    Allow,
-    StepUp,
-    Deny,
-}
-
-/// Stable reason codes: clients may branch on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    /// The claimed user has no enrolled template.
-    NoEnrolment,
-    /// The match is in the step-up band (its FMR above `allow_max_fmr`).
-    WeakMatch,
-    /// The match is below the step-up band.
-    NoMatch,
-    /// The client's liveness score is below the configured minimum.
-    LowLiveness,
-    /// The probe is (nearly) a copy of an enrolled template, closer than two captures of a
-    /// face come: a stolen or injected template, denied however well it matches.
-    TemplateInjection,
-    /// The probe is (nearly) a copy of one of the user's recent accepted probes: a replayed
-    /// capture, denied however well it matches.
-    ReplayedProbe,
-    /// The face matches another enrolled user: better than the claimed one (denied), or
-    /// beyond `conflict_max_fmr` (step-up). At enrolment: one face, many accounts.
-    IdentityConflict,
-    /// Many attempts for this user in the velocity window.
-    HighVelocity,
-    /// Attempts for this user were denied in the window.
-    RepeatedFailures,
-    /// This device tried several accounts in the window.
-    SharedDevice,
-    /// First time this device is seen with this user.
-    NewDevice,
-    /// The probe is far from the user's recent accepted probes.
-    Drift,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 12] = [
-        Reason::NoEnrolment,
-        Reason::WeakMatch,
-        Reason::NoMatch,
-        Reason::LowLiveness,
-        Reason::TemplateInjection,
-        Reason::ReplayedProbe,
-        Reason::IdentityConflict,
-        Reason::HighVelocity,
-        Reason::RepeatedFailures,
-        Reason::SharedDevice,
-        Reason::NewDevice,
-        Reason::Drift,
-    ];
-}
 
 /// The best match among other enrolled users.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -216,47 +158,6 @@ pub(crate) fn best_cosine<T: AsRef<[f32]>>(probe: &[f32], others: &[T]) -> Optio
         .fold(None, |best: Option<f32>, s| {
             Some(best.map_or(s, |b| b.max(s)))
         })
-}
-
-impl Decision {
-    /// Every decision, in [`Decision::index`] order.
-    pub const ALL: [Decision; 3] = [Decision::Allow, Decision::StepUp, Decision::Deny];
-    /// Their wire codes, in the same order (the metrics' labels).
-    pub const NAMES: [&'static str; 3] = ["allow", "step_up", "deny"];
-
-    /// The decision's place in [`Decision::ALL`] and [`Decision::NAMES`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// The wire code, as in responses and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Allow => "allow",
-            Decision::StepUp => "step_up",
-            Decision::Deny => "deny",
-        }
-    }
-}
-
-impl Reason {
-    /// The stable wire code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::NoEnrolment => "no_enrolment",
-            Reason::WeakMatch => "weak_match",
-            Reason::NoMatch => "no_match",
-            Reason::LowLiveness => "low_liveness",
-            Reason::TemplateInjection => "template_injection",
-            Reason::ReplayedProbe => "replayed_probe",
-            Reason::IdentityConflict => "identity_conflict",
-            Reason::HighVelocity => "high_velocity",
-            Reason::RepeatedFailures => "repeated_failures",
-            Reason::SharedDevice => "shared_device",
-            Reason::NewDevice => "new_device",
-            Reason::Drift => "drift",
-        }
-    }
 }
 
 /// Context signals named as reasons when the model finds them risky enough.

@@ -3,6 +3,7 @@
 //! Details never carry secrets, feature values or user ids.
 
 use crate::protocol::payload::FeatureError;
+use crate::protocol::reply::ErrorCode;
 use crate::protocol::request::EnvelopeError;
 
 /// Which rate limit refused a request.
@@ -96,39 +97,39 @@ pub enum ServiceError {
 
 impl ServiceError {
     /// The stable machine-readable code (`docs/PROTOCOL.md` §4).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             ServiceError::Envelope(e) => match e {
-                EnvelopeError::MalformedEnvelope => "malformed_envelope",
-                EnvelopeError::BadBase64(_) => "bad_base64",
-                EnvelopeError::BadLength { .. } => "bad_length",
-                EnvelopeError::BadHeader(_) => "bad_header",
-                EnvelopeError::UnsupportedAlgorithm => "unsupported_algorithm",
-                EnvelopeError::DecryptionFailed => "decryption_failed",
+                EnvelopeError::MalformedEnvelope => ErrorCode::MalformedEnvelope,
+                EnvelopeError::BadBase64(_) => ErrorCode::BadBase64,
+                EnvelopeError::BadLength { .. } => ErrorCode::BadLength,
+                EnvelopeError::BadHeader(_) => ErrorCode::BadHeader,
+                EnvelopeError::UnsupportedAlgorithm => ErrorCode::UnsupportedAlgorithm,
+                EnvelopeError::DecryptionFailed => ErrorCode::DecryptionFailed,
             },
-            ServiceError::UnknownKid => "unknown_kid",
-            ServiceError::RetiredKid => "key_retired",
-            ServiceError::StaleRequest(_) => "stale_request",
-            ServiceError::AnswerEncryptionRequired => "answer_encryption_required",
-            ServiceError::ReplayedRequest => "replayed_request",
+            ServiceError::UnknownKid => ErrorCode::UnknownKid,
+            ServiceError::RetiredKid => ErrorCode::KeyRetired,
+            ServiceError::StaleRequest(_) => ErrorCode::StaleRequest,
+            ServiceError::AnswerEncryptionRequired => ErrorCode::AnswerEncryptionRequired,
+            ServiceError::ReplayedRequest => ErrorCode::ReplayedRequest,
             ServiceError::Payload(e) => match e {
                 FeatureError::MalformedPayload
                 | FeatureError::MalformedErasure
-                | FeatureError::MalformedIdentify => "malformed_payload",
-                FeatureError::WrongDimension { .. } => "wrong_dimension",
-                FeatureError::NonFinite(_) => "non_finite_feature",
-                FeatureError::ZeroNorm => "zero_norm",
+                | FeatureError::MalformedIdentify => ErrorCode::MalformedPayload,
+                FeatureError::WrongDimension { .. } => ErrorCode::WrongDimension,
+                FeatureError::NonFinite(_) => ErrorCode::NonFiniteFeature,
+                FeatureError::ZeroNorm => ErrorCode::ZeroNorm,
                 FeatureError::InvalidField(_) | FeatureError::UnknownFaceModel { .. } => {
-                    "invalid_field"
+                    ErrorCode::InvalidField
                 }
             },
-            ServiceError::OtherFaceModel { .. } => "invalid_field",
-            ServiceError::Forbidden(_) => "forbidden",
-            ServiceError::TemplateLimit(_) => "template_limit",
-            ServiceError::Overloaded => "overloaded",
-            ServiceError::RateLimited { .. } => "rate_limited",
-            ServiceError::StorageUnavailable => "storage_unavailable",
-            ServiceError::Internal => "internal_error",
+            ServiceError::OtherFaceModel { .. } => ErrorCode::InvalidField,
+            ServiceError::Forbidden(_) => ErrorCode::Forbidden,
+            ServiceError::TemplateLimit(_) => ErrorCode::TemplateLimit,
+            ServiceError::Overloaded => ErrorCode::Overloaded,
+            ServiceError::RateLimited { .. } => ErrorCode::RateLimited,
+            ServiceError::StorageUnavailable => ErrorCode::StorageUnavailable,
+            ServiceError::Internal => ErrorCode::InternalError,
         }
     }
 }

@@ -3,35 +3,16 @@
 //! modes: a decision (`identify`) and an investigation (`investigate`: ranked leads, no
 //! decision), each under its own permission.
 
-use serde::Serialize;
-
 use super::access::{Authorized, Permission};
 use super::{Answer, Service, ServiceError, fault};
-use crate::crypto::sm3_hex;
 use crate::obs::metrics::{Stage, StageTimer};
 use crate::protocol::payload::{IdentifyMode, IdentifyProbe};
-use crate::risk::identify::{Identification, IdentifyDecision, Investigation};
+use crate::protocol::reply::{Candidate, Extra, IdentifyOutcome, IdentifyReply};
+use crate::risk::identify::{
+    Identification, IdentifyDecision, Investigation, RankedCandidate, ScoredCandidate,
+};
 use crate::risk::{self, Reason};
 use crate::store::RiskLogEntry;
-
-#[derive(Serialize)]
-struct IdentifyPayload<'a, C: Serialize> {
-    op: &'static str,
-    mode: &'static str,
-    rid: &'a str,
-    req_sm3: String,
-    iat: i64,
-    /// `match` / `no_match` / `ambiguous` / `refused` to decide; `candidates` / `refused`
-    /// to investigate.
-    decision: &'static str,
-    /// How many enrolled users were searched (the FMRs are corrected for it).
-    searched: usize,
-    candidates: &'a [C],
-    reasons: &'a [Reason],
-    model: &'a str,
-    /// PROTOCOL v1.3: the face model whose templates were searched.
-    face_model: &'a str,
-}
 
 /// The outcome of either mode, as answered and logged.
 enum Found {
@@ -40,11 +21,23 @@ enum Found {
 }
 
 impl Found {
-    fn decision(&self) -> &'static str {
+    fn outcome(&self) -> IdentifyOutcome {
         match self {
-            Found::Decided(found) => found.decision.as_str(),
-            Found::Investigated(found) if found.answered => "candidates",
-            Found::Investigated(_) => IdentifyDecision::Refused.as_str(),
+            Found::Decided(found) => match found.decision {
+                IdentifyDecision::Match => IdentifyOutcome::Match,
+                IdentifyDecision::NoMatch => IdentifyOutcome::NoMatch,
+                IdentifyDecision::Ambiguous => IdentifyOutcome::Ambiguous,
+                IdentifyDecision::Refused => IdentifyOutcome::Refused,
+            },
+            Found::Investigated(found) if found.answered => IdentifyOutcome::Candidates,
+            Found::Investigated(_) => IdentifyOutcome::Refused,
+        }
+    }
+
+    fn mode(&self) -> IdentifyMode {
+        match self {
+            Found::Decided(_) => IdentifyMode::Decide,
+            Found::Investigated(_) => IdentifyMode::Investigate,
         }
     }
 
@@ -151,7 +144,7 @@ impl Service {
             },
             decision: match &found {
                 Found::Investigated(i) if i.answered => "investigate".into(),
-                _ => found.decision().into(),
+                _ => found.outcome().as_str().into(),
             },
             score,
             reasons: found
@@ -170,44 +163,50 @@ impl Service {
         drop(log);
         timer.lap(Stage::StoreWrite);
         self.make_durable(&mut timer)?;
-        let (req_sm3, model, face_model) = (sm3_hex(body), policy.model_version(), slot.id());
-        let response = match &found {
-            Found::Decided(d) => self.answer(
-                &header.rid,
-                answer_key,
-                &IdentifyPayload {
-                    op: "identify",
-                    mode: IdentifyMode::Decide.as_str(),
-                    rid: &header.rid,
-                    req_sm3,
-                    iat: now,
-                    decision: found.decision(),
-                    searched,
-                    candidates: &d.candidates,
-                    reasons: &d.reasons,
-                    model,
-                    face_model,
-                },
-            ),
-            Found::Investigated(i) => self.answer(
-                &header.rid,
-                answer_key,
-                &IdentifyPayload {
-                    op: "identify",
-                    mode: IdentifyMode::Investigate.as_str(),
-                    rid: &header.rid,
-                    req_sm3,
-                    iat: now,
-                    decision: found.decision(),
-                    searched,
-                    candidates: &i.candidates,
-                    reasons: &i.reasons,
-                    model,
-                    face_model,
-                },
-            ),
+        let candidates = match &found {
+            Found::Decided(d) => d.candidates.iter().map(scored).collect(),
+            Found::Investigated(i) => i.candidates.iter().map(ranked).collect(),
         };
+        let response = self.answer(
+            &header.rid,
+            answer_key,
+            &IdentifyReply {
+                stamp: super::stamp("identify", &header.rid, body, now),
+                mode: found.mode().as_str().to_owned(),
+                decision: found.outcome().into(),
+                searched,
+                candidates,
+                reasons: super::codes(found.reasons()),
+                model: policy.model_version().to_owned(),
+                face_model: slot.id().to_owned(),
+                extra: Extra::new(),
+            },
+        );
         timer.lap(Stage::Sign);
         response
+    }
+}
+
+/// A decision's candidate as answered.
+fn scored(candidate: &ScoredCandidate) -> Candidate {
+    Candidate {
+        rank: None,
+        user_id: candidate.user_id.clone(),
+        similarity: candidate.similarity,
+        fmr: candidate.fmr,
+        pair_fmr: None,
+        extra: Extra::new(),
+    }
+}
+
+/// An investigation's candidate as answered.
+fn ranked(candidate: &RankedCandidate) -> Candidate {
+    Candidate {
+        rank: Some(candidate.rank),
+        user_id: candidate.user_id.clone(),
+        similarity: candidate.similarity,
+        fmr: candidate.fmr,
+        pair_fmr: Some(candidate.pair_fmr),
+        extra: Extra::new(),
     }
 }

@@ -25,6 +25,9 @@ use crate::obs::metrics::{Metrics, Stage, StageTimer};
 use crate::obs::unix_now_f64;
 use crate::protocol::answer::{EncryptedAnswer, seal_answer};
 use crate::protocol::payload::{EraseRequest, FeatureError, Probe};
+use crate::protocol::reply::{
+    AssessReply, Code, EnrollOutcome, EnrollReply, EraseReply, ErasedCounts, Extra, Stamp,
+};
 use crate::protocol::request::{ProtectedHeader, RequestEnvelope};
 use crate::protocol::response::{ResponseSigner, SignedResponse};
 use crate::protocol::{KeysDocument, PublicJwk};
@@ -32,7 +35,7 @@ use crate::risk::gallery::{Gallery, gallery_key};
 use crate::risk::velocity::{VelocityTracker, device_key};
 use crate::risk::{self, Assessment, Decision, FaceModel, FaceModels, Reason};
 use crate::store::{
-    ChangeCursor, Enrolment, Erased, RiskLogEntry, Template, UserIndex, UserRef, Vault, VaultError,
+    ChangeCursor, Enrolment, RiskLogEntry, Template, UserIndex, UserRef, Vault, VaultError,
 };
 use keyset::{KeySet, KidLookup};
 use limits::RateLimiter;
@@ -68,35 +71,6 @@ pub struct Settings {
     pub user_burst: u32,
 }
 
-#[derive(Serialize)]
-struct EnrollPayload<'a> {
-    op: &'static str,
-    rid: &'a str,
-    req_sm3: String,
-    iat: i64,
-    /// "enrolled", or "identity_conflict" (the face is another user's; nothing stored).
-    outcome: &'static str,
-    templates: usize,
-    reasons: &'a [Reason],
-    model: &'a str,
-    /// PROTOCOL v1.3: the face model whose templates were searched and counted.
-    face_model: &'a str,
-}
-
-#[derive(Serialize)]
-struct AssessPayload<'a> {
-    op: &'static str,
-    rid: &'a str,
-    req_sm3: String,
-    iat: i64,
-    decision: Decision,
-    score: f64,
-    reasons: &'a [Reason],
-    model: &'a str,
-    /// PROTOCOL v1.3: the face model that decided.
-    face_model: &'a str,
-}
-
 /// An answer: signed by the identity key, and encrypted to the request's session key when
 /// the client asked (`ans` in its header; always for identify). On the wire as its JSON.
 #[derive(Debug, Clone, Serialize)]
@@ -119,15 +93,6 @@ impl Answer {
 /// The session key of a request whose client asked for an encrypted answer; wiped when the
 /// answer is sealed (or the request fails).
 pub(crate) type AnswerKey = Option<SecretBytes<KEY_LEN>>;
-
-#[derive(Serialize)]
-struct ErasePayload<'a> {
-    op: &'static str,
-    rid: &'a str,
-    req_sm3: String,
-    iat: i64,
-    erased: Erased,
-}
 
 /// Why a service could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -362,7 +327,7 @@ impl Service {
                 .templates_of(slot.id())
                 .len();
             (
-                "identity_conflict",
+                EnrollOutcome::IdentityConflict,
                 templates,
                 vec![Reason::IdentityConflict],
             )
@@ -391,7 +356,7 @@ impl Service {
             };
             drop(template);
             slot.gallery.set(&probe.user_id, &templates);
-            ("enrolled", templates.len(), Vec::new())
+            (EnrollOutcome::Enrolled, templates.len(), Vec::new())
         };
         drop(probe);
         timer.lap(Stage::StoreWrite);
@@ -399,16 +364,14 @@ impl Service {
         let response = self.answer(
             &header.rid,
             answer_key,
-            &EnrollPayload {
-                op: "enroll",
-                rid: &header.rid,
-                req_sm3: sm3_hex(body),
-                iat: now,
-                outcome,
+            &EnrollReply {
+                stamp: stamp("enroll", &header.rid, body, now),
+                outcome: outcome.into(),
                 templates,
-                reasons: &reasons,
-                model: slot.policy().model_version(),
-                face_model: slot.id(),
+                reasons: codes(&reasons),
+                model: slot.policy().model_version().to_owned(),
+                face_model: slot.id().to_owned(),
+                extra: Extra::new(),
             },
         );
         timer.lap(Stage::Sign);
@@ -495,16 +458,14 @@ impl Service {
         let response = self.answer(
             &header.rid,
             answer_key,
-            &AssessPayload {
-                op: "assess",
-                rid: &header.rid,
-                req_sm3: sm3_hex(body),
-                iat: now,
-                decision,
+            &AssessReply {
+                stamp: stamp("assess", &header.rid, body, now),
+                decision: decision.into(),
                 score,
-                reasons: &reasons,
-                model: policy.model_version(),
-                face_model: slot.id(),
+                reasons: codes(&reasons),
+                model: policy.model_version().to_owned(),
+                face_model: slot.id().to_owned(),
+                extra: Extra::new(),
             },
         );
         timer.lap(Stage::Sign);
@@ -535,12 +496,14 @@ impl Service {
         let response = self.answer(
             &header.rid,
             answer_key,
-            &ErasePayload {
-                op: "erase",
-                rid: &header.rid,
-                req_sm3: sm3_hex(body),
-                iat: now,
-                erased,
+            &EraseReply {
+                stamp: stamp("erase", &header.rid, body, now),
+                erased: ErasedCounts {
+                    templates: erased.templates,
+                    history: erased.history,
+                    risk_logs_scrubbed: erased.risk_logs_scrubbed,
+                },
+                extra: Extra::new(),
             },
         );
         timer.lap(Stage::Sign);
@@ -656,6 +619,22 @@ impl Service {
             }
         }
     }
+}
+
+/// The fields every answer carries: what it answers (`rid`, SM3 of the exact envelope) and
+/// when.
+fn stamp(op: &str, rid: &str, body: &[u8], now: i64) -> Stamp {
+    Stamp {
+        op: op.to_owned(),
+        rid: rid.to_owned(),
+        req_sm3: sm3_hex(body),
+        iat: now,
+    }
+}
+
+/// Reason codes as answered.
+fn codes(reasons: &[Reason]) -> Vec<Code<Reason>> {
+    reasons.iter().copied().map(Code::Known).collect()
 }
 
 #[cfg(test)]

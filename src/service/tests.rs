@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::protocol::reply::ErrorCode;
 use crate::protocol::request::seal;
 use crate::protocol::response::verify;
 use crate::service::access::{Authorized, Permission};
@@ -179,7 +180,7 @@ fn enrol_assess_refuse_and_erase_in_process() {
     ));
     let wrong_dimension = envelope(&service, request(&serde_json::json!([1.0, 0.0])), NOW);
     let refused = service.assess(&wrong_dimension, NOW).unwrap_err();
-    assert_eq!(refused.code(), "wrong_dimension");
+    assert_eq!(refused.code(), ErrorCode::WrongDimension);
     // Decrypted, so spent, though refused: the same body again is a replay.
     assert!(matches!(
         service.assess(&wrong_dimension, NOW),
@@ -223,7 +224,7 @@ fn face_models_never_mix() {
         serde_json::json!({"user_id": "alice", "features": [0.6, 0.8, 0.0], "face_model": "three"}),
     );
     let refused = service.assess(&alice_in_three, NOW).unwrap_err();
-    assert_eq!(refused.code(), "invalid_field");
+    assert_eq!(refused.code(), ErrorCode::InvalidField);
     assert!(
         refused.to_string().contains("templates are of four only"),
         "{refused}"
@@ -231,7 +232,7 @@ fn face_models_never_mix() {
     let unknown =
         send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.8], "face_model": "two"}));
     let refused = service.assess(&unknown, NOW).unwrap_err();
-    assert_eq!(refused.code(), "invalid_field");
+    assert_eq!(refused.code(), ErrorCode::InvalidField);
     assert!(
         refused
             .to_string()

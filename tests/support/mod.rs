@@ -412,6 +412,13 @@ pub fn synthetic_face(n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Codes as their wire names, for comparing with a list.
+pub fn codes<T: tee_risk::protocol::reply::WireCode>(
+    codes: &[tee_risk::protocol::reply::Code<T>],
+) -> Vec<&str> {
+    codes.iter().map(|c| c.as_str()).collect()
+}
+
 pub fn request(user: &str, features: &[f32]) -> FeatureRequest {
     FeatureRequest {
         user_id: user.into(),

@@ -4,8 +4,9 @@
 //! under a policy, certified keys, envelopes, request signatures, answer checks and answer
 //! decryption exist once, in Rust (docs/CLIENTS.md says why uniffi).
 //!
-//! Answers come back as JSON text (the verified payload of docs/PROTOCOL.md §3), so that a
-//! field the service adds reaches callers without a new binding.
+//! Answers come back as records (the verified payloads of docs/PROTOCOL.md §3) with their
+//! codes as the protocol's stable strings; a field a newer service adds reaches callers in
+//! `extra_json` without a new binding.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +18,9 @@ use tee_risk::client::{
 };
 use tee_risk::crypto::keyfile::{load_sm2_key, parse_sm2_key};
 use tee_risk::protocol::client_auth::{ClientCredential, valid_client_id};
+use tee_risk::protocol::reply::{
+    AssessReply, Code, EnrollReply, EraseReply, Extra, IdentifyReply, WireCode,
+};
 
 uniffi::setup_scaffolding!("tee_risk_client");
 
@@ -30,12 +34,15 @@ pub enum TeeRiskError {
     #[error("the service refused the request ({status} {code}): {detail}")]
     Refused {
         status: u16,
+        /// The stable code (docs/PROTOCOL.md §4).
         code: String,
         detail: String,
     },
-    /// Evidence, a key certificate or an answer failed a check: trust nothing in it.
-    #[error("the response cannot be trusted: {detail}")]
-    Untrusted { detail: String },
+    /// Evidence or an answer failed a check: trust nothing in it. `check` names it: the
+    /// attestation check (`measurement`, `tcb`, `debug`, … docs/ATTESTATION.md) or
+    /// `evidence`, `envelope`, `signature`, `request_id`, `request_hash`, `payload`.
+    #[error("the response cannot be trusted ({check}): {detail}")]
+    Untrusted { check: String, detail: String },
     /// The service's keys are unusable (none certified, none valid now, another identity
     /// than the pinned one).
     #[error("{detail}")]
@@ -64,10 +71,13 @@ impl From<ClientError> for TeeRiskError {
                 detail,
             } => Self::Refused {
                 status,
-                code,
+                code: code.to_string(),
                 detail,
             },
-            ClientError::Untrusted(detail) => Self::Untrusted { detail },
+            ClientError::Untrusted { failed, detail } => Self::Untrusted {
+                check: failed.code().to_owned(),
+                detail,
+            },
             ClientError::Keys(detail) => Self::Keys { detail },
             ClientError::IdentityChanged { pinned, presented } => Self::IdentityChanged {
                 detail: ClientError::IdentityChanged {
@@ -165,6 +175,163 @@ pub struct Attestation {
     pub identity_kid: String,
 }
 
+/// `enroll`'s verified answer (docs/PROTOCOL.md §3).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct EnrollAnswer {
+    /// The request id answered, and when (unix seconds).
+    pub rid: String,
+    pub iat: i64,
+    /// `enrolled`, or `identity_conflict` (the face is another user's: nothing stored).
+    pub outcome: String,
+    /// The user's template count now, under `face_model`.
+    pub templates: u64,
+    /// Reason codes (docs/PROTOCOL.md, "Reason codes").
+    pub reasons: Vec<String>,
+    /// The risk model's version and the face model used.
+    pub model: String,
+    pub face_model: String,
+    /// Fields a newer service added, as a JSON object (`{}` when none).
+    pub extra_json: String,
+}
+
+/// `assess`'s verified answer.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct AssessAnswer {
+    pub rid: String,
+    pub iat: i64,
+    /// `allow`, `step_up` or `deny`.
+    pub decision: String,
+    /// The risk score in [0, 1] (higher is riskier).
+    pub score: f64,
+    pub reasons: Vec<String>,
+    pub model: String,
+    pub face_model: String,
+    pub extra_json: String,
+}
+
+/// One candidate of an identification.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Candidate {
+    /// 1 for the best (investigative mode only).
+    pub rank: Option<u32>,
+    pub user_id: String,
+    /// Cosine similarity with the user's enrolled centroid.
+    pub similarity: f64,
+    /// A stranger's chance of scoring this well against some user of a gallery this size.
+    pub fmr: f64,
+    /// The calibrated FMR of this one comparison (investigative mode only).
+    pub pair_fmr: Option<f64>,
+}
+
+/// `identify`'s and `investigate`'s verified answer.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct IdentifyAnswer {
+    pub rid: String,
+    pub iat: i64,
+    /// `decide` or `investigate`.
+    pub mode: String,
+    /// `match`, `no_match`, `ambiguous` or `refused` to decide; `candidates` or `refused` to
+    /// investigate.
+    pub decision: String,
+    /// How many enrolled users were searched.
+    pub searched: u64,
+    pub candidates: Vec<Candidate>,
+    pub reasons: Vec<String>,
+    pub model: String,
+    pub face_model: String,
+    pub extra_json: String,
+}
+
+/// `erase`'s verified answer: what was removed or scrubbed.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct EraseAnswer {
+    pub rid: String,
+    pub iat: i64,
+    pub templates: u64,
+    pub history: u64,
+    /// Risk log entries kept as decisions only.
+    pub risk_logs_scrubbed: u64,
+    pub extra_json: String,
+}
+
+fn codes<T: WireCode>(codes: &[Code<T>]) -> Vec<String> {
+    codes.iter().map(Code::to_string).collect()
+}
+
+fn extra_json(extra: &Extra) -> String {
+    serde_json::Value::Object(extra.clone()).to_string()
+}
+
+impl From<EnrollReply> for EnrollAnswer {
+    fn from(reply: EnrollReply) -> Self {
+        Self {
+            rid: reply.stamp.rid,
+            iat: reply.stamp.iat,
+            outcome: reply.outcome.to_string(),
+            templates: reply.templates as u64,
+            reasons: codes(&reply.reasons),
+            model: reply.model,
+            face_model: reply.face_model,
+            extra_json: extra_json(&reply.extra),
+        }
+    }
+}
+
+impl From<AssessReply> for AssessAnswer {
+    fn from(reply: AssessReply) -> Self {
+        Self {
+            rid: reply.stamp.rid,
+            iat: reply.stamp.iat,
+            decision: reply.decision.to_string(),
+            score: reply.score,
+            reasons: codes(&reply.reasons),
+            model: reply.model,
+            face_model: reply.face_model,
+            extra_json: extra_json(&reply.extra),
+        }
+    }
+}
+
+impl From<IdentifyReply> for IdentifyAnswer {
+    fn from(reply: IdentifyReply) -> Self {
+        Self {
+            rid: reply.stamp.rid,
+            iat: reply.stamp.iat,
+            mode: reply.mode,
+            decision: reply.decision.to_string(),
+            searched: reply.searched as u64,
+            candidates: reply
+                .candidates
+                .into_iter()
+                .map(|c| Candidate {
+                    rank: c.rank.map(|r| r as u32),
+                    user_id: c.user_id,
+                    similarity: c.similarity,
+                    fmr: c.fmr,
+                    pair_fmr: c.pair_fmr,
+                })
+                .collect(),
+            reasons: codes(&reply.reasons),
+            model: reply.model,
+            face_model: reply.face_model,
+            extra_json: extra_json(&reply.extra),
+        }
+    }
+}
+
+impl From<EraseReply> for EraseAnswer {
+    fn from(reply: EraseReply) -> Self {
+        Self {
+            rid: reply.stamp.rid,
+            iat: reply.stamp.iat,
+            templates: reply.erased.templates as u64,
+            history: reply.erased.history as u64,
+            risk_logs_scrubbed: reply.erased.risk_logs_scrubbed as u64,
+            extra_json: extra_json(&reply.extra),
+        }
+    }
+}
+
 /// An HTTP answer as received, before any check.
 #[derive(uniffi::Record)]
 pub struct RawAnswer {
@@ -235,18 +402,18 @@ impl TeeRiskClient {
         Arc::new(Self { inner, attestation })
     }
 
-    fn send<T: serde::Serialize>(
+    /// Seals, sends and verifies; re-fetches the keys (re-attests an attested client) once
+    /// on unknown_kid.
+    fn send<T: serde::Serialize, R: serde::de::DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
         request: &T,
         encrypted_answer: bool,
-    ) -> Result<String, TeeRiskError> {
-        // Re-fetches the keys (re-attests an attested client) once on unknown_kid.
-        json(
-            self.inner
-                .exchange(method, path, request, encrypted_answer)?,
-        )
+    ) -> Result<R, TeeRiskError> {
+        Ok(self
+            .inner
+            .exchange(method, path, request, encrypted_answer)?)
     }
 
     /// `POST /v1/identify` in either mode (the answer always encrypted to this client).
@@ -258,7 +425,7 @@ impl TeeRiskClient {
         top_k: Option<u32>,
         mode: Option<IdentifyMode>,
         face_model: Option<String>,
-    ) -> Result<String, TeeRiskError> {
+    ) -> Result<IdentifyAnswer, TeeRiskError> {
         let request = IdentifyRequest {
             features,
             liveness,
@@ -267,7 +434,8 @@ impl TeeRiskClient {
             mode,
             face_model,
         };
-        self.send("POST", "/v1/identify", &request, true)
+        let reply: IdentifyReply = self.send("POST", "/v1/identify", &request, true)?;
+        Ok(reply.into())
     }
 }
 
@@ -362,7 +530,7 @@ impl TeeRiskClient {
         self.inner.keys().encryption_not_after
     }
 
-    /// `POST /v1/enroll`: adds a template for `user_id`. Returns the verified payload (JSON).
+    /// `POST /v1/enroll`: adds a template for `user_id`. Returns the verified answer.
     /// `face_model` names the model that made `features` (PROTOCOL v1.3, e.g.
     /// `mobilefacenet192`); absent: the service's default model.
     #[uniffi::method(default(face_model = None))]
@@ -374,9 +542,10 @@ impl TeeRiskClient {
         device_id: Option<String>,
         encrypted_answer: bool,
         face_model: Option<String>,
-    ) -> Result<String, TeeRiskError> {
+    ) -> Result<EnrollAnswer, TeeRiskError> {
         let request = feature_request(user_id, features, liveness, device_id, face_model);
-        self.send("POST", "/v1/enroll", &request, encrypted_answer)
+        let reply: EnrollReply = self.send("POST", "/v1/enroll", &request, encrypted_answer)?;
+        Ok(reply.into())
     }
 
     /// `POST /v1/assess`: allow / step_up / deny for a face claimed to be `user_id`, scored
@@ -390,9 +559,10 @@ impl TeeRiskClient {
         device_id: Option<String>,
         encrypted_answer: bool,
         face_model: Option<String>,
-    ) -> Result<String, TeeRiskError> {
+    ) -> Result<AssessAnswer, TeeRiskError> {
         let request = feature_request(user_id, features, liveness, device_id, face_model);
-        self.send("POST", "/v1/assess", &request, encrypted_answer)
+        let reply: AssessReply = self.send("POST", "/v1/assess", &request, encrypted_answer)?;
+        Ok(reply.into())
     }
 
     /// `POST /v1/identify` (1:N): the enrolled users this face may be. The answer names
@@ -406,7 +576,7 @@ impl TeeRiskClient {
         device_id: Option<String>,
         top_k: Option<u32>,
         face_model: Option<String>,
-    ) -> Result<String, TeeRiskError> {
+    ) -> Result<IdentifyAnswer, TeeRiskError> {
         self.search(features, liveness, device_id, top_k, None, face_model)
     }
 
@@ -421,7 +591,7 @@ impl TeeRiskClient {
         device_id: Option<String>,
         top_k: Option<u32>,
         face_model: Option<String>,
-    ) -> Result<String, TeeRiskError> {
+    ) -> Result<IdentifyAnswer, TeeRiskError> {
         self.search(
             features,
             liveness,
@@ -433,9 +603,14 @@ impl TeeRiskClient {
     }
 
     /// `DELETE /v1/users`: erases everything the service keeps about `user_id`.
-    pub fn erase(&self, user_id: String, encrypted_answer: bool) -> Result<String, TeeRiskError> {
+    pub fn erase(
+        &self,
+        user_id: String,
+        encrypted_answer: bool,
+    ) -> Result<EraseAnswer, TeeRiskError> {
         let request = serde_json::json!({ "user_id": user_id });
-        self.send("DELETE", "/v1/users", &request, encrypted_answer)
+        let reply: EraseReply = self.send("DELETE", "/v1/users", &request, encrypted_answer)?;
+        Ok(reply.into())
     }
 
     /// Seals a payload (JSON text, docs/PROTOCOL.md §2) to the service's encryption key with
@@ -464,7 +639,7 @@ impl TeeRiskClient {
     }
 
     /// Checks the answer to `sealed` (decrypting it first when it was asked encrypted) and
-    /// returns its payload; a refusal raises `Refused`.
+    /// returns its payload as JSON text (any route's answer); a refusal raises `Refused`.
     pub fn open_answer(
         &self,
         sealed: Arc<SealedRequest>,
@@ -472,7 +647,7 @@ impl TeeRiskClient {
     ) -> Result<String, TeeRiskError> {
         json(
             self.inner
-                .verify_sealed_answer(&sealed.0, &RawResponse::from(answer))?,
+                .verify_sealed_answer::<serde_json::Value>(&sealed.0, &RawResponse::from(answer))?,
         )
     }
 }
@@ -487,7 +662,7 @@ pub fn verify_answer(
     answer: RawAnswer,
 ) -> Result<String, TeeRiskError> {
     let identity = ServerKeys::identity_from_pem(&identity_pem)?;
-    json(client::verify_answer_to(
+    json(client::verify_answer_to::<serde_json::Value>(
         &identity,
         &request_body,
         &RawResponse::from(answer),

@@ -38,37 +38,40 @@ def test_attestation_binds_the_identity_the_server_wrote(server, client):
 def test_production_policy_refuses_simulated_evidence(server):
     with pytest.raises(TeeRiskError.Untrusted) as refused:
         TeeRiskClient.attest(server.url, AttestationPolicy.load(server.production_policy), None)
+    assert refused.value.check == "tee_kind", refused.value
     assert "sim" in str(refused.value)
 
 
 def test_enrol_assess_identify_erase(client):
-    enrolled = json.loads(client.enroll("py-alice", sample("alice-enrol.json"), None, "phone-1", False))
-    assert enrolled["op"] == "enroll" and enrolled["outcome"] == "enrolled", enrolled
+    enrolled = client.enroll("py-alice", sample("alice-enrol.json"), None, "phone-1", False)
+    assert enrolled.outcome == "enrolled" and enrolled.templates == 1, enrolled
+    assert json.loads(enrolled.extra_json) == {}, enrolled
 
     # Identify first: an accepted assessment makes its probe "recent", and identify refuses a
     # copy of a recent probe (replayed_probe).
-    identified = json.loads(client.identify(sample("alice-probe.json"), None, None, 3))
-    assert identified["op"] == "identify" and identified["decision"] == "match", identified
-    assert identified["candidates"][0]["user_id"] == "py-alice", identified
+    identified = client.identify(sample("alice-probe.json"), None, None, 3)
+    assert identified.mode == "decide" and identified.decision == "match", identified
+    assert identified.candidates[0].user_id == "py-alice", identified
+    assert identified.candidates[0].rank is None, identified
 
     # The investigative mode (the dev client holds `investigate`): ranked leads, no decision.
-    leads = json.loads(client.investigate(sample("alice-probe.json"), None, None, 5))
-    assert leads["mode"] == "investigate" and leads["decision"] == "candidates", leads
-    assert leads["candidates"][0]["rank"] == 1, leads
-    assert leads["candidates"][0]["user_id"] == "py-alice", leads
-    assert 0 < leads["candidates"][0]["pair_fmr"] <= leads["candidates"][0]["fmr"], leads
+    leads = client.investigate(sample("alice-probe.json"), None, None, 5)
+    assert leads.mode == "investigate" and leads.decision == "candidates", leads
+    assert leads.candidates[0].rank == 1, leads
+    assert leads.candidates[0].user_id == "py-alice", leads
+    assert 0 < leads.candidates[0].pair_fmr <= leads.candidates[0].fmr, leads
 
-    genuine = json.loads(client.assess("py-alice", sample("alice-probe.json"), 0.97, "phone-1", False))
-    assert genuine["decision"] == "allow", genuine
+    genuine = client.assess("py-alice", sample("alice-probe.json"), 0.97, "phone-1", False)
+    assert genuine.decision == "allow" and 0 <= genuine.score <= 1, genuine
 
-    impostor = json.loads(client.assess("py-alice", sample("mallory-probe.json"), None, None, False))
-    assert impostor["decision"] == "deny" and "no_match" in impostor["reasons"], impostor
+    impostor = client.assess("py-alice", sample("mallory-probe.json"), None, None, False)
+    assert impostor.decision == "deny" and "no_match" in impostor.reasons, impostor
 
-    erased = json.loads(client.erase("py-alice", True))
-    assert erased["op"] == "erase" and erased["erased"]["templates"] == 1, erased
+    erased = client.erase("py-alice", True)
+    assert erased.templates == 1, erased
 
-    after = json.loads(client.assess("py-alice", sample("alice-probe.json"), None, None, False))
-    assert after["decision"] == "deny" and after["reasons"] == ["no_enrolment"], after
+    after = client.assess("py-alice", sample("alice-probe.json"), None, None, False)
+    assert after.decision == "deny" and after.reasons == ["no_enrolment"], after
 
 
 def test_encrypted_answer_is_unreadable_on_the_way(client):
@@ -91,13 +94,15 @@ def test_tampered_answers_are_refused(client):
     payload = bytearray(signed["payload"].encode())
     payload[10] = ord("A") if payload[10] != ord("A") else ord("B")
     forged = RawAnswer(status=200, body=json.dumps({**signed, "payload": payload.decode()}).encode())
-    with pytest.raises(TeeRiskError.Untrusted):
+    with pytest.raises(TeeRiskError.Untrusted) as refused:
         client.open_answer(sealed, forged)
+    assert refused.value.check == "signature", refused.value
     # A genuine answer to another request is refused too (rid and req_sm3).
     other = client.seal(json.dumps({"user_id": "py-bob", "features": sample("alice-probe.json")}), False)
     with pytest.raises(TeeRiskError.Untrusted) as refused:
         client.open_answer(other, answer)
     assert "another request" in str(refused.value)
+    assert refused.value.check == "request_id", refused.value
     # And the untouched answer passes.
     assert json.loads(client.open_answer(sealed, answer))["decision"] == "deny"
 
@@ -175,7 +180,7 @@ def test_a_request_sealed_by_the_cli_is_posted_in_python(server, client, tmp_pat
     with pytest.raises(TeeRiskError.Untrusted):
         verify_answer(server.identity_pem, request.read_bytes(), RawAnswer(status=200, body=bytes(forged)))
     # Leave no one enrolled with this face for the tests that follow.
-    assert json.loads(client.erase("interop-py", False))["erased"]["templates"] == 1
+    assert client.erase("interop-py", False).templates == 1
 
 
 def test_the_face_model_is_named_per_request(client):
@@ -184,11 +189,11 @@ def test_the_face_model_is_named_per_request(client):
     # A 192-d MobileFaceNet vector (any direction will do for the plumbing; accuracy is
     # measured by tee-risk eval): enrolled under that model, found only there.
     face = [((i * 7) % 13) / 13.0 - 0.5 for i in range(192)]
-    enrolled = json.loads(client.enroll("py-mfn", face, None, "phone-9", False, face_model="mobilefacenet192"))
-    assert (enrolled["outcome"], enrolled["face_model"]) == ("enrolled", "mobilefacenet192")
-    found = json.loads(client.identify(face, None, None, 1, face_model="mobilefacenet192"))
-    assert found["face_model"] == "mobilefacenet192"
-    assert found["searched"] == 1
+    enrolled = client.enroll("py-mfn", face, None, "phone-9", False, face_model="mobilefacenet192")
+    assert (enrolled.outcome, enrolled.face_model) == ("enrolled", "mobilefacenet192")
+    found = client.identify(face, None, None, 1, face_model="mobilefacenet192")
+    assert found.face_model == "mobilefacenet192"
+    assert found.searched == 1
     # The same vector without a model is the default (128-d dlib): the wrong dimension.
     with pytest.raises(TeeRiskError.Refused) as refused:
         client.assess("py-mfn", face, None, None, False)
@@ -197,4 +202,4 @@ def test_the_face_model_is_named_per_request(client):
         client.assess("py-mfn", face, None, None, False, face_model="arcface")
     assert (refused.value.status, refused.value.code) == (422, "invalid_field")
     assert "mobilefacenet192 (192-d)" in refused.value.detail
-    json.loads(client.erase("py-mfn", False))
+    client.erase("py-mfn", False)

@@ -34,8 +34,8 @@ def test_kotlin_client_against_the_server(server):
     assert attested["attested"] == "sim"
     # The same identity as this package sees, pinned from the file the server wrote.
     assert attested["identity_kid"] == TeeRiskClient.pinned(server.url, server.identity_pem, None).identity_kid()
-    assert enrolled["outcome"] == "enrolled", enrolled
+    assert enrolled == {"outcome": "enrolled", "templates": 1}, enrolled
     assert assessed["decision"] == "allow", assessed
-    assert identified["decision"] == "match" and identified["candidates"][0]["user_id"] == "kotlin-user", identified
-    assert erased["erased"]["templates"] == 1, erased
-    assert refused == {"production_policy": "refused"}
+    assert identified["decision"] == "match" and identified["best"] == "kotlin-user", identified
+    assert erased["templates"] == 1, erased
+    assert refused == {"production_policy": "refused", "check": "tee_kind"}

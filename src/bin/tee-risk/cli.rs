@@ -211,134 +211,34 @@ pub enum DbCommand {
 pub enum ClientCommand {
     /// Verify the service's attestation evidence (fresh nonce) under a policy file, then its
     /// certified encryption key; print what was verified.
-    Attest {
-        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// Attestation policy (TOML), e.g. config/attestation-policy.toml.
-        #[arg(long, default_value = "config/attestation-policy.toml")]
-        policy: PathBuf,
-    },
+    Attest(AttestArgs),
     /// Check an evidence document offline (a report and its collateral) under a policy:
     /// every check but the binding of a nonce of ours, which a document made for someone
     /// else cannot pass. For operators: does this platform and build pass our policy?
     /// Exit 0 passed, 3 refused (the failed check is named).
-    VerifyEvidence {
-        /// The evidence (JSON, as `GET /v1/attestation` answers it).
-        #[arg(long)]
-        evidence: PathBuf,
-        /// Attestation policy (TOML).
-        #[arg(long, default_value = "config/attestation-policy.toml")]
-        policy: PathBuf,
-        /// Verify as of this time (unix seconds) instead of now: collateral is valid for a
-        /// while only, so an old document needs the time it was made.
-        #[arg(long)]
-        at: Option<i64>,
-    },
+    VerifyEvidence(VerifyEvidenceArgs),
     /// Fetch and print the service's public keys.
-    Keys {
-        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
-    },
+    Keys(KeysArgs),
     /// Enrol a face embedding for a user.
     Enroll(RequestArgs),
     /// Assess a face embedding against a user's enrolment.
     Assess(RequestArgs),
     /// Identify a face among every enrolled user (1:N); the answer is encrypted to this
     /// client, decrypted and verified here.
-    Identify {
-        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// JSON file: an array of numbers, or an object with `features` or `embedding`.
-        #[arg(long)]
-        features: PathBuf,
-        /// Candidates wanted: 1 to 10 to decide (default 1), 1 to 50 to investigate
-        /// (default 10).
-        #[arg(long)]
-        top_k: Option<usize>,
-        /// `decide` (a match decision; permission `identify`) or `investigate` (ranked
-        /// candidates with their FMRs, no decision; permission `investigate`).
-        #[arg(long, value_enum, default_value = "decide")]
-        mode: ModeArg,
-        /// The face model that made the features (e.g. mobilefacenet192; PROTOCOL v1.3).
-        /// Absent: the service's default model.
-        #[arg(long)]
-        face_model: Option<String>,
-        #[arg(long)]
-        liveness: Option<f32>,
-        #[arg(long)]
-        device: Option<String>,
-        #[command(flatten)]
-        access: AccessArgs,
-        #[arg(long)]
-        pin_keys: Option<PathBuf>,
-    },
+    Identify(IdentifyArgs),
     /// Seal an enrol or assess payload into an envelope file without sending it, for another
     /// program to post (the answer is asked in the clear: only the sealer could open an
     /// encrypted one). Prints the request id.
-    Seal {
-        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
-        #[arg(long)]
-        user: String,
-        /// JSON file: an array of numbers, or an object with `features` or `embedding`.
-        #[arg(long)]
-        features: PathBuf,
-        /// The face model that made the features (e.g. mobilefacenet192; PROTOCOL v1.3).
-        /// Absent: the service's default model.
-        #[arg(long)]
-        face_model: Option<String>,
-        #[arg(long)]
-        liveness: Option<f32>,
-        #[arg(long)]
-        device: Option<String>,
-        #[arg(long)]
-        pin_keys: Option<PathBuf>,
-        /// Where to write the envelope (docs/PROTOCOL.md §2).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Seal(SealArgs),
     /// Post an envelope file built by any program, signed as this client, and verify the
     /// answer (signature, rid, req_sm3) before printing it.
-    Post {
-        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// The route: /v1/enroll, /v1/assess, /v1/identify or /v1/users (sent as DELETE).
-        #[arg(long)]
-        path: String,
-        /// The envelope file.
-        #[arg(long)]
-        request: PathBuf,
-        #[command(flatten)]
-        access: AccessArgs,
-        #[arg(long)]
-        pin_keys: Option<PathBuf>,
-        /// Also write the answer's body, as received, to this file.
-        #[arg(long)]
-        save_answer: Option<PathBuf>,
-    },
+    Post(PostArgs),
     /// Verify offline a signed answer (file) to an envelope (file) under an identity key:
     /// signature, rid and req_sm3. Exit 0 and the payload, or 3 with the failed check.
-    VerifyAnswer {
-        #[arg(long)]
-        request: PathBuf,
-        #[arg(long)]
-        answer: PathBuf,
-        /// The service's identity key (PEM), e.g. keys/identity.pub.pem.
-        #[arg(long)]
-        identity: PathBuf,
-    },
+    VerifyAnswer(VerifyAnswerArgs),
     /// Erase everything the service keeps about a user (templates, history, indexes; risk
     /// logs keep the decisions only).
-    Erase {
-        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
-        #[arg(long)]
-        user: String,
-        #[command(flatten)]
-        access: AccessArgs,
-        #[arg(long)]
-        pin_keys: Option<PathBuf>,
-    },
+    Erase(EraseArgs),
 }
 
 /// Who the client is: its registered id and SM2 private key. The defaults are the
@@ -386,4 +286,136 @@ pub struct RequestArgs {
     /// Ask for the answer encrypted to this client (docs/PROTOCOL.md §3a).
     #[arg(long)]
     pub encrypted_answer: bool,
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct AttestArgs {
+    #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Attestation policy (TOML), e.g. config/attestation-policy.toml.
+    #[arg(long, default_value = "config/attestation-policy.toml")]
+    pub policy: PathBuf,
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct VerifyEvidenceArgs {
+    /// The evidence (JSON, as `GET /v1/attestation` answers it).
+    #[arg(long)]
+    pub evidence: PathBuf,
+    /// Attestation policy (TOML).
+    #[arg(long, default_value = "config/attestation-policy.toml")]
+    pub policy: PathBuf,
+    /// Verify as of this time (unix seconds) instead of now: collateral is valid for a
+    /// while only, so an old document needs the time it was made.
+    #[arg(long)]
+    pub at: Option<i64>,
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct KeysArgs {
+    #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct IdentifyArgs {
+    #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// JSON file: an array of numbers, or an object with `features` or `embedding`.
+    #[arg(long)]
+    pub features: PathBuf,
+    /// Candidates wanted: 1 to 10 to decide (default 1), 1 to 50 to investigate
+    /// (default 10).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// `decide` (a match decision; permission `identify`) or `investigate` (ranked
+    /// candidates with their FMRs, no decision; permission `investigate`).
+    #[arg(long, value_enum, default_value = "decide")]
+    pub mode: ModeArg,
+    /// The face model that made the features (e.g. mobilefacenet192; PROTOCOL v1.3).
+    /// Absent: the service's default model.
+    #[arg(long)]
+    pub face_model: Option<String>,
+    #[arg(long)]
+    pub liveness: Option<f32>,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[command(flatten)]
+    pub access: AccessArgs,
+    #[arg(long)]
+    pub pin_keys: Option<PathBuf>,
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct SealArgs {
+    #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[arg(long)]
+    pub user: String,
+    /// JSON file: an array of numbers, or an object with `features` or `embedding`.
+    #[arg(long)]
+    pub features: PathBuf,
+    /// The face model that made the features (e.g. mobilefacenet192; PROTOCOL v1.3).
+    /// Absent: the service's default model.
+    #[arg(long)]
+    pub face_model: Option<String>,
+    #[arg(long)]
+    pub liveness: Option<f32>,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub pin_keys: Option<PathBuf>,
+    /// Where to write the envelope (docs/PROTOCOL.md §2).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct PostArgs {
+    #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The route: /v1/enroll, /v1/assess, /v1/identify or /v1/users (sent as DELETE).
+    #[arg(long)]
+    pub path: String,
+    /// The envelope file.
+    #[arg(long)]
+    pub request: PathBuf,
+    #[command(flatten)]
+    pub access: AccessArgs,
+    #[arg(long)]
+    pub pin_keys: Option<PathBuf>,
+    /// Also write the answer's body, as received, to this file.
+    #[arg(long)]
+    pub save_answer: Option<PathBuf>,
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct VerifyAnswerArgs {
+    #[arg(long)]
+    pub request: PathBuf,
+    #[arg(long)]
+    pub answer: PathBuf,
+    /// The service's identity key (PEM), e.g. keys/identity.pub.pem.
+    #[arg(long)]
+    pub identity: PathBuf,
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct EraseArgs {
+    #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[arg(long)]
+    pub user: String,
+    #[command(flatten)]
+    pub access: AccessArgs,
+    #[arg(long)]
+    pub pin_keys: Option<PathBuf>,
 }
