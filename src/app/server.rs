@@ -14,7 +14,7 @@ use super::AppError;
 use super::config::Config;
 use super::join::{self, Joined};
 use super::secrets::{MasterKeyEnv, open_vault};
-use super::tasks::{spawn_key_maintenance, spawn_rotation};
+use super::tasks::{spawn_periodic_tasks, spawn_rotation};
 use crate::attest::join::ClusterSecrets;
 use crate::attest::sim::{Measurement, SimPlatform};
 use crate::attest::{Attester, Policy, TeeKind};
@@ -238,12 +238,12 @@ fn join_cluster(config: &Config) -> Result<ClusterStart, AppError> {
     })
 }
 
-/// The background threads: the re-encryption sweep (while one is pending) and the key
-/// maintenance.
+/// The background threads: the re-encryption sweep (while one is pending) and the
+/// periodic tasks.
 struct Background {
     stop: Arc<AtomicBool>,
     rotation: Option<std::thread::JoinHandle<()>>,
-    maintenance: std::thread::JoinHandle<()>,
+    periodic: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Background {
@@ -257,22 +257,21 @@ impl Background {
         } else {
             None
         };
-        let maintenance = spawn_key_maintenance(service.clone(), stop.clone())
-            .map_err(io("start the key maintenance thread for", data_dir))?;
+        let periodic = spawn_periodic_tasks(service, &stop)
+            .map_err(io("start the periodic threads for", data_dir))?;
         Ok(Self {
             stop,
             rotation,
-            maintenance,
+            periodic,
         })
     }
 
-    /// Asks both threads to stop and waits for them.
+    /// Asks every thread to stop and waits for them.
     fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(rotation) = self.rotation {
-            let _ = rotation.join();
+        for thread in self.rotation.into_iter().chain(self.periodic) {
+            let _ = thread.join();
         }
-        let _ = self.maintenance.join();
     }
 }
 

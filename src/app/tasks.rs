@@ -1,5 +1,6 @@
-//! The server's background threads: the online master-key rotation sweep, and key
-//! maintenance (issuing and wiping encryption keys, forgetting old request ids).
+//! The server's background threads: the online master-key rotation sweep, and the periodic
+//! tasks (key maintenance, the galleries' sync with the store, forgetting old request ids
+//! and attempts), one thread per concern.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,8 @@ use crate::obs::unix_now;
 use crate::service::Service;
 use crate::store::DEFAULT_BATCH;
 
-/// How often spent request ids past the replay window are forgotten.
+/// How often spent request ids past the replay window, and attempts past the velocity
+/// window, are forgotten.
 const SPENT_RID_PRUNE_SECS: u64 = 60;
 
 /// Re-encrypts under the current key in the background while the service serves; stops
@@ -48,31 +50,64 @@ pub(super) fn spawn_rotation(
         })
 }
 
-/// Issues and wipes encryption keys on time, reads the store's change feed into the
-/// gallery, and forgets old request ids, checking every second until `stop`.
-pub(super) fn spawn_key_maintenance(
-    service: Arc<Service>,
+/// Runs `job` every `every` until `stop` (checked every second), on a thread of its own.
+fn spawn_periodic(
+    name: &str,
+    every: Duration,
     stop: Arc<AtomicBool>,
+    mut job: impl FnMut() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
-        .name("key-maintenance".into())
+        .name(name.into())
         .spawn(move || {
-            let mut seconds = 0u64;
+            let mut last: Option<Instant> = None;
             while !stop.load(Ordering::Relaxed) {
-                if let Err(error) = service.maintain_keys(unix_now()) {
-                    tracing::error!(%error, "encryption key maintenance failed");
+                if last.is_none_or(|t| t.elapsed() >= every) {
+                    job();
+                    last = Some(Instant::now());
                 }
-                // Enrolments and erasures by other replicas on a shared store.
-                if let Err(error) = service.refresh_gallery(unix_now()) {
-                    tracing::error!(%error, "reading the store's change feed failed");
-                }
-                if seconds % SPENT_RID_PRUNE_SECS == 0
-                    && let Err(error) = service.prune_spent_rids(unix_now())
-                {
-                    tracing::error!(%error, "forgetting old request ids failed");
-                }
-                seconds += 1;
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(TICK.min(every));
             }
         })
+}
+
+/// How often a periodic thread looks at its stop flag.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The periodic work of a running service, each on its own thread: issuing and wiping
+/// encryption keys on time; reading the store's change feed into the galleries
+/// (enrolments and erasures by other replicas on a shared store); forgetting spent request
+/// ids and old attempts.
+pub(super) fn spawn_periodic_tasks(
+    service: &Arc<Service>,
+    stop: &Arc<AtomicBool>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let second = Duration::from_secs(1);
+    let keys = service.clone();
+    let gallery = service.clone();
+    let forget = service.clone();
+    Ok(vec![
+        spawn_periodic("key-maintenance", second, stop.clone(), move || {
+            if let Err(error) = keys.maintain_keys(unix_now()) {
+                tracing::error!(%error, "encryption key maintenance failed");
+            }
+        })?,
+        spawn_periodic("gallery-sync", second, stop.clone(), move || {
+            if let Err(error) = gallery.refresh_gallery(unix_now()) {
+                tracing::error!(%error, "reading the store's change feed failed");
+            }
+        })?,
+        spawn_periodic(
+            "forget-old",
+            Duration::from_secs(SPENT_RID_PRUNE_SECS),
+            stop.clone(),
+            move || {
+                let now = unix_now();
+                forget.forget_old_attempts(now);
+                if let Err(error) = forget.forget_spent_rids(now) {
+                    tracing::error!(%error, "forgetting old request ids failed");
+                }
+            },
+        )?,
+    ])
 }

@@ -129,56 +129,14 @@ pub fn verify(
     vcek_dir: Option<&Path>,
     min_tcb: &Tcb,
 ) -> Result<SnpFacts, AttestError> {
-    if report.len() != REPORT_LEN {
-        return Err(err(
-            Check::Format,
-            format!("an SNP report is {REPORT_LEN} bytes"),
-        ));
-    }
-    let parsed = AttestationReport::from_bytes(report)
-        .map_err(|e| err(Check::Format, format!("not an SNP report: {e}")))?;
-    let reencoded = parsed
-        .to_bytes()
-        .map_err(|e| err(Check::Format, format!("the report does not re-encode: {e}")))?;
-    if reencoded.as_slice() != report {
-        return Err(err(
-            Check::Format,
-            "re-encoding the parsed report does not give back the bytes received",
-        ));
-    }
-    // The signature field is r and s (48 significant little-endian bytes, each padded to 72)
-    // then reserved bytes: all padding must be zero, or the same signed report could travel
-    // in many byte forms.
-    let padding = [
-        SIGNATURE_OFFSET + 48..SIGNATURE_OFFSET + 72,
-        SIGNATURE_OFFSET + 72 + 48..SIGNATURE_OFFSET + 144,
-        SIGNATURE_OFFSET + 144..REPORT_LEN,
-    ];
-    if padding
-        .into_iter()
-        .any(|r| report[r].iter().any(|b| *b != 0))
-    {
-        return Err(err(Check::Format, "the signature's padding is not zero"));
-    }
+    let parsed = parse_canonical(report)?;
     let reported_tcb = Tcb {
         bootloader: parsed.reported_tcb.bootloader,
         tee: parsed.reported_tcb.tee,
         snp: parsed.reported_tcb.snp,
         microcode: parsed.reported_tcb.microcode,
     };
-    let vcek_der = match (inline_vcek, vcek_dir) {
-        (Some(der), _) => der.to_vec(),
-        (None, Some(dir)) => {
-            let path = dir.join(vcek_file_name(&parsed.chip_id, &reported_tcb));
-            std::fs::read(&path).map_err(|e| {
-                err(
-                    Check::Platform,
-                    format!("no VCEK at {}: {e}", path.display()),
-                )
-            })?
-        }
-        (None, None) => return Err(err(Check::Platform, "no VCEK inline and no VCEK folder")),
-    };
+    let vcek_der = vcek_bytes(inline_vcek, vcek_dir, &parsed, &reported_tcb)?;
     let vcek = Certificate::from_der(&vcek_der).map_err(|e| {
         err(
             Check::Platform,
@@ -200,20 +158,7 @@ pub fn verify(
             format!("the report comes from VMPL {}", parsed.vmpl),
         ));
     }
-    let below = [
-        ("bootloader", reported_tcb.bootloader, min_tcb.bootloader),
-        ("tee", reported_tcb.tee, min_tcb.tee),
-        ("snp", reported_tcb.snp, min_tcb.snp),
-        ("microcode", reported_tcb.microcode, min_tcb.microcode),
-    ]
-    .into_iter()
-    .find(|(_, have, need)| have < need);
-    if let Some((part, have, need)) = below {
-        return Err(err(
-            Check::Tcb,
-            format!("reported {part} SVN {have} is below the policy's {need}"),
-        ));
-    }
+    check_tcb(&reported_tcb, min_tcb)?;
     Ok(SnpFacts {
         product: product.0,
         measurement: parsed.measurement,
@@ -223,6 +168,84 @@ pub fn verify(
         reported_tcb,
         chip_id: parsed.chip_id,
     })
+}
+
+/// Parses a report and refuses any byte form but the one its fields encode to: the length,
+/// a re-encoding equal to the bytes received, and zero padding around the signature (or
+/// the same signed report could travel in many byte forms).
+fn parse_canonical(report: &[u8]) -> Result<AttestationReport, AttestError> {
+    if report.len() != REPORT_LEN {
+        return Err(err(
+            Check::Format,
+            format!("an SNP report is {REPORT_LEN} bytes"),
+        ));
+    }
+    let parsed = AttestationReport::from_bytes(report)
+        .map_err(|e| err(Check::Format, format!("not an SNP report: {e}")))?;
+    let reencoded = parsed
+        .to_bytes()
+        .map_err(|e| err(Check::Format, format!("the report does not re-encode: {e}")))?;
+    if reencoded.as_slice() != report {
+        return Err(err(
+            Check::Format,
+            "re-encoding the parsed report does not give back the bytes received",
+        ));
+    }
+    // The signature field is r and s (48 significant little-endian bytes, each padded to 72)
+    // then reserved bytes.
+    let padding = [
+        SIGNATURE_OFFSET + 48..SIGNATURE_OFFSET + 72,
+        SIGNATURE_OFFSET + 72 + 48..SIGNATURE_OFFSET + 144,
+        SIGNATURE_OFFSET + 144..REPORT_LEN,
+    ];
+    if padding
+        .into_iter()
+        .any(|r| report[r].iter().any(|b| *b != 0))
+    {
+        return Err(err(Check::Format, "the signature's padding is not zero"));
+    }
+    Ok(parsed)
+}
+
+/// The VCEK's DER: sent inline, or from the offline folder by chip id and TCB.
+fn vcek_bytes(
+    inline_vcek: Option<&[u8]>,
+    vcek_dir: Option<&Path>,
+    parsed: &AttestationReport,
+    reported_tcb: &Tcb,
+) -> Result<Vec<u8>, AttestError> {
+    match (inline_vcek, vcek_dir) {
+        (Some(der), _) => Ok(der.to_vec()),
+        (None, Some(dir)) => {
+            let path = dir.join(vcek_file_name(&parsed.chip_id, reported_tcb));
+            std::fs::read(&path).map_err(|e| {
+                err(
+                    Check::Platform,
+                    format!("no VCEK at {}: {e}", path.display()),
+                )
+            })
+        }
+        (None, None) => Err(err(Check::Platform, "no VCEK inline and no VCEK folder")),
+    }
+}
+
+/// Every part of the reported TCB at or above the policy's floor.
+fn check_tcb(reported: &Tcb, min: &Tcb) -> Result<(), AttestError> {
+    let below = [
+        ("bootloader", reported.bootloader, min.bootloader),
+        ("tee", reported.tee, min.tee),
+        ("snp", reported.snp, min.snp),
+        ("microcode", reported.microcode, min.microcode),
+    ]
+    .into_iter()
+    .find(|(_, have, need)| have < need);
+    match below {
+        Some((part, have, need)) => Err(err(
+            Check::Tcb,
+            format!("reported {part} SVN {have} is below the policy's {need}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Returns one of `sev`'s built-in AMD root or signing-key certificates.

@@ -335,14 +335,8 @@ fn optional_endorsement(evidence: &Evidence, name: &str) -> Result<Option<Vec<u8
 }
 
 fn jwk_key(jwk: &PublicJwk) -> Result<PublicKey, AttestError> {
-    let coordinate =
-        |v: &str| b64_decode(v).ok_or_else(|| err(Check::IdentityKey, "bad key coordinate"));
-    let key = PublicKey::from_xy(&coordinate(&jwk.x)?, &coordinate(&jwk.y)?)
-        .map_err(|_| err(Check::IdentityKey, "not a point on SM2"))?;
-    if key.kid() != jwk.kid || !["sig", "enc"].contains(&jwk.key_use.as_str()) {
-        return Err(err(Check::IdentityKey, "kid or use does not match the key"));
-    }
-    Ok(key)
+    jwk.key()
+        .map_err(|e| err(Check::IdentityKey, e.to_string()))
 }
 
 #[cfg(test)]

@@ -89,159 +89,236 @@ pub fn evaluate(policy: &RiskPolicy, samples: &[Labelled], k: usize) -> Result<R
             "need k ≥ 1 and at least three identities with more than {k} images"
         )));
     }
-    let n = eligible.len();
-    let centroids: Vec<Vec<f32>> = eligible.iter().map(|i| centroid(&i[..k])).collect();
-    // Cosine of every image with every enrolled centroid, computed once.
-    let similarity: Vec<Vec<Vec<f32>>> = eligible
-        .iter()
-        .map(|images| {
-            images
-                .iter()
-                .map(|img| centroids.iter().map(|c| cosine(img, c)).collect())
-                .collect()
-        })
-        .collect();
-    // The best enrolled user other than the claimed one and (if given) the prober's own.
-    let conflict = |row: &[f32], claimed: usize, absent: Option<usize>| {
-        let searched = (0..n)
-            .filter(|j| *j != claimed && Some(*j) != absent)
-            .count();
+    let enrolled = Enrolled::new(&eligible, k);
+    let mut rng = Rng::new(0x5eed);
+    let mut counts = Counts::default();
+    for i in 0..eligible.len() {
+        let history = enrolled.genuine(policy, i, &mut counts, &mut rng);
+        enrolled.impostors(policy, i, recent(&history, policy), &mut counts);
+        enrolled.attacks(policy, i, &history, &mut counts);
+    }
+    Ok(counts.report(k, eligible.len(), max_distinct_capture_cosine(&identities)))
+}
+
+/// The evaluation's enrolled gallery: each eligible identity enrolled with its first `k`
+/// images, and the cosine of every image with every centroid, computed once.
+struct Enrolled<'a> {
+    identities: &'a [&'a Vec<&'a [f32]>],
+    k: usize,
+    /// `similarity[identity][image][enrolled user]`.
+    similarity: Vec<Vec<Vec<f32>>>,
+}
+
+/// What the evaluation counts.
+#[derive(Default)]
+struct Counts {
+    scores: Scores,
+    genuine_allowed: usize,
+    genuine_stepped_up: usize,
+    genuine_flagged: usize,
+    genuine_context_allowed: usize,
+    impostor_allowed: usize,
+    enrolled_allowed: usize,
+    burst_allowed: usize,
+    replays: Tally,
+    injections: Tally,
+    conflicts: Tally,
+    new_enrolments: Tally,
+    presentations: Tally,
+}
+
+impl<'a> Enrolled<'a> {
+    fn new(identities: &'a [&'a Vec<&'a [f32]>], k: usize) -> Self {
+        let centroids: Vec<Vec<f32>> = identities.iter().map(|i| centroid(&i[..k])).collect();
+        let similarity = identities
+            .iter()
+            .map(|images| {
+                images
+                    .iter()
+                    .map(|img| centroids.iter().map(|c| cosine(img, c)).collect())
+                    .collect()
+            })
+            .collect();
+        Self {
+            identities,
+            k,
+            similarity,
+        }
+    }
+
+    /// The best enrolled user other than the claimed one and (if given) the prober's own,
+    /// for identity `prober`'s image `image`.
+    fn conflict(
+        &self,
+        prober: usize,
+        image: usize,
+        claimed: usize,
+        absent: Option<usize>,
+    ) -> Option<Conflict> {
+        let row = &self.similarity[prober][image];
+        let other = |j: &usize| *j != claimed && Some(*j) != absent;
+        let searched = (0..self.identities.len()).filter(other).count();
         row.iter()
             .enumerate()
-            .filter(|(j, _)| *j != claimed && Some(*j) != absent)
+            .filter(|(j, _)| other(j))
             .map(|(_, &s)| Conflict {
                 similarity: s,
-                templates: k,
+                templates: self.k,
                 searched,
             })
             .max_by(|a, b| a.similarity.total_cmp(&b.similarity))
-    };
-    let burst = Context {
-        velocity: Velocity {
-            user_attempts: 20,
-            user_failures: 15,
-            device_users: 0,
-        },
-        ..Context::default()
-    };
-    let mut rng = Rng::new(0x5eed);
-    let mut scores = Scores::default();
-    let (mut genuine_allowed, mut genuine_stepped_up, mut genuine_flagged) = (0, 0, 0);
-    let mut genuine_context_allowed = 0;
-    let (mut impostor_allowed, mut enrolled_allowed, mut burst_allowed) = (0, 0, 0);
-    let (mut replays, mut injections, mut conflicts, mut new_enrolments, mut presentations) = (
-        Tally::default(),
-        Tally::default(),
-        Tally::default(),
-        Tally::default(),
-        Tally::default(),
-    );
-    for (i, images) in eligible.iter().enumerate() {
-        let templates = &images[..k];
-        // Genuine attempts in order; each accepted one joins the user's recent probes.
+    }
+
+    /// Identity `i`'s genuine attempts in order; each accepted one joins the user's recent
+    /// probes, which are returned.
+    fn genuine(
+        &self,
+        policy: &RiskPolicy,
+        i: usize,
+        counts: &mut Counts,
+        rng: &mut Rng,
+    ) -> Vec<&'a [f32]> {
+        let images = self.identities[i];
+        let templates = &images[..self.k];
         let mut history: Vec<&[f32]> = Vec::new();
-        for (m, probe) in images.iter().enumerate().skip(k) {
+        for (m, probe) in images.iter().enumerate().skip(self.k) {
             let mut s = signals(probe, templates, recent(&history, policy));
-            s.conflict = conflict(&similarity[i][m], i, None);
+            s.conflict = self.conflict(i, m, i, None);
             let assessment = policy.decide(&s);
-            scores
+            counts
+                .scores
                 .genuine_similarity
                 .push(s.match_similarity.unwrap_or(-1.0));
-            scores.genuine_risk.push(policy.model.score(&s));
+            counts.scores.genuine_risk.push(policy.model.score(&s));
             let is_allowed = assessment.decision == Decision::Allow;
-            genuine_allowed += usize::from(is_allowed);
-            genuine_stepped_up += usize::from(assessment.decision == Decision::StepUp);
-            genuine_flagged += usize::from(
+            counts.genuine_allowed += usize::from(is_allowed);
+            counts.genuine_stepped_up += usize::from(assessment.decision == Decision::StepUp);
+            counts.genuine_flagged += usize::from(
                 assessment
                     .reasons
                     .iter()
                     .any(|r| matches!(r, Reason::TemplateInjection | Reason::ReplayedProbe)),
             );
-            let in_context = genuine_context(&mut rng).apply(s);
-            genuine_context_allowed +=
+            let in_context = genuine_context(rng).apply(s);
+            counts.genuine_context_allowed +=
                 usize::from(policy.decide(&in_context).decision == Decision::Allow);
             if is_allowed {
                 history.push(probe);
             }
         }
-        let recent_probes = recent(&history, policy);
-        for (j, others) in eligible.iter().enumerate() {
+        history
+    }
+
+    /// Every other identity's images claiming to be identity `i`: alone, in a burst of
+    /// failures, and enrolled themselves (their own account found as a conflict).
+    fn impostors(
+        &self,
+        policy: &RiskPolicy,
+        i: usize,
+        recent_probes: &[&[f32]],
+        counts: &mut Counts,
+    ) {
+        let templates = &self.identities[i][..self.k];
+        let burst = Context {
+            velocity: Velocity {
+                user_attempts: 20,
+                user_failures: 15,
+                device_users: 0,
+            },
+            ..Context::default()
+        };
+        for (j, others) in self.identities.iter().enumerate() {
             if i == j {
                 continue;
             }
             for (m, probe) in others.iter().enumerate() {
                 let mut s = signals(probe, templates, recent_probes);
-                s.conflict = conflict(&similarity[j][m], i, Some(j));
+                s.conflict = self.conflict(j, m, i, Some(j));
                 let assessment = policy.decide(&s);
-                scores
+                counts
+                    .scores
                     .impostor_similarity
                     .push(s.match_similarity.unwrap_or(-1.0));
-                scores.impostor_risk.push(policy.model.score(&s));
-                impostor_allowed += usize::from(assessment.decision == Decision::Allow);
-                burst_allowed += usize::from(allowed(policy, &burst.apply(s)));
-                s.conflict = conflict(&similarity[j][m], i, None);
-                enrolled_allowed += usize::from(allowed(policy, &s));
+                counts.scores.impostor_risk.push(policy.model.score(&s));
+                counts.impostor_allowed += usize::from(assessment.decision == Decision::Allow);
+                counts.burst_allowed += usize::from(allowed(policy, &burst.apply(s)));
+                s.conflict = self.conflict(j, m, i, None);
+                counts.enrolled_allowed += usize::from(allowed(policy, &s));
             }
         }
-        // Replay: the last accepted probe, captured and sent again. Injection: an enrolled
-        // template sent as a probe. Presentation: an unseen photo of the user, liveness 0.2.
+    }
+
+    /// Replay: the last accepted probe, captured and sent again. Injection: an enrolled
+    /// template sent as a probe. Presentation: an unseen photo of the user, liveness 0.2.
+    /// And enrolment conflicts: this identity's first unenrolled image under a new account
+    /// (the search covers every enrolled user, its own account included), and a face
+    /// enrolled for the first time (the search covers everyone else).
+    fn attacks(&self, policy: &RiskPolicy, i: usize, history: &[&[f32]], counts: &mut Counts) {
+        let (k, images) = (self.k, self.identities[i]);
+        let templates = &images[..k];
+        let recent_probes = recent(history, policy);
         if let Some(last) = history.last() {
-            replays.add(!allowed(policy, &signals(last, templates, recent_probes)));
+            counts
+                .replays
+                .add(!allowed(policy, &signals(last, templates, recent_probes)));
         }
-        injections.add(!allowed(
+        counts.injections.add(!allowed(
             policy,
             &signals(images[0], templates, recent_probes),
         ));
         let mut presented = signals(images[k], templates, &[] as &[&[f32]]);
-        presented.conflict = conflict(&similarity[i][k], i, None);
+        presented.conflict = self.conflict(i, k, i, None);
         presented.liveness = Some(0.2);
-        presentations.add(!allowed(policy, &presented));
-        // Enrolling this identity's first unenrolled image under a new account: the search
-        // covers every enrolled user, this identity's own account included.
-        if let Some(c) = conflict(&similarity[i][k], usize::MAX, None) {
-            conflicts.add(policy.is_enrolment_conflict(&c));
+        counts.presentations.add(!allowed(policy, &presented));
+        if let Some(c) = self.conflict(i, k, usize::MAX, None) {
+            counts.conflicts.add(policy.is_enrolment_conflict(&c));
         }
-        // A face enrolled for the first time: the search covers everyone else.
-        if let Some(c) = conflict(&similarity[i][0], i, None) {
-            new_enrolments.add(policy.is_enrolment_conflict(&c));
+        if let Some(c) = self.conflict(i, 0, i, None) {
+            counts.new_enrolments.add(policy.is_enrolment_conflict(&c));
         }
     }
-    let (genuine_n, impostor_n) = (
-        scores.genuine_similarity.len(),
-        scores.impostor_similarity.len(),
-    );
-    let mut genuine = scores.genuine_similarity.clone();
-    let mut impostor = scores.impostor_similarity.clone();
-    genuine.sort_by(f32::total_cmp);
-    impostor.sort_by(f32::total_cmp);
-    let rate = |count: usize, total: usize| count as f64 / total as f64;
-    Ok(Report {
-        enrol_images: k,
-        identities: n,
-        genuine_attempts: genuine_n,
-        impostor_attempts: impostor_n,
-        fmr_at_operating_point: rate(impostor_allowed, impostor_n),
-        fnmr_at_operating_point: 1.0 - rate(genuine_allowed, genuine_n),
-        genuine_stepped_up: rate(genuine_stepped_up, genuine_n),
-        fnmr_at_fmr_1pct: fnmr_at_fmr(&genuine, &impostor, 0.01),
-        fnmr_at_fmr_0_1pct: fnmr_at_fmr(&genuine, &impostor, 0.001),
-        eer: equal_error_rate(&genuine, &impostor),
-        fmr_enrolled_impostors: rate(enrolled_allowed, impostor_n),
-        fmr_in_bursts: rate(burst_allowed, impostor_n),
-        fnmr_with_genuine_context: 1.0 - rate(genuine_context_allowed, genuine_n),
-        replays: replays.total,
-        replays_flagged: replays.rate(),
-        injections: injections.total,
-        injections_flagged: injections.rate(),
-        conflicting_enrolments: conflicts.total,
-        conflicting_enrolments_flagged: conflicts.rate(),
-        new_enrolments_flagged: new_enrolments.rate(),
-        presentation_attacks: presentations.total,
-        presentation_attacks_flagged: presentations.rate(),
-        genuine_flagged_as_replay: rate(genuine_flagged, genuine_n),
-        max_genuine_cosine: max_distinct_capture_cosine(&identities),
-        scores,
-    })
+}
+
+impl Counts {
+    fn report(self, k: usize, identities: usize, max_genuine_cosine: f32) -> Report {
+        let scores = self.scores;
+        let (genuine_n, impostor_n) = (
+            scores.genuine_similarity.len(),
+            scores.impostor_similarity.len(),
+        );
+        let mut genuine = scores.genuine_similarity.clone();
+        let mut impostor = scores.impostor_similarity.clone();
+        genuine.sort_by(f32::total_cmp);
+        impostor.sort_by(f32::total_cmp);
+        let rate = |count: usize, total: usize| count as f64 / total as f64;
+        Report {
+            enrol_images: k,
+            identities,
+            genuine_attempts: genuine_n,
+            impostor_attempts: impostor_n,
+            fmr_at_operating_point: rate(self.impostor_allowed, impostor_n),
+            fnmr_at_operating_point: 1.0 - rate(self.genuine_allowed, genuine_n),
+            genuine_stepped_up: rate(self.genuine_stepped_up, genuine_n),
+            fnmr_at_fmr_1pct: fnmr_at_fmr(&genuine, &impostor, 0.01),
+            fnmr_at_fmr_0_1pct: fnmr_at_fmr(&genuine, &impostor, 0.001),
+            eer: equal_error_rate(&genuine, &impostor),
+            fmr_enrolled_impostors: rate(self.enrolled_allowed, impostor_n),
+            fmr_in_bursts: rate(self.burst_allowed, impostor_n),
+            fnmr_with_genuine_context: 1.0 - rate(self.genuine_context_allowed, genuine_n),
+            replays: self.replays.total,
+            replays_flagged: self.replays.rate(),
+            injections: self.injections.total,
+            injections_flagged: self.injections.rate(),
+            conflicting_enrolments: self.conflicts.total,
+            conflicting_enrolments_flagged: self.conflicts.rate(),
+            new_enrolments_flagged: self.new_enrolments.rate(),
+            presentation_attacks: self.presentations.total,
+            presentation_attacks_flagged: self.presentations.rate(),
+            genuine_flagged_as_replay: rate(self.genuine_flagged, genuine_n),
+            max_genuine_cosine,
+            scores,
+        }
+    }
 }
 
 #[derive(Default)]

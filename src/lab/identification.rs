@@ -111,48 +111,56 @@ pub fn evaluate_identification(
         .map(|&s| if s == 0 { largest } else { s.min(largest) })
         .collect();
     sizes.dedup();
-    let mut reports = Vec::new();
-    for size in sizes {
-        let from_file = size.min(half);
+    let split = Split {
+        enrollable,
+        gallery_pool: &gallery_pool,
+        non_mated_probes: &non_mated_probes,
+        enrol,
+    };
+    Ok(sizes
+        .into_iter()
+        .map(|size| split.report(policy, size))
+        .collect())
+}
+
+/// The data of a 1:N evaluation: identities to enrol (their first `enrol` images; the rest
+/// are mated probes), distractors that fill larger galleries, and non-mated probes.
+struct Split<'a> {
+    enrollable: &'a [Vec<&'a [f32]>],
+    gallery_pool: &'a [&'a [f32]],
+    non_mated_probes: &'a [&'a [f32]],
+    enrol: usize,
+}
+
+/// The mated searches' outcomes.
+#[derive(Default)]
+struct Mated {
+    /// Per search: is the best candidate the right one, and its evidence.
+    searches: Vec<(bool, f32)>,
+    ambiguous: usize,
+    wrong: usize,
+    missed: usize,
+}
+
+impl Split<'_> {
+    /// One gallery size's report: identities from the file first, distractors after.
+    fn report(&self, policy: &RiskPolicy, size: usize) -> IdentificationReport {
+        let from_file = size.min(self.enrollable.len());
         let gallery = Gallery::default();
-        for (i, images) in enrollable[..from_file].iter().enumerate() {
-            gallery.set(&format!("id-{i}"), &images[..enrol]);
+        for (i, images) in self.enrollable[..from_file].iter().enumerate() {
+            gallery.set(&format!("id-{i}"), &images[..self.enrol]);
         }
-        for (i, image) in gallery_pool[..size - from_file].iter().enumerate() {
+        for (i, image) in self.gallery_pool[..size - from_file].iter().enumerate() {
             gallery.set(&format!("distractor-{i}"), &[image]);
         }
-        let searched = gallery.len();
-
-        // Mated: (is the best the right one, best score, decision right?).
-        let mut mated = Vec::new();
-        let (mut ambiguous, mut wrong, mut missed) = (0usize, 0usize, 0usize);
-        for (i, images) in enrollable[..from_file].iter().enumerate() {
-            let id = format!("id-{i}");
-            for probe in &images[enrol..] {
-                let found = gallery.top_k(probe, 2);
-                let right = found.first().is_some_and(|c| c.user_id == id);
-                mated.push((right, best_evidence(policy, &found)));
-                match policy.identify(&found, searched, 1, None).decision {
-                    IdentifyDecision::Match if right => {}
-                    IdentifyDecision::Match => {
-                        wrong += 1;
-                        missed += 1;
-                    }
-                    IdentifyDecision::Ambiguous => {
-                        ambiguous += 1;
-                        missed += 1;
-                    }
-                    _ => missed += 1,
-                }
-            }
-        }
+        let mated = self.mated(policy, &gallery, from_file);
         // Non-mated: the best score, and whether the service would name someone.
         let mut non_mated = Vec::new();
         let mut named = 0usize;
-        for probe in &non_mated_probes {
+        for probe in self.non_mated_probes {
             let found = gallery.top_k(probe, 2);
             non_mated.push(best_evidence(policy, &found));
-            let decision = policy.identify(&found, searched, 1, None).decision;
+            let decision = policy.identify(&found, gallery.len(), 1, None).decision;
             if matches!(
                 decision,
                 IdentifyDecision::Match | IdentifyDecision::Ambiguous
@@ -160,58 +168,39 @@ pub fn evaluate_identification(
                 named += 1;
             }
         }
-        // Enrolment conflicts: the corrected FMR of the best other user (lower: stronger).
-        let conflict_fmr = |probe: &[f32], key: &str| {
-            gallery
-                .best_other(probe, &gallery_key(key))
-                .map_or(1.0, |c| c.search_fmr(&policy.model.calibration))
-        };
-        // Every unenrolled image of an enrolled face is a possible second enrolment, and
-        // every non-mated probe a possible honest first one (more attempts than one image
-        // per identity: at 55 identities one miss moved the rate by 1.8 points).
-        let attempts: Vec<f64> = enrollable[..from_file]
-            .iter()
-            .enumerate()
-            .flat_map(|(i, images)| {
-                let key = format!("new-account-{i}");
-                images[enrol..]
-                    .iter()
-                    .map(move |probe| (probe, key.clone()))
-            })
-            .map(|(probe, key)| conflict_fmr(probe, &key))
-            .collect();
-        let honest: Vec<f64> = non_mated_probes
-            .iter()
-            .map(|probe| conflict_fmr(probe, "newcomer"))
-            .collect();
+        let (attempts, honest) = self.conflict_fmrs(policy, &gallery, from_file);
         let bar = policy.enrolment_conflict_max_fmr;
         let caught = attempts.iter().filter(|&&f| f <= bar).count();
         let stopped = honest.iter().filter(|&&f| f <= bar).count();
 
         let rate = |n: usize, of: usize| n as f64 / of.max(1) as f64;
-        let fnir_at = |fpir: f64| fnir_at_fpir(&mated, &non_mated, fpir);
+        let searches = &mated.searches;
+        let fnir_at = |fpir: f64| fnir_at_fpir(searches, &non_mated, fpir);
         let fpir = rate(named, non_mated.len());
         let det = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
             .iter()
             .map(|&f| (f, fnir_at(f)))
             .collect();
-        reports.push(IdentificationReport {
+        IdentificationReport {
             gallery: size,
             gallery_from_file: from_file,
             gallery_distractors: size - from_file,
-            enrol_images: enrol,
-            mated_searches: mated.len(),
+            enrol_images: self.enrol,
+            mated_searches: searches.len(),
             non_mated_searches: non_mated.len(),
-            rank1_identification_rate: rate(mated.iter().filter(|m| m.0).count(), mated.len()),
+            rank1_identification_rate: rate(
+                searches.iter().filter(|m| m.0).count(),
+                searches.len(),
+            ),
             fnir_at_fpir_1pct: fnir_at(0.01),
             fnir_at_fpir_0_1pct: fnir_at(0.001),
             fnir_at_fpir_budget: fnir_at(policy.identify_max_fmr),
             fpir_at_operating_point: fpir,
             named_at_operating_point: named,
-            fnir_at_operating_point: rate(missed, mated.len()),
+            fnir_at_operating_point: rate(mated.missed, searches.len()),
             fnir_at_measured_fpir: fnir_at(fpir),
-            ambiguous_rate: rate(ambiguous, mated.len()),
-            wrong_match_rate: rate(wrong, mated.len()),
+            ambiguous_rate: rate(mated.ambiguous, searches.len()),
+            wrong_match_rate: rate(mated.wrong, searches.len()),
             conflict_attempts: attempts.len(),
             conflicts_caught: rate(caught, attempts.len()),
             honest_enrolments: honest.len(),
@@ -222,9 +211,69 @@ pub fn evaluate_identification(
                 CONFLICT_HONEST_BUDGET,
             ),
             det,
-        });
+        }
     }
-    Ok(reports)
+
+    /// Every unenrolled image of the first `from_file` identities searched for: is the
+    /// best the right one, its evidence, and whether the decision is right.
+    fn mated(&self, policy: &RiskPolicy, gallery: &Gallery, from_file: usize) -> Mated {
+        let mut mated = Mated::default();
+        for (i, images) in self.enrollable[..from_file].iter().enumerate() {
+            let id = format!("id-{i}");
+            for probe in &images[self.enrol..] {
+                let found = gallery.top_k(probe, 2);
+                let right = found.first().is_some_and(|c| c.user_id == id);
+                mated.searches.push((right, best_evidence(policy, &found)));
+                match policy.identify(&found, gallery.len(), 1, None).decision {
+                    IdentifyDecision::Match if right => {}
+                    IdentifyDecision::Match => {
+                        mated.wrong += 1;
+                        mated.missed += 1;
+                    }
+                    IdentifyDecision::Ambiguous => {
+                        mated.ambiguous += 1;
+                        mated.missed += 1;
+                    }
+                    _ => mated.missed += 1,
+                }
+            }
+        }
+        mated
+    }
+
+    /// Enrolment conflicts, as the corrected FMR of the best other user (lower: stronger):
+    /// every unenrolled image of an enrolled face is a possible second enrolment, and every
+    /// non-mated probe a possible honest first one (more attempts than one image per
+    /// identity: at 55 identities one miss moved the rate by 1.8 points).
+    fn conflict_fmrs(
+        &self,
+        policy: &RiskPolicy,
+        gallery: &Gallery,
+        from_file: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let conflict_fmr = |probe: &[f32], key: &str| {
+            gallery
+                .best_other(probe, &gallery_key(key))
+                .map_or(1.0, |c| c.search_fmr(&policy.model.calibration))
+        };
+        let attempts = self.enrollable[..from_file]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, images)| {
+                let key = format!("new-account-{i}");
+                images[self.enrol..]
+                    .iter()
+                    .map(move |probe| (probe, key.clone()))
+            })
+            .map(|(probe, key)| conflict_fmr(probe, &key))
+            .collect();
+        let honest = self
+            .non_mated_probes
+            .iter()
+            .map(|probe| conflict_fmr(probe, "newcomer"))
+            .collect();
+        (attempts, honest)
+    }
 }
 
 /// The best candidate's score as evidence (−log10 of its per-pair FMR: higher is

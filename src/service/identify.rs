@@ -4,10 +4,11 @@
 //! decision), each under its own permission.
 
 use super::access::{Authorized, Permission};
-use super::{Answer, Service, ServiceError, fault};
+use super::{Answer, ModelSlot, Service, ServiceError, fault};
 use crate::obs::metrics::{Stage, StageTimer};
 use crate::protocol::payload::{IdentifyMode, IdentifyProbe};
 use crate::protocol::reply::{Candidate, Extra, IdentifyOutcome, IdentifyReply};
+use crate::risk::gallery::Candidate as GalleryCandidate;
 use crate::risk::identify::{
     Identification, IdentifyDecision, Investigation, RankedCandidate, ScoredCandidate,
 };
@@ -45,6 +46,27 @@ impl Found {
         match self {
             Found::Decided(found) => &found.reasons,
             Found::Investigated(found) => &found.reasons,
+        }
+    }
+
+    /// Whom the risk log names: the best candidate's blind index when a decision names one
+    /// (an erasure of that user scrubs the entry), else no one's. An investigation names
+    /// leads, not a finding: logged under no one's index, as such.
+    fn logged_user(&self, best_index: Option<String>) -> String {
+        match self {
+            Found::Decided(d) if d.decision == IdentifyDecision::Match => {
+                best_index.unwrap_or_default()
+            }
+            Found::Decided(_) => "identify".into(),
+            Found::Investigated(_) => "investigate".into(),
+        }
+    }
+
+    /// The logged decision: the outcome, or "investigate" for answered leads.
+    fn logged_decision(&self) -> &'static str {
+        match self {
+            Found::Investigated(i) if i.answered => "investigate",
+            _ => self.outcome().as_str(),
         }
     }
 
@@ -86,67 +108,25 @@ impl Service {
         let searched = slot.gallery.len();
         // Two at least: the second tells a match from an ambiguous one.
         let candidates = slot.gallery.top_k(&probe.features, probe.top_k.max(2));
-        // The hard rules, against the best candidate: a copy of one of its templates or of
-        // one of its recent accepted probes names no one. So does a failed liveness check.
-        let mut copy = probe
-            .liveness
-            .filter(|&l| l < policy.min_liveness)
-            .map(|_| Reason::LowLiveness);
-        let mut logged_user = None;
-        if let Some(best) = candidates.first() {
-            let user = self.vault.user(&best.user_id);
-            let enrolment = self.vault.enrolment(&user, &best.user_id).map_err(fault)?;
-            let recent = self
-                .vault
-                .recent_probes(&user, slot.id(), policy.replay_history)
-                .map_err(fault)?;
-            let templates = enrolment.templates_of(slot.id());
-            let signals = risk::signals(&probe.features, &templates, &recent);
-            if signals
-                .copy_similarity
-                .is_some_and(|s| s >= policy.copy_min_similarity)
-            {
-                copy = Some(Reason::TemplateInjection);
-            } else if signals
-                .history_similarity
-                .is_some_and(|s| s >= policy.copy_min_similarity)
-            {
-                copy = Some(Reason::ReplayedProbe);
-            }
-            logged_user = Some(hex::encode(user.current()));
-        }
+        let (refused, best_index) = self.hard_rules(slot, &probe, candidates.first())?;
         let found = match probe.mode {
             IdentifyMode::Decide => {
-                Found::Decided(policy.identify(&candidates, searched, probe.top_k, copy))
+                Found::Decided(policy.identify(&candidates, searched, probe.top_k, refused))
             }
             IdentifyMode::Investigate => Found::Investigated(policy.investigate(
                 &candidates[..probe.top_k.min(candidates.len())],
                 searched,
-                copy,
+                refused,
             )),
         };
         drop(candidates);
         timer.lap(Stage::Score);
-        let score = found.best_fmr();
         let log = RiskLogEntry {
             rid: header.rid.clone(),
             at: now,
-            // The best candidate's blind index when one is named (an erasure of that user
-            // scrubs the entry), else no one's.
-            // An investigation names leads, not a finding: logged under no one's index, as
-            // such (its decision "investigate", or "refused").
-            user: match &found {
-                Found::Decided(d) if d.decision == IdentifyDecision::Match => {
-                    logged_user.unwrap_or_default()
-                }
-                Found::Decided(_) => "identify".into(),
-                Found::Investigated(_) => "investigate".into(),
-            },
-            decision: match &found {
-                Found::Investigated(i) if i.answered => "investigate".into(),
-                _ => found.outcome().as_str().into(),
-            },
-            score,
+            user: found.logged_user(best_index),
+            decision: found.logged_decision().into(),
+            score: found.best_fmr(),
             reasons: found
                 .reasons()
                 .iter()
@@ -184,6 +164,40 @@ impl Service {
         );
         timer.lap(Stage::Sign);
         response
+    }
+
+    /// The hard rules, against the best candidate: a copy of one of its templates or of one
+    /// of its recent accepted probes names no one; nor does a failed liveness check. Returns
+    /// the refusing reason, if any, and the best candidate's blind index (for the log).
+    fn hard_rules(
+        &self,
+        slot: &ModelSlot,
+        probe: &IdentifyProbe,
+        best: Option<&GalleryCandidate>,
+    ) -> Result<(Option<Reason>, Option<String>), ServiceError> {
+        let policy = slot.policy();
+        let mut refused = probe
+            .liveness
+            .filter(|&l| l < policy.min_liveness)
+            .map(|_| Reason::LowLiveness);
+        let Some(best) = best else {
+            return Ok((refused, None));
+        };
+        let user = self.vault.user(&best.user_id);
+        let enrolment = self.vault.enrolment(&user, &best.user_id).map_err(fault)?;
+        let recent = self
+            .vault
+            .recent_probes(&user, slot.id(), policy.replay_history)
+            .map_err(fault)?;
+        let templates = enrolment.templates_of(slot.id());
+        let signals = risk::signals(&probe.features, &templates, &recent);
+        let copied = |s: Option<f32>| s.is_some_and(|s| s >= policy.copy_min_similarity);
+        if copied(signals.copy_similarity) {
+            refused = Some(Reason::TemplateInjection);
+        } else if copied(signals.history_similarity) {
+            refused = Some(Reason::ReplayedProbe);
+        }
+        Ok((refused, Some(hex::encode(user.current()))))
     }
 }
 

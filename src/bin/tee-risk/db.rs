@@ -39,110 +39,123 @@ fn open_db(args: &DbArgs, mode: OpenMode) -> Result<Vault, CliError> {
 /// Runs one `db` command.
 pub fn run(command: DbCommand) -> Result<(), CliError> {
     match command {
-        DbCommand::Status(args) => status(&args)?,
+        DbCommand::Status(args) => status(&args),
         DbCommand::Rotate { db, dry_run: true } => {
             let vault = open_inspected(&db)?;
             print_json(&serde_json::json!({
                 "current_key": vault.key_id().to_string(),
                 "would_move": vault.pending_moves()?,
             }))?;
+            Ok(())
         }
-        DbCommand::Rotate { db, dry_run: false } => {
-            let vault = open_db(&db, OpenMode::Write)?;
-            let started = std::time::Instant::now();
-            let mut moved = 0u64;
-            vault.rotate_until_done(DEFAULT_BATCH, &|| false, &mut |n| moved += n)?;
-            let seconds = started.elapsed().as_secs_f64();
-            print_json(&serde_json::json!({
-                "current_key": vault.key_id().to_string(),
-                "moved": moved,
-                "seconds": seconds,
-                "records_per_second": moved as f64 / seconds.max(1e-9),
-                "next": "tee-risk db verify, then tee-risk db retire-key <old key id>",
-            }))?;
-        }
-        DbCommand::Verify(args) => {
-            let (storage, _) = db_storage(&args)?;
-            // Verified on a copy (nothing is written to a damaged store, not even the
-            // failed check); a pass is then recorded on the store itself (the audit log and
-            // the rotation's verification, which retire-key requires).
-            let copy = open_inspected(&args)?;
-            let report = if storage.backend == StorageBackend::Sled {
-                let (report, mark) = copy.verify_with_mark(&storage.data_dir)?;
-                let mut json = serde_json::to_value(&report)?;
-                json["high_water_mark"] = serde_json::to_value(&mark)?;
-                print_json(&json)?;
-                report
-            } else {
-                let report = copy.verify()?;
-                print_json(&report)?;
-                report
-            };
-            drop(copy);
-            if report.passed() && storage.backend == StorageBackend::Sled {
-                open_db(&args, OpenMode::Inspect)?.record_verification(&report)?;
-            }
-            if !report.passed() {
-                return Err(CliError::CheckFailed(report.problems.join("; ")));
-            }
-        }
+        DbCommand::Rotate { db, dry_run: false } => rotate(&db),
+        DbCommand::Verify(args) => verify(&args),
         DbCommand::RetireKey { db, id } => {
             let id: KeyId = id.parse().map_err(anyhow::Error::from)?;
             let vault = open_db(&db, OpenMode::Inspect)?;
             match vault.retire_key(id) {
-                Ok(()) => println!("key {id} is retired"),
-                Err(VaultError::Refused(why)) => return Err(CliError::Refused(why)),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        DbCommand::VerifyLog(args) => {
-            let (storage, _) = db_storage(&args)?;
-            let env = MasterKeyEnv::from_process();
-            let store: Arc<dyn Store> = match storage.backend {
-                StorageBackend::Sled => {
-                    Arc::new(SledStore::open_copy(&store_path(&storage.data_dir))?)
+                Ok(()) => {
+                    println!("key {id} is retired");
+                    Ok(())
                 }
-                StorageBackend::Postgres => {
-                    secrets::open_store(&storage, env.database_url.as_ref())?
-                }
-            };
-            let entries = match audit::verify(store.as_ref()) {
-                Ok(entries) => entries,
-                Err(e) => return Err(CliError::CheckFailed(format!("audit log broken: {e}"))),
-            };
-            // The mark's clear copy (no key here): a log that lost its latest entries chains
-            // perfectly, so only the count and head recorded outside the store show it.
-            if storage.backend == StorageBackend::Sled
-                && let Some(mark) = mark::read_clear(&storage.data_dir)?
-                && let Some(behind) = mark::audit_behind(store.as_ref(), &mark)
-            {
-                return Err(CliError::CheckFailed(format!(
-                    "audit log behind its high-water mark: {behind}"
-                )));
+                Err(VaultError::Refused(why)) => Err(CliError::Refused(why)),
+                Err(e) => Err(e.into()),
             }
-            let head = entries.last().map_or(audit::GENESIS, |e| e.hash.as_str());
-            println!("audit log intact: {} entries, head {head}", entries.len());
         }
-        DbCommand::Backup { db, dir, force } => backup(&db, &dir, force)?,
-        DbCommand::Salvage { db, out } => salvage(&db, &out)?,
-        DbCommand::Migrate(args) => {
-            let (storage, _) = db_storage(&args)?;
-            if storage.backend != StorageBackend::Postgres {
-                return Err(anyhow::anyhow!(
-                    "db migrate is for [storage] backend = \"postgres\"; sled needs none"
-                )
-                .into());
-            }
-            // Opening the store creates or checks the schema.
-            let env = MasterKeyEnv::from_process();
-            secrets::open_store(&storage, env.database_url.as_ref())?;
-            #[cfg(feature = "postgres")]
-            print_json(&serde_json::json!({
-                "schema_version": tee_risk::store::postgres::SCHEMA_VERSION,
-            }))?;
-        }
-        DbCommand::Copy { db, from } => copy_to_postgres(&db, &from)?,
+        DbCommand::VerifyLog(args) => verify_log(&args),
+        DbCommand::Backup { db, dir, force } => backup(&db, &dir, force),
+        DbCommand::Salvage { db, out } => salvage(&db, &out),
+        DbCommand::Migrate(args) => migrate(&args),
+        DbCommand::Copy { db, from } => copy_to_postgres(&db, &from),
     }
+}
+
+/// `db rotate`: sweeps every record to the current key, then says what to do next.
+fn rotate(db: &DbArgs) -> Result<(), CliError> {
+    let vault = open_db(db, OpenMode::Write)?;
+    let started = std::time::Instant::now();
+    let mut moved = 0u64;
+    vault.rotate_until_done(DEFAULT_BATCH, &|| false, &mut |n| moved += n)?;
+    let seconds = started.elapsed().as_secs_f64();
+    print_json(&serde_json::json!({
+        "current_key": vault.key_id().to_string(),
+        "moved": moved,
+        "seconds": seconds,
+        "records_per_second": moved as f64 / seconds.max(1e-9),
+        "next": "tee-risk db verify, then tee-risk db retire-key <old key id>",
+    }))?;
+    Ok(())
+}
+
+/// `db verify`: on a copy (nothing is written to a damaged store, not even the failed
+/// check); a pass is then recorded on the store itself (the audit log and the rotation's
+/// verification, which retire-key requires).
+fn verify(args: &DbArgs) -> Result<(), CliError> {
+    let (storage, _) = db_storage(args)?;
+    let copy = open_inspected(args)?;
+    let report = if storage.backend == StorageBackend::Sled {
+        let (report, mark) = copy.verify_with_mark(&storage.data_dir)?;
+        let mut json = serde_json::to_value(&report)?;
+        json["high_water_mark"] = serde_json::to_value(&mark)?;
+        print_json(&json)?;
+        report
+    } else {
+        let report = copy.verify()?;
+        print_json(&report)?;
+        report
+    };
+    drop(copy);
+    if report.passed() && storage.backend == StorageBackend::Sled {
+        open_db(args, OpenMode::Inspect)?.record_verification(&report)?;
+    }
+    if !report.passed() {
+        return Err(CliError::CheckFailed(report.problems.join("; ")));
+    }
+    Ok(())
+}
+
+/// `db verify-log`: the audit chain, and (sled) its length against the mark.
+fn verify_log(args: &DbArgs) -> Result<(), CliError> {
+    let (storage, _) = db_storage(args)?;
+    let env = MasterKeyEnv::from_process();
+    let store: Arc<dyn Store> = match storage.backend {
+        StorageBackend::Sled => Arc::new(SledStore::open_copy(&store_path(&storage.data_dir))?),
+        StorageBackend::Postgres => secrets::open_store(&storage, env.database_url.as_ref())?,
+    };
+    let entries = match audit::verify(store.as_ref()) {
+        Ok(entries) => entries,
+        Err(e) => return Err(CliError::CheckFailed(format!("audit log broken: {e}"))),
+    };
+    // The mark's clear copy (no key here): a log that lost its latest entries chains
+    // perfectly, so only the count and head recorded outside the store show it.
+    if storage.backend == StorageBackend::Sled
+        && let Some(mark) = mark::read_clear(&storage.data_dir)?
+        && let Some(behind) = mark::audit_behind(store.as_ref(), &mark)
+    {
+        return Err(CliError::CheckFailed(format!(
+            "audit log behind its high-water mark: {behind}"
+        )));
+    }
+    let head = entries.last().map_or(audit::GENESIS, |e| e.hash.as_str());
+    println!("audit log intact: {} entries, head {head}", entries.len());
+    Ok(())
+}
+
+/// `db migrate`: creates or checks PostgreSQL's schema (opening the store does it).
+fn migrate(args: &DbArgs) -> Result<(), CliError> {
+    let (storage, _) = db_storage(args)?;
+    if storage.backend != StorageBackend::Postgres {
+        return Err(anyhow::anyhow!(
+            "db migrate is for [storage] backend = \"postgres\"; sled needs none"
+        )
+        .into());
+    }
+    let env = MasterKeyEnv::from_process();
+    secrets::open_store(&storage, env.database_url.as_ref())?;
+    #[cfg(feature = "postgres")]
+    print_json(&serde_json::json!({
+        "schema_version": tee_risk::store::postgres::SCHEMA_VERSION,
+    }))?;
     Ok(())
 }
 

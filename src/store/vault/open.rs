@@ -52,77 +52,15 @@ impl Vault {
             }
             return Self::initialise(store, current, now);
         };
-        let salt: [u8; SALT_LEN] = salt
-            .try_into()
-            .map_err(|_| VaultError::Corrupt("the database salt has the wrong length".into()))?;
-        let derive = |master: &MasterKey| {
-            TableKeys::derive(master, &salt).map_err(|e| VaultError::Corrupt(e.to_string()))
-        };
-        let keyring = Keyring::new(
-            derive(current)?,
-            previous.iter().map(derive).collect::<Result<_, _>>()?,
-        );
+        let keyring = Self::keyring(&salt, current, previous)?;
         let current_id = keyring.current().key_id();
-        if previous.iter().any(|p| p.key_id() == current_id) {
-            return Err(VaultError::Refused(format!(
-                "key {current_id} is both DB_MASTER_KEY and in DB_MASTER_KEY_PREVIOUS: list it once"
-            )));
-        }
-
         let (mut registry, legacy) = Self::load_registry(&*store, &keyring, current_id)?;
-        let mut changed = legacy;
-        let mut unregistered_current = false;
+        let registered = Self::register_current(&mut registry, &keyring, mode, now)?;
+        let changed = legacy || registered == Registered::Now;
         for keys in keyring.all() {
-            let id = keys.key_id();
-            match registry.state(id) {
-                Some(KeyState::Retired) => return Err(VaultError::RetiredKey(id)),
-                None if id != current_id => return Err(VaultError::UnknownPreviousKey(id)),
-                _ => {}
-            }
-        }
-        match registry.state(current_id) {
-            Some(KeyState::Active) => {}
-            Some(KeyState::DecryptOnly) => {
-                return Err(VaultError::ReplacedKey {
-                    supplied: current_id,
-                    active: registry.active().unwrap_or(current_id),
-                });
-            }
-            Some(KeyState::Retired) => return Err(VaultError::RetiredKey(current_id)),
-            None => {
-                let active = registry.active().ok_or_else(|| {
-                    VaultError::Corrupt("the key registry has no active key".into())
-                })?;
-                if keyring.get(active).is_none() {
-                    return Err(VaultError::WrongMasterKey {
-                        database: active,
-                        supplied: current_id,
-                    });
-                }
-                // Inspecting (e.g. `db rotate --dry-run`) shows what a rotation to this key
-                // would do without registering it.
-                if mode != OpenMode::Write {
-                    unregistered_current = true;
-                } else {
-                    registry.set_state(active, KeyState::DecryptOnly, now);
-                    registry.set_state(current_id, KeyState::Active, now);
-                    registry.rotation = Some(Rotation {
-                        to: current_id.to_string(),
-                        started_at: now,
-                        counts_at_start: BTreeMap::new(),
-                        cursor: BTreeMap::new(),
-                        moved: 0,
-                        erased: BTreeMap::new(),
-                        completed_at: None,
-                        verified_at: None,
-                    });
-                    changed = true;
-                }
-            }
-        }
-        for keys in keyring.all() {
-            // A key registered just now has no canary yet: it is written below.
-            let new_here = keys.key_id() == current_id && (changed || unregistered_current);
+            // A key registered just now (or about to be) has no canary yet.
+            let new_here =
+                keys.key_id() == current_id && (changed || registered == Registered::NotYet);
             if !new_here {
                 Self::check_canary(&*store, keys)?;
             }
@@ -150,40 +88,128 @@ impl Vault {
             vault.store.remove(Table::Meta, META_ROTATION_LEASE)?;
         }
         if changed && mode == OpenMode::Write {
-            vault.write_canary(vault.keyring.current())?;
-            let starting = {
-                let mut registry = vault.registry();
-                match registry.rotation.as_mut() {
-                    Some(rotation) if rotation.counts_at_start.is_empty() => {
-                        rotation.counts_at_start = table_totals(&by_key);
-                        true
-                    }
-                    _ => false,
-                }
-            };
-            vault.save_registry()?;
-            if legacy {
-                vault.store.remove(Table::Meta, META_LEGACY_CANARY)?;
-            }
-            vault.store.flush()?;
-            if starting {
-                let from: Vec<String> = vault
-                    .keyring
-                    .ids()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect();
-                audit::append(
-                    &*vault.store,
-                    now,
-                    "rotation_started",
-                    from,
-                    table_totals(&by_key),
-                )?;
-                vault.store.flush()?;
-            }
+            vault.save_key_change(&by_key, legacy, now)?;
         }
         Ok(vault)
+    }
+
+    /// The table keys of the current and previous master keys under the database's salt.
+    fn keyring(
+        salt: &[u8],
+        current: &MasterKey,
+        previous: &[MasterKey],
+    ) -> Result<Keyring, VaultError> {
+        let salt: [u8; SALT_LEN] = salt
+            .try_into()
+            .map_err(|_| VaultError::Corrupt("the database salt has the wrong length".into()))?;
+        let derive = |master: &MasterKey| {
+            TableKeys::derive(master, &salt).map_err(|e| VaultError::Corrupt(e.to_string()))
+        };
+        let keyring = Keyring::new(
+            derive(current)?,
+            previous.iter().map(derive).collect::<Result<_, _>>()?,
+        );
+        let current_id = keyring.current().key_id();
+        if previous.iter().any(|p| p.key_id() == current_id) {
+            return Err(VaultError::Refused(format!(
+                "key {current_id} is both DB_MASTER_KEY and in DB_MASTER_KEY_PREVIOUS: list it once"
+            )));
+        }
+        Ok(keyring)
+    }
+
+    /// Checks every supplied key against the registry, and registers a new current key (the
+    /// start of a rotation) when opened to write; inspecting only shows what it would do.
+    fn register_current(
+        registry: &mut Registry,
+        keyring: &Keyring,
+        mode: OpenMode,
+        now: i64,
+    ) -> Result<Registered, VaultError> {
+        let current_id = keyring.current().key_id();
+        for keys in keyring.all() {
+            let id = keys.key_id();
+            match registry.state(id) {
+                Some(KeyState::Retired) => return Err(VaultError::RetiredKey(id)),
+                None if id != current_id => return Err(VaultError::UnknownPreviousKey(id)),
+                _ => {}
+            }
+        }
+        match registry.state(current_id) {
+            Some(KeyState::Active) => Ok(Registered::Already),
+            Some(KeyState::DecryptOnly) => Err(VaultError::ReplacedKey {
+                supplied: current_id,
+                active: registry.active().unwrap_or(current_id),
+            }),
+            Some(KeyState::Retired) => Err(VaultError::RetiredKey(current_id)),
+            None => {
+                let active = registry.active().ok_or_else(|| {
+                    VaultError::Corrupt("the key registry has no active key".into())
+                })?;
+                if keyring.get(active).is_none() {
+                    return Err(VaultError::WrongMasterKey {
+                        database: active,
+                        supplied: current_id,
+                    });
+                }
+                // Inspecting (e.g. `db rotate --dry-run`) shows what a rotation to this key
+                // would do without registering it.
+                if mode != OpenMode::Write {
+                    return Ok(Registered::NotYet);
+                }
+                registry.set_state(active, KeyState::DecryptOnly, now);
+                registry.set_state(current_id, KeyState::Active, now);
+                registry.rotation = Some(Rotation {
+                    to: current_id.to_string(),
+                    started_at: now,
+                    counts_at_start: BTreeMap::new(),
+                    cursor: BTreeMap::new(),
+                    moved: 0,
+                    erased: BTreeMap::new(),
+                    completed_at: None,
+                    verified_at: None,
+                });
+                Ok(Registered::Now)
+            }
+        }
+    }
+
+    /// Writes a changed key registry (a new current key, or a legacy canary replaced):
+    /// the new key's canary, the registry, and a rotation's start in the audit log.
+    fn save_key_change(
+        &self,
+        by_key: &BTreeMap<(Table, KeyId), u64>,
+        legacy: bool,
+        now: i64,
+    ) -> Result<(), VaultError> {
+        self.write_canary(self.keyring.current())?;
+        let starting = {
+            let mut registry = self.registry();
+            match registry.rotation.as_mut() {
+                Some(rotation) if rotation.counts_at_start.is_empty() => {
+                    rotation.counts_at_start = table_totals(by_key);
+                    true
+                }
+                _ => false,
+            }
+        };
+        self.save_registry()?;
+        if legacy {
+            self.store.remove(Table::Meta, META_LEGACY_CANARY)?;
+        }
+        self.store.flush()?;
+        if starting {
+            let from: Vec<String> = self.keyring.ids().iter().map(ToString::to_string).collect();
+            audit::append(
+                &*self.store,
+                now,
+                "rotation_started",
+                from,
+                table_totals(by_key),
+            )?;
+            self.store.flush()?;
+        }
+        Ok(())
     }
 
     /// The registry, or for a database created before it, one made from the legacy canary
@@ -345,4 +371,15 @@ fn seal_canary(keys: &TableKeys, key: &[u8]) -> Result<Vec<u8>, VaultError> {
         table: "meta",
         source,
     })
+}
+
+/// Whether the current master key is in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Registered {
+    /// It was (the active key).
+    Already,
+    /// It was registered by this open: a rotation to it starts.
+    Now,
+    /// It is new, but an inspection does not register it.
+    NotYet,
 }

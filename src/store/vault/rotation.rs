@@ -51,6 +51,14 @@ struct Lease {
     until: i64,
 }
 
+/// One table's part of a batch.
+struct Swept {
+    visited: usize,
+    moved: usize,
+    /// The table was swept to its end.
+    finished: bool,
+}
+
 /// What one call of [`Vault::rotate_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -73,21 +81,15 @@ impl Vault {
     /// Moves up to `limit` records (visited in key order from the cursor) under the current
     /// key, then flushes and advances the cursor.
     pub fn rotate_batch(&self, limit: usize) -> Result<BatchOutcome, VaultError> {
-        let current = self.key_id();
-        let Some(rotation) = self.registry().rotation.clone() else {
-            return Ok(BatchOutcome {
-                visited: 0,
-                moved: 0,
-                complete: true,
-            });
+        let done = |visited, moved, complete| BatchOutcome {
+            visited,
+            moved,
+            complete,
         };
-        if rotation.completed_at.is_some() {
-            return Ok(BatchOutcome {
-                visited: 0,
-                moved: 0,
-                complete: true,
-            });
-        }
+        let rotation = match self.registry().rotation.clone() {
+            Some(rotation) if rotation.completed_at.is_none() => rotation,
+            _ => return Ok(done(0, 0, true)),
+        };
         let (mut visited, mut moved) = (0, 0);
         for table in ORDER {
             let cursor = rotation
@@ -99,48 +101,62 @@ impl Vault {
             }
             let room = limit.saturating_sub(visited);
             if room == 0 {
-                return Ok(BatchOutcome {
-                    visited,
-                    moved,
-                    complete: false,
-                });
+                return Ok(done(visited, moved, false));
             }
-            let batch = self.store().scan_after(table, cursor.as_deref(), room)?;
-            let mut table_moved = 0;
-            for (key, value) in &batch {
-                visited += 1;
-                if record::key_id_of(value).ok() != Some(current) {
-                    self.move_record(table, key, value)?;
-                    table_moved += 1;
-                }
-            }
-            moved += table_moved;
-            let finished_table = batch.len() < room;
-            let next_cursor = match batch.last() {
-                Some((key, _)) if !finished_table => hex::encode(key),
-                _ => hex::encode(DONE),
-            };
-            // Durable moves first, then the cursor that skips them.
-            self.flush()?;
-            self.update_registry(&mut |registry| {
-                if let Some(rotation) = registry.rotation.as_mut() {
-                    rotation
-                        .cursor
-                        .insert(table.name().to_owned(), next_cursor.clone());
-                    rotation.moved += table_moved as u64;
-                }
-            })?;
-            self.flush()?;
-            if !finished_table {
-                return Ok(BatchOutcome {
-                    visited,
-                    moved,
-                    complete: false,
-                });
+            let swept = self.sweep_table(table, cursor.as_deref(), room)?;
+            visited += swept.visited;
+            moved += swept.moved;
+            if !swept.finished {
+                return Ok(done(visited, moved, false));
             }
         }
-        // Every table has been swept once; writes during the sweep used the current key,
-        // so a recount confirms nothing old is left.
+        Ok(done(visited, moved, self.finish_rotation()?))
+    }
+
+    /// Moves up to `room` records of `table` after `cursor` to the current key, then saves
+    /// the cursor past them (durable moves first, then the cursor that skips them).
+    fn sweep_table(
+        &self,
+        table: Table,
+        cursor: Option<&[u8]>,
+        room: usize,
+    ) -> Result<Swept, VaultError> {
+        let current = self.key_id();
+        let batch = self.store().scan_after(table, cursor, room)?;
+        let mut moved = 0;
+        for (key, value) in &batch {
+            if record::key_id_of(value).ok() != Some(current) {
+                self.move_record(table, key, value)?;
+                moved += 1;
+            }
+        }
+        let finished = batch.len() < room;
+        let next_cursor = match batch.last() {
+            Some((key, _)) if !finished => hex::encode(key),
+            _ => hex::encode(DONE),
+        };
+        self.flush()?;
+        self.update_registry(&mut |registry| {
+            if let Some(rotation) = registry.rotation.as_mut() {
+                rotation
+                    .cursor
+                    .insert(table.name().to_owned(), next_cursor.clone());
+                rotation.moved += moved as u64;
+            }
+        })?;
+        self.flush()?;
+        Ok(Swept {
+            visited: batch.len(),
+            moved,
+            finished,
+        })
+    }
+
+    /// After every table was swept once: completes the rotation if a recount finds nothing
+    /// under an old key (writes during the sweep used the current key), else starts the
+    /// sweep again. Returns whether it completed.
+    fn finish_rotation(&self) -> Result<bool, VaultError> {
+        let current = self.key_id();
         let by_key = self.counts_by_key()?;
         let left: u64 = by_key
             .iter()
@@ -156,13 +172,8 @@ impl Vault {
                 }
             })?;
             self.flush()?;
-            return Ok(BatchOutcome {
-                visited,
-                moved,
-                complete: false,
-            });
+            return Ok(false);
         }
-        let totals = table_totals(&by_key);
         self.update_registry(&mut |registry| {
             if let Some(rotation) = registry.rotation.as_mut() {
                 rotation.completed_at = Some(unix_now());
@@ -173,14 +184,10 @@ impl Vault {
             unix_now(),
             "rotation_completed",
             vec![current.to_string()],
-            totals,
+            table_totals(&by_key),
         )?;
         self.flush()?;
-        Ok(BatchOutcome {
-            visited,
-            moved,
-            complete: true,
-        })
+        Ok(true)
     }
 
     /// Runs batches until the rotation is complete or `stop` says so; appends a checkpoint
