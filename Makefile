@@ -84,6 +84,8 @@ lint:
 	cargo clippy --no-default-features --features cli,client --lib --bins -- -D warnings
 	cargo fmt --manifest-path clients/ffi/Cargo.toml -- --check
 	cargo clippy --manifest-path clients/ffi/Cargo.toml --all-targets -- -D warnings
+	@# The bindings and the binary use the public API only (docs/ARCHITECTURE.md).
+	@! grep -rn 'internals' clients/ffi/src src/bin || (echo "clients/ffi or src/bin uses tee_risk::internals"; exit 1)
 
 fmt:
 	cargo fmt --all

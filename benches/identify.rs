@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use tee_risk::risk::gallery::{Gallery, gallery_key};
+use tee_risk::internals::risk::gallery::{Gallery, gallery_key};
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     std::env::var(name)
@@ -84,7 +84,7 @@ fn faiss(dir: &Path, n: usize, dim: usize, queries: usize) -> Option<(f64, f64)>
 /// into the index. Measured on sled with `users` enrolments, per user, to extrapolate.
 fn startup(users: usize, dim: usize) -> serde_json::Value {
     use std::sync::Arc;
-    use tee_risk::store::{LEGACY_FACE_MODEL, MasterKey, SledStore, Store, Vault};
+    use tee_risk::internals::store::{LEGACY_FACE_MODEL, MasterKey, SledStore, Store, Vault};
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
     let vault = Vault::open(store, &MasterKey::generate().unwrap()).unwrap();
@@ -182,7 +182,12 @@ fn main() {
             let t = Instant::now();
             let best = vectors
                 .chunks_exact(dim)
-                .map(|c| tee_risk::risk::cosine(probe, &tee_risk::risk::centroid(&[c])))
+                .map(|c| {
+                    tee_risk::internals::risk::cosine(
+                        probe,
+                        &tee_risk::internals::risk::centroid(&[c]),
+                    )
+                })
                 .fold(f32::MIN, f32::max);
             plain.push(t.elapsed().as_secs_f64() * 1e3);
             assert_eq!(gallery.top_k(probe, 1)[0].similarity, best, "exact top-1");

@@ -29,8 +29,8 @@ use serde_json::json;
 mod support;
 
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
-use tee_risk::lab::{Dataset, new_capture};
-use tee_risk::obs::metrics::{Stage, sample};
+use tee_risk::internals::lab::{Dataset, new_capture};
+use tee_risk::internals::obs::metrics::{Stage, sample};
 use tee_risk::protocol::client_auth::ClientCredential;
 
 /// Share of assess requests that claim another user's identity (impostors).
@@ -123,16 +123,15 @@ impl LoadServer {
             // The engine is measured, not the rate limits: one client sends everything.
             Err(_) => support::unlimited_config(dir.path()),
         };
-        let server = support::TestServer::start_env(
-            &dir.path().join("data"),
-            &dir.path().join("keys"),
-            Some(support::MASTER_KEY),
-            &["--config", &config],
-            &[
-                ("TEE_RISK_ADMIN_TOKEN", OPERATOR_TOKEN),
-                ("RUST_LOG", "warn"),
-            ],
-        );
+        let server =
+            support::TestServer::builder(&dir.path().join("data"), &dir.path().join("keys"))
+                .master_key(support::MASTER_KEY)
+                .args(&["--config", &config])
+                .env(&[
+                    ("TEE_RISK_ADMIN_TOKEN", OPERATOR_TOKEN),
+                    ("RUST_LOG", "warn"),
+                ])
+                .start();
         Self { server, _dir: dir }
     }
 

@@ -5,22 +5,22 @@
 use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use tee_risk::app::config::Config;
 use tee_risk::client::FeatureRequest;
-use tee_risk::crypto::aead::Sm4Gcm;
-use tee_risk::crypto::kdf::{hkdf_sm3, hmac_sm3};
-use tee_risk::crypto::secret::SecretBytes;
-use tee_risk::crypto::sm2::{DecryptionKey, IdentityKey};
-use tee_risk::crypto::{sm3, sm3_hex};
-use tee_risk::obs::unix_now;
+use tee_risk::internals::app::config::Config;
+use tee_risk::internals::crypto::aead::Sm4Gcm;
+use tee_risk::internals::crypto::kdf::{hkdf_sm3, hmac_sm3};
+use tee_risk::internals::crypto::secret::SecretBytes;
+use tee_risk::internals::crypto::sm2::{DecryptionKey, IdentityKey};
+use tee_risk::internals::crypto::{sm3, sm3_hex};
+use tee_risk::internals::obs::unix_now;
+use tee_risk::internals::risk;
+use tee_risk::internals::service::Service;
+use tee_risk::internals::service::access::{ClientRegistry, Permission};
+use tee_risk::internals::store::keys::{SALT_LEN, TableKeys};
+use tee_risk::internals::store::{MasterKey, SledStore, Store, Table, Vault, record};
 use tee_risk::protocol::client_auth::ClientCredential;
 use tee_risk::protocol::request::{ProtectedHeader, RequestEnvelope, seal};
 use tee_risk::protocol::response::ResponseSigner;
-use tee_risk::risk;
-use tee_risk::service::Service;
-use tee_risk::service::access::{ClientRegistry, Permission};
-use tee_risk::store::keys::{SALT_LEN, TableKeys};
-use tee_risk::store::{MasterKey, SledStore, Store, Table, Vault, record};
 use zeroize::Zeroizing;
 
 const KIB4: usize = 4096;

@@ -22,7 +22,7 @@ mod support;
 
 use support::TestServer;
 use tee_risk::client::FeatureRequest;
-use tee_risk::lab::new_capture;
+use tee_risk::internals::lab::new_capture;
 
 const USERS: usize = 200;
 
@@ -60,14 +60,12 @@ fn start(dir: &Path, name: &str, config: &str, url: Option<&str>) -> TestServer 
     if let Some(url) = url {
         env.push(("TEE_RISK_DATABASE_URL", url));
     }
-    TestServer::try_start_env(
-        &dir.join(name),
-        &dir.join(format!("{name}-keys")),
-        Some(support::MASTER_KEY),
-        &["--config", config],
-        &env,
-    )
-    .unwrap_or_else(|(status, log)| panic!("{name} did not start ({status:?}):\n{log}"))
+    TestServer::builder(&dir.join(name), &dir.join(format!("{name}-keys")))
+        .master_key(support::MASTER_KEY)
+        .args(&["--config", config])
+        .env(&env)
+        .try_start()
+        .unwrap_or_else(|(status, log)| panic!("{name} did not start ({status:?}):\n{log}"))
 }
 
 fn face(i: usize) -> Vec<f32> {

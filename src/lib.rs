@@ -1,6 +1,12 @@
 //! tee-risk: risk scoring of face-verification attempts inside a TEE, with SM2, SM3 and SM4.
 //!
-//! The layers, top to bottom; each imports only layers below it (docs/ARCHITECTURE.md):
+//! The public API is what runs outside the TEE: [`client`], the client library (attest the
+//! service, seal requests, accept only answers that check out; its answers are the typed
+//! payloads of [`protocol::reply`]); [`protocol`], the wire; [`cli::main`], the `tee-risk`
+//! command; and at the root the attestation policy and the key types a client holds.
+//!
+//! The service's layers are private to the crate (docs/ARCHITECTURE.md), top to bottom,
+//! each importing only layers below it:
 //!
 //! ```text
 //! app        config, secrets, start-up, background tasks           (feature `server`)
@@ -9,41 +15,36 @@
 //! risk · store · attest · protocol
 //!            scoring (pure) · sealed storage · attestation · the wire (pure)
 //!            (`risk`: features `server` or `lab`; `store`: `server`)
-//! crypto     the only code that touches key bytes                 obs: metrics, clock
+//! crypto     key types and primitives; key bytes leave them only through `expose`
+//! obs        metrics, the clock                 lab: datasets, training, evaluation (`lab`)
 //! ```
-//! Beside them, for callers outside the TEE: `client` (feature `client`) and `lab`
-//! (feature `lab`: datasets, training, evaluation, plots).
 
 #![deny(unsafe_code)]
 
-#[cfg(feature = "server")]
-pub mod app;
-pub mod attest;
+#[doc(hidden)]
+pub mod internals;
+
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "client")]
 pub mod client;
-pub mod crypto;
-#[cfg(feature = "server")]
-#[doc(hidden)]
-pub mod fuzzing;
-#[cfg(feature = "server")]
-pub mod http;
-#[cfg(feature = "lab")]
-pub mod lab;
-pub mod obs;
 pub mod protocol;
-#[cfg(feature = "engine")]
-pub mod risk;
-#[cfg(feature = "server")]
-pub mod service;
-#[cfg(feature = "server")]
-pub mod store;
 
-pub use attest::{AttestError, Evidence, Policy, TeeKind, Verified};
-pub use crypto::CryptoError;
-pub use protocol::client_auth::ClientCredential;
+// The layers, private to the crate (inside it: `crate::store`, …). From outside they are
+// reachable only through `internals`, the door for this crate's own tests, benches and fuzz
+// targets, with no stability promise.
+#[cfg(feature = "lab")]
+use internals::lab;
 #[cfg(feature = "engine")]
-pub use risk::{Decision, Reason, RiskPolicy};
+use internals::risk;
 #[cfg(feature = "server")]
-pub use service::{Service, ServiceError, Settings};
-#[cfg(feature = "server")]
-pub use store::{MasterKey, Vault, VaultError};
+use internals::{app, http, service, store};
+use internals::{attest, crypto, obs};
+
+// The rest of the public API: what a client needs to attest a service and hold its keys.
+pub use attest::{
+    AttestError, Check, Evidence, PlatformVerified, Policy, PolicyError, TeeKind, Verified,
+};
+pub use crypto::CryptoError;
+pub use crypto::keyfile::{load_sm2_key, parse_sm2_key};
+pub use crypto::sm2::{IdentityKey, PublicKey};

@@ -10,11 +10,11 @@ use support::{
     MASTER_KEY, TestServer, error_code, faces, open_vault, openssl_sm2_keypair, request,
 };
 use tee_risk::client::Client;
-use tee_risk::crypto::sm2::IdentityKey;
-use tee_risk::lab::new_capture;
+use tee_risk::internals::crypto::sm2::IdentityKey;
+use tee_risk::internals::lab::new_capture;
+use tee_risk::internals::store::ERASED_USER;
 use tee_risk::protocol::client_auth::ClientCredential;
 use tee_risk::protocol::reply::ErasedCounts;
-use tee_risk::store::ERASED_USER;
 
 /// A clients file with `full` (every permission) and `assessor` (assess only).
 fn two_clients(dir: &Path) -> (Arc<ClientCredential>, Arc<ClientCredential>, String) {
@@ -46,12 +46,11 @@ fn only_registered_clients_with_the_permission_get_in() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
     let (full, assessor, clients) = two_clients(dir.path());
-    let server = TestServer::start(
-        &data,
-        &keys,
-        Some(MASTER_KEY),
-        &["--no-test-client", "--clients", &clients],
-    );
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .args(&["--clients", &clients])
+        .without_test_client()
+        .start();
     let anonymous = Client::fetch_keys(&server.url).unwrap();
     let as_full =
         Client::with_keys(&server.url, anonymous.keys().clone()).with_credential(full.clone());
@@ -130,7 +129,9 @@ fn erasing_a_user_removes_templates_history_and_personal_log_fields() {
     let faces = faces();
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let client = server.client();
     // Two different faces (one face under two accounts would be an identity conflict).
     let bob_face = new_capture(&faces.impostor, 100);
@@ -199,20 +200,22 @@ fn erasing_a_user_removes_templates_history_and_personal_log_fields() {
 fn without_client_credentials_the_service_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let (_, log) = TestServer::try_start(&data, &keys, Some(MASTER_KEY), &["--no-test-client"])
+    let (_, log) = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .without_test_client()
+        .try_start()
         .err()
         .unwrap();
     assert!(log.contains("no clients registered"), "{log}");
     std::fs::write(dir.path().join("bad.toml"), "[[client]]\nid = \"x\"\n").unwrap();
     let bad = dir.path().join("bad.toml");
-    let (_, log) = TestServer::try_start(
-        &data,
-        &keys,
-        Some(MASTER_KEY),
-        &["--no-test-client", "--clients", bad.to_str().unwrap()],
-    )
-    .err()
-    .unwrap();
+    let (_, log) = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .args(&["--clients", bad.to_str().unwrap()])
+        .without_test_client()
+        .try_start()
+        .err()
+        .unwrap();
     assert!(log.contains("bad.toml"), "{log}");
 }
 
@@ -230,20 +233,20 @@ fn status_of(url: &str, token: Option<&str>) -> u16 {
 fn operator_endpoints_need_the_token_and_can_have_their_own_listener() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let closed = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let closed = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     for path in ["/metrics", "/admin/db/status"] {
         assert_eq!(status_of(&format!("{}{path}", closed.url), None), 404);
     }
     closed.stop();
 
-    let server = TestServer::try_start_env(
-        &data,
-        &keys,
-        Some(MASTER_KEY),
-        &["--operator-listen", "127.0.0.1:0"],
-        &[("TEE_RISK_ADMIN_TOKEN", "op-token-1")],
-    )
-    .unwrap();
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .args(&["--operator-listen", "127.0.0.1:0"])
+        .env(&[("TEE_RISK_ADMIN_TOKEN", "op-token-1")])
+        .try_start()
+        .unwrap();
     let operator = server.operator_url.clone().expect("operator listener");
     assert_ne!(operator, server.url);
     for path in ["/metrics", "/admin/db/status"] {
@@ -280,15 +283,14 @@ fn a_client_key_made_by_openssl_works_and_openssl_verifies_its_signatures() {
     )
     .unwrap();
     let clients = tmp.join("clients.toml").to_string_lossy().into_owned();
-    let server = TestServer::start(
-        &data,
-        &keys,
-        Some(MASTER_KEY),
-        &["--no-test-client", "--clients", &clients],
-    );
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .args(&["--clients", &clients])
+        .without_test_client()
+        .start();
     let credential = Arc::new(ClientCredential::new(
         "bank-backend",
-        tee_risk::crypto::keyfile::load_sm2_key(&tmp.join("client.key")).unwrap(),
+        tee_risk::internals::crypto::keyfile::load_sm2_key(&tmp.join("client.key")).unwrap(),
     ));
     let client = Client::fetch_keys(&server.url)
         .unwrap()
@@ -310,7 +312,7 @@ fn a_client_key_made_by_openssl_works_and_openssl_verifies_its_signatures() {
     let signature = header.rsplit_once(':').unwrap().1;
     let signature = tee_risk::protocol::b64_decode(signature).unwrap();
     let mut message = b"tee-risk/client-request/v1\0bank-backend\0POST\0/v1/enroll\0".to_vec();
-    message.extend_from_slice(&tee_risk::crypto::sm3(body));
+    message.extend_from_slice(&tee_risk::internals::crypto::sm3(body));
     std::fs::write(tmp.join("msg"), &message).unwrap();
     std::fs::write(tmp.join("sig"), &signature).unwrap();
     let verified = std::process::Command::new("openssl")

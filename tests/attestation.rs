@@ -6,9 +6,9 @@ mod support;
 use std::path::Path;
 
 use support::{MASTER_KEY, TestServer};
-use tee_risk::app::server::SIM_PLATFORM_PEM;
-use tee_risk::attest::Policy;
 use tee_risk::client::{Client, FeatureRequest};
+use tee_risk::internals::app::server::SIM_PLATFORM_PEM;
+use tee_risk::internals::attest::Policy;
 
 fn dev_policy(dir: &Path, keys: &Path) -> Policy {
     let path = dir.join("policy.toml");
@@ -28,7 +28,9 @@ fn dev_policy(dir: &Path, keys: &Path) -> Policy {
 fn a_client_attests_then_sends_and_the_default_policy_refuses_sim() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
 
     let (client, verified) = Client::attest(&server.url, &dev_policy(dir.path(), &keys)).unwrap();
     let client = client.with_credential(server.credential.clone());
@@ -101,7 +103,7 @@ fn a_client_attests_then_sends_and_the_default_policy_refuses_sim() {
 /// refuses it at `report_data`: the quote binds someone else's data.
 #[test]
 fn a_real_tdx_quote_passes_the_platform_checks_and_cannot_bind_our_nonce() {
-    use tee_risk::crypto::sm2::IdentityKey;
+    use tee_risk::internals::crypto::sm2::IdentityKey;
     use tee_risk::protocol::{PublicJwk, b64_encode};
     const MRTD: &str = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7";
     // QE identity issued 2025-06-19T10:32:27Z; an hour later.
@@ -111,8 +113,8 @@ fn a_real_tdx_quote_passes_the_platform_checks_and_cannot_bind_our_nonce() {
     let collateral = std::fs::read(vectors.join("tdx_quote_collateral.json")).unwrap();
     let nonce = [9u8; 32];
     let identity = IdentityKey::generate().unwrap();
-    let evidence = tee_risk::attest::Evidence {
-        v: tee_risk::attest::EVIDENCE_VERSION,
+    let evidence = tee_risk::internals::attest::Evidence {
+        v: tee_risk::internals::attest::EVIDENCE_VERSION,
         tee: "tdx".into(),
         nonce: b64_encode(&nonce),
         identity_key: PublicJwk::new(identity.public(), "sig"),
@@ -189,7 +191,9 @@ fn a_real_tdx_quote_passes_the_platform_checks_and_cannot_bind_our_nonce() {
 fn an_attested_client_survives_a_restart_and_a_pinned_one_is_told_the_identity_changed() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let policy = dev_policy(dir.path(), &keys);
     let (attested, before) = Client::attest(&server.url, &policy).unwrap();
     let attested = attested.with_credential(server.credential.clone());
@@ -209,7 +213,10 @@ fn an_attested_client_survives_a_restart_and_a_pinned_one_is_told_the_identity_c
     // The same address, the same data: a restart.
     let listen = server.url.trim_start_matches("http://").to_owned();
     server.stop_cleanly();
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--listen", &listen]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .args(&["--listen", &listen])
+        .start();
     assert_eq!(server.url, format!("http://{listen}"));
 
     let answer = attested.assess(&request("u")).unwrap();

@@ -5,8 +5,8 @@ mod support;
 
 use std::process::Command;
 
-use tee_risk::risk::RiskModel;
-use tee_risk::risk::model::{BUILTIN_MODELS, DEFAULT_MODEL_JSON};
+use tee_risk::internals::risk::RiskModel;
+use tee_risk::internals::risk::model::{BUILTIN_MODELS, DEFAULT_MODEL_JSON};
 
 /// The shipped model's curves: one per enrolment size, each with a fitted tail. (That the
 /// model is what training makes of the dev file and the distractors, byte for byte, is the
@@ -66,11 +66,11 @@ fn reproduce(face_model: &str, files: &str, shipped: &str) -> String {
     assert_eq!(recorded.id, face_model);
     assert_eq!(
         model.training.data_sm3,
-        tee_risk::crypto::sm3_hex(&std::fs::read(&data).unwrap())
+        tee_risk::internals::crypto::sm3_hex(&std::fs::read(&data).unwrap())
     );
     assert_eq!(
         model.training.distractors[0].data_sm3,
-        tee_risk::crypto::sm3_hex(&std::fs::read(&distractors).unwrap())
+        tee_risk::internals::crypto::sm3_hex(&std::fs::read(&distractors).unwrap())
     );
     String::from_utf8(run.stdout).unwrap()
 }

@@ -17,15 +17,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tee_risk::app::join::{join_peer, open_grant};
-use tee_risk::attest::join::{ChallengeAnswer, ChallengeRequest, JoinRequest};
-use tee_risk::attest::sim::{Measurement, SimPlatform};
-use tee_risk::attest::{Attester, Binding, Policy};
 use tee_risk::client::{Client, ClientError, ServerKeys};
-use tee_risk::crypto::keyfile::load_sm2_key;
-use tee_risk::crypto::random_array;
-use tee_risk::crypto::sm2::{DecryptionKey, PublicKey};
-use tee_risk::obs::unix_now;
+use tee_risk::internals::app::join::{join_peer, open_grant};
+use tee_risk::internals::attest::join::{ChallengeAnswer, ChallengeRequest, JoinRequest};
+use tee_risk::internals::attest::sim::{Measurement, SimPlatform};
+use tee_risk::internals::attest::{Attester, Binding, Policy};
+use tee_risk::internals::crypto::keyfile::load_sm2_key;
+use tee_risk::internals::crypto::random_array;
+use tee_risk::internals::crypto::sm2::{DecryptionKey, PublicKey};
+use tee_risk::internals::obs::unix_now;
 use tee_risk::protocol::client_auth::ClientCredential;
 use tee_risk::protocol::reply::EnrollReply;
 use tee_risk::protocol::response::SignedResponse;
@@ -223,11 +223,11 @@ fn three_replicas_behind_haproxy_act_as_one_attested_service() {
     let through = cluster.client(&cluster.balancer);
     let face = synthetic_face(1);
     on_first.enroll(&request("walk-in", &face)).unwrap();
-    let probe = tee_risk::lab::new_capture(&face, 7);
+    let probe = tee_risk::internals::lab::new_capture(&face, 7);
     let answer = on_second.assess(&request("walk-in", &probe)).unwrap();
     assert_eq!(answer.decision, "allow", "{answer}");
     for i in 0..3 {
-        let probe = tee_risk::lab::new_capture(&face, 100 + i);
+        let probe = tee_risk::internals::lab::new_capture(&face, 100 + i);
         let answer = through.assess(&request("walk-in", &probe)).unwrap();
         assert!(
             !answer.reasons.iter().any(|r| r == "no_enrolment"),
@@ -328,14 +328,14 @@ fn independent_client(cluster: &LocalCluster) {
     let ours = cluster.client(&cluster.replica_url(1));
     // On the device the independent client enrolled from (a new or shared device would
     // rightly raise the risk).
-    let mut probe = request("indy", &tee_risk::lab::new_capture(&face, 3));
+    let mut probe = request("indy", &tee_risk::internals::lab::new_capture(&face, 3));
     probe.device_id = Some("independent-client".into());
     let answer = ours.assess(&probe).unwrap();
     assert_eq!(answer.decision, "allow", "{answer}");
 
     let face = synthetic_face(3);
     ours.enroll(&request("rusty", &face)).unwrap();
-    let probe = tee_risk::lab::new_capture(&face, 4);
+    let probe = tee_risk::internals::lab::new_capture(&face, 4);
     let answer = independent(
         cluster,
         &cluster.balancer,
@@ -381,7 +381,7 @@ fn refusals(cluster: &LocalCluster) {
     let honest = cluster.sim_joiner(MEASUREMENT);
     let secrets = join_peer(&agent, &peer, &policy, &honest).expect("an honest joiner");
     assert_eq!(
-        tee_risk::crypto::sm2::IdentityKey::from_scalar(&secrets.identity)
+        tee_risk::internals::crypto::sm2::IdentityKey::from_scalar(&secrets.identity)
             .unwrap()
             .public(),
         &cluster.identity()
@@ -582,7 +582,7 @@ fn sigkill_under_load(cluster: &LocalCluster) {
                         Some((user, face)) if round % 3 == 0 => (
                             "/v1/assess",
                             user.clone(),
-                            tee_risk::lab::new_capture(face, round),
+                            tee_risk::internals::lab::new_capture(face, round),
                         ),
                         _ => {
                             let n = serial.fetch_add(1, Ordering::Relaxed);
@@ -663,7 +663,7 @@ fn sigkill_under_load(cluster: &LocalCluster) {
             scope.spawn(move || {
                 for (i, (user, face)) in enrolled.iter().enumerate().skip(n as usize - 1).step_by(3)
                 {
-                    let probe = tee_risk::lab::new_capture(face, 1_000_000 + i);
+                    let probe = tee_risk::internals::lab::new_capture(face, 1_000_000 + i);
                     let answer = replica.assess(&request(user, &probe)).unwrap();
                     assert!(
                         !answer.reasons.iter().any(|r| r == "no_enrolment"),

@@ -9,50 +9,32 @@ mod support;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::wire::{self, WireAnswer as Answer};
 use support::{MASTER_KEY, TestServer, codes, faces, openapi, request, synthetic_face};
 use tee_risk::client::{Client, FeatureRequest};
-use tee_risk::crypto::sm2::{DecryptionKey, IdentityKey, PublicKey};
-use tee_risk::lab::new_capture;
-use tee_risk::obs::unix_now;
+use tee_risk::internals::crypto::sm2::{DecryptionKey, IdentityKey, PublicKey};
+use tee_risk::internals::lab::new_capture;
+use tee_risk::internals::obs::unix_now;
+use tee_risk::internals::risk::model::RiskModel;
+use tee_risk::internals::store::{SledStore, Store, Table, Vault};
 use tee_risk::protocol::b64_encode;
 use tee_risk::protocol::client_auth::ClientCredential;
 use tee_risk::protocol::reply::AssessReply;
 use tee_risk::protocol::request::{ProtectedHeader, seal};
-use tee_risk::risk::model::RiskModel;
-use tee_risk::store::{SledStore, Store, Table, Vault};
 
 const ADMIN_TOKEN: &str = "error-table-admin-token";
 
-/// One HTTP exchange as the wire carried it.
-struct Answer {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: Value,
-    /// The body as received.
-    raw: Vec<u8>,
-}
-
 /// Sends `head` (request line and headers, without the blank line) and `body` on a new
-/// connection and reads the whole answer.
+/// connection, reads the whole answer, and holds it to docs/openapi.yaml.
 fn exchange(address: &str, head: &str, body: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    // The server may answer and close before the body is sent (a body too large): write
-    // errors are the server's answer arriving early, not a failure.
-    let _ = stream.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes());
-    let _ = stream.write_all(body);
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let answer = read_answer(&mut stream);
-    // Every answer is held to docs/openapi.yaml too.
+    let answer = wire::exchange(address, &format!("{head}Connection: close\r\n\r\n"), body);
     let mut request_line = head.split_whitespace();
     let (method, target) = (request_line.next().unwrap(), request_line.next().unwrap());
     openapi::check(
@@ -66,31 +48,6 @@ fn exchange(address: &str, head: &str, body: &[u8]) -> Answer {
         &answer.raw,
     );
     answer
-}
-
-fn read_answer(stream: &mut TcpStream) -> Answer {
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("an HTTP answer: {text:?}"));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("a status line: {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: serde_json::from_str(body).unwrap_or(Value::Null),
-        raw: body.as_bytes().to_vec(),
-    }
 }
 
 /// What the cases need: the server, two clients (one may only assess), the model.
@@ -214,7 +171,7 @@ impl Ctx {
         let metrics = self.get("/metrics", Some(ADMIN_TOKEN));
         assert_eq!(metrics.status, 200);
         let text = String::from_utf8(metrics.raw).unwrap();
-        let refusals = tee_risk::obs::metrics::sample(
+        let refusals = tee_risk::internals::obs::metrics::sample(
             &text,
             &format!("tee_risk_refusals_total{{code=\"{code}\"}}"),
         )
@@ -626,7 +583,7 @@ fn rows() -> Vec<Row> {
                 let answer = c.enrol(&c.sealed(&request("o", &faces().enrol)));
                 // Let the stalled one go (`incomplete_body`, counted under its own code).
                 let _ = stalled.shutdown(std::net::Shutdown::Write);
-                let cut = read_answer(&mut stalled);
+                let cut = wire::read_answer(&mut stalled);
                 assert_eq!(cut.body["error"], "incomplete_body");
                 answer
             }),
@@ -670,20 +627,18 @@ fn start(dir: &Path) -> Ctx {
 
 fn launch(dir: &Path, full: Arc<ClientCredential>, assessor: Arc<ClientCredential>) -> Ctx {
     let (clients, config) = (dir.join("clients.toml"), dir.join("config.toml"));
-    let server = TestServer::try_start_env(
-        &dir.join("data"),
-        &dir.join("keys"),
-        Some(MASTER_KEY),
-        &[
-            "--no-test-client",
+    let server = TestServer::builder(&dir.join("data"), &dir.join("keys"))
+        .master_key(MASTER_KEY)
+        .args(&[
             "--clients",
             clients.to_str().unwrap(),
             "--config",
             config.to_str().unwrap(),
-        ],
-        &[("TEE_RISK_ADMIN_TOKEN", ADMIN_TOKEN)],
-    )
-    .unwrap_or_else(|(status, log)| panic!("server did not start ({status:?}):\n{log}"));
+        ])
+        .env(&[("TEE_RISK_ADMIN_TOKEN", ADMIN_TOKEN)])
+        .without_test_client()
+        .try_start()
+        .unwrap_or_else(|(status, log)| panic!("server did not start ({status:?}):\n{log}"));
     let address = server.url.trim_start_matches("http://").to_owned();
     Ctx {
         server,
@@ -1011,7 +966,9 @@ fn every_reason_code_comes_back_over_http() {
     let model = RiskModel::builtin();
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let client = server.client();
     let mut seen = std::collections::BTreeSet::new();
     let mut note = |answer: &AssessReply| {
@@ -1141,7 +1098,9 @@ fn every_reason_code_comes_back_over_http() {
     assert_eq!(answer.decision, "allow", "{answer}");
     drop(client);
     server.stop_cleanly();
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let mut r = request("r-drift", &drifting);
     r.device_id = Some("phone-drift".into());
     let answer = server.client().assess(&r).unwrap();
@@ -1152,7 +1111,7 @@ fn every_reason_code_comes_back_over_http() {
     );
     note(&answer);
 
-    let all: std::collections::BTreeSet<String> = tee_risk::risk::Reason::ALL
+    let all: std::collections::BTreeSet<String> = tee_risk::internals::risk::Reason::ALL
         .iter()
         .map(|r| r.as_str().to_owned())
         .collect();

@@ -8,7 +8,7 @@
 mod support;
 
 use tee_risk::client::{Client, ClientError, FeatureRequest, IdentifyRequest};
-use tee_risk::lab::Dataset;
+use tee_risk::internals::lab::Dataset;
 use tee_risk::protocol::reply::IdentifyReply;
 
 use support::{TestServer, shared_faces};
@@ -159,15 +159,13 @@ fn two_face_models_are_served_side_by_side_without_mixing() {
     // After a restart the galleries are rebuilt from the store, each model's apart.
     let vault_models = server.stop();
     assert!(vault_models.success());
-    let server = TestServer::start(
-        &dir.path().join("data"),
-        &dir.path().join("keys"),
-        Some(support::MASTER_KEY),
-        &[
+    let server = TestServer::builder(&dir.path().join("data"), &dir.path().join("keys"))
+        .master_key(support::MASTER_KEY)
+        .args(&[
             "--config",
             dir.path().join("overrides.toml").to_str().unwrap(),
-        ],
-    );
+        ])
+        .start();
     let client = server.client();
     let found = identify(&client, &mfn[5].1[3], Some(MFN));
     assert_eq!(found.candidates[0].user_id, name(5), "{found}");

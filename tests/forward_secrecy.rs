@@ -5,17 +5,17 @@
 
 use std::sync::Arc;
 
-use tee_risk::app::config::Config;
-use tee_risk::attest::join::{ClusterSecrets, Schedule};
 use tee_risk::client::FeatureRequest;
-use tee_risk::crypto::ratchet::RatchetState;
-use tee_risk::crypto::secret::SecretBytes;
-use tee_risk::crypto::sm2::{DecryptionKey, IdentityKey, PublicKey};
-use tee_risk::obs::unix_now;
+use tee_risk::internals::app::config::Config;
+use tee_risk::internals::attest::join::{ClusterSecrets, Schedule};
+use tee_risk::internals::crypto::ratchet::RatchetState;
+use tee_risk::internals::crypto::secret::SecretBytes;
+use tee_risk::internals::crypto::sm2::{DecryptionKey, IdentityKey, PublicKey};
+use tee_risk::internals::obs::unix_now;
+use tee_risk::internals::service::Service;
+use tee_risk::internals::service::ServiceError;
+use tee_risk::internals::store::{MasterKey, SledStore, Store, Vault};
 use tee_risk::protocol::request::{ProtectedHeader, RequestEnvelope, seal};
-use tee_risk::service::Service;
-use tee_risk::service::ServiceError;
-use tee_risk::store::{MasterKey, SledStore, Store, Vault};
 
 /// A fixed identity scalar, so the test can build the "stolen identity key" below.
 const IDENTITY_SCALAR: [u8; 32] = [0x42; 32];

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use tee_risk::fuzzing;
+use tee_risk::internals::fuzzing;
 
 fn target(name: &str) -> fn(&[u8]) {
     match name {

@@ -11,10 +11,10 @@ use support::{
     unlimited_config,
 };
 use tee_risk::client::{Client, ClientError};
-use tee_risk::crypto::aead::Sm4Gcm;
-use tee_risk::crypto::secret::SecretBytes;
-use tee_risk::lab::new_capture;
-use tee_risk::obs::unix_now;
+use tee_risk::internals::crypto::aead::Sm4Gcm;
+use tee_risk::internals::crypto::secret::SecretBytes;
+use tee_risk::internals::lab::new_capture;
+use tee_risk::internals::obs::unix_now;
 use tee_risk::protocol::b64_encode;
 use tee_risk::protocol::request::{ProtectedHeader, seal};
 
@@ -35,7 +35,9 @@ fn a_request_id_stays_spent_across_restarts_and_crashes() {
     let faces = faces();
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let client = server.client();
     client.enroll(&request("alice", &faces.enrol)).unwrap();
     let first = client.assess(&request("alice", &faces.genuine)).unwrap();
@@ -48,7 +50,9 @@ fn a_request_id_stays_spent_across_restarts_and_crashes() {
 
     // A clean restart: the id is still spent, even in a request to the new key.
     server.stop();
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let client = server.client();
     let old = client.post_raw("/v1/assess", &captured).unwrap();
     assert_eq!(error_code(&old), (400, "unknown_kid".into()));
@@ -60,7 +64,9 @@ fn a_request_id_stays_spent_across_restarts_and_crashes() {
 
     // A crash right after an answer: that id is spent too.
     server.kill();
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let client = server.client();
     for rid in [&first_rid, &second_rid] {
         let reused = with_rid(&client, rid, "alice", &faces.genuine);
@@ -88,7 +94,10 @@ fn rate_limits_answer_429_with_a_retry_time() {
     )
     .unwrap();
     let config = config.to_string_lossy().into_owned();
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--config", &config]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .args(&["--config", &config])
+        .start();
     let client = server.client();
     // Three requests for alice pass, the fourth is limited; bob has his own bucket.
     client.enroll(&request("alice", &faces.enrol)).unwrap();
@@ -204,7 +213,10 @@ fn every_acknowledged_request_survives_repeated_sigkill_under_load() {
         .unwrap_or_else(|| unix_now() as u64 | 1);
     eprintln!("kill delays seeded with KILL_SEED={seed}");
     for round in 0..=KILLS {
-        let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--config", &config]);
+        let server = TestServer::builder(&data, &keys)
+            .master_key(MASTER_KEY)
+            .args(&["--config", &config])
+            .start();
         let keys_now = Client::fetch_keys(&server.url).unwrap().keys().clone();
         let before = acknowledged.lock().unwrap().len();
         std::thread::scope(|scope| {
@@ -286,14 +298,11 @@ fn logs_at_every_level_carry_no_secret_or_personal_data() {
     let faces = faces();
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let server = TestServer::try_start_env(
-        &data,
-        &keys,
-        Some(MASTER_KEY),
-        &[],
-        &[("RUST_LOG", "trace"), ("TEE_RISK_ADMIN_TOKEN", ADMIN_TOKEN)],
-    )
-    .unwrap();
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .env(&[("RUST_LOG", "trace"), ("TEE_RISK_ADMIN_TOKEN", ADMIN_TOKEN)])
+        .try_start()
+        .unwrap();
     let client = server.client();
     let mut probe = request(USER, &faces.enrol);
     probe.device_id = Some(DEVICE.into());

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use tee_risk::client::{
     Client, ClientError, Distrust, FeatureRequest, IdentifyRequest, RawResponse,
 };
-use tee_risk::crypto::keyfile::load_or_create_sm2_key;
+use tee_risk::internals::crypto::keyfile::load_or_create_sm2_key;
 use tee_risk::protocol::client_auth::ClientCredential;
 use tee_risk::protocol::reply::{AssessReply, IdentifyReply};
 
@@ -178,7 +178,7 @@ fn one_person_under_two_accounts_is_ambiguous() {
     // Probes: the person's other photographs, and new captures of an enrolled one (a
     // synthetic re-take at cosine ~0.995: not a copy, a strong match).
     let mut probes: Vec<Vec<f32>> = images[3..].to_vec();
-    probes.extend((1..4).map(|n| tee_risk::lab::new_capture(&images[0], n)));
+    probes.extend((1..4).map(|n| tee_risk::internals::lab::new_capture(&images[0], n)));
     let mut ambiguous = 0;
     for image in &probes {
         let answer = reader.identify(&probe(image, Some(2))).unwrap();

@@ -10,8 +10,8 @@ mod support;
 use std::sync::Arc;
 
 use tee_risk::client::{Client, ClientError, FeatureRequest, IdentifyMode, IdentifyRequest};
-use tee_risk::crypto::keyfile::load_or_create_sm2_key;
-use tee_risk::lab::Dataset;
+use tee_risk::internals::crypto::keyfile::load_or_create_sm2_key;
+use tee_risk::internals::lab::Dataset;
 use tee_risk::protocol::client_auth::ClientCredential;
 
 use support::{TestServer, dev_dataset};

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use support::{openssl, openssl_sm2_keypair};
-use tee_risk::crypto::kdf::{hkdf_sm3, hmac_sm3};
-use tee_risk::crypto::sm2::{DEFAULT_DISTID, DecryptionKey, IdentityKey, PublicKey};
+use tee_risk::internals::crypto::kdf::{hkdf_sm3, hmac_sm3};
+use tee_risk::internals::crypto::sm2::{DEFAULT_DISTID, DecryptionKey, IdentityKey, PublicKey};
 
 /// Tests of this file skipped so far (with `TEE_RISK_SKIP_OPENSSL`).
 static SKIPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

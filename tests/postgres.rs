@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use support::pg::{self, PgCluster};
 use support::{MASTER_KEY, TestServer, error_code, faces, request};
-use tee_risk::lab::new_capture;
-use tee_risk::obs::unix_now;
+use tee_risk::internals::lab::new_capture;
+use tee_risk::internals::obs::unix_now;
 use tee_risk::protocol::request::{ProtectedHeader, seal};
 
 /// A config file that puts the store on PostgreSQL.
@@ -28,14 +28,12 @@ fn postgres_config(dir: &Path, extra: &str) -> String {
 /// A replica: its own data folder (keys, dev files), the shared database.
 fn replica(dir: &Path, name: &str, url: &str, config: &str) -> TestServer {
     let data = dir.join(name);
-    TestServer::try_start_env(
-        &data,
-        &dir.join(format!("{name}-keys")),
-        Some(MASTER_KEY),
-        &["--config", config],
-        &[("TEE_RISK_DATABASE_URL", url)],
-    )
-    .unwrap_or_else(|(status, log)| panic!("replica {name} did not start ({status:?}):\n{log}"))
+    TestServer::builder(&data, &dir.join(format!("{name}-keys")))
+        .master_key(MASTER_KEY)
+        .args(&["--config", config])
+        .env(&[("TEE_RISK_DATABASE_URL", url)])
+        .try_start()
+        .unwrap_or_else(|(status, log)| panic!("replica {name} did not start ({status:?}):\n{log}"))
 }
 
 /// Two replicas on a new database of the shared cluster.
@@ -49,13 +47,15 @@ fn two_replicas(dir: &Path) -> (TestServer, TestServer) {
 }
 
 /// The database at `url`, opened as the service opens it.
-fn open_database(url: &str) -> std::sync::Arc<dyn tee_risk::store::Store> {
+fn open_database(url: &str) -> std::sync::Arc<dyn tee_risk::internals::store::Store> {
     std::sync::Arc::new(
-        tee_risk::store::PostgresStore::open(&tee_risk::store::PostgresOptions {
-            url: zeroize::Zeroizing::new(url.to_owned()),
-            pool_size: 2,
-            timeout: Duration::from_secs(10),
-        })
+        tee_risk::internals::store::PostgresStore::open(
+            &tee_risk::internals::store::PostgresOptions {
+                url: zeroize::Zeroizing::new(url.to_owned()),
+                pool_size: 2,
+                timeout: Duration::from_secs(10),
+            },
+        )
         .unwrap(),
     )
 }
@@ -357,7 +357,9 @@ fn a_database_that_stops_under_load_gives_503_and_the_replica_recovers_by_itself
 fn db_copy_moves_a_sled_deployment_to_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let (sled_data, keys) = (dir.path().join("sled"), dir.path().join("keys"));
-    let server = TestServer::start(&sled_data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&sled_data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let client = server.client();
     for i in 0..20 {
         let user = format!("moved-{i}");
@@ -426,7 +428,7 @@ fn replica_on(dir: &Path, url: &str, config: &str) -> TestServer {
 /// over; at the end every record is under the new key, nothing lost, and `db verify` passes.
 #[test]
 fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_death() {
-    use tee_risk::store::{RiskLogEntry, Vault};
+    use tee_risk::internals::store::{RiskLogEntry, Vault};
     const OLD_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const NEW_KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
     const USERS: usize = 1_500;
@@ -451,7 +453,7 @@ fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_dea
                 score: 0.0,
                 reasons: vec![],
                 model: "seed".into(),
-                face_model: tee_risk::store::LEGACY_FACE_MODEL.into(),
+                face_model: tee_risk::internals::store::LEGACY_FACE_MODEL.into(),
                 features: support::synthetic_face(i),
                 liveness: None,
                 device_id: None,
@@ -461,16 +463,17 @@ fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_dea
         vault.flush().unwrap();
     }
     let start = |name: &str| {
-        TestServer::try_start_env(
+        TestServer::builder(
             &dir.path().join(name),
             &dir.path().join(format!("{name}-keys")),
-            Some(NEW_KEY),
-            &["--config", &config],
-            &[
-                ("TEE_RISK_DATABASE_URL", url.as_str()),
-                ("DB_MASTER_KEY_PREVIOUS", OLD_KEY),
-            ],
         )
+        .master_key(NEW_KEY)
+        .args(&["--config", &config])
+        .env(&[
+            ("TEE_RISK_DATABASE_URL", url.as_str()),
+            ("DB_MASTER_KEY_PREVIOUS", OLD_KEY),
+        ])
+        .try_start()
         .unwrap_or_else(|(status, log)| panic!("{name} did not start ({status:?}):\n{log}"))
     };
     let sweeps = |server: &TestServer| server.stderr().contains("this process sweeps");
@@ -525,7 +528,7 @@ fn two_replicas_rotate_the_master_key_one_at_a_time_and_survive_the_sweepers_dea
 fn sigkill_of_one_replica_under_load_loses_nothing_acknowledged() {
     use std::sync::Mutex;
     use tee_risk::client::ClientError;
-    use tee_risk::store::Vault;
+    use tee_risk::internals::store::Vault;
     let url = pg::shared().create_database();
     let dir = tempfile::tempdir().unwrap();
     let config = postgres_config(

@@ -5,13 +5,14 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use support::wire;
 use support::{Faces, TestServer, error_code, request};
 use tee_risk::client::Client;
-use tee_risk::obs::unix_now;
+use tee_risk::internals::obs::unix_now;
 use tee_risk::protocol::request::{ProtectedHeader, seal};
 
 /// One server for the whole file; each test uses its own user ids.
@@ -39,29 +40,13 @@ fn faces() -> &'static Faces {
 /// Sends raw bytes on a new connection, half-closes it, and returns (status, error code).
 fn raw_exchange(head: &str, body: &[u8]) -> (u16, String) {
     let address = server().url.trim_start_matches("http://").to_owned();
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    // The server may have answered and closed already: the half-close is then moot.
-    let _ = stream.shutdown(Shutdown::Write);
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let json: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|_| panic!("JSON error body in {text:?}"));
-    (
-        status,
-        json["error"].as_str().unwrap_or_default().to_owned(),
-    )
+    let answer = wire::exchange(&address, head, body);
+    assert!(
+        answer.body.is_object(),
+        "JSON error body in {:?}",
+        String::from_utf8_lossy(&answer.raw)
+    );
+    (answer.status, answer.code())
 }
 
 /// The request head for an enrolment signed over `body` by the test client.
@@ -126,22 +111,9 @@ fn a_body_that_does_not_arrive_whole_is_refused_and_changes_nothing() {
         &body,
         &format!("Content-Length: {}\r\n", body.len()),
     );
-    let (status, _) = raw_exchange_ok(&head, &body);
-    assert_eq!(status, 200);
-    assert!(enrolled(&client, "cut-short"));
-}
-
-/// Like [`raw_exchange`] for an answer that is not an error.
-fn raw_exchange_ok(head: &str, body: &[u8]) -> (u16, String) {
     let address = server().url.trim_start_matches("http://").to_owned();
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let _ = stream.shutdown(Shutdown::Write);
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, answer)
+    assert_eq!(wire::exchange(&address, &head, &body).status, 200);
+    assert!(enrolled(&client, "cut-short"));
 }
 
 #[test]

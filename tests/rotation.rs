@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{TestServer, dev_dataset, synthetic_face};
 use tee_risk::client::{Client, FeatureRequest};
-use tee_risk::lab::new_capture;
-use tee_risk::store::RiskLogEntry;
-use tee_risk::store::keys::MasterKey;
-use tee_risk::store::{OpenMode, SledStore, Store, Table, Vault};
+use tee_risk::internals::lab::new_capture;
+use tee_risk::internals::store::RiskLogEntry;
+use tee_risk::internals::store::keys::MasterKey;
+use tee_risk::internals::store::{OpenMode, SledStore, Store, Table, Vault};
 
 const OLD_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const NEW_KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
@@ -65,7 +65,7 @@ fn seed(data: &Path, users: usize, records: usize) -> Vec<(String, Vec<f32>)> {
             score: 0.0,
             reasons: vec![],
             model: "seed".into(),
-            face_model: tee_risk::store::LEGACY_FACE_MODEL.into(),
+            face_model: tee_risk::internals::store::LEGACY_FACE_MODEL.into(),
             features: features.clone(),
             liveness: None,
             device_id: None,
@@ -81,7 +81,10 @@ fn start(data: &Path, previous: Option<&str>) -> TestServer {
     if let Some(previous) = previous {
         env.push(("DB_MASTER_KEY_PREVIOUS", previous));
     }
-    TestServer::try_start_env(data, &data.join("../keys"), Some(NEW_KEY), &[], &env)
+    TestServer::builder(data, &data.join("../keys"))
+        .master_key(NEW_KEY)
+        .env(&env)
+        .try_start()
         .unwrap_or_else(|(status, log)| panic!("server did not start ({status:?}):\n{log}"))
 }
 
@@ -302,15 +305,12 @@ fn online_rotation_of_100k_records_under_load_loses_nothing() {
     );
     let again = db(&data, &["retire-key", &key_id(OLD_KEY)], NEW_KEY, None);
     assert!(again.status.success(), "re-running is harmless");
-    let refused = TestServer::try_start_env(
-        &data,
-        &dir.path().join("keys"),
-        Some(NEW_KEY),
-        &[],
-        &[("DB_MASTER_KEY_PREVIOUS", OLD_KEY)],
-    )
-    .err()
-    .expect("a retired key is refused");
+    let refused = TestServer::builder(&data, &dir.path().join("keys"))
+        .master_key(NEW_KEY)
+        .env(&[("DB_MASTER_KEY_PREVIOUS", OLD_KEY)])
+        .try_start()
+        .err()
+        .expect("a retired key is refused");
     assert!(refused.1.contains("was retired"), "{}", refused.1);
     let log = db(&data, &["verify-log"], NEW_KEY, None);
     assert!(log.status.success());
@@ -643,11 +643,16 @@ fn a_pre_rotation_backup_restores_and_recognises_its_users() {
     // Restore: the backup's store replaces the data folder's.
     std::fs::remove_dir_all(data.join("db")).unwrap();
     copy_dir(&backup_dir.join("db"), &data.join("db"));
-    let (_, log) = TestServer::try_start(&data, &keys, Some(OLD_KEY), &[])
+    let (_, log) = TestServer::builder(&data, &keys)
+        .master_key(OLD_KEY)
+        .try_start()
         .err()
         .expect("a restored backup is behind the high-water mark");
     assert!(log.contains("high-water mark"), "{log}");
-    let server = TestServer::start(&data, &keys, Some(OLD_KEY), &["--accept-data-loss"]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(OLD_KEY)
+        .args(&["--accept-data-loss"])
+        .start();
     let (user, face) = &people[3];
     let answer = server
         .client()

@@ -10,23 +10,25 @@ use serde_json::{Value, json};
 use support::{
     MASTER_KEY, TestServer, codes, error_code, faces, open_vault, request, unlimited_config,
 };
-use tee_risk::app::server::IDENTITY_PEM;
 use tee_risk::client::{Client, FeatureRequest, ServerKeys};
-use tee_risk::lab::new_capture;
-use tee_risk::obs::unix_now;
+use tee_risk::internals::app::server::IDENTITY_PEM;
+use tee_risk::internals::lab::new_capture;
+use tee_risk::internals::obs::unix_now;
+use tee_risk::internals::service::access::DevClient;
+use tee_risk::internals::store::TableCounts;
 use tee_risk::protocol::client_auth::ClientCredential;
 use tee_risk::protocol::reply::AssessReply;
 use tee_risk::protocol::request::{ProtectedHeader, seal};
 use tee_risk::protocol::{b64_decode, b64_encode};
-use tee_risk::service::access::DevClient;
-use tee_risk::store::TableCounts;
 
 #[test]
 fn enrol_assess_signed_and_pinned() {
     let faces = faces();
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
 
     // GET /v1/keys: the identity key (also in keys/identity.pub.pem) and an encryption key
     // it certified; a client that pins the PEM gets the same keys.
@@ -52,7 +54,7 @@ fn enrol_assess_signed_and_pinned() {
     let enc = document.keys.iter().find(|k| k.key_use == "enc").unwrap();
     assert!(enc.nbf.unwrap() < enc.exp.unwrap() && enc.cert.is_some());
     // Another pinned identity refuses the service's keys.
-    let stranger = tee_risk::crypto::sm2::IdentityKey::generate().unwrap();
+    let stranger = tee_risk::internals::crypto::sm2::IdentityKey::generate().unwrap();
     let refused = Client::fetch_keys_pinned(&server.url, stranger.public())
         .err()
         .unwrap();
@@ -79,7 +81,7 @@ fn enrol_assess_signed_and_pinned() {
     let genuine = client.assess(&request("alice", &faces.genuine)).unwrap();
     assert_eq!(genuine.decision, "allow", "{genuine}");
     assert_eq!(genuine.reasons, [] as [&str; 0]);
-    let policy = tee_risk::app::config::Config::builtin()
+    let policy = tee_risk::internals::app::config::Config::builtin()
         .risk_policy()
         .unwrap();
     assert_eq!(genuine.model, policy.model_version());
@@ -125,7 +127,7 @@ fn enrol_assess_signed_and_pinned() {
         .unwrap();
     let raw = client.post_raw("/v1/assess", &body).unwrap();
     let impostor_keys = ServerKeys {
-        identity: tee_risk::crypto::sm2::IdentityKey::generate()
+        identity: tee_risk::internals::crypto::sm2::IdentityKey::generate()
             .unwrap()
             .public()
             .clone(),
@@ -185,7 +187,9 @@ fn bad_input_is_refused_with_typed_errors_and_changes_nothing() {
     let faces = faces();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = TestServer::start(&data, &dir.path().join("keys"), Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &dir.path().join("keys"))
+        .master_key(MASTER_KEY)
+        .start();
     let client = server.client();
     client.enroll(&request("alice", &faces.enrol)).unwrap();
 
@@ -364,14 +368,12 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
     let config = unlimited_config(dir.path());
-    let server = TestServer::try_start_env(
-        &data,
-        &keys,
-        Some(MASTER_KEY),
-        &["--config", &config],
-        &[("TEE_RISK_ADMIN_TOKEN", "operator-token")],
-    )
-    .unwrap();
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .args(&["--config", &config])
+        .env(&[("TEE_RISK_ADMIN_TOKEN", "operator-token")])
+        .try_start()
+        .unwrap();
     let client = server.client();
     client
         .enroll(&request("metrics-user-7f3a", &faces.enrol))
@@ -414,7 +416,7 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
         .body_mut()
         .read_to_string()
         .unwrap();
-    let value = |series: &str| tee_risk::obs::metrics::sample(&metrics, series).unwrap();
+    let value = |series: &str| tee_risk::internals::obs::metrics::sample(&metrics, series).unwrap();
     assert_eq!(
         value("tee_risk_http_requests_total{route=\"assess\",status=\"200\"}"),
         answered as f64
@@ -475,9 +477,14 @@ fn concurrent_answers_are_durable_and_counted_without_identifiers() {
 fn wrong_master_key_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    TestServer::start(&data, &keys, Some(MASTER_KEY), &[]).stop();
+    TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start()
+        .stop();
     let other = "ff".repeat(32);
-    let (status, log) = TestServer::try_start(&data, &keys, Some(&other), &[])
+    let (status, log) = TestServer::builder(&data, &keys)
+        .master_key(&other)
+        .try_start()
         .err()
         .expect("must refuse");
     assert!(status.is_some_and(|s| !s.success()));
@@ -489,19 +496,25 @@ fn wrong_master_key_refuses_to_start() {
         !log.contains(&other) && !log.contains(MASTER_KEY),
         "keys never reach the log"
     );
-    let (_, malformed) = TestServer::try_start(&data, &keys, Some("1234"), &[])
+    let (_, malformed) = TestServer::builder(&data, &keys)
+        .master_key("1234")
+        .try_start()
         .err()
         .expect("must refuse");
     assert!(malformed.contains("64 hex characters"), "{malformed}");
     // The right key still opens it: nothing was damaged by the refused starts.
-    TestServer::start(&data, &keys, Some(MASTER_KEY), &[]).stop();
+    TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start()
+        .stop();
 }
 
 #[test]
 fn dev_mode_generates_a_key_and_warns_and_production_mode_needs_one() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let (status, log) = TestServer::try_start(&data, &keys, None, &[])
+    let (status, log) = TestServer::builder(&data, &keys)
+        .try_start()
         .err()
         .expect("no key, no dev: refuse");
     assert!(status.is_some_and(|s| !s.success()));
@@ -509,12 +522,15 @@ fn dev_mode_generates_a_key_and_warns_and_production_mode_needs_one() {
 
     let faces = faces();
     // Dev mode without a clients file: the dev client, whose key the CLI uses by default.
-    let server = TestServer::start(&data, &keys, None, &["--dev", "--no-test-client"]);
+    let server = TestServer::builder(&data, &keys)
+        .args(&["--dev"])
+        .without_test_client()
+        .start();
     assert!(server.stderr().contains("DEVELOPMENT MODE"));
     assert!(server.stderr().contains("DEVELOPMENT client `dev`"));
     let dev_client = Arc::new(ClientCredential::new(
         DevClient::ID,
-        tee_risk::crypto::keyfile::load_sm2_key(&DevClient::key_file(&data)).unwrap(),
+        tee_risk::internals::crypto::keyfile::load_sm2_key(&DevClient::key_file(&data)).unwrap(),
     ));
     Client::fetch_keys(&server.url)
         .unwrap()
@@ -522,7 +538,7 @@ fn dev_mode_generates_a_key_and_warns_and_production_mode_needs_one() {
         .enroll(&request("dev-user", &faces.enrol))
         .unwrap();
     server.stop();
-    let key_file = data.join(tee_risk::app::secrets::DEV_KEY_FILE);
+    let key_file = data.join(tee_risk::internals::app::secrets::DEV_KEY_FILE);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -536,16 +552,21 @@ fn dev_mode_generates_a_key_and_warns_and_production_mode_needs_one() {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let (status, log) =
-            TestServer::try_start(&data, &keys, None, &["--dev", "--no-test-client"])
-                .err()
-                .expect("a world-readable dev key is refused");
+        let (status, log) = TestServer::builder(&data, &keys)
+            .args(&["--dev"])
+            .without_test_client()
+            .try_start()
+            .err()
+            .expect("a world-readable dev key is refused");
         assert!(status.is_some_and(|s| !s.success()));
         assert!(log.contains("chmod 600"), "{log}");
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     // The same dev key is used on the next start, with the warning again.
-    let again = TestServer::start(&data, &keys, None, &["--dev", "--no-test-client"]);
+    let again = TestServer::builder(&data, &keys)
+        .args(&["--dev"])
+        .without_test_client()
+        .start();
     assert!(again.stderr().contains("DEVELOPMENT MODE"));
     let answer = Client::fetch_keys(&again.url)
         .unwrap()
@@ -575,7 +596,12 @@ fn identity_conflict_new_device_and_velocity_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
     let config = unlimited_config(dir.path());
-    let start = || TestServer::start(&data, &keys, Some(MASTER_KEY), &["--config", &config]);
+    let start = || {
+        TestServer::builder(&data, &keys)
+            .master_key(MASTER_KEY)
+            .args(&["--config", &config])
+            .start()
+    };
     let server = start();
     let client = server.client();
     let enrolled = client.enroll(&request("alice", &faces.enrol)).unwrap();

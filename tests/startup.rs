@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use support::{MASTER_KEY, TestServer};
+use support::{MASTER_KEY, ServerBuilder, TestServer};
 
 /// Every file under `dir` (relative path → SM3 of its bytes); empty when `dir` is absent.
 fn snapshot(dir: &Path) -> BTreeMap<String, String> {
@@ -24,7 +24,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
                 let name = path.strip_prefix(root).unwrap().display().to_string();
                 out.insert(
                     name,
-                    tee_risk::crypto::sm3_hex(&std::fs::read(&path).unwrap()),
+                    tee_risk::internals::crypto::sm3_hex(&std::fs::read(&path).unwrap()),
                 );
             }
         }
@@ -44,22 +44,30 @@ fn refused(
     env: &[(&str, &str)],
     expected: &str,
 ) {
-    refused_filtered(dir, master_key, extra, env, expected, |_| true)
+    refused_with(
+        dir,
+        |server| server.master_key_opt(master_key).args(extra).env(env),
+        expected,
+        |_| true,
+    )
 }
 
 /// [`refused`] for a refusal by the database: everything but sled's own files must be as it
 /// was, and the records are checked by opening the vault afterwards.
 fn refused_by_db(dir: &Path, master_key: Option<&str>, expected: &str) {
-    refused_filtered(dir, master_key, &[], &[], expected, |path| {
-        !path.starts_with("db/")
-    })
+    refused_with(
+        dir,
+        |server| server.master_key_opt(master_key),
+        expected,
+        |path| !path.starts_with("db/"),
+    )
 }
 
-fn refused_filtered(
+/// A start configured by `server` must be refused with `expected` in its log, leaving the
+/// files `compared` selects as they were.
+fn refused_with(
     dir: &Path,
-    master_key: Option<&str>,
-    extra: &[&str],
-    env: &[(&str, &str)],
+    server: impl FnOnce(ServerBuilder) -> ServerBuilder,
     expected: &str,
     compared: impl Fn(&str) -> bool,
 ) {
@@ -70,9 +78,10 @@ fn refused_filtered(
         files
     };
     let before = (snapshot(&data), snapshot(&keys));
-    let (status, log) = TestServer::try_start_env(&data, &keys, master_key, extra, env)
+    let (status, log) = server(TestServer::builder(&data, &keys))
+        .try_start()
         .err()
-        .unwrap_or_else(|| panic!("the start with {extra:?} must be refused"));
+        .unwrap_or_else(|| panic!("the start must be refused ({expected})"));
     assert!(status.is_some_and(|s| !s.success()), "{log}");
     assert!(log.contains(expected), "expected `{expected}` in:\n{log}");
     assert_eq!(
@@ -89,12 +98,11 @@ fn a_refused_start_leaves_the_data_and_keys_folders_as_they_were() {
 
     // Nothing yet: no master key, no clients, a bad value.
     refused(dir.path(), None, &[], &[], "DB_MASTER_KEY is not set");
-    refused(
+    refused_with(
         dir.path(),
-        Some(MASTER_KEY),
-        &["--no-test-client"],
-        &[],
+        |server| server.master_key(MASTER_KEY).without_test_client(),
         "no clients registered",
+        |_| true,
     );
     refused(dir.path(), Some("not hex"), &[], &[], "DB_MASTER_KEY");
     let bad = dir.path().join("bad.toml");
@@ -109,13 +117,18 @@ fn a_refused_start_leaves_the_data_and_keys_folders_as_they_were() {
     assert!(!data.exists() && !keys.exists(), "nothing was created");
 
     // A production database exists and runs.
-    let running = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let running = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let identity = std::fs::read(keys.join("identity.pub.pem")).unwrap();
 
     // A second start on the same port: refused before it writes its keys over the running
     // service's (clients that pinned them would reject the running service).
     let port = running.url.trim_start_matches("http://").to_owned();
-    let (status, log) = TestServer::try_start(&data, &keys, Some(MASTER_KEY), &["--listen", &port])
+    let (status, log) = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .args(&["--listen", &port])
+        .try_start()
         .err()
         .expect("the port is taken");
     assert!(status.is_some_and(|s| !s.success()));
@@ -124,7 +137,11 @@ fn a_refused_start_leaves_the_data_and_keys_folders_as_they_were() {
         std::fs::read(keys.join("identity.pub.pem")).unwrap(),
         identity
     );
-    assert!(!data.join(tee_risk::app::secrets::DEV_KEY_FILE).exists());
+    assert!(
+        !data
+            .join(tee_risk::internals::app::secrets::DEV_KEY_FILE)
+            .exists()
+    );
     running.stop();
 
     // Stopped: dev mode pointed at the production folder leaves no dev key behind, and a
@@ -149,12 +166,11 @@ fn a_refused_start_leaves_the_data_and_keys_folders_as_they_were() {
         "does not match this database",
     );
     assert_eq!(counts(), records);
-    refused(
+    refused_with(
         dir.path(),
-        Some(MASTER_KEY),
-        &["--no-test-client"],
-        &[],
+        |server| server.master_key(MASTER_KEY).without_test_client(),
         "no clients registered",
+        |_| true,
     );
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
@@ -166,7 +182,10 @@ fn a_refused_start_leaves_the_data_and_keys_folders_as_they_were() {
         "cannot listen on",
     );
     // And the folder still serves with its key.
-    TestServer::start(&data, &keys, Some(MASTER_KEY), &[]).stop();
+    TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start()
+        .stop();
 }
 
 /// An error opening the database gives its real cause, not a guess that another service
@@ -178,14 +197,18 @@ fn a_database_that_cannot_open_says_why() {
     std::fs::create_dir_all(&data).unwrap();
     // The store's folder is a file.
     std::fs::write(data.join("db"), b"not a folder").unwrap();
-    let (_, log) = TestServer::try_start(&data, &keys, Some(MASTER_KEY), &[])
+    let (_, log) = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .try_start()
         .err()
         .expect("refused");
     assert!(log.contains("cannot open the database"), "{log}");
     assert!(!log.contains("running service"), "{log}");
     // A database held by a running service is named as such.
     std::fs::remove_file(data.join("db")).unwrap();
-    let running = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let running = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let held = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
         .args(["db", "status", "--data-dir"])
         .arg(&data)
@@ -205,6 +228,9 @@ fn a_sigterm_right_after_the_listening_line_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
     for _ in 0..10 {
-        TestServer::start(&data, &keys, Some(MASTER_KEY), &[]).stop_cleanly();
+        TestServer::builder(&data, &keys)
+            .master_key(MASTER_KEY)
+            .start()
+            .stop_cleanly();
     }
 }

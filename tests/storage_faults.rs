@@ -25,7 +25,7 @@ fn files_under(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::P
         if path.is_dir() {
             files.extend(files_under(&path));
         } else {
-            let digest = tee_risk::crypto::sm3_hex(&std::fs::read(&path).unwrap());
+            let digest = tee_risk::internals::crypto::sm3_hex(&std::fs::read(&path).unwrap());
             files.insert(path, digest);
         }
     }
@@ -34,8 +34,8 @@ fn files_under(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::P
 
 /// The events of the audit log of the (stopped) store under `data`, checked as a chain.
 fn audit_events(data: &std::path::Path) -> Vec<String> {
-    let store = tee_risk::store::SledStore::open(&data.join("db")).unwrap();
-    tee_risk::store::audit::verify(&store)
+    let store = tee_risk::internals::store::SledStore::open(&data.join("db")).unwrap();
+    tee_risk::internals::store::audit::verify(&store)
         .unwrap()
         .into_iter()
         .map(|e| e.event)
@@ -63,7 +63,9 @@ fn db(args: &[&str], data: &std::path::Path) -> std::process::Output {
 fn a_damaged_log_is_refused_never_served_as_if_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (data, keys) = (dir.path().join("data"), dir.path().join("keys"));
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let client = server.client();
     for i in 0..40 {
         client.enroll(&enrol_request(i)).unwrap();
@@ -81,7 +83,9 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
     // Damage is evidence: from here until the operator decides, nothing writes to it.
     let found = files_under(&data);
 
-    let (status, stderr) = TestServer::try_start(&data, &keys, Some(MASTER_KEY), &[])
+    let (status, stderr) = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .try_start()
         .err()
         .expect("a database that lost acknowledged enrolments is not served");
     assert!(status.is_some_and(|s| !s.success()));
@@ -167,7 +171,9 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
     };
     // The salvaged folder starts as it is (no --accept-data-loss) and answers for every
     // account whose template it kept.
-    let server = TestServer::start(&salvaged, &keys, Some(MASTER_KEY), &[]);
+    let server = TestServer::builder(&salvaged, &keys)
+        .master_key(MASTER_KEY)
+        .start();
     let salvaged_enrolled = answers_for(&server.client());
     assert_eq!(salvaged_enrolled as u64, kept_users);
     server.stop_cleanly();
@@ -176,7 +182,10 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
 
     // The operator accepts the loss: the service serves what is left, and says so in the
     // audit log; the mark now matches the store.
-    let server = TestServer::start(&data, &keys, Some(MASTER_KEY), &["--accept-data-loss"]);
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .args(&["--accept-data-loss"])
+        .start();
     let enrolled = answers_for(&server.client());
     assert!(
         enrolled < 40,
@@ -193,7 +202,10 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
     );
     assert!(String::from_utf8_lossy(&log.stdout).contains("audit log intact"));
     assert!(db(&["verify"], &data).status.success());
-    TestServer::start(&data, &keys, Some(MASTER_KEY), &[]).stop();
+    TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .start()
+        .stop();
     {
         let events = audit_events(&data);
         // The accepted loss, the check that passed afterwards (the failed check before it
@@ -208,8 +220,8 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
     // The latest audit entry removed (a clean stop, then damage): the chain is still a
     // chain, but the mark beside the store knows it was longer.
     {
-        let store = tee_risk::store::SledStore::open(&data.join("db")).unwrap();
-        use tee_risk::store::{Store, Table};
+        let store = tee_risk::internals::store::SledStore::open(&data.join("db")).unwrap();
+        use tee_risk::internals::store::{Store, Table};
         let (last, _) = store.last(Table::Audit).unwrap().unwrap();
         store.remove(Table::Audit, &last).unwrap();
         store.flush().unwrap();
@@ -226,7 +238,9 @@ fn a_damaged_log_is_refused_never_served_as_if_whole() {
     // The mark removed beside a store that holds records: the start is refused, naming the
     // mark's path and the ways out; `db status` reports the store as damaged.
     std::fs::remove_file(data.join("high-water-mark")).unwrap();
-    let (_, stderr) = TestServer::try_start(&data, &keys, Some(MASTER_KEY), &[])
+    let (_, stderr) = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .try_start()
         .err()
         .expect("a populated store without its mark is not served");
     assert!(stderr.contains("high-water-mark is missing"), "{stderr}");
@@ -274,13 +288,10 @@ fn a_full_disk_is_a_503_and_the_service_recovers_when_space_returns() {
     // that cannot be written are dropped, never a panic.
     let disk = Tmpfs::mount(&dir.path().join("disk"), "24m");
     let (data, keys) = (disk.0.join("data"), dir.path().join("keys"));
-    let server = TestServer::start_env(
-        &data,
-        &keys,
-        Some(MASTER_KEY),
-        &[],
-        &[("TEE_RISK_ADMIN_TOKEN", OPERATOR_TOKEN)],
-    );
+    let server = TestServer::builder(&data, &keys)
+        .master_key(MASTER_KEY)
+        .env(&[("TEE_RISK_ADMIN_TOKEN", OPERATOR_TOKEN)])
+        .start();
     let client = server.client();
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)

@@ -2,10 +2,10 @@
 
 use sm4::Sm4;
 use sm4::cipher::{Array, BlockCipherEncrypt, KeyInit};
-use tee_risk::crypto::aead::Sm4Gcm;
-use tee_risk::crypto::secret::SecretBytes;
-use tee_risk::crypto::sm2::{DEFAULT_DISTID, DecryptionKey, IdentityKey, PublicKey};
-use tee_risk::crypto::{CryptoError, sm3};
+use tee_risk::internals::crypto::aead::Sm4Gcm;
+use tee_risk::internals::crypto::secret::SecretBytes;
+use tee_risk::internals::crypto::sm2::{DEFAULT_DISTID, DecryptionKey, IdentityKey, PublicKey};
+use tee_risk::internals::crypto::{CryptoError, sm3};
 
 fn unhex(text: &str) -> Vec<u8> {
     hex::decode(text.split_whitespace().collect::<String>()).expect("valid hex in a test vector")
@@ -320,8 +320,8 @@ fn sm2_round_trips_with_default_id() {
 /// own check accepts (and refuses for any other path or body).
 #[test]
 fn the_client_signature_example_in_protocol_md_holds() {
+    use tee_risk::internals::service::access::{ClientRegistry, Permission};
     use tee_risk::protocol::client_auth::signed_message;
-    use tee_risk::service::access::{ClientRegistry, Permission};
 
     let field = protocol_md_vector("client-signature-vector");
     let key = IdentityKey::from_hex(&field("private key (hex)")).unwrap();
@@ -392,7 +392,7 @@ fn openssl_sm2_ciphertext_decrypts() {
 
 #[test]
 fn hmac_sm3_equals_openssl() {
-    use tee_risk::crypto::kdf::hmac_sm3;
+    use tee_risk::internals::crypto::kdf::hmac_sm3;
     let mac = hmac_sm3(b"tee-risk hmac key", b"what the blind index hashes");
     assert_eq!(
         hex::encode(mac),
@@ -409,7 +409,7 @@ fn hmac_sm3_equals_openssl() {
 
 #[test]
 fn hkdf_sm3_equals_openssl() {
-    use tee_risk::crypto::kdf::hkdf_sm3;
+    use tee_risk::internals::crypto::kdf::hkdf_sm3;
     // 100 bytes: four SM3 blocks, the last one partial. Shorter outputs are its prefixes.
     let expected = unhex(
         "ECF78C6FF1E49843EC34A7D1A803006277D88C23176FD24A6BC4ACF858F15D6A21923F8E93D2E59B51E5\
@@ -442,7 +442,7 @@ fn hkdf_sm3_equals_openssl() {
 /// byte (computed independently with Python's gmssl and cryptography), and it opens.
 #[test]
 fn the_encrypted_answer_vector_in_protocol_md_holds() {
-    use tee_risk::crypto::secret::SecretBytes;
+    use tee_risk::internals::crypto::secret::SecretBytes;
     use tee_risk::protocol::answer::{answer_key, open_answer, seal_answer_with_iv};
     let field = protocol_md_vector("answer-vector");
     let key = SecretBytes::<16>::from_hex(&field("session key K (hex)")).unwrap();

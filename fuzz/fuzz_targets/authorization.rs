@@ -1,4 +1,4 @@
-//! libFuzzer target: `tee_risk::fuzzing::authorization` must never panic.
+//! libFuzzer target: `tee_risk::internals::fuzzing::authorization` must never panic.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tee_risk::fuzzing::authorization(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tee_risk::internals::fuzzing::authorization(data));

@@ -1,4 +1,4 @@
-//! libFuzzer target: `tee_risk::fuzzing::envelope` must never panic.
+//! libFuzzer target: `tee_risk::internals::fuzzing::envelope` must never panic.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tee_risk::fuzzing::envelope(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tee_risk::internals::fuzzing::envelope(data));

@@ -1,4 +1,4 @@
-//! libFuzzer target: `tee_risk::fuzzing::record` must never panic.
+//! libFuzzer target: `tee_risk::internals::fuzzing::record` must never panic.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tee_risk::fuzzing::record(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tee_risk::internals::fuzzing::record(data));

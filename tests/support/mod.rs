@@ -5,6 +5,7 @@
 
 pub mod openapi;
 pub mod pg;
+pub mod wire;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -12,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use tee_risk::app::config::Config;
-use tee_risk::app::server::{LISTENING_PREFIX, OPERATOR_LISTENING_PREFIX};
 use tee_risk::client::{Client, FeatureRequest, RawResponse, ServerKeys};
-use tee_risk::lab::Dataset;
+use tee_risk::internals::app::config::Config;
+use tee_risk::internals::app::server::{LISTENING_PREFIX, OPERATOR_LISTENING_PREFIX};
+use tee_risk::internals::lab::Dataset;
+use tee_risk::internals::risk::{self, Decision};
+use tee_risk::internals::store::{MasterKey, SledStore, Store, Vault};
 use tee_risk::protocol::client_auth::ClientCredential;
-use tee_risk::risk::{self, Decision};
-use tee_risk::store::{MasterKey, SledStore, Store, Vault};
 
 pub const MASTER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -79,8 +80,8 @@ pub struct TestServer {
 /// restarts; the clients file registering it is passed with `--clients`.
 fn test_client(data_dir: &Path) -> (Arc<ClientCredential>, PathBuf) {
     let key_file = data_dir.with_extension("client-key.hex");
-    let key =
-        tee_risk::crypto::keyfile::load_or_create_sm2_key(&key_file).expect("test client key");
+    let key = tee_risk::internals::crypto::keyfile::load_or_create_sm2_key(&key_file)
+        .expect("test client key");
     let clients_file = data_dir.with_extension("clients.toml");
     std::fs::write(
         &clients_file,
@@ -94,34 +95,81 @@ fn test_client(data_dir: &Path) -> (Arc<ClientCredential>, PathBuf) {
     (
         Arc::new(ClientCredential::new(
             "test",
-            tee_risk::crypto::keyfile::load_sm2_key(&key_file).unwrap(),
+            tee_risk::internals::crypto::keyfile::load_sm2_key(&key_file).unwrap(),
         )),
         clients_file,
     )
 }
 
-/// A server process; stopped with SIGTERM (or killed) when dropped.
-impl TestServer {
-    pub fn start(
-        data_dir: &Path,
-        keys_dir: &Path,
-        master_key: Option<&str>,
-        extra: &[&str],
-    ) -> Self {
-        Self::try_start(data_dir, keys_dir, master_key, extra)
+/// How to start a [`TestServer`]: its folders, then what differs from the defaults (no
+/// master key, no extra arguments or environment, the test client registered).
+#[must_use]
+pub struct ServerBuilder {
+    data_dir: PathBuf,
+    keys_dir: PathBuf,
+    master_key: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    test_client: bool,
+}
+
+#[allow(dead_code)]
+impl ServerBuilder {
+    /// `DB_MASTER_KEY` (64 hex digits; tests of refusals pass anything).
+    pub fn master_key(mut self, hex: &str) -> Self {
+        self.master_key = Some(hex.to_owned());
+        self
+    }
+
+    /// `DB_MASTER_KEY`, or none.
+    pub fn master_key_opt(mut self, hex: Option<&str>) -> Self {
+        self.master_key = hex.map(str::to_owned);
+        self
+    }
+
+    /// More arguments to `tee-risk serve`.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// More environment variables.
+    pub fn env(mut self, env: &[(&str, &str)]) -> Self {
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// Start without registering the test client (no `--clients` file of ours).
+    pub fn without_test_client(mut self) -> Self {
+        self.test_client = false;
+        self
+    }
+
+    /// Starts the server, or panics with its stderr.
+    pub fn start(self) -> TestServer {
+        self.try_start()
             .unwrap_or_else(|(status, log)| panic!("server did not start ({status:?}):\n{log}"))
     }
 
-    /// [`TestServer::start`] with more environment variables.
-    pub fn start_env(
-        data_dir: &Path,
-        keys_dir: &Path,
-        master_key: Option<&str>,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
-        Self::try_start_env(data_dir, keys_dir, master_key, extra, env)
-            .unwrap_or_else(|(status, log)| panic!("server did not start ({status:?}):\n{log}"))
+    /// Starts the server; on failure returns its exit status and stderr.
+    pub fn try_start(self) -> Result<TestServer, (Option<ExitStatus>, String)> {
+        TestServer::launch(self)
+    }
+}
+
+/// A server process; stopped with SIGTERM (or killed) when dropped.
+impl TestServer {
+    /// A server on these folders: say what differs from the defaults, then `start()`.
+    pub fn builder(data_dir: &Path, keys_dir: &Path) -> ServerBuilder {
+        ServerBuilder {
+            data_dir: data_dir.to_owned(),
+            keys_dir: keys_dir.to_owned(),
+            master_key: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            test_client: true,
+        }
     }
 
     /// A server on a fresh `data` and `keys` under `dir`, with the test master key and a
@@ -132,7 +180,7 @@ impl TestServer {
     #[allow(dead_code)]
     pub fn start_gallery(
         dir: &Path,
-        clients: &[(&str, &str, &tee_risk::crypto::sm2::PublicKey)],
+        clients: &[(&str, &str, &tee_risk::internals::crypto::sm2::PublicKey)],
     ) -> Self {
         let file = dir.join("clients.toml");
         let entries: String = clients
@@ -153,49 +201,37 @@ impl TestServer {
              client_per_minute = 0\n",
         )
         .unwrap();
-        Self::start(
-            &dir.join("data"),
-            &dir.join("keys"),
-            Some(MASTER_KEY),
-            &[
-                "--no-test-client",
+        Self::builder(&dir.join("data"), &dir.join("keys"))
+            .master_key(MASTER_KEY)
+            .args(&[
                 "--clients",
                 file.to_str().unwrap(),
                 "--config",
                 config.to_str().unwrap(),
-            ],
-        )
+            ])
+            .without_test_client()
+            .start()
     }
 
     pub fn start_with_config(dir: &Path, overrides: &str) -> Self {
         let config = dir.join("overrides.toml");
         std::fs::write(&config, overrides).unwrap();
-        Self::start(
-            &dir.join("data"),
-            &dir.join("keys"),
-            Some(MASTER_KEY),
-            &["--config", config.to_str().unwrap()],
-        )
+        Self::builder(&dir.join("data"), &dir.join("keys"))
+            .master_key(MASTER_KEY)
+            .args(&["--config", config.to_str().unwrap()])
+            .start()
     }
 
-    /// Starts the server; on failure returns its exit status and stderr.
-    pub fn try_start(
-        data_dir: &Path,
-        keys_dir: &Path,
-        master_key: Option<&str>,
-        extra: &[&str],
-    ) -> Result<Self, (Option<ExitStatus>, String)> {
-        Self::try_start_env(data_dir, keys_dir, master_key, extra, &[])
-    }
-
-    /// [`TestServer::try_start`] with more environment variables.
-    pub fn try_start_env(
-        data_dir: &Path,
-        keys_dir: &Path,
-        master_key: Option<&str>,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Self, (Option<ExitStatus>, String)> {
+    fn launch(options: ServerBuilder) -> Result<Self, (Option<ExitStatus>, String)> {
+        let ServerBuilder {
+            data_dir,
+            keys_dir,
+            master_key,
+            args: extra,
+            env,
+            test_client: register_client,
+        } = options;
+        let (data_dir, keys_dir) = (data_dir.as_path(), keys_dir.as_path());
         let stderr_log = data_dir.with_extension(format!(
             "{}.stderr.log",
             std::time::SystemTime::now()
@@ -204,17 +240,10 @@ impl TestServer {
                 .as_nanos()
         ));
         let (credential, clients_file) = test_client(data_dir);
-        // `--no-test-client` (ours, not the server's): start without a clients file.
-        let register_client = !extra.contains(&"--no-test-client");
-        let extra: Vec<&str> = extra
-            .iter()
-            .copied()
-            .filter(|a| *a != "--no-test-client")
-            .collect();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tee-risk"));
         command.arg("serve");
         // Any free port, unless the test names one.
-        if !extra.contains(&"--listen") {
+        if !extra.iter().any(|a| a == "--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
         command
@@ -231,7 +260,7 @@ impl TestServer {
             .env_remove("TEE_RISK_CLIENTS")
             .env_remove("TEE_RISK_DATABASE_URL")
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
+            .envs(env)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap());
         if let Some(key) = master_key {
@@ -406,7 +435,7 @@ pub fn faces() -> Faces {
 /// be enrolled under its own account without an identity conflict); `new_capture` of one
 /// matches it at about 0.995.
 pub fn synthetic_face(n: usize) -> Vec<f32> {
-    tee_risk::lab::new_capture(&[0.0; 128], n)
+    tee_risk::internals::lab::new_capture(&[0.0; 128], n)
         .iter()
         .map(|x| x * 10.0)
         .collect()
@@ -446,7 +475,7 @@ pub fn error_code(raw: &RawResponse) -> (u16, String) {
 pub fn open_vault(
     data_dir: &std::path::Path,
     key: &str,
-) -> Result<Vault, tee_risk::store::VaultError> {
+) -> Result<Vault, tee_risk::internals::store::VaultError> {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir.join("db")).unwrap());
     Vault::open(store, &master_key(key))
 }

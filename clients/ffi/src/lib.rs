@@ -11,16 +11,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tee_risk::attest::Policy;
+use tee_risk::Policy;
 use tee_risk::client::{
     self, Client, ClientError, FeatureRequest, IdentifyMode, IdentifyRequest, RawResponse,
     ServerKeys,
 };
-use tee_risk::crypto::keyfile::{load_sm2_key, parse_sm2_key};
 use tee_risk::protocol::client_auth::{ClientCredential, valid_client_id};
 use tee_risk::protocol::reply::{
     AssessReply, Code, EnrollReply, EraseReply, Extra, IdentifyReply, WireCode,
 };
+use tee_risk::{load_sm2_key, parse_sm2_key};
 
 uniffi::setup_scaffolding!("tee_risk_client");
 
@@ -149,10 +149,7 @@ impl Credential {
 }
 
 impl Credential {
-    fn checked(
-        client_id: String,
-        key: tee_risk::crypto::sm2::IdentityKey,
-    ) -> Result<Arc<Self>, TeeRiskError> {
+    fn checked(client_id: String, key: tee_risk::IdentityKey) -> Result<Arc<Self>, TeeRiskError> {
         if !valid_client_id(&client_id) {
             return Err(invalid(format!("{client_id:?} is not a valid client id")));
         }

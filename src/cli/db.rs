@@ -3,17 +3,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
-use tee_risk::app::Config;
-use tee_risk::app::config::{StorageBackend, StorageConfig};
-use tee_risk::app::secrets::{self, MasterKeyEnv, open_vault, open_vault_copy, store_path};
-use tee_risk::store::{
+use crate::app::Config;
+use crate::app::config::{StorageBackend, StorageConfig};
+use crate::app::secrets::{self, MasterKeyEnv, open_vault, open_vault_copy, store_path};
+use crate::store::{
     DEFAULT_BATCH, KeyId, OpenMode, SledStore, Store, Vault, VaultError, audit, mark,
 };
+use anyhow::Context;
 
-use crate::cli::{DbArgs, DbCommand};
-use crate::error::CliError;
-use crate::print_json;
+use super::CliError;
+use super::args::{DbArgs, DbCommand};
+use super::print_json;
 
 /// The storage section of the config with `--data-dir` applied, and whether dev mode is on.
 fn db_storage(args: &DbArgs) -> Result<(StorageConfig, bool), CliError> {
@@ -154,7 +154,7 @@ fn migrate(args: &DbArgs) -> Result<(), CliError> {
     secrets::open_store(&storage, env.database_url.as_ref())?;
     #[cfg(feature = "postgres")]
     print_json(&serde_json::json!({
-        "schema_version": tee_risk::store::postgres::SCHEMA_VERSION,
+        "schema_version": crate::store::postgres::SCHEMA_VERSION,
     }))?;
     Ok(())
 }
@@ -173,9 +173,9 @@ fn open_inspected(args: &DbArgs) -> Result<Vault, CliError> {
     });
     match opened {
         Err(CliError::Failed(error))
-            if error.downcast_ref::<tee_risk::app::AppError>().is_some_and(
-                |e| matches!(e, tee_risk::app::AppError::Vault(v) if v.is_damage()),
-            ) =>
+            if error
+                .downcast_ref::<crate::app::AppError>()
+                .is_some_and(|e| matches!(e, crate::app::AppError::Vault(v) if v.is_damage())) =>
         {
             Err(CliError::CheckFailed(format!("{error:#}")))
         }
@@ -234,14 +234,14 @@ fn backup(args: &DbArgs, dir: &Path, force: bool) -> Result<(), CliError> {
         }
         drop(vault);
         let (storage, _) = db_storage(args)?;
-        tee_risk::store::copy_tree(&storage.data_dir, dir)?;
+        crate::store::copy_tree(&storage.data_dir, dir)?;
         std::fs::write(
             dir.join("DAMAGED-COPY.txt"),
             format!(
                 "A byte-for-byte copy of the damaged data folder {}, made by `tee-risk db \
                  backup --force` at unix time {}. It is evidence, not a backup: {why}\n",
                 storage.data_dir.display(),
-                tee_risk::obs::unix_now()
+                crate::obs::unix_now()
             ),
         )?;
         return Err(CliError::CheckFailed(format!(

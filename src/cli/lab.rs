@@ -2,11 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::app::Config;
+use crate::lab::eval::{self};
+use crate::lab::{Dataset, Labelled, identification, plots, tail, train};
+use crate::risk::model::{DataFile, FaceModelInfo, TrainingSummary};
 use anyhow::Context;
-use tee_risk::app::Config;
-use tee_risk::lab::eval::{self};
-use tee_risk::lab::{Dataset, Labelled, identification, plots, tail, train};
-use tee_risk::risk::model::{DataFile, FaceModelInfo, TrainingSummary};
 
 /// The embeddings of a run: the file under test and its distractor files, loaded once;
 /// distractor identities numbered after the file's, so that no two files share one.
@@ -291,7 +291,7 @@ fn data_file(path: &Path, dataset: &Dataset) -> anyhow::Result<DataFile> {
         data: path
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        data_sm3: tee_risk::crypto::sm3_hex(&bytes),
+        data_sm3: crate::crypto::sm3_hex(&bytes),
         identities: identity_count(dataset),
         images: dataset.samples.len(),
     })
@@ -313,7 +313,7 @@ fn summary(path: &Path, dataset: &Dataset) -> anyhow::Result<TrainingSummary> {
 /// Nominal against measured FMR of every calibrated enrolment size, on every impostor pair
 /// of this run (the file under test and its distractors, formed as training forms them).
 fn tail_checks(
-    policy: &tee_risk::risk::RiskPolicy,
+    policy: &crate::risk::RiskPolicy,
     corpus: &Corpus,
     samples: &[Labelled],
     extra: &[Labelled],
@@ -381,7 +381,7 @@ fn print_tail(tail: &[tail::TailReport], top: &[tail::TopPair]) {
 }
 
 fn print_identification(
-    policy: &tee_risk::risk::RiskPolicy,
+    policy: &crate::risk::RiskPolicy,
     identification: &[identification::IdentificationReport],
 ) {
     println!(

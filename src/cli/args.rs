@@ -52,7 +52,7 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
         /// L2 penalty of the logistic regression.
-        #[arg(long, default_value_t = tee_risk::lab::train::DEFAULT_ALPHA)]
+        #[arg(long, default_value_t = crate::lab::train::DEFAULT_ALPHA)]
         alpha: f64,
         /// Seed of the generated contexts (training is deterministic for a given seed).
         #[arg(long, default_value_t = 1)]

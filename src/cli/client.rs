@@ -3,19 +3,19 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
-use tee_risk::attest::Policy;
-use tee_risk::client::{
+use crate::attest::Policy;
+use crate::client::{
     Client, FeatureRequest, IdentifyMode, IdentifyRequest, RawResponse, ServerKeys,
     read_features_file, verify_answer_to,
 };
-use tee_risk::crypto::keyfile::load_sm2_key;
-use tee_risk::protocol::IDENTITY_PEM;
-use tee_risk::protocol::client_auth::ClientCredential;
-use tee_risk::protocol::reply::{AssessReply, EnrollReply, EraseReply, IdentifyReply};
+use crate::crypto::keyfile::load_sm2_key;
+use crate::protocol::IDENTITY_PEM;
+use crate::protocol::client_auth::ClientCredential;
+use crate::protocol::reply::{AssessReply, EnrollReply, EraseReply, IdentifyReply};
+use anyhow::Context;
 
-use crate::CliError;
-use crate::cli::{
+use super::CliError;
+use super::args::{
     AccessArgs, AttestArgs, ClientCommand, IdentifyArgs, KeysArgs, ModeArg, PostArgs, RequestArgs,
     SealArgs, VerifyAnswerArgs, VerifyEvidenceArgs,
 };
@@ -84,9 +84,9 @@ fn attest(args: AttestArgs) -> anyhow::Result<()> {
 fn verify_evidence(args: VerifyEvidenceArgs) -> anyhow::Result<()> {
     let policy = Policy::load(&args.policy)?;
     let text = read(&args.evidence)?;
-    let evidence: tee_risk::attest::Evidence = serde_json::from_slice(&text)
+    let evidence: crate::attest::Evidence = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not an evidence document", args.evidence.display()))?;
-    let now = args.at.unwrap_or_else(tee_risk::obs::unix_now);
+    let now = args.at.unwrap_or_else(crate::obs::unix_now);
     let verified = policy
         .verify_platform(&evidence, now)
         .map_err(|e| CliError::CheckFailed(e.to_string()))?;
@@ -222,7 +222,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// Prints a verified payload, and on stderr what was verified.
 fn print_verified(
     payload: &impl serde::Serialize,
-    identity: &tee_risk::crypto::sm2::PublicKey,
+    identity: &crate::crypto::sm2::PublicKey,
 ) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(payload)?);
     eprintln!(

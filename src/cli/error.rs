@@ -57,9 +57,9 @@ macro_rules! from_library_errors {
 from_library_errors!(std::io::Error, serde_json::Error);
 #[cfg(feature = "server")]
 from_library_errors!(
-    tee_risk::app::AppError,
-    tee_risk::app::ConfigError,
-    tee_risk::store::VaultError,
-    tee_risk::store::StoreError,
-    tee_risk::store::audit::AuditError,
+    crate::app::AppError,
+    crate::app::ConfigError,
+    crate::store::VaultError,
+    crate::store::StoreError,
+    crate::store::audit::AuditError,
 );

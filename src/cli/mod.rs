@@ -1,10 +1,11 @@
 //! The `tee-risk` command (feature `cli`): `serve` and `db …` (feature `server`), `client …`
 //! (feature `client`), `train` and `eval` (features `lab` and `server`). A client-only build
 //! (`--no-default-features --features cli,client`) is the command a client's operator runs.
-//! Each command group is a module; `cli.rs` holds the definitions and `error.rs` the exit
-//! codes.
+//! Each command group is a module; `args.rs` holds the definitions and `error.rs` the exit
+//! codes. It lives in the library, so that the binary (`src/bin/tee-risk.rs`) is a call to
+//! [`main`] and the layers it drives stay private to the crate.
 
-mod cli;
+mod args;
 #[cfg(feature = "client")]
 mod client;
 #[cfg(feature = "server")]
@@ -15,16 +16,17 @@ mod lab;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 #[cfg(feature = "server")]
-use tee_risk::app::{self, Config, MasterKeyEnv};
+use crate::app::{self, Config, MasterKeyEnv};
+use clap::Parser;
 
 #[cfg(feature = "server")]
-use cli::ServeArgs;
-use cli::{Cli, Command};
+use args::ServeArgs;
+use args::{Cli, Command};
 use error::CliError;
 
-fn main() -> ExitCode {
+/// Parses the command line, runs the command, and returns its exit code.
+pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
