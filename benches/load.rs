@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+#[path = "floor/mod.rs"]
+mod floor;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -364,15 +366,6 @@ fn breakdown(before: &str, after: &str) -> Vec<(String, f64, f64)> {
         .collect()
 }
 
-/// The crypto floor per request measured by `cargo bench --bench primitives` in this run
-/// (criterion's mean of `crypto_floor_per_request`), in microseconds.
-fn crypto_floor_us() -> Option<f64> {
-    let path = target_dir().join("criterion/crypto_floor_per_request/new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Some(value["mean"]["point_estimate"].as_f64()? / 1000.0)
-}
-
 struct Phase {
     name: String,
     kind: &'static str,
@@ -555,7 +548,9 @@ fn main() {
         ));
     }
 
-    let floor_us = crypto_floor_us();
+    // Measured here, after the load (the server stopped): the same operations as criterion's
+    // `crypto_floor_per_request`, so that this bench needs no other to have run first.
+    let floor_us = Some(floor::crypto_floor_us(Duration::from_secs(2)));
     println!();
     println!(
         "{:<14} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11}",
@@ -631,7 +626,7 @@ fn main() {
     let floor = floor_us.map(|floor| {
         let floor_rps = cores as f64 * 1e6 / floor;
         println!(
-            "\ncrypto floor (criterion crypto_floor_per_request): {floor:.0} µs CPU = {floor_rps:.0} \
+            "\ncrypto floor (one core, measured now): {floor:.0} µs CPU = {floor_rps:.0} \
              req/s on {cores} cores\n  best throughput {:.0} req/s = {:.0} % of the floor; server \
              CPU per request {:.0} µs = floor × {:.2}",
             best.throughput(),

@@ -5,46 +5,22 @@
 use std::sync::Arc;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use tee_risk::client::FeatureRequest;
 use tee_risk::internals::app::config::Config;
 use tee_risk::internals::crypto::aead::Sm4Gcm;
 use tee_risk::internals::crypto::kdf::{hkdf_sm3, hmac_sm3};
 use tee_risk::internals::crypto::secret::SecretBytes;
 use tee_risk::internals::crypto::sm2::{DecryptionKey, IdentityKey};
-use tee_risk::internals::crypto::{sm3, sm3_hex};
+use tee_risk::internals::crypto::sm3;
 use tee_risk::internals::obs::unix_now;
 use tee_risk::internals::risk;
 use tee_risk::internals::service::Service;
-use tee_risk::internals::service::access::{ClientRegistry, Permission};
-use tee_risk::internals::store::keys::{SALT_LEN, TableKeys};
 use tee_risk::internals::store::{MasterKey, SledStore, Store, Table, Vault, record};
-use tee_risk::protocol::client_auth::ClientCredential;
 use tee_risk::protocol::request::{ProtectedHeader, RequestEnvelope, seal};
-use tee_risk::protocol::response::ResponseSigner;
-use zeroize::Zeroizing;
 
-const KIB4: usize = 4096;
+#[path = "floor/mod.rs"]
+mod floor;
 
-/// A deterministic 128-d unit vector, different for each `seed`.
-fn embedding(seed: usize) -> Vec<f32> {
-    let raw: Vec<f32> = (0..128)
-        .map(|i| (((i * 37 + seed * 101) % 211) as f32 - 105.0) / 100.0)
-        .collect();
-    let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
-    raw.iter().map(|v| v / norm).collect()
-}
-
-/// The plaintext of a realistic assess request (128 floats, liveness, device id).
-fn request_plaintext() -> Vec<u8> {
-    serde_json::to_vec(&FeatureRequest {
-        user_id: "bench-user".into(),
-        features: embedding(1),
-        liveness: Some(0.9),
-        device_id: Some("device-1".into()),
-        face_model: None,
-    })
-    .unwrap()
-}
+use floor::{Fixture, KIB4, embedding, request_plaintext};
 
 fn primitives(c: &mut Criterion) {
     let identity = IdentityKey::generate().unwrap();
@@ -97,83 +73,12 @@ fn primitives(c: &mut Criterion) {
     });
 }
 
-/// Keys and one sealed request, as the service would hold and receive them.
-struct Fixture {
-    /// A registered client and its credential: every request carries its signature.
-    clients: ClientRegistry,
-    client: ClientCredential,
-    identity: IdentityKey,
-    decryption: DecryptionKey,
-    signer: ResponseSigner,
-    plaintext: Vec<u8>,
-    body: Vec<u8>,
-    envelope: RequestEnvelope,
-    keys: TableKeys,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        let identity = IdentityKey::generate().unwrap();
-        let decryption = DecryptionKey::generate().unwrap();
-        let plaintext = request_plaintext();
-        let header = ProtectedHeader::new(&decryption.public().kid(), unix_now()).unwrap();
-        let body = seal(decryption.public(), &header, &plaintext).unwrap();
-        let client = ClientCredential::new("bench", IdentityKey::generate().unwrap());
-        Self {
-            clients: ClientRegistry::single("bench", client.public(), vec![Permission::Assess])
-                .unwrap(),
-            client,
-            signer: ResponseSigner::new(identity.public()),
-            envelope: RequestEnvelope::parse(&body).unwrap(),
-            keys: TableKeys::derive(&MasterKey::generate().unwrap(), &[9; SALT_LEN]).unwrap(),
-            identity,
-            decryption,
-            plaintext,
-            body,
-        }
-    }
-
-    /// Seals `plaintext` as a `risk_logs` record.
-    fn seal_record(&self, plaintext: &[u8]) -> Vec<u8> {
-        record::seal(
-            self.keys.cipher(Table::RiskLogs),
-            self.keys.key_id(),
-            Table::RiskLogs,
-            b"log-key",
-            Zeroizing::new(plaintext.to_vec()),
-        )
-        .unwrap()
-    }
-}
-
 /// The SM2/SM3/SM4 work one assess request cannot avoid: verify the client's signature
 /// (SM3 of the body, SM2 verify), unwrap the session key, open the payload, seal the stored
 /// record, hash the request, sign the answer.
 fn crypto_floor(c: &mut Criterion) {
     let f = Fixture::new();
-    let answer = br#"{"op":"assess","rid":"0123456789abcdef0123456789abcdef","decision":"allow","score":0.000038,"reasons":[],"model":"cosine-fmr-v3"}"#;
-    let authorization = f
-        .client
-        .authorization("POST", "/v1/assess", &f.body)
-        .unwrap();
-    c.bench_function("crypto_floor_per_request", |b| {
-        b.iter(|| {
-            f.clients
-                .authorize(
-                    Some(&authorization),
-                    "POST",
-                    "/v1/assess",
-                    &f.body,
-                    Permission::Assess,
-                )
-                .unwrap();
-            let plain = f.envelope.open(&f.decryption).unwrap();
-            let sealed = f.seal_record(&plain);
-            let digest = sm3_hex(&f.body);
-            let response = f.signer.sign(&f.identity, answer).unwrap();
-            (sealed, digest, response)
-        })
-    });
+    c.bench_function("crypto_floor_per_request", |b| b.iter(|| f.floor_request()));
 }
 
 fn components(c: &mut Criterion) {

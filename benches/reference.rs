@@ -1,6 +1,7 @@
-//! The reference column of `make bench` (`cargo bench --bench reference`, run after
-//! `--bench primitives`): runs `openssl speed` for SM2 sign/verify, SM3 and SM4-CBC on this
-//! machine now, reads our criterion means from the same run, and prints both with ratios.
+//! The reference column of `make bench` (`cargo bench --bench reference`): runs `openssl
+//! speed` for SM2 sign/verify, SM3 and SM4-CBC on this machine now, times the same
+//! operations of ours in the same process, and prints both with ratios. It needs no other
+//! bench to have run first.
 //! Debian's OpenSSL 3.0 has no SM4-GCM, so SM4 is compared in CBC mode (4 KiB buffers).
 //! Output: a table on stdout and `target/reference-report.json`.
 
@@ -8,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::json;
+
+#[path = "floor/mod.rs"]
+mod floor;
 
 /// Seconds per OpenSSL algorithm (`-seconds`); `REFERENCE_SECONDS` overrides it
 /// (`make bench-smoke` uses 1).
@@ -23,14 +27,6 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-/// Criterion's mean for `id` in this target dir, in seconds per operation.
-fn ours(id: &str) -> Option<f64> {
-    let path = target_dir().join(format!("criterion/{id}/new/estimates.json"));
-    let value: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    Some(value["mean"]["point_estimate"].as_f64()? / 1e9)
 }
 
 /// `openssl speed -mr` output lines starting with `prefix`, split on ':'.
@@ -64,7 +60,16 @@ fn main() {
         );
         return;
     };
-    // (name, our criterion id, OpenSSL ops/s)
+    // Ours, timed now for as long as OpenSSL gets per algorithm.
+    let seconds: u64 = openssl_seconds().parse().unwrap_or(3);
+    let ours_measured = floor::reference_operations(std::time::Duration::from_secs(seconds));
+    let ours = |id: &str| {
+        ours_measured
+            .iter()
+            .find(|(name, _)| *name == id)
+            .map(|(_, seconds)| *seconds)
+    };
+    // (name, our operation's id, OpenSSL ops/s)
     let mut rows: Vec<(&str, &str, Option<f64>)> = Vec::new();
     let sm2 = openssl_speed(&["sm2"], "+F7:");
     let field = |fields: &Option<Vec<String>>, index: usize| {
@@ -112,12 +117,9 @@ fn main() {
             missing.push(name);
         }
         report.push(json!({
-            "operation": name, "criterion_id": id,
+            "operation": name, "id": id,
             "ours_ops_per_s": ours_ops, "openssl_ops_per_s": theirs, "ratio": ratio,
         }));
-    }
-    if ours("sm2_sign").is_none() {
-        println!("(no criterion figures: run `cargo bench --bench primitives` first)");
     }
     let path = target_dir().join("reference-report.json");
     std::fs::create_dir_all(target_dir()).ok();

@@ -37,7 +37,7 @@ const SEED: u64 = 0x07a1_1f17;
 const SUBSETS_PER_IDENTITY: usize = 45;
 
 /// The impostor scores of enrolments of `k` templates, sorted ascending: the centroid of
-/// each k-subset of an identity's images in `main` (see [`SUBSETS_PER_IDENTITY`]) against
+/// each k-subset of an identity's images in `main` (see `SUBSETS_PER_IDENTITY`) against
 /// every image of every other identity of `main` and `extra`. For k = 1, every pair of images
 /// of different identities; pairs with both images in `extra` count only when `extra_pairs`
 /// is set.

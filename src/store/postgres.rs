@@ -5,7 +5,7 @@
 //! versioned schema at open ([`PostgresStore::migrate`]). Client: the synchronous `postgres`
 //! crate (the `Store` trait is synchronous and runs on the service's blocking threads; its
 //! async twin `tokio-postgres` is underneath), with `r2d2` for a bounded pool of
-//! connections. The pool's connection type is ours ([`Manager`]): it keeps each
+//! connections. The pool's connection type is ours (`Manager`): it keeps each
 //! connection's prepared statements, so a statement is parsed once per connection (the
 //! sync client prepares again on every call otherwise).
 //!

@@ -162,7 +162,7 @@ pub struct TableCounts {
     pub risk_logs: usize,
 }
 
-/// What [`Vault::erase_user`] removed or scrubbed.
+/// What `Vault::erase_user` removed or scrubbed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Erased {
     pub templates: usize,

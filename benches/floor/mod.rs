@@ -1,0 +1,173 @@
+//! What the benches share: the keys and one sealed request as the service holds and
+//! receives them (`Fixture`), the per-request crypto floor, and our own timings of the
+//! operations `openssl speed` measures. Each bench measures what it reports in its own run,
+//! so that none depends on another having run before it.
+
+#![allow(dead_code)] // Each bench uses part of it.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use tee_risk::client::FeatureRequest;
+use tee_risk::internals::crypto::sm2::{DecryptionKey, IdentityKey};
+use tee_risk::internals::crypto::{sm3, sm3_hex};
+use tee_risk::internals::obs::unix_now;
+use tee_risk::internals::service::access::{ClientRegistry, Permission};
+use tee_risk::internals::store::keys::{SALT_LEN, TableKeys};
+use tee_risk::internals::store::{MasterKey, Table, record};
+use tee_risk::protocol::client_auth::ClientCredential;
+use tee_risk::protocol::request::{ProtectedHeader, RequestEnvelope, seal};
+use tee_risk::protocol::response::{ResponseSigner, SignedResponse};
+use zeroize::Zeroizing;
+
+pub const KIB4: usize = 4096;
+
+/// The answer a floor request signs (a realistic assess payload).
+const ANSWER: &[u8] = br#"{"op":"assess","rid":"0123456789abcdef0123456789abcdef","decision":"allow","score":0.000038,"reasons":[],"model":"cosine-fmr-v3"}"#;
+
+/// A deterministic 128-d unit vector, different for each `seed`.
+pub fn embedding(seed: usize) -> Vec<f32> {
+    let raw: Vec<f32> = (0..128)
+        .map(|i| (((i * 37 + seed * 101) % 211) as f32 - 105.0) / 100.0)
+        .collect();
+    let norm = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
+    raw.iter().map(|v| v / norm).collect()
+}
+
+/// The plaintext of a realistic assess request (128 floats, liveness, device id).
+pub fn request_plaintext() -> Vec<u8> {
+    serde_json::to_vec(&FeatureRequest {
+        user_id: "bench-user".into(),
+        features: embedding(1),
+        liveness: Some(0.9),
+        device_id: Some("device-1".into()),
+        face_model: None,
+    })
+    .unwrap()
+}
+
+/// Keys and one sealed request, as the service would hold and receive them.
+pub struct Fixture {
+    /// A registered client and its credential: every request carries its signature.
+    pub clients: ClientRegistry,
+    pub client: ClientCredential,
+    pub identity: IdentityKey,
+    pub decryption: DecryptionKey,
+    pub signer: ResponseSigner,
+    pub plaintext: Vec<u8>,
+    pub body: Vec<u8>,
+    pub envelope: RequestEnvelope,
+    pub keys: TableKeys,
+    /// The client's `Authorization` value for `body`.
+    pub authorization: String,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        let identity = IdentityKey::generate().unwrap();
+        let decryption = DecryptionKey::generate().unwrap();
+        let plaintext = request_plaintext();
+        let header = ProtectedHeader::new(&decryption.public().kid(), unix_now()).unwrap();
+        let body = seal(decryption.public(), &header, &plaintext).unwrap();
+        let client = ClientCredential::new("bench", IdentityKey::generate().unwrap());
+        let authorization = client.authorization("POST", "/v1/assess", &body).unwrap();
+        Self {
+            clients: ClientRegistry::single("bench", client.public(), vec![Permission::Assess])
+                .unwrap(),
+            client,
+            signer: ResponseSigner::new(identity.public()),
+            envelope: RequestEnvelope::parse(&body).unwrap(),
+            keys: TableKeys::derive(&MasterKey::generate().unwrap(), &[9; SALT_LEN]).unwrap(),
+            identity,
+            decryption,
+            plaintext,
+            body,
+            authorization,
+        }
+    }
+
+    /// Seals `plaintext` as a `risk_logs` record.
+    pub fn seal_record(&self, plaintext: &[u8]) -> Vec<u8> {
+        record::seal(
+            self.keys.cipher(Table::RiskLogs),
+            self.keys.key_id(),
+            Table::RiskLogs,
+            b"log-key",
+            Zeroizing::new(plaintext.to_vec()),
+        )
+        .unwrap()
+    }
+
+    /// The SM2/SM3/SM4 work one assess request cannot avoid: verify the client's signature
+    /// (SM3 of the body, SM2 verify), unwrap the session key, open the payload, seal the
+    /// stored record, hash the request, sign the answer.
+    pub fn floor_request(&self) -> (Vec<u8>, String, SignedResponse) {
+        self.clients
+            .authorize(
+                Some(&self.authorization),
+                "POST",
+                "/v1/assess",
+                &self.body,
+                Permission::Assess,
+            )
+            .unwrap();
+        let plain = self.envelope.open(&self.decryption).unwrap();
+        let sealed = self.seal_record(&plain);
+        let digest = sm3_hex(&self.body);
+        let response = self.signer.sign(&self.identity, ANSWER).unwrap();
+        (sealed, digest, response)
+    }
+}
+
+/// Mean seconds per call of `op`, timed on this thread for about `budget` after a short
+/// warm-up (criterion gives the careful figure in `--bench primitives`; this one is for a
+/// bench that needs the figure in its own run).
+pub fn seconds_per_op<T>(budget: Duration, mut op: impl FnMut() -> T) -> f64 {
+    let warm = Instant::now();
+    while warm.elapsed() < budget / 10 {
+        black_box(op());
+    }
+    let (start, mut n) = (Instant::now(), 0u64);
+    while start.elapsed() < budget || n < 10 {
+        black_box(op());
+        n += 1;
+    }
+    start.elapsed().as_secs_f64() / n as f64
+}
+
+/// The crypto floor per request on one core, in microseconds, measured now.
+pub fn crypto_floor_us(budget: Duration) -> f64 {
+    let fixture = Fixture::new();
+    seconds_per_op(budget, || fixture.floor_request()) * 1e6
+}
+
+/// Our seconds per operation for what `openssl speed` measures: SM2 sign and verify, SM3
+/// and SM4-CBC over 4 KiB. (SM4-CBC only as the like-for-like comparison: Debian's OpenSSL
+/// 3.0 has no SM4-GCM; the service never uses CBC.)
+pub fn reference_operations(budget: Duration) -> Vec<(&'static str, f64)> {
+    use cbc::cipher::{BlockModeEncrypt, KeyIvInit};
+    let identity = IdentityKey::generate().unwrap();
+    let signature = identity.sign_der(&[b"payload"]).unwrap();
+    let data = vec![0x5au8; KIB4];
+    let mut blocks = vec![sm4::cipher::Block::<sm4::Sm4>::default(); KIB4 / 16];
+    vec![
+        (
+            "sm2_sign",
+            seconds_per_op(budget, || identity.sign_der(&[b"payload"]).unwrap()),
+        ),
+        (
+            "sm2_verify",
+            seconds_per_op(budget, || {
+                identity.public().verify(b"payload", &signature).unwrap()
+            }),
+        ),
+        ("sm3_4KiB", seconds_per_op(budget, || sm3(&data))),
+        (
+            "sm4_cbc_encrypt_4KiB",
+            seconds_per_op(budget, || {
+                cbc::Encryptor::<sm4::Sm4>::new(&[1u8; 16].into(), &[2u8; 16].into())
+                    .encrypt_blocks(&mut blocks)
+            }),
+        ),
+    ]
+}
