@@ -11,7 +11,7 @@ use tee_risk::internals::crypto::kdf::{hkdf_sm3, hmac_sm3};
 use tee_risk::internals::crypto::secret::SecretBytes;
 use tee_risk::internals::crypto::sm2::{DecryptionKey, IdentityKey};
 use tee_risk::internals::crypto::sm3;
-use tee_risk::internals::obs::unix_now;
+use tee_risk::internals::obs::{Now, unix_now};
 use tee_risk::internals::risk;
 use tee_risk::internals::service::Service;
 use tee_risk::internals::store::{MasterKey, SledStore, Store, Table, Vault, record};
@@ -141,13 +141,13 @@ fn request_flow(c: &mut Criterion) {
         let header = ProtectedHeader::new(&encryption.kid(), now).unwrap();
         seal(&encryption, &header, &plaintext).unwrap()
     };
-    service.enroll(&body_for(unix_now()), unix_now()).unwrap();
+    service.enroll(&body_for(unix_now()), Now::read()).unwrap();
 
     // Each iteration needs a fresh request id; sealing happens outside the timed routine.
     c.bench_function("service_assess_with_flush", |b| {
         b.iter_batched(
             || body_for(unix_now()),
-            |body| service.assess(&body, unix_now()).unwrap(),
+            |body| service.assess(&body, Now::read()).unwrap(),
             BatchSize::SmallInput,
         )
     });

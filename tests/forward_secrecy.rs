@@ -11,6 +11,7 @@ use tee_risk::internals::attest::join::{ClusterSecrets, Schedule};
 use tee_risk::internals::crypto::ratchet::RatchetState;
 use tee_risk::internals::crypto::secret::SecretBytes;
 use tee_risk::internals::crypto::sm2::{DecryptionKey, IdentityKey, PublicKey};
+use tee_risk::internals::obs::Now;
 use tee_risk::internals::obs::unix_now;
 use tee_risk::internals::service::Service;
 use tee_risk::internals::service::ServiceError;
@@ -60,11 +61,13 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
     let live_key = service.encryption_public();
 
     // While the key is live: requests to it are served.
-    service.enroll(&body(&live_key, t0, "alice"), t0).unwrap();
+    service
+        .enroll(&body(&live_key, t0, "alice"), Now::at(t0))
+        .unwrap();
     // An eavesdropper records two more requests sealed to it.
     let recorded = body(&live_key, t0, "alice");
     let control = body(&live_key, t0, "alice");
-    service.assess(&control, t0 + 1).unwrap();
+    service.assess(&control, Now::at(t0 + 1)).unwrap();
 
     // Time passes: a new key is issued when the first expires; within the grace period the
     // old one still works (a request fresh by iat still decrypts).
@@ -73,7 +76,7 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
     assert_ne!(next_key.kid(), live_key.kid());
     let late = t0 + lifetime + grace;
     service
-        .assess(&body(&live_key, late, "alice"), late)
+        .assess(&body(&live_key, late, "alice"), Now::at(late))
         .unwrap();
 
     // Past the grace period the old key is wiped: the recorded request is refused with a
@@ -81,7 +84,7 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
     let after = late + 1;
     service.maintain_keys(after).unwrap();
     assert!(matches!(
-        service.assess(&recorded, after),
+        service.assess(&recorded, Now::at(after)),
         Err(ServiceError::RetiredKid)
     ));
     assert!(
@@ -103,7 +106,7 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
 
     // The service goes on with the new key.
     service
-        .assess(&body(&next_key, after, "alice"), after)
+        .assess(&body(&next_key, after, "alice"), Now::at(after))
         .unwrap();
     let unknown = body(
         &DecryptionKey::generate().unwrap().public().clone(),
@@ -111,7 +114,7 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
         "alice",
     );
     assert!(matches!(
-        service.assess(&unknown, after),
+        service.assess(&unknown, Now::at(after)),
         Err(ServiceError::UnknownKid)
     ));
 }
@@ -147,8 +150,12 @@ fn forward_secrecy_holds_across_replicas_and_against_states_captured_later() {
     };
     same_keys(&first, &second);
     let live_key = first.encryption_public();
-    first.enroll(&body(&live_key, t0, "carol"), t0).unwrap();
-    second.enroll(&body(&live_key, t0, "dave"), t0).unwrap();
+    first
+        .enroll(&body(&live_key, t0, "carol"), Now::at(t0))
+        .unwrap();
+    second
+        .enroll(&body(&live_key, t0, "dave"), Now::at(t0))
+        .unwrap();
     let recorded = body(&live_key, t0 + 2, "carol");
 
     // Both move to the next epoch on their own and still agree.
@@ -164,7 +171,7 @@ fn forward_secrecy_holds_across_replicas_and_against_states_captured_later() {
     for replica in [&first, &second] {
         replica.maintain_keys(after).unwrap();
         assert!(matches!(
-            replica.assess(&recorded, after),
+            replica.assess(&recorded, Now::at(after)),
             Err(ServiceError::RetiredKid)
         ));
     }
@@ -192,11 +199,11 @@ fn forward_secrecy_holds_across_replicas_and_against_states_captured_later() {
     let (third, _third_dir) = replica(&second, after);
     same_keys(&second, &third);
     assert!(matches!(
-        third.assess(&recorded, after),
+        third.assess(&recorded, Now::at(after)),
         Err(ServiceError::UnknownKid | ServiceError::RetiredKid)
     ));
     let fresh = body(&third.encryption_public(), after, "carol");
-    first.assess(&fresh, after).unwrap();
+    first.assess(&fresh, Now::at(after)).unwrap();
 }
 
 /// A vault on a fresh sled folder (kept while the folder lives).

@@ -8,12 +8,12 @@ use futures_util::StreamExt;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::obs::Now;
 use crate::obs::metrics::{Stage, StageTimer};
-use crate::obs::{unix_now, unix_now_f64};
 use crate::service::access::{Authorized, Permission};
 use crate::service::{Answer, LimitScope, Service, ServiceError};
 
-type Operation = fn(&Service, &[u8], i64, &Authorized) -> Result<Answer, ServiceError>;
+type Operation = fn(&Service, &[u8], Now, &Authorized) -> Result<Answer, ServiceError>;
 
 /// An encrypted endpoint: its name in metrics, the permissions of which a client needs one
 /// (the operation checks what its payload asks for), and the service operation behind it.
@@ -108,14 +108,16 @@ async fn run_encrypted(
         // The signature check is an SM2 verification: CPU work, so it runs here too.
         let client =
             clients.authorize_any(authorization.as_deref(), &method, &path, &body, permission)?;
+        // One reading of the clock for everything this request checks and records.
+        let now = Now::read();
         client_limits
-            .check(&client.id, unix_now_f64())
+            .check(&client.id, now.precise())
             .map_err(|retry_after_secs| ServiceError::RateLimited {
                 scope: LimitScope::Client,
                 retry_after_secs,
             })?;
         timer.lap(Stage::ClientAuth);
-        Ok::<_, ApiError>(operation(&service, &body, unix_now(), &client)?)
+        Ok::<_, ApiError>(operation(&service, &body, now, &client)?)
     })
     .await;
     let response = outcome.map_err(|_| ApiError::Service(ServiceError::Internal))??;

@@ -5,6 +5,6 @@ pub mod clock;
 #[cfg(feature = "server")]
 pub mod metrics;
 
-pub use clock::{unix_now, unix_now_f64};
+pub use clock::{Now, unix_now, unix_now_f64};
 #[cfg(feature = "server")]
 pub use metrics::{Metrics, Stage, StageTimer};

@@ -5,6 +5,7 @@
 
 use super::access::{Authorized, Permission};
 use super::{Answer, ModelSlot, Service, ServiceError, fault};
+use crate::obs::Now;
 use crate::obs::metrics::{Stage, StageTimer};
 use crate::protocol::payload::{IdentifyMode, IdentifyProbe};
 use crate::protocol::reply::{Candidate, Extra, IdentifyOutcome, IdentifyReply};
@@ -86,9 +87,10 @@ impl Service {
     pub fn identify(
         &self,
         body: &[u8],
-        now: i64,
+        clock: Now,
         client: &Authorized,
     ) -> Result<Answer, ServiceError> {
+        let now = clock.secs();
         let mut timer = StageTimer::start(&self.metrics);
         let (header, probe, answer_key) =
             self.open_request_as(body, now, &mut timer, true, |p| {

@@ -22,8 +22,8 @@ use crate::crypto::aead::KEY_LEN;
 use crate::crypto::secret::SecretBytes;
 use crate::crypto::sm2::{IdentityKey, PublicKey};
 use crate::crypto::sm3_hex;
+use crate::obs::Now;
 use crate::obs::metrics::{Metrics, Stage, StageTimer};
-use crate::obs::unix_now_f64;
 use crate::protocol::answer::{EncryptedAnswer, seal_answer};
 use crate::protocol::payload::{FeatureError, Probe};
 use crate::protocol::reply::{Code, Stamp};
@@ -294,9 +294,9 @@ impl Service {
     }
 
     /// Takes one of the user's request tokens.
-    fn limit_user(&self, user: &UserRef) -> Result<(), ServiceError> {
+    fn limit_user(&self, user: &UserRef, clock: Now) -> Result<(), ServiceError> {
         self.user_limits
-            .check(user.current(), unix_now_f64())
+            .check(user.current(), clock.precise())
             .map_err(|retry_after_secs| {
                 self.refuse_spent(ServiceError::RateLimited {
                     scope: LimitScope::User,

@@ -2,6 +2,7 @@
 //! against the one user the request names (1:N is `identify`).
 
 use super::{Answer, Service, ServiceError, codes, fault, stamp};
+use crate::obs::Now;
 use crate::obs::metrics::{Stage, StageTimer};
 use crate::protocol::payload::EraseRequest;
 use crate::protocol::reply::{
@@ -15,11 +16,12 @@ use crate::store::{RiskLogEntry, Template, VaultError};
 impl Service {
     /// `POST /v1/enroll`: adds the probe as a template of the user, unless the face is
     /// already enrolled under another account (identity conflict: nothing is stored).
-    pub fn enroll(&self, body: &[u8], now: i64) -> Result<Answer, ServiceError> {
+    pub fn enroll(&self, body: &[u8], clock: Now) -> Result<Answer, ServiceError> {
+        let now = clock.secs();
         let mut timer = StageTimer::start(&self.metrics);
         let (header, probe, answer_key) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
-        self.limit_user(&user)?;
+        self.limit_user(&user, clock)?;
         let slot = self.slot(&probe.face_model)?;
         let key = gallery_key(&probe.user_id);
         // Among this model's templates only: another model's scores live on another scale.
@@ -88,11 +90,12 @@ impl Service {
 
     /// `POST /v1/assess`: scores the probe against the user's templates and recent accepted
     /// probes.
-    pub fn assess(&self, body: &[u8], now: i64) -> Result<Answer, ServiceError> {
+    pub fn assess(&self, body: &[u8], clock: Now) -> Result<Answer, ServiceError> {
+        let now = clock.secs();
         let mut timer = StageTimer::start(&self.metrics);
         let (header, probe, answer_key) = self.open_request(body, now, &mut timer)?;
         let user = self.vault.user(&probe.user_id);
-        self.limit_user(&user)?;
+        self.limit_user(&user, clock)?;
         let slot = self.slot(&probe.face_model)?;
         let policy = slot.policy();
         let enrolment = self.vault.enrolment(&user, &probe.user_id).map_err(fault)?;
@@ -182,7 +185,8 @@ impl Service {
 
     /// `DELETE /v1/users`: erases the user's templates, history and indexes, and scrubs
     /// their risk log entries down to the decisions (`Vault::erase_user`).
-    pub fn erase(&self, body: &[u8], now: i64) -> Result<Answer, ServiceError> {
+    pub fn erase(&self, body: &[u8], clock: Now) -> Result<Answer, ServiceError> {
+        let now = clock.secs();
         let mut timer = StageTimer::start(&self.metrics);
         let (header, request, answer_key) =
             self.open_request_as(body, now, &mut timer, false, |p| {
@@ -190,7 +194,7 @@ impl Service {
             })?;
         let user = self.vault.user(&request.user_id);
         let key = gallery_key(&request.user_id);
-        self.limit_user(&user)?;
+        self.limit_user(&user, clock)?;
         let erased = self
             .vault
             .erase_user(&user, &request.user_id)

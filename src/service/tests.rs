@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::obs::Now;
 use crate::protocol::reply::ErrorCode;
 use crate::protocol::request::seal;
 use crate::protocol::response::verify;
@@ -64,7 +65,7 @@ fn an_identification_is_encrypted_to_its_client_and_logged_sealed() {
             serde_json::json!({"user_id": user, "features": face}),
             NOW,
         );
-        answer(&service, &service.enroll(&body, NOW).unwrap());
+        answer(&service, &service.enroll(&body, Now::at(NOW)).unwrap());
     };
     enrol("alice", serde_json::json!([0.6, 0.8, 0.0, 0.0]));
     enrol("bob", serde_json::json!([0.0, 0.0, 1.0, 0.0]));
@@ -83,7 +84,7 @@ fn an_identification_is_encrypted_to_its_client_and_logged_sealed() {
         id: "bank".into(),
         permissions: vec![Permission::Identify],
     };
-    let Answer::Encrypted(sealed) = service.identify(&body, NOW, &decider).unwrap() else {
+    let Answer::Encrypted(sealed) = service.identify(&body, Now::at(NOW), &decider).unwrap() else {
         panic!("identify answers encrypted");
     };
     let signed = crate::protocol::answer::open_answer(&session_key, &header.rid, &sealed).unwrap();
@@ -100,7 +101,7 @@ fn an_identification_is_encrypted_to_its_client_and_logged_sealed() {
     // Without `ans`: refused before anything is decrypted or spent.
     let plain = envelope(&service, probe.clone(), NOW);
     assert!(matches!(
-        service.identify(&plain, NOW, &decider),
+        service.identify(&plain, Now::at(NOW), &decider),
         Err(ServiceError::AnswerEncryptionRequired)
     ));
 
@@ -122,7 +123,7 @@ fn an_identification_is_encrypted_to_its_client_and_logged_sealed() {
     };
     let (_, body, _) = seal(&investigate);
     assert!(matches!(
-        service.identify(&body, NOW, &decider),
+        service.identify(&body, Now::at(NOW), &decider),
         Err(ServiceError::Forbidden(Permission::Investigate))
     ));
     let investigator = Authorized {
@@ -130,7 +131,10 @@ fn an_identification_is_encrypted_to_its_client_and_logged_sealed() {
         permissions: vec![Permission::Investigate],
     };
     let (header, body, session_key) = seal(&investigate);
-    let Answer::Encrypted(sealed) = service.identify(&body, NOW, &investigator).unwrap() else {
+    let Answer::Encrypted(sealed) = service
+        .identify(&body, Now::at(NOW), &investigator)
+        .unwrap()
+    else {
         panic!("identify answers encrypted");
     };
     let signed = crate::protocol::answer::open_answer(&session_key, &header.rid, &sealed).unwrap();
@@ -146,7 +150,7 @@ fn an_identification_is_encrypted_to_its_client_and_logged_sealed() {
     // And an investigator may not decide.
     let (_, body, _) = seal(&probe);
     assert!(matches!(
-        service.identify(&body, NOW, &investigator),
+        service.identify(&body, Now::at(NOW), &investigator),
         Err(ServiceError::Forbidden(Permission::Identify))
     ));
 }
@@ -159,39 +163,39 @@ fn enrol_assess_refuse_and_erase_in_process() {
     let request = |features: &serde_json::Value| serde_json::json!({"user_id": "alice", "features": features, "liveness": 0.97});
 
     let enrol = envelope(&service, request(&face), NOW);
-    let enrolled = answer(&service, &service.enroll(&enrol, NOW).unwrap());
+    let enrolled = answer(&service, &service.enroll(&enrol, Now::at(NOW)).unwrap());
     assert_eq!(enrolled["outcome"], "enrolled");
     assert_eq!(enrolled["req_sm3"], sm3_hex(&enrol));
 
     let assess = envelope(&service, request(&capture), NOW);
-    let assessed = answer(&service, &service.assess(&assess, NOW).unwrap());
+    let assessed = answer(&service, &service.assess(&assess, Now::at(NOW)).unwrap());
     assert_eq!(assessed["decision"], "allow", "{assessed}");
 
     // The same body again: its request id is spent.
     assert!(matches!(
-        service.assess(&assess, NOW),
+        service.assess(&assess, Now::at(NOW)),
         Err(ServiceError::ReplayedRequest)
     ));
     // Issued too long ago, or for a key never issued.
     let stale = envelope(&service, request(&capture), NOW - 121);
     assert!(matches!(
-        service.assess(&stale, NOW),
+        service.assess(&stale, Now::at(NOW)),
         Err(ServiceError::StaleRequest(120))
     ));
     let wrong_dimension = envelope(&service, request(&serde_json::json!([1.0, 0.0])), NOW);
-    let refused = service.assess(&wrong_dimension, NOW).unwrap_err();
+    let refused = service.assess(&wrong_dimension, Now::at(NOW)).unwrap_err();
     assert_eq!(refused.code(), ErrorCode::WrongDimension);
     // Decrypted, so spent, though refused: the same body again is a replay.
     assert!(matches!(
-        service.assess(&wrong_dimension, NOW),
+        service.assess(&wrong_dimension, Now::at(NOW)),
         Err(ServiceError::ReplayedRequest)
     ));
 
     let erase = envelope(&service, serde_json::json!({"user_id": "alice"}), NOW);
-    let erased = answer(&service, &service.erase(&erase, NOW).unwrap());
+    let erased = answer(&service, &service.erase(&erase, Now::at(NOW)).unwrap());
     assert_eq!(erased["erased"]["templates"], 1);
     let after = envelope(&service, request(&capture), NOW);
-    let assessed = answer(&service, &service.assess(&after, NOW).unwrap());
+    let assessed = answer(&service, &service.assess(&after, Now::at(NOW)).unwrap());
     assert_eq!(assessed["reasons"], serde_json::json!(["no_enrolment"]));
 }
 
@@ -204,14 +208,14 @@ fn face_models_never_mix() {
     let service = service();
     let send = |payload: serde_json::Value| envelope(&service, payload, NOW);
     let alice = send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.8, 0.0, 0.0]}));
-    let enrolled = answer(&service, &service.enroll(&alice, NOW).unwrap());
+    let enrolled = answer(&service, &service.enroll(&alice, Now::at(NOW)).unwrap());
     assert_eq!(enrolled["face_model"], "four");
     // The same face under another account, in the other model: no conflict (not
     // compared), and counted in that model only.
     let bob = send(
         serde_json::json!({"user_id": "bob", "features": [0.6, 0.8, 0.0], "face_model": "three"}),
     );
-    let enrolled = answer(&service, &service.enroll(&bob, NOW).unwrap());
+    let enrolled = answer(&service, &service.enroll(&bob, Now::at(NOW)).unwrap());
     assert_eq!(
         (
             &enrolled["outcome"],
@@ -223,7 +227,7 @@ fn face_models_never_mix() {
     let alice_in_three = send(
         serde_json::json!({"user_id": "alice", "features": [0.6, 0.8, 0.0], "face_model": "three"}),
     );
-    let refused = service.assess(&alice_in_three, NOW).unwrap_err();
+    let refused = service.assess(&alice_in_three, Now::at(NOW)).unwrap_err();
     assert_eq!(refused.code(), ErrorCode::InvalidField);
     assert!(
         refused.to_string().contains("templates are of four only"),
@@ -231,7 +235,7 @@ fn face_models_never_mix() {
     );
     let unknown =
         send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.8], "face_model": "two"}));
-    let refused = service.assess(&unknown, NOW).unwrap_err();
+    let refused = service.assess(&unknown, Now::at(NOW)).unwrap_err();
     assert_eq!(refused.code(), ErrorCode::InvalidField);
     assert!(
         refused
@@ -244,7 +248,7 @@ fn face_models_never_mix() {
         &service
             .assess(
                 &send(serde_json::json!({"user_id": "alice", "features": [0.6, 0.79, 0.02, 0.0]})),
-                NOW,
+                Now::at(NOW),
             )
             .unwrap(),
     );
@@ -268,7 +272,7 @@ fn face_models_never_mix() {
         &serde_json::to_vec(&probe).unwrap(),
     )
     .unwrap();
-    let Answer::Encrypted(sealed) = service.identify(&body, NOW, &decider).unwrap() else {
+    let Answer::Encrypted(sealed) = service.identify(&body, Now::at(NOW), &decider).unwrap() else {
         panic!("identify answers encrypted");
     };
     let signed = crate::protocol::answer::open_answer(&session_key, &header.rid, &sealed).unwrap();
