@@ -366,6 +366,24 @@ fn breakdown(before: &str, after: &str) -> Vec<(String, f64, f64)> {
         .collect()
 }
 
+/// Median of 200 fsyncs after a 4 KiB write, in a file of a temporary folder (the
+/// filesystem the server's data folder is on), in microseconds.
+fn fsync_median_us() -> f64 {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut file = std::fs::File::create(dir.path().join("fsync-probe")).expect("probe file");
+    let mut times: Vec<f64> = (0..200)
+        .map(|_| {
+            file.write_all(&[0x5a; 4096]).expect("write");
+            let started = Instant::now();
+            file.sync_data().expect("fsync");
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 struct Phase {
     name: String,
     kind: &'static str,
@@ -643,10 +661,28 @@ fn main() {
             "server_cpu_vs_floor": best.server_cpu_us_per_request() / floor,
         })
     });
-    if floor.is_none() {
-        println!("\nno crypto floor: run `cargo bench --bench primitives` first (make bench does)");
-    }
+    // The store's durability against the disk it sits on: the `durable` stage of the
+    // quietest phase (one request at a time) beside a single fsync of this filesystem.
+    let fsync_us = fsync_median_us();
+    let durable_us = quiet
+        .stages
+        .iter()
+        .find(|(stage, _, _)| stage == "durable")
+        .map_or(0.0, |(_, wall, _)| *wall);
+    println!(
+        "durable at {}: {durable_us:.0} µs wall = {:.2} × one fsync of this filesystem \
+         ({fsync_us:.0} µs, median of 200)",
+        quiet.name,
+        durable_us / fsync_us
+    );
+    let durability = json!({
+        "phase": quiet.name,
+        "durable_wall_us": durable_us,
+        "fsync_us": fsync_us,
+        "durable_vs_fsync": durable_us / fsync_us,
+    });
     let report = json!({
+        "durability": durability,
         "embeddings": source,
         "cores": cores,
         "seconds_per_phase": seconds,

@@ -186,7 +186,10 @@ pub async fn serve(
     // their connections), then stop the background threads and flush.
     run_http(&config, state, listener, operator_listener).await?;
     background.stop();
-    off_runtime(|| service.vault().flush())?;
+    off_runtime(|| {
+        service.vault().flush()?;
+        service.vault().sync_high_water_mark()
+    })?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -74,8 +74,8 @@ fn spawn_periodic(
 /// How often a periodic thread looks at its stop flag.
 const TICK: Duration = Duration::from_secs(1);
 
-/// The periodic work of a running service, each on its own thread: issuing and wiping
-/// encryption keys on time; reading the store's change feed into the galleries
+/// The periodic work of a running service, each on its own thread: syncing the high-water
+/// mark; issuing and wiping encryption keys on time; reading the store's change feed into the galleries
 /// (enrolments and erasures by other replicas on a shared store); forgetting spent request
 /// ids and old attempts.
 pub(super) fn spawn_periodic_tasks(
@@ -86,7 +86,15 @@ pub(super) fn spawn_periodic_tasks(
     let keys = service.clone();
     let gallery = service.clone();
     let forget = service.clone();
+    let mark = service.clone();
     Ok(vec![
+        // The high-water mark is written on every group commit but synced only here, off
+        // the request path (docs/adr/0003-high-water-mark-sync.md).
+        spawn_periodic("mark-sync", second, stop.clone(), move || {
+            if let Err(error) = mark.vault().sync_high_water_mark() {
+                tracing::error!(%error, "syncing the high-water mark failed");
+            }
+        })?,
         spawn_periodic("key-maintenance", second, stop.clone(), move || {
             if let Err(error) = keys.maintain_keys(unix_now()) {
                 tracing::error!(%error, "encryption key maintenance failed");

@@ -9,7 +9,13 @@
 //! - outside the store, in the file `high-water-mark` beside it: after each flush that
 //!   succeeded, the same count, the audit log's length and head hash, sealed under the meta
 //!   key (SM4-GCM; the count and audit fields are also in the clear, so that `db verify-log`
-//!   can compare without a key).
+//!   can compare without a key). The file holds two fixed-size slots written in turn, in
+//!   place (a torn write spoils one slot, and the other holds the mark before it); the
+//!   reader takes the slot with the highest count. It is not synced on the request path:
+//!   the store's flush is the one fsync a request waits for. `sync_high_water_mark` syncs
+//!   it, every second from the background and at every stop
+//!   (docs/adr/0003-high-water-mark-sync.md says why that keeps every guarantee the mark
+//!   gives).
 //!
 //! A store whose `commit-seq` is behind the mark, or whose audit log is shorter than the
 //! mark's or ends elsewhere, lost acknowledged data: opening it is refused, with a message
@@ -33,6 +39,9 @@ pub(super) const COMMIT_SEQ_KEY: &[u8] = b"commit-seq";
 const MARK_RECORD_KEY: &[u8] = b"high-water-mark";
 /// The mark's file name, beside the store's folder.
 pub const MARK_FILE: &str = "high-water-mark";
+/// Bytes per slot of the mark file (two slots): a mark's JSON, padded with spaces and a
+/// newline. A mark takes about 600 bytes.
+const SLOT_LEN: usize = 1024;
 
 /// What the mark says the store holds at least.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,8 +87,18 @@ pub fn read_clear(dir: &Path) -> Result<Option<Mark>, VaultError> {
     Ok(Some(file.clear))
 }
 
+/// The mark a file holds: of its two slots, the one with the highest count that parses (a
+/// torn slot does not); a file of one JSON document is a mark written before the slots.
 fn read_file(path: &Path) -> Result<Option<MarkFile>, VaultError> {
     match std::fs::read(path) {
+        Ok(bytes) if bytes.len() == 2 * SLOT_LEN => bytes
+            .chunks(SLOT_LEN)
+            .filter_map(|slot| serde_json::from_slice::<MarkFile>(slot.trim_ascii_end()).ok())
+            .max_by_key(|file| file.clear.commits)
+            .map(Some)
+            .ok_or_else(|| {
+                VaultError::Corrupt(format!("{}: neither slot holds a mark", path.display()))
+            }),
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| VaultError::Corrupt(format!("{}: {e}", path.display()))),
@@ -180,9 +199,9 @@ impl Vault {
         }
         self.mark_dir = Some(dir.to_owned());
         *self.commits.lock().unwrap_or_else(|p| p.into_inner()) = check.store_commits;
-        // Written now, so that the mark matches the store from the first request on.
+        // Written and synced now, so that the mark matches the store from the first request.
         self.flush()?;
-        Ok(())
+        self.sync_high_water_mark()
     }
 
     /// Starts the high-water mark in `dir` for a store this process has just built from
@@ -198,7 +217,7 @@ impl Vault {
         self.mark_dir = Some(dir.to_owned());
         *self.commits.lock().unwrap_or_else(|p| p.into_inner()) = self.store_commits()?;
         self.flush()?;
-        Ok(())
+        self.sync_high_water_mark()
     }
 
     /// The store against the mark in `dir`. A missing mark is a mark of zero only for a new
@@ -316,31 +335,182 @@ impl Vault {
             audit_head,
         };
         let sealed = self.seal_value(Table::Meta, MARK_RECORD_KEY, &mark)?;
-        write_mark(
-            dir,
-            &MarkFile {
-                clear: mark,
-                sealed: hex::encode(sealed),
-            },
-        )
+        let slot = slot_bytes(&MarkFile {
+            clear: mark,
+            sealed: hex::encode(sealed),
+        })?;
+        let mut file = self.mark_file.lock().unwrap_or_else(|p| p.into_inner());
+        match file.as_ref() {
+            Some(open) => {
+                use std::os::unix::fs::FileExt;
+                let offset = (next % 2) * SLOT_LEN as u64;
+                open.write_all_at(&slot, offset)
+                    .map_err(|e| mark_error(dir, "write", e))?;
+                self.mark_unsynced
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            // The first mark of this process: a whole new file, synced.
+            None => *file = Some(create_mark_file(dir, &slot)?),
+        }
+        Ok(())
+    }
+
+    /// Makes the latest mark durable (the file and the directory entry that names it), if
+    /// one was written since the last sync. Called every second by the server and after
+    /// every last flush; a crash before it leaves an older mark, which only weakens the
+    /// check by the commits of the last second, never fails it.
+    pub fn sync_high_water_mark(&self) -> Result<(), VaultError> {
+        let Some(dir) = &self.mark_dir else {
+            return Ok(());
+        };
+        if !self
+            .mark_unsynced
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        // A slot written after the flag was cleared sets it again, so the next call syncs it.
+        let file = self.mark_file.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(file) = file.as_ref() else {
+            return Ok(());
+        };
+        file.sync_data().map_err(|e| {
+            self.mark_unsynced
+                .store(true, std::sync::atomic::Ordering::Release);
+            mark_error(dir, "sync", e)
+        })
     }
 }
 
-/// Replaces the mark file: a new file synced, then renamed over the old one, so that a crash
-/// leaves either mark whole (an older one only weakens the check, never fails it).
-fn write_mark(dir: &Path, file: &MarkFile) -> Result<(), VaultError> {
+/// A mark as one slot: its JSON, padded with spaces to `SLOT_LEN` (a newline last).
+fn slot_bytes(file: &MarkFile) -> Result<Vec<u8>, VaultError> {
+    let mut slot = serde_json::to_vec(file).expect("a mark always serialises");
+    if slot.len() >= SLOT_LEN {
+        return Err(VaultError::Corrupt(format!(
+            "a high-water mark of {} bytes does not fit its {SLOT_LEN}-byte slot",
+            slot.len()
+        )));
+    }
+    slot.resize(SLOT_LEN - 1, b' ');
+    slot.push(b'\n');
+    Ok(slot)
+}
+
+fn mark_error(dir: &Path, what: &str, e: std::io::Error) -> VaultError {
+    VaultError::Store(crate::store::StoreError::Backend(format!(
+        "cannot {what} the high-water mark {}: {e}",
+        dir.join(MARK_FILE).display()
+    )))
+}
+
+/// Replaces the mark file by one whose two slots hold `slot`: a new file written and synced,
+/// renamed over the old one, and the folder synced, so that a crash leaves either file
+/// whole. Returns the new file, open for the slots' writes in place.
+fn create_mark_file(dir: &Path, slot: &[u8]) -> Result<std::fs::File, VaultError> {
     use std::io::Write;
     let path: PathBuf = dir.join(MARK_FILE);
     let temporary = dir.join(format!("{MARK_FILE}.new"));
-    let fail = |e: std::io::Error| {
-        VaultError::Store(crate::store::StoreError::Backend(format!(
-            "cannot write the high-water mark {}: {e}",
-            path.display()
-        )))
-    };
+    let fail = |e| mark_error(dir, "write", e);
     let mut out = std::fs::File::create(&temporary).map_err(fail)?;
-    out.write_all(&serde_json::to_vec(file).expect("a mark always serialises"))
-        .map_err(fail)?;
+    out.write_all(slot).map_err(fail)?;
+    out.write_all(slot).map_err(fail)?;
     out.sync_all().map_err(fail)?;
-    std::fs::rename(&temporary, &path).map_err(fail)
+    drop(out);
+    std::fs::rename(&temporary, &path).map_err(fail)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(fail)
+}
+
+/// A vault dropped with a mark written but not synced (a tool's last flush, a stop) syncs
+/// it: the last line of defence; the server syncs explicitly at its stop.
+impl Drop for Vault {
+    fn drop(&mut self) {
+        if let Err(error) = self.sync_high_water_mark() {
+            tracing::error!(%error, "the high-water mark may not be durable");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::store::SledStore;
+    use crate::store::keys::MasterKey;
+
+    #[test]
+    fn the_mark_follows_every_commit_and_is_synced_off_the_request_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(&dir.path().join("db")).unwrap());
+        let mut vault =
+            Vault::open(store, &MasterKey::from_hex(&"11".repeat(32)).unwrap()).unwrap();
+        vault.keep_high_water_mark(dir.path(), false).unwrap();
+        // The first mark is a new file of two slots, synced at once.
+        assert!(!vault.mark_unsynced.load(Ordering::Acquire));
+        let path = dir.path().join(MARK_FILE);
+        assert_eq!(std::fs::read(&path).unwrap().len(), 2 * SLOT_LEN);
+        let first = read_clear(dir.path()).unwrap().unwrap().commits;
+
+        // A commit replaces the mark before the flush returns (any process sees it), and
+        // leaves it to be synced.
+        vault.spend_rid("r-1", 1).unwrap();
+        vault.flush().unwrap();
+        assert_eq!(read_clear(dir.path()).unwrap().unwrap().commits, first + 1);
+        assert!(vault.mark_unsynced.load(Ordering::Acquire));
+        assert!(!dir.path().join(format!("{MARK_FILE}.new")).exists());
+
+        vault.sync_high_water_mark().unwrap();
+        assert!(!vault.mark_unsynced.load(Ordering::Acquire));
+        // Nothing new: nothing to sync.
+        vault.sync_high_water_mark().unwrap();
+        // And the store agrees with the mark.
+        assert_eq!(
+            vault.check_high_water_mark(dir.path()).unwrap().behind,
+            None
+        );
+
+        // A slot torn by a crash mid-write: the other slot's mark (one commit older) is
+        // read, and still holds the store to all but the commit being written.
+        vault.spend_rid("r-2", 1).unwrap();
+        vault.flush().unwrap();
+        let newest = first + 2;
+        let mut bytes = std::fs::read(&path).unwrap();
+        let torn = (newest % 2) as usize * SLOT_LEN;
+        bytes[torn + 40..torn + SLOT_LEN].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_clear(dir.path()).unwrap().unwrap().commits, newest - 1);
+        assert_eq!(
+            vault.check_high_water_mark(dir.path()).unwrap().behind,
+            None
+        );
+        // Both slots spoiled: a mark that cannot be read is an error, not an empty mark.
+        std::fs::write(&path, vec![b'x'; 2 * SLOT_LEN]).unwrap();
+        assert!(read_clear(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_mark_written_before_the_slots_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = MarkFile {
+            clear: Mark {
+                commits: 7,
+                audit_len: 2,
+                audit_head: GENESIS.to_owned(),
+            },
+            sealed: String::new(),
+        };
+        std::fs::write(
+            dir.path().join(MARK_FILE),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(read_clear(dir.path()).unwrap().unwrap().commits, 7);
+    }
 }

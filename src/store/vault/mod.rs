@@ -248,6 +248,10 @@ pub struct Vault {
     mark_dir: Option<std::path::PathBuf>,
     /// Commits made durable (the store's `commit-seq`), while a mark is kept.
     commits: Mutex<u64>,
+    /// A mark was written since the last [`Vault::sync_high_water_mark`].
+    mark_unsynced: std::sync::atomic::AtomicBool,
+    /// The mark file, open for its slots' writes once this process wrote its first mark.
+    mark_file: Mutex<Option<std::fs::File>>,
 }
 
 impl Vault {

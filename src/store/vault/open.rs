@@ -73,6 +73,8 @@ impl Vault {
             group_commit: GroupCommit::default(),
             mark_dir: None,
             commits: Mutex::new(0),
+            mark_unsynced: Default::default(),
+            mark_file: Mutex::new(None),
         };
         if mode == OpenMode::Salvage {
             // Counting records by key reads every header and refuses unknown keys: what a
@@ -321,6 +323,8 @@ impl Vault {
             group_commit: GroupCommit::default(),
             mark_dir: None,
             commits: Mutex::new(0),
+            mark_unsynced: Default::default(),
+            mark_file: Mutex::new(None),
         };
         vault.write_canary(vault.keyring.current())?;
         vault.save_registry()?;
