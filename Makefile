@@ -126,14 +126,19 @@ server-only-tree:
 	! cargo tree -e normal --no-default-features --features $(SERVER_FEATURES) | grep -E '^[^a-z]*(linfa|ndarray|plotters) '
 
 # What the bindings link (clients/ffi's library): the client side alone, none of the
-# server's storage, scoring, HTTP stack or command line. (It verifies SNP and TDX evidence,
-# so sev and dcap-qvl are in: a client that cannot check hardware reports trusts nothing.)
+# server's storage, scoring, HTTP stack or command line. Its `hardware` feature (on in the
+# Python package and the Kotlin build) adds the SEV-SNP and TDX verifiers, sev and dcap-qvl:
+# a client on real hardware must check those reports; without it they are absent too.
+HARDWARE_VERIFIERS = sev|dcap-qvl
 CLIENT_ONLY_ABSENT = sled|actix-web|actix-http|tokio|postgres|tokio-postgres|r2d2|simsimd|clap|tracing-subscriber|linfa|ndarray|plotters|cpu-time
 client-only-tree:
-	@tree="$$(cargo tree --manifest-path clients/ffi/Cargo.toml -e normal --no-default-features --prefix none)"; \
-	found="$$(echo "$$tree" | sed 's/ v.*//' | sort -u | grep -xE '$(CLIENT_ONLY_ABSENT)' || true)"; \
-	if [ -n "$$found" ]; then echo "the client library links: $$found"; exit 1; fi; \
-	echo "client library: $$(echo "$$tree" | sed 's/ v.*//' | sort -u | wc -l) crates, none of the server's"
+	@for features in "" hardware; do \
+	  tree="$$(cargo tree --manifest-path clients/ffi/Cargo.toml -e normal --no-default-features --features "$$features" --prefix none)"; \
+	  absent='$(CLIENT_ONLY_ABSENT)'; [ -z "$$features" ] && absent="$$absent|$(HARDWARE_VERIFIERS)"; \
+	  found="$$(echo "$$tree" | sed 's/ v.*//' | sort -u | grep -xE "$$absent" || true)"; \
+	  if [ -n "$$found" ]; then echo "the client library (features: $${features:-none}) links: $$found"; exit 1; fi; \
+	  echo "client library (features: $${features:-none}): $$(echo "$$tree" | sed 's/ v.*//' | sort -u | wc -l) crates, none of the server's"; \
+	done
 
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, nightly toolchain): FUZZ_SECONDS (60) per
 # target, starting from valid seeds. Crashes land in fuzz/artifacts/<target>/; copy them to

@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 
 KOTLIN_VERSION=2.4.20
 ffi=clients/ffi
-# The library as the Python package builds it (make python-test: dev profile, no bindgen).
-cargo build -q --manifest-path "$ffi/Cargo.toml" --lib --no-default-features
+# The library as the Python package builds it (make python-test: dev profile, no bindgen,
+# the hardware verifiers).
+cargo build -q --manifest-path "$ffi/Cargo.toml" --lib --no-default-features --features hardware
 library=$ffi/target/debug/libtee_risk_ffi.so
 out=target/bindings
 rm -rf "$out"
