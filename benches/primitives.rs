@@ -33,6 +33,21 @@ fn primitives(c: &mut Criterion) {
     c.bench_function("sm2_sign", |b| {
         b.iter(|| identity.sign_der(&[b"payload"]).unwrap())
     });
+    // The one-off path (a key seen once: Z and no table), a registered client's verifier
+    // (its table built at start), and the RustCrypto verifier we used before (constant-time
+    // linear combination), kept as the reference row.
+    let verifier = identity.public().verifier().unwrap();
+    c.bench_function("sm2_verify_table", |b| {
+        b.iter(|| verifier.verify(b"payload", &signature).unwrap())
+    });
+    c.bench_function("sm2_verify_rustcrypto", |b| {
+        use sm2::dsa::signature::Verifier as _;
+        let key =
+            sm2::dsa::VerifyingKey::from_sec1_bytes("1234567812345678", identity.public().sec1())
+                .unwrap();
+        let parsed = sm2::dsa::Signature::from_der(&signature).unwrap();
+        b.iter(|| key.verify(b"payload", &parsed).unwrap())
+    });
     c.bench_function("sm2_verify", |b| {
         b.iter(|| identity.public().verify(b"payload", &signature).unwrap())
     });

@@ -1,13 +1,19 @@
 //! SM2 (GB/T 32918) keys: signatures with SM3 and the default distinguishing identifier,
 //! public-key encryption with ciphertexts in the GM/T 0009 DER form.
 
-use sm2::dsa::signature::{MultipartSigner, Verifier as _};
-use sm2::dsa::{DerSignature, Signature, SigningKey, VerifyingKey};
+use primeorder::{LookupTable, Radix16Decomposition, Radix16Digits};
+use sm2::dsa::signature::MultipartSigner;
+use sm2::dsa::{DerSignature, Signature, SigningKey};
 use sm2::elliptic_curve::Generate;
 use sm2::elliptic_curve::common::getrandom::SysRng;
+use sm2::elliptic_curve::group::Group;
+use sm2::elliptic_curve::ops::MulByGeneratorVartime;
+use sm2::elliptic_curve::ops::Reduce;
+use sm2::elliptic_curve::point::AffineCoordinates;
 use sm2::elliptic_curve::sec1::ToSec1Point;
 use sm2::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey, LineEnding};
 use sm2::pke::{Cipher, DecryptingKey, EncryptingKey};
+use sm2::{FieldBytes, ProjectivePoint, Scalar, Sm2};
 use sm2::{NonZeroScalar, SecretKey};
 use zeroize::Zeroizing;
 
@@ -88,15 +94,13 @@ impl PublicKey {
 
     /// Verifies a DER signature over `message` with the default distinguishing identifier.
     pub fn verify(&self, message: &[u8], der_signature: &[u8]) -> Result<(), CryptoError> {
-        self.verifier()?.verify(message, der_signature)
+        Verifier::new(self, false).verify(message, der_signature)
     }
 
-    /// A verifier that computes this key's Z value (SM3 of the default id and the key) once,
-    /// for keys that verify many signatures.
+    /// A verifier for this key with its Z value and a table of its multiples computed once,
+    /// for keys that verify many signatures (the registered clients').
     pub fn verifier(&self) -> Result<Verifier, CryptoError> {
-        Ok(Verifier(
-            VerifyingKey::new(DEFAULT_DISTID, self.key).map_err(|_| CryptoError::InvalidKey)?,
-        ))
+        Ok(Verifier::new(self, true))
     }
 
     /// Encrypts `message` to this key; the result is the GM/T 0009 DER `SM2Cipher`
@@ -121,15 +125,124 @@ fn secret_from_scalar(scalar: &SecretBytes<32>) -> Result<SecretKey, CryptoError
     SecretKey::from_slice(scalar.expose()).map_err(|_| CryptoError::InvalidKey)
 }
 
-/// Verifies SM2 signatures (default ID) for one public key, its Z value computed once.
-pub struct Verifier(VerifyingKey);
+/// Verifies SM2 signatures (default ID) for one public key, with what depends on the key
+/// alone computed once: its Z value (SM3 of the default id, the curve and the key) and a
+/// table of its multiples. Verification works on public data only (the key, the message,
+/// the signature), so variable-time arithmetic leaks nothing secret.
+pub struct Verifier {
+    z: [u8; 32],
+    key: Multiplier,
+}
+
+/// How a verifier multiplies its key: through a table (keys that verify many signatures),
+/// or directly (a one-off verification, where building the table would cost more).
+enum Multiplier {
+    Table(KeyTable),
+    Direct(ProjectivePoint),
+}
+
+/// Multiples of one point for radix-16 scalar multiplication without doublings: table `i`
+/// holds 1..8 × 256^i · P (signed digits give −8..8), as sm2's own generator table does for
+/// G (`primeorder::BasepointTable`, which is built for the generator only). 33 tables of 8
+/// points: about 25 KiB per key.
+struct KeyTable(Vec<LookupTable<ProjectivePoint>>);
+
+impl KeyTable {
+    fn new(point: ProjectivePoint) -> Self {
+        let mut base = point;
+        let tables = (0..=FIELD_BYTES)
+            .map(|_| {
+                let table = LookupTable::new(base);
+                for _ in 0..8 {
+                    base = base.double();
+                }
+                table
+            })
+            .collect();
+        Self(tables)
+    }
+
+    /// `k` × the point, in variable time (public scalars only).
+    fn mul_vartime(&self, k: &Scalar) -> ProjectivePoint {
+        let digits = Radix16Decomposition::<Radix16Digits<Sm2>>::new(k);
+        let mut acc = self.0[FIELD_BYTES].select_vartime(digits[FIELD_BYTES * 2]);
+        let mut odd = ProjectivePoint::IDENTITY;
+        for i in (0..FIELD_BYTES).rev() {
+            odd += &self.0[i].select_vartime(digits[i * 2 + 1]);
+            acc += &self.0[i].select_vartime(digits[i * 2]);
+        }
+        for _ in 0..4 {
+            odd = odd.double();
+        }
+        acc + odd
+    }
+}
+
+/// Bytes of an SM2 scalar.
+const FIELD_BYTES: usize = 32;
+
+/// SM2's curve parameters a, b, xG, yG (GB/T 32918.5), as they enter Z.
+const CURVE_FOR_Z: [&str; 4] = [
+    "FFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF00000000FFFFFFFFFFFFFFFC",
+    "28E9FA9E9D9F5E344D5A9E4BCF6509A7F39789F515AB8F92DDBCBD414D940E93",
+    "32C4AE2C1F1981195F9904466A39C9948FE30BBFF2660BE1715A4589334C74C7",
+    "BC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0",
+];
 
 impl Verifier {
+    fn new(key: &PublicKey, with_table: bool) -> Self {
+        // Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA), ENTL the ID's length in bits.
+        let mut input = Vec::with_capacity(2 + DEFAULT_DISTID.len() + 6 * 32);
+        input.extend_from_slice(&((DEFAULT_DISTID.len() * 8) as u16).to_be_bytes());
+        input.extend_from_slice(DEFAULT_DISTID.as_bytes());
+        for parameter in CURVE_FOR_Z {
+            input.extend_from_slice(&hex::decode(parameter).expect("curve constants are hex"));
+        }
+        input.extend_from_slice(key.x());
+        input.extend_from_slice(key.y());
+        Self {
+            z: sm3(&input),
+            key: if with_table {
+                Multiplier::Table(KeyTable::new(key.key.to_projective()))
+            } else {
+                Multiplier::Direct(key.key.to_projective())
+            },
+        }
+    }
+
+    /// GB/T 32918.2 §7 (B1–B7) for a DER signature over `message`.
     pub fn verify(&self, message: &[u8], der_signature: &[u8]) -> Result<(), CryptoError> {
         let signature = Signature::from_der(der_signature).map_err(|_| CryptoError::Signature)?;
-        self.0
-            .verify(message, &signature)
-            .map_err(|_| CryptoError::Signature)
+        // B1, B2: r and s in [1, n-1] (`NonZeroScalar`s, checked when parsed).
+        let (r, s) = (*signature.r(), *signature.s());
+        // B3, B4: e = SM3(Z ‖ M).
+        let e = {
+            let mut input = Vec::with_capacity(32 + message.len());
+            input.extend_from_slice(&self.z);
+            input.extend_from_slice(message);
+            <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(sm3(&input)))
+        };
+        // B5: t = r + s mod n, not zero.
+        let t = r + s;
+        if bool::from(t.is_zero()) {
+            return Err(CryptoError::Signature);
+        }
+        // B6: (x1, y1) = [s]G + [t]P, not the point at infinity.
+        let key_times_t = match &self.key {
+            Multiplier::Table(table) => table.mul_vartime(&t),
+            Multiplier::Direct(point) => point.mul_vartime(&t),
+        };
+        let point = ProjectivePoint::mul_by_generator_vartime(&s) + key_times_t;
+        if bool::from(point.is_identity()) {
+            return Err(CryptoError::Signature);
+        }
+        // B7: R = e + x1 mod n must equal r.
+        let x = point.to_affine().x();
+        if e + <Scalar as Reduce<FieldBytes>>::reduce(&x) == r {
+            Ok(())
+        } else {
+            Err(CryptoError::Signature)
+        }
     }
 }
 
@@ -258,6 +371,66 @@ impl DecryptionKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sm2::dsa::VerifyingKey;
+    use sm2::dsa::signature::Verifier as _;
+
+    /// The RustCrypto verifier, as the reference for ours (tables, own Z).
+    fn reference(key: &PublicKey, message: &[u8], der: &[u8]) -> bool {
+        let Ok(signature) = Signature::from_der(der) else {
+            return false;
+        };
+        VerifyingKey::new(DEFAULT_DISTID, key.key)
+            .unwrap()
+            .verify(message, &signature)
+            .is_ok()
+    }
+
+    #[test]
+    fn the_table_verifier_agrees_with_rustcrypto_on_good_and_bad_signatures() {
+        let other = IdentityKey::generate().unwrap();
+        for i in 0..64u32 {
+            let key = IdentityKey::generate().unwrap();
+            let verifier = key.public().verifier().unwrap();
+            let message = format!("message {i}").repeat(i as usize % 7 + 1);
+            let good = key.sign_der(&[message.as_bytes()]).unwrap();
+            let mut flipped = good.clone();
+            let at = 8 + (i as usize % (flipped.len() - 8));
+            flipped[at] ^= 1 << (i % 8);
+            let foreign = other.sign_der(&[message.as_bytes()]).unwrap();
+            let cases: [(&[u8], &[u8]); 4] = [
+                (message.as_bytes(), &good),
+                (b"another message", &good),
+                (message.as_bytes(), &flipped),
+                (message.as_bytes(), &foreign),
+            ];
+            for (n, (m, der)) in cases.into_iter().enumerate() {
+                assert_eq!(
+                    verifier.verify(m, der).is_ok(),
+                    reference(key.public(), m, der),
+                    "key {i}, case {n}"
+                );
+            }
+            assert!(verifier.verify(message.as_bytes(), &good).is_ok());
+            // The one-off path (no table) agrees too.
+            assert!(key.public().verify(message.as_bytes(), &good).is_ok());
+            assert!(key.public().verify(message.as_bytes(), &flipped).is_err());
+        }
+    }
+
+    #[test]
+    fn the_key_table_multiplies_as_the_curve_does() {
+        let key = IdentityKey::generate().unwrap();
+        let point = key.public().key.to_projective();
+        let table = KeyTable::new(point);
+        let minus_one = -Scalar::ONE;
+        let mut scalars = vec![Scalar::ZERO, Scalar::ONE, Scalar::from(256u64), minus_one];
+        for _ in 0..32 {
+            scalars.push(*NonZeroScalar::generate());
+        }
+        for k in scalars {
+            assert_eq!(table.mul_vartime(&k), point * k, "{k:?}");
+        }
+    }
 
     #[test]
     fn kid_is_sm3_prefix_of_sec1() {
