@@ -189,15 +189,25 @@ const CURVE_FOR_Z: [&str; 4] = [
     "BC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0",
 ];
 
+/// ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG (ENTL the ID's length in bits), decoded once: every Z (one
+/// per verification of a key seen once, such as an answer's) starts with it.
+fn z_prefix() -> &'static [u8] {
+    static PREFIX: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let mut prefix = Vec::with_capacity(2 + DEFAULT_DISTID.len() + 4 * 32);
+        prefix.extend_from_slice(&((DEFAULT_DISTID.len() * 8) as u16).to_be_bytes());
+        prefix.extend_from_slice(DEFAULT_DISTID.as_bytes());
+        for parameter in CURVE_FOR_Z {
+            prefix.extend_from_slice(&hex::decode(parameter).expect("curve constants are hex"));
+        }
+        prefix
+    })
+}
+
 impl Verifier {
     fn new(key: &PublicKey, with_table: bool) -> Self {
-        // Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA), ENTL the ID's length in bits.
-        let mut input = Vec::with_capacity(2 + DEFAULT_DISTID.len() + 6 * 32);
-        input.extend_from_slice(&((DEFAULT_DISTID.len() * 8) as u16).to_be_bytes());
-        input.extend_from_slice(DEFAULT_DISTID.as_bytes());
-        for parameter in CURVE_FOR_Z {
-            input.extend_from_slice(&hex::decode(parameter).expect("curve constants are hex"));
-        }
+        // Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA): the same prefix for every key.
+        let mut input = z_prefix().to_vec();
         input.extend_from_slice(key.x());
         input.extend_from_slice(key.y());
         Self {
