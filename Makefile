@@ -1,10 +1,15 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run setup test contract-test python-test server-only-tree client-only-tree bindings pyenv bench-pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
+.PHONY: run toolchain release reproduce setup test contract-test python-test server-only-tree client-only-tree bindings pyenv bench-pyenv lint bench bench-smoke server-only fmt fuzz fuzz-check deny cluster cluster-down
 
 # Run the service on its embedded defaults: sled in ./data, dev master key (loud warning),
 # listening on 127.0.0.1:8080, public keys written to ./keys.
-run:
+run: toolchain
 	cargo run --release -- serve --dev
+
+# The toolchain rust-toolchain.toml pins (scripts/toolchain.sh: linked from `stable` where
+# that is the same version and rustup may not download).
+toolchain:
+	scripts/toolchain.sh
 
 # Every test: unit tests, official vectors, OpenSSL interop, end-to-end server tests; then
 # the library's tests and the fuzz regressions again with the `csv` feature (Hygon CSV
@@ -112,6 +117,18 @@ bench-smoke: bench-pyenv
 	LOAD_SECONDS=1 LOAD_CONCURRENCY=4 LOAD_RATES=100 LOAD_REQUIRE_NO_ERRORS=1 $(SMOKE) --bench load
 	REPLICAS_SECONDS=1 REPLICAS_CONNECTIONS=4 $(SMOKE) --bench replicas
 	IDENTIFY_SIZES=2000 IDENTIFY_QUERIES=20 IDENTIFY_STARTUP_USERS=2000 IDENTIFY_REQUIRE_FAISS=1 $(SMOKE) --bench identify
+
+# The TEE binary as released, reproducibly (target/tee/tee-risk), and its manifest signed
+# with RELEASE_KEY (default: the test key release/test-key.pem): target/tee-release/
+# (docs/ATTESTATION.md, "From measurement to source"). About 4 minutes on 2 cores.
+release: toolchain
+	scripts/release.sh
+
+# Two release builds of HEAD from two fresh clones at different paths, compared byte for
+# byte; then the first one runs and `client attest --manifest` must accept it (CI runs it;
+# it needs the default build `make test` made as the client).
+reproduce: toolchain
+	scripts/reproduce.sh
 
 # The server-only build that a TEE image runs: no client, no lab (linfa, ndarray, plotters).
 # Fails if any of them is in its dependency tree. (ureq is: replicas join peers over HTTP.)

@@ -4,6 +4,8 @@
 # it through `make test`. Installs nothing that is already there, and says what it installs.
 set -euo pipefail
 
+"$(dirname "$0")/toolchain.sh"
+
 missing=()
 need() { # need PACKAGE WHY CHECK...: queue PACKAGE when the check fails
   local package=$1 why=$2

@@ -208,6 +208,8 @@ fn permissive_policy() -> &'static Policy {
             allowed_tee: crate::attest::TeeKind::ALL.to_vec(),
             measurements: vec![],
             allow_any_measurement: true,
+            release: None,
+            releases: vec![],
             allow_debug: true,
             max_age_secs: i64::MAX,
             sim: Some(SimPolicy { platform_key: pem }),

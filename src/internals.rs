@@ -10,7 +10,7 @@ pub mod app;
 pub mod attest;
 #[path = "crypto/mod.rs"]
 pub mod crypto;
-#[cfg(feature = "server")]
+#[cfg(feature = "fuzzing")]
 #[path = "fuzzing.rs"]
 pub mod fuzzing;
 #[cfg(feature = "server")]

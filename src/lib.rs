@@ -42,6 +42,10 @@ use internals::{app, http, service, store};
 use internals::{attest, crypto, obs};
 
 // The rest of the public API: what a client needs to attest a service and hold its keys.
+pub use attest::release::{
+    IncompleteReference, LogEntry, Release, ReleaseCheck, ReleaseError, ReleaseLog,
+    ReleaseManifest, ReleaseMeasurement, SignedManifest,
+};
 pub use attest::{
     AttestError, Check, Evidence, PlatformVerified, Policy, PolicyError, TeeKind, Verified,
 };

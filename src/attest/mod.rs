@@ -16,6 +16,7 @@ pub mod csv;
 #[cfg(feature = "server")]
 pub mod join;
 pub mod policy;
+pub mod release;
 pub mod sim;
 #[cfg(feature = "snp")]
 pub mod snp;

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::TeeKind;
+use super::release::{Release, ReleaseError, ReleaseLog, SignedManifest};
+use crate::crypto::sm2::PublicKey;
 
 /// What a verifier accepts. Unknown keys are errors.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// TEE kinds accepted: `snp`, `csv`, `sim`. Sim evidence proves nothing about hardware;
@@ -22,6 +24,13 @@ pub struct Policy {
     /// Accept any measurement (development only).
     #[serde(default)]
     pub allow_any_measurement: bool,
+    /// Signed release manifests whose measurements are accepted too (`[release]`).
+    #[serde(default)]
+    pub release: Option<ReleasePolicy>,
+    /// The manifests, opened: by [`Policy::load`] from `release`, or by
+    /// [`Policy::require_releases`].
+    #[serde(skip)]
+    pub releases: Vec<Release>,
     /// Accept reports from debug-mode guests.
     #[serde(default)]
     pub allow_debug: bool,
@@ -60,6 +69,20 @@ pub struct SnpPolicy {
     pub vcek_dir: Option<PathBuf>,
 }
 
+/// `[release]`: accept the measurements that signed release manifests list
+/// (docs/ATTESTATION.md, "From measurement to source").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasePolicy {
+    /// The release key's public PEM, relative to the policy file.
+    pub key: PathBuf,
+    /// Signed manifests (`release.json`), relative to the policy file.
+    pub manifests: Vec<PathBuf>,
+    /// The release log (`releases.log`): when named, every manifest must be in it.
+    #[serde(default)]
+    pub log: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimPolicy {
@@ -86,6 +109,22 @@ pub enum PolicyError {
         path: PathBuf,
         /// What the TOML parser said.
         source: toml::de::Error,
+    },
+    /// A release the policy names does not pass its checks.
+    #[error("{path}: {source}")]
+    Release {
+        /// The policy file.
+        path: PathBuf,
+        /// The failed check.
+        source: ReleaseError,
+    },
+    /// The policy contradicts itself.
+    #[error("{path}: {detail}")]
+    Invalid {
+        /// The policy file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
     },
 }
 
@@ -176,6 +215,79 @@ impl Policy {
         {
             *dir = base.join(&*dir);
         }
+        if let Some(release) = policy.release.clone() {
+            if policy.allow_any_measurement {
+                return Err(PolicyError::Invalid {
+                    path: path.to_owned(),
+                    detail: "`allow_any_measurement` and `[release]` contradict each other".into(),
+                });
+            }
+            let failed = |source| PolicyError::Release {
+                path: path.to_owned(),
+                source,
+            };
+            let key = read_release_key(&base.join(&release.key)).map_err(failed)?;
+            let manifests = release
+                .manifests
+                .iter()
+                .map(|m| SignedManifest::load(&base.join(m)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(failed)?;
+            let log = match &release.log {
+                Some(log) => Some(ReleaseLog::load(&base.join(log)).map_err(failed)?),
+                None => None,
+            };
+            policy.releases = open_releases(&key, &manifests, log.as_ref()).map_err(failed)?;
+        }
         Ok(policy)
     }
+
+    /// This policy with its measurements replaced by those of signed release manifests: a
+    /// measurement passes only if a manifest signed by `key` lists it (and, with a `log`,
+    /// only if the log lists the manifest).
+    pub fn require_releases(
+        mut self,
+        key: &PublicKey,
+        manifests: &[SignedManifest],
+        log: Option<&ReleaseLog>,
+    ) -> Result<Self, ReleaseError> {
+        self.releases = open_releases(key, manifests, log)?;
+        self.measurements.clear();
+        self.allow_any_measurement = false;
+        Ok(self)
+    }
+
+    /// The release that lists `measurement` of a `tee`, if any.
+    pub fn release_of(&self, tee: TeeKind, measurement: &str) -> Option<&Release> {
+        self.releases.iter().find(|r| r.lists(tee, measurement))
+    }
+}
+
+/// Reads a release key's public PEM.
+pub fn read_release_key(path: &Path) -> Result<PublicKey, ReleaseError> {
+    let failed = |detail: String| ReleaseError {
+        check: super::release::ReleaseCheck::Key,
+        detail,
+    };
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+    PublicKey::from_pem(&pem)
+        .map_err(|_| failed(format!("{} is not an SM2 public key PEM", path.display())))
+}
+
+fn open_releases(
+    key: &PublicKey,
+    manifests: &[SignedManifest],
+    log: Option<&ReleaseLog>,
+) -> Result<Vec<Release>, ReleaseError> {
+    manifests
+        .iter()
+        .map(|signed| {
+            let release = signed.open(key)?;
+            if let Some(log) = log {
+                log.inclusion(&release)?;
+            }
+            Ok(release)
+        })
+        .collect()
 }

@@ -4,6 +4,7 @@
 //! identity key. What is accepted is the [`Policy`] (`policy.rs`); a failure names the check.
 
 use super::policy::Policy;
+use super::release::Release;
 use super::sim::SimReport;
 #[cfg(feature = "snp")]
 use super::snp;
@@ -28,6 +29,8 @@ pub struct Verified {
     pub issued_at: Option<i64>,
     /// The identity key the report binds: trust it for responses and key certificates.
     pub identity: PublicKey,
+    /// The signed release that lists the measurement, when the policy names releases.
+    pub release: Option<Release>,
 }
 
 /// Evidence that passed every check but the binding ([`Policy::verify_platform`]).
@@ -41,6 +44,8 @@ pub struct PlatformVerified {
     pub identity: PublicKey,
     /// What the report carries in report_data (REPORTDATA for TDX).
     pub report_data: [u8; 64],
+    /// The signed release that lists the measurement, when the policy names releases.
+    pub release: Option<Release>,
 }
 
 /// What the platform-specific step hands to the common checks.
@@ -111,6 +116,7 @@ impl Policy {
             debug: platform.debug,
             issued_at: platform.issued_at,
             identity: platform.identity,
+            release: platform.release,
         })
     }
 
@@ -144,10 +150,18 @@ impl Policy {
             TeeKind::Csv => return Err(not_in_this_build("csv")),
         };
         let measurement = hex::encode(platform.measurement);
-        if !self.allow_any_measurement && !self.measurements.contains(&measurement) {
+        let release = self.release_of(kind, &measurement).cloned();
+        if release.is_none()
+            && !self.allow_any_measurement
+            && !self.measurements.contains(&measurement)
+        {
+            let releases = match self.releases.len() {
+                0 => String::new(),
+                n => format!(" nor in the {n} signed release manifest(s) it names"),
+            };
             return Err(err(
                 Check::Measurement,
-                format!("measurement {measurement} is not in the policy"),
+                format!("measurement {measurement} of `{kind}` is not in the policy{releases}"),
             ));
         }
         if platform.debug && !self.allow_debug {
@@ -174,6 +188,7 @@ impl Policy {
             issued_at: platform.issued_at,
             identity,
             report_data: platform.report_data,
+            release,
         })
     }
 
@@ -367,6 +382,8 @@ mod tests {
             allowed_tee: vec![TeeKind::Sim],
             measurements: vec![hex::encode([7u8; 32])],
             allow_any_measurement: false,
+            release: None,
+            releases: vec![],
             allow_debug: false,
             max_age_secs: 300,
             sim: Some(SimPolicy { platform_key: pem }),
@@ -503,6 +520,8 @@ mod tests {
             allowed_tee: vec![tee.parse().unwrap()],
             measurements: vec![],
             allow_any_measurement: true,
+            release: None,
+            releases: vec![],
             allow_debug: false,
             max_age_secs: 300,
             sim: None,

@@ -26,6 +26,11 @@ pub enum Command {
     #[cfg(feature = "client")]
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Release engineering (`make release`, docs/ATTESTATION.md "From measurement to
+    /// source"): sign a release manifest, append it to the release log.
+    #[cfg(feature = "client")]
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// Operator commands on the database of a stopped service (keys from DB_MASTER_KEY and
     /// DB_MASTER_KEY_PREVIOUS). Exit codes: 0 done, 1 could not run, 3 a check failed,
     /// 4 refused (a precondition does not hold yet).
@@ -212,6 +217,10 @@ pub enum ClientCommand {
     /// Verify the service's attestation evidence (fresh nonce) under a policy file, then its
     /// certified encryption key; print what was verified.
     Attest(AttestArgs),
+    /// Check a signed release manifest (`release.json`) with the release key, and its place
+    /// in the release log; print the release. Exit 0 passed, 3 refused (the failed check is
+    /// named).
+    VerifyRelease(VerifyReleaseArgs),
     /// Check an evidence document offline (a report and its collateral) under a policy:
     /// every check but the binding of a nonce of ours, which a document made for someone
     /// else cannot pass. For operators: does this platform and build pass our policy?
@@ -296,6 +305,102 @@ pub struct AttestArgs {
     /// Attestation policy (TOML), e.g. config/attestation-policy.toml.
     #[arg(long, default_value = "config/attestation-policy.toml")]
     pub policy: PathBuf,
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+}
+
+/// Which releases to accept: with `--manifest`, a measurement passes only if a manifest
+/// signed by the release key lists it (the policy's own measurements are set aside).
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct ReleaseArgs {
+    /// A signed release manifest (`release.json` from `make release`); repeatable.
+    #[arg(long = "manifest", requires = "release_key")]
+    pub manifests: Vec<PathBuf>,
+    /// The release key's public PEM (keys/release-test.pub.pem for test releases).
+    #[arg(long, requires = "manifests")]
+    pub release_key: Option<PathBuf>,
+    /// The release log (`releases.log`): each manifest must be in it.
+    #[arg(long, requires = "manifests")]
+    pub log: Option<PathBuf>,
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct VerifyReleaseArgs {
+    /// The signed manifest.
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// The release key's public PEM.
+    #[arg(long)]
+    pub release_key: PathBuf,
+    /// The release log (`releases.log`) that must list the manifest.
+    #[arg(long)]
+    pub log: PathBuf,
+    /// A head of the log seen before (hex): the log must extend it (nothing seen was
+    /// removed or rewritten).
+    #[arg(long)]
+    pub head: Option<String>,
+}
+
+#[cfg(feature = "client")]
+#[derive(Subcommand)]
+pub enum ReleaseCommand {
+    /// Write a signed release manifest for a built binary (`make release` runs it).
+    Manifest(ManifestArgs),
+    /// Append a signed manifest to the release log (checked first; the log is created if
+    /// missing). Prints the new head.
+    Append {
+        /// The signed manifest.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The release key's public PEM.
+        #[arg(long)]
+        release_key: PathBuf,
+        /// The release log.
+        #[arg(long, default_value = "releases.log")]
+        log: PathBuf,
+    },
+}
+
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct ManifestArgs {
+    /// The binary released.
+    #[arg(long)]
+    pub binary: PathBuf,
+    /// The `Cargo.lock` it was built with.
+    #[arg(long, default_value = "Cargo.lock")]
+    pub cargo_lock: PathBuf,
+    /// The commit built (40 hex digits).
+    #[arg(long)]
+    pub commit: String,
+    /// The build's SOURCE_DATE_EPOCH.
+    #[arg(long)]
+    pub source_date_epoch: i64,
+    /// A file holding `rustc -vV` of the toolchain that built it.
+    #[arg(long)]
+    pub toolchain: PathBuf,
+    /// The build, as run (profile, features, flags).
+    #[arg(long)]
+    pub build: String,
+    /// The crate version released (default: this command's).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Measurements of hardware TEEs computed offline: a JSON array of
+    /// `{"tee", "measurement", "how"}`; repeatable.
+    #[arg(long)]
+    pub measurements: Vec<PathBuf>,
+    /// Reference values that could not be completed: a JSON array of
+    /// `{"tee", "partial", "inputs", "missing"}`; repeatable.
+    #[arg(long)]
+    pub incomplete: Vec<PathBuf>,
+    /// The release key (SM2 private key: 64 hex digits or PKCS#8 PEM).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Where to write the signed manifest.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[cfg(feature = "client")]

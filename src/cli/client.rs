@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::attest::Policy;
 use crate::client::{
-    Client, FeatureRequest, IdentifyMode, IdentifyRequest, RawResponse, ServerKeys,
+    Client, ClientError, FeatureRequest, IdentifyMode, IdentifyRequest, RawResponse, ServerKeys,
     read_features_file, verify_answer_to,
 };
 use crate::crypto::keyfile::load_sm2_key;
@@ -33,6 +33,7 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
     match command {
         ClientCommand::Attest(args) => attest(args),
         ClientCommand::VerifyEvidence(args) => verify_evidence(args),
+        ClientCommand::VerifyRelease(args) => super::release::verify(args),
         ClientCommand::Keys(args) => keys(args),
         ClientCommand::Enroll(args) => {
             let (client, request) = feature_request(&args)?;
@@ -57,10 +58,14 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
     }
 }
 
-/// `client attest`: the evidence under the policy, then the keys it certifies.
+/// `client attest`: the evidence under the policy (or the signed releases), then the keys
+/// it certifies. A refused check exits 3.
 fn attest(args: AttestArgs) -> anyhow::Result<()> {
-    let policy = Policy::load(&args.policy)?;
-    let (client, verified) = Client::attest(&args.url, &policy)?;
+    let policy = super::release::policy(&args.policy, &args.release)?;
+    let (client, verified) = Client::attest(&args.url, &policy).map_err(|e| match e {
+        ClientError::Untrusted { .. } => CliError::CheckFailed(e.to_string()).into(),
+        e => anyhow::Error::from(e),
+    })?;
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
@@ -69,6 +74,7 @@ fn attest(args: AttestArgs) -> anyhow::Result<()> {
             "debug": verified.debug,
             "issued_at": verified.issued_at,
             "identity_kid": verified.identity.kid(),
+            "release": super::release::summary(verified.release.as_ref()),
             "encryption_kid": client.keys().encryption.kid(),
             "encryption_valid_until": client.keys().encryption_not_after,
         }))?

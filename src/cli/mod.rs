@@ -13,6 +13,8 @@ mod db;
 mod error;
 #[cfg(all(feature = "lab", feature = "server"))]
 mod lab;
+#[cfg(feature = "client")]
+mod release;
 
 use std::process::ExitCode;
 
@@ -49,6 +51,8 @@ pub fn main() -> ExitCode {
                 .downcast::<CliError>()
                 .unwrap_or_else(CliError::Failed)
         }),
+        #[cfg(feature = "client")]
+        Command::Release(command) => release::run(command),
         #[cfg(feature = "server")]
         Command::Db(command) => db::run(command),
         #[cfg(all(feature = "lab", feature = "server"))]

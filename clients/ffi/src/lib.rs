@@ -11,7 +11,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tee_risk::Policy;
 use tee_risk::client::{
     self, Client, ClientError, FeatureRequest, IdentifyMode, IdentifyRequest, RawResponse,
     ServerKeys,
@@ -20,6 +19,7 @@ use tee_risk::protocol::client_auth::{ClientCredential, valid_client_id};
 use tee_risk::protocol::reply::{
     AssessReply, Code, EnrollReply, EraseReply, Extra, IdentifyReply, WireCode,
 };
+use tee_risk::{Policy, PublicKey, ReleaseError, ReleaseLog, SignedManifest};
 use tee_risk::{load_sm2_key, parse_sm2_key};
 
 uniffi::setup_scaffolding!("tee_risk_client");
@@ -114,6 +114,44 @@ impl AttestationPolicy {
             Policy::load(Path::new(&path)).map_err(invalid)?,
         )))
     }
+
+    /// This policy with its measurements replaced by those of signed release manifests
+    /// (docs/ATTESTATION.md, "From measurement to source"): a measurement passes only if a
+    /// manifest (the text of a `release.json`) signed by the release key (`release_key_pem`)
+    /// lists it, and, with `release_log` (the text of `releases.log`), only if the log lists
+    /// the manifest. A manifest that fails is refused as `Untrusted` with its check
+    /// (`release_key`, `release_signature`, `release_copy`, `release_format`, `release_log`).
+    pub fn require_releases(
+        &self,
+        manifests: Vec<String>,
+        release_key_pem: String,
+        release_log: Option<String>,
+    ) -> Result<Arc<Self>, TeeRiskError> {
+        let key = PublicKey::from_pem(&release_key_pem)
+            .map_err(|_| invalid("the release key is not an SM2 public key PEM"))?;
+        let manifests = manifests
+            .iter()
+            .map(|text| SignedManifest::parse(text.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(untrusted_release)?;
+        let log = release_log
+            .map(|text| ReleaseLog::parse(&text))
+            .transpose()
+            .map_err(untrusted_release)?;
+        let policy = self
+            .0
+            .clone()
+            .require_releases(&key, &manifests, log.as_ref())
+            .map_err(untrusted_release)?;
+        Ok(Arc::new(Self(policy)))
+    }
+}
+
+fn untrusted_release(error: ReleaseError) -> TeeRiskError {
+    TeeRiskError::Untrusted {
+        check: error.check.as_str().to_owned(),
+        detail: error.detail,
+    }
 }
 
 /// A registered client's id and SM2 private key; signs every request (docs/PROTOCOL.md,
@@ -170,6 +208,10 @@ pub struct Attestation {
     pub issued_at: Option<i64>,
     /// The identity key the report binds, which signs answers and certifies encryption keys.
     pub identity_kid: String,
+    /// The signed release that lists the measurement (a policy with releases): its commit.
+    pub release_commit: Option<String>,
+    /// … and its version.
+    pub release_version: Option<String>,
 }
 
 /// `enroll`'s verified answer (docs/PROTOCOL.md §3).
@@ -474,6 +516,11 @@ impl TeeRiskClient {
             debug: verified.debug,
             issued_at: verified.issued_at,
             identity_kid: verified.identity.kid(),
+            release_commit: verified.release.as_ref().map(|r| r.manifest.commit.clone()),
+            release_version: verified
+                .release
+                .as_ref()
+                .map(|r| r.manifest.version.clone()),
         };
         Ok(Self::wrap(inner, credential, Some(attestation)))
     }
