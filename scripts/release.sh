@@ -8,13 +8,15 @@
 #
 # RELEASE_KEY: the SM2 release key (default release/test-key.pem, the committed test key:
 # such a release proves nothing to anyone; the real key's custody is in release/README.md).
+# RELEASE_BINARY, RELEASE_OUT: the binary `manifest` signs for (default target/tee/tee-risk)
+# and where it writes (default target/tee-release/).
 # RELEASE_ALLOW_DIRTY=1 builds a tree with uncommitted changes (the manifest then names a
 # commit whose source it was not built from: for trying the build only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-out=target/tee-release
-binary=target/tee/tee-risk
+out=${RELEASE_OUT:-target/tee-release}
+binary=${RELEASE_BINARY:-target/tee/tee-risk}
 
 # What reproducibility rests on, each for a reason the comparison showed or the toolchain
 # documents:
@@ -49,13 +51,14 @@ build() {
     cargo build --locked --profile tee --no-default-features --features "$FEATURES" --bin tee-risk \
       --target-dir target
   )
-  echo "built $binary: sha256 $(sha256sum "$binary" | cut -d' ' -f1)"
+  echo "built target/tee/tee-risk: sha256 $(sha256sum target/tee/tee-risk | cut -d' ' -f1)"
 }
 
 manifest() {
   local key=${RELEASE_KEY:-release/test-key.pem}
   mkdir -p "$out"
-  rustc -vV > "$out/toolchain.txt"
+  # The compiler, and the C compiler and linker it drove (Debian's), in the manifest.
+  { rustc -vV; cc --version | head -1; ld --version | head -1; } > "$out/toolchain.txt"
   local extra=()
   if scripts/snp-reference.sh "$binary" "$out/snp.json"; then
     extra+=(--incomplete "$out/snp.json")

@@ -44,12 +44,14 @@ rm -rf "$work/cargo-home-two" "$b/target"
 # 2. The release that runs is the one its manifest names.
 cargo build --quiet --locked --bin tee-risk
 client=$root/target/debug/tee-risk
-(cd "$a" && CARGO_TARGET_DIR=$root/target scripts/release.sh manifest)
-release=$a/target/tee-release/release.json
+# Signed here (the same commit as the clones), for the first clone's binary.
+RELEASE_BINARY=$a/target/tee/tee-risk RELEASE_OUT=$work/release scripts/release.sh manifest
+release=$work/release/release.json
+rm -rf "$a/target" # the binary was copied beside its manifest
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 run=$work/run
 mkdir -p "$run"
-"$a/target/tee-release/tee-risk" serve --dev --listen "127.0.0.1:$port" \
+"$work/release/tee-risk" serve --dev --listen "127.0.0.1:$port" \
   --data-dir "$run/data" --keys-dir "$run/keys" --operator-listen 127.0.0.1:0 \
   > "$run/serve.log" 2>&1 &
 server=$!

@@ -2,10 +2,11 @@
 tampered answers, the production policy, and artefacts exchanged with the Rust CLI."""
 
 import json
+import subprocess
 
 import pytest
 
-from conftest import sample
+from conftest import BIN, ROOT, clean_env, sample
 from tee_risk_client import (
     AttestationPolicy,
     Credential,
@@ -203,3 +204,58 @@ def test_the_face_model_is_named_per_request(client):
     assert (refused.value.status, refused.value.code) == (422, "invalid_field")
     assert "mobilefacenet192 (192-d)" in refused.value.detail
     client.erase("py-mfn", False)
+
+
+def release_manifest(tmp_path, binary, name):
+    """`tee-risk release manifest` for `binary`, signed with the committed test release key."""
+    toolchain = tmp_path / "toolchain.txt"
+    toolchain.write_text("rustc (test)\n")
+    out = tmp_path / name
+    done = subprocess.run(
+        [BIN, "release", "manifest", "--binary", str(binary), "--cargo-lock", str(ROOT / "Cargo.lock"),
+         "--commit", "89abcdef" * 5, "--source-date-epoch", "1765000000",
+         "--toolchain", str(toolchain), "--build", "the Python test's",
+         "--key", str(ROOT / "release" / "test-key.pem"), "--out", str(out)],
+        capture_output=True, text=True, env=clean_env(), timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return out.read_text()
+
+
+def test_a_policy_that_requires_releases(server, tmp_path):
+    """Accepts the running binary only when a manifest signed by the release key lists it, and
+    names the commit; another build's manifest, a tampered one and a manifest missing from the
+    release log are refused with their checks."""
+    release_key = (ROOT / "release" / "test-key.pub.pem").read_text()
+    dev = AttestationPolicy.load(server.dev_policy)
+    ours = release_manifest(tmp_path, BIN, "ours.json")
+    attested = TeeRiskClient.attest(server.url, dev.require_releases([ours], release_key, None), None)
+    assert attested.attestation().release_commit == "89abcdef" * 5
+    assert attested.attestation().measurement == json.loads(ours)["manifest"]["binary_sm3"]
+
+    other = release_manifest(tmp_path, ROOT / "Cargo.toml", "other.json")
+    with pytest.raises(TeeRiskError.Untrusted) as refused:
+        TeeRiskClient.attest(server.url, dev.require_releases([other], release_key, None), None)
+    assert refused.value.check == "measurement", refused.value
+
+    tampered = json.loads(ours)
+    tampered["manifest"]["commit"] = "0" * 40
+    with pytest.raises(TeeRiskError.Untrusted) as refused:
+        dev.require_releases([json.dumps(tampered)], release_key, None)
+    assert refused.value.check == "release_copy", refused.value
+
+    stranger = Credential("stranger", "11" * 32).public_key_pem()
+    with pytest.raises(TeeRiskError.Untrusted) as refused:
+        dev.require_releases([ours], stranger, None)
+    assert refused.value.check == "release_key", refused.value
+
+    log = tmp_path / "releases.log"
+    done = subprocess.run(
+        [BIN, "release", "append", "--manifest", str(tmp_path / "other.json"),
+         "--release-key", str(ROOT / "release" / "test-key.pub.pem"), "--log", str(log)],
+        capture_output=True, text=True, env=clean_env(), timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(TeeRiskError.Untrusted) as refused:
+        dev.require_releases([ours], release_key, log.read_text())
+    assert refused.value.check == "release_log", refused.value
