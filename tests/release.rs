@@ -279,3 +279,34 @@ fn openssl_verifies(d: &Path, release: &Path) {
     );
     assert!(String::from_utf8_lossy(&out).contains("Signature Verified Successfully"));
 }
+
+/// The repository's own release log: its chain holds, and every manifest in
+/// `release/manifests/` is signed by the test key and listed in it.
+#[test]
+fn the_committed_release_log_lists_every_committed_manifest() {
+    let key = tee_risk::PublicKey::from_pem(
+        &std::fs::read_to_string(repo("release/test-key.pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let log = tee_risk::ReleaseLog::load(&repo("release/releases.log")).unwrap();
+    let mut listed = 0;
+    for entry in std::fs::read_dir(repo("release/manifests")).unwrap() {
+        let path = entry.unwrap().path();
+        let release = tee_risk::SignedManifest::load(&path)
+            .and_then(|signed| signed.open(&key))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(
+            name,
+            format!(
+                "{}-{}.json",
+                release.manifest.version,
+                &release.manifest.commit[..12]
+            )
+        );
+        log.inclusion(&release).unwrap();
+        listed += 1;
+    }
+    assert_eq!(listed, log.entries.len(), "a logged manifest is missing");
+    assert!(listed > 0);
+}
