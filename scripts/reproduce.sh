@@ -2,9 +2,9 @@
 # `make reproduce` (CI runs it): is the release build reproducible, and is the release that
 # runs the one its manifest names?
 #  1. Two fresh clones of HEAD at different paths, each built by `scripts/release.sh build`
-#     with its own CARGO_HOME (so the registry's sources sit at different paths too), its
-#     own umask and its own time of day; the binaries must be byte-identical (diffoscope, when
-#     installed, shows where they are not).
+#     with its own CARGO_HOME (so the registry's sources sit at different paths too), umask
+#     and time zone, the second (when run as root) by another user with its own copy of the
+#     toolchain; the binaries must be byte-identical (diffoscope shows where they are not).
 #  2. The first clone's release signed with the test key; the binary started in sim mode
 #     (`serve --dev`) must report the manifest's sim measurement, and `tee-risk client attest
 #     --manifest` must accept it and name the commit.
@@ -15,31 +15,47 @@ cd "$(dirname "$0")/.."
 root=$PWD
 work=$root/target/reproduce
 rm -rf "$work"
-mkdir -p "$work/one" "$work/two/deeper/path"
+mkdir -p "$work/one"
 a=$work/one/tee-risk
-b=$work/two/deeper/path/src
 git clone -q "$root" "$a"
-git clone -q "$root" "$b"
 commit=$(git -C "$a" rev-parse HEAD)
+# The second build: another folder (under /tmp, deeper), and, when this runs as root, another
+# user with its own copy of the pinned toolchain (root's rustup is not readable by others).
+two=$(mktemp -d /tmp/tee-risk-reproduce.XXXXXX)
+chmod 755 "$two"
+b=$two/deeper/path/src
+mkdir -p "$two/deeper/path"
+git clone -q "$root" "$b"
+trap 'rm -rf "$two"' EXIT
 echo "== reproduce: commit $commit, built in $a and in $b"
 
 start=$SECONDS
 (cd "$a" && umask 022 && scripts/release.sh build)
 echo "== reproduce: first build $((SECONDS - start)) s"
 start=$SECONDS
-(cd "$b" && umask 077 && CARGO_HOME=$work/cargo-home-two TZ=Asia/Shanghai scripts/release.sh build)
+builder=tee-risk-builder
+if [[ $(id -u) == 0 ]] && command -v useradd > /dev/null; then
+  id -u "$builder" > /dev/null 2>&1 || useradd --system --no-create-home --shell /bin/bash "$builder"
+  cp -a "$(readlink -f "$(rustc --print sysroot)")" "$two/toolchain"
+  chown -R "$builder" "$two"
+  echo "== reproduce: second build as user $builder, toolchain copied to $two/toolchain"
+  runuser -u "$builder" -- env -i PATH="$two/toolchain/bin:/usr/local/bin:/usr/bin:/bin" \
+    HOME="$two" CARGO_HOME="$two/cargo-home" TZ=Asia/Shanghai LANG=C.UTF-8 \
+    bash -c "cd '$b' && umask 077 && scripts/release.sh build"
+else
+  (cd "$b" && umask 077 && CARGO_HOME=$two/cargo-home TZ=Asia/Shanghai scripts/release.sh build)
+fi
 echo "== reproduce: second build $((SECONDS - start)) s"
 
 if cmp "$a/target/tee/tee-risk" "$b/target/tee/tee-risk"; then
   echo "== reproduce: identical, sha256 $(sha256sum "$a/target/tee/tee-risk" | cut -d' ' -f1)"
 else
-  echo "== reproduce: the two builds differ" >&2
-  if command -v diffoscope >/dev/null; then
-    diffoscope --max-report-size 200000 "$a/target/tee/tee-risk" "$b/target/tee/tee-risk" | head -200 >&2 || true
-  fi
+  echo "== reproduce: the two builds differ; diffoscope says where" >&2
+  command -v diffoscope > /dev/null || apt-get install -y -q diffoscope-minimal > /dev/null 2>&1 || true
+  diffoscope --max-report-size 200000 "$a/target/tee/tee-risk" "$b/target/tee/tee-risk" | head -200 >&2 || true
   exit 1
 fi
-rm -rf "$work/cargo-home-two" "$b/target"
+rm -rf "$two"
 
 # 2. The release that runs is the one its manifest names.
 cargo build --quiet --locked --bin tee-risk
@@ -55,7 +71,7 @@ mkdir -p "$run"
   --data-dir "$run/data" --keys-dir "$run/keys" --operator-listen 127.0.0.1:0 \
   > "$run/serve.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
+trap 'kill $server 2>/dev/null || true; rm -rf "$two"' EXIT
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$port/healthz" > /dev/null && break
   sleep 0.1
