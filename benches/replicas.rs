@@ -268,6 +268,12 @@ fn main() {
         "enrolment on one replica → the other's conflict search: {propagation:.0} ms (median of {samples})"
     );
     assert!(one.stop().success() && two.stop().success());
+    // What TLS to the database costs (every phase above connects with sslmode=verify-full):
+    // the same database without it.
+    let plain_url = url.split('?').next().unwrap().to_owned() + "?sslmode=disable";
+    let plain = start(dir.path(), "pg-plain", &pg_config, Some(&plain_url));
+    phase("postgres, 1 replica, no TLS", &[&plain]);
+    assert!(plain.stop().success());
 
     // db copy: the sled database of the first phase (users, logs, history) into a new one.
     let target = cluster.create_database();
@@ -296,14 +302,17 @@ fn main() {
 
     let rps = |i: usize| rows[i]["req_per_s"].as_f64().unwrap_or(0.0);
     let ratio = rps(1) / rps(0);
+    let tls = rps(1) / rps(3);
     println!(
-        "postgres (1 replica) ÷ sled: {ratio:.2} (target ≥ 0.80); 2 replicas ÷ 1: {:.2}",
+        "postgres (1 replica) ÷ sled: {ratio:.2} (target ≥ 0.80); 2 replicas ÷ 1: {:.2}; \
+         verify-full TLS ÷ no TLS: {tls:.2}",
         rps(2) / rps(1)
     );
     let errors: u64 = rows.iter().map(|r| r["errors"].as_u64().unwrap_or(0)).sum();
     let report = json!({
         "phases": rows,
         "postgres_over_sled": ratio,
+        "tls_over_plain": tls,
         "propagation_ms": propagation,
         "db_copy": copy,
     });

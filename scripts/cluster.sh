@@ -65,10 +65,25 @@ start_pg() {
   is_root && chown postgres "$pgdir"
   as_pg "$bin/initdb" -D "$pgdir/data" -A trust -U postgres >"$DIR/pg-initdb.log" 2>&1 \
     || die "initdb failed: $DIR/pg-initdb.log"
+  # TLS as in production: a throw-away CA, a server certificate for `localhost`, and the
+  # replicas connect with sslmode=verify-full (docs/OPERATIONS.md, "TLS to PostgreSQL").
+  local tls=$pgdir/tls ec="-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+  mkdir -p "$tls"
+  # shellcheck disable=SC2086 # $ec is several arguments
+  (cd "$tls" &&
+    openssl req -x509 $ec -keyout ca.key -out ca.pem -days 30 -subj /CN=tee-risk-cluster-CA &&
+    openssl req $ec -keyout server.key -out server.csr -subj /CN=localhost &&
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext &&
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
+      -extfile server.ext -out server.pem) >"$DIR/pg-tls.log" 2>&1 || die "test CA: $DIR/pg-tls.log"
+  chmod 600 "$tls/server.key"
+  is_root && chown -R postgres "$tls"
   as_pg "$bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w -t 60 \
-    -o "-p $PG_PORT -k $pgdir -c listen_addresses=127.0.0.1 -c max_connections=200" start \
+    -o "-p $PG_PORT -k $pgdir -c listen_addresses=127.0.0.1 -c max_connections=200 -c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key" start \
     >/dev/null || die "PostgreSQL did not start: $pgdir/log"
   as_pg "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres tee_risk
+  echo "postgres://postgres@localhost:$PG_PORT/tee_risk?sslmode=verify-full&sslrootcert=$tls/ca.pem" \
+    >"$DIR/database-url"
 }
 
 stop_pg() {
@@ -120,7 +135,7 @@ start_replica() { # n
   alive "$DIR/r$n/pid" && die "replica $n is already running"
   : >"$DIR/r$n/log"
   DB_MASTER_KEY=$(cat "$DIR/master-key") \
-    TEE_RISK_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/tee_risk" \
+    TEE_RISK_DATABASE_URL="$(cat "$DIR/database-url")" \
     RUST_LOG=${RUST_LOG:-info} \
     setsid "$BIN" serve --config "$DIR/r$n/config.toml" >>"$DIR/r$n/log" 2>&1 </dev/null &
   echo $! >"$DIR/r$n/pid"

@@ -529,10 +529,9 @@ fn refusals(cluster: &LocalCluster) {
         )
         .env(
             "TEE_RISK_DATABASE_URL",
-            format!(
-                "postgres://postgres@127.0.0.1:{}/tee_risk",
-                cluster.port + 20
-            ),
+            std::fs::read_to_string(cluster.dir.join("database-url"))
+                .unwrap()
+                .trim(),
         )
         .output()
         .unwrap();

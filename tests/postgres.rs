@@ -54,6 +54,7 @@ fn open_database(url: &str) -> std::sync::Arc<dyn tee_risk::internals::store::St
                 url: zeroize::Zeroizing::new(url.to_owned()),
                 pool_size: 2,
                 timeout: Duration::from_secs(10),
+                ca_file: None,
             },
         )
         .unwrap(),
@@ -616,4 +617,89 @@ fn sigkill_of_one_replica_under_load_loses_nothing_acknowledged() {
         enrolled.len(),
         assessed.len()
     );
+}
+
+/// TLS to PostgreSQL (the cluster has `ssl = on` and a certificate for `localhost` from a test
+/// CA; every other test here connects with `sslmode=verify-full`): the CA file from the
+/// configuration authenticates the server; a server name the certificate does not carry, a
+/// CA that did not sign it, and a verify mode without a CA file are refused with a clear
+/// error; `require` and `disable` connect, and the service warns at start about what they
+/// leave open.
+#[test]
+fn verify_full_authenticates_the_server_and_refuses_another_name() {
+    use tee_risk::internals::store::{PostgresOptions, PostgresStore, StoreError};
+    let cluster = pg::shared();
+    let url = cluster.create_database();
+    let ca = cluster.tls.join("ca.pem");
+    let open = |url: &str, ca_file: Option<&Path>| {
+        PostgresStore::open(&PostgresOptions {
+            url: zeroize::Zeroizing::new(url.to_owned()),
+            pool_size: 1,
+            timeout: Duration::from_secs(5),
+            ca_file: ca_file.map(Path::to_owned),
+        })
+    };
+    let without_rootcert = url.split("&sslrootcert=").next().unwrap().to_owned();
+    assert!(without_rootcert.ends_with("sslmode=verify-full"));
+    // The CA file from the configuration instead of the URL.
+    open(&without_rootcert, Some(&ca)).expect("verify-full with the CA file");
+
+    let refused = |result: Result<PostgresStore, StoreError>| match result {
+        Ok(_) => panic!("connected"),
+        Err(e) => e.to_string(),
+    };
+    // The server's certificate names `localhost`, not 127.0.0.1.
+    let by_address = without_rootcert.replace("@localhost:", "@127.0.0.1:");
+    let error = refused(open(&by_address, Some(&ca)));
+    assert!(
+        error.contains("NotValidForName") || error.contains("not valid for name"),
+        "{error}"
+    );
+    // Another CA: the chain does not verify.
+    let dir = tempfile::tempdir().unwrap();
+    support::openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ],
+        dir.path(),
+    );
+    let error = refused(open(&without_rootcert, Some(&dir.path().join("other.pem"))));
+    assert!(
+        error.contains("UnknownIssuer") || error.contains("unknown issuer"),
+        "{error}"
+    );
+    // verify-full without any CA file is a configuration error, before any connection.
+    let error = refused(open(&without_rootcert, None));
+    assert!(error.contains("need a CA file"), "{error}");
+
+    // require (encrypted, the server not authenticated) and disable connect; the service
+    // says at start what they leave open.
+    for (mode, warning) in [
+        ("require", "the server is not authenticated"),
+        ("disable", "is not encrypted"),
+    ] {
+        let weak = without_rootcert.replace("verify-full", mode);
+        open(&weak, None).unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let data = tempfile::tempdir().unwrap();
+        let config = postgres_config(data.path(), "");
+        let server = replica(data.path(), mode, &weak, &config);
+        let log_path = server.stderr_log.clone();
+        server.stop_cleanly();
+        let log = std::fs::read_to_string(log_path).unwrap();
+        assert!(log.contains(warning), "{mode}: {log}");
+    }
 }

@@ -85,6 +85,7 @@ pub fn open_store(
                 url: url.clone(),
                 pool_size: storage.pool_size,
                 timeout: std::time::Duration::from_secs(storage.timeout_secs),
+                ca_file: storage.postgres_ca(),
             })
             .map_err(|source| AppError::StoreOpen { source })?;
             Ok(Arc::new(store))

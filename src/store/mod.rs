@@ -9,6 +9,8 @@ pub mod keys;
 mod memory;
 mod packed;
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod record;
 mod recovering;
@@ -216,6 +218,7 @@ pub(crate) mod testing {
                         url: zeroize::Zeroizing::new(url.clone()),
                         pool_size: 4,
                         timeout: std::time::Duration::from_secs(10),
+                        ca_file: None,
                     })
                     .unwrap(),
                 ),

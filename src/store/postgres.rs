@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
+use postgres::Statement;
 use postgres::types::ToSql;
-use postgres::{NoTls, Statement};
 use r2d2::PooledConnection;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
 use super::{KeyValue, Store, StoreError, Table, Visitor};
@@ -41,6 +42,7 @@ type Connection = PooledConnection<Manager>;
 /// Opens connections for the pool and checks them.
 struct Manager {
     config: postgres::Config,
+    tls: MakeRustlsConnect,
 }
 
 /// A connection and the statements prepared on it.
@@ -61,19 +63,47 @@ impl Cached {
     }
 }
 
+/// A connection's failure with its causes: `postgres::Error` shows only its kind ("error
+/// performing TLS handshake"), and the cause is what an operator needs ("invalid peer
+/// certificate: NotValidForName"). Connection errors carry no data, only the server's
+/// address, certificate and authentication outcome.
+#[derive(Debug)]
+struct ConnectError(postgres::Error);
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = std::error::Error::source(&self.0);
+        while let Some(error) = cause {
+            write!(f, ": {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
 impl r2d2::ManageConnection for Manager {
     type Connection = Cached;
-    type Error = postgres::Error;
+    type Error = ConnectError;
 
-    fn connect(&self) -> Result<Cached, postgres::Error> {
+    fn connect(&self) -> Result<Cached, ConnectError> {
         Ok(Cached {
-            client: self.config.connect(NoTls)?,
+            client: self
+                .config
+                .connect(self.tls.clone())
+                .map_err(ConnectError)?,
             statements: HashMap::new(),
         })
     }
 
-    fn is_valid(&self, connection: &mut Cached) -> Result<(), postgres::Error> {
-        connection.client.simple_query("").map(|_| ())
+    fn is_valid(&self, connection: &mut Cached) -> Result<(), ConnectError> {
+        connection
+            .client
+            .simple_query("")
+            .map(|_| ())
+            .map_err(ConnectError)
     }
 
     fn has_broken(&self, connection: &mut Cached) -> bool {
@@ -90,6 +120,9 @@ pub struct PostgresOptions {
     /// Bound on connecting, on waiting for a pooled connection, and on every statement: a
     /// dead database is a typed error after this long, never a hang.
     pub timeout: Duration,
+    /// The CA certificates (PEM) that the server's certificate must chain to
+    /// (`[storage] postgres_ca_file`; the URL's `sslrootcert` wins), for `sslmode=verify-full`.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// How often the health monitor asks the database, and how stale its last answer may be
@@ -123,7 +156,7 @@ impl Health {
 /// Asks the database `SELECT 1` every [`HEALTH_EVERY`] on a connection of its own
 /// (reconnecting when it fails, each attempt bounded), until the store is dropped. A check
 /// that hangs (a partition) ages the last answer past [`HEALTH_STALE`] all the same.
-fn monitor_health(mut config: postgres::Config, health: Arc<Health>) {
+fn monitor_health(mut config: postgres::Config, tls: MakeRustlsConnect, health: Arc<Health>) {
     config
         .connect_timeout(HEALTH_STALE / 2)
         .options("-c statement_timeout=400")
@@ -131,7 +164,7 @@ fn monitor_health(mut config: postgres::Config, health: Arc<Health>) {
     let mut client: Option<postgres::Client> = None;
     while !health.stopped.load(Ordering::Relaxed) {
         if client.is_none() {
-            client = config.connect(NoTls).ok();
+            client = config.connect(tls.clone()).ok();
         }
         match client.as_mut().map(|c| c.simple_query("SELECT 1")) {
             Some(Ok(_)) => health.answered(),
@@ -160,10 +193,14 @@ impl PostgresStore {
     /// Connects (at least one connection must succeed within the timeout) and creates or
     /// migrates the schema.
     pub fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
-        let mut config: postgres::Config = options
-            .url
-            .parse()
-            .map_err(|e| StoreError::Aborted(format!("TEE_RISK_DATABASE_URL is invalid: {e}")))?;
+        let super::pg_tls::Connect {
+            mut config,
+            tls,
+            weakness,
+        } = super::pg_tls::connect(&options.url, options.ca_file.as_deref())?;
+        if let Some(weakness) = weakness {
+            tracing::warn!("PostgreSQL: {weakness}");
+        }
         let timeout_ms = options.timeout.as_millis();
         config
             .connect_timeout(options.timeout)
@@ -177,12 +214,12 @@ impl PostgresStore {
             last_ok_ms: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
         });
-        let monitored = (config.clone(), health.clone());
+        let monitored = (config.clone(), tls.clone(), health.clone());
         std::thread::Builder::new()
             .name("pg-health".into())
-            .spawn(move || monitor_health(monitored.0, monitored.1))
+            .spawn(move || monitor_health(monitored.0, monitored.1, monitored.2))
             .map_err(|e| backend("health monitor", e))?;
-        let manager = Manager { config };
+        let manager = Manager { config, tls };
         let pool = r2d2::Pool::builder()
             .max_size(options.pool_size.max(1))
             .min_idle(Some(1))

@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 pub struct PgCluster {
     /// Its data folder (and socket folder).
     pub dir: PathBuf,
+    /// Its TLS files: `ca.pem` (a test CA), and the server's certificate, for `localhost`
+    /// only, and key.
+    pub tls: PathBuf,
     pub port: u16,
     bin: PathBuf,
     databases: AtomicUsize,
@@ -90,6 +93,58 @@ fn run_as_owner(program: &Path, args: &[&str]) -> String {
     text
 }
 
+/// A test CA and a server certificate for `localhost` (EC P-256, two days), made by the
+/// openssl command into `dir`; the key readable by the server's user only.
+fn make_test_ca(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command is needed (apt-get install openssl)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    let run = |line: String| openssl(&line.split(' ').collect::<Vec<_>>());
+    run(format!(
+        "req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=tee-risk-test-CA"
+    ));
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(format!(
+        "req {ec} -keyout server.key -out server.csr -subj /CN=localhost"
+    ));
+    run(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+         -extfile server.ext -out server.pem"
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown the TLS folder to postgres");
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -119,6 +174,8 @@ impl PgCluster {
                 .unwrap();
             assert!(status.success(), "chown the cluster folder to postgres");
         }
+        let tls = dir.with_extension("tls");
+        make_test_ca(&tls);
         let data = dir.to_str().unwrap().to_owned();
         run_as_owner(
             &bin.join("initdb"),
@@ -136,6 +193,7 @@ impl PgCluster {
         );
         let cluster = PgCluster {
             dir,
+            tls,
             port: free_port(),
             bin,
             databases: AtomicUsize::new(0),
@@ -149,10 +207,13 @@ impl PgCluster {
     pub fn start_server(&self) {
         let data = self.dir.to_str().unwrap();
         let postgres = self.bin.join("postgres");
-        // fsync on: the durability the tests check is PostgreSQL's real one.
+        // fsync on: the durability the tests check is PostgreSQL's real one. TLS on, with
+        // the test CA's certificate for `localhost`: the tests connect with verify-full.
+        let tls = self.tls.to_str().unwrap();
         let server = format!(
             "{} -D {data} -p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=on \
-             -c max_connections=200 -c shared_buffers=32MB",
+             -c max_connections=200 -c shared_buffers=32MB -c ssl=on \
+             -c ssl_cert_file={tls}/server.pem -c ssl_key_file={tls}/server.key",
             postgres.display(),
             self.port
         );
@@ -160,7 +221,7 @@ impl PgCluster {
         let script = format!(
             "{server} >> {data}/server.log 2>&1 & pg=$!; \
              while [ -d /proc/{parent} ] && [ -d /proc/$pg ]; do sleep 0.5; done; \
-             if [ ! -d /proc/{parent} ]; then kill -QUIT $pg 2>/dev/null; sleep 1; rm -rf {data}; fi"
+             if [ ! -d /proc/{parent} ]; then kill -QUIT $pg 2>/dev/null; sleep 1; rm -rf {data} {tls}; fi"
         );
         let mut command = if is_root() {
             let mut c = Command::new("runuser");
@@ -233,8 +294,14 @@ impl PgCluster {
         self.url(&name)
     }
 
+    /// The database's URL as the service gets it: TLS, the server authenticated by the test
+    /// CA and its name (`localhost`).
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://postgres@localhost:{}/{database}?sslmode=verify-full&sslrootcert={}",
+            self.port,
+            self.tls.join("ca.pem").display()
+        )
     }
 
     /// `pg_dump` of a database, as text.

@@ -102,6 +102,18 @@ pub struct StorageConfig {
     /// postgres: bound on connecting and on every statement, in seconds; past it a request
     /// gets `503 storage_unavailable` instead of waiting.
     pub timeout_secs: u64,
+    /// postgres: the CA certificates (PEM) the server's certificate must chain to, for the
+    /// URL's `sslmode=verify-full` (or `verify-ca`); empty: none (the URL's `sslrootcert`
+    /// may name one). docs/OPERATIONS.md, "PostgreSQL over TLS".
+    #[serde(default)]
+    pub postgres_ca_file: PathBuf,
+}
+
+impl StorageConfig {
+    /// `postgres_ca_file`, when set.
+    pub fn postgres_ca(&self) -> Option<PathBuf> {
+        (!self.postgres_ca_file.as_os_str().is_empty()).then(|| self.postgres_ca_file.clone())
+    }
 }
 
 /// Where the records live.
