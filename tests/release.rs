@@ -173,20 +173,21 @@ fn client_attest_accepts_only_measurements_a_signed_manifest_lists() {
 fn release_log(d: &Path, first: &Path, second: &Path, key: &Path) {
     let log = d.join("releases.log");
     let append = |manifest: &Path| {
-        let (out, _) = expect(
-            0,
-            &[
-                "release",
-                "append",
-                "--manifest",
-                manifest.to_str().unwrap(),
-                "--release-key",
-                key.to_str().unwrap(),
-                "--log",
-                log.to_str().unwrap(),
-            ],
-        );
-        out.trim().to_owned()
+        tee_risk(&[
+            "release",
+            "append",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--release-key",
+            key.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ])
+    };
+    let appended = |manifest: &Path| {
+        let output = append(manifest);
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     };
     let verify = |manifest: &Path, log: &Path, head: Option<&str>| {
         let mut args = vec![
@@ -204,10 +205,10 @@ fn release_log(d: &Path, first: &Path, second: &Path, key: &Path) {
         }
         tee_risk(&args)
     };
-    let head_one = append(first);
+    let head_one = appended(first);
     let only_first = d.join("only-first.log");
     std::fs::copy(&log, &only_first).unwrap();
-    let head_two = append(second);
+    let head_two = appended(second);
     assert_ne!(head_one, head_two);
 
     let output = verify(second, &log, Some(&head_one));
@@ -230,17 +231,7 @@ fn release_log(d: &Path, first: &Path, second: &Path, key: &Path) {
     std::fs::write(&rewritten, text.lines().nth(1).unwrap()).unwrap();
     refused(verify(second, &rewritten, None), "release_log");
     // Appending the same manifest twice is refused.
-    let output = tee_risk(&[
-        "release",
-        "append",
-        "--manifest",
-        first.to_str().unwrap(),
-        "--release-key",
-        key.to_str().unwrap(),
-        "--log",
-        log.to_str().unwrap(),
-    ]);
-    refused(output, "release_log");
+    refused(append(first), "release_log");
 }
 
 /// An auditor's check with OpenSSL: the signature is SM2 (default ID) over the label and the

@@ -226,18 +226,10 @@ impl Policy {
                 path: path.to_owned(),
                 source,
             };
-            let key = read_release_key(&base.join(&release.key)).map_err(failed)?;
-            let manifests = release
-                .manifests
-                .iter()
-                .map(|m| SignedManifest::load(&base.join(m)))
-                .collect::<Result<Vec<_>, _>>()
+            let manifests: Vec<PathBuf> = release.manifests.iter().map(|m| base.join(m)).collect();
+            let log = release.log.as_ref().map(|l| base.join(l));
+            policy.releases = load_releases(&base.join(&release.key), &manifests, log.as_deref())
                 .map_err(failed)?;
-            let log = match &release.log {
-                Some(log) => Some(ReleaseLog::load(&base.join(log)).map_err(failed)?),
-                None => None,
-            };
-            policy.releases = open_releases(&key, &manifests, log.as_ref()).map_err(failed)?;
         }
         Ok(policy)
     }
@@ -246,15 +238,21 @@ impl Policy {
     /// measurement passes only if a manifest signed by `key` lists it (and, with a `log`,
     /// only if the log lists the manifest).
     pub fn require_releases(
-        mut self,
+        self,
         key: &PublicKey,
         manifests: &[SignedManifest],
         log: Option<&ReleaseLog>,
     ) -> Result<Self, ReleaseError> {
-        self.releases = open_releases(key, manifests, log)?;
+        Ok(self.only_releases(open_releases(key, manifests, log)?))
+    }
+
+    /// This policy with its measurements replaced by those of `releases` (opened already,
+    /// e.g. by [`load_releases`]).
+    pub fn only_releases(mut self, releases: Vec<Release>) -> Self {
+        self.releases = releases;
         self.measurements.clear();
         self.allow_any_measurement = false;
-        Ok(self)
+        self
     }
 
     /// The release that lists `measurement` of a `tee`, if any.
@@ -273,6 +271,22 @@ pub fn read_release_key(path: &Path) -> Result<PublicKey, ReleaseError> {
         .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
     PublicKey::from_pem(&pem)
         .map_err(|_| failed(format!("{} is not an SM2 public key PEM", path.display())))
+}
+
+/// The release key, the signed manifests and the log (optional) read from their files, and
+/// the manifests opened: each signed by that key (and listed in the log).
+pub fn load_releases(
+    key: &Path,
+    manifests: &[PathBuf],
+    log: Option<&Path>,
+) -> Result<Vec<Release>, ReleaseError> {
+    let key = read_release_key(key)?;
+    let manifests = manifests
+        .iter()
+        .map(|m| SignedManifest::load(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let log = log.map(ReleaseLog::load).transpose()?;
+    open_releases(&key, &manifests, log.as_ref())
 }
 
 fn open_releases(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::attest::policy::read_release_key;
+use crate::attest::policy::{load_releases, read_release_key};
 use crate::attest::release::{
     IncompleteReference, MANIFEST_FORMAT, Release, ReleaseError, ReleaseLog, ReleaseManifest,
     ReleaseMeasurement, SignedManifest,
@@ -153,23 +153,11 @@ pub fn verify(args: VerifyReleaseArgs) -> anyhow::Result<()> {
 /// The policy `client attest` uses: the file's, or with `--manifest` only the releases.
 pub fn policy(path: &Path, args: &ReleaseArgs) -> anyhow::Result<Policy> {
     let policy = Policy::load(path)?;
-    let Some(key_path) = &args.release_key else {
+    let Some(key) = &args.release_key else {
         return Ok(policy);
     };
-    let key = read_release_key(key_path).map_err(refused)?;
-    let manifests = args
-        .manifests
-        .iter()
-        .map(|m| SignedManifest::load(m))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(refused)?;
-    let log = match &args.log {
-        Some(log) => Some(ReleaseLog::load(log).map_err(refused)?),
-        None => None,
-    };
-    policy
-        .require_releases(&key, &manifests, log.as_ref())
-        .map_err(refused)
+    let releases = load_releases(key, &args.manifests, args.log.as_deref()).map_err(refused)?;
+    Ok(policy.only_releases(releases))
 }
 
 /// What `client attest` prints of the release that vouched for the measurement.
