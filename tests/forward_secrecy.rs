@@ -49,6 +49,7 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
             lifetime,
             grace,
         },
+        master_key: None,
     };
     let service =
         Service::with_secrets(&config.service_settings().unwrap(), vault, secrets, t0).unwrap();

@@ -37,6 +37,11 @@ pub enum JoinFailure {
     /// The peer answered and refused us, or failed our checks: a cluster is there.
     #[error("{0}")]
     Refused(String),
+    /// The peer is sealed (custodian mode, not yet unsealed): a cluster is there, and will
+    /// admit us once its custodians have unsealed it. Tried again; never a reason to
+    /// bootstrap.
+    #[error("{0}")]
+    Sealed(String),
 }
 
 /// How the replica came by its secrets.
@@ -61,6 +66,7 @@ pub fn join(
     let deadline = Instant::now() + Duration::from_secs(config.join_timeout_secs);
     loop {
         let mut refusals = Vec::new();
+        let mut sealed = Vec::new();
         for peer in &config.peers {
             let peer = peer.trim_end_matches('/');
             match join_peer(&agent, peer, policy, attester) {
@@ -75,12 +81,18 @@ pub fn join(
                     tracing::warn!(%peer, %why, "join refused");
                     refusals.push(format!("{peer}: {why}"));
                 }
+                Err(JoinFailure::Sealed(why)) => {
+                    tracing::warn!(%peer, %why, "peer sealed: waiting for its custodians");
+                    sealed.push(format!("{peer}: {why}"));
+                }
             }
         }
-        if config.bootstrap && refusals.is_empty() {
+        if config.bootstrap && refusals.is_empty() && sealed.is_empty() {
             return Ok(Joined::Bootstrap);
         }
-        if config.bootstrap || Instant::now() >= deadline {
+        let waiting = !sealed.is_empty() && refusals.is_empty();
+        if (config.bootstrap && !waiting) || Instant::now() >= deadline {
+            refusals.extend(sealed);
             return Err(AppError::Join(if refusals.is_empty() {
                 format!(
                     "no peer answered within {} s (cluster.join_timeout_secs)",
@@ -193,7 +205,13 @@ fn post<T: serde::de::DeserializeOwned>(
         .limit(MAX_ANSWER_BYTES)
         .read_to_vec()
         .map_err(|e| JoinFailure::Unreachable(format!("{url}: {e}")))?;
+    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
     match status {
+        503 if code.as_deref() == Some("sealed") => Err(JoinFailure::Sealed(format!(
+            "{url} is sealed (its custodians have not unsealed it)"
+        ))),
         200 => serde_json::from_slice(&bytes)
             .map_err(|e| JoinFailure::Refused(format!("{url} answered something else: {e}"))),
         502..=504 => Err(JoinFailure::Unreachable(format!("{url} answered {status}"))),

@@ -34,6 +34,16 @@ pub enum AppError {
          development key."
     )]
     NoMasterKey,
+    /// Custodian mode with a master key in the environment.
+    #[error(
+        "keys.source = \"custodians\" but DB_MASTER_KEY or DB_MASTER_KEY_PREVIOUS is set: in \
+         custodian mode the host must never hold the key; unset them (the custodians unseal \
+         the service: docs/OPERATIONS.md, \"Custodians\")"
+    )]
+    KeyInEnvironment,
+    /// The custodians file is wrong.
+    #[error(transparent)]
+    Roster(#[from] crate::service::custody::RosterError),
     /// A master key (from the env or the dev key file) does not parse; the input is never
     /// echoed.
     #[error("{origin}: {reason}")]

@@ -216,9 +216,6 @@ pub fn store_path(data_dir: &Path) -> std::path::PathBuf {
 }
 
 /// Opens the configured database with the keys from the environment (or the dev key).
-/// Opened to write on sled, it keeps the high-water mark beside the store (`store::mark`):
-/// a store behind it is refused unless `accept_loss`. (PostgreSQL keeps its own WAL and
-/// replicas: a file beside one replica would not describe the shared database.)
 pub fn open_vault(
     env: MasterKeyEnv,
     dev: bool,
@@ -226,12 +223,35 @@ pub fn open_vault(
     mode: OpenMode,
     accept_loss: bool,
 ) -> Result<Vault, AppError> {
-    let data_dir = &storage.data_dir;
-    let (master, source) = resolve_master_key(env.current, dev, data_dir)?;
+    let (master, source) = resolve_master_key(env.current, dev, &storage.data_dir)?;
     if let MasterKeySource::DevFile = source {
-        warn_dev_key(data_dir);
+        warn_dev_key(&storage.data_dir);
     }
     let previous = previous_keys(env.previous.as_ref())?;
+    open_vault_with(
+        &master,
+        &previous,
+        storage,
+        env.database_url.as_ref(),
+        mode,
+        accept_loss,
+    )
+}
+
+/// Opens the configured database with `master` (and decrypt-only `previous` keys), from
+/// the environment or rebuilt by custodians. Opened to write on sled, it keeps the
+/// high-water mark beside the store (`store::mark`): a store behind it is refused unless
+/// `accept_loss`. (PostgreSQL keeps its own WAL and replicas: a file beside one replica
+/// would not describe the shared database.)
+pub fn open_vault_with(
+    master: &MasterKey,
+    previous: &[MasterKey],
+    storage: &StorageConfig,
+    database_url: Option<&Zeroizing<String>>,
+    mode: OpenMode,
+    accept_loss: bool,
+) -> Result<Vault, AppError> {
+    let data_dir = &storage.data_dir;
     if mode == OpenMode::Write && storage.backend == StorageBackend::Sled && !accept_loss {
         // Checked on a copy first: a store that is refused stays byte for byte as found
         // (sled's recovery would rewrite a damaged log as it opens it).
@@ -246,7 +266,7 @@ pub fn open_vault(
         let check = match new_store {
             true => None,
             false => Some(
-                Vault::open_keyring(copy, &master, &previous, OpenMode::Inspect)?
+                Vault::open_keyring(copy, master, previous, OpenMode::Inspect)?
                     .check_high_water_mark(data_dir)?,
             ),
         };
@@ -261,8 +281,8 @@ pub fn open_vault(
             .into());
         }
     }
-    let store = open_store(storage, env.database_url.as_ref())?;
-    let mut vault = Vault::open_keyring(store, &master, &previous, mode)?;
+    let store = open_store(storage, database_url)?;
+    let mut vault = Vault::open_keyring(store, master, previous, mode)?;
     if mode == OpenMode::Write && storage.backend == StorageBackend::Sled {
         vault.keep_high_water_mark(data_dir, accept_loss)?;
     }
@@ -278,4 +298,25 @@ pub fn open_vault(
         "database open"
     );
     Ok(vault)
+}
+
+/// The key ids of the configured database (`None`: empty), read without a key: on sled
+/// from a copy (nothing written, the lock not taken), on PostgreSQL directly.
+pub fn database_key_ids(
+    storage: &StorageConfig,
+    database_url: Option<&Zeroizing<String>>,
+) -> Result<Option<Vec<crate::store::KeyId>>, AppError> {
+    let store: Arc<dyn Store> = match storage.backend {
+        StorageBackend::Sled => {
+            if !store_path(&storage.data_dir).exists() {
+                return Ok(None);
+            }
+            Arc::new(
+                SledStore::open_copy(&store_path(&storage.data_dir))
+                    .map_err(|source| AppError::StoreOpen { source })?,
+            )
+        }
+        StorageBackend::Postgres => open_store(storage, database_url)?,
+    };
+    Ok(Vault::key_ids_of(&*store)?)
 }

@@ -12,20 +12,23 @@ use actix_web::{App, HttpServer, web};
 
 use super::AppError;
 use super::config::Config;
+use super::config::MasterKeySourceConfig;
 use super::join::{self, Joined};
-use super::secrets::{MasterKeyEnv, open_vault};
-use super::tasks::{spawn_periodic_tasks, spawn_rotation};
+use super::secrets::{MasterKeyEnv, database_key_ids, open_vault, open_vault_with};
+use super::tasks::{spawn_key_maintenance, spawn_periodic_tasks, spawn_rotation};
 use crate::attest::join::ClusterSecrets;
 use crate::attest::sim::{Measurement, SimPlatform};
 use crate::attest::{Attester, Policy, TeeKind};
 use crate::crypto::keyfile;
 use crate::http::{AppState, request_context, routes};
 use crate::obs::unix_now;
-use crate::service::Service;
 use crate::service::access::{ClientRegistry, DevClient};
 use crate::service::cluster::ClusterPeer;
+use crate::service::custody::{Gate, OpenError, Opener, Roster};
+use crate::service::keyset::KeySet;
 use crate::service::limits::RateLimiter;
-use crate::store::OpenMode;
+use crate::service::{Service, Settings};
+use crate::store::{KeyId, MasterKey, OpenMode, VaultError};
 
 /// Bearer token for the operator endpoints (`/admin/…`); unset: they answer 404.
 pub const ADMIN_TOKEN_ENV: &str = "TEE_RISK_ADMIN_TOKEN";
@@ -138,9 +141,10 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
 /// Runs the service until SIGTERM or SIGINT.
 ///
 /// Order: everything that can refuse the start runs before anything is written (config,
-/// attestation device, clients file, listeners), then the database opens (the first write:
-/// a new database, a new dev key), then the key files are written. A refused start leaves
-/// the data and keys folders as they were.
+/// attestation device, clients file, custodians file, listeners), then the database opens
+/// (the first write: a new database, a new dev key) — in custodian mode only once the
+/// custodians unseal it — then the key files are written. A refused start leaves the data
+/// and keys folders as they were.
 pub async fn serve(
     config: Config,
     keys: MasterKeyEnv,
@@ -150,27 +154,75 @@ pub async fn serve(
     let settings = config.service_settings()?;
     check_attestation_device(&config)?;
     let clients_file = clients_from_file(&config)?;
+    let roster = custodians(&config, &keys)?;
     let listener = bind(config.listen_addr()?)?;
     let operator_listener = config.operator_addr()?.map(bind).transpose()?;
     let cluster = join_cluster(&config)?;
 
-    // Off the async runtime: the PostgreSQL client blocks on a runtime of its own.
-    let service = off_runtime(|| -> Result<_, AppError> {
-        let vault = open_vault(
-            keys,
-            config.server.dev,
-            &config.storage,
-            OpenMode::Write,
-            accept_data_loss,
-        )?;
-        // The data folder holds the files beside the store (sim platform key, dev files);
-        // with PostgreSQL nothing else has made it.
-        std::fs::create_dir_all(&data_dir).map_err(io("create", &data_dir))?;
-        Ok(Arc::new(match cluster.secrets {
-            Some(secrets) => Service::with_secrets(&settings, vault, secrets, unix_now())?,
-            None => Service::new(&settings, vault, unix_now())?,
-        }))
-    })?;
+    let now = unix_now();
+    let mut secrets = match cluster.secrets {
+        Some(secrets) => secrets,
+        None => KeySet::bootstrap(
+            settings.encryption_key_lifetime_secs,
+            settings.encryption_key_grace_secs,
+            now,
+        )
+        .map_err(crate::service::StartError::from)?,
+    };
+    let master_from_peer = secrets.master_key.take().map(MasterKey::from_secret);
+    let key_set = Arc::new(KeySet::new(secrets, now).map_err(crate::service::StartError::from)?);
+    let background = Arc::new(std::sync::Mutex::new(None));
+    let gate = match roster {
+        None => {
+            // Off the async runtime: the PostgreSQL client blocks on a runtime of its own.
+            let service = off_runtime(|| -> Result<_, AppError> {
+                let vault = open_vault(
+                    keys,
+                    config.server.dev,
+                    &config.storage,
+                    OpenMode::Write,
+                    accept_data_loss,
+                )?;
+                // The data folder holds the files beside the store (sim platform key, dev
+                // files); with PostgreSQL nothing else has made it.
+                std::fs::create_dir_all(&data_dir).map_err(io("create", &data_dir))?;
+                Ok(Arc::new(Service::with_keys(
+                    &settings,
+                    vault,
+                    key_set.clone(),
+                    now,
+                )?))
+            })?;
+            *lock(&background) = Some(Background::start(&service, &data_dir)?);
+            Gate::open(service)
+        }
+        Some(roster) => {
+            std::fs::create_dir_all(&data_dir).map_err(io("create", &data_dir))?;
+            let opener = AppOpener {
+                storage: config.storage.clone(),
+                database_url: keys.database_url,
+                settings: settings.clone(),
+                accept_data_loss,
+                background: background.clone(),
+            };
+            // Off the async runtime: with a key from a peer it opens the database now.
+            let gate = off_runtime(|| {
+                Gate::custodians(
+                    key_set.clone(),
+                    roster,
+                    Box::new(opener),
+                    master_from_peer,
+                    now,
+                )
+            })
+            .map_err(|e| AppError::Join(format!("cannot open with the cluster's key: {e}")))?;
+            if !gate.is_sealed() {
+                tracing::info!("master key received with the cluster's secrets: serving");
+            }
+            gate
+        }
+    };
+    let gate = Arc::new(gate);
     let attestation = match cluster.attester {
         Some(attestation) => attestation,
         None => Arc::new(attester(&config)?),
@@ -179,19 +231,94 @@ pub async fn serve(
         Some(registry) => registry,
         None => dev_client_registry(&config)?,
     });
-    publish_public_keys(&config.keys.dir, &service)?;
-    let background = Background::start(&service, &data_dir)?;
-    let state = app_state(&config, &service, attestation, cluster.policy, clients);
+    publish_public_keys(&config.keys.dir, gate.identity_public())?;
+    let keys_stop = Arc::new(AtomicBool::new(false));
+    let key_maintenance = spawn_key_maintenance(key_set, keys_stop.clone())
+        .map_err(io("start the key maintenance thread for", &data_dir))?;
+    let state = app_state(&config, &gate, attestation, cluster.policy, clients);
     // On SIGTERM/SIGINT: stop accepting, finish in-flight requests (answers then close
     // their connections), then stop the background threads and flush.
     run_http(&config, state, listener, operator_listener).await?;
-    background.stop();
-    off_runtime(|| {
-        service.vault().flush()?;
-        service.vault().sync_high_water_mark()
-    })?;
+    if let Some(background) = lock(&background).take() {
+        background.stop();
+    }
+    keys_stop.store(true, Ordering::Relaxed);
+    let _ = key_maintenance.join();
+    if let Ok(service) = gate.service() {
+        off_runtime(|| {
+            service.vault().flush()?;
+            service.vault().sync_high_water_mark()
+        })?;
+    }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The custodians file in custodian mode (`None`: the key comes from the environment).
+/// Refuses a key in the environment too: in this mode the host must never hold it.
+fn custodians(config: &Config, keys: &MasterKeyEnv) -> Result<Option<Roster>, AppError> {
+    if config.keys.source != MasterKeySourceConfig::Custodians {
+        return Ok(None);
+    }
+    if keys.current.is_some() || keys.previous.is_some() {
+        return Err(AppError::KeyInEnvironment);
+    }
+    let roster = Roster::load(&config.keys.custodians_file)?;
+    tracing::info!(
+        file = %config.keys.custodians_file.display(),
+        threshold = roster.threshold(),
+        "custodian mode: the master key is rebuilt from the custodians' shares"
+    );
+    Ok(Some(roster))
+}
+
+/// How a sealed service opens its database once the custodians have rebuilt the key.
+struct AppOpener {
+    storage: super::config::StorageConfig,
+    database_url: Option<zeroize::Zeroizing<String>>,
+    settings: Settings,
+    accept_data_loss: bool,
+    /// Where the opened service's background threads are kept, to stop them at shutdown.
+    background: Arc<std::sync::Mutex<Option<Background>>>,
+}
+
+impl Opener for AppOpener {
+    fn key_ids(&self) -> Result<Option<Vec<KeyId>>, OpenError> {
+        off_runtime(|| database_key_ids(&self.storage, self.database_url.as_ref()))
+            .map_err(|e| OpenError::Fault(e.to_string()))
+    }
+
+    fn open(&self, master: MasterKey, keys: Arc<KeySet>) -> Result<Arc<Service>, OpenError> {
+        let fault = |e: &dyn std::fmt::Display| OpenError::Fault(e.to_string());
+        // Off any async runtime: the PostgreSQL client blocks on a runtime of its own.
+        let service = off_runtime(|| {
+            let vault = open_vault_with(
+                &master,
+                &[],
+                &self.storage,
+                self.database_url.as_ref(),
+                OpenMode::Write,
+                self.accept_data_loss,
+            )
+            .map_err(|e| match e {
+                AppError::Vault(VaultError::Store(_)) | AppError::StoreOpen { .. } => {
+                    OpenError::Fault(e.to_string())
+                }
+                other => OpenError::Refused(other.to_string()),
+            })?;
+            Service::with_keys(&self.settings, vault, keys, unix_now())
+                .map(Arc::new)
+                .map_err(|e| fault(&e))
+        })?;
+        let background =
+            Background::start(&service, &self.storage.data_dir).map_err(|e| fault(&e))?;
+        *lock(&self.background) = Some(background);
+        Ok(service)
+    }
 }
 
 /// What a cluster replica has before its database opens.
@@ -281,7 +408,7 @@ impl Background {
 /// What every handler shares.
 fn app_state(
     config: &Config,
-    service: &Arc<Service>,
+    gate: &Arc<Gate>,
     attestation: Arc<Attester>,
     cluster_policy: Option<Policy>,
     clients: Arc<ClientRegistry>,
@@ -297,7 +424,7 @@ fn app_state(
             config.limits.client_per_minute,
             config.limits.client_burst,
         )),
-        service: service.clone(),
+        gate: gate.clone(),
         max_body_bytes: config.server.max_body_bytes,
         body_deadline: std::time::Duration::from_secs(config.server.body_deadline_secs),
         bodies_in_flight: Arc::new(tokio::sync::Semaphore::new(
@@ -415,9 +542,8 @@ impl StopSignals {
 
 /// Writes the identity public key as PEM for clients that pin it (encryption keys rotate;
 /// clients fetch them from `GET /v1/keys` and check their certificates against it).
-fn publish_public_keys(dir: &Path, service: &Service) -> Result<(), AppError> {
+fn publish_public_keys(dir: &Path, key: &crate::crypto::sm2::PublicKey) -> Result<(), AppError> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let key = service.identity_public();
     let path = dir.join(IDENTITY_PEM);
     write_public_file(&path, &key.to_pem())?;
     tracing::info!(path = %path.display(), kid = %key.kid(), "identity public key written");
@@ -452,6 +578,9 @@ fn sim_platform(config: &Config) -> Result<SimPlatform, AppError> {
     } else {
         config.attestation.sim_platform_key_file.clone()
     };
+    if let Some(folder) = key_file.parent().filter(|f| !f.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).map_err(io("create", folder))?;
+    }
     let key = keyfile::load_or_create_sm2_key(&key_file)?;
     let measurement = if config.attestation.sim_measurement.is_empty() {
         let exe = std::env::current_exe().map_err(io("locate", Path::new("the executable")))?;

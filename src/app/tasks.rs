@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::obs::unix_now;
 use crate::service::Service;
+use crate::service::keyset::KeySet;
 use crate::store::DEFAULT_BATCH;
 
 /// How often spent request ids past the replay window, and attempts past the velocity
@@ -50,6 +51,19 @@ pub(super) fn spawn_rotation(
         })
 }
 
+/// Issues and wipes encryption keys on time, from the start (a sealed service publishes
+/// keys too: custodians seal their shares to them).
+pub(super) fn spawn_key_maintenance(
+    keys: Arc<KeySet>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    spawn_periodic("key-maintenance", Duration::from_secs(1), stop, move || {
+        if let Err(error) = keys.maintain(unix_now()) {
+            tracing::error!(%error, "encryption key maintenance failed");
+        }
+    })
+}
+
 /// Runs `job` every `every` until `stop` (checked every second), on a thread of its own.
 fn spawn_periodic(
     name: &str,
@@ -75,7 +89,7 @@ fn spawn_periodic(
 const TICK: Duration = Duration::from_secs(1);
 
 /// The periodic work of a running service, each on its own thread: syncing the high-water
-/// mark; issuing and wiping encryption keys on time; reading the store's change feed into the galleries
+/// mark; reading the store's change feed into the galleries
 /// (enrolments and erasures by other replicas on a shared store); forgetting spent request
 /// ids and old attempts.
 pub(super) fn spawn_periodic_tasks(
@@ -83,7 +97,6 @@ pub(super) fn spawn_periodic_tasks(
     stop: &Arc<AtomicBool>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let second = Duration::from_secs(1);
-    let keys = service.clone();
     let gallery = service.clone();
     let forget = service.clone();
     let mark = service.clone();
@@ -93,11 +106,6 @@ pub(super) fn spawn_periodic_tasks(
         spawn_periodic("mark-sync", second, stop.clone(), move || {
             if let Err(error) = mark.vault().sync_high_water_mark() {
                 tracing::error!(%error, "syncing the high-water mark failed");
-            }
-        })?,
-        spawn_periodic("key-maintenance", second, stop.clone(), move || {
-            if let Err(error) = keys.maintain_keys(unix_now()) {
-                tracing::error!(%error, "encryption key maintenance failed");
             }
         })?,
         spawn_periodic("gallery-sync", second, stop.clone(), move || {

@@ -15,7 +15,8 @@
 //!
 //! The secrets travel in the same SM2 + SM4-GCM envelope as requests (`protocol::request`),
 //! as 96 bytes: identity scalar (32) ‖ ratchet state (32) ‖ u64be ratchet epoch ‖ i64be
-//! genesis ‖ i64be key lifetime ‖ i64be grace.
+//! genesis ‖ i64be key lifetime ‖ i64be grace; in custodian mode 128, the DB master key
+//! (32) last (a replica of a custodian-mode cluster never has it any other way).
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -26,8 +27,10 @@ use crate::crypto::secret::SecretBytes;
 
 /// The `typ` of a join answer's payload.
 pub const JOIN_TYP: &str = "tee-risk-join/v1";
-/// Bytes of the sealed secrets.
+/// Bytes of the sealed secrets (without the master key).
 pub const SECRETS_LEN: usize = 96;
+/// Bytes of the sealed secrets with the master key (custodian mode).
+pub const SECRETS_WITH_MASTER_LEN: usize = SECRETS_LEN + 32;
 
 /// When the ratchet's epochs begin and how long their keys are served: the same on every
 /// replica, so that they publish the same keys at the same time.
@@ -70,28 +73,37 @@ pub struct ClusterSecrets {
     /// The ratchet at the newest epoch (never an earlier one: forward secrecy).
     pub ratchet: RatchetState,
     pub schedule: Schedule,
+    /// The DB master key, in custodian mode (`service::custody`); with the environment's
+    /// key, each replica has its own copy and none travels.
+    pub master_key: Option<SecretBytes<32>>,
 }
 
 /// Why sealed secrets could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the cluster secrets are not {SECRETS_LEN} bytes with a valid schedule")]
+#[error(
+    "the cluster secrets are not {SECRETS_LEN} or {SECRETS_WITH_MASTER_LEN} bytes with a valid \
+     schedule"
+)]
 pub struct SecretsFormatError;
 
 impl ClusterSecrets {
     /// The byte layout that is sealed to a joiner (wiped when dropped).
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut out = Zeroizing::new(Vec::with_capacity(SECRETS_LEN));
+        let mut out = Zeroizing::new(Vec::with_capacity(SECRETS_WITH_MASTER_LEN));
         out.extend_from_slice(self.identity.expose());
         out.extend_from_slice(self.ratchet.expose_state());
         out.extend_from_slice(&self.ratchet.epoch().to_be_bytes());
         out.extend_from_slice(&self.schedule.genesis.to_be_bytes());
         out.extend_from_slice(&self.schedule.lifetime.to_be_bytes());
         out.extend_from_slice(&self.schedule.grace.to_be_bytes());
+        if let Some(master) = &self.master_key {
+            out.extend_from_slice(master.expose());
+        }
         out
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SecretsFormatError> {
-        if bytes.len() != SECRETS_LEN {
+        if bytes.len() != SECRETS_LEN && bytes.len() != SECRETS_WITH_MASTER_LEN {
             return Err(SecretsFormatError);
         }
         let number = |at: usize| <[u8; 8]>::try_from(&bytes[at..at + 8]).expect("length checked");
@@ -110,6 +122,7 @@ impl ClusterSecrets {
                 SecretBytes::from_slice(&bytes[32..64]).expect("length checked"),
             ),
             schedule,
+            master_key: SecretBytes::from_slice(&bytes[SECRETS_LEN..]),
         })
     }
 }
@@ -171,6 +184,7 @@ mod tests {
                 lifetime: 3600,
                 grace: 300,
             },
+            master_key: None,
         };
         let bytes = secrets.to_bytes();
         assert_eq!(bytes.len(), SECRETS_LEN);
@@ -179,7 +193,17 @@ mod tests {
         assert_eq!(back.ratchet.expose_state(), &[2; 32]);
         assert_eq!(back.ratchet.epoch(), 5);
         assert_eq!(back.schedule, secrets.schedule);
+        assert!(back.master_key.is_none());
         assert!(ClusterSecrets::from_bytes(&bytes[..95]).is_err());
+        let with_master = ClusterSecrets {
+            master_key: Some(SecretBytes::from_slice(&[3; 32]).unwrap()),
+            ..ClusterSecrets::from_bytes(&bytes).unwrap()
+        };
+        let long = with_master.to_bytes();
+        assert_eq!(long.len(), SECRETS_WITH_MASTER_LEN);
+        let back = ClusterSecrets::from_bytes(&long).unwrap();
+        assert_eq!(back.master_key.unwrap().expose(), &[3; 32]);
+        assert!(ClusterSecrets::from_bytes(&long[..127]).is_err());
         let mut bad = bytes.to_vec();
         bad[80..88].copy_from_slice(&0i64.to_be_bytes());
         assert!(ClusterSecrets::from_bytes(&bad).is_err(), "zero lifetime");

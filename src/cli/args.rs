@@ -31,6 +31,13 @@ pub enum Command {
     #[cfg(feature = "client")]
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Key custody (`[keys] source = "custodians"`): initialise a sealed service's master key
+    /// among its custodians, send a custodian's share to unseal it, read its state. Each
+    /// attests the service under the custodian's policy first. Exit codes: 0 done, 1 could
+    /// not run, 3 a check failed (the service is not trusted), 4 refused by the service.
+    #[cfg(feature = "client")]
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Operator commands on the database of a stopped service (keys from DB_MASTER_KEY and
     /// DB_MASTER_KEY_PREVIOUS). Exit codes: 0 done, 1 could not run, 3 a check failed,
     /// 4 refused (a precondition does not hold yet).
@@ -523,4 +530,55 @@ pub struct EraseArgs {
     pub access: AccessArgs,
     #[arg(long)]
     pub pin_keys: Option<PathBuf>,
+}
+
+/// `tee-risk admin …`.
+#[cfg(feature = "client")]
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Print the service's custody state: sealed or not, k, the custodians, who has sent.
+    Status {
+        #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Once, on an empty database: the service makes the master key in the TEE, splits it k
+    /// of n and seals each share to its custodian; one file per custodian is written to
+    /// --out (`<name>.share.json`; each opens only with its custodian's key).
+    Init {
+        #[command(flatten)]
+        custodian: CustodianArgs,
+        /// Folder for the share files (created; files mode 0600; existing files are not
+        /// overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Open this custodian's share file with their key and send it to the attested service
+    /// for its current unseal attempt.
+    Unseal {
+        #[command(flatten)]
+        custodian: CustodianArgs,
+        /// The custodian's share file (from `admin init`).
+        #[arg(long)]
+        share: PathBuf,
+    },
+}
+
+/// A custodian talking to the service.
+#[cfg(feature = "client")]
+#[derive(Args)]
+pub struct CustodianArgs {
+    #[arg(long, env = "TEE_RISK_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The custodian's own attestation policy (TOML): the service must pass it.
+    #[arg(long)]
+    pub policy: PathBuf,
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+    /// The custodian's name in the service's custodians file (init; unseal reads it from
+    /// the share file).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The custodian's SM2 private key: 64 hex digits or a PKCS#8 PEM.
+    #[arg(long)]
+    pub key: PathBuf,
 }

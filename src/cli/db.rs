@@ -36,8 +36,35 @@ fn open_db(args: &DbArgs, mode: OpenMode) -> Result<Vault, CliError> {
     )?)
 }
 
+/// Refuses the commands that need the master key when custodians hold it: it is never in
+/// the environment then, and only a running, unsealed service has it (`/admin/db/status`
+/// answers there). The audit log needs no key (`verify-log`), nor the schema (`migrate`).
+fn refuse_in_custodian_mode(command: &DbCommand) -> Result<(), CliError> {
+    let args = match command {
+        DbCommand::VerifyLog(_) | DbCommand::Migrate(_) => return Ok(()),
+        DbCommand::Status(args) | DbCommand::Verify(args) => args,
+        DbCommand::Rotate { db, .. }
+        | DbCommand::RetireKey { db, .. }
+        | DbCommand::Backup { db, .. }
+        | DbCommand::Salvage { db, .. }
+        | DbCommand::Copy { db, .. } => db,
+    };
+    let config = Config::load(args.config.as_deref())?;
+    if config.keys.source == crate::app::config::MasterKeySourceConfig::Custodians {
+        return Err(CliError::Refused(
+            "keys.source = \"custodians\": the master key is never in this environment, so \
+             `tee-risk db` cannot open the database. Use the running service (GET \
+             /admin/db/status on its operator listener); `db verify-log` and `db migrate` \
+             need no key and still run (docs/OPERATIONS.md, \"Custodians\")."
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs one `db` command.
 pub fn run(command: DbCommand) -> Result<(), CliError> {
+    refuse_in_custodian_mode(&command)?;
     match command {
         DbCommand::Status(args) => status(&args),
         DbCommand::Rotate { db, dry_run: true } => {

@@ -14,7 +14,6 @@ pub enum CliError {
     #[error("{0}")]
     CheckFailed(String),
     /// Refused: a precondition does not hold yet (the message says which).
-    #[cfg_attr(not(feature = "server"), allow(dead_code))] // Only `db` commands refuse.
     #[error("refused: {0}")]
     Refused(String),
 }

@@ -5,6 +5,8 @@
 //! codes. It lives in the library, so that the binary (`src/bin/tee-risk.rs`) is a call to
 //! [`main`] and the layers it drives stay private to the crate.
 
+#[cfg(feature = "client")]
+mod admin;
 mod args;
 #[cfg(feature = "client")]
 mod client;
@@ -53,6 +55,8 @@ pub fn main() -> ExitCode {
         }),
         #[cfg(feature = "client")]
         Command::Release(command) => release::run(command),
+        #[cfg(feature = "client")]
+        Command::Admin(command) => admin::run(command),
         #[cfg(feature = "server")]
         Command::Db(command) => db::run(command),
         #[cfg(all(feature = "lab", feature = "server"))]
@@ -106,7 +110,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Prints `value` as pretty JSON on stdout.
-#[cfg(feature = "server")]
+#[cfg(any(feature = "server", feature = "client"))]
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

@@ -25,6 +25,20 @@ pub fn verify_answer_to<T: DeserializeOwned>(
     check_signed_answer(identity, &envelope.header.rid, body, raw)
 }
 
+/// A non-200 answer as [`ClientError::Refused`] (a body that is not `{"error","detail"}`
+/// becomes code `unknown` with the body as its detail).
+pub(super) fn refusal(raw: &RawResponse) -> ClientError {
+    let error: ErrorBody = serde_json::from_slice(&raw.body).unwrap_or(ErrorBody {
+        error: Code::Other("unknown".into()),
+        detail: String::from_utf8_lossy(&raw.body).into_owned(),
+    });
+    ClientError::Refused {
+        status: raw.status,
+        code: error.error,
+        detail: error.detail,
+    }
+}
+
 /// A refusal as a typed error; a 200 answer only if signed by `identity` for request `rid`
 /// and the exact `body` (`req_sm3`), then read as `T`.
 pub(super) fn check_signed_answer<T: DeserializeOwned>(
@@ -34,15 +48,7 @@ pub(super) fn check_signed_answer<T: DeserializeOwned>(
     raw: &RawResponse,
 ) -> Result<T, ClientError> {
     if raw.status != 200 {
-        let error: ErrorBody = serde_json::from_slice(&raw.body).unwrap_or(ErrorBody {
-            error: Code::Other("unknown".into()),
-            detail: String::from_utf8_lossy(&raw.body).into_owned(),
-        });
-        return Err(ClientError::Refused {
-            status: raw.status,
-            code: error.error,
-            detail: error.detail,
-        });
+        return Err(refusal(raw));
     }
     let signed: SignedResponse = serde_json::from_slice(&raw.body)
         .map_err(|_| untrusted(Distrust::Envelope, "not a signed response"))?;

@@ -23,12 +23,14 @@ use crate::protocol::reply::{
 use crate::protocol::request::{ProtectedHeader, seal_keeping_key};
 
 mod check;
+mod custody;
 mod error;
 mod features_file;
 mod keys;
 mod transport;
 
 pub use check::verify_answer_to;
+pub use custody::custody_status;
 pub use error::{ClientError, Distrust};
 pub use features_file::read_features_file;
 pub use keys::ServerKeys;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 use super::secret::SecretBytes;
-use super::sm2::IdentityKey;
+use super::sm2::{DecryptionKey, IdentityKey};
 
 /// Why a key file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,26 @@ pub fn parse_sm2_key(text: &str) -> Result<IdentityKey, crate::CryptoError> {
     } else {
         IdentityKey::from_hex(text.trim())
     }
+}
+
+/// One SM2 private key in both its roles, from a file as [`load_sm2_key`] reads it: to
+/// sign, and to decrypt (a key custodian's: `protocol::custody`).
+pub fn load_sm2_key_pair(path: &Path) -> Result<(IdentityKey, DecryptionKey), KeyFileError> {
+    let text = read_secret_text(path)?;
+    let not_a_key = || KeyFileError::NotAKey {
+        path: path.to_owned(),
+        expected: "64 hex digits or a PKCS#8 PEM",
+    };
+    let decrypting = if text.contains("-----BEGIN") {
+        DecryptionKey::from_pkcs8_pem(&text)
+    } else {
+        SecretBytes::<32>::from_hex(text.trim())
+            .ok_or(crate::CryptoError::InvalidKey)
+            .and_then(|scalar| DecryptionKey::from_scalar(&scalar))
+    }
+    .map_err(|_| not_a_key())?;
+    let signing = parse_sm2_key(&text).map_err(|_| not_a_key())?;
+    Ok((signing, decrypting))
 }
 
 /// An SM2 private key from a file of 64 hex digits, created (mode 0600) when missing.

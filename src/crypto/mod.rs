@@ -8,6 +8,8 @@ pub mod kdf;
 pub mod keyfile;
 pub mod ratchet;
 pub mod secret;
+#[cfg(feature = "server")]
+pub mod shamir;
 pub mod sm2;
 // `unsafe` here (and in risk/gallery/scan.rs only): wiping sm2 key types that do not wipe
 // themselves.

@@ -51,9 +51,9 @@ pub(super) async fn challenge(
 ) -> Result<HttpResponse, ApiError> {
     let peer = peer(&state, &request)?;
     let message: ChallengeRequest = parse(&body)?;
-    let (service, attester) = (state.service.clone(), state.attestation.clone());
+    let (gate, attester) = (state.gate.clone(), state.attestation.clone());
     // Making evidence talks to the TEE device: off the async executor.
-    let answer = web::block(move || peer.challenge(&service, &attester, &message, unix_now()))
+    let answer = web::block(move || peer.challenge(&gate, &attester, &message, unix_now()))
         .await
         .map_err(|_| ApiError::Service(ServiceError::Internal))?
         .map_err(refused)?;
@@ -67,9 +67,9 @@ pub(super) async fn join(
 ) -> Result<HttpResponse, ApiError> {
     let peer = peer(&state, &request)?;
     let message: JoinRequest = parse(&body)?;
-    let service = state.service.clone();
+    let gate = state.gate.clone();
     // Verifying a report chain and sealing with SM2: CPU work, off the async executor.
-    let grant = web::block(move || peer.admit(&service, &message, unix_now()))
+    let grant = web::block(move || peer.admit(&gate, &message, unix_now()))
         .await
         .map_err(|_| ApiError::Service(ServiceError::Internal))?
         .map_err(refused)?;

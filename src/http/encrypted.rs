@@ -58,17 +58,19 @@ pub(super) async fn handle_encrypted(
 ) -> Result<HttpResponse, ApiError> {
     let received = Instant::now();
     let result = run_encrypted(&state, &request, payload, &endpoint).await;
-    let status = match &result {
-        Ok(_) => 200,
-        Err(e) => {
-            state.service.metrics().record_refusal(e.code().as_str());
-            actix_web::ResponseError::status_code(e).as_u16()
-        }
-    };
-    state
-        .service
-        .metrics()
-        .record_request(endpoint.route, status, received.elapsed());
+    // While sealed there are no metrics to count in (and nothing to count but `sealed`).
+    if let Ok(service) = state.gate.service() {
+        let status = match &result {
+            Ok(_) => 200,
+            Err(e) => {
+                service.metrics().record_refusal(e.code().as_str());
+                actix_web::ResponseError::status_code(e).as_u16()
+            }
+        };
+        service
+            .metrics()
+            .record_request(endpoint.route, status, received.elapsed());
+    }
     result
 }
 
@@ -79,6 +81,9 @@ async fn run_encrypted(
     endpoint: &Encrypted,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(request, payload, state).await?;
+    // Sealed: refused once the body is read (a connection closed on unread bytes is reset,
+    // and the client might never see the answer).
+    let service = state.gate.service()?;
     // The client signs the path alone (docs/PROTOCOL.md): a query string would ride along
     // unsigned, so it is refused rather than ignored. (After the body: a connection closed
     // on unread bytes is reset, and the client might never see the answer.)
@@ -93,7 +98,7 @@ async fn run_encrypted(
         request.method().as_str().to_owned(),
         request.path().to_owned(),
     );
-    let (service, clients) = (state.service.clone(), state.clients.clone());
+    let clients = state.clients.clone();
     let client_limits = state.client_limits.clone();
     let (permission, operation) = (endpoint.permission, endpoint.operation);
     let queued = Instant::now();

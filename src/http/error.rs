@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::service::ServiceError;
 use crate::service::access::{AccessError, Permission};
 use crate::service::cluster::JoinError;
+use crate::service::custody::CustodyError;
 
 /// A refusal as the HTTP layer answers it.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,9 @@ pub enum ApiError {
     /// A join step refused (`service::cluster`; operator listener only).
     #[error("{0}")]
     Join(JoinError),
+    /// A key-custody step refused (`service::custody`).
+    #[error("{0}")]
+    Custody(#[from] CustodyError),
 }
 
 impl From<AccessError> for ApiError {
@@ -94,8 +98,24 @@ impl ApiError {
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::Join(JoinError::Malformed(_)) => ErrorCode::BadJoinRequest,
             ApiError::Join(JoinError::Busy) => ErrorCode::Overloaded,
+            ApiError::Join(JoinError::Sealed) => ErrorCode::Sealed,
             ApiError::Join(JoinError::Unavailable(_)) => ErrorCode::JoinUnavailable,
             ApiError::Join(_) => ErrorCode::JoinRefused,
+            ApiError::Custody(e) => match e {
+                CustodyError::NotCustodyMode => ErrorCode::NotFound,
+                CustodyError::NotSealed => ErrorCode::NotSealed,
+                CustodyError::Malformed(_) => ErrorCode::BadCustodyRequest,
+                CustodyError::UnknownCustodian(_) => ErrorCode::UnknownCustodian,
+                CustodyError::BadSignature(_) => ErrorCode::BadCustodianSignature,
+                CustodyError::StaleAttempt => ErrorCode::StaleAttempt,
+                CustodyError::ShareReplayed(_) => ErrorCode::ShareReplayed,
+                CustodyError::ShareInvalid(_) => ErrorCode::ShareInvalid,
+                CustodyError::ShareMismatch(_) => ErrorCode::ShareMismatch,
+                CustodyError::DatabaseNotEmpty(_) => ErrorCode::DatabaseNotEmpty,
+                CustodyError::NotInitialised => ErrorCode::DatabaseNotInitialised,
+                CustodyError::Unavailable(_) => ErrorCode::StorageUnavailable,
+                CustodyError::Internal => ErrorCode::InternalError,
+            },
         }
     }
 }
@@ -115,9 +135,9 @@ impl ResponseError for ApiError {
                 ServiceError::Payload(_) | ServiceError::OtherFaceModel { .. } => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
-                ServiceError::Overloaded | ServiceError::StorageUnavailable => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ServiceError::Overloaded
+                | ServiceError::StorageUnavailable
+                | ServiceError::Sealed => StatusCode::SERVICE_UNAVAILABLE,
                 ServiceError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
                 ServiceError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,10 +154,27 @@ impl ResponseError for ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Join(JoinError::Malformed(_)) => StatusCode::BAD_REQUEST,
-            ApiError::Join(JoinError::Busy | JoinError::Unavailable(_)) => {
+            ApiError::Join(JoinError::Busy | JoinError::Unavailable(_) | JoinError::Sealed) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Join(_) => StatusCode::FORBIDDEN,
+            ApiError::Custody(e) => match e {
+                CustodyError::NotCustodyMode => StatusCode::NOT_FOUND,
+                CustodyError::Malformed(_) | CustodyError::ShareInvalid(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                CustodyError::UnknownCustodian(_) | CustodyError::BadSignature(_) => {
+                    StatusCode::FORBIDDEN
+                }
+                CustodyError::NotSealed
+                | CustodyError::StaleAttempt
+                | CustodyError::ShareReplayed(_)
+                | CustodyError::ShareMismatch(_)
+                | CustodyError::DatabaseNotEmpty(_)
+                | CustodyError::NotInitialised => StatusCode::CONFLICT,
+                CustodyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                CustodyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         }
     }
 
@@ -147,8 +184,12 @@ impl ResponseError for ApiError {
             ApiError::Service(ServiceError::RateLimited {
                 retry_after_secs, ..
             }) => Some(*retry_after_secs),
-            ApiError::Service(ServiceError::StorageUnavailable) => {
+            ApiError::Service(ServiceError::StorageUnavailable)
+            | ApiError::Custody(CustodyError::Unavailable(_)) => {
                 Some(crate::service::STORAGE_RETRY_AFTER_SECS)
+            }
+            ApiError::Service(ServiceError::Sealed) | ApiError::Join(JoinError::Sealed) => {
+                Some(crate::service::SEALED_RETRY_AFTER_SECS)
             }
             _ => None,
         };

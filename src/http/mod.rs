@@ -3,6 +3,7 @@
 //! the async executor) and return its signed answer. The service knows nothing of HTTP.
 
 mod cluster;
+mod custody;
 mod encrypted;
 pub mod error;
 mod operator;
@@ -19,9 +20,9 @@ use actix_web::web;
 use tracing::Instrument;
 
 use crate::attest::Attester;
-use crate::service::Service;
 use crate::service::access::ClientRegistry;
 use crate::service::cluster::ClusterPeer;
+use crate::service::custody::Gate;
 use crate::service::limits::RateLimiter;
 use encrypted::{ASSESS, ENROLL, ERASE, IDENTIFY, handle_encrypted};
 use operator::{db_status, metrics};
@@ -31,8 +32,8 @@ pub use error::ApiError;
 
 /// Shared state of the HTTP layer.
 pub struct AppState {
-    /// The request flow.
-    pub service: Arc<Service>,
+    /// The request flow, once open (custodian mode starts sealed: `service::custody`).
+    pub gate: Arc<Gate>,
     /// Who may call the encrypted endpoints.
     pub clients: Arc<ClientRegistry>,
     /// Requests per authenticated client.
@@ -106,6 +107,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(keys))
             .route(web::head().to(keys))
             .default_service(web::to(|| method_not_allowed(GET))),
+    )
+    .service(
+        web::resource("/v1/custody")
+            .route(web::get().to(custody::status))
+            .route(web::head().to(custody::status))
+            .default_service(web::to(|| method_not_allowed(GET))),
+    )
+    .service(
+        web::resource("/v1/custody/init")
+            .route(web::post().to(custody::init))
+            .default_service(web::to(|| method_not_allowed("POST"))),
+    )
+    .service(
+        web::resource("/v1/custody/unseal")
+            .route(web::post().to(custody::unseal))
+            .default_service(web::to(|| method_not_allowed("POST"))),
     )
     .service(
         web::resource("/v1/enroll")

@@ -16,7 +16,7 @@ pub(super) async fn metrics(
     check_operator(&state, &request, false)?;
     // Counters only: rendering touches no table and never waits on the store, so a scrape
     // answers at once whatever state the store is in.
-    let service = &state.service;
+    let service = state.gate.service()?;
     let text = service.metrics().render()
         + &crate::obs::metrics::Metrics::render_store_sizes(&service.vault().table_sizes());
     Ok(HttpResponse::Ok()
@@ -76,7 +76,7 @@ pub(super) async fn db_status(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     check_operator(&state, &request, true)?;
-    let service = state.service.clone();
+    let service = state.gate.service()?;
     let status = web::block(move || service.vault().status())
         .await
         .map_err(|_| ApiError::Service(ServiceError::Internal))?

@@ -14,7 +14,15 @@ use crate::service::ServiceError;
 /// store serves, 503 `{"status":"unavailable","storage":"failing"}` while it is down (the
 /// probe itself drives the store's recovery; see `store::RecoveringStore`).
 pub(super) async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    let service = state.service.clone();
+    let Ok(service) = state.gate.service() else {
+        // Sealed: not ready, and a load balancer must not send it data requests.
+        return HttpResponse::ServiceUnavailable()
+            .insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                crate::service::SEALED_RETRY_AFTER_SECS.to_string(),
+            ))
+            .json(serde_json::json!({"status": "sealed", "storage": "closed"}));
+    };
     // A reopen attempt may wait on the engine's file lock: off the async executor.
     let healthy = web::block(move || service.vault().storage_healthy())
         .await
@@ -32,7 +40,7 @@ pub(super) async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub(super) async fn keys(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.service.keys_document())
+    HttpResponse::Ok().json(state.gate.keys_document())
 }
 
 #[derive(serde::Deserialize)]
@@ -52,9 +60,9 @@ pub(super) async fn attestation(
         .and_then(|n| b64_decode(&n))
         .and_then(|n| n.try_into().ok())
         .ok_or(ApiError::BadNonce)?;
-    let (service, attester) = (state.service.clone(), state.attestation.clone());
+    let (gate, attester) = (state.gate.clone(), state.attestation.clone());
     let evidence =
-        web::block(move || attester.evidence(&nonce, service.identity_public(), unix_now()))
+        web::block(move || attester.evidence(&nonce, gate.identity_public(), unix_now()))
             .await
             .map_err(|_| ApiError::Service(ServiceError::Internal))?
             .map_err(|error| {

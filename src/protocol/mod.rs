@@ -5,6 +5,7 @@
 
 pub mod answer;
 pub mod client_auth;
+pub mod custody;
 pub mod jwk;
 pub mod keycert;
 pub mod payload;

@@ -384,11 +384,22 @@ pub enum ErrorCode {
     BadJoinRequest,
     JoinRefused,
     JoinUnavailable,
+    Sealed,
+    NotSealed,
+    BadCustodyRequest,
+    UnknownCustodian,
+    BadCustodianSignature,
+    StaleAttempt,
+    ShareReplayed,
+    ShareInvalid,
+    ShareMismatch,
+    DatabaseNotEmpty,
+    DatabaseNotInitialised,
 }
 
 impl ErrorCode {
     /// Every code, in the order docs/openapi.yaml lists them.
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 45] = [
         ErrorCode::MalformedEnvelope,
         ErrorCode::BadBase64,
         ErrorCode::BadLength,
@@ -423,6 +434,17 @@ impl ErrorCode {
         ErrorCode::BadJoinRequest,
         ErrorCode::JoinRefused,
         ErrorCode::JoinUnavailable,
+        ErrorCode::Sealed,
+        ErrorCode::NotSealed,
+        ErrorCode::BadCustodyRequest,
+        ErrorCode::UnknownCustodian,
+        ErrorCode::BadCustodianSignature,
+        ErrorCode::StaleAttempt,
+        ErrorCode::ShareReplayed,
+        ErrorCode::ShareInvalid,
+        ErrorCode::ShareMismatch,
+        ErrorCode::DatabaseNotEmpty,
+        ErrorCode::DatabaseNotInitialised,
     ];
 }
 
@@ -464,6 +486,17 @@ impl ErrorCode {
             ErrorCode::BadJoinRequest => "bad_join_request",
             ErrorCode::JoinRefused => "join_refused",
             ErrorCode::JoinUnavailable => "join_unavailable",
+            ErrorCode::Sealed => "sealed",
+            ErrorCode::NotSealed => "not_sealed",
+            ErrorCode::BadCustodyRequest => "bad_custody_request",
+            ErrorCode::UnknownCustodian => "unknown_custodian",
+            ErrorCode::BadCustodianSignature => "bad_custodian_signature",
+            ErrorCode::StaleAttempt => "stale_attempt",
+            ErrorCode::ShareReplayed => "share_replayed",
+            ErrorCode::ShareInvalid => "share_invalid",
+            ErrorCode::ShareMismatch => "share_mismatch",
+            ErrorCode::DatabaseNotEmpty => "database_not_empty",
+            ErrorCode::DatabaseNotInitialised => "database_not_initialised",
         }
     }
 }

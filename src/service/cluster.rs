@@ -16,7 +16,7 @@ use crate::protocol::request::{ProtectedHeader, seal};
 use crate::protocol::response::{ResponseSigner, SignedResponse};
 use crate::protocol::{b64_decode, b64_encode};
 
-use super::Service;
+use super::custody::Gate;
 
 /// A challenge answers one join within this many seconds.
 pub const CHALLENGE_TTL_SECS: i64 = 60;
@@ -39,6 +39,9 @@ pub enum JoinError {
     /// Too many challenges outstanding.
     #[error("too many join challenges outstanding; retry in a minute")]
     Busy,
+    /// This replica is sealed (custodian mode): it holds no master key to give.
+    #[error("this replica is sealed: its custodians have not unsealed it yet")]
+    Sealed,
     /// This replica could not make its evidence or seal the secrets.
     #[error("this replica cannot answer joins now: {0}")]
     Unavailable(String),
@@ -52,6 +55,7 @@ impl JoinError {
             JoinError::Challenge => "challenge",
             JoinError::Attestation(e) => e.check.as_str(),
             JoinError::Busy => "busy",
+            JoinError::Sealed => "sealed",
             JoinError::Unavailable(_) => "unavailable",
         }
     }
@@ -77,18 +81,21 @@ impl ClusterPeer {
     /// fresh challenge for the joiner's own evidence.
     pub fn challenge(
         &self,
-        service: &Service,
+        gate: &Gate,
         attester: &Attester,
         request: &ChallengeRequest,
         now: i64,
     ) -> Result<ChallengeAnswer, JoinError> {
+        if gate.export_secrets().is_none() {
+            return Err(JoinError::Sealed);
+        }
         let nonce: [u8; NONCE_LEN] = b64_decode(&request.nonce)
             .and_then(|n| n.try_into().ok())
             .ok_or(JoinError::Malformed(
                 "nonce must be 32 bytes in base64url without padding",
             ))?;
         let evidence = attester
-            .evidence(&nonce, service.identity_public(), now)
+            .evidence(&nonce, gate.identity_public(), now)
             .map_err(|e| JoinError::Unavailable(e.to_string()))?;
         let challenge: [u8; NONCE_LEN] =
             random_array().map_err(|e| JoinError::Unavailable(e.to_string()))?;
@@ -110,7 +117,7 @@ impl ClusterPeer {
     /// the cluster policy, and grants the secrets sealed to the key that evidence binds.
     pub fn admit(
         &self,
-        service: &Service,
+        gate: &Gate,
         request: &JoinRequest,
         now: i64,
     ) -> Result<SignedResponse, JoinError> {
@@ -128,7 +135,7 @@ impl ClusterPeer {
             self.policy
                 .verify_bound(Binding::ClusterJoin, &request.evidence, &challenge, now)?;
         let recipient = verified.identity;
-        let secrets = service.export_secrets().to_bytes();
+        let secrets = gate.export_secrets().ok_or(JoinError::Sealed)?.to_bytes();
         let header = ProtectedHeader::new(&recipient.kid(), now)
             .map_err(|e| JoinError::Unavailable(e.to_string()))?;
         let sealed = seal(&recipient, &header, &secrets)
@@ -139,7 +146,7 @@ impl ClusterPeer {
             recipient: recipient.kid(),
             sealed: serde_json::from_slice(&sealed).expect("an envelope is JSON"),
         };
-        let identity = service.identity();
+        let identity = gate.keys().identity();
         let signed = ResponseSigner::new(identity.public())
             .sign(
                 identity,
@@ -203,7 +210,7 @@ mod tests {
     /// A join request from a joiner attested by `joiner`, for a fresh challenge of `peer`.
     fn join_request(
         peer: &ClusterPeer,
-        service: &Service,
+        service: &Gate,
         peer_attester: &Attester,
         joiner: &Attester,
     ) -> (JoinRequest, DecryptionKey) {
@@ -233,7 +240,7 @@ mod tests {
 
     #[test]
     fn a_production_policy_refuses_a_simulated_joiner() {
-        let service = crate::service::tests::service();
+        let service = Gate::open(std::sync::Arc::new(crate::service::tests::service()));
         let production = Policy::load(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("config/attestation-policy.toml"),
         )
@@ -248,7 +255,7 @@ mod tests {
     #[test]
     fn a_grant_carries_the_cluster_secrets_once_per_challenge() {
         let dir = tempfile::tempdir().unwrap();
-        let service = crate::service::tests::service();
+        let service = Gate::open(std::sync::Arc::new(crate::service::tests::service()));
         let peer = ClusterPeer::new(sim_policy(dir.path(), &platform()));
         let sim = attester(MEASUREMENT);
         let (request, ephemeral) = join_request(&peer, &service, &sim, &sim);
@@ -287,7 +294,7 @@ mod tests {
         // The peer's own evidence is checked by the joiner under the same policy: a peer of
         // another build fails it (app::join refuses it before sending its evidence).
         let dir = tempfile::tempdir().unwrap();
-        let service = crate::service::tests::service();
+        let service = Gate::open(std::sync::Arc::new(crate::service::tests::service()));
         let policy = sim_policy(dir.path(), &platform());
         let peer = ClusterPeer::new(sim_policy(dir.path(), &platform()));
         let other_build = attester([9; 32]);

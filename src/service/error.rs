@@ -90,6 +90,12 @@ pub enum ServiceError {
     /// of this request was acknowledged. Retry after a few seconds (with a new `rid`).
     #[error("storage is unavailable for now; retry in a few seconds with a new request id")]
     StorageUnavailable,
+    /// Custodian mode before the unseal: the service holds no master key yet.
+    #[error(
+        "the service is sealed: it serves once its custodians have unsealed it (GET \
+         /v1/custody shows how many shares it holds)"
+    )]
+    Sealed,
     /// A fault of the service; the cause is logged server-side, never sent.
     #[error("internal error")]
     Internal,
@@ -129,6 +135,7 @@ impl ServiceError {
             ServiceError::Overloaded => ErrorCode::Overloaded,
             ServiceError::RateLimited { .. } => ErrorCode::RateLimited,
             ServiceError::StorageUnavailable => ErrorCode::StorageUnavailable,
+            ServiceError::Sealed => ErrorCode::Sealed,
             ServiceError::Internal => ErrorCode::InternalError,
         }
     }
@@ -137,6 +144,9 @@ impl ServiceError {
 /// Seconds a client should wait after `storage_unavailable` (the store retries reopening
 /// every second).
 pub const STORAGE_RETRY_AFTER_SECS: u64 = 2;
+
+/// Seconds a client should wait after `sealed` (custodians work at human speed).
+pub const SEALED_RETRY_AFTER_SECS: u64 = 30;
 
 /// Logs a fault of the service with its cause and returns the opaque error.
 pub(crate) fn internal(error: impl std::fmt::Display) -> ServiceError {

@@ -84,6 +84,7 @@ impl KeySet {
                 lifetime,
                 grace,
             },
+            master_key: None,
         })
     }
 
@@ -94,6 +95,8 @@ impl KeySet {
             identity: identity_scalar,
             mut ratchet,
             schedule,
+            // The master key is the vault's, not the key set's (`service::custody`).
+            master_key: _,
         } = secrets;
         let identity = IdentityKey::from_scalar(&identity_scalar)?;
         let signer = ResponseSigner::new(identity.public());
@@ -133,6 +136,7 @@ impl KeySet {
                 SecretBytes::from_slice(epochs.ratchet.expose_state()).expect("32 bytes"),
             ),
             schedule: self.schedule,
+            master_key: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod cluster;
+pub mod custody;
 mod error;
 mod identify;
 pub mod keyset;
@@ -38,8 +39,8 @@ use keyset::{KeySet, KidLookup};
 use limits::RateLimiter;
 use replay::{ReplayCache, ReplayCheck};
 
-pub use error::STORAGE_RETRY_AFTER_SECS;
 pub use error::{LimitScope, ServiceError};
+pub use error::{SEALED_RETRY_AFTER_SECS, STORAGE_RETRY_AFTER_SECS};
 pub(crate) use error::{fault, internal};
 
 /// What the service needs from the configuration (the app assembles it from `Config`).
@@ -128,7 +129,7 @@ impl ModelSlot {
 }
 
 pub struct Service {
-    keys: KeySet,
+    keys: std::sync::Arc<KeySet>,
     signer: ResponseSigner,
     vault: Vault,
     replay: ReplayCache,
@@ -166,6 +167,18 @@ impl Service {
         secrets: ClusterSecrets,
         now: i64,
     ) -> Result<Self, StartError> {
+        let keys = std::sync::Arc::new(KeySet::new(secrets, now)?);
+        Self::with_keys(settings, vault, keys, now)
+    }
+
+    /// A service on keys made before its database opened (custodian mode: the keys answer
+    /// attestation while the service is sealed, `service::custody`).
+    pub fn with_keys(
+        settings: &Settings,
+        vault: Vault,
+        keys: std::sync::Arc<KeySet>,
+        now: i64,
+    ) -> Result<Self, StartError> {
         let replay = ReplayCache::new(settings.iat_window_secs, settings.replay_cache_capacity);
         // Request ids spent before a restart stay spent.
         replay.load(vault.spent_rids(now - replay.retention_secs())?);
@@ -184,7 +197,6 @@ impl Service {
                 slot.load(&user_id, &enrolment);
             }
         }
-        let keys = KeySet::new(secrets, now)?;
         Ok(Self {
             signer: ResponseSigner::new(keys.identity().public()),
             keys,

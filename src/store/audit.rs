@@ -23,6 +23,10 @@ pub struct AuditEntry {
     pub event: String,
     pub keys: Vec<String>,
     pub counts: BTreeMap<String, u64>,
+    /// Who acted, where people did (custodians by their roster name; never a secret).
+    /// Absent from entries without (so older entries hash as they did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub who: Vec<String>,
     /// Hex SM3 of the previous entry ([`GENESIS`] for the first).
     pub prev: String,
     /// Hex SM3 of this entry's JSON with `hash` empty, prefixed by the previous hash.
@@ -58,6 +62,18 @@ pub fn append(
     keys: Vec<String>,
     counts: BTreeMap<String, u64>,
 ) -> Result<AuditEntry, StoreError> {
+    append_by(store, at, event, keys, Vec::new(), counts)
+}
+
+/// [`append`], naming who acted.
+pub fn append_by(
+    store: &dyn Store,
+    at: i64,
+    event: &str,
+    keys: Vec<String>,
+    who: Vec<String>,
+    counts: BTreeMap<String, u64>,
+) -> Result<AuditEntry, StoreError> {
     loop {
         let (seq, prev) = match store.last(Table::Audit)? {
             Some((_, value)) => {
@@ -73,6 +89,7 @@ pub fn append(
             event: event.to_owned(),
             keys: keys.clone(),
             counts: counts.clone(),
+            who: who.clone(),
             prev,
             hash: String::new(),
         };

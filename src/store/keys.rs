@@ -41,6 +41,21 @@ impl MasterKey {
         SecretBytes::random().map(Self)
     }
 
+    /// A key rebuilt or received in TEE memory (custodians' shares, a peer's join).
+    pub fn from_secret(secret: SecretBytes<MASTER_KEY_LEN>) -> Self {
+        Self(secret)
+    }
+
+    /// The key's bytes, to split among custodians or seal to a joining replica.
+    pub fn expose_secret(&self) -> &SecretBytes<MASTER_KEY_LEN> {
+        &self.0
+    }
+
+    /// A second copy, in wiping storage (one opens the vault, one stays for joiners).
+    pub fn duplicate(&self) -> Self {
+        Self(SecretBytes::from_slice(self.0.expose()).expect("same length"))
+    }
+
     /// Parses a comma-separated list of keys (`DB_MASTER_KEY_PREVIOUS`); blanks are ignored.
     /// The error names the position of the bad entry, never its text.
     pub fn parse_list(text: &str) -> Result<Vec<Self>, KeyListError> {

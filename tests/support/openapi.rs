@@ -161,6 +161,11 @@ pub fn check_payload(method: &str, route: &str, payload: &Value) {
     );
 }
 
+/// Checks a value against a schema of the document's components (`#/components/schemas/…`).
+pub fn check_schema(name: &str, value: &Value) {
+    validate(&format!("/components/schemas/{name}"), value, name);
+}
+
 /// Every (method, route) the document has.
 pub fn documented_operations() -> BTreeSet<(String, String)> {
     let mut operations = BTreeSet::new();

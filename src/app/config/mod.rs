@@ -17,7 +17,8 @@ mod sections;
 
 pub use sections::{
     AccessConfig, AttestationConfig, ClusterConfig, FaceModelConfig, FeaturesConfig, KeysConfig,
-    LimitsConfig, ProtocolConfig, ServerConfig, StorageBackend, StorageConfig,
+    LimitsConfig, MasterKeySourceConfig, ProtocolConfig, ServerConfig, StorageBackend,
+    StorageConfig,
 };
 use sections::{Check, thresholds_hold};
 

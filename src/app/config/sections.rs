@@ -133,6 +133,20 @@ pub struct KeysConfig {
     pub encryption_key_lifetime_secs: i64,
     /// How long an expired encryption key still decrypts before it is wiped.
     pub encryption_key_grace_secs: i64,
+    /// Where the DB master key comes from: `env` (`DB_MASTER_KEY`, or the dev key) or
+    /// `custodians` (k of n custodians unseal the service: `service::custody`).
+    pub source: MasterKeySourceConfig,
+    /// The custodians file (`threshold`, `[[custodian]] name, public_key`), for `source =
+    /// "custodians"`.
+    pub custodians_file: PathBuf,
+}
+
+/// `[keys] source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MasterKeySourceConfig {
+    Env,
+    Custodians,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +293,12 @@ impl KeysConfig {
             (
                 (0..=self.encryption_key_lifetime_secs).contains(&self.encryption_key_grace_secs),
                 "keys.encryption_key_grace_secs must be in 0..=encryption_key_lifetime_secs",
+            ),
+            (
+                self.source != MasterKeySourceConfig::Custodians
+                    || !self.custodians_file.as_os_str().is_empty(),
+                "keys.source = \"custodians\" needs keys.custodians_file (docs/OPERATIONS.md, \
+                 \"Custodians\")",
             ),
         ]
     }

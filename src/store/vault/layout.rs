@@ -27,6 +27,15 @@ pub(super) fn canary_key(id: KeyId) -> Vec<u8> {
     format!("{CANARY_PREFIX}{id}").into_bytes()
 }
 
+/// The key id a canary's meta key names (`None`: not a canary's key).
+pub(super) fn canary_id(key: &[u8]) -> Option<KeyId> {
+    std::str::from_utf8(key)
+        .ok()?
+        .strip_prefix(CANARY_PREFIX)?
+        .parse()
+        .ok()
+}
+
 /// The meta key of the index map entry for `old`.
 pub(super) fn index_map_key(old: &[u8]) -> Vec<u8> {
     [INDEX_MAP_PREFIX, old].concat()

@@ -22,6 +22,7 @@
 
 mod changes;
 mod copy;
+mod custody;
 mod erase;
 mod history;
 mod layout;

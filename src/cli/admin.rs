@@ -1,0 +1,117 @@
+//! `tee-risk admin …`: a custodian's commands (`protocol::custody`, docs/OPERATIONS.md
+//! "Custodians"). Each attests the service under the custodian's own policy before it
+//! sends anything, and accepts only answers signed by the attested identity.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::CliError;
+use super::args::{AdminCommand, CustodianArgs};
+use crate::client::{Client, ClientError};
+use crate::crypto::keyfile::{load_sm2_key_pair, write_private_file};
+use crate::protocol::custody::ShareFile;
+
+/// Runs one `admin` command.
+pub fn run(command: AdminCommand) -> Result<(), CliError> {
+    match command {
+        AdminCommand::Status { url } => {
+            super::print_json(&crate::client::custody_status(&url).map_err(client_error)?)?;
+            Ok(())
+        }
+        AdminCommand::Init { custodian, out } => init(&custodian, &out),
+        AdminCommand::Unseal { custodian, share } => unseal(&custodian, &share),
+    }
+}
+
+/// The service attested under the custodian's policy (exit 3 when it fails).
+fn attested(args: &CustodianArgs) -> Result<Client, CliError> {
+    let policy = super::release::policy(&args.policy, &args.release)?;
+    let (client, verified) = Client::attest(&args.url, &policy).map_err(client_error)?;
+    eprintln!(
+        "attested: {} measurement {}, identity {}",
+        verified.tee,
+        verified.measurement,
+        verified.identity.kid()
+    );
+    Ok(client)
+}
+
+fn init(args: &CustodianArgs, out: &Path) -> Result<(), CliError> {
+    let name = args
+        .name
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("admin init needs --name (yours in the custodians file)"))?;
+    let (signing, _) = load_sm2_key_pair(&args.key).map_err(anyhow::Error::from)?;
+    let client = attested(args)?;
+    let reply = client.custody_init(name, &signing).map_err(client_error)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut written = Vec::new();
+    for share in &reply.shares {
+        let path = out.join(format!("{}.share.json", share.custodian));
+        if path.exists() {
+            return Err(anyhow::anyhow!(
+                "{} exists: not overwritten (the service is initialised; move the old file \
+                 away and copy this share from the answer below)\n{}",
+                path.display(),
+                serde_json::to_string_pretty(&reply)?
+            )
+            .into());
+        }
+        let text = serde_json::to_string_pretty(share)?;
+        write_private_file(&path, text.as_bytes()).map_err(anyhow::Error::from)?;
+        written.push(path.display().to_string());
+    }
+    super::print_json(&serde_json::json!({
+        "key_id": reply.key_id,
+        "threshold": reply.threshold,
+        "shares": written,
+    }))?;
+    eprintln!(
+        "initialised: master key {} split {} of {}; give each custodian their file only",
+        reply.key_id,
+        reply.threshold,
+        reply.shares.len()
+    );
+    Ok(())
+}
+
+fn unseal(args: &CustodianArgs, share_path: &Path) -> Result<(), CliError> {
+    let text = std::fs::read_to_string(share_path)
+        .with_context(|| format!("cannot read {}", share_path.display()))?;
+    let share: ShareFile = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a share file", share_path.display()))?;
+    if let Some(name) = &args.name
+        && *name != share.custodian
+    {
+        return Err(anyhow::anyhow!(
+            "{} is {}'s share, not {name}'s",
+            share_path.display(),
+            share.custodian
+        )
+        .into());
+    }
+    let (signing, decrypting) = load_sm2_key_pair(&args.key).map_err(anyhow::Error::from)?;
+    let client = attested(args)?;
+    let reply = client
+        .custody_unseal(&share, &signing, &decrypting)
+        .map_err(client_error)?;
+    super::print_json(&reply)?;
+    eprintln!(
+        "share of {} accepted: {} of {} received; the service is {}",
+        reply.custodian,
+        reply.received.len(),
+        reply.threshold,
+        reply.state
+    );
+    Ok(())
+}
+
+/// A refusal by the service exits 4, an untrusted service 3.
+fn client_error(error: ClientError) -> CliError {
+    match error {
+        ClientError::Refused { .. } => CliError::Refused(error.to_string()),
+        ClientError::Untrusted { .. } => CliError::CheckFailed(error.to_string()),
+        other => CliError::Failed(other.into()),
+    }
+}

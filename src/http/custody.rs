@@ -1,0 +1,52 @@
+//! The key-custody endpoints (`GET /v1/custody`, `POST /v1/custody/init`, `POST
+//! /v1/custody/unseal`): on the service listener, where custodians reach it; authenticated
+//! by the custodians' signatures and the attempt (`service::custody`), never by a token. A
+//! service that takes its key from the environment answers 404.
+
+use actix_web::{HttpResponse, web};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::obs::unix_now;
+use crate::protocol::custody::{CustodyFormatError, InitRequest, UnsealRequest};
+use crate::service::ServiceError;
+use crate::service::custody::CustodyError;
+
+pub(super) async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.gate.status()?))
+}
+
+pub(super) async fn init(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let gate = state.gate.clone();
+    // Opening (creating) the database and SM2 work: off the async executor.
+    gate.status()?;
+    let request: InitRequest = parse(&body)?;
+    let signed = web::block(move || gate.init(&request, unix_now()))
+        .await
+        .map_err(|_| ApiError::Service(ServiceError::Internal))??;
+    Ok(HttpResponse::Ok().json(signed))
+}
+
+pub(super) async fn unseal(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let gate = state.gate.clone();
+    gate.status()?;
+    let request: UnsealRequest = parse(&body)?;
+    let signed = web::block(move || gate.unseal(&request, unix_now()))
+        .await
+        .map_err(|_| ApiError::Service(ServiceError::Internal))??;
+    Ok(HttpResponse::Ok().json(signed))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|_| {
+        ApiError::Custody(CustodyError::Malformed(CustodyFormatError::Share(
+            "the body is not this endpoint's JSON",
+        )))
+    })
+}
