@@ -5,7 +5,7 @@
 //! of three custodians unseal it with `tee-risk admin unseal`; a restart needs them again;
 //! a forged share, an unlisted custodian, a replayed message, a message for an earlier
 //! attempt, a share for another database and a share of another k are each refused with
-//! their code and leave it sealed; a replica joins and serves without any custodian; the
+//! their code and leave it sealed; two more replicas join and serve without any custodian; the
 //! audit log names each step's custodian. At the end the master key (rebuilt here from the
 //! custodians' shares) is in no file under the data and keys folders, in no PostgreSQL dump,
 //! in no log line at trace level and in no process environment.
@@ -31,17 +31,23 @@ use tee_risk::protocol::reply::{Code, ErrorCode};
 
 const MEASUREMENT: &str = "c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2";
 const CUSTODIANS: [&str; 3] = ["alice", "bob", "carol"];
+/// The single node's operator token (its `/admin/db/status` shows the sweep's progress).
+const ADMIN_TOKEN: &str = "custody-test-operator";
 
 /// The folders and files every replica and custodian of the test shares.
 struct Setup {
     dir: PathBuf,
+    /// The PostgreSQL database of the replicas (none: a single node on sled).
     database_url: String,
 }
 
 impl Setup {
-    fn new() -> Self {
+    fn new(postgres: bool) -> Self {
         let dir = tempfile::tempdir().unwrap().keep();
-        let database_url = pg::shared().create_database();
+        let database_url = match postgres {
+            true => pg::shared().create_database(),
+            false => String::new(),
+        };
         let setup = Self { dir, database_url };
         let mut roster = String::from("threshold = 2\n");
         for name in CUSTODIANS.iter().chain(&["mallory"]) {
@@ -121,6 +127,24 @@ impl Setup {
             .start()
     }
 
+    /// A single node on sled in custodian mode (the keys folder the policy pins).
+    fn single(&self) -> TestServer {
+        let config = self.dir.join("single.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[keys]\nsource = \"custodians\"\ncustodians_file = \"{}\"\n[attestation]\n\
+                 mode = \"sim\"\nsim_measurement = \"{MEASUREMENT}\"\n",
+                self.dir.join("custodians.toml").display(),
+            ),
+        )
+        .unwrap();
+        TestServer::builder(&self.data_dir(), &self.dir.join("keys1"))
+            .args(&["--config", config.to_str().unwrap()])
+            .env(&[("TEE_RISK_ADMIN_TOKEN", ADMIN_TOKEN)])
+            .start()
+    }
+
     /// `tee-risk admin …` as a custodian; its exit code and output.
     fn admin(&self, args: &[&str]) -> (i32, String) {
         let output = Command::new(env!("CARGO_BIN_EXE_tee-risk"))
@@ -139,7 +163,12 @@ impl Setup {
     }
 
     fn unseal_cli(&self, server: &TestServer, name: &str) -> (i32, String) {
-        let share = self.dir.join("shares").join(format!("{name}.share.json"));
+        self.unseal_cli_from(server, name, "shares")
+    }
+
+    /// `admin unseal` with the share in `folder` (`shares`: from the init).
+    fn unseal_cli_from(&self, server: &TestServer, name: &str, folder: &str) -> (i32, String) {
+        let share = self.dir.join(folder).join(format!("{name}.share.json"));
         self.admin(&[
             "unseal",
             "--url",
@@ -154,7 +183,11 @@ impl Setup {
     }
 
     fn share(&self, name: &str) -> ShareFile {
-        let path = self.dir.join("shares").join(format!("{name}.share.json"));
+        self.share_from(name, "shares")
+    }
+
+    fn share_from(&self, name: &str, folder: &str) -> ShareFile {
+        let path = self.dir.join(folder).join(format!("{name}.share.json"));
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
@@ -279,11 +312,16 @@ fn post(server: &TestServer, path: &str, body: &[u8]) -> Result<Value, ClientErr
 }
 
 /// A share of another split, sealed to the service, signed by alice.
-fn crafted_share(setup: &Setup, client: &Client, key_id: [u8; 8], threshold: u8) -> UnsealRequest {
-    let attempt = tee_risk::protocol::custody::attempt_bytes(
-        client.custody_status().unwrap().attempt.as_deref().unwrap(),
-    )
-    .unwrap();
+fn crafted_share(
+    setup: &Setup,
+    client: &Client,
+    key_id: [u8; 8],
+    threshold: u8,
+    signer: &str,
+) -> UnsealRequest {
+    let attempt =
+        tee_risk::protocol::custody::attempt_bytes(&client.custody_status().unwrap().attempt)
+            .unwrap();
     let plain = SharePlain {
         key_id,
         index: 1,
@@ -291,13 +329,13 @@ fn crafted_share(setup: &Setup, client: &Client, key_id: [u8; 8], threshold: u8)
         shares: 3,
         value: SecretBytes::random().unwrap(),
     };
-    let (alice, _) = setup.keys("alice");
-    UnsealRequest::seal("alice", &attempt, &plain, &client.keys().encryption, &alice).unwrap()
+    let (key, _) = setup.keys(signer);
+    UnsealRequest::seal(signer, &attempt, &plain, &client.keys().encryption, &key).unwrap()
 }
 
 #[test]
 fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
-    let setup = Setup::new();
+    let setup = Setup::new(true);
     let mut logs = Vec::new();
 
     // 1. Sealed from the start: no key anywhere, nothing served, `db` refuses.
@@ -319,7 +357,7 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
     let client = setup.attested(&r1);
     refused(
         &r1,
-        post_unseal(&r1, &crafted_share(&setup, &client, [1; 8], 2)),
+        post_unseal(&r1, &crafted_share(&setup, &client, [1; 8], 2, "alice")),
         ErrorCode::DatabaseNotInitialised,
     );
 
@@ -400,10 +438,8 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
     let (alice, alice_dec) = setup.keys("alice");
     let (mallory, _) = setup.keys("mallory");
     let attempt_of = |client: &Client| {
-        tee_risk::protocol::custody::attempt_bytes(
-            client.custody_status().unwrap().attempt.as_deref().unwrap(),
-        )
-        .unwrap()
+        tee_risk::protocol::custody::attempt_bytes(&client.custody_status().unwrap().attempt)
+            .unwrap()
     };
     let alice_plain = || shares[0].open(&alice_dec).unwrap();
     let encryption = client.keys().encryption;
@@ -465,15 +501,10 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
         post_unseal(&r1, &unlisted),
         ErrorCode::UnknownCustodian,
     );
-    // A share for another database (another master key), and one of another k.
+    // A share for another database (another master key).
     refused(
         &r1,
-        post_unseal(&r1, &crafted_share(&setup, &client, [9; 8], 2)),
-        ErrorCode::ShareMismatch,
-    );
-    refused(
-        &r1,
-        post_unseal(&r1, &crafted_share(&setup, &client, master.key_id().0, 3)),
+        post_unseal(&r1, &crafted_share(&setup, &client, [9; 8], 2, "alice")),
         ErrorCode::ShareMismatch,
     );
     // Alice's real message is accepted once; the same message again is a replay.
@@ -505,14 +536,19 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
     // Alice's message after the unseal, and after another restart (an earlier attempt).
     refused_open(&r1, post_unseal(&r1, &alice_message), ErrorCode::NotSealed);
 
-    // 4. A replica joins and serves without any custodian.
+    // 4. A second and a third replica join and serve without any custodian (the third
+    //    joins the second).
     let peer = r1.operator_url.clone().unwrap();
-    let r3 = setup.replica(3, Some(&peer));
-    assert_eq!(status(&r3)["state"], "unsealed");
-    assert_eq!(status(&r3)["key_id"], key_id);
-    r3.client()
-        .assess(&request(user, &synthetic_face(1)))
-        .expect("the joined replica serves");
+    let r2 = setup.replica(2, Some(&peer));
+    let r3 = setup.replica(3, Some(r2.operator_url.as_deref().unwrap()));
+    for replica in [&r2, &r3] {
+        assert_eq!(status(replica)["state"], "unsealed");
+        assert_eq!(status(replica)["key_id"], key_id);
+        replica
+            .client()
+            .assess(&request(user, &synthetic_face(1)))
+            .expect("a joined replica serves");
+    }
 
     logs.push(r1.stderr_log.clone());
     r1.stop_cleanly();
@@ -566,13 +602,14 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
             .iter()
             .any(|n| haystack.windows(n.len()).any(|w| w == &n[..]))
     };
-    for server in [&r1, &r3] {
+    for server in [&r1, &r2, &r3] {
         let environ = std::fs::read(format!("/proc/{}/environ", server.pid())).unwrap();
         assert!(!found(&environ), "the key is in a process environment");
     }
     logs.push(r1.stderr_log.clone());
+    logs.push(r2.stderr_log.clone());
     logs.push(r3.stderr_log.clone());
-    drop((r1, r3));
+    drop((r1, r2, r3));
     for log in &logs {
         let text = std::fs::read(log).unwrap();
         assert!(
@@ -586,6 +623,7 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
     for folder in [
         setup.data_dir(),
         setup.dir.join("keys1"),
+        setup.dir.join("keys2"),
         setup.dir.join("keys3"),
     ] {
         walk(&folder, &mut files);
@@ -649,5 +687,307 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         } else {
             out.push(path);
         }
+    }
+}
+
+/// The master key rebuilt from two custodians' shares in `folder`.
+fn rebuilt(setup: &Setup, folder: &str, names: [&str; 2]) -> MasterKey {
+    let shares: Vec<Share> = names
+        .iter()
+        .map(|name| {
+            let plain = setup
+                .share_from(name, folder)
+                .open(&setup.keys(name).1)
+                .unwrap();
+            Share {
+                index: plain.index,
+                value: plain.value,
+            }
+        })
+        .collect();
+    MasterKey::from_secret(shamir::combine(&shares).unwrap())
+}
+
+/// Fills a stopped single node's sled store with `users` enrolments and `logs` risk logs
+/// under `master` (through the vault, as the service writes them), so that a sweep takes
+/// seconds.
+fn seed(data: &Path, master: &MasterKey, users: usize, logs: usize) {
+    use tee_risk::internals::store::{
+        LEGACY_FACE_MODEL, OpenMode, RiskLogEntry, SledStore, Store, Vault,
+    };
+    let store: std::sync::Arc<dyn Store> =
+        std::sync::Arc::new(SledStore::open(&data.join("db")).unwrap());
+    let mut vault = Vault::open_keyring(store, master, &[], OpenMode::Write).unwrap();
+    vault.keep_high_water_mark(data, false).unwrap();
+    for i in 0..users {
+        let id = format!("seed-{i}");
+        vault
+            .enrol(&vault.user(&id), &id, &synthetic_face(i + 10), 1, 5)
+            .unwrap();
+    }
+    for n in 0..logs {
+        let id = format!("seed-{}", n % users);
+        let user = vault.user(&id);
+        let log = RiskLogEntry {
+            rid: format!("seed-log-{n}"),
+            at: 1,
+            user: hex::encode(user.current()),
+            decision: "allow".into(),
+            score: 0.0,
+            reasons: vec![],
+            model: "seed".into(),
+            face_model: LEGACY_FACE_MODEL.into(),
+            features: synthetic_face(n % users + 10),
+            liveness: None,
+            device_id: None,
+        };
+        vault.record_assessment(user.current(), &log, true).unwrap();
+    }
+    vault.flush().unwrap();
+    vault.sync_high_water_mark().unwrap();
+}
+
+#[test]
+fn a_rekey_killed_mid_sweep_completes_after_unsealing_with_both_share_sets() {
+    let setup = Setup::new(false);
+    let policy = setup.policy();
+    let policy = policy.to_str().unwrap();
+    let admin = |args: &[&str], expect: i32| {
+        let (code, out) = setup.admin(args);
+        assert_eq!(code, expect, "admin {args:?}: {out}");
+        out
+    };
+    let key = |name: &str| setup.key_file(name).to_str().unwrap().to_owned();
+
+    // A single node, initialised by alice; a store big enough for a sweep of seconds.
+    let node = setup.single();
+    let url = node.url.clone();
+    admin(
+        &[
+            "init",
+            "--url",
+            &url,
+            "--policy",
+            policy,
+            "--name",
+            "alice",
+            "--key",
+            &key("alice"),
+            "--out",
+            setup.dir.join("shares").to_str().unwrap(),
+        ],
+        0,
+    );
+    let old = rebuilt(&setup, "shares", ["alice", "bob"]);
+    node.stop_cleanly();
+    seed(&setup.data_dir(), &old, 4_000, 36_000);
+    let node = setup.single();
+    let url = node.url.clone();
+    for name in ["alice", "bob"] {
+        setup.unseal_cli(&node, name);
+    }
+    assert_eq!(status(&node)["state"], "unsealed");
+
+    // Two approvals: the first is held, the second rekeys and hands out the new shares.
+    let out = admin(
+        &[
+            "rekey",
+            "--url",
+            &url,
+            "--policy",
+            policy,
+            "--name",
+            "alice",
+            "--key",
+            &key("alice"),
+            "--out",
+            setup.dir.join("new-shares").to_str().unwrap(),
+        ],
+        0,
+    );
+    assert!(out.contains("\"approving\""), "{out}");
+    admin(
+        &[
+            "rekey",
+            "--url",
+            &url,
+            "--policy",
+            policy,
+            "--name",
+            "carol",
+            "--key",
+            &key("carol"),
+            "--out",
+            setup.dir.join("new-shares").to_str().unwrap(),
+        ],
+        0,
+    );
+    // Another rekey before this one's sweep is verified is refused.
+    let client = setup.attested(&node);
+    let again = tee_risk::protocol::custody::RekeyRequest::sign(
+        "bob",
+        &tee_risk::protocol::custody::attempt_bytes(&client.custody_status().unwrap().attempt)
+            .unwrap(),
+        &setup.keys("bob").0,
+    )
+    .unwrap();
+    let (code, _, body) = call(
+        &node,
+        "POST",
+        "/v1/custody/rekey",
+        &serde_json::to_vec(&again).unwrap(),
+    );
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("rekey_in_progress"))
+    );
+    let protocol =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/PROTOCOL.md"))
+            .unwrap();
+    assert!(
+        protocol.contains("| 409 | `rekey_in_progress` |"),
+        "docs/PROTOCOL.md §4"
+    );
+    // SIGKILL in the middle of the sweep, once it has moved some records.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let progress: Value = ureq::get(format!("{url}/admin/db/status"))
+            .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let rotation = &progress["rotation"];
+        assert!(rotation["completed_at"].is_null(), "the sweep ended first");
+        if rotation["moved"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep never moved"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    node.kill();
+    let new = rebuilt(&setup, "new-shares", ["alice", "carol"]);
+    assert_ne!(new.key_id(), old.key_id());
+    {
+        use tee_risk::internals::store::{OpenMode, SledStore, Store, Vault};
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(SledStore::open(&setup.data_dir().join("db")).unwrap());
+        let vault =
+            Vault::open_keyring(store, &new, &[old.duplicate()], OpenMode::Inspect).unwrap();
+        let rotation = vault
+            .registry_snapshot()
+            .rotation
+            .expect("a rotation began");
+        println!(
+            "the kill landed with {} records moved of about 40,000",
+            rotation.moved
+        );
+        assert!(
+            rotation.completed_at.is_none() && rotation.moved > 0,
+            "the kill landed outside the sweep ({} moved)",
+            rotation.moved
+        );
+    }
+
+    // After the restart the database needs both keys: the old shares alone do not unseal it,
+    // nor does a rekey approval.
+    let node = setup.single();
+    assert_sealed(&node);
+    let sealed_rekey = tee_risk::protocol::custody::RekeyRequest::sign(
+        "bob",
+        &tee_risk::protocol::custody::attempt_bytes(status(&node)["attempt"].as_str().unwrap())
+            .unwrap(),
+        &setup.keys("bob").0,
+    )
+    .unwrap();
+    let (code, _, body) = call(
+        &node,
+        "POST",
+        "/v1/custody/rekey",
+        &serde_json::to_vec(&sealed_rekey).unwrap(),
+    );
+    assert_eq!((code, body["error"].as_str()), (503, Some("sealed")));
+    for name in ["alice", "bob"] {
+        let (code, out) = setup.unseal_cli(&node, name);
+        assert_eq!(code, 0, "{out}");
+    }
+    let state = status(&node);
+    assert_eq!(
+        state["state"], "sealed",
+        "the old key's shares alone: {state}"
+    );
+    let needed = state["needed"].as_array().unwrap();
+    assert_eq!(needed.len(), 2, "{state}");
+    for name in ["bob", "carol"] {
+        let (code, out) = setup.unseal_cli_from(&node, name, "new-shares");
+        assert_eq!(code, 0, "{out}");
+    }
+    let state = status(&node);
+    assert_eq!(state["state"], "unsealed", "{state}");
+    assert_eq!(state["key_id"], new.key_id().to_string());
+    assert_eq!(state["previous_key_id"], old.key_id().to_string());
+
+    // The sweep resumes and completes; the old key is verified away and forgotten.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while status(&node).get("previous_key_id").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old key was never retired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    node.client()
+        .assess(&request("seed-7", &synthetic_face(17)))
+        .expect("records moved under the new key serve");
+    node.stop_cleanly();
+
+    // `db verify` passes with the new key alone; the old one is retired.
+    let db = |args: &[&str], key: &MasterKey| {
+        Command::new(env!("CARGO_BIN_EXE_tee-risk"))
+            .arg("db")
+            .args(args)
+            .arg("--data-dir")
+            .arg(setup.data_dir())
+            .env("DB_MASTER_KEY", key.to_hex_zeroizing().as_str())
+            .env_remove("DB_MASTER_KEY_PREVIOUS")
+            .env_remove("TEE_RISK_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let verify = db(&["verify"], &new);
+    assert!(
+        verify.status.success(),
+        "db verify: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        !db(&["status"], &old).status.success(),
+        "the old key is retired"
+    );
+    let log = db(&["verify-log"], &new);
+    let text = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(log.status.success(), "{text}");
+    let store =
+        tee_risk::internals::store::SledStore::open_copy(&setup.data_dir().join("db")).unwrap();
+    let entries = audit::verify(&store).unwrap();
+    let events: Vec<(&str, Vec<&str>)> = entries
+        .iter()
+        .map(|e| (e.event.as_str(), e.who.iter().map(String::as_str).collect()))
+        .collect();
+    for expected in [
+        ("custody_rekey_approved", vec!["alice"]),
+        ("custody_rekeyed", vec!["alice", "carol"]),
+        ("rotation_started", vec![]),
+        ("custody_unsealed", vec!["alice", "bob", "bob", "carol"]),
+        ("rotation_completed", vec![]),
+        ("key_retired", vec![]),
+        ("custody_previous_key_dropped", vec![]),
+    ] {
+        assert!(events.contains(&expected), "{expected:?} not in {events:?}");
     }
 }

@@ -50,6 +50,7 @@ fn a_recorded_request_is_undecryptable_after_its_key_is_wiped() {
             grace,
         },
         master_key: None,
+        previous_keys: Vec::new(),
     };
     let service =
         Service::with_secrets(&config.service_settings().unwrap(), vault, secrets, t0).unwrap();

@@ -15,7 +15,9 @@ use super::config::Config;
 use super::config::MasterKeySourceConfig;
 use super::join::{self, Joined};
 use super::secrets::{MasterKeyEnv, database_key_ids, open_vault, open_vault_with};
-use super::tasks::{spawn_key_maintenance, spawn_periodic_tasks, spawn_rotation};
+use super::tasks::{
+    spawn_custody_upkeep, spawn_key_maintenance, spawn_periodic_tasks, spawn_rotation,
+};
 use crate::attest::join::ClusterSecrets;
 use crate::attest::sim::{Measurement, SimPlatform};
 use crate::attest::{Attester, Policy, TeeKind};
@@ -170,6 +172,10 @@ pub async fn serve(
         .map_err(crate::service::StartError::from)?,
     };
     let master_from_peer = secrets.master_key.take().map(MasterKey::from_secret);
+    let previous_from_peer: Vec<MasterKey> = std::mem::take(&mut secrets.previous_keys)
+        .into_iter()
+        .map(MasterKey::from_secret)
+        .collect();
     let key_set = Arc::new(KeySet::new(secrets, now).map_err(crate::service::StartError::from)?);
     let background = Arc::new(std::sync::Mutex::new(None));
     let gate = match roster {
@@ -212,6 +218,7 @@ pub async fn serve(
                     roster,
                     Box::new(opener),
                     master_from_peer,
+                    previous_from_peer,
                     now,
                 )
             })
@@ -235,6 +242,8 @@ pub async fn serve(
     let keys_stop = Arc::new(AtomicBool::new(false));
     let key_maintenance = spawn_key_maintenance(key_set, keys_stop.clone())
         .map_err(io("start the key maintenance thread for", &data_dir))?;
+    let custody_upkeep = spawn_custody_upkeep(gate.clone(), keys_stop.clone())
+        .map_err(io("start the custody thread for", &data_dir))?;
     let state = app_state(&config, &gate, attestation, cluster.policy, clients);
     // On SIGTERM/SIGINT: stop accepting, finish in-flight requests (answers then close
     // their connections), then stop the background threads and flush.
@@ -244,6 +253,7 @@ pub async fn serve(
     }
     keys_stop.store(true, Ordering::Relaxed);
     let _ = key_maintenance.join();
+    let _ = custody_upkeep.join();
     if let Ok(service) = gate.service() {
         off_runtime(|| {
             service.vault().flush()?;
@@ -292,13 +302,18 @@ impl Opener for AppOpener {
             .map_err(|e| OpenError::Fault(e.to_string()))
     }
 
-    fn open(&self, master: MasterKey, keys: Arc<KeySet>) -> Result<Arc<Service>, OpenError> {
+    fn open(
+        &self,
+        current: &MasterKey,
+        previous: &[MasterKey],
+        keys: Arc<KeySet>,
+    ) -> Result<Arc<Service>, OpenError> {
         let fault = |e: &dyn std::fmt::Display| OpenError::Fault(e.to_string());
         // Off any async runtime: the PostgreSQL client blocks on a runtime of its own.
         let service = off_runtime(|| {
             let vault = open_vault_with(
-                &master,
-                &[],
+                current,
+                previous,
                 &self.storage,
                 self.database_url.as_ref(),
                 OpenMode::Write,
@@ -314,10 +329,28 @@ impl Opener for AppOpener {
                 .map(Arc::new)
                 .map_err(|e| fault(&e))
         })?;
-        let background =
-            Background::start(&service, &self.storage.data_dir).map_err(|e| fault(&e))?;
-        *lock(&self.background) = Some(background);
+        self.resume(&service)?;
         Ok(service)
+    }
+
+    fn close(&self, service: &Service) {
+        if let Some(background) = lock(&self.background).take() {
+            background.stop();
+        }
+        let flushed = off_runtime(|| {
+            service.vault().flush()?;
+            service.vault().sync_high_water_mark()
+        });
+        if let Err(error) = flushed {
+            tracing::error!(%error, "flushing before the database reopens under a new key");
+        }
+    }
+
+    fn resume(&self, service: &Arc<Service>) -> Result<(), OpenError> {
+        let background = Background::start(service, &self.storage.data_dir)
+            .map_err(|e| OpenError::Fault(e.to_string()))?;
+        *lock(&self.background) = Some(background);
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::obs::unix_now;
 use crate::service::Service;
+use crate::service::custody::Gate;
 use crate::service::keyset::KeySet;
 use crate::store::DEFAULT_BATCH;
 
@@ -61,6 +62,17 @@ pub(super) fn spawn_key_maintenance(
         if let Err(error) = keys.maintain(unix_now()) {
             tracing::error!(%error, "encryption key maintenance failed");
         }
+    })
+}
+
+/// Custodian mode: after a rekey, retires the previous master key once the sweep is
+/// verified (`Gate::finish_rekey`).
+pub(super) fn spawn_custody_upkeep(
+    gate: Arc<Gate>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    spawn_periodic("custody-upkeep", Duration::from_secs(2), stop, move || {
+        gate.finish_rekey(unix_now());
     })
 }
 

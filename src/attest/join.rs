@@ -15,8 +15,9 @@
 //!
 //! The secrets travel in the same SM2 + SM4-GCM envelope as requests (`protocol::request`),
 //! as 96 bytes: identity scalar (32) ‖ ratchet state (32) ‖ u64be ratchet epoch ‖ i64be
-//! genesis ‖ i64be key lifetime ‖ i64be grace; in custodian mode 128, the DB master key
-//! (32) last (a replica of a custodian-mode cluster never has it any other way).
+//! genesis ‖ i64be key lifetime ‖ i64be grace; in custodian mode the DB master key (32)
+//! follows, then any previous master key a rekey's unfinished sweep still needs (32 each):
+//! a replica of a custodian-mode cluster never has them any other way.
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -31,6 +32,8 @@ pub const JOIN_TYP: &str = "tee-risk-join/v1";
 pub const SECRETS_LEN: usize = 96;
 /// Bytes of the sealed secrets with the master key (custodian mode).
 pub const SECRETS_WITH_MASTER_LEN: usize = SECRETS_LEN + 32;
+/// Previous master keys a grant carries at most.
+pub const MAX_PREVIOUS_KEYS: usize = 4;
 
 /// When the ratchet's epochs begin and how long their keys are served: the same on every
 /// replica, so that they publish the same keys at the same time.
@@ -76,13 +79,15 @@ pub struct ClusterSecrets {
     /// The DB master key, in custodian mode (`service::custody`); with the environment's
     /// key, each replica has its own copy and none travels.
     pub master_key: Option<SecretBytes<32>>,
+    /// Previous master keys a rekey's unfinished sweep still needs (custodian mode).
+    pub previous_keys: Vec<SecretBytes<32>>,
 }
 
 /// Why sealed secrets could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the cluster secrets are not {SECRETS_LEN} or {SECRETS_WITH_MASTER_LEN} bytes with a valid \
-     schedule"
+    "the cluster secrets are not {SECRETS_LEN} bytes and whole master keys (at most \
+     {MAX_PREVIOUS_KEYS} previous) with a valid schedule"
 )]
 pub struct SecretsFormatError;
 
@@ -98,12 +103,16 @@ impl ClusterSecrets {
         out.extend_from_slice(&self.schedule.grace.to_be_bytes());
         if let Some(master) = &self.master_key {
             out.extend_from_slice(master.expose());
+            for previous in &self.previous_keys {
+                out.extend_from_slice(previous.expose());
+            }
         }
         out
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SecretsFormatError> {
-        if bytes.len() != SECRETS_LEN && bytes.len() != SECRETS_WITH_MASTER_LEN {
+        let keys = bytes.len().saturating_sub(SECRETS_LEN);
+        if bytes.len() < SECRETS_LEN || keys % 32 != 0 || keys / 32 > 1 + MAX_PREVIOUS_KEYS {
             return Err(SecretsFormatError);
         }
         let number = |at: usize| <[u8; 8]>::try_from(&bytes[at..at + 8]).expect("length checked");
@@ -122,7 +131,15 @@ impl ClusterSecrets {
                 SecretBytes::from_slice(&bytes[32..64]).expect("length checked"),
             ),
             schedule,
-            master_key: SecretBytes::from_slice(&bytes[SECRETS_LEN..]),
+            master_key: bytes
+                .get(SECRETS_LEN..SECRETS_WITH_MASTER_LEN)
+                .and_then(SecretBytes::from_slice),
+            previous_keys: bytes
+                .get(SECRETS_WITH_MASTER_LEN..)
+                .unwrap_or_default()
+                .chunks(32)
+                .filter_map(SecretBytes::from_slice)
+                .collect(),
         })
     }
 }
@@ -185,6 +202,7 @@ mod tests {
                 grace: 300,
             },
             master_key: None,
+            previous_keys: Vec::new(),
         };
         let bytes = secrets.to_bytes();
         assert_eq!(bytes.len(), SECRETS_LEN);
@@ -204,6 +222,18 @@ mod tests {
         let back = ClusterSecrets::from_bytes(&long).unwrap();
         assert_eq!(back.master_key.unwrap().expose(), &[3; 32]);
         assert!(ClusterSecrets::from_bytes(&long[..127]).is_err());
+        let with_previous = ClusterSecrets {
+            previous_keys: vec![SecretBytes::from_slice(&[4; 32]).unwrap()],
+            ..ClusterSecrets::from_bytes(&long).unwrap()
+        };
+        let longer = with_previous.to_bytes();
+        assert_eq!(longer.len(), SECRETS_WITH_MASTER_LEN + 32);
+        let back = ClusterSecrets::from_bytes(&longer).unwrap();
+        assert_eq!(back.master_key.unwrap().expose(), &[3; 32]);
+        assert_eq!(back.previous_keys.len(), 1);
+        assert_eq!(back.previous_keys[0].expose(), &[4; 32]);
+        let too_many = [&longer[..], &[5; 32 * MAX_PREVIOUS_KEYS]].concat();
+        assert!(ClusterSecrets::from_bytes(&too_many).is_err());
         let mut bad = bytes.to_vec();
         bad[80..88].copy_from_slice(&0i64.to_be_bytes());
         assert!(ClusterSecrets::from_bytes(&bad).is_err(), "zero lifetime");

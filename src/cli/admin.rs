@@ -20,6 +20,7 @@ pub fn run(command: AdminCommand) -> Result<(), CliError> {
             Ok(())
         }
         AdminCommand::Init { custodian, out } => init(&custodian, &out),
+        AdminCommand::Rekey { custodian, out } => rekey(&custodian, &out),
         AdminCommand::Unseal { custodian, share } => unseal(&custodian, &share),
     }
 }
@@ -37,31 +38,19 @@ fn attested(args: &CustodianArgs) -> Result<Client, CliError> {
     Ok(client)
 }
 
+/// `--name`, which init and rekey need.
+fn name(args: &CustodianArgs) -> Result<&str, CliError> {
+    Ok(args.name.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("this command needs --name (yours in the custodians file)")
+    })?)
+}
+
 fn init(args: &CustodianArgs, out: &Path) -> Result<(), CliError> {
-    let name = args
-        .name
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("admin init needs --name (yours in the custodians file)"))?;
+    let name = name(args)?;
     let (signing, _) = load_sm2_key_pair(&args.key).map_err(anyhow::Error::from)?;
     let client = attested(args)?;
     let reply = client.custody_init(name, &signing).map_err(client_error)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut written = Vec::new();
-    for share in &reply.shares {
-        let path = out.join(format!("{}.share.json", share.custodian));
-        if path.exists() {
-            return Err(anyhow::anyhow!(
-                "{} exists: not overwritten (the service is initialised; move the old file \
-                 away and copy this share from the answer below)\n{}",
-                path.display(),
-                serde_json::to_string_pretty(&reply)?
-            )
-            .into());
-        }
-        let text = serde_json::to_string_pretty(share)?;
-        write_private_file(&path, text.as_bytes()).map_err(anyhow::Error::from)?;
-        written.push(path.display().to_string());
-    }
+    let written = write_shares(out, &reply.shares, &reply)?;
     super::print_json(&serde_json::json!({
         "key_id": reply.key_id,
         "threshold": reply.threshold,
@@ -74,6 +63,65 @@ fn init(args: &CustodianArgs, out: &Path) -> Result<(), CliError> {
         reply.shares.len()
     );
     Ok(())
+}
+
+fn rekey(args: &CustodianArgs, out: &Path) -> Result<(), CliError> {
+    let name = name(args)?;
+    let (signing, _) = load_sm2_key_pair(&args.key).map_err(anyhow::Error::from)?;
+    let client = attested(args)?;
+    let reply = client.custody_rekey(name, &signing).map_err(client_error)?;
+    let written = write_shares(out, &reply.shares, &reply)?;
+    super::print_json(&serde_json::json!({
+        "state": reply.state,
+        "approvals": reply.approvals,
+        "threshold": reply.threshold,
+        "key_id": reply.key_id,
+        "previous_key_id": reply.previous_key_id,
+        "shares": written,
+    }))?;
+    match &reply.key_id {
+        Some(key_id) => eprintln!(
+            "rekeyed: master key {key_id} replaces {}; the sweep runs; keep the old shares until \
+             GET /v1/custody shows no previous key; give each custodian their new file only",
+            reply.previous_key_id.as_deref().unwrap_or_default()
+        ),
+        None => eprintln!(
+            "approval of {name} held: {} of {}",
+            reply.approvals.len(),
+            reply.threshold
+        ),
+    }
+    Ok(())
+}
+
+/// Writes each share file to `out` as `<custodian>.share.json` (mode 0600), never over an
+/// existing file (then the whole answer is printed, so that no share is lost).
+fn write_shares(
+    out: &Path,
+    shares: &[ShareFile],
+    answer: &impl serde::Serialize,
+) -> Result<Vec<String>, CliError> {
+    if shares.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut written = Vec::new();
+    for share in shares {
+        let path = out.join(format!("{}.share.json", share.custodian));
+        if path.exists() {
+            return Err(anyhow::anyhow!(
+                "{} exists: not overwritten (move the old file away and copy this share from \
+                 the answer below)\n{}",
+                path.display(),
+                serde_json::to_string_pretty(answer)?
+            )
+            .into());
+        }
+        let text = serde_json::to_string_pretty(share)?;
+        write_private_file(&path, text.as_bytes()).map_err(anyhow::Error::from)?;
+        written.push(path.display().to_string());
+    }
+    Ok(written)
 }
 
 fn unseal(args: &CustodianArgs, share_path: &Path) -> Result<(), CliError> {

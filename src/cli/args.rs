@@ -552,6 +552,17 @@ pub enum AdminCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Approve a new master key (k custodians, each once): the k-th approval makes the key
+    /// in the TEE, writes the new share files to --out, and starts the online sweep; the old
+    /// key is kept until the sweep is verified (a restart before that needs the old and the
+    /// new shares).
+    Rekey {
+        #[command(flatten)]
+        custodian: CustodianArgs,
+        /// Folder for the new share files (as for init), written by the k-th approval.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Open this custodian's share file with their key and send it to the attested service
     /// for its current unseal attempt.
     Unseal {

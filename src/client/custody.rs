@@ -10,10 +10,9 @@ use super::transport::{get_ok, read};
 use super::{Client, ClientError, Distrust};
 use crate::crypto::sm2::{DecryptionKey, IdentityKey};
 use crate::protocol::custody::{
-    CustodyStatus, INIT_TYP, InitReply, InitRequest, ShareFile, UNSEAL_TYP, UnsealReply,
-    UnsealRequest, attempt_bytes,
+    CustodyStatus, INIT_TYP, InitReply, InitRequest, REKEY_TYP, RekeyReply, RekeyRequest,
+    ShareFile, UNSEAL_TYP, UnsealReply, UnsealRequest, attempt_bytes,
 };
-use crate::protocol::reply::Code;
 use crate::protocol::response::{SignedResponse, verify};
 
 /// `GET /v1/custody` of the service at `base_url`, unauthenticated (what an operator's
@@ -89,19 +88,33 @@ impl Client {
         Ok(reply)
     }
 
-    /// The attempt of a sealed service (refused, with its state, when it is not sealed).
+    /// Approves a new master key; the k-th approval's answer carries the new key's share
+    /// files (each opens only with its custodian's key).
+    pub fn custody_rekey(
+        &self,
+        custodian: &str,
+        key: &IdentityKey,
+    ) -> Result<RekeyReply, ClientError> {
+        let attempt = self.current_attempt()?;
+        let request = RekeyRequest::sign(custodian, &attempt, key)
+            .map_err(|e| ClientError::Keys(e.to_string()))?;
+        let reply: RekeyReply = self.post_signed("/v1/custody/rekey", &request)?;
+        if reply.typ != REKEY_TYP
+            || reply.attempt != request.attempt
+            || reply.custodian != custodian
+        {
+            return Err(untrusted(
+                Distrust::Payload,
+                "the answer is not a rekey answer for this approval and attempt",
+            ));
+        }
+        Ok(reply)
+    }
+
+    /// The service's current attempt (of the unseal while sealed, of the next rekey once
+    /// unsealed: a message for the wrong one is refused by the service).
     fn current_attempt(&self) -> Result<[u8; 32], ClientError> {
-        let status = self.custody_status()?;
-        let attempt = status.attempt.ok_or_else(|| ClientError::Refused {
-            status: 409,
-            code: Code::Known(crate::protocol::reply::ErrorCode::NotSealed),
-            detail: format!(
-                "the service is {} (master key {})",
-                status.state,
-                status.key_id.unwrap_or_default()
-            ),
-        })?;
-        attempt_bytes(&attempt).map_err(|e| ClientError::Http(e.to_string()))
+        attempt_bytes(&self.custody_status()?.attempt).map_err(|e| ClientError::Http(e.to_string()))
     }
 
     /// POSTs `request` as JSON; a refusal becomes [`ClientError::Refused`], an answer is

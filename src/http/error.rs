@@ -104,6 +104,8 @@ impl ApiError {
             ApiError::Custody(e) => match e {
                 CustodyError::NotCustodyMode => ErrorCode::NotFound,
                 CustodyError::NotSealed => ErrorCode::NotSealed,
+                CustodyError::Sealed => ErrorCode::Sealed,
+                CustodyError::RekeyInProgress(_) => ErrorCode::RekeyInProgress,
                 CustodyError::Malformed(_) => ErrorCode::BadCustodyRequest,
                 CustodyError::UnknownCustodian(_) => ErrorCode::UnknownCustodian,
                 CustodyError::BadSignature(_) => ErrorCode::BadCustodianSignature,
@@ -167,12 +169,15 @@ impl ResponseError for ApiError {
                     StatusCode::FORBIDDEN
                 }
                 CustodyError::NotSealed
+                | CustodyError::RekeyInProgress(_)
                 | CustodyError::StaleAttempt
                 | CustodyError::ShareReplayed(_)
                 | CustodyError::ShareMismatch(_)
                 | CustodyError::DatabaseNotEmpty(_)
                 | CustodyError::NotInitialised => StatusCode::CONFLICT,
-                CustodyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                CustodyError::Unavailable(_) | CustodyError::Sealed => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 CustodyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
@@ -188,7 +193,9 @@ impl ResponseError for ApiError {
             | ApiError::Custody(CustodyError::Unavailable(_)) => {
                 Some(crate::service::STORAGE_RETRY_AFTER_SECS)
             }
-            ApiError::Service(ServiceError::Sealed) | ApiError::Join(JoinError::Sealed) => {
+            ApiError::Service(ServiceError::Sealed)
+            | ApiError::Join(JoinError::Sealed)
+            | ApiError::Custody(CustodyError::Sealed) => {
                 Some(crate::service::SEALED_RETRY_AFTER_SECS)
             }
             _ => None,

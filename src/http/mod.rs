@@ -125,6 +125,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(|| method_not_allowed("POST"))),
     )
     .service(
+        web::resource("/v1/custody/rekey")
+            .route(web::post().to(custody::rekey))
+            .default_service(web::to(|| method_not_allowed("POST"))),
+    )
+    .service(
         web::resource("/v1/enroll")
             .route(web::post().to(|s, r, p| handle_encrypted(s, r, p, ENROLL)))
             .default_service(web::to(|| method_not_allowed("POST"))),

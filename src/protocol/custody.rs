@@ -4,9 +4,10 @@
 //! without the key.
 //!
 //! ```text
-//! GET  /v1/custody          → CustodyStatus (state, the unseal attempt, who has sent)
+//! GET  /v1/custody          → CustodyStatus (state, the attempt, who has sent)
 //! POST /v1/custody/init     InitRequest   → signed InitReply   (once, empty database)
-//! POST /v1/custody/unseal   UnsealRequest → signed UnsealReply (k times)
+//! POST /v1/custody/unseal   UnsealRequest → signed UnsealReply (k times per key)
+//! POST /v1/custody/rekey    RekeyRequest  → signed RekeyReply  (k approvals: a new key)
 //! ```
 //!
 //! Every request is signed by a listed custodian over a domain-separated message that names
@@ -30,6 +31,8 @@ pub const SHARE_FORMAT: &str = "tee-risk-share/1";
 pub const INIT_TYP: &str = "tee-risk-custody-init/v1";
 /// `typ` of the signed answer to an unseal.
 pub const UNSEAL_TYP: &str = "tee-risk-custody-unseal/v1";
+/// `typ` of the signed answer to a rekey approval.
+pub const REKEY_TYP: &str = "tee-risk-custody-rekey/v1";
 /// Bytes of an attempt id.
 pub const ATTEMPT_LEN: usize = 32;
 /// Bytes of a master key id (`store::KeyId`).
@@ -40,6 +43,7 @@ pub const SHARE_LEN: usize = 32;
 const SHARE_LABEL: &[u8] = b"tee-risk/share/v1\0";
 const INIT_LABEL: &[u8] = b"tee-risk/custody/init/v1\0";
 const UNSEAL_LABEL: &[u8] = b"tee-risk/custody/unseal/v1\0";
+const REKEY_LABEL: &[u8] = b"tee-risk/custody/rekey/v1\0";
 /// Bytes of a share's plaintext: label ‖ key id ‖ index ‖ k ‖ n ‖ value.
 pub const SHARE_PLAIN_LEN: usize = SHARE_LABEL.len() + KEY_ID_LEN + 3 + SHARE_LEN;
 
@@ -49,18 +53,35 @@ pub const SHARE_PLAIN_LEN: usize = SHARE_LABEL.len() + KEY_ID_LEN + 3 + SHARE_LE
 pub struct CustodyStatus {
     /// `sealed` (no master key: data endpoints answer 503) or `unsealed`.
     pub state: String,
-    /// The current attempt (base64url, 32 bytes); absent once unsealed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<String>,
-    /// Shares needed (k).
+    /// The current attempt (base64url, 32 bytes): of the unseal while sealed, of the next
+    /// rekey once unsealed.
+    pub attempt: String,
+    /// Shares needed per key, and approvals needed for a rekey (k).
     pub threshold: u8,
     /// The listed custodians, in the roster's order (n of them).
     pub custodians: Vec<String>,
-    /// Custodians whose share this attempt holds.
+    /// Custodians whose share (sealed) or rekey approval (unsealed) this attempt holds; a
+    /// custodian sending shares of two keys is named once per share.
     pub received: Vec<String>,
+    /// Sealed, once a share has arrived: the master key ids the database needs (two while a
+    /// rekey's sweep is unfinished), each with the shares held of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needed: Vec<KeyShares>,
     /// The master key id the database is sealed with, once unsealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Unsealed, during a rekey's sweep: the previous key, kept in memory until the sweep
+    /// is verified and the key retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_id: Option<String>,
+}
+
+/// Shares held of one master key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyShares {
+    pub key_id: String,
+    pub received: u8,
 }
 
 /// What one custodian keeps: their share, SM2-encrypted to their own public key.
@@ -246,6 +267,47 @@ pub struct UnsealReply {
     /// The master key id, once unsealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// Sealed: the key ids the database needs, with the shares held of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needed: Vec<KeyShares>,
+}
+
+/// `POST /v1/custody/rekey`: one custodian's approval of a new master key, for the current
+/// (unsealed) attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyRequest {
+    pub custodian: String,
+    /// The service's current attempt (base64url).
+    pub attempt: String,
+    /// base64url DER SM2 signature (default ID) of the custodian over
+    /// `"tee-risk/custody/rekey/v1\0" ‖ attempt ‖ custodian`.
+    pub signature: String,
+}
+
+/// The signed answer to a rekey approval: the approvals so far, and at the k-th the new
+/// key's share files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RekeyReply {
+    /// Always [`REKEY_TYP`].
+    pub typ: String,
+    pub attempt: String,
+    pub custodian: String,
+    /// `approving` (more approvals needed) or `rekeyed` (the new key seals everything new;
+    /// the sweep moves the rest).
+    pub state: String,
+    pub approvals: Vec<String>,
+    pub threshold: u8,
+    /// The new key's id, once rekeyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// The key it replaces (kept until the sweep is verified), once rekeyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_id: Option<String>,
+    /// The new key's share files, once rekeyed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ShareFile>,
 }
 
 /// Decodes an attempt id.
@@ -257,6 +319,10 @@ pub fn attempt_bytes(attempt: &str) -> Result<[u8; ATTEMPT_LEN], CustodyFormatEr
 
 fn init_message(attempt: &[u8; ATTEMPT_LEN], custodian: &str) -> Vec<u8> {
     [INIT_LABEL, attempt, custodian.as_bytes()].concat()
+}
+
+fn rekey_message(attempt: &[u8; ATTEMPT_LEN], custodian: &str) -> Vec<u8> {
+    [REKEY_LABEL, attempt, custodian.as_bytes()].concat()
 }
 
 fn unseal_message(
@@ -300,6 +366,34 @@ impl InitRequest {
         let signature =
             b64_decode(&self.signature).ok_or(CustodyFormatError::Base64("signature"))?;
         key.verify(&init_message(&attempt, &self.custodian), &signature)
+            .map_err(|_| CustodyFormatError::Signature)?;
+        Ok(attempt)
+    }
+}
+
+impl RekeyRequest {
+    /// A custodian's signed approval for the attempt.
+    pub fn sign(
+        custodian: &str,
+        attempt: &[u8; ATTEMPT_LEN],
+        key: &IdentityKey,
+    ) -> Result<Self, CustodyFormatError> {
+        let signature = key
+            .sign_der(&[&rekey_message(attempt, custodian)])
+            .map_err(CustodyFormatError::Crypto)?;
+        Ok(Self {
+            custodian: custodian.into(),
+            attempt: b64_encode(attempt),
+            signature: b64_encode(&signature),
+        })
+    }
+
+    /// Checks the signature against the custodian's key; returns the attempt.
+    pub fn verify(&self, key: &PublicKey) -> Result<[u8; ATTEMPT_LEN], CustodyFormatError> {
+        let attempt = attempt_bytes(&self.attempt)?;
+        let signature =
+            b64_decode(&self.signature).ok_or(CustodyFormatError::Base64("signature"))?;
+        key.verify(&rekey_message(&attempt, &self.custodian), &signature)
             .map_err(|_| CustodyFormatError::Signature)?;
         Ok(attempt)
     }
@@ -413,6 +507,19 @@ mod tests {
         let other = IdentityKey::generate().unwrap();
         assert_eq!(
             request.verify(other.public()).err(),
+            Some(CustodyFormatError::Signature)
+        );
+
+        let rekey = RekeyRequest::sign("alice", &attempt, &custodian).unwrap();
+        assert_eq!(rekey.verify(custodian.public()).unwrap(), attempt);
+        // An init signature is no rekey approval, nor the reverse (their labels differ).
+        let as_init = InitRequest {
+            custodian: rekey.custodian.clone(),
+            attempt: rekey.attempt.clone(),
+            signature: rekey.signature.clone(),
+        };
+        assert_eq!(
+            as_init.verify(custodian.public()).err(),
             Some(CustodyFormatError::Signature)
         );
 

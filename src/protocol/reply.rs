@@ -395,11 +395,12 @@ pub enum ErrorCode {
     ShareMismatch,
     DatabaseNotEmpty,
     DatabaseNotInitialised,
+    RekeyInProgress,
 }
 
 impl ErrorCode {
     /// Every code, in the order docs/openapi.yaml lists them.
-    pub const ALL: [ErrorCode; 45] = [
+    pub const ALL: [ErrorCode; 46] = [
         ErrorCode::MalformedEnvelope,
         ErrorCode::BadBase64,
         ErrorCode::BadLength,
@@ -445,6 +446,7 @@ impl ErrorCode {
         ErrorCode::ShareMismatch,
         ErrorCode::DatabaseNotEmpty,
         ErrorCode::DatabaseNotInitialised,
+        ErrorCode::RekeyInProgress,
     ];
 }
 
@@ -497,6 +499,7 @@ impl ErrorCode {
             ErrorCode::ShareMismatch => "share_mismatch",
             ErrorCode::DatabaseNotEmpty => "database_not_empty",
             ErrorCode::DatabaseNotInitialised => "database_not_initialised",
+            ErrorCode::RekeyInProgress => "rekey_in_progress",
         }
     }
 }

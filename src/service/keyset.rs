@@ -85,6 +85,7 @@ impl KeySet {
                 grace,
             },
             master_key: None,
+            previous_keys: Vec::new(),
         })
     }
 
@@ -97,6 +98,7 @@ impl KeySet {
             schedule,
             // The master key is the vault's, not the key set's (`service::custody`).
             master_key: _,
+            previous_keys: _,
         } = secrets;
         let identity = IdentityKey::from_scalar(&identity_scalar)?;
         let signer = ResponseSigner::new(identity.public());
@@ -137,6 +139,7 @@ impl KeySet {
             ),
             schedule: self.schedule,
             master_key: None,
+            previous_keys: Vec::new(),
         }
     }
 
