@@ -1,11 +1,13 @@
 //! k-of-n splitting of a 32-byte secret (the DB master key among its custodians): Shamir's
-//! scheme over GF(2^8), byte by byte, through `vsss-rs` (its field arithmetic is constant
-//! time; docs/adr/0004-master-key-custody.md says why this crate). Shares and the rebuilt
-//! secret live in wiping storage; the crate's own temporaries are wiped by its `zeroize`
-//! feature.
+//! scheme over GF(2^8), byte by byte. The field is `vsss-rs`'s `Gf256`, whose multiplication
+//! and inversion are constant time (docs/adr/0004-master-key-custody.md says why this crate);
+//! the polynomials are evaluated here, a few lines, so that every coefficient, share and
+//! rebuilt secret lives in wiping storage (the crate's own `split_array` frees its
+//! polynomials unwiped). The unit tests check both directions against the crate's
+//! `split_array`/`combine_array`.
 
 use vsss_rs::Gf256;
-use vsss_rs::elliptic_curve::rand_core::{CryptoRng, Error as RandError, RngCore};
+use vsss_rs::elliptic_curve::ff::Field;
 use zeroize::Zeroizing;
 
 use super::secret::SecretBytes;
@@ -34,7 +36,9 @@ pub enum ShamirError {
     Random,
 }
 
-/// Splits `secret` into `n` shares of which any `k` rebuild it (indices 1..=n).
+/// Splits `secret` into `n` shares of which any `k` rebuild it (indices 1..=n): for each
+/// byte, a polynomial of degree k − 1 whose constant term is the byte and whose other
+/// coefficients are uniform over the whole field (zero included).
 pub fn split(
     secret: &SecretBytes<SECRET_LEN>,
     k: usize,
@@ -43,27 +47,30 @@ pub fn split(
     if k < 2 || k > n || n > 255 {
         return Err(ShamirError::BadThreshold { k, n });
     }
-    let mut random = OsRandom { failed: false };
-    let raw = Zeroizing::new(
-        Gf256::split_array(k, n, secret.expose(), &mut random).map_err(|_| ShamirError::Random)?,
-    );
-    if random.failed {
-        return Err(ShamirError::Random);
-    }
-    raw.iter()
-        .map(|share| {
-            let share = Zeroizing::new(share.clone());
-            Ok(Share {
-                index: share[0],
-                value: SecretBytes::from_slice(&share[1..]).ok_or(ShamirError::BadShares)?,
-            })
+    // coefficients[j * (k - 1) + i - 1] is byte j's coefficient of x^i.
+    let mut coefficients = Zeroizing::new(vec![0u8; SECRET_LEN * (k - 1)]);
+    getrandom::fill(&mut coefficients[..]).map_err(|_| ShamirError::Random)?;
+    (1..=n as u8)
+        .map(|index| {
+            let x = Gf256(index);
+            let mut value = SecretBytes::<SECRET_LEN>::zeroed();
+            for (j, y) in value.expose_mut().iter_mut().enumerate() {
+                let byte = &coefficients[j * (k - 1)..(j + 1) * (k - 1)];
+                // Horner, from the highest coefficient down to the secret byte.
+                let mut acc = Gf256(0);
+                for c in byte.iter().rev() {
+                    acc = acc * x + Gf256(*c);
+                }
+                *y = (acc * x + Gf256(secret.expose()[j])).0;
+            }
+            Ok(Share { index, value })
         })
         .collect()
 }
 
-/// Rebuilds the secret from `k` or more shares of one split. Shares of different splits (or
-/// fewer than k) give another secret, not an error: the caller checks the result (the
-/// master key against its key id).
+/// Rebuilds the secret from `k` or more shares of one split (Lagrange at 0). Shares of
+/// different splits (or fewer than k) give another secret, not an error: the caller checks
+/// the result (the master key against its key id).
 pub fn combine(shares: &[Share]) -> Result<SecretBytes<SECRET_LEN>, ShamirError> {
     let mut indices: Vec<u8> = shares.iter().map(|s| s.index).collect();
     indices.sort_unstable();
@@ -71,59 +78,26 @@ pub fn combine(shares: &[Share]) -> Result<SecretBytes<SECRET_LEN>, ShamirError>
     if shares.len() < 2 || indices.len() != shares.len() || indices[0] == 0 {
         return Err(ShamirError::BadShares);
     }
-    let raw: Zeroizing<Vec<Vec<u8>>> = Zeroizing::new(
-        shares
-            .iter()
-            .map(|share| {
-                let mut bytes = Vec::with_capacity(1 + SECRET_LEN);
-                bytes.push(share.index);
-                bytes.extend_from_slice(share.value.expose());
-                bytes
-            })
-            .collect(),
-    );
-    let secret = Zeroizing::new(Gf256::combine_array(&*raw).map_err(|_| ShamirError::BadShares)?);
-    SecretBytes::from_slice(&secret).ok_or(ShamirError::BadShares)
-}
-
-/// The operating system's generator, in the `rand_core` version `vsss-rs` takes. Its
-/// `fill_bytes` cannot fail: a failure is remembered, and the split that saw it refused.
-struct OsRandom {
-    failed: bool,
-}
-
-impl RngCore for OsRandom {
-    fn next_u32(&mut self) -> u32 {
-        let mut bytes = [0u8; 4];
-        self.fill_bytes(&mut bytes);
-        u32::from_le_bytes(bytes)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut bytes = [0u8; 8];
-        self.fill_bytes(&mut bytes);
-        u64::from_le_bytes(bytes)
-    }
-
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        if getrandom::fill(dest).is_err() {
-            dest.fill(0);
-            self.failed = true;
+    let mut secret = SecretBytes::<SECRET_LEN>::zeroed();
+    for (j, share) in shares.iter().enumerate() {
+        // The basis polynomial of x_j at 0: Π_{m≠j} x_m / (x_m − x_j); − is + in GF(2^8).
+        // The indices are public; the division is the field's constant-time inversion.
+        let xj = Gf256(share.index);
+        let mut basis = Gf256(1);
+        for (m, other) in shares.iter().enumerate() {
+            if m != j {
+                let xm = Gf256(other.index);
+                let inverse =
+                    Option::<Gf256>::from((xm + xj).invert()).ok_or(ShamirError::BadShares)?;
+                basis = basis * xm * inverse;
+            }
+        }
+        for (out, y) in secret.expose_mut().iter_mut().zip(share.value.expose()) {
+            *out = (Gf256(*out) + basis * Gf256(*y)).0;
         }
     }
-
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), RandError> {
-        self.fill_bytes(dest);
-        match self.failed {
-            false => Ok(()),
-            true => Err(RandError::from(
-                core::num::NonZeroU32::new(RandError::CUSTOM_START).expect("non-zero"),
-            )),
-        }
-    }
+    Ok(secret)
 }
-
-impl CryptoRng for OsRandom {}
 
 #[cfg(test)]
 mod tests {
@@ -199,6 +173,42 @@ mod tests {
             pick(&shares, &[0]).remove(0),
         ];
         assert_eq!(combine(&zero).err(), Some(ShamirError::BadShares));
+    }
+
+    #[test]
+    fn the_crates_own_split_and_combine_agree_with_ours() {
+        // Ours → the crate's combine, and the crate's split → ours, for several k of n.
+        let key = SecretBytes::<SECRET_LEN>::random().unwrap();
+        for (k, n) in [(2, 2), (2, 3), (3, 5), (5, 5), (4, 9)] {
+            let ours = split(&key, k, n).unwrap();
+            let as_crate: Vec<Vec<u8>> = ours[n - k..]
+                .iter()
+                .map(|s| [&[s.index][..], s.value.expose()].concat())
+                .collect();
+            assert_eq!(
+                Gf256::combine_array(&as_crate).unwrap(),
+                key.expose().to_vec(),
+                "{k} of {n}: ours, combined by vsss-rs"
+            );
+            let theirs = Gf256::split_array(k, n, key.expose(), rand_core_06()).unwrap();
+            let back: Vec<Share> = theirs[..k]
+                .iter()
+                .map(|s| Share {
+                    index: s[0],
+                    value: SecretBytes::from_slice(&s[1..]).unwrap(),
+                })
+                .collect();
+            assert_eq!(
+                combine(&back).unwrap().expose(),
+                key.expose(),
+                "{k} of {n}: vsss-rs's, combined by ours"
+            );
+        }
+    }
+
+    /// The operating system's generator in the `rand_core` version `vsss-rs` takes (tests).
+    fn rand_core_06() -> impl vsss_rs::elliptic_curve::rand_core::CryptoRngCore {
+        vsss_rs::elliptic_curve::rand_core::OsRng
     }
 
     #[test]
