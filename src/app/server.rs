@@ -199,7 +199,6 @@ pub async fn serve(
                     now,
                 )?))
             })?;
-            *lock(&background) = Some(Background::start(&service, &data_dir)?);
             Gate::open(service)
         }
         Some(roster) => {
@@ -239,6 +238,14 @@ pub async fn serve(
         None => dev_client_registry(&config)?,
     });
     publish_public_keys(&config.keys.dir, gate.identity_public())?;
+    // With the key from the environment the database is open now: its background work
+    // (the sweep of a rotation, the periodic tasks) starts last, as the listener does. In
+    // custodian mode it starts when the custodians unseal it (`AppOpener::open`).
+    if !gate.custody_mode()
+        && let Ok(service) = gate.service()
+    {
+        *lock(&background) = Some(Background::start(&service, &data_dir)?);
+    }
     let keys_stop = Arc::new(AtomicBool::new(false));
     let key_maintenance = spawn_key_maintenance(key_set, keys_stop.clone())
         .map_err(io("start the key maintenance thread for", &data_dir))?;
