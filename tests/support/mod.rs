@@ -270,6 +270,7 @@ impl TestServer {
             command.arg("--clients").arg(&clients_file);
         }
         let mut child = command.spawn().expect("spawn tee-risk");
+        kill_when_this_process_ends(child.id());
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let operator = Arc::new(std::sync::Mutex::new(None));
@@ -511,4 +512,26 @@ pub fn openssl_sm2_keypair(dir: &Path, private: &str, public: &str) {
         dir,
     );
     openssl(&["pkey", "-in", private, "-pubout", "-out", public], dir);
+}
+
+/// A server held in a static (one per test binary) is never dropped, and would outlive the
+/// test process: a watchdog beside it kills it once this process is gone, as `pg.rs` does
+/// for PostgreSQL. It checks the process is still a tee-risk (not a reused pid) first.
+fn kill_when_this_process_ends(server: u32) {
+    let parent = std::process::id();
+    let script = format!(
+        "while [ -d /proc/{parent} ] && [ -d /proc/{server} ]; do sleep 0.5; done; \
+         if [ ! -d /proc/{parent} ] && grep -q tee-risk /proc/{server}/cmdline 2>/dev/null; \
+         then kill -9 {server}; fi"
+    );
+    let watchdog = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    if let Ok(mut watchdog) = watchdog {
+        // Reaped when it ends (the server stopped, or this process is gone).
+        std::thread::spawn(move || watchdog.wait());
+    }
 }
