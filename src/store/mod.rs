@@ -132,10 +132,21 @@ pub trait Store: Send + Sync {
         new: Option<Vec<u8>>,
     ) -> Result<bool, StoreError>;
     fn remove(&self, table: Table, key: &[u8]) -> Result<(), StoreError>;
+    /// Writes `key` no later than the next [`Store::flush`], which returns only once it is
+    /// durable; until then reads may not see it. For records the request path writes and
+    /// never reads back (risk logs, feature history): a back-end with round trips sends
+    /// them inside the flush's own statement. The default writes at once.
+    fn insert_at_flush(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.insert(table, key, value)
+    }
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), StoreError>;
     /// A fresh, strictly increasing id (for log keys).
     fn next_id(&self) -> Result<u64, StoreError>;
+    /// `count` fresh ids in increasing order (one round trip where ids cost one).
+    fn next_ids(&self, count: usize) -> Result<Vec<u64>, StoreError> {
+        (0..count).map(|_| self.next_id()).collect()
+    }
     /// Makes every later [`Store::next_id`] greater than `id`: records copied in from another
     /// store carry that store's ids, which a new id must never overwrite.
     fn skip_ids_through(&self, id: u64) -> Result<(), StoreError>;
@@ -310,7 +321,44 @@ mod tests {
                 store.next_id().unwrap() < store.next_id().unwrap(),
                 "{name}"
             );
+            let last = store.next_id().unwrap();
+            let ids = store.next_ids(3).unwrap();
+            assert_eq!(ids.len(), 3, "{name}");
+            assert!(
+                last < ids[0] && ids[0] < ids[1] && ids[1] < ids[2],
+                "{name}: {ids:?}"
+            );
             store.flush().unwrap();
+            // Writes for the flush: durable and visible once it returns, the last write of a
+            // key winning, in every table they went to.
+            store
+                .insert_at_flush(Table::RiskLogs, b"p", b"6".to_vec())
+                .unwrap();
+            store
+                .insert_at_flush(Table::RiskLogs, b"p", b"7".to_vec())
+                .unwrap();
+            store
+                .insert_at_flush(Table::FeatureHistory, b"h", b"8".to_vec())
+                .unwrap();
+            store.flush().unwrap();
+            assert_eq!(store.get(Table::RiskLogs, b"p").unwrap().unwrap(), b"7");
+            assert_eq!(
+                store.get(Table::FeatureHistory, b"h").unwrap().unwrap(),
+                b"8"
+            );
+            // Again over keys that exist: an upsert, as `insert` is.
+            store
+                .insert_at_flush(Table::RiskLogs, b"p", b"9".to_vec())
+                .unwrap();
+            store.flush().unwrap();
+            assert_eq!(store.get(Table::RiskLogs, b"p").unwrap().unwrap(), b"9");
+            drop(store);
+            let reopened = backend.open();
+            assert_eq!(
+                reopened.get(Table::RiskLogs, b"p").unwrap().unwrap(),
+                b"9",
+                "{name}: a flushed write is there for another handle"
+            );
         }
     }
 }

@@ -15,9 +15,14 @@
 //! which returns only when the WAL is flushed up to its own commit record, and so past the
 //! commit of every write that completed before it, from any connection. One flush, one WAL
 //! fsync, serves all the requests the vault's group commit gathered.
+//!
+//! The records a request only writes (its risk log and history entry:
+//! [`Store::insert_at_flush`]) wait in memory for that flush and travel in its statement:
+//! one statement, one round trip and one commit per group commit for all of them, on a
+//! connection of its own whose commits are synchronous.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
@@ -176,12 +181,63 @@ fn monitor_health(mut config: postgres::Config, tls: MakeRustlsConnect, health: 
     }
 }
 
+/// A write that waits for the next flush: (table, key, value).
+type Pending = (Table, Vec<u8>, Vec<u8>);
+
+/// One table's writes in a flush: its keys and their values, in the same order.
+type TableWrites<'a> = (Table, Vec<&'a [u8]>, Vec<&'a [u8]>);
+
+/// The flush's own connection (`None` until first used, and after it failed), opened with
+/// synchronous commits.
+struct Flusher {
+    config: postgres::Config,
+    tls: MakeRustlsConnect,
+    connection: Option<Cached>,
+}
+
+impl Flusher {
+    fn connection(&mut self) -> Result<&mut Cached, StoreError> {
+        if self
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.client.is_closed())
+        {
+            self.connection = None;
+        }
+        if self.connection.is_none() {
+            let client = self
+                .config
+                .connect(self.tls.clone())
+                .map_err(|e| backend("flush connection", ConnectError(e)))?;
+            self.connection = Some(Cached {
+                client,
+                statements: HashMap::new(),
+            });
+        }
+        Ok(self
+            .connection
+            .as_mut()
+            .expect("the connection was opened above"))
+    }
+}
+
 /// The PostgreSQL store (see the module).
 pub struct PostgresStore {
     /// Always `Some` until dropped (see `Drop`).
     pool: Option<Pool>,
     /// Whether the database answers now (readiness probes: a load, no round trip).
     health: Arc<Health>,
+    /// Writes waiting for the next flush, oldest first.
+    pending: Mutex<Vec<Pending>>,
+    flusher: Mutex<Flusher>,
+}
+
+/// The lock of a mutex whose data a panic cannot leave half-changed (a vector swapped
+/// whole, a connection replaced whole).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn backend(context: &str, error: impl std::fmt::Display) -> StoreError {
@@ -202,12 +258,17 @@ impl PostgresStore {
             tracing::warn!("PostgreSQL: {weakness}");
         }
         let timeout_ms = options.timeout.as_millis();
+        let session = format!(
+            "-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} \
+             -c idle_in_transaction_session_timeout={timeout_ms}"
+        );
+        config.connect_timeout(options.timeout);
+        let mut flush_config = config.clone();
+        flush_config
+            .options(&format!("{session} -c synchronous_commit=on"))
+            .application_name("tee-risk flush");
         config
-            .connect_timeout(options.timeout)
-            .options(&format!(
-                "-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} \
-                 -c synchronous_commit=off -c idle_in_transaction_session_timeout={timeout_ms}"
-            ))
+            .options(&format!("{session} -c synchronous_commit=off"))
             .application_name("tee-risk");
         let health = Arc::new(Health {
             since: Instant::now(),
@@ -219,6 +280,7 @@ impl PostgresStore {
             .name("pg-health".into())
             .spawn(move || monitor_health(monitored.0, monitored.1, monitored.2))
             .map_err(|e| backend("health monitor", e))?;
+        let manager_tls = tls.clone();
         let manager = Manager { config, tls };
         let pool = r2d2::Pool::builder()
             .max_size(options.pool_size.max(1))
@@ -234,6 +296,12 @@ impl PostgresStore {
         let store = Self {
             pool: Some(pool),
             health,
+            pending: Mutex::new(Vec::new()),
+            flusher: Mutex::new(Flusher {
+                config: flush_config,
+                tls: manager_tls,
+                connection: None,
+            }),
         };
         store.migrate()?;
         Ok(store)
@@ -325,15 +393,70 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Commits `writes` and a bump of the flush counter in one statement on the flush
+    /// connection: its commit is synchronous, so it returns once the WAL is on disk past it
+    /// and past every commit before it, from any connection.
+    fn flush_with(&self, writes: &[Pending]) -> Result<(), StoreError> {
+        // Per table, each key once (the last write wins: `ON CONFLICT DO UPDATE` may not
+        // touch one row twice in a statement).
+        let mut tables: Vec<TableWrites> = Vec::new();
+        for table in Table::ALL {
+            let mut latest: HashMap<&[u8], &[u8]> = HashMap::new();
+            let mut order = Vec::new();
+            for (t, k, v) in writes.iter().filter(|(t, _, _)| *t == table) {
+                debug_assert_eq!(*t, table);
+                if latest.insert(k.as_slice(), v.as_slice()).is_none() {
+                    order.push(k.as_slice());
+                }
+            }
+            if !order.is_empty() {
+                let values = order.iter().map(|k| latest[k]).collect();
+                tables.push((table, order, values));
+            }
+        }
+        let mut sql = String::new();
+        for (i, (table, _, _)) in tables.iter().enumerate() {
+            sql.push_str(if i == 0 { "WITH " } else { ", " });
+            sql.push_str(&format!(
+                "w{i} AS (INSERT INTO {} (k, v) SELECT * FROM unnest(${}::bytea[], ${}::bytea[]) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v)",
+                relation(*table),
+                2 * i + 1,
+                2 * i + 2
+            ));
+        }
+        sql.push_str(" UPDATE tee_risk_flush SET n = n + 1");
+        let params: Vec<&(dyn ToSql + Sync)> = tables
+            .iter()
+            .flat_map(|(_, keys, values)| {
+                [keys as &(dyn ToSql + Sync), values as &(dyn ToSql + Sync)]
+            })
+            .collect();
+        let mut flusher = lock(&self.flusher);
+        let connection = flusher.connection()?;
+        let flushed = connection
+            .statement(sql.trim_start())
+            .and_then(|statement| connection.client.execute(&statement, &params));
+        if flushed.is_err() {
+            // A connection whose statement failed is not trusted again: a new one next time.
+            let broken = flusher.connection.take();
+            drop(flusher);
+            let _ = std::thread::spawn(move || drop(broken)).join();
+        }
+        flushed.map(|_| ()).map_err(|e| backend("flush", e))
+    }
+}
+
 impl Drop for PostgresStore {
     /// Closing a connection blocks on the client's own runtime, which panics inside an
     /// async runtime (the server's, where the last handle may go): the pool is dropped on
     /// a thread of its own.
     fn drop(&mut self) {
         self.health.stopped.store(true, Ordering::Relaxed);
-        if let Some(pool) = self.pool.take() {
-            let _ = std::thread::spawn(move || drop(pool)).join();
-        }
+        let pool = self.pool.take();
+        let flusher = lock(&self.flusher).connection.take();
+        let _ = std::thread::spawn(move || drop((pool, flusher))).join();
     }
 }
 
@@ -407,19 +530,43 @@ impl Store for PostgresStore {
         self.execute(&sql, &[&key]).map(|_| ())
     }
 
+    fn insert_at_flush(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        lock(&self.pending).push((table, key.to_vec(), value));
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
-        let mut connection = self.connection()?;
-        // One round trip: the four statements travel as one simple query.
-        let flushed = connection.client.batch_execute(
-            "BEGIN; SET LOCAL synchronous_commit = on; \
-             UPDATE tee_risk_flush SET n = n + 1; COMMIT",
-        );
-        if flushed.is_err() {
-            // Whatever failed inside left the transaction open: end it before the
-            // connection goes back to the pool.
-            let _ = connection.client.batch_execute("ROLLBACK");
+        let writes = std::mem::take(&mut *lock(&self.pending));
+        let flushed = self.flush_with(&writes);
+        if flushed.is_err() && !writes.is_empty() {
+            // The statement is one transaction: nothing of it committed, or (the answer
+            // lost on the way back) all of it. Either way the writes go again with the next
+            // flush, before any made since; an upsert of the same value is harmless.
+            let mut pending = lock(&self.pending);
+            let later = std::mem::replace(&mut *pending, writes);
+            pending.extend(later);
         }
-        flushed.map_err(|e| backend("flush", e))
+        flushed
+    }
+
+    fn next_ids(&self, count: usize) -> Result<Vec<u64>, StoreError> {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let mut connection = self.connection()?;
+        let statement = connection
+            .statement("SELECT nextval('tee_risk_ids') FROM generate_series(1, $1::bigint)")
+            .map_err(|e| backend("prepare", e))?;
+        let mut ids = connection
+            .client
+            .query(&statement, &[&count])
+            .map_err(|e| backend("next id", e))?
+            .into_iter()
+            .map(|row| {
+                let id: i64 = row.get(0);
+                u64::try_from(id).map_err(|_| StoreError::Backend(format!("negative id {id}")))
+            })
+            .collect::<Result<Vec<u64>, StoreError>>()?;
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
@@ -549,6 +696,42 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The flush connection dies (its backend terminated, as a database restart or a
+    /// network cut would): that flush fails, its writes wait, and the next flush (on a
+    /// new connection) lands them.
+    #[test]
+    fn a_failed_flush_keeps_its_writes_for_the_next() {
+        let url = crate::store::pg::shared().create_database();
+        let store = PostgresStore::open(&PostgresOptions {
+            url: Zeroizing::new(url),
+            pool_size: 2,
+            timeout: Duration::from_secs(10),
+            ca_file: None,
+        })
+        .unwrap();
+        store.flush().unwrap();
+        store
+            .insert_at_flush(Table::RiskLogs, b"k", b"v".to_vec())
+            .unwrap();
+        let terminated: i64 = store
+            .connection()
+            .unwrap()
+            .client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity \
+                 WHERE application_name = 'tee-risk flush' AND datname = current_database()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(terminated, 1);
+        assert!(store.flush().is_err(), "the flush's connection was cut");
+        assert_eq!(store.get(Table::RiskLogs, b"k").unwrap(), None);
+        store.flush().unwrap();
+        assert_eq!(store.get(Table::RiskLogs, b"k").unwrap().unwrap(), b"v");
+        store.flush().unwrap();
+    }
 
     #[test]
     fn a_prefix_ends_at_its_successor() {

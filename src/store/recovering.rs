@@ -142,12 +142,20 @@ impl Store for RecoveringStore {
         self.run(|s| s.remove(table, key))
     }
 
+    fn insert_at_flush(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.run(|s| s.insert_at_flush(table, key, value))
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.run(|s| s.flush())
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
         self.run(|s| s.next_id())
+    }
+
+    fn next_ids(&self, count: usize) -> Result<Vec<u64>, StoreError> {
+        self.run(|s| s.next_ids(count))
     }
 
     fn skip_ids_through(&self, id: u64) -> Result<(), StoreError> {

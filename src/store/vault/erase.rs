@@ -17,6 +17,9 @@ impl Vault {
     /// `user_id` is named in the change feed, so that other replicas drop the user from
     /// their galleries.
     pub fn erase_user(&self, user: &UserRef, user_id: &str) -> Result<Erased, VaultError> {
+        // What earlier requests wrote for the next flush (their logs and history) lands
+        // first, so that the erasure finds it.
+        self.flush()?;
         let mut indexes: Vec<Vec<u8>> = user.indexes.iter().map(|i| i.to_vec()).collect();
         for (key, sealed) in self.store().scan(Table::Meta)? {
             let Some(old) = index_map_old(&key) else {

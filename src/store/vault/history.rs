@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 use super::layout::{history_key, is_history_key_of};
 use super::records::{HistoryRecord, RiskLogEntry};
 use super::{UserIndex, UserRef, Vault, VaultError};
-use crate::store::Table;
+use crate::store::{StoreError, Table};
 
 impl Vault {
     /// The user's accepted probes of `face_model` among their `limit` most recent (unit
@@ -47,12 +47,25 @@ impl Vault {
         log: &RiskLogEntry,
         accepted: bool,
     ) -> Result<(), VaultError> {
-        let log_key = self.store().next_id()?.to_be_bytes();
+        // Both records are written with the group commit's flush (`insert_at_flush`): the
+        // request answers only after that flush, and nothing reads them back before it.
+        let ids = self.store().next_ids(if accepted { 2 } else { 1 })?;
+        let (log_id, history_id) = match ids[..] {
+            [log] => (log, None),
+            [log, history] => (log, Some(history)),
+            _ => {
+                return Err(
+                    StoreError::Backend("the store gave the wrong number of ids".into()).into(),
+                );
+            }
+        };
+        let log_key = log_id.to_be_bytes();
         let log_record = self.seal_value(Table::RiskLogs, &log_key, log)?;
-        self.store().insert(Table::RiskLogs, &log_key, log_record)?;
+        self.store()
+            .insert_at_flush(Table::RiskLogs, &log_key, log_record)?;
         self.counted(Table::RiskLogs, 1);
-        if accepted {
-            let key = history_key(user, self.store().next_id()?);
+        if let Some(id) = history_id {
+            let key = history_key(user, id);
             let entry = HistoryRecord {
                 features: log.features.clone(),
                 at: log.at,
@@ -60,7 +73,8 @@ impl Vault {
                 face_model: log.face_model.clone(),
             };
             let sealed = self.seal_value(Table::FeatureHistory, &key, &entry)?;
-            self.store().insert(Table::FeatureHistory, &key, sealed)?;
+            self.store()
+                .insert_at_flush(Table::FeatureHistory, &key, sealed)?;
             self.counted(Table::FeatureHistory, 1);
         }
         Ok(())
@@ -70,7 +84,8 @@ impl Vault {
     pub fn record_identification(&self, log: &RiskLogEntry) -> Result<(), VaultError> {
         let log_key = self.store().next_id()?.to_be_bytes();
         let log_record = self.seal_value(Table::RiskLogs, &log_key, log)?;
-        self.store().insert(Table::RiskLogs, &log_key, log_record)?;
+        self.store()
+            .insert_at_flush(Table::RiskLogs, &log_key, log_record)?;
         self.counted(Table::RiskLogs, 1);
         Ok(())
     }

@@ -157,6 +157,8 @@ impl Vault {
     /// sweep again. Returns whether it completed.
     fn finish_rotation(&self) -> Result<bool, VaultError> {
         let current = self.key_id();
+        // Records waiting for the next flush (`Store::insert_at_flush`) are counted too.
+        self.flush()?;
         let by_key = self.counts_by_key()?;
         let left: u64 = by_key
             .iter()

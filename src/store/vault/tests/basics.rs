@@ -149,9 +149,11 @@ mod bodies {
         }
     }
     /// The record counters behind `/metrics` equal what the store holds after every kind of
-    /// write the vault makes, and after a reopen.
+    /// write the vault makes (once flushed: logs and history wait for the flush on
+    /// PostgreSQL), and after a reopen.
     pub(super) fn record_counters_match_the_store(dir: &Backend) {
         let check = |vault: &Vault| {
+            vault.flush().unwrap();
             for (table, counted) in vault.table_sizes() {
                 let table = Table::ALL.into_iter().find(|t| t.name() == table).unwrap();
                 assert_eq!(counted, vault.store().len(table) as u64, "{}", table.name());
