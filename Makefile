@@ -14,11 +14,13 @@ toolchain:
 # Every test: unit tests, official vectors, OpenSSL interop, end-to-end server tests; then
 # the library's tests and the fuzz regressions again with the `csv` feature (Hygon CSV
 # attestation, which builds OpenSSL from source: a few minutes the first time).
+# scripts/run_tests.py is `cargo test` with three test binaries at a time (most of
+# their time is waiting); its arguments are cargo's, e.g. `scripts/run_tests.py --test server`.
 # Then the Python client (clients/python: the Rust client library through uniffi) is built,
 # installed into target/pyenv and tested against the server binary the first step built.
 test: setup pyenv
-	cargo test --all-targets --no-fail-fast
-	cargo test --features csv --lib --test fuzz_regressions
+	scripts/run_tests.py --all-targets
+	scripts/run_tests.py --features csv --lib --test fuzz_regressions
 	$(MAKE) contract-test
 	scripts/bindings.sh
 	$(MAKE) python-test
@@ -82,7 +84,7 @@ target/pyenv/.faiss: target/pyenv/.installed
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --features csv --lib -- -D warnings
 	cargo clippy --no-default-features --features $(SERVER_FEATURES) --lib --bins -- -D warnings
 	cargo clippy --no-default-features --features server,cli --lib --bins -- -D warnings
@@ -175,8 +177,9 @@ fuzz:
 	done
 
 # The fuzz crate compiles on the stable toolchain (CI runs this; `make fuzz` needs nightly).
+# Into the root's target/, with the root's dev profile: what `make lint` checked is reused.
 fuzz-check:
-	cargo check --manifest-path fuzz/Cargo.toml --bins
+	CARGO_TARGET_DIR=$(CURDIR)/target cargo check --manifest-path fuzz/Cargo.toml --bins
 
 # Dependency policy (deny.toml): licences, banned and duplicate crates, sources. The
 # advisories check needs GitHub (RustSec database); where it is reachable, run
