@@ -26,7 +26,7 @@ use tee_risk::internals::crypto::secret::SecretBytes;
 use tee_risk::internals::crypto::shamir::{self, Share};
 use tee_risk::internals::crypto::sm2::{DecryptionKey, IdentityKey};
 use tee_risk::internals::store::{MasterKey, PostgresOptions, PostgresStore, audit};
-use tee_risk::protocol::custody::{ShareFile, SharePlain, UnsealRequest};
+use tee_risk::protocol::custody::{Approval, Purpose, ShareFile, SharePlain, UnsealRequest};
 use tee_risk::protocol::reply::{Code, ErrorCode};
 
 const MEASUREMENT: &str = "c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2";
@@ -271,22 +271,21 @@ fn assert_sealed(server: &TestServer) {
     assert_eq!(status(server)["state"], "sealed");
 }
 
-/// A refusal by code, and the service still sealed with what it held before.
-fn refused(
+/// A refusal by code, and the service left as it was: sealed or not, holding the same
+/// shares (`request` runs between the two looks at `GET /v1/custody`).
+fn refused<T: std::fmt::Debug>(
     server: &TestServer,
-    result: Result<impl std::fmt::Debug, ClientError>,
     code: ErrorCode,
+    request: impl FnOnce() -> Result<T, ClientError>,
 ) {
-    let before = status(server)["received"].clone();
-    match result {
-        Err(ClientError::Refused { code: got, .. }) => {
-            assert_eq!(got, Code::Known(code))
-        }
+    let before = status(server);
+    match request() {
+        Err(ClientError::Refused { code: got, .. }) => assert_eq!(got, Code::Known(code)),
         other => panic!("expected {code:?}, got {other:?}"),
     }
     let after = status(server);
-    assert_eq!(after["state"], "sealed");
-    assert_eq!(after["received"], before);
+    assert_eq!(after["state"], before["state"]);
+    assert_eq!(after["received"], before["received"]);
 }
 
 /// POSTs an unseal message as is.
@@ -355,11 +354,9 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
 
     // An unseal before the init: the database has no key yet.
     let client = setup.attested(&r1);
-    refused(
-        &r1,
-        post_unseal(&r1, &crafted_share(&setup, &client, [1; 8], 2, "alice")),
-        ErrorCode::DatabaseNotInitialised,
-    );
+    refused(&r1, ErrorCode::DatabaseNotInitialised, || {
+        post_unseal(&r1, &crafted_share(&setup, &client, [1; 8], 2, "alice"))
+    });
 
     // 2. The init ceremony: alice asks, each custodian gets a sealed share; it serves.
     let (code, out) = setup.admin(&[
@@ -446,11 +443,9 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
 
     // Not the endpoint's JSON; a share sealed to a key the service does not hold; an init
     // of a database that has a key.
-    refused(
-        &r1,
-        post(&r1, "/v1/custody/unseal", b"{\"custodian\":1}"),
-        ErrorCode::BadCustodyRequest,
-    );
+    refused(&r1, ErrorCode::BadCustodyRequest, || {
+        post(&r1, "/v1/custody/unseal", b"{\"custodian\":1}")
+    });
     let stranger = DecryptionKey::generate().unwrap();
     let misaddressed = UnsealRequest::seal(
         "alice",
@@ -460,19 +455,13 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
         &alice,
     )
     .unwrap();
-    refused(
-        &r1,
-        post_unseal(&r1, &misaddressed),
-        ErrorCode::ShareInvalid,
-    );
-    let init =
-        tee_risk::protocol::custody::InitRequest::sign("alice", &attempt_of(&client), &alice)
-            .unwrap();
-    refused(
-        &r1,
-        post(&r1, "/v1/custody/init", &serde_json::to_vec(&init).unwrap()),
-        ErrorCode::DatabaseNotEmpty,
-    );
+    refused(&r1, ErrorCode::ShareInvalid, || {
+        post_unseal(&r1, &misaddressed)
+    });
+    let init = Approval::sign(Purpose::Init, "alice", &attempt_of(&client), &alice).unwrap();
+    refused(&r1, ErrorCode::DatabaseNotEmpty, || {
+        post(&r1, "/v1/custody/init", &serde_json::to_vec(&init).unwrap())
+    });
     // A forged share: alice's name, mallory's signature.
     let forged = UnsealRequest::seal(
         "alice",
@@ -482,11 +471,9 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
         &mallory,
     )
     .unwrap();
-    refused(
-        &r1,
-        post_unseal(&r1, &forged),
-        ErrorCode::BadCustodianSignature,
-    );
+    refused(&r1, ErrorCode::BadCustodianSignature, || {
+        post_unseal(&r1, &forged)
+    });
     // A share from a key the roster does not list.
     let unlisted = UnsealRequest::seal(
         "mallory",
@@ -496,17 +483,13 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
         &mallory,
     )
     .unwrap();
-    refused(
-        &r1,
-        post_unseal(&r1, &unlisted),
-        ErrorCode::UnknownCustodian,
-    );
+    refused(&r1, ErrorCode::UnknownCustodian, || {
+        post_unseal(&r1, &unlisted)
+    });
     // A share for another database (another master key).
-    refused(
-        &r1,
-        post_unseal(&r1, &crafted_share(&setup, &client, [9; 8], 2, "alice")),
-        ErrorCode::ShareMismatch,
-    );
+    refused(&r1, ErrorCode::ShareMismatch, || {
+        post_unseal(&r1, &crafted_share(&setup, &client, [9; 8], 2, "alice"))
+    });
     // Alice's real message is accepted once; the same message again is a replay.
     let alice_message = UnsealRequest::seal(
         "alice",
@@ -519,11 +502,9 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
     let accepted = post_unseal(&r1, &alice_message).unwrap();
     assert_eq!(status(&r1)["received"], serde_json::json!(["alice"]));
     assert!(accepted["payload"].is_string(), "a signed answer");
-    refused(
-        &r1,
-        post_unseal(&r1, &alice_message),
-        ErrorCode::ShareReplayed,
-    );
+    refused(&r1, ErrorCode::ShareReplayed, || {
+        post_unseal(&r1, &alice_message)
+    });
     // Bob through the command line: two of three, and it serves what it stored before.
     let (code, out) = setup.unseal_cli(&r1, "bob");
     assert_eq!(code, 0, "{out}");
@@ -534,7 +515,9 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
         .expect("the rebuilt key opens the templates");
     assert_eq!(answer.stamp.op, "assess");
     // Alice's message after the unseal, and after another restart (an earlier attempt).
-    refused_open(&r1, post_unseal(&r1, &alice_message), ErrorCode::NotSealed);
+    refused(&r1, ErrorCode::NotSealed, || {
+        post_unseal(&r1, &alice_message)
+    });
 
     // 4. A second and a third replica join and serve without any custodian (the third
     //    joins the second).
@@ -554,11 +537,9 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
     r1.stop_cleanly();
     let r1 = setup.replica(1, None);
     assert_sealed(&r1);
-    refused(
-        &r1,
-        post_unseal(&r1, &alice_message),
-        ErrorCode::StaleAttempt,
-    );
+    refused(&r1, ErrorCode::StaleAttempt, || {
+        post_unseal(&r1, &alice_message)
+    });
     let (code, out) = setup.unseal_cli(&r1, "carol");
     assert_eq!(code, 0, "{out}");
     // The command line names a refusal and exits 4.
@@ -671,14 +652,6 @@ fn custodians_unseal_a_cluster_and_the_master_key_never_leaves_the_tee() {
 }
 
 /// A refusal by code from a service that is not sealed.
-fn refused_open(server: &TestServer, result: Result<Value, ClientError>, code: ErrorCode) {
-    match result {
-        Err(ClientError::Refused { code: got, .. }) => assert_eq!(got, Code::Known(code)),
-        other => panic!("expected {code:?}, got {other:?}"),
-    }
-    assert_eq!(status(server)["state"], "unsealed");
-}
-
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
         let path = entry.path();
@@ -706,45 +679,6 @@ fn rebuilt(setup: &Setup, folder: &str, names: [&str; 2]) -> MasterKey {
         })
         .collect();
     MasterKey::from_secret(shamir::combine(&shares).unwrap())
-}
-
-/// Fills a stopped single node's sled store with `users` enrolments and `logs` risk logs
-/// under `master` (through the vault, as the service writes them), so that a sweep takes
-/// seconds.
-fn seed(data: &Path, master: &MasterKey, users: usize, logs: usize) {
-    use tee_risk::internals::store::{
-        LEGACY_FACE_MODEL, OpenMode, RiskLogEntry, SledStore, Store, Vault,
-    };
-    let store: std::sync::Arc<dyn Store> =
-        std::sync::Arc::new(SledStore::open(&data.join("db")).unwrap());
-    let mut vault = Vault::open_keyring(store, master, &[], OpenMode::Write).unwrap();
-    vault.keep_high_water_mark(data, false).unwrap();
-    for i in 0..users {
-        let id = format!("seed-{i}");
-        vault
-            .enrol(&vault.user(&id), &id, &synthetic_face(i + 10), 1, 5)
-            .unwrap();
-    }
-    for n in 0..logs {
-        let id = format!("seed-{}", n % users);
-        let user = vault.user(&id);
-        let log = RiskLogEntry {
-            rid: format!("seed-log-{n}"),
-            at: 1,
-            user: hex::encode(user.current()),
-            decision: "allow".into(),
-            score: 0.0,
-            reasons: vec![],
-            model: "seed".into(),
-            face_model: LEGACY_FACE_MODEL.into(),
-            features: synthetic_face(n % users + 10),
-            liveness: None,
-            device_id: None,
-        };
-        vault.record_assessment(user.current(), &log, true).unwrap();
-    }
-    vault.flush().unwrap();
-    vault.sync_high_water_mark().unwrap();
 }
 
 #[test]
@@ -780,7 +714,10 @@ fn a_rekey_killed_mid_sweep_completes_after_unsealing_with_both_share_sets() {
     );
     let old = rebuilt(&setup, "shares", ["alice", "bob"]);
     node.stop_cleanly();
-    seed(&setup.data_dir(), &old, 4_000, 36_000);
+    let people: Vec<(String, Vec<f32>)> = (0..4_000)
+        .map(|i| (format!("seed-{i}"), synthetic_face(i + 10)))
+        .collect();
+    support::seed_store(&setup.data_dir(), &old, &people, 36_000);
     let node = setup.single();
     let url = node.url.clone();
     for name in ["alice", "bob"] {
@@ -824,23 +761,21 @@ fn a_rekey_killed_mid_sweep_completes_after_unsealing_with_both_share_sets() {
     );
     // Another rekey before this one's sweep is verified is refused.
     let client = setup.attested(&node);
-    let again = tee_risk::protocol::custody::RekeyRequest::sign(
+    let again = Approval::sign(
+        Purpose::Rekey,
         "bob",
         &tee_risk::protocol::custody::attempt_bytes(&client.custody_status().unwrap().attempt)
             .unwrap(),
         &setup.keys("bob").0,
     )
     .unwrap();
-    let (code, _, body) = call(
-        &node,
-        "POST",
-        "/v1/custody/rekey",
-        &serde_json::to_vec(&again).unwrap(),
-    );
-    assert_eq!(
-        (code, body["error"].as_str()),
-        (409, Some("rekey_in_progress"))
-    );
+    refused(&node, ErrorCode::RekeyInProgress, || {
+        post(
+            &node,
+            "/v1/custody/rekey",
+            &serde_json::to_vec(&again).unwrap(),
+        )
+    });
     let protocol =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/PROTOCOL.md"))
             .unwrap();
@@ -897,20 +832,21 @@ fn a_rekey_killed_mid_sweep_completes_after_unsealing_with_both_share_sets() {
     // nor does a rekey approval.
     let node = setup.single();
     assert_sealed(&node);
-    let sealed_rekey = tee_risk::protocol::custody::RekeyRequest::sign(
+    let sealed_rekey = Approval::sign(
+        Purpose::Rekey,
         "bob",
         &tee_risk::protocol::custody::attempt_bytes(status(&node)["attempt"].as_str().unwrap())
             .unwrap(),
         &setup.keys("bob").0,
     )
     .unwrap();
-    let (code, _, body) = call(
-        &node,
-        "POST",
-        "/v1/custody/rekey",
-        &serde_json::to_vec(&sealed_rekey).unwrap(),
-    );
-    assert_eq!((code, body["error"].as_str()), (503, Some("sealed")));
+    refused(&node, ErrorCode::Sealed, || {
+        post(
+            &node,
+            "/v1/custody/rekey",
+            &serde_json::to_vec(&sealed_rekey).unwrap(),
+        )
+    });
     for name in ["alice", "bob"] {
         let (code, out) = setup.unseal_cli(&node, name);
         assert_eq!(code, 0, "{out}");

@@ -14,7 +14,6 @@ use serde_json::Value;
 use support::{TestServer, dev_dataset, synthetic_face};
 use tee_risk::client::{Client, FeatureRequest};
 use tee_risk::internals::lab::new_capture;
-use tee_risk::internals::store::RiskLogEntry;
 use tee_risk::internals::store::keys::MasterKey;
 use tee_risk::internals::store::{OpenMode, SledStore, Store, Table, Vault};
 
@@ -42,37 +41,18 @@ fn open(data: &Path, current: &str, previous: &[&str]) -> Vault {
 /// log and a history entry each) until the data tables hold `records` records.
 fn seed(data: &Path, users: usize, records: usize) -> Vec<(String, Vec<f32>)> {
     let faces = dev_dataset();
-    let mut vault = open(data, OLD_KEY, &[]);
-    // A store with records has a high-water mark beside it, as the service keeps one.
-    vault.keep_high_water_mark(data, false).unwrap();
     let people: Vec<(String, Vec<f32>)> = (0..users)
         .map(|i| {
             let features = faces.samples[i % faces.samples.len()].embedding.clone();
             (format!("user-{i}"), features)
         })
         .collect();
-    for (id, features) in &people {
-        vault.enrol(&vault.user(id), id, features, 1, 5).unwrap();
-    }
-    for n in 0..(records - users) / 2 {
-        let (id, features) = &people[n % users];
-        let user = vault.user(id);
-        let log = RiskLogEntry {
-            rid: format!("seed-{n}"),
-            at: 1,
-            user: hex::encode(user.current()),
-            decision: "allow".into(),
-            score: 0.0,
-            reasons: vec![],
-            model: "seed".into(),
-            face_model: tee_risk::internals::store::LEGACY_FACE_MODEL.into(),
-            features: features.clone(),
-            liveness: None,
-            device_id: None,
-        };
-        vault.record_assessment(user.current(), &log, true).unwrap();
-    }
-    vault.flush().unwrap();
+    support::seed_store(
+        data,
+        &support::master_key(OLD_KEY),
+        &people,
+        (records - users) / 2,
+    );
     people
 }
 

@@ -10,8 +10,8 @@ use super::transport::{get_ok, read};
 use super::{Client, ClientError, Distrust};
 use crate::crypto::sm2::{DecryptionKey, IdentityKey};
 use crate::protocol::custody::{
-    CustodyStatus, INIT_TYP, InitReply, InitRequest, REKEY_TYP, RekeyReply, RekeyRequest,
-    ShareFile, UNSEAL_TYP, UnsealReply, UnsealRequest, attempt_bytes,
+    Approval, CustodyStatus, INIT_TYP, InitReply, Purpose, REKEY_TYP, RekeyReply, ShareFile,
+    UNSEAL_TYP, UnsealReply, UnsealRequest, attempt_bytes,
 };
 use crate::protocol::response::{SignedResponse, verify};
 
@@ -42,7 +42,7 @@ impl Client {
         key: &IdentityKey,
     ) -> Result<InitReply, ClientError> {
         let attempt = self.current_attempt()?;
-        let request = InitRequest::sign(custodian, &attempt, key)
+        let request = Approval::sign(Purpose::Init, custodian, &attempt, key)
             .map_err(|e| ClientError::Keys(e.to_string()))?;
         let reply: InitReply = self.post_signed("/v1/custody/init", &request)?;
         if reply.typ != INIT_TYP || reply.attempt != request.attempt {
@@ -96,7 +96,7 @@ impl Client {
         key: &IdentityKey,
     ) -> Result<RekeyReply, ClientError> {
         let attempt = self.current_attempt()?;
-        let request = RekeyRequest::sign(custodian, &attempt, key)
+        let request = Approval::sign(Purpose::Rekey, custodian, &attempt, key)
             .map_err(|e| ClientError::Keys(e.to_string()))?;
         let reply: RekeyReply = self.post_signed("/v1/custody/rekey", &request)?;
         if reply.typ != REKEY_TYP

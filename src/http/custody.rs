@@ -8,7 +8,7 @@ use actix_web::{HttpResponse, web};
 use super::AppState;
 use super::error::ApiError;
 use crate::obs::unix_now;
-use crate::protocol::custody::{CustodyFormatError, InitRequest, RekeyRequest, UnsealRequest};
+use crate::protocol::custody::{Approval, CustodyFormatError, UnsealRequest};
 use crate::service::ServiceError;
 use crate::service::custody::CustodyError;
 
@@ -37,7 +37,7 @@ pub(super) async fn init(
     custody_mode(&state)?;
     let gate = state.gate.clone();
     // Opening (creating) the database and SM2 work: off the async executor.
-    let request: InitRequest = parse(&body)?;
+    let request: Approval = parse(&body)?;
     let signed = web::block(move || gate.init(&request, unix_now()))
         .await
         .map_err(|_| ApiError::Service(ServiceError::Internal))??;
@@ -63,7 +63,7 @@ pub(super) async fn rekey(
 ) -> Result<HttpResponse, ApiError> {
     custody_mode(&state)?;
     let gate = state.gate.clone();
-    let request: RekeyRequest = parse(&body)?;
+    let request: Approval = parse(&body)?;
     // Reopening the database under the new key waits for the requests in flight.
     let signed = web::block(move || gate.rekey(&request, unix_now()))
         .await

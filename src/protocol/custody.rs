@@ -5,9 +5,9 @@
 //!
 //! ```text
 //! GET  /v1/custody          → CustodyStatus (state, the attempt, who has sent)
-//! POST /v1/custody/init     InitRequest   → signed InitReply   (once, empty database)
+//! POST /v1/custody/init     Approval      → signed InitReply   (once, empty database)
 //! POST /v1/custody/unseal   UnsealRequest → signed UnsealReply (k times per key)
-//! POST /v1/custody/rekey    RekeyRequest  → signed RekeyReply  (k approvals: a new key)
+//! POST /v1/custody/rekey    Approval      → signed RekeyReply  (k approvals: a new key)
 //! ```
 //!
 //! Every request is signed by a listed custodian over a domain-separated message that names
@@ -209,16 +209,36 @@ impl ShareFile {
     }
 }
 
-/// `POST /v1/custody/init`: a listed custodian asks an empty, sealed service to make the
-/// master key and split it.
+/// What a custodian approves: the route an [`Approval`] is sent to, and the label its
+/// signature covers (so that an approval of one is never taken for the other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `POST /v1/custody/init`: make the master key of an empty, sealed service and split it.
+    Init,
+    /// `POST /v1/custody/rekey`: replace the master key of an unsealed service (k approvals).
+    Rekey,
+}
+
+impl Purpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Purpose::Init => INIT_LABEL,
+            Purpose::Rekey => REKEY_LABEL,
+        }
+    }
+}
+
+/// The body of `POST /v1/custody/init` and `POST /v1/custody/rekey`: a listed custodian's
+/// signed approval, for the service's current attempt, of the route's [`Purpose`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct InitRequest {
+pub struct Approval {
     pub custodian: String,
     /// The service's current attempt (base64url).
     pub attempt: String,
     /// base64url DER SM2 signature (default ID) of the custodian over
-    /// `"tee-risk/custody/init/v1\0" ‖ attempt ‖ custodian`.
+    /// `label ‖ attempt ‖ custodian`, the label `"tee-risk/custody/init/v1\0"` or
+    /// `"tee-risk/custody/rekey/v1\0"`.
     pub signature: String,
 }
 
@@ -272,19 +292,6 @@ pub struct UnsealReply {
     pub needed: Vec<KeyShares>,
 }
 
-/// `POST /v1/custody/rekey`: one custodian's approval of a new master key, for the current
-/// (unsealed) attempt.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RekeyRequest {
-    pub custodian: String,
-    /// The service's current attempt (base64url).
-    pub attempt: String,
-    /// base64url DER SM2 signature (default ID) of the custodian over
-    /// `"tee-risk/custody/rekey/v1\0" ‖ attempt ‖ custodian`.
-    pub signature: String,
-}
-
 /// The signed answer to a rekey approval: the approvals so far, and at the k-th the new
 /// key's share files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -317,12 +324,8 @@ pub fn attempt_bytes(attempt: &str) -> Result<[u8; ATTEMPT_LEN], CustodyFormatEr
         .ok_or(CustodyFormatError::Attempt)
 }
 
-fn init_message(attempt: &[u8; ATTEMPT_LEN], custodian: &str) -> Vec<u8> {
-    [INIT_LABEL, attempt, custodian.as_bytes()].concat()
-}
-
-fn rekey_message(attempt: &[u8; ATTEMPT_LEN], custodian: &str) -> Vec<u8> {
-    [REKEY_LABEL, attempt, custodian.as_bytes()].concat()
+fn approval_message(purpose: Purpose, attempt: &[u8; ATTEMPT_LEN], custodian: &str) -> Vec<u8> {
+    [purpose.label(), attempt, custodian.as_bytes()].concat()
 }
 
 fn unseal_message(
@@ -343,15 +346,16 @@ fn unseal_message(
     .concat()
 }
 
-impl InitRequest {
-    /// A custodian's signed request for the attempt.
+impl Approval {
+    /// A custodian's signed approval of `purpose` for the attempt.
     pub fn sign(
+        purpose: Purpose,
         custodian: &str,
         attempt: &[u8; ATTEMPT_LEN],
         key: &IdentityKey,
     ) -> Result<Self, CustodyFormatError> {
         let signature = key
-            .sign_der(&[&init_message(attempt, custodian)])
+            .sign_der(&[&approval_message(purpose, attempt, custodian)])
             .map_err(CustodyFormatError::Crypto)?;
         Ok(Self {
             custodian: custodian.into(),
@@ -360,40 +364,18 @@ impl InitRequest {
         })
     }
 
-    /// Checks the signature against the custodian's key; returns the attempt.
-    pub fn verify(&self, key: &PublicKey) -> Result<[u8; ATTEMPT_LEN], CustodyFormatError> {
+    /// Checks the signature, as an approval of `purpose`, against the custodian's key;
+    /// returns the attempt.
+    pub fn verify(
+        &self,
+        purpose: Purpose,
+        key: &PublicKey,
+    ) -> Result<[u8; ATTEMPT_LEN], CustodyFormatError> {
         let attempt = attempt_bytes(&self.attempt)?;
         let signature =
             b64_decode(&self.signature).ok_or(CustodyFormatError::Base64("signature"))?;
-        key.verify(&init_message(&attempt, &self.custodian), &signature)
-            .map_err(|_| CustodyFormatError::Signature)?;
-        Ok(attempt)
-    }
-}
-
-impl RekeyRequest {
-    /// A custodian's signed approval for the attempt.
-    pub fn sign(
-        custodian: &str,
-        attempt: &[u8; ATTEMPT_LEN],
-        key: &IdentityKey,
-    ) -> Result<Self, CustodyFormatError> {
-        let signature = key
-            .sign_der(&[&rekey_message(attempt, custodian)])
-            .map_err(CustodyFormatError::Crypto)?;
-        Ok(Self {
-            custodian: custodian.into(),
-            attempt: b64_encode(attempt),
-            signature: b64_encode(&signature),
-        })
-    }
-
-    /// Checks the signature against the custodian's key; returns the attempt.
-    pub fn verify(&self, key: &PublicKey) -> Result<[u8; ATTEMPT_LEN], CustodyFormatError> {
-        let attempt = attempt_bytes(&self.attempt)?;
-        let signature =
-            b64_decode(&self.signature).ok_or(CustodyFormatError::Base64("signature"))?;
-        key.verify(&rekey_message(&attempt, &self.custodian), &signature)
+        let message = approval_message(purpose, &attempt, &self.custodian);
+        key.verify(&message, &signature)
             .map_err(|_| CustodyFormatError::Signature)?;
         Ok(attempt)
     }
@@ -510,26 +492,26 @@ mod tests {
             Some(CustodyFormatError::Signature)
         );
 
-        let rekey = RekeyRequest::sign("alice", &attempt, &custodian).unwrap();
-        assert_eq!(rekey.verify(custodian.public()).unwrap(), attempt);
-        // An init signature is no rekey approval, nor the reverse (their labels differ).
-        let as_init = InitRequest {
-            custodian: rekey.custodian.clone(),
-            attempt: rekey.attempt.clone(),
-            signature: rekey.signature.clone(),
-        };
-        assert_eq!(
-            as_init.verify(custodian.public()).err(),
-            Some(CustodyFormatError::Signature)
-        );
-
-        let init = InitRequest::sign("alice", &attempt, &custodian).unwrap();
-        assert_eq!(init.verify(custodian.public()).unwrap(), attempt);
-        let mut changed = init.clone();
-        changed.custodian = "bob".into();
-        assert_eq!(
-            changed.verify(custodian.public()).err(),
-            Some(CustodyFormatError::Signature)
-        );
+        for (purpose, other) in [
+            (Purpose::Rekey, Purpose::Init),
+            (Purpose::Init, Purpose::Rekey),
+        ] {
+            let approval = Approval::sign(purpose, "alice", &attempt, &custodian).unwrap();
+            assert_eq!(
+                approval.verify(purpose, custodian.public()).unwrap(),
+                attempt
+            );
+            // An init approval is no rekey approval, nor the reverse (their labels differ).
+            assert_eq!(
+                approval.verify(other, custodian.public()).err(),
+                Some(CustodyFormatError::Signature)
+            );
+            let mut changed = approval.clone();
+            changed.custodian = "bob".into();
+            assert_eq!(
+                changed.verify(purpose, custodian.public()).err(),
+                Some(CustodyFormatError::Signature)
+            );
+        }
     }
 }

@@ -66,6 +66,40 @@ pub fn master_key(hex: &str) -> MasterKey {
     MasterKey::from_hex(hex).expect("64 hex digits")
 }
 
+/// Fills a stopped node's sled store (`data/db`) through the vault under `master`, as the
+/// service writes it: one enrolment per person, then `logs` accepted assessments cycling
+/// over them (risk log `seed-{n}` is person `n % people.len()`'s), with the store's
+/// high-water mark beside it. For sweeps that take seconds.
+pub fn seed_store(data: &Path, master: &MasterKey, people: &[(String, Vec<f32>)], logs: usize) {
+    use tee_risk::internals::store::{LEGACY_FACE_MODEL, OpenMode, RiskLogEntry};
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("db")).unwrap());
+    let mut vault = Vault::open_keyring(store, master, &[], OpenMode::Write).unwrap();
+    vault.keep_high_water_mark(data, false).unwrap();
+    for (id, features) in people {
+        vault.enrol(&vault.user(id), id, features, 1, 5).unwrap();
+    }
+    for n in 0..logs {
+        let (id, features) = &people[n % people.len()];
+        let user = vault.user(id);
+        let log = RiskLogEntry {
+            rid: format!("seed-{n}"),
+            at: 1,
+            user: hex::encode(user.current()),
+            decision: "allow".into(),
+            score: 0.0,
+            reasons: vec![],
+            model: "seed".into(),
+            face_model: LEGACY_FACE_MODEL.into(),
+            features: features.clone(),
+            liveness: None,
+            device_id: None,
+        };
+        vault.record_assessment(user.current(), &log, true).unwrap();
+    }
+    vault.flush().unwrap();
+    vault.sync_high_water_mark().unwrap();
+}
+
 pub struct TestServer {
     child: Option<Child>,
     pub url: String,
