@@ -108,9 +108,11 @@ bench: bench-pyenv
 	cargo bench --bench load
 	cargo bench --bench replicas
 	cargo bench --bench identify
+	scripts/check_bench_reports.py
 
-# Every benchmark in a short mode: proves that `make bench` runs end to end; the figures are
-# not judged. CI runs it. Built with the dev profile, whose (optimised) dependencies
+# Every benchmark in a short mode: proves that `make bench` runs end to end, and that every
+# row docs/PERFORMANCE.md quotes is in the reports (scripts/check_bench_reports.py); the
+# figures are not judged. CI runs it. Built with the dev profile, whose (optimised) dependencies
 # `make test` already compiled: a release build would add minutes and judge nothing.
 SMOKE = cargo bench --profile dev
 bench-smoke: bench-pyenv
@@ -119,6 +121,7 @@ bench-smoke: bench-pyenv
 	LOAD_SECONDS=1 LOAD_CONCURRENCY=4 LOAD_RATES=100 LOAD_REQUIRE_NO_ERRORS=1 $(SMOKE) --bench load
 	REPLICAS_SECONDS=1 REPLICAS_CONNECTIONS=4 $(SMOKE) --bench replicas
 	IDENTIFY_SIZES=2000 IDENTIFY_QUERIES=20 IDENTIFY_STARTUP_USERS=2000 IDENTIFY_REQUIRE_FAISS=1 $(SMOKE) --bench identify
+	scripts/check_bench_reports.py
 
 # The TEE binary as released, reproducibly (target/tee/tee-risk), and its manifest signed
 # with RELEASE_KEY (default: the test key release/test-key.pem): target/tee-release/
