@@ -6,20 +6,13 @@ impl Gate {
     /// `POST /v1/custody/init`: on an empty database, makes the master key in memory,
     /// splits it k of n, seals each share to its custodian, creates the database and serves.
     pub fn init(&self, request: &Approval, now: i64) -> Result<SignedResponse, CustodyError> {
-        let custody = self.custody.as_ref().ok_or(CustodyError::NotCustodyMode)?;
-        let mut state = custody.lock();
-        self.check_sealed()?;
-        let result = self.try_init(custody, &mut state, request, now);
-        if let Err(error) = &result {
-            refused(
-                &mut state,
-                now,
-                "custody_init_refused",
-                &request.custodian,
-                error,
-            );
-        }
-        result
+        self.handle(
+            "custody_init_refused",
+            &request.custodian,
+            now,
+            Self::check_sealed,
+            |custody, state| self.try_init(custody, state, request, now),
+        )
     }
 
     fn try_init(

@@ -346,10 +346,41 @@ impl Gate {
             previous_key_id: state.previous.first().map(|m| m.key_id().to_string()),
         })
     }
+
+    /// One custody message under the state's lock: `ready` checks the gate first (sealed for
+    /// an init or a share, open for a rekey), then `attempt` runs; a refusal is an audit
+    /// event `refusal` naming the custodian.
+    fn handle(
+        &self,
+        refusal: &'static str,
+        custodian: &str,
+        now: i64,
+        ready: fn(&Self) -> Result<(), CustodyError>,
+        attempt: impl FnOnce(&Custody, &mut CustodyState) -> Result<SignedResponse, CustodyError>,
+    ) -> Result<SignedResponse, CustodyError> {
+        let custody = self.custody.as_ref().ok_or(CustodyError::NotCustodyMode)?;
+        let mut state = custody.lock();
+        ready(self)?;
+        let result = attempt(custody, &mut state);
+        if let Err(error) = &result {
+            refused(&mut state, now, refusal, custodian, error);
+            // (A sealed service has no audit log yet: this keeps the event until it opens.)
+            self.write_events(&mut state);
+        }
+        result
+    }
+
     fn check_sealed(&self) -> Result<(), CustodyError> {
         match self.is_sealed() {
             true => Ok(()),
             false => Err(CustodyError::NotSealed),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), CustodyError> {
+        match self.is_sealed() {
+            true => Err(CustodyError::Sealed),
+            false => Ok(()),
         }
     }
 

@@ -9,23 +9,13 @@ impl Gate {
     /// old key decrypt-only: the online sweep moves every record; the old key is kept until
     /// the sweep is verified and the key retired ([`Gate::finish_rekey`]).
     pub fn rekey(&self, request: &Approval, now: i64) -> Result<SignedResponse, CustodyError> {
-        let custody = self.custody.as_ref().ok_or(CustodyError::NotCustodyMode)?;
-        let mut state = custody.lock();
-        if self.is_sealed() {
-            return Err(CustodyError::Sealed);
-        }
-        let result = self.try_rekey(custody, &mut state, request, now);
-        if let Err(error) = &result {
-            refused(
-                &mut state,
-                now,
-                "custody_rekey_refused",
-                &request.custodian,
-                error,
-            );
-            self.write_events(&mut state);
-        }
-        result
+        self.handle(
+            "custody_rekey_refused",
+            &request.custodian,
+            now,
+            Self::check_open,
+            |custody, state| self.try_rekey(custody, state, request, now),
+        )
     }
 
     fn try_rekey(

@@ -10,20 +10,13 @@ impl Gate {
         request: &UnsealRequest,
         now: i64,
     ) -> Result<SignedResponse, CustodyError> {
-        let custody = self.custody.as_ref().ok_or(CustodyError::NotCustodyMode)?;
-        let mut state = custody.lock();
-        self.check_sealed()?;
-        let result = self.try_unseal(custody, &mut state, request, now);
-        if let Err(error) = &result {
-            refused(
-                &mut state,
-                now,
-                "custody_share_refused",
-                &request.custodian,
-                error,
-            );
-        }
-        result
+        self.handle(
+            "custody_share_refused",
+            &request.custodian,
+            now,
+            Self::check_sealed,
+            |custody, state| self.try_unseal(custody, state, request, now),
+        )
     }
 
     fn try_unseal(
