@@ -186,10 +186,9 @@ impl Service {
             return Ok((refused, None));
         };
         let user = self.vault.user(&best.user_id);
-        let enrolment = self.vault.enrolment(&user, &best.user_id).map_err(fault)?;
-        let recent = self
+        let (enrolment, recent) = self
             .vault
-            .recent_probes(&user, slot.id(), policy.replay_history)
+            .enrolment_and_recent(&user, &best.user_id, slot.id(), policy.replay_history)
             .map_err(fault)?;
         let templates = enrolment.templates_of(slot.id());
         let signals = risk::signals(&probe.features, &templates, &recent);

@@ -98,7 +98,10 @@ impl Service {
         self.limit_user(&user, clock)?;
         let slot = self.slot(&probe.face_model)?;
         let policy = slot.policy();
-        let enrolment = self.vault.enrolment(&user, &probe.user_id).map_err(fault)?;
+        let (enrolment, recent) = self
+            .vault
+            .enrolment_and_recent(&user, &probe.user_id, slot.id(), policy.replay_history)
+            .map_err(fault)?;
         let templates = enrolment.templates_of(slot.id());
         if templates.is_empty() && !enrolment.templates.is_empty() {
             // Enrolled, but under other models only: comparing would mix two scales.
@@ -107,12 +110,11 @@ impl Service {
                 enrolled: enrolment.face_models().join(", "),
             }));
         }
+        // (Not enrolled: no history either; what little was read is left out.)
         let recent = if templates.is_empty() {
             Vec::new()
         } else {
-            self.vault
-                .recent_probes(&user, slot.id(), policy.replay_history)
-                .map_err(fault)?
+            recent
         };
         let key = gallery_key(&probe.user_id);
         let device = probe.device_id.as_deref().map(device_key);

@@ -109,6 +109,19 @@ pub enum StoreError {
 /// One stored record: (key, value).
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// One read of [`Store::read_many`].
+#[derive(Debug, Clone, Copy)]
+pub enum Read<'a> {
+    /// The record at `key`, if any ([`Store::get`]).
+    Get { table: Table, key: &'a [u8] },
+    /// Up to `limit` records under `prefix`, greatest key first ([`Store::scan_prefix_last`]).
+    Last {
+        table: Table,
+        prefix: &'a [u8],
+        limit: usize,
+    },
+}
+
 /// Called with each (key, value) of a table by [`Store::visit`]; an error stops the walk.
 pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
 
@@ -166,6 +179,26 @@ pub trait Store: Send + Sync {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError>;
+    /// Several reads at once, each answer in the order asked (a `Get`: none or one record):
+    /// one round trip on a back-end where each read costs one. Not a snapshot: each read
+    /// sees at least what was written before the call.
+    fn read_many(&self, reads: &[Read<'_>]) -> Result<Vec<Vec<KeyValue>>, StoreError> {
+        reads
+            .iter()
+            .map(|read| match *read {
+                Read::Get { table, key } => Ok(self
+                    .get(table, key)?
+                    .map(|value| (key.to_vec(), value))
+                    .into_iter()
+                    .collect()),
+                Read::Last {
+                    table,
+                    prefix,
+                    limit,
+                } => self.scan_prefix_last(table, prefix, limit),
+            })
+            .collect()
+    }
     /// Calls `visit` on every record in key order without collecting them.
     fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError>;
     /// The record with the greatest key.
@@ -302,6 +335,60 @@ mod tests {
                 .map(|(k, _)| k)
                 .collect();
             assert_eq!(newest, [b"ab3".to_vec(), b"ab2".to_vec()], "{name}");
+            // Several reads at once give what each gives alone, in the order asked (a prefix
+            // of 0xff bytes has no end: its scan runs to the last key).
+            store
+                .insert(Table::Audit, &[0xff, 0xff, 1], vec![9])
+                .unwrap();
+            let reads = [
+                Read::Last {
+                    table: Table::Audit,
+                    prefix: b"ab",
+                    limit: 2,
+                },
+                Read::Get {
+                    table: Table::UserData,
+                    key: b"u",
+                },
+                Read::Get {
+                    table: Table::UserData,
+                    key: b"absent",
+                },
+                Read::Last {
+                    table: Table::Audit,
+                    prefix: &[0xff, 0xff],
+                    limit: 5,
+                },
+                Read::Last {
+                    table: Table::Audit,
+                    prefix: b"a",
+                    limit: 10,
+                },
+            ];
+            let alone: Vec<Vec<KeyValue>> = reads
+                .iter()
+                .map(|read| match *read {
+                    Read::Get { table, key } => store
+                        .get(table, key)
+                        .unwrap()
+                        .map(|v| (key.to_vec(), v))
+                        .into_iter()
+                        .collect(),
+                    Read::Last {
+                        table,
+                        prefix,
+                        limit,
+                    } => store.scan_prefix_last(table, prefix, limit).unwrap(),
+                })
+                .collect();
+            assert_eq!(store.read_many(&reads).unwrap(), alone, "{name}");
+            assert_eq!(alone[0].len(), 2, "{name}");
+            assert_eq!(alone[1], [(b"u".to_vec(), b"2".to_vec())], "{name}");
+            assert!(alone[2].is_empty(), "{name}");
+            assert_eq!(alone[3], [(vec![0xff, 0xff, 1], vec![9])], "{name}");
+            assert_eq!(alone[4].len(), 5, "{name}");
+            assert!(store.read_many(&[]).unwrap().is_empty(), "{name}");
+            store.remove(Table::Audit, &[0xff, 0xff, 1]).unwrap();
             let mut visited = 0;
             store
                 .visit(Table::Audit, &mut |_, _| {

@@ -33,7 +33,7 @@ use r2d2::PooledConnection;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
-use super::{KeyValue, Store, StoreError, Table, Visitor};
+use super::{KeyValue, Read, Store, StoreError, Table, Visitor};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -647,6 +647,79 @@ impl Store for PostgresStore {
                 &[&prefix, &limit],
             ),
         }
+    }
+
+    /// One statement, one round trip: each read is a branch of a `UNION ALL` whose rows
+    /// carry the read's place in the list.
+    fn read_many(&self, reads: &[Read<'_>]) -> Result<Vec<Vec<KeyValue>>, StoreError> {
+        if reads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ends: Vec<Option<Vec<u8>>> = reads
+            .iter()
+            .map(|read| match read {
+                Read::Get { .. } => None,
+                Read::Last { prefix, .. } => prefix_end(prefix),
+            })
+            .collect();
+        let limits: Vec<i64> = reads
+            .iter()
+            .map(|read| match read {
+                Read::Get { .. } => 1,
+                Read::Last { limit, .. } => i64::try_from(*limit).unwrap_or(i64::MAX),
+            })
+            .collect();
+        let mut branches = Vec::with_capacity(reads.len());
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        for (i, read) in reads.iter().enumerate() {
+            branches.push(match read {
+                Read::Get { table, key } => {
+                    params.push(key);
+                    format!(
+                        "SELECT {i}, k, v FROM {} WHERE k = ${}",
+                        relation(*table),
+                        params.len()
+                    )
+                }
+                Read::Last { table, prefix, .. } => {
+                    params.push(prefix);
+                    let mut condition = format!("k >= ${}", params.len());
+                    if let Some(end) = &ends[i] {
+                        params.push(end);
+                        condition.push_str(&format!(" AND k < ${}", params.len()));
+                    }
+                    params.push(&limits[i]);
+                    format!(
+                        "(SELECT {i}, k, v FROM {} WHERE {condition} ORDER BY k DESC LIMIT ${})",
+                        relation(*table),
+                        params.len()
+                    )
+                }
+            });
+        }
+        let sql = branches.join(" UNION ALL ");
+        let mut connection = self.connection()?;
+        let statement = connection
+            .statement(&sql)
+            .map_err(|e| backend("prepare", e))?;
+        let rows = connection
+            .client
+            .query(&statement, &params)
+            .map_err(|e| backend("read", e))?;
+        let mut answers: Vec<Vec<KeyValue>> = vec![Vec::new(); reads.len()];
+        for row in rows {
+            let place: i32 = row.get(0);
+            let answer = usize::try_from(place)
+                .ok()
+                .and_then(|place| answers.get_mut(place))
+                .ok_or_else(|| backend("read", "a row of no read"))?;
+            answer.push((row.get(1), row.get(2)));
+        }
+        // A UNION ALL keeps no order by itself: each `Last` is put back greatest key first.
+        for answer in &mut answers {
+            answer.sort_by(|a, b| b.0.cmp(&a.0));
+        }
+        Ok(answers)
     }
 
     fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError> {

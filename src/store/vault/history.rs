@@ -6,25 +6,27 @@ use zeroize::Zeroizing;
 use super::layout::{history_key, is_history_key_of};
 use super::records::{HistoryRecord, RiskLogEntry};
 use super::{UserIndex, UserRef, Vault, VaultError};
-use crate::store::{StoreError, Table};
+use crate::store::{KeyValue, StoreError, Table};
+
+/// Accepted probes (unit vectors), newest first.
+pub type Probes = Vec<Zeroizing<Vec<f32>>>;
 
 impl Vault {
     /// The user's accepted probes of `face_model` among their `limit` most recent (unit
-    /// vectors), newest first, under every key's index (a rotation may not have moved them
-    /// yet). While a user moves to a new face model the older model's probes count against
-    /// `limit` and are left out: fewer to compare with, never another model's vectors.
-    pub fn recent_probes(
+    /// vectors), newest first, from what the scans under each of the user's indexes found
+    /// (under every key's index: a rotation may not have moved them yet). While a user moves
+    /// to a new face model the older model's probes count against `limit` and are left out:
+    /// fewer to compare with, never another model's vectors.
+    pub(super) fn probes_among(
         &self,
         user: &UserRef,
+        found: Vec<Vec<KeyValue>>,
         face_model: &str,
         limit: usize,
-    ) -> Result<Vec<Zeroizing<Vec<f32>>>, VaultError> {
+    ) -> Result<Probes, VaultError> {
         let mut probes = Vec::new();
-        for index in &user.indexes {
-            for (key, sealed) in self
-                .store
-                .scan_prefix_last(Table::FeatureHistory, index, limit)?
-            {
+        for (index, rows) in user.indexes.iter().zip(found) {
+            for (key, sealed) in rows {
                 if !is_history_key_of(&key, index) {
                     continue;
                 }

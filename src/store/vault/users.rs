@@ -4,12 +4,13 @@
 
 use zeroize::Zeroizing;
 
+use super::history::Probes;
 use super::layout::index_map_key;
 use super::records::{
     Enrolment, LEGACY_FACE_MODEL, StoredTemplate, Template, UserRecord, remember,
 };
 use super::{UserIndex, UserRef, Vault, VaultError};
-use crate::store::Table;
+use crate::store::{Read, Table};
 
 impl Vault {
     /// Where the user's record is: (its index, its sealed bytes), current index first.
@@ -40,7 +41,48 @@ impl Vault {
 
     /// The user's templates and known devices (see [`Vault::templates`]).
     pub fn enrolment(&self, user: &UserRef, user_id: &str) -> Result<Enrolment, VaultError> {
-        let Some((index, sealed)) = self.find_user(user)? else {
+        let found = self.find_user(user)?;
+        self.enrolment_of(user, user_id, found)
+    }
+
+    /// [`Vault::enrolment`] and the user's recent accepted probes of `face_model` (at most
+    /// `limit`, newest first) in one read of the store (one round trip on PostgreSQL instead
+    /// of two): what an assessment needs of the user.
+    pub fn enrolment_and_recent(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+        face_model: &str,
+        limit: usize,
+    ) -> Result<(Enrolment, Probes), VaultError> {
+        let reads: Vec<Read> = (user.indexes.iter())
+            .map(|index| Read::Get {
+                table: Table::UserData,
+                key: index,
+            })
+            .chain(user.indexes.iter().map(|index| Read::Last {
+                table: Table::FeatureHistory,
+                prefix: index,
+                limit,
+            }))
+            .collect();
+        let mut answers = self.store().read_many(&reads)?;
+        let history = answers.split_off(user.indexes.len());
+        // Current index first, as `find_user` looks.
+        let found = (user.indexes.iter().zip(answers))
+            .find_map(|(index, rows)| rows.into_iter().next().map(|(_, sealed)| (*index, sealed)));
+        let enrolment = self.enrolment_of(user, user_id, found)?;
+        let recent = self.probes_among(user, history, face_model, limit)?;
+        Ok((enrolment, recent))
+    }
+
+    fn enrolment_of(
+        &self,
+        user: &UserRef,
+        user_id: &str,
+        found: Option<(UserIndex, Vec<u8>)>,
+    ) -> Result<Enrolment, VaultError> {
+        let Some((index, sealed)) = found else {
             return Ok(Enrolment::default());
         };
         let mut record: UserRecord = self.unseal(Table::UserData, &index, &sealed)?;
