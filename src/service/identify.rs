@@ -14,7 +14,7 @@ use crate::risk::identify::{
     Identification, IdentifyDecision, Investigation, RankedCandidate, ScoredCandidate,
 };
 use crate::risk::{self, Reason};
-use crate::store::RiskLogEntry;
+use crate::store::{RiskLogEntry, UserReading};
 
 /// The outcome of either mode, as answered and logged.
 enum Found {
@@ -186,9 +186,11 @@ impl Service {
             return Ok((refused, None));
         };
         let user = self.vault.user(&best.user_id);
-        let (enrolment, recent) = self
+        let UserReading {
+            enrolment, recent, ..
+        } = self
             .vault
-            .enrolment_and_recent(&user, &best.user_id, slot.id(), policy.replay_history)
+            .enrolment_and_recent(&user, &best.user_id, slot.id(), policy.replay_history, 0)
             .map_err(fault)?;
         let templates = enrolment.templates_of(slot.id());
         let signals = risk::signals(&probe.features, &templates, &recent);

@@ -11,7 +11,7 @@ use crate::protocol::reply::{
 use crate::risk::gallery::gallery_key;
 use crate::risk::velocity::device_key;
 use crate::risk::{self, Assessment, Decision, Reason};
-use crate::store::{RiskLogEntry, Template, VaultError};
+use crate::store::{RiskLogEntry, Template, UserReading, VaultError};
 
 impl Service {
     /// `POST /v1/enroll`: adds the probe as a template of the user, unless the face is
@@ -98,9 +98,14 @@ impl Service {
         self.limit_user(&user, clock)?;
         let slot = self.slot(&probe.face_model)?;
         let policy = slot.policy();
-        let (enrolment, recent) = self
+        // With the reads, the ids of the risk log and of the history entry it may write.
+        let UserReading {
+            enrolment,
+            recent,
+            ids,
+        } = self
             .vault
-            .enrolment_and_recent(&user, &probe.user_id, slot.id(), policy.replay_history)
+            .enrolment_and_recent(&user, &probe.user_id, slot.id(), policy.replay_history, 2)
             .map_err(fault)?;
         let templates = enrolment.templates_of(slot.id());
         if templates.is_empty() && !enrolment.templates.is_empty() {
@@ -162,7 +167,7 @@ impl Service {
         };
         drop(probe);
         self.vault
-            .record_assessment(user.current(), &log, decision == Decision::Allow)
+            .record_assessment_with_ids(user.current(), &log, decision == Decision::Allow, &ids)
             .map_err(fault)?;
         drop(log);
         timer.lap(Stage::StoreWrite);

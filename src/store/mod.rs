@@ -28,7 +28,7 @@ pub use vault::mark;
 pub use vault::{
     BatchOutcome, CHANGE_OVERLAP_SECS, ChangeCursor, DEFAULT_BATCH, ERASED_USER, Enrolment, Erased,
     LEGACY_FACE_MODEL, OpenMode, RiskLogEntry, SalvageReport, Status, TableCounts, Template,
-    UserIndex, UserRef, Vault, VaultError, VerifyReport,
+    UserIndex, UserReading, UserRef, Vault, VaultError, VerifyReport,
 };
 
 /// The tables (sled trees) the service keeps.
@@ -125,6 +125,15 @@ pub enum Read<'a> {
 /// Called with each (key, value) of a table by [`Store::visit`]; an error stops the walk.
 pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
 
+/// What [`Store::read_many`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// One answer per read, in the order asked.
+    pub answers: Vec<Vec<KeyValue>>,
+    /// The fresh ids asked for, increasing.
+    pub ids: Vec<u64>,
+}
+
 /// A durable key-value store with one namespace per [`Table`].
 ///
 /// Writes are atomic per key; there are deliberately no multi-key transactions. On sled,
@@ -179,11 +188,12 @@ pub trait Store: Send + Sync {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<KeyValue>, StoreError>;
-    /// Several reads at once, each answer in the order asked (a `Get`: none or one record):
-    /// one round trip on a back-end where each read costs one. Not a snapshot: each read
-    /// sees at least what was written before the call.
-    fn read_many(&self, reads: &[Read<'_>]) -> Result<Vec<Vec<KeyValue>>, StoreError> {
-        reads
+    /// Several reads at once, each answer in the order asked (a `Get`: none or one record),
+    /// and `ids` fresh ids ([`Store::next_ids`]) for what the caller will write next: one
+    /// round trip on a back-end where each read or id draw costs one. Not a snapshot: each
+    /// read sees at least what was written before the call.
+    fn read_many(&self, reads: &[Read<'_>], ids: usize) -> Result<Fetched, StoreError> {
+        let answers = reads
             .iter()
             .map(|read| match *read {
                 Read::Get { table, key } => Ok(self
@@ -197,7 +207,12 @@ pub trait Store: Send + Sync {
                     limit,
                 } => self.scan_prefix_last(table, prefix, limit),
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        let ids = match ids {
+            0 => Vec::new(),
+            n => self.next_ids(n)?,
+        };
+        Ok(Fetched { answers, ids })
     }
     /// Calls `visit` on every record in key order without collecting them.
     fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError>;
@@ -381,13 +396,25 @@ mod tests {
                     } => store.scan_prefix_last(table, prefix, limit).unwrap(),
                 })
                 .collect();
-            assert_eq!(store.read_many(&reads).unwrap(), alone, "{name}");
+            let fetched = store.read_many(&reads, 3).unwrap();
+            assert_eq!(fetched.answers, alone, "{name}");
+            let (first, after) = (store.next_id().unwrap(), fetched.ids[2]);
+            assert!(
+                fetched.ids[0] < fetched.ids[1] && after < first,
+                "{name}: fresh, increasing ids: {:?} then {first}",
+                fetched.ids
+            );
             assert_eq!(alone[0].len(), 2, "{name}");
             assert_eq!(alone[1], [(b"u".to_vec(), b"2".to_vec())], "{name}");
             assert!(alone[2].is_empty(), "{name}");
             assert_eq!(alone[3], [(vec![0xff, 0xff, 1], vec![9])], "{name}");
             assert_eq!(alone[4].len(), 5, "{name}");
-            assert!(store.read_many(&[]).unwrap().is_empty(), "{name}");
+            assert_eq!(
+                store.read_many(&[], 0).unwrap(),
+                Fetched::default(),
+                "{name}"
+            );
+            assert_eq!(store.read_many(&[], 2).unwrap().ids.len(), 2, "{name}");
             store.remove(Table::Audit, &[0xff, 0xff, 1]).unwrap();
             let mut visited = 0;
             store

@@ -33,7 +33,7 @@ use r2d2::PooledConnection;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
-use super::{KeyValue, Read, Store, StoreError, Table, Visitor};
+use super::{Fetched, KeyValue, Read, Store, StoreError, Table, Visitor};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -650,11 +650,12 @@ impl Store for PostgresStore {
     }
 
     /// One statement, one round trip: each read is a branch of a `UNION ALL` whose rows
-    /// carry the read's place in the list.
-    fn read_many(&self, reads: &[Read<'_>]) -> Result<Vec<Vec<KeyValue>>, StoreError> {
-        if reads.is_empty() {
-            return Ok(Vec::new());
+    /// carry the read's place in the list; the ids are one more branch (place -1).
+    fn read_many(&self, reads: &[Read<'_>], ids: usize) -> Result<Fetched, StoreError> {
+        if reads.is_empty() && ids == 0 {
+            return Ok(Fetched::default());
         }
+        let id_count = i64::try_from(ids).unwrap_or(i64::MAX);
         let ends: Vec<Option<Vec<u8>>> = reads
             .iter()
             .map(|read| match read {
@@ -697,6 +698,14 @@ impl Store for PostgresStore {
                 }
             });
         }
+        if ids > 0 {
+            params.push(&id_count);
+            branches.push(format!(
+                "(SELECT -1, int8send(nextval('tee_risk_ids')), ''::bytea \
+                 FROM generate_series(1, ${}::bigint))",
+                params.len()
+            ));
+        }
         let sql = branches.join(" UNION ALL ");
         let mut connection = self.connection()?;
         let statement = connection
@@ -707,8 +716,21 @@ impl Store for PostgresStore {
             .query(&statement, &params)
             .map_err(|e| backend("read", e))?;
         let mut answers: Vec<Vec<KeyValue>> = vec![Vec::new(); reads.len()];
+        let mut fresh = Vec::with_capacity(ids);
         for row in rows {
             let place: i32 = row.get(0);
+            if place == -1 {
+                let id: Vec<u8> = row.get(1);
+                let id = <[u8; 8]>::try_from(id.as_slice())
+                    .map_err(|_| backend("next id", "not 8 bytes"))?;
+                // (Sequence values are positive: the top bit set would be a negative id.)
+                let id = u64::from_be_bytes(id);
+                if i64::try_from(id).is_err() {
+                    return Err(backend("next id", "a negative id"));
+                }
+                fresh.push(id);
+                continue;
+            }
             let answer = usize::try_from(place)
                 .ok()
                 .and_then(|place| answers.get_mut(place))
@@ -719,7 +741,14 @@ impl Store for PostgresStore {
         for answer in &mut answers {
             answer.sort_by(|a, b| b.0.cmp(&a.0));
         }
-        Ok(answers)
+        fresh.sort_unstable();
+        if fresh.len() != ids {
+            return Err(backend("next id", "the wrong number of ids"));
+        }
+        Ok(Fetched {
+            answers,
+            ids: fresh,
+        })
     }
 
     fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError> {

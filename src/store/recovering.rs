@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{KeyValue, Read, Store, StoreError, Table, Visitor};
+use super::{Fetched, KeyValue, Read, Store, StoreError, Table, Visitor};
 
 /// The shortest time between two attempts to reopen a failed engine.
 pub const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -184,8 +184,8 @@ impl Store for RecoveringStore {
         self.run(|s| s.scan_prefix_last(table, prefix, limit))
     }
 
-    fn read_many(&self, reads: &[Read<'_>]) -> Result<Vec<Vec<KeyValue>>, StoreError> {
-        self.run(|s| s.read_many(reads))
+    fn read_many(&self, reads: &[Read<'_>], ids: usize) -> Result<Fetched, StoreError> {
+        self.run(|s| s.read_many(reads, ids))
     }
 
     fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError> {

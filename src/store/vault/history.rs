@@ -49,15 +49,28 @@ impl Vault {
         log: &RiskLogEntry,
         accepted: bool,
     ) -> Result<(), VaultError> {
+        let ids = self.store().next_ids(if accepted { 2 } else { 1 })?;
+        self.record_assessment_with_ids(user, log, accepted, &ids)
+    }
+
+    /// [`Vault::record_assessment`] under ids drawn before (with the request's reads:
+    /// [`Vault::enrolment_and_recent`]): the first for the log, the second for the history
+    /// entry of an accepted probe; an id left over is simply never used.
+    pub fn record_assessment_with_ids(
+        &self,
+        user: &UserIndex,
+        log: &RiskLogEntry,
+        accepted: bool,
+        ids: &[u64],
+    ) -> Result<(), VaultError> {
         // Both records are written with the group commit's flush (`insert_at_flush`): the
         // request answers only after that flush, and nothing reads them back before it.
-        let ids = self.store().next_ids(if accepted { 2 } else { 1 })?;
-        let (log_id, history_id) = match ids[..] {
-            [log] => (log, None),
-            [log, history] => (log, Some(history)),
+        let (log_id, history_id) = match (ids, accepted) {
+            ([log, ..], false) => (*log, None),
+            ([log, history, ..], true) => (*log, Some(*history)),
             _ => {
                 return Err(
-                    StoreError::Backend("the store gave the wrong number of ids".into()).into(),
+                    StoreError::Backend("too few ids for the assessment's records".into()).into(),
                 );
             }
         };

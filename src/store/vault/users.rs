@@ -10,7 +10,15 @@ use super::records::{
     Enrolment, LEGACY_FACE_MODEL, StoredTemplate, Template, UserRecord, remember,
 };
 use super::{UserIndex, UserRef, Vault, VaultError};
-use crate::store::{Read, Table};
+use crate::store::{Fetched, Read, Table};
+
+/// What [`Vault::enrolment_and_recent`] read.
+pub struct UserReading {
+    pub enrolment: Enrolment,
+    pub recent: Probes,
+    /// Fresh ids, increasing.
+    pub ids: Vec<u64>,
+}
 
 impl Vault {
     /// Where the user's record is: (its index, its sealed bytes), current index first.
@@ -45,16 +53,18 @@ impl Vault {
         self.enrolment_of(user, user_id, found)
     }
 
-    /// [`Vault::enrolment`] and the user's recent accepted probes of `face_model` (at most
-    /// `limit`, newest first) in one read of the store (one round trip on PostgreSQL instead
-    /// of two): what an assessment needs of the user.
+    /// What an assessment needs of the store, in one read of it (one round trip on
+    /// PostgreSQL instead of three): [`Vault::enrolment`], the user's recent accepted probes
+    /// of `face_model` (at most `limit`, newest first), and `ids` fresh ids for the records
+    /// the request will write ([`Vault::record_assessment_with_ids`]).
     pub fn enrolment_and_recent(
         &self,
         user: &UserRef,
         user_id: &str,
         face_model: &str,
         limit: usize,
-    ) -> Result<(Enrolment, Probes), VaultError> {
+        ids: usize,
+    ) -> Result<UserReading, VaultError> {
         let reads: Vec<Read> = (user.indexes.iter())
             .map(|index| Read::Get {
                 table: Table::UserData,
@@ -66,14 +76,21 @@ impl Vault {
                 limit,
             }))
             .collect();
-        let mut answers = self.store().read_many(&reads)?;
+        let Fetched {
+            mut answers,
+            ids: fresh,
+        } = self.store().read_many(&reads, ids)?;
         let history = answers.split_off(user.indexes.len());
         // Current index first, as `find_user` looks.
         let found = (user.indexes.iter().zip(answers))
             .find_map(|(index, rows)| rows.into_iter().next().map(|(_, sealed)| (*index, sealed)));
         let enrolment = self.enrolment_of(user, user_id, found)?;
         let recent = self.probes_among(user, history, face_model, limit)?;
-        Ok((enrolment, recent))
+        Ok(UserReading {
+            enrolment,
+            recent,
+            ids: fresh,
+        })
     }
 
     fn enrolment_of(
