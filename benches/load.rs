@@ -18,13 +18,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+#[path = "cpu/mod.rs"]
+mod cpu;
 #[path = "floor/mod.rs"]
 mod floor;
 #[path = "../tests/support/mod.rs"]
@@ -139,7 +140,7 @@ impl LoadServer {
 
     /// User + system CPU seconds the server process has used so far.
     fn cpu_seconds(&self) -> f64 {
-        process_cpu_seconds(&format!("/proc/{}/stat", self.server.pid()))
+        cpu::pid_cpu_seconds(self.server.pid())
     }
 
     fn metrics(&self) -> String {
@@ -153,27 +154,6 @@ impl std::ops::Deref for LoadServer {
     fn deref(&self) -> &support::TestServer {
         &self.server
     }
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn process_cpu_seconds(stat_path: &str) -> f64 {
-    let stat = std::fs::read_to_string(stat_path).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<f64> = after
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / clock_ticks_per_second()
 }
 
 /// One pre-built request: the envelope body, ready to post.
@@ -456,7 +436,10 @@ fn run_phase(
     };
     let requests = prepare(keys, &server.credential, &server.url, probes, count);
     let before = server.metrics();
-    let (server_cpu, client_cpu) = (server.cpu_seconds(), process_cpu_seconds("/proc/self/stat"));
+    let (server_cpu, client_cpu) = (
+        server.cpu_seconds(),
+        cpu::process_cpu_seconds("/proc/self/stat"),
+    );
     let start = Instant::now();
     let outcome = match kind {
         "closed" => closed_loop(
@@ -470,7 +453,7 @@ fn run_phase(
     };
     let wall_seconds = start.elapsed().as_secs_f64();
     let server_cpu_seconds = server.cpu_seconds() - server_cpu;
-    let client_cpu_seconds = process_cpu_seconds("/proc/self/stat") - client_cpu;
+    let client_cpu_seconds = cpu::process_cpu_seconds("/proc/self/stat") - client_cpu;
     let after = server.metrics();
     let delta = |series: &str| {
         sample(&after, series).unwrap_or(0.0) - sample(&before, series).unwrap_or(0.0)

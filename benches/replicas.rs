@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+#[path = "cpu/mod.rs"]
+mod cpu;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -102,6 +104,34 @@ struct Outcome {
     errors: usize,
 }
 
+/// One setup's answers over one or more turns, with the CPU seconds spent meanwhile.
+#[derive(Default)]
+struct Measured {
+    outcome: Outcome,
+    elapsed: f64,
+    service_cpu: f64,
+    postgres_cpu: f64,
+    client_cpu: f64,
+}
+
+impl Measured {
+    fn merge(&mut self, other: Measured) {
+        self.outcome.latencies_us.extend(other.outcome.latencies_us);
+        self.outcome.errors += other.outcome.errors;
+        self.elapsed += other.elapsed;
+        self.service_cpu += other.service_cpu;
+        self.postgres_cpu += other.postgres_cpu;
+        self.client_cpu += other.client_cpu;
+    }
+}
+
+/// A salt for request captures that no earlier turn used (request ids and captures stay
+/// unique across turns).
+fn fresh_salt() -> usize {
+    static TURNS: AtomicUsize = AtomicUsize::new(0);
+    TURNS.fetch_add(1, Ordering::Relaxed) * 1_000_000
+}
+
 /// `connections` senders spread over `servers`, each sending its next request when the
 /// previous one is answered, for `duration`.
 fn closed_loop(
@@ -147,9 +177,7 @@ fn closed_loop(
         }
     });
     let elapsed = start.elapsed().as_secs_f64();
-    let mut outcome = total.into_inner().unwrap();
-    outcome.latencies_us.sort_unstable();
-    (outcome, elapsed)
+    (total.into_inner().unwrap(), elapsed)
 }
 
 fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
@@ -198,37 +226,73 @@ fn propagation_ms(a: &TestServer, b: &TestServer, samples: usize) -> f64 {
 
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
-    let (seconds, connections, samples) = if benchmarking {
+    let (seconds, connections, samples, rounds) = if benchmarking {
         (
             seconds_setting("REPLICAS_SECONDS", 8),
             seconds_setting("REPLICAS_CONNECTIONS", 16) as usize,
             5,
+            seconds_setting("REPLICAS_ROUNDS", 4).max(1),
         )
     } else {
-        (1, 2, 1)
+        (1, 2, 1, 1)
     };
     let dir = tempfile::tempdir().unwrap();
     let cluster = support::pg::shared();
     let (sled_config, pg_config) = (config(dir.path(), false), config(dir.path(), true));
 
     let mut rows = Vec::new();
-    let mut phase = |name: &str, servers: &[&TestServer]| {
+    let measure = |servers: &[&TestServer], postgres: bool, seconds: f64| {
         // Requests for twice what the fastest setup here can answer (more than 2,500/s on
         // 2 cores would be news), prepared before the clock starts.
-        let per_server = (2_500 * seconds as usize).div_ceil(servers.len());
+        let per_server = ((2_500.0 * seconds) as usize).div_ceil(servers.len());
         let requests: Vec<_> = servers
             .iter()
             .enumerate()
-            .map(|(n, s)| prepare(s, per_server, n * 10_000_000))
+            .map(|(n, s)| prepare(s, per_server, n * 100_000_000 + fresh_salt()))
             .collect();
+        // CPU over the phase: the service's processes, PostgreSQL's (every process named
+        // `postgres`: backends, WAL writer, checkpointer) and this load generator's.
+        let service_cpu = || {
+            servers
+                .iter()
+                .map(|s| cpu::pid_cpu_seconds(s.pid()))
+                .sum::<f64>()
+        };
+        let postgres_cpu = || match postgres {
+            true => cpu::named_cpu_seconds("postgres"),
+            false => 0.0,
+        };
+        let self_cpu = || cpu::process_cpu_seconds("/proc/self/stat");
+        let before = (service_cpu(), postgres_cpu(), self_cpu());
         let (outcome, elapsed) = closed_loop(
             servers,
             &requests,
             connections,
-            Duration::from_secs(seconds),
+            Duration::from_secs_f64(seconds),
         );
+        Measured {
+            outcome,
+            elapsed,
+            service_cpu: service_cpu() - before.0,
+            postgres_cpu: postgres_cpu() - before.1,
+            client_cpu: self_cpu() - before.2,
+        }
+    };
+    let mut record = |name: &str, mut measured: Measured| {
+        measured.outcome.latencies_us.sort_unstable();
+        let Measured {
+            outcome, elapsed, ..
+        } = &measured;
+        let answered = outcome.latencies_us.len().max(1) as f64;
+        let per_request = |cpu: f64| cpu * 1e6 / answered;
+        let service_us = per_request(measured.service_cpu);
+        let postgres_us = per_request(measured.postgres_cpu);
+        let client_us = per_request(measured.client_cpu);
         let rps = outcome.latencies_us.len() as f64 / elapsed;
         let row = json!({
+            "service_cpu_us_per_request": service_us,
+            "postgres_cpu_us_per_request": postgres_us,
+            "client_cpu_us_per_request": client_us,
             "setup": name,
             "connections": connections,
             "answered": outcome.latencies_us.len(),
@@ -238,7 +302,8 @@ fn main() {
             "p99_ms": percentile_ms(&outcome.latencies_us, 99.0),
         });
         println!(
-            "{name:<26} {:>8} {:>6} {rps:>9.0} {:>8.2} {:>8.2}",
+            "{name:<28} {:>8} {:>6} {rps:>7.0} {:>7.2} {:>7.2} {service_us:>9.0} \
+             {postgres_us:>8.0} {client_us:>8.0}",
             outcome.latencies_us.len(),
             outcome.errors,
             percentile_ms(&outcome.latencies_us, 50.0),
@@ -247,22 +312,34 @@ fn main() {
         rows.push(row);
     };
     println!(
-        "assess, closed loop, {connections} connections, {seconds} s each, {USERS} users:\n\
-         {:<26} {:>8} {:>6} {:>9} {:>8} {:>8}",
-        "setup", "answered", "errors", "req/s", "p50 ms", "p99 ms"
+        "assess, closed loop, {connections} connections, {seconds} s each ({rounds} turns each \
+         for sled and 1 replica), {USERS} users; CPU µs per request of the service, of PostgreSQL and of this load generator (all on this \
+         machine):\n{:<28} {:>8} {:>6} {:>7} {:>7} {:>7} {:>9} {:>8} {:>8}",
+        "setup", "answered", "errors", "req/s", "p50 ms", "p99 ms", "service", "pg", "client"
     );
 
+    // sled and PostgreSQL with one replica take turns, `rounds` times each, so that a slow
+    // spell of this VM (its throughput drifts by ±15 % from minute to minute) weighs on
+    // both alike: the ratio compares like with like.
     let sled = start(dir.path(), "sled", &sled_config, None);
     enrol_all(&sled);
-    phase("sled, 1 process", &[&sled]);
-    assert!(sled.stop().success());
-
     let url = cluster.create_database();
     let one = start(dir.path(), "pg-a", &pg_config, Some(&url));
     enrol_all(&one);
-    phase("postgres, 1 replica", &[&one]);
+    let turn = seconds as f64 / rounds as f64;
+    let (mut on_sled, mut on_postgres) = (Measured::default(), Measured::default());
+    for _ in 0..rounds {
+        on_sled.merge(measure(&[&sled], false, turn));
+        on_postgres.merge(measure(&[&one], true, turn));
+    }
+    record("sled, 1 process", on_sled);
+    record("postgres, 1 replica", on_postgres);
+    assert!(sled.stop().success());
     let two = start(dir.path(), "pg-b", &pg_config, Some(&url));
-    phase("postgres, 2 replicas", &[&one, &two]);
+    record(
+        "postgres, 2 replicas",
+        measure(&[&one, &two], true, seconds as f64),
+    );
     let propagation = propagation_ms(&one, &two, samples);
     println!(
         "enrolment on one replica → the other's conflict search: {propagation:.0} ms (median of {samples})"
@@ -272,7 +349,10 @@ fn main() {
     // the same database without it.
     let plain_url = url.split('?').next().unwrap().to_owned() + "?sslmode=disable";
     let plain = start(dir.path(), "pg-plain", &pg_config, Some(&plain_url));
-    phase("postgres, 1 replica, no TLS", &[&plain]);
+    record(
+        "postgres, 1 replica, no TLS",
+        measure(&[&plain], true, seconds as f64),
+    );
     assert!(plain.stop().success());
 
     // db copy: the sled database of the first phase (users, logs, history) into a new one.
@@ -308,11 +388,32 @@ fn main() {
          verify-full TLS ÷ no TLS: {tls:.2}",
         rps(2) / rps(1)
     );
+    // What a request costs the machines, whatever the VM's neighbours did to throughput.
+    let cpu_of = |i: usize| {
+        ["service_cpu_us_per_request", "postgres_cpu_us_per_request"]
+            .iter()
+            .map(|k| rows[i][*k].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+    };
+    let cpu_ratio = cpu_of(0) / cpu_of(1);
+    println!(
+        "CPU per request, service + database: sled {:.0} µs, postgres (1 replica) {:.0} µs \
+         (service {:.0} + PostgreSQL {:.0}); sled ÷ postgres: {cpu_ratio:.2}",
+        cpu_of(0),
+        cpu_of(1),
+        rows[1]["service_cpu_us_per_request"]
+            .as_f64()
+            .unwrap_or(0.0),
+        rows[1]["postgres_cpu_us_per_request"]
+            .as_f64()
+            .unwrap_or(0.0),
+    );
     let errors: u64 = rows.iter().map(|r| r["errors"].as_u64().unwrap_or(0)).sum();
     let report = json!({
         "phases": rows,
         "postgres_over_sled": ratio,
         "tls_over_plain": tls,
+        "cpu_sled_over_postgres": cpu_ratio,
         "propagation_ms": propagation,
         "db_copy": copy,
     });

@@ -88,13 +88,18 @@ def check_replicas():
     if report is None:
         return
     where = "replicas-report.json"
-    for key in ("postgres_over_sled", "tls_over_plain", "propagation_ms"):
+    for key in ("postgres_over_sled", "tls_over_plain", "propagation_ms",
+                "cpu_sled_over_postgres"):
         need_number(report, (key,), where)
-    setups = {phase.get("setup") for phase in report.get("phases", [])}
+    phases = {phase.get("setup"): phase for phase in report.get("phases", [])}
     for setup in ("sled, 1 process", "postgres, 1 replica", "postgres, 2 replicas",
                   "postgres, 1 replica, no TLS"):
-        if setup not in setups:
+        if setup not in phases:
             problems.append(f"{where}: no phase `{setup}`")
+            continue
+        for key in ("req_per_s", "p99_ms", "service_cpu_us_per_request",
+                    "postgres_cpu_us_per_request", "client_cpu_us_per_request"):
+            need_number(phases[setup], (key,), f"{where} `{setup}`")
 
 
 def check_reference():
