@@ -551,7 +551,8 @@ fn main() {
 
     // Measured here, after the load (the server stopped): the same operations as criterion's
     // `crypto_floor_per_request`, so that this bench needs no other to have run first.
-    let floor_us = Some(floor::crypto_floor_us(Duration::from_secs(2)));
+    let (floor_us, old_floor_us) = floor::crypto_floor_us(Duration::from_secs(2));
+    let floor_us = Some(floor_us);
     println!();
     println!(
         "{:<14} {:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11}",
@@ -635,8 +636,15 @@ fn main() {
             best.server_cpu_us_per_request(),
             best.server_cpu_us_per_request() / floor
         );
+        println!(
+            "  the floor on the path before issue 31 (RustCrypto's verifier for the client's \
+             key), measured now: {old_floor_us:.0} µs; today's ÷ that: {:.2}",
+            floor / old_floor_us
+        );
         json!({
             "floor_us": floor,
+            "old_path_floor_us": old_floor_us,
+            "floor_vs_old_path": floor / old_floor_us,
             "floor_rps": floor_rps,
             "best_phase": best.name,
             "best_rps": best.throughput(),

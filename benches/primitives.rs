@@ -94,6 +94,10 @@ fn primitives(c: &mut Criterion) {
 fn crypto_floor(c: &mut Criterion) {
     let f = Fixture::new();
     c.bench_function("crypto_floor_per_request", |b| b.iter(|| f.floor_request()));
+    // The same on the path before issue 31 (RustCrypto's verifier for the client's key).
+    c.bench_function("crypto_floor_per_request_rustcrypto", |b| {
+        b.iter(|| f.floor_request_rustcrypto())
+    });
 }
 
 fn components(c: &mut Criterion) {

@@ -18,7 +18,7 @@ TARGET = Path(__file__).resolve().parent.parent / "target"
 # RustCrypto one they replaced, the floor, and the in-process request.
 CRITERION_ROWS = [
     "sm2_sign", "sm2_verify", "sm2_verify_table", "sm2_verify_rustcrypto", "sm2_decrypt_16B",
-    "crypto_floor_per_request", "response_sign", "record_seal", "service_assess_with_flush",
+    "crypto_floor_per_request", "crypto_floor_per_request_rustcrypto", "response_sign", "record_seal", "service_assess_with_flush",
 ]
 # The stages of a request the load bench times (wall and CPU each).
 STAGES = ["client_auth", "envelope_parse", "sm2_unwrap", "sm4_gcm_open", "payload_parse",
@@ -63,7 +63,8 @@ def check_load():
     if report is None:
         return
     where = "load-report.json"
-    for path in [("floor", "floor_us"), ("floor", "throughput_vs_floor"),
+    for path in [("floor", "floor_us"), ("floor", "floor_vs_old_path"),
+                 ("floor", "throughput_vs_floor"),
                  ("floor", "server_cpu_vs_floor"), ("durability", "durable_wall_us"),
                  ("durability", "fsync_us"), ("durability", "durable_vs_fsync")]:
         need_number(report, path, where)

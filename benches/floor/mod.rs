@@ -15,7 +15,7 @@ use tee_risk::internals::obs::unix_now;
 use tee_risk::internals::service::access::{ClientRegistry, Permission};
 use tee_risk::internals::store::keys::{SALT_LEN, TableKeys};
 use tee_risk::internals::store::{MasterKey, Table, record};
-use tee_risk::protocol::client_auth::ClientCredential;
+use tee_risk::protocol::client_auth::{ClientCredential, parse_authorization, signed_message};
 use tee_risk::protocol::request::{ProtectedHeader, RequestEnvelope, seal};
 use tee_risk::protocol::response::{ResponseSigner, SignedResponse};
 use zeroize::Zeroizing;
@@ -60,6 +60,9 @@ pub struct Fixture {
     pub keys: TableKeys,
     /// The client's `Authorization` value for `body`.
     pub authorization: String,
+    /// The client's key as the path before issue 31 held it: RustCrypto's verifying key
+    /// (its Z computed once), verified without a table.
+    pub old_verifier: sm2::dsa::VerifyingKey,
 }
 
 impl Fixture {
@@ -71,9 +74,13 @@ impl Fixture {
         let body = seal(decryption.public(), &header, &plaintext).unwrap();
         let client = ClientCredential::new("bench", IdentityKey::generate().unwrap());
         let authorization = client.authorization("POST", "/v1/assess", &body).unwrap();
+        let old_verifier =
+            sm2::dsa::VerifyingKey::from_sec1_bytes("1234567812345678", client.public().sec1())
+                .unwrap();
         Self {
             clients: ClientRegistry::single("bench", client.public(), vec![Permission::Assess])
                 .unwrap(),
+            old_verifier,
             client,
             signer: ResponseSigner::new(identity.public()),
             envelope: RequestEnvelope::parse(&body).unwrap(),
@@ -119,6 +126,24 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// [`Fixture::floor_request`] on the path it replaced (issue 31, step 2): the client's
+    /// signature checked by RustCrypto's verifier instead of the table built for its key at
+    /// start; the rest the same. The floor is compared with this row in the same run.
+    pub fn floor_request_rustcrypto(&self) -> (Vec<u8>, String, SignedResponse) {
+        use sm2::dsa::signature::Verifier as _;
+        let credential = parse_authorization(Some(&self.authorization)).unwrap();
+        let message = signed_message(credential.client_id, "POST", "/v1/assess", &self.body);
+        let signature = sm2::dsa::Signature::from_der(&credential.signature).unwrap();
+        self.old_verifier.verify(&message, &signature).unwrap();
+        let plain = self.envelope.open(&self.decryption).unwrap();
+        let sealed = self.seal_record(&plain);
+        let digest = sm3_hex(&self.body);
+        let response = self.signer.sign(&self.identity, ANSWER).unwrap();
+        (sealed, digest, response)
+    }
+}
+
 /// Mean seconds per call of `op`, timed on this thread for about `budget` after a short
 /// warm-up (criterion gives the careful figure in `--bench primitives`; this one is for a
 /// bench that needs the figure in its own run).
@@ -135,10 +160,14 @@ pub fn seconds_per_op<T>(budget: Duration, mut op: impl FnMut() -> T) -> f64 {
     start.elapsed().as_secs_f64() / n as f64
 }
 
-/// The crypto floor per request on one core, in microseconds, measured now.
-pub fn crypto_floor_us(budget: Duration) -> f64 {
+/// The crypto floor per request on one core, in microseconds, measured now: on today's
+/// path and on the path before issue 31 (see [`Fixture::floor_request_rustcrypto`]).
+pub fn crypto_floor_us(budget: Duration) -> (f64, f64) {
     let fixture = Fixture::new();
-    seconds_per_op(budget, || fixture.floor_request()) * 1e6
+    (
+        seconds_per_op(budget, || fixture.floor_request()) * 1e6,
+        seconds_per_op(budget, || fixture.floor_request_rustcrypto()) * 1e6,
+    )
 }
 
 /// Our seconds per operation for what `openssl speed` measures: SM2 sign and verify, SM3
