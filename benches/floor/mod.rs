@@ -118,15 +118,19 @@ impl Fixture {
                 Permission::Assess,
             )
             .unwrap();
+        self.floor_after_client_auth()
+    }
+
+    /// The floor's work after the client's signature: unwrap and open, seal the record,
+    /// hash the request, sign the answer.
+    fn floor_after_client_auth(&self) -> (Vec<u8>, String, SignedResponse) {
         let plain = self.envelope.open(&self.decryption).unwrap();
         let sealed = self.seal_record(&plain);
         let digest = sm3_hex(&self.body);
         let response = self.signer.sign(&self.identity, ANSWER).unwrap();
         (sealed, digest, response)
     }
-}
 
-impl Fixture {
     /// [`Fixture::floor_request`] on the path it replaced (issue 31, step 2): the client's
     /// signature checked by RustCrypto's verifier instead of the table built for its key at
     /// start; the rest the same. The floor is compared with this row in the same run.
@@ -136,11 +140,7 @@ impl Fixture {
         let message = signed_message(credential.client_id, "POST", "/v1/assess", &self.body);
         let signature = sm2::dsa::Signature::from_der(&credential.signature).unwrap();
         self.old_verifier.verify(&message, &signature).unwrap();
-        let plain = self.envelope.open(&self.decryption).unwrap();
-        let sealed = self.seal_record(&plain);
-        let digest = sm3_hex(&self.body);
-        let response = self.signer.sign(&self.identity, ANSWER).unwrap();
-        (sealed, digest, response)
+        self.floor_after_client_auth()
     }
 }
 

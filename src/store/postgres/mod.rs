@@ -33,6 +33,8 @@ use r2d2::PooledConnection;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
+mod read_many;
+
 use super::{Fetched, KeyValue, Read, Store, StoreError, Table, Visitor};
 
 /// The schema version this build writes and reads.
@@ -461,6 +463,11 @@ impl Drop for PostgresStore {
 }
 
 /// The relation of a table (a fixed name: never interpolated from input).
+/// An id the sequence gave (its values are positive).
+fn sequence_id(id: i64) -> Result<u64, StoreError> {
+    u64::try_from(id).map_err(|_| StoreError::Backend(format!("negative id {id}")))
+}
+
 fn relation(table: Table) -> &'static str {
     match table {
         Table::UserData => "tee_risk_user_data",
@@ -560,10 +567,7 @@ impl Store for PostgresStore {
             .query(&statement, &[&count])
             .map_err(|e| backend("next id", e))?
             .into_iter()
-            .map(|row| {
-                let id: i64 = row.get(0);
-                u64::try_from(id).map_err(|_| StoreError::Backend(format!("negative id {id}")))
-            })
+            .map(|row| sequence_id(row.get(0)))
             .collect::<Result<Vec<u64>, StoreError>>()?;
         ids.sort_unstable();
         Ok(ids)
@@ -574,12 +578,13 @@ impl Store for PostgresStore {
         let statement = connection
             .statement("SELECT nextval('tee_risk_ids')")
             .map_err(|e| backend("prepare", e))?;
-        let id: i64 = connection
-            .client
-            .query_one(&statement, &[])
-            .map_err(|e| backend("next id", e))?
-            .get(0);
-        u64::try_from(id).map_err(|_| StoreError::Backend(format!("negative id {id}")))
+        sequence_id(
+            connection
+                .client
+                .query_one(&statement, &[])
+                .map_err(|e| backend("next id", e))?
+                .get(0),
+        )
     }
 
     fn skip_ids_through(&self, id: u64) -> Result<(), StoreError> {
@@ -649,106 +654,8 @@ impl Store for PostgresStore {
         }
     }
 
-    /// One statement, one round trip: each read is a branch of a `UNION ALL` whose rows
-    /// carry the read's place in the list; the ids are one more branch (place -1).
     fn read_many(&self, reads: &[Read<'_>], ids: usize) -> Result<Fetched, StoreError> {
-        if reads.is_empty() && ids == 0 {
-            return Ok(Fetched::default());
-        }
-        let id_count = i64::try_from(ids).unwrap_or(i64::MAX);
-        let ends: Vec<Option<Vec<u8>>> = reads
-            .iter()
-            .map(|read| match read {
-                Read::Get { .. } => None,
-                Read::Last { prefix, .. } => prefix_end(prefix),
-            })
-            .collect();
-        let limits: Vec<i64> = reads
-            .iter()
-            .map(|read| match read {
-                Read::Get { .. } => 1,
-                Read::Last { limit, .. } => i64::try_from(*limit).unwrap_or(i64::MAX),
-            })
-            .collect();
-        let mut branches = Vec::with_capacity(reads.len());
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        for (i, read) in reads.iter().enumerate() {
-            branches.push(match read {
-                Read::Get { table, key } => {
-                    params.push(key);
-                    format!(
-                        "SELECT {i}, k, v FROM {} WHERE k = ${}",
-                        relation(*table),
-                        params.len()
-                    )
-                }
-                Read::Last { table, prefix, .. } => {
-                    params.push(prefix);
-                    let mut condition = format!("k >= ${}", params.len());
-                    if let Some(end) = &ends[i] {
-                        params.push(end);
-                        condition.push_str(&format!(" AND k < ${}", params.len()));
-                    }
-                    params.push(&limits[i]);
-                    format!(
-                        "(SELECT {i}, k, v FROM {} WHERE {condition} ORDER BY k DESC LIMIT ${})",
-                        relation(*table),
-                        params.len()
-                    )
-                }
-            });
-        }
-        if ids > 0 {
-            params.push(&id_count);
-            branches.push(format!(
-                "(SELECT -1, int8send(nextval('tee_risk_ids')), ''::bytea \
-                 FROM generate_series(1, ${}::bigint))",
-                params.len()
-            ));
-        }
-        let sql = branches.join(" UNION ALL ");
-        let mut connection = self.connection()?;
-        let statement = connection
-            .statement(&sql)
-            .map_err(|e| backend("prepare", e))?;
-        let rows = connection
-            .client
-            .query(&statement, &params)
-            .map_err(|e| backend("read", e))?;
-        let mut answers: Vec<Vec<KeyValue>> = vec![Vec::new(); reads.len()];
-        let mut fresh = Vec::with_capacity(ids);
-        for row in rows {
-            let place: i32 = row.get(0);
-            if place == -1 {
-                let id: Vec<u8> = row.get(1);
-                let id = <[u8; 8]>::try_from(id.as_slice())
-                    .map_err(|_| backend("next id", "not 8 bytes"))?;
-                // (Sequence values are positive: the top bit set would be a negative id.)
-                let id = u64::from_be_bytes(id);
-                if i64::try_from(id).is_err() {
-                    return Err(backend("next id", "a negative id"));
-                }
-                fresh.push(id);
-                continue;
-            }
-            let answer = usize::try_from(place)
-                .ok()
-                .and_then(|place| answers.get_mut(place))
-                .ok_or_else(|| backend("read", "a row of no read"))?;
-            answer.push((row.get(1), row.get(2)));
-        }
-        // A UNION ALL keeps no order by itself: each `Last` is put back greatest key first.
-        for answer in &mut answers {
-            answer.sort_by(|a, b| b.0.cmp(&a.0));
-        }
-        fresh.sort_unstable();
-        if fresh.len() != ids {
-            return Err(backend("next id", "the wrong number of ids"));
-        }
-        Ok(Fetched {
-            answers,
-            ids: fresh,
-        })
+        self.read_at_once(reads, ids)
     }
 
     fn visit(&self, table: Table, visit: &mut Visitor) -> Result<(), StoreError> {
