@@ -50,13 +50,33 @@ impl ResponseSigner {
         }
     }
 
+    /// Signs `payload_json`; the same payload always gets the same signature (for what
+    /// replicas publish alike: key certificates).
     pub fn sign(
         &self,
         key: &IdentityKey,
         payload_json: &[u8],
     ) -> Result<SignedResponse, CryptoError> {
+        self.sign_with(payload_json, |parts| key.sign_der(parts))
+    }
+
+    /// Signs `payload_json` with a random nonce made ahead (`IdentityKey::sign_der_random`):
+    /// for the answer to each request.
+    pub fn sign_answer(
+        &self,
+        key: &IdentityKey,
+        payload_json: &[u8],
+    ) -> Result<SignedResponse, CryptoError> {
+        self.sign_with(payload_json, |parts| key.sign_der_random(parts))
+    }
+
+    fn sign_with(
+        &self,
+        payload_json: &[u8],
+        sign: impl FnOnce(&[&[u8]]) -> Result<Vec<u8>, CryptoError>,
+    ) -> Result<SignedResponse, CryptoError> {
         let payload = b64_encode(payload_json);
-        let signature = key.sign_der(&[self.protected.as_bytes(), b".", payload.as_bytes()])?;
+        let signature = sign(&[self.protected.as_bytes(), b".", payload.as_bytes()])?;
         Ok(SignedResponse {
             protected: self.protected.clone(),
             payload,

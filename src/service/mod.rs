@@ -414,7 +414,7 @@ impl Service {
         let json = serde_json::to_vec(payload).map_err(internal)?;
         let signed = self
             .signer
-            .sign(self.keys.identity(), &json)
+            .sign_answer(self.keys.identity(), &json)
             .map_err(internal)?;
         match key {
             None => Ok(Answer::Signed(signed)),

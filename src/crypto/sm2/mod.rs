@@ -1,9 +1,12 @@
 //! SM2 (GB/T 32918) keys: signatures with SM3 and the default distinguishing identifier,
 //! public-key encryption with ciphertexts in the GM/T 0009 DER form.
 
+mod signing;
+
+pub use signing::IdentityKey;
+
 use primeorder::{LookupTable, Radix16Decomposition, Radix16Digits};
-use sm2::dsa::signature::MultipartSigner;
-use sm2::dsa::{DerSignature, Signature, SigningKey};
+use sm2::dsa::Signature;
 use sm2::elliptic_curve::Generate;
 use sm2::elliptic_curve::common::getrandom::SysRng;
 use sm2::elliptic_curve::group::Group;
@@ -204,14 +207,18 @@ fn z_prefix() -> &'static [u8] {
     })
 }
 
+/// Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA) for `key` with the default ID.
+fn z_of(key: &PublicKey) -> [u8; 32] {
+    let mut input = z_prefix().to_vec();
+    input.extend_from_slice(key.x());
+    input.extend_from_slice(key.y());
+    sm3(&input)
+}
+
 impl Verifier {
     fn new(key: &PublicKey, with_table: bool) -> Self {
-        // Z = SM3(ENTL ‖ ID ‖ a ‖ b ‖ xG ‖ yG ‖ xA ‖ yA): the same prefix for every key.
-        let mut input = z_prefix().to_vec();
-        input.extend_from_slice(key.x());
-        input.extend_from_slice(key.y());
         Self {
-            z: sm3(&input),
+            z: z_of(key),
             key: if with_table {
                 Multiplier::Table(KeyTable::new(key.key.to_projective()))
             } else {
@@ -253,60 +260,6 @@ impl Verifier {
         } else {
             Err(CryptoError::Signature)
         }
-    }
-}
-
-/// The service's identity key: signs responses (and, later, attestation statements).
-pub struct IdentityKey {
-    key: Box<Wiped<SigningKey>>,
-    public: PublicKey,
-}
-
-impl IdentityKey {
-    /// A new random key, generated in memory.
-    pub fn generate() -> Result<Self, CryptoError> {
-        Self::from_secret_key(&new_secret()?)
-    }
-
-    /// Loads a PKCS#8 private key PEM (for interoperability tests and pinned deployments).
-    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, CryptoError> {
-        Self::from_secret_key(&secret_from_pem(pem)?)
-    }
-
-    /// Loads a 32-byte big-endian private scalar.
-    pub fn from_scalar(scalar: &SecretBytes<32>) -> Result<Self, CryptoError> {
-        Self::from_secret_key(&secret_from_scalar(scalar)?)
-    }
-
-    /// Loads a private scalar written as 64 hex digits (the key files this service makes).
-    pub fn from_hex(text: &str) -> Result<Self, CryptoError> {
-        let scalar = SecretBytes::<32>::from_hex(text).ok_or(CryptoError::InvalidKey)?;
-        Self::from_scalar(&scalar)
-    }
-
-    fn from_secret_key(secret: &SecretKey) -> Result<Self, CryptoError> {
-        let signing =
-            SigningKey::new(DEFAULT_DISTID, secret).map_err(|_| CryptoError::InvalidKey)?;
-        let public = PublicKey::from_inner(secret.public_key());
-        Ok(Self {
-            key: Wiped::new(signing),
-            public,
-        })
-    }
-
-    pub fn public(&self) -> &PublicKey {
-        &self.public
-    }
-
-    /// Signs the concatenation of `parts` (SM3 over Z ‖ message, Z cached in the key) and
-    /// returns the DER signature.
-    pub fn sign_der(&self, parts: &[&[u8]]) -> Result<Vec<u8>, CryptoError> {
-        let signature: Signature = self
-            .key
-            .try_multipart_sign(parts)
-            .map_err(|_| CryptoError::Signature)?;
-        let der: DerSignature = signature.to_der();
-        Ok(der.to_bytes().to_vec())
     }
 }
 
