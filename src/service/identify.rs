@@ -14,7 +14,7 @@ use crate::risk::identify::{
     Identification, IdentifyDecision, Investigation, RankedCandidate, ScoredCandidate,
 };
 use crate::risk::{self, Reason};
-use crate::store::{RiskLogEntry, UserReading};
+use crate::store::{Along, RiskLogEntry, UserReading};
 
 /// The outcome of either mode, as answered and logged.
 enum Found {
@@ -190,7 +190,13 @@ impl Service {
             enrolment, recent, ..
         } = self
             .vault
-            .enrolment_and_recent(&user, &best.user_id, slot.id(), policy.replay_history, 0)
+            .enrolment_and_recent(
+                &user,
+                &best.user_id,
+                slot.id(),
+                policy.replay_history,
+                Along::default(),
+            )
             .map_err(fault)?;
         let templates = enrolment.templates_of(slot.id());
         let signals = risk::signals(&probe.features, &templates, &recent);

@@ -92,6 +92,15 @@ impl Answer {
 /// answer is sealed (or the request fails).
 pub(crate) type AnswerKey = Option<SecretBytes<KEY_LEN>>;
 
+/// A decrypted request's id, in the replay cache but not spent in the store yet. Every
+/// path from here spends it: with the request's reads ([`Along::spend`]), or
+/// [`Service::spend`], or [`Service::refuse_unspent`] ("once decrypted, spent").
+#[must_use = "a decrypted request's id must be spent"]
+struct Unspent {
+    rid: String,
+    iat: i64,
+}
+
 /// Why a service could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -307,13 +316,17 @@ impl Service {
 
     /// Takes one of the user's request tokens.
     fn limit_user(&self, user: &UserRef, clock: Now) -> Result<(), ServiceError> {
+        self.user_limit(user, clock)
+            .map_err(|refusal| self.refuse_spent(refusal))
+    }
+
+    /// The user's rate limit alone (the request id not spent yet: see [`Unspent`]).
+    fn user_limit(&self, user: &UserRef, clock: Now) -> Result<(), ServiceError> {
         self.user_limits
             .check(user.current(), clock.precise())
-            .map_err(|retry_after_secs| {
-                self.refuse_spent(ServiceError::RateLimited {
-                    scope: LimitScope::User,
-                    retry_after_secs,
-                })
+            .map_err(|retry_after_secs| ServiceError::RateLimited {
+                scope: LimitScope::User,
+                retry_after_secs,
             })
     }
 
@@ -334,8 +347,12 @@ impl Service {
         timer: &mut StageTimer,
     ) -> Result<(ProtectedHeader, Probe, AnswerKey), ServiceError> {
         self.open_request_as(body, now, timer, false, |plaintext| {
-            Ok(Probe::parse(plaintext, &|m| self.resolve_face_model(m))?)
+            self.parse_probe(plaintext)
         })
+    }
+
+    fn parse_probe(&self, plaintext: &[u8]) -> Result<Probe, ServiceError> {
+        Ok(Probe::parse(plaintext, &|m| self.resolve_face_model(m))?)
     }
 
     /// [`Service::open_request`] for any payload type.
@@ -347,6 +364,24 @@ impl Service {
         encrypted_answer_required: bool,
         parse: impl FnOnce(&[u8]) -> Result<T, ServiceError>,
     ) -> Result<(ProtectedHeader, T, AnswerKey), ServiceError> {
+        let (header, payload, answer_key, unspent) =
+            self.open_request_unspent(body, now, timer, encrypted_answer_required, parse)?;
+        self.spend(unspent)?;
+        Ok((header, payload, answer_key))
+    }
+
+    /// [`Service::open_request_as`] that leaves the store's spend of the request id to the
+    /// caller, so that it can travel with the request's reads (one round trip on
+    /// PostgreSQL). The id is in the replay cache already; a payload that does not parse
+    /// is refused with its id spent.
+    fn open_request_unspent<T>(
+        &self,
+        body: &[u8],
+        now: i64,
+        timer: &mut StageTimer,
+        encrypted_answer_required: bool,
+        parse: impl FnOnce(&[u8]) -> Result<T, ServiceError>,
+    ) -> Result<(ProtectedHeader, T, AnswerKey, Unspent), ServiceError> {
         let envelope = RequestEnvelope::parse(body)?;
         let header = &envelope.header;
         if encrypted_answer_required && !header.wants_encrypted_answer() {
@@ -379,19 +414,37 @@ impl Service {
             ReplayCheck::Replayed => return Err(ServiceError::ReplayedRequest),
             ReplayCheck::Full => return Err(ServiceError::Overloaded),
         }
-        // Durable with the request's other writes, before the answer (or before the refusal).
-        // Another replica on the same database may have spent it: the store decides.
-        if !self
-            .vault
-            .spend_rid(&header.rid, header.iat)
-            .map_err(fault)?
-        {
-            return Err(ServiceError::ReplayedRequest);
-        }
-        let payload = parse(&plaintext).map_err(|e| self.refuse_spent(e));
+        let unspent = Unspent {
+            rid: header.rid.clone(),
+            iat: header.iat,
+        };
+        let payload = parse(&plaintext);
         drop(plaintext);
         timer.lap(Stage::PayloadParse);
-        Ok((envelope.header, payload?, answer_key))
+        match payload {
+            Ok(payload) => Ok((envelope.header, payload, answer_key, unspent)),
+            Err(refusal) => Err(self.refuse_unspent(unspent, refusal)),
+        }
+    }
+
+    /// Spends the request id in the store. Durable with the request's other writes, before
+    /// the answer (or before the refusal). Another replica on the same database may have
+    /// spent it: the store decides.
+    fn spend(&self, unspent: Unspent) -> Result<(), ServiceError> {
+        match self.vault.spend_rid(&unspent.rid, unspent.iat) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ServiceError::ReplayedRequest),
+            Err(e) => Err(fault(e)),
+        }
+    }
+
+    /// A refusal before the request id was spent: spends it first (durably), as for every
+    /// decrypted request.
+    fn refuse_unspent(&self, unspent: Unspent, refusal: ServiceError) -> ServiceError {
+        match self.spend(unspent) {
+            Ok(()) => self.refuse_spent(refusal),
+            Err(error) => error,
+        }
     }
 
     /// A refusal after the request id was spent: makes the spent id durable first, so that

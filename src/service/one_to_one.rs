@@ -11,7 +11,7 @@ use crate::protocol::reply::{
 use crate::risk::gallery::gallery_key;
 use crate::risk::velocity::device_key;
 use crate::risk::{self, Assessment, Decision, Reason};
-use crate::store::{RiskLogEntry, Template, UserReading, VaultError};
+use crate::store::{Along, RiskLogEntry, Template, UserReading, VaultError};
 
 impl Service {
     /// `POST /v1/enroll`: adds the probe as a template of the user, unless the face is
@@ -93,20 +93,41 @@ impl Service {
     pub fn assess(&self, body: &[u8], clock: Now) -> Result<Answer, ServiceError> {
         let now = clock.secs();
         let mut timer = StageTimer::start(&self.metrics);
-        let (header, probe, answer_key) = self.open_request(body, now, &mut timer)?;
+        let (header, probe, answer_key, unspent) =
+            self.open_request_unspent(body, now, &mut timer, false, |p| self.parse_probe(p))?;
         let user = self.vault.user(&probe.user_id);
-        self.limit_user(&user, clock)?;
-        let slot = self.slot(&probe.face_model)?;
+        let checked = self
+            .user_limit(&user, clock)
+            .and_then(|()| self.slot(&probe.face_model));
+        let slot = match checked {
+            Ok(slot) => slot,
+            Err(refusal) => return Err(self.refuse_unspent(unspent, refusal)),
+        };
         let policy = slot.policy();
-        // With the reads, the ids of the risk log and of the history entry it may write.
+        // One round trip: the request id's spend, the reads, and the ids of the risk log and
+        // of the history entry it may write.
+        let along = Along {
+            ids: 2,
+            spend: Some((&unspent.rid, unspent.iat)),
+        };
         let UserReading {
             enrolment,
             recent,
             ids,
+            fresh_rid,
         } = self
             .vault
-            .enrolment_and_recent(&user, &probe.user_id, slot.id(), policy.replay_history, 2)
+            .enrolment_and_recent(
+                &user,
+                &probe.user_id,
+                slot.id(),
+                policy.replay_history,
+                along,
+            )
             .map_err(fault)?;
+        if fresh_rid != Some(true) {
+            return Err(ServiceError::ReplayedRequest);
+        }
         let templates = enrolment.templates_of(slot.id());
         if templates.is_empty() && !enrolment.templates.is_empty() {
             // Enrolled, but under other models only: comparing would mix two scales.

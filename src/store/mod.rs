@@ -26,9 +26,9 @@ pub use recovering::{RETRY_EVERY, RecoveringStore};
 pub use sled_store::{LOCK_WAIT, SledStore, copy_tree};
 pub use vault::mark;
 pub use vault::{
-    BatchOutcome, CHANGE_OVERLAP_SECS, ChangeCursor, DEFAULT_BATCH, ERASED_USER, Enrolment, Erased,
-    LEGACY_FACE_MODEL, OpenMode, RiskLogEntry, SalvageReport, Status, TableCounts, Template,
-    UserIndex, UserReading, UserRef, Vault, VaultError, VerifyReport,
+    Along, BatchOutcome, CHANGE_OVERLAP_SECS, ChangeCursor, DEFAULT_BATCH, ERASED_USER, Enrolment,
+    Erased, LEGACY_FACE_MODEL, OpenMode, RiskLogEntry, SalvageReport, Status, TableCounts,
+    Template, UserIndex, UserReading, UserRef, Vault, VaultError, VerifyReport,
 };
 
 /// The tables (sled trees) the service keeps.
@@ -120,6 +120,15 @@ pub enum Read<'a> {
         prefix: &'a [u8],
         limit: usize,
     },
+    /// Inserts `value` at `key` unless a record is there ([`Store::compare_and_swap`] from
+    /// absent): the answer holds the record if this call inserted it, nothing if one was
+    /// there already. The one write that may travel with reads: a request spends its id in
+    /// the round trip that reads what it needs.
+    Claim {
+        table: Table,
+        key: &'a [u8],
+        value: &'a [u8],
+    },
 }
 
 /// Called with each (key, value) of a table by [`Store::visit`]; an error stops the walk.
@@ -191,7 +200,9 @@ pub trait Store: Send + Sync {
     /// Several reads at once, each answer in the order asked (a `Get`: none or one record),
     /// and `ids` fresh ids ([`Store::next_ids`]) for what the caller will write next: one
     /// round trip on a back-end where each read or id draw costs one. Not a snapshot: each
-    /// read sees at least what was written before the call.
+    /// read sees at least what was written before the call. A `Claim` is done first (it
+    /// decides alone whether it inserts, as `compare_and_swap` does) and, if the call fails,
+    /// may or may not have been done.
     fn read_many(&self, reads: &[Read<'_>], ids: usize) -> Result<Fetched, StoreError> {
         let answers = reads
             .iter()
@@ -206,6 +217,11 @@ pub trait Store: Send + Sync {
                     prefix,
                     limit,
                 } => self.scan_prefix_last(table, prefix, limit),
+                Read::Claim { table, key, value } => Ok(self
+                    .compare_and_swap(table, key, None, Some(value.to_vec()))?
+                    .then(|| (key.to_vec(), value.to_vec()))
+                    .into_iter()
+                    .collect()),
             })
             .collect::<Result<_, StoreError>>()?;
         let ids = match ids {
@@ -394,6 +410,7 @@ mod tests {
                         prefix,
                         limit,
                     } => store.scan_prefix_last(table, prefix, limit).unwrap(),
+                    Read::Claim { .. } => unreachable!("no claim among these reads"),
                 })
                 .collect();
             let fetched = store.read_many(&reads, 3).unwrap();
@@ -415,6 +432,29 @@ mod tests {
                 "{name}"
             );
             assert_eq!(store.read_many(&[], 2).unwrap().ids.len(), 2, "{name}");
+            // A claim among reads inserts once: the first call's answer holds the record, a
+            // second call's (or a claim of a key already there) nothing, and the value stays
+            // the first one; the reads beside it answer as alone.
+            let claim = |value: &'static [u8]| Read::Claim {
+                table: Table::Replay,
+                key: b"rid-1",
+                value,
+            };
+            let first = store.read_many(&[claim(b"1"), reads[1]], 1).unwrap();
+            assert_eq!(
+                first.answers,
+                [vec![(b"rid-1".to_vec(), b"1".to_vec())], alone[1].clone()],
+                "{name}"
+            );
+            assert_eq!(first.ids.len(), 1, "{name}");
+            let again = store.read_many(&[reads[0], claim(b"2")], 0).unwrap();
+            assert_eq!(again.answers, [alone[0].clone(), vec![]], "{name}");
+            assert_eq!(
+                store.get(Table::Replay, b"rid-1").unwrap().as_deref(),
+                Some(&b"1"[..]),
+                "{name}"
+            );
+            store.remove(Table::Replay, b"rid-1").unwrap();
             store.remove(Table::Audit, &[0xff, 0xff, 1]).unwrap();
             let mut visited = 0;
             store

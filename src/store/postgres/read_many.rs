@@ -11,7 +11,9 @@ use crate::store::{Fetched, KeyValue, Read, StoreError};
 impl PostgresStore {
     /// [`Store::read_many`] in one statement, one round trip: each read is a branch of a
     /// `UNION ALL` whose rows carry the read's place in the list; the ids are one more
-    /// branch (place -1, the id in the fourth column).
+    /// branch (place -1, the id in the fourth column). A claim is an `INSERT … ON CONFLICT
+    /// DO NOTHING RETURNING` in the statement's `WITH`, its branch what that returned: the
+    /// statement is one transaction, so the claim is done with the reads or not at all.
     pub(super) fn read_at_once(
         &self,
         reads: &[Read<'_>],
@@ -24,18 +26,19 @@ impl PostgresStore {
         let ends: Vec<Option<Vec<u8>>> = reads
             .iter()
             .map(|read| match read {
-                Read::Get { .. } => None,
+                Read::Get { .. } | Read::Claim { .. } => None,
                 Read::Last { prefix, .. } => prefix_end(prefix),
             })
             .collect();
         let limits: Vec<i64> = reads
             .iter()
             .map(|read| match read {
-                Read::Get { .. } => 1,
+                Read::Get { .. } | Read::Claim { .. } => 1,
                 Read::Last { limit, .. } => i64::try_from(*limit).unwrap_or(i64::MAX),
             })
             .collect();
         let mut branches = Vec::with_capacity(reads.len());
+        let mut claims = Vec::new();
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         for (i, read) in reads.iter().enumerate() {
             branches.push(match read {
@@ -62,6 +65,18 @@ impl PostgresStore {
                         params.len()
                     )
                 }
+                Read::Claim { table, key, value } => {
+                    params.push(key);
+                    params.push(value);
+                    claims.push(format!(
+                        "claim{i} AS (INSERT INTO {} (k, v) VALUES (${}, ${}) \
+                         ON CONFLICT (k) DO NOTHING RETURNING k, v)",
+                        relation(*table),
+                        params.len() - 1,
+                        params.len()
+                    ));
+                    format!("SELECT {i}, k, v, NULL::bigint FROM claim{i}")
+                }
             });
         }
         if ids > 0 {
@@ -72,7 +87,11 @@ impl PostgresStore {
                 params.len()
             ));
         }
-        let sql = branches.join(" UNION ALL ");
+        let mut sql = String::new();
+        if !claims.is_empty() {
+            sql = format!("WITH {} ", claims.join(", "));
+        }
+        sql.push_str(&branches.join(" UNION ALL "));
         let mut connection = self.connection()?;
         let statement = connection
             .statement(&sql)

@@ -60,7 +60,7 @@ pub use records::{
 pub use rotation::{BatchOutcome, DEFAULT_BATCH};
 pub use salvage::SalvageReport;
 pub use status::{Status, VerifyReport};
-pub use users::UserReading;
+pub use users::{Along, UserReading};
 
 /// A user's blind index (HMAC-SM3 of the user id).
 pub type UserIndex = [u8; 32];

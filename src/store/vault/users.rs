@@ -18,6 +18,17 @@ pub struct UserReading {
     pub recent: Probes,
     /// Fresh ids, increasing.
     pub ids: Vec<u64>,
+    /// Whether the request id asked to be spent was fresh (`None`: none was asked).
+    pub fresh_rid: Option<bool>,
+}
+
+/// What a reading of a user brings along in the same round trip.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Along<'a> {
+    /// Fresh ids to draw, for the records the request will write.
+    pub ids: usize,
+    /// A request id to spend, with its `iat` ([`Vault::spend_rid`]).
+    pub spend: Option<(&'a str, i64)>,
 }
 
 impl Vault {
@@ -54,22 +65,32 @@ impl Vault {
     }
 
     /// What an assessment needs of the store, in one read of it (one round trip on
-    /// PostgreSQL instead of three): [`Vault::enrolment`], the user's recent accepted probes
-    /// of `face_model` (at most `limit`, newest first), and `ids` fresh ids for the records
-    /// the request will write ([`Vault::record_assessment_with_ids`]).
+    /// PostgreSQL instead of four): the spend of its request id ([`Vault::spend_rid`]),
+    /// [`Vault::enrolment`], the user's recent accepted probes of `face_model` (at most
+    /// `limit`, newest first), and fresh ids for the records the request will write
+    /// ([`Vault::record_assessment_with_ids`]).
     pub fn enrolment_and_recent(
         &self,
         user: &UserRef,
         user_id: &str,
         face_model: &str,
         limit: usize,
-        ids: usize,
+        along: Along<'_>,
     ) -> Result<UserReading, VaultError> {
-        let reads: Vec<Read> = (user.indexes.iter())
-            .map(|index| Read::Get {
+        let spent_value = along.spend.map(|(_, iat)| iat.to_be_bytes());
+        let claim = along
+            .spend
+            .zip(spent_value.as_ref())
+            .map(|((rid, _), value)| Read::Claim {
+                table: Table::Replay,
+                key: rid.as_bytes(),
+                value,
+            });
+        let reads: Vec<Read> = (claim.into_iter())
+            .chain(user.indexes.iter().map(|index| Read::Get {
                 table: Table::UserData,
                 key: index,
-            })
+            }))
             .chain(user.indexes.iter().map(|index| Read::Last {
                 table: Table::FeatureHistory,
                 prefix: index,
@@ -79,7 +100,11 @@ impl Vault {
         let Fetched {
             mut answers,
             ids: fresh,
-        } = self.store().read_many(&reads, ids)?;
+        } = self.store().read_many(&reads, along.ids)?;
+        let fresh_rid = claim.map(|_| !answers.remove(0).is_empty());
+        if fresh_rid == Some(true) {
+            self.counted(Table::Replay, 1);
+        }
         let history = answers.split_off(user.indexes.len());
         // Current index first, as `find_user` looks.
         let found = (user.indexes.iter().zip(answers))
@@ -90,6 +115,7 @@ impl Vault {
             enrolment,
             recent,
             ids: fresh,
+            fresh_rid,
         })
     }
 
