@@ -549,6 +549,23 @@ fn main() {
         ));
     }
 
+    // Issue 31's second open-loop point: half the best closed-loop throughput of this run.
+    let best_closed = phases
+        .iter()
+        .filter(|p| p.kind == "closed")
+        .map(Phase::throughput)
+        .fold(0.0, f64::max);
+    let half_best = ((best_closed / 2.0).round() as u64).max(1);
+    phases.push(run_phase(
+        &server,
+        &keys,
+        &workload.probes,
+        "open",
+        half_best,
+        seconds,
+        0,
+    ));
+
     // Measured here, after the load (the server stopped): the same operations as criterion's
     // `crypto_floor_per_request`, so that this bench needs no other to have run first.
     let (floor_us, old_floor_us) = floor::crypto_floor_us(Duration::from_secs(2));
@@ -638,7 +655,8 @@ fn main() {
         );
         println!(
             "  the floor on the path before issue 31 (RustCrypto's verifier for the client's \
-             key), measured now: {old_floor_us:.0} µs; today's ÷ that: {:.2}",
+             key and signing key), measured now, taking turns: {old_floor_us:.0} µs; today's \
+             ÷ that: {:.2}",
             floor / old_floor_us
         );
         json!({
@@ -651,6 +669,16 @@ fn main() {
             "throughput_vs_floor": best.throughput() / floor_rps,
             "server_cpu_vs_floor": best.server_cpu_us_per_request() / floor,
         })
+    });
+    let half = phases.last().expect("the half-best phase");
+    let half_p99 = percentile(&half.outcome.latencies_us, 99.0);
+    println!(
+        "open loop at half the best closed-loop throughput ({half_best}/s): p99 {half_p99:.2} ms"
+    );
+    let open_at_half_best = json!({
+        "rate": half_best,
+        "best_closed_rps": best_closed,
+        "p99_ms": half_p99,
     });
     // The store's durability against the disk it sits on: the `durable` stage of the
     // quietest phase (one request at a time) beside a single fsync of this filesystem.
@@ -679,6 +707,7 @@ fn main() {
         "seconds_per_phase": seconds,
         "phases": reports,
         "floor": floor,
+        "open_at_half_best": open_at_half_best,
     });
     let path = target_dir().join("load-report.json");
     std::fs::create_dir_all(target_dir()).ok();

@@ -66,7 +66,8 @@ def check_load():
     for path in [("floor", "floor_us"), ("floor", "floor_vs_old_path"),
                  ("floor", "throughput_vs_floor"),
                  ("floor", "server_cpu_vs_floor"), ("durability", "durable_wall_us"),
-                 ("durability", "fsync_us"), ("durability", "durable_vs_fsync")]:
+                 ("durability", "fsync_us"), ("durability", "durable_vs_fsync"),
+                 ("open_at_half_best", "rate"), ("open_at_half_best", "p99_ms")]:
         need_number(report, path, where)
     phases = report.get("phases", [])
     kinds = {phase.get("kind") for phase in phases}
