@@ -240,29 +240,44 @@ impl Drop for Batch {
     }
 }
 
-/// The key's supply of nonces. Signers take from the current batch; the one that finds it
-/// empty makes the next batch outside the lock (others keep signing meanwhile).
+/// The key's supply of nonces: batches not used up yet. A signer takes from the newest; one
+/// that finds none makes a batch outside the lock (others keep signing meanwhile) and adds
+/// what it leaves, so that signers refilling at the same time waste no nonce. The batches
+/// held are bounded by the signers running at once.
+///
+/// Each batch is boxed so that the `Vec` growing moves pointers, not nonces: a reallocation
+/// would leave copies of unused k in the freed buffer.
 #[derive(Default)]
-struct Nonces(Mutex<Option<Box<Batch>>>);
+#[allow(clippy::vec_box)] // Boxed on purpose (above).
+struct Nonces(Mutex<Vec<Box<Batch>>>);
 
+#[allow(clippy::vec_box)] // Boxed on purpose: see `Nonces`.
 impl Nonces {
     fn take(&self) -> Result<Nonce, CryptoError> {
-        let current = |slot: &Mutex<Option<Box<Batch>>>| {
-            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
-            slot.as_mut().and_then(|batch| batch.take())
-        };
-        if let Some(nonce) = current(&self.0) {
+        if let Some(nonce) = self.take_made() {
             return Ok(nonce);
         }
         let mut batch = Batch::fresh()?;
         let nonce = batch.take().expect("a fresh batch is full");
-        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        // Another signer may have refilled meanwhile: keep the fuller batch (the other one
-        // is wiped as it drops).
-        if slot.as_ref().is_none_or(|other| other.left < batch.left) {
-            *slot = Some(batch);
-        }
+        self.lock().push(batch);
         Ok(nonce)
+    }
+
+    fn take_made(&self) -> Option<Nonce> {
+        let mut batches = self.lock();
+        while let Some(batch) = batches.last_mut() {
+            if let Some(nonce) = batch.take() {
+                return Some(nonce);
+            }
+            batches.pop();
+        }
+        None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<Batch>>> {
+        // Taking a nonce cannot leave a batch half-changed: a panic elsewhere while the lock
+        // was held leaves it usable.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -337,6 +352,21 @@ mod tests {
         for der in [&a, &c, &d] {
             verifier.verify(b"protected.payload", der).unwrap();
         }
+    }
+
+    #[test]
+    fn signers_refilling_at_once_keep_every_nonce_they_made() {
+        let nonces = Nonces::default();
+        // Two signers found the supply empty and each made a batch.
+        for _ in 0..2 {
+            nonces.lock().push(Batch::fresh().unwrap());
+        }
+        let mut taken = std::collections::HashSet::new();
+        while let Some(nonce) = nonces.take_made() {
+            assert!(taken.insert(nonce.k.to_repr()), "a nonce taken twice");
+        }
+        assert_eq!(taken.len(), 2 * BATCH);
+        assert!(nonces.lock().is_empty());
     }
 
     #[test]
