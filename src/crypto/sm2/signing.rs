@@ -98,8 +98,7 @@ impl IdentityKey {
             .deterministic
             .try_multipart_sign(parts)
             .map_err(|_| CryptoError::Signature)?;
-        let der: DerSignature = signature.to_der();
-        Ok(der.to_bytes().to_vec())
+        Ok(der(&signature))
     }
 
     /// [`IdentityKey::sign_der`] with a random k made ahead (about 0.7× its CPU): for
@@ -111,7 +110,9 @@ impl IdentityKey {
         for _ in 0..4 {
             let nonce = self.nonces.take()?;
             if let Some((r, s)) = self.secret.sign_with(&e, &nonce) {
-                return Ok(der(&r, &s));
+                let signature = Signature::from_scalars(r.to_repr(), s.to_repr())
+                    .expect("r and s are nonzero scalars");
+                return Ok(der(&signature));
             }
         }
         Err(CryptoError::Signature)
@@ -129,9 +130,7 @@ impl IdentityKey {
     }
 }
 
-fn der(r: &Scalar, s: &Scalar) -> Vec<u8> {
-    let signature =
-        Signature::from_scalars(r.to_repr(), s.to_repr()).expect("r and s are nonzero scalars");
+fn der(signature: &Signature) -> Vec<u8> {
     let der: DerSignature = signature.to_der();
     der.to_bytes().to_vec()
 }

@@ -4,6 +4,11 @@
 use super::{Vault, VaultError};
 use crate::store::Table;
 
+/// A spent id's value in the replay table: its `iat`, big-endian.
+pub(super) fn spent_value(iat: i64) -> [u8; 8] {
+    iat.to_be_bytes()
+}
+
 impl Vault {
     /// Records a spent request id; `false` if it was spent already. The store decides, so
     /// that replicas sharing one database spend an id once between them (each replica's
@@ -14,12 +19,18 @@ impl Vault {
             Table::Replay,
             rid.as_bytes(),
             None,
-            Some(iat.to_be_bytes().to_vec()),
+            Some(spent_value(iat).to_vec()),
         )?;
+        Ok(self.counted_spend(fresh))
+    }
+
+    /// Counts a spend the store reported (`fresh`: this call inserted the id); returns
+    /// `fresh`.
+    pub(super) fn counted_spend(&self, fresh: bool) -> bool {
         if fresh {
             self.counted(Table::Replay, 1);
         }
-        Ok(fresh)
+        fresh
     }
 
     /// The spent request ids with `iat` at or after `since`; older ones are forgotten.

@@ -9,6 +9,7 @@ use super::layout::index_map_key;
 use super::records::{
     Enrolment, LEGACY_FACE_MODEL, StoredTemplate, Template, UserRecord, remember,
 };
+use super::spent::spent_value;
 use super::{UserIndex, UserRef, Vault, VaultError};
 use crate::store::{Fetched, Read, Table};
 
@@ -77,15 +78,12 @@ impl Vault {
         limit: usize,
         along: Along<'_>,
     ) -> Result<UserReading, VaultError> {
-        let spent_value = along.spend.map(|(_, iat)| iat.to_be_bytes());
-        let claim = along
-            .spend
-            .zip(spent_value.as_ref())
-            .map(|((rid, _), value)| Read::Claim {
-                table: Table::Replay,
-                key: rid.as_bytes(),
-                value,
-            });
+        let spend = along.spend.map(|(rid, iat)| (rid, spent_value(iat)));
+        let claim = spend.as_ref().map(|(rid, value)| Read::Claim {
+            table: Table::Replay,
+            key: rid.as_bytes(),
+            value,
+        });
         let reads: Vec<Read> = (claim.into_iter())
             .chain(user.indexes.iter().map(|index| Read::Get {
                 table: Table::UserData,
@@ -101,10 +99,7 @@ impl Vault {
             mut answers,
             ids: fresh,
         } = self.store().read_many(&reads, along.ids)?;
-        let fresh_rid = claim.map(|_| !answers.remove(0).is_empty());
-        if fresh_rid == Some(true) {
-            self.counted(Table::Replay, 1);
-        }
+        let fresh_rid = claim.map(|_| self.counted_spend(!answers.remove(0).is_empty()));
         let history = answers.split_off(user.indexes.len());
         // Current index first, as `find_user` looks.
         let found = (user.indexes.iter().zip(answers))
