@@ -655,7 +655,7 @@ fn main() {
         );
         println!(
             "  the floor on the path before issue 31 (RustCrypto's verifier for the client's \
-             key and signing key), measured now, taking turns: {old_floor_us:.0} µs; today's \
+             key, decryption and signing key), measured now, taking turns: {old_floor_us:.0} µs; today's \
              ÷ that: {:.2}",
             floor / old_floor_us
         );

@@ -63,6 +63,13 @@ fn primitives(c: &mut Criterion) {
     c.bench_function("sm2_decrypt_16B", |b| {
         b.iter(|| decryption.decrypt_der_exact::<16>(&wrapped).unwrap())
     });
+    c.bench_function("sm2_decrypt_16B_rustcrypto", |b| {
+        b.iter(|| {
+            decryption
+                .decrypt_der_exact_rustcrypto::<16>(&wrapped)
+                .unwrap()
+        })
+    });
     c.bench_function("sm3_4KiB", |b| b.iter(|| sm3(&data)));
     c.bench_function("hmac_sm3_4KiB", |b| b.iter(|| hmac_sm3(b"key", &data)));
     c.bench_function("hkdf_sm3_16B", |b| {
@@ -100,7 +107,7 @@ fn primitives(c: &mut Criterion) {
 fn crypto_floor(c: &mut Criterion) {
     let f = Fixture::new();
     c.bench_function("crypto_floor_per_request", |b| b.iter(|| f.floor_request()));
-    // The same on the path before issue 31 (RustCrypto's verifier for the client's key).
+    // The same on the path before issue 31 (RustCrypto's verifier, decryption and signing).
     c.bench_function("crypto_floor_per_request_rustcrypto", |b| {
         b.iter(|| f.floor_request_rustcrypto())
     });

@@ -17,7 +17,7 @@ TARGET = Path(__file__).resolve().parent.parent / "target"
 # The primitives rows the document quotes: the one-off and table verifiers beside the
 # RustCrypto one they replaced, the floor, and the in-process request.
 CRITERION_ROWS = [
-    "sm2_sign", "sm2_sign_rustcrypto", "sm2_verify", "sm2_verify_table", "sm2_verify_rustcrypto", "sm2_decrypt_16B",
+    "sm2_sign", "sm2_sign_rustcrypto", "sm2_verify", "sm2_verify_table", "sm2_verify_rustcrypto", "sm2_decrypt_16B", "sm2_decrypt_16B_rustcrypto",
     "crypto_floor_per_request", "crypto_floor_per_request_rustcrypto", "response_sign", "record_seal", "service_assess_with_flush",
 ]
 # The stages of a request the load bench times (wall and CPU each).

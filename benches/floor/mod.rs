@@ -127,14 +127,20 @@ impl Fixture {
     /// open, seal the record, hash the request.
     fn floor_after_client_auth(&self) -> (Vec<u8>, String) {
         let plain = self.envelope.open(&self.decryption).unwrap();
-        let sealed = self.seal_record(&plain);
+        self.floor_after_open(&plain)
+    }
+
+    fn floor_after_open(&self, plain: &[u8]) -> (Vec<u8>, String) {
+        let sealed = self.seal_record(plain);
         (sealed, sm3_hex(&self.body))
     }
 
     /// [`Fixture::floor_request`] on the path it replaced (issue 31, step 2): the client's
     /// signature checked by RustCrypto's verifier instead of the table built for its key at
-    /// start, and the answer signed by RustCrypto's signing key (`ResponseSigner::sign`)
-    /// instead of with nonces made ahead (`sign_answer`); the rest the same. The floor is
+    /// start, the session key unwrapped by RustCrypto's decryption instead of ours
+    /// (`crypto::sm2::unwrap`), and the answer signed by RustCrypto's signing key
+    /// (`ResponseSigner::sign`) instead of with nonces made ahead (`sign_answer`); the rest
+    /// the same. The floor is
     /// compared with this row in the same run.
     pub fn floor_request_rustcrypto(&self) -> (Vec<u8>, String, SignedResponse) {
         use sm2::dsa::signature::Verifier as _;
@@ -142,7 +148,13 @@ impl Fixture {
         let message = signed_message(credential.client_id, "POST", "/v1/assess", &self.body);
         let signature = sm2::dsa::Signature::from_der(&credential.signature).unwrap();
         self.old_verifier.verify(&message, &signature).unwrap();
-        let (sealed, digest) = self.floor_after_client_auth();
+        // The session key unwrapped by RustCrypto's decryption, as before.
+        let session_key = self
+            .decryption
+            .decrypt_der_exact_rustcrypto::<16>(self.envelope.encrypted_key())
+            .unwrap();
+        let plain = self.envelope.open_payload(&session_key).unwrap();
+        let (sealed, digest) = self.floor_after_open(&plain);
         // `sign` is RustCrypto's signing key, as answers were signed before.
         let response = self.signer.sign(&self.identity, ANSWER).unwrap();
         (sealed, digest, response)

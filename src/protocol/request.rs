@@ -177,6 +177,11 @@ impl RequestEnvelope {
         self.open_payload(&session_key)
     }
 
+    /// The wrapped session key: GM/T 0009 DER of an SM2 ciphertext of 16 bytes.
+    pub fn encrypted_key(&self) -> &[u8] {
+        &self.encrypted_key
+    }
+
     /// The SM2 half of [`RequestEnvelope::open`]: the session key, wiped on drop.
     pub fn unwrap_session_key(
         &self,

@@ -2,6 +2,7 @@
 //! public-key encryption with ciphertexts in the GM/T 0009 DER form.
 
 mod signing;
+mod unwrap;
 
 pub use signing::IdentityKey;
 
@@ -265,6 +266,9 @@ impl Verifier {
 
 /// The key that unwraps per-request session keys.
 pub struct DecryptionKey {
+    /// d as the unwrap's own multiplication reads it (`unwrap.rs`).
+    digits: unwrap::SecretDigits,
+    /// The RustCrypto key: the reference the benches and tests compare with.
     key: Box<Wiped<DecryptingKey>>,
     public: PublicKey,
 }
@@ -286,7 +290,9 @@ impl DecryptionKey {
         let scalar: NonZeroScalar = secret.to_nonzero_scalar();
         let decrypting =
             DecryptingKey::from_nonzero_scalar(scalar).map_err(|_| CryptoError::InvalidKey)?;
+        let digits = unwrap::SecretDigits::new(&scalar).ok_or(CryptoError::InvalidKey)?;
         Ok(Self {
+            digits,
             key: Wiped::new(decrypting),
             public: PublicKey::from_inner(secret.public_key()),
         })
@@ -312,6 +318,23 @@ impl DecryptionKey {
             return Err(CryptoError::Decrypt);
         }
         let mut plain = Zeroizing::new([0u8; N]);
+        unwrap::decrypt(&self.digits, &cipher, &mut plain[..]).ok_or(CryptoError::Decrypt)?;
+        SecretBytes::from_slice(&plain[..]).ok_or(CryptoError::Decrypt)
+    }
+
+    /// [`DecryptionKey::decrypt_der_exact`] by RustCrypto's decryption, as the service did
+    /// before issue 31: the reference the crypto floor's old path and the tests use.
+    pub fn decrypt_der_exact_rustcrypto<const N: usize>(
+        &self,
+        ciphertext: &[u8],
+    ) -> Result<SecretBytes<N>, CryptoError> {
+        use sm2::pkcs8::der::Decode;
+        let cipher =
+            Cipher::<sm2::Sm2, sm3::Sm3>::from_der(ciphertext).map_err(|_| CryptoError::Decrypt)?;
+        if cipher.c2().len() != N {
+            return Err(CryptoError::Decrypt);
+        }
+        let mut plain = Zeroizing::new([0u8; N]);
         self.key
             .decrypt_cipher_with_buf(&cipher, &mut plain[..])
             .map_err(|_| CryptoError::Decrypt)?;
@@ -324,9 +347,7 @@ impl DecryptionKey {
         let cipher =
             Cipher::<sm2::Sm2, sm3::Sm3>::from_der(ciphertext).map_err(|_| CryptoError::Decrypt)?;
         let mut plain = Zeroizing::new(vec![0u8; cipher.c2().len()]);
-        self.key
-            .decrypt_cipher_with_buf(&cipher, &mut plain[..])
-            .map_err(|_| CryptoError::Decrypt)?;
+        unwrap::decrypt(&self.digits, &cipher, &mut plain[..]).ok_or(CryptoError::Decrypt)?;
         Ok(plain)
     }
 }
@@ -393,6 +414,34 @@ mod tests {
         for k in scalars {
             assert_eq!(table.mul_vartime(&k), point * k, "{k:?}");
         }
+    }
+
+    #[test]
+    fn the_unwrap_agrees_with_rustcrypto_on_good_and_tampered_ciphertexts() {
+        let key = DecryptionKey::generate().unwrap();
+        // One KDF block, its edges, several blocks (SM2 encrypts no empty message).
+        for len in [1usize, 16, 31, 32, 33, 64, 100] {
+            let message: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let ciphertext = key.public().encrypt_der(&message).unwrap();
+            assert_eq!(key.decrypt_der(&ciphertext).unwrap().as_slice(), message);
+            assert_eq!(key.key.decrypt_der(&ciphertext).unwrap(), message);
+            for at in [8, ciphertext.len() / 2, ciphertext.len() - 1] {
+                let mut tampered = ciphertext.clone();
+                tampered[at] ^= 0x10;
+                assert_eq!(
+                    key.decrypt_der(&tampered).is_ok(),
+                    key.key.decrypt_der(&tampered).is_ok(),
+                    "length {len}, byte {at}"
+                );
+            }
+        }
+        let wrapped = key.public().encrypt_der(&[9u8; 16]).unwrap();
+        assert_eq!(
+            key.decrypt_der_exact::<16>(&wrapped).unwrap().expose(),
+            key.decrypt_der_exact_rustcrypto::<16>(&wrapped)
+                .unwrap()
+                .expose()
+        );
     }
 
     #[test]
