@@ -105,6 +105,7 @@ fmt:
 bench: bench-pyenv
 	cargo bench --bench primitives
 	cargo bench --bench reference
+	cargo bench --bench constant_time
 	cargo bench --bench load
 	cargo bench --bench replicas
 	cargo bench --bench identify
@@ -118,6 +119,7 @@ SMOKE = cargo bench --profile dev
 bench-smoke: bench-pyenv
 	$(SMOKE) --bench primitives -- --warm-up-time 0.05 --measurement-time 0.1 --sample-size 10
 	REFERENCE_SECONDS=1 REFERENCE_REQUIRE_ALL=1 $(SMOKE) --bench reference
+	CONSTANT_TIME_SAMPLES=400 $(SMOKE) --bench constant_time
 	LOAD_SECONDS=1 LOAD_CONCURRENCY=4 LOAD_RATES=100 LOAD_REQUIRE_NO_ERRORS=1 $(SMOKE) --bench load
 	REPLICAS_SECONDS=1 REPLICAS_CONNECTIONS=4 $(SMOKE) --bench replicas
 	IDENTIFY_SIZES=2000 IDENTIFY_QUERIES=20 IDENTIFY_STARTUP_USERS=2000 IDENTIFY_REQUIRE_FAISS=1 $(SMOKE) --bench identify

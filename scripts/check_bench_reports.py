@@ -4,7 +4,7 @@ the reports the benches wrote, with a number in it. The figures are not judged (
 are meaningless); a missing row means a bench stopped measuring what the document quotes.
 
 Reports read: target/load-report.json, target/replicas-report.json,
-target/reference-report.json, target/identify-report.json, and criterion's rows under
+target/reference-report.json, target/identify-report.json, target/constant-time-report.json, and criterion's rows under
 target/criterion/<row>/new/estimates.json.
 """
 
@@ -115,6 +115,18 @@ def check_reference():
         need_number(row, ("ratio",), f"reference-report.json {row.get('operation')}")
 
 
+def check_constant_time():
+    report = load("constant-time-report.json")
+    if report is None:
+        return
+    rows = {row.get("operation"): row for row in report.get("rows", [])}
+    for operation in ("sm2_unwrap 1", "sm2_sign 1", "control"):
+        if operation not in rows:
+            problems.append(f"constant-time-report.json: no row {operation}")
+            continue
+        need_number(rows[operation], ("max_abs_t",), f"constant-time-report.json {operation}")
+
+
 def check_identify():
     report = load("identify-report.json")
     if report is None:
@@ -138,6 +150,7 @@ def check_criterion():
 
 def main():
     check_load()
+    check_constant_time()
     check_replicas()
     check_reference()
     check_identify()
