@@ -28,225 +28,14 @@
 //! (tests below) and by every decryption test (GB/T 32918.4 example, OpenSSL and gmssl
 //! ciphertexts in `tests/openssl_interop.rs`).
 
-use fiat_crypto::sm2_64::{
-    fiat_sm2_add, fiat_sm2_from_bytes, fiat_sm2_from_montgomery,
-    fiat_sm2_montgomery_domain_field_element as Mont, fiat_sm2_mul,
-    fiat_sm2_non_montgomery_domain_field_element as Plain, fiat_sm2_nonzero, fiat_sm2_opp,
-    fiat_sm2_selectznz, fiat_sm2_set_one, fiat_sm2_square, fiat_sm2_sub, fiat_sm2_to_bytes,
-    fiat_sm2_to_montgomery,
-};
 use sm2::elliptic_curve::sec1::ToSec1Point;
-use sm2::elliptic_curve::subtle::{Choice, ConstantTimeEq};
+use sm2::elliptic_curve::subtle::ConstantTimeEq;
 use sm2::pke::Cipher;
 use sm2::{Scalar, Sm2};
 use sm3::{Digest, Sm3};
 use zeroize::{Zeroize, Zeroizing};
 
-/// The field modulus p, big-endian.
-const P_BYTES: [u8; 32] = [
-    0xff, 0xff, 0xff, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff,
-];
-
-/// An element of SM2's base field in fiat-crypto's Montgomery form.
-#[derive(Clone, Copy)]
-struct Fe(Mont);
-
-impl Fe {
-    fn one() -> Self {
-        let mut out = Mont([0; 4]);
-        fiat_sm2_set_one(&mut out);
-        Self(out)
-    }
-
-    /// Parses a big-endian coordinate; `None` unless it is below p (public data).
-    fn from_be_bytes(bytes: &[u8; 32]) -> Option<Self> {
-        if bytes >= &P_BYTES {
-            return None;
-        }
-        let mut le = *bytes;
-        le.reverse();
-        let mut limbs = [0u64; 4];
-        fiat_sm2_from_bytes(&mut limbs, &le);
-        let mut out = Mont([0; 4]);
-        fiat_sm2_to_montgomery(&mut out, &Plain(limbs));
-        Some(Self(out))
-    }
-
-    fn write_be_bytes(&self, out: &mut [u8]) {
-        let mut plain = Plain([0; 4]);
-        fiat_sm2_from_montgomery(&mut plain, &self.0);
-        let mut le = Zeroizing::new([0u8; 32]);
-        fiat_sm2_to_bytes(&mut le, &plain.0);
-        for (o, b) in out.iter_mut().zip(le.iter().rev()) {
-            *o = *b;
-        }
-    }
-
-    fn mul(&self, other: &Self) -> Self {
-        let mut out = Mont([0; 4]);
-        fiat_sm2_mul(&mut out, &self.0, &other.0);
-        Self(out)
-    }
-
-    fn square(&self) -> Self {
-        let mut out = Mont([0; 4]);
-        fiat_sm2_square(&mut out, &self.0);
-        Self(out)
-    }
-
-    fn squares(&self, times: u32) -> Self {
-        let mut out = *self;
-        for _ in 0..times {
-            out = out.square();
-        }
-        out
-    }
-
-    fn add(&self, other: &Self) -> Self {
-        let mut out = Mont([0; 4]);
-        fiat_sm2_add(&mut out, &self.0, &other.0);
-        Self(out)
-    }
-
-    fn sub(&self, other: &Self) -> Self {
-        let mut out = Mont([0; 4]);
-        fiat_sm2_sub(&mut out, &self.0, &other.0);
-        Self(out)
-    }
-
-    fn double(&self) -> Self {
-        self.add(self)
-    }
-
-    fn neg(&self) -> Self {
-        let mut out = Mont([0; 4]);
-        fiat_sm2_opp(&mut out, &self.0);
-        Self(out)
-    }
-
-    fn is_zero(&self) -> Choice {
-        let mut nonzero = 0u64;
-        fiat_sm2_nonzero(&mut nonzero, &self.0.0);
-        nonzero.ct_eq(&0)
-    }
-
-    /// `b` where `choice` is set, else `a`.
-    fn select(a: &Self, b: &Self, choice: Choice) -> Self {
-        let mut out = [0u64; 4];
-        fiat_sm2_selectznz(&mut out, choice.unwrap_u8(), &a.0.0, &b.0.0);
-        Self(Mont(out))
-    }
-
-    /// a^(p − 2) by a fixed addition chain: p − 2 is, from the top, 31 ones, a zero, 128
-    /// ones, 32 zeros, 32 ones, 30 ones, a zero and a one. 256 squarings, 15 multiplications.
-    fn invert(&self) -> Self {
-        let x1 = *self;
-        let x2 = x1.square().mul(&x1);
-        let x3 = x2.square().mul(&x1);
-        let x6 = x3.squares(3).mul(&x3);
-        let x12 = x6.squares(6).mul(&x6);
-        let x15 = x12.squares(3).mul(&x3);
-        let x30 = x15.squares(15).mul(&x15);
-        let x31 = x30.square().mul(&x1);
-        let x32 = x31.square().mul(&x1);
-        let mut t = x31.square();
-        for _ in 0..4 {
-            t = t.squares(32).mul(&x32);
-        }
-        t = t.squares(32);
-        t = t.squares(32).mul(&x32);
-        t = t.squares(30).mul(&x30);
-        t.squares(2).mul(&x1)
-    }
-}
-
-/// A point in Jacobian coordinates: (X / Z², Y / Z³); Z = 0 is the point at infinity.
-#[derive(Clone, Copy)]
-struct Jacobian {
-    x: Fe,
-    y: Fe,
-    z: Fe,
-}
-
-impl Jacobian {
-    const INFINITY: Self = Self {
-        x: Fe(Mont([0; 4])),
-        y: Fe(Mont([0; 4])),
-        z: Fe(Mont([0; 4])),
-    };
-
-    fn from_affine(x: Fe, y: Fe) -> Self {
-        Self { x, y, z: Fe::one() }
-    }
-
-    fn select(a: &Self, b: &Self, choice: Choice) -> Self {
-        Self {
-            x: Fe::select(&a.x, &b.x, choice),
-            y: Fe::select(&a.y, &b.y, choice),
-            z: Fe::select(&a.z, &b.z, choice),
-        }
-    }
-
-    /// 2P for a = −3 (EFD dbl-2001-b, 3M + 5S); infinity stays infinity (Z3 = 0).
-    fn double(&self) -> Self {
-        let delta = self.z.square();
-        let gamma = self.y.square();
-        let beta = self.x.mul(&gamma);
-        let t = self.x.sub(&delta).mul(&self.x.add(&delta));
-        let alpha = t.double().add(&t);
-        let beta4 = beta.double().double();
-        let x3 = alpha.square().sub(&beta4.double());
-        let z3 = self.y.add(&self.z).square().sub(&gamma).sub(&delta);
-        let gamma2x8 = gamma.square().double().double().double();
-        let y3 = alpha.mul(&beta4.sub(&x3)).sub(&gamma2x8);
-        Self {
-            x: x3,
-            y: y3,
-            z: z3,
-        }
-    }
-
-    /// P + Q (EFD add-2007-bl, 11M + 5S) for P ≠ ±Q, neither at infinity: the callers
-    /// select around the cases it cannot take (module comment).
-    fn add(&self, other: &Self) -> Self {
-        let z1z1 = self.z.square();
-        let z2z2 = other.z.square();
-        let u1 = self.x.mul(&z2z2);
-        let u2 = other.x.mul(&z1z1);
-        let s1 = self.y.mul(&other.z).mul(&z2z2);
-        let s2 = other.y.mul(&self.z).mul(&z1z1);
-        let h = u2.sub(&u1);
-        let i = h.double().square();
-        let j = h.mul(&i);
-        let r = s2.sub(&s1).double();
-        let v = u1.mul(&i);
-        let x3 = r.square().sub(&j).sub(&v.double());
-        let y3 = r.mul(&v.sub(&x3)).sub(&s1.mul(&j).double());
-        let z3 = self.z.add(&other.z).square().sub(&z1z1).sub(&z2z2).mul(&h);
-        Self {
-            x: x3,
-            y: y3,
-            z: z3,
-        }
-    }
-
-    /// `table[|digit| − 1]`, negated when `digit` < 0, read without a secret index; `digit`
-    /// is in −8..=8 and nonzero (zero is selected around by the caller).
-    fn lookup(table: &[Self; 8], digit: i8) -> Self {
-        // |digit| and its sign by masks, not by a branch.
-        let mask = digit >> 7;
-        let negative = (mask as u8) & 1;
-        let magnitude = (digit.wrapping_add(mask) ^ mask) as u8;
-        let mut out = table[0];
-        for (index, entry) in table.iter().enumerate().skip(1) {
-            out = Self::select(&out, entry, magnitude.ct_eq(&(index as u8 + 1)));
-        }
-        let negated = out.y.neg();
-        out.y = Fe::select(&out.y, &negated, Choice::from(negative));
-        out
-    }
-}
+use super::curve::{Fe, Jacobian};
 
 /// Number of signed radix-16 digits of a scalar below 2²⁵⁶ (the last is 0 or 1).
 const DIGITS: usize = 65;
@@ -294,18 +83,12 @@ impl SecretDigits {
             }
             let entry = Jacobian::lookup(&table, digit);
             let sum = acc.add(&entry);
-            let sum = Jacobian::select(&sum, &entry, acc.z.is_zero());
+            let sum = Jacobian::select(&sum, &entry, acc.is_infinity());
             acc = Jacobian::select(&sum, &acc, digit.ct_eq(&0));
         }
         // d < n and C1 has order n, so acc is not at infinity: Z is invertible.
-        let z_inv = acc.z.invert();
-        let z_inv2 = z_inv.square();
         let mut out = Zeroizing::new([0u8; 64]);
-        acc.x.mul(&z_inv2).write_be_bytes(&mut out[..32]);
-        acc.y
-            .mul(&z_inv2)
-            .mul(&z_inv)
-            .write_be_bytes(&mut out[32..]);
+        acc.write_affine(&mut out);
         Some(out)
     }
 }
@@ -416,22 +199,5 @@ mod tests {
         }
         assert!(SecretDigits::new(&-Scalar::from(17u64)).is_some());
         assert!(SecretDigits::new(&Scalar::from(16u64)).is_some());
-    }
-
-    #[test]
-    fn inversion_and_parsing_round_trip() {
-        let mut bytes = [0u8; 32];
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (i as u8).wrapping_mul(37).wrapping_add(11);
-        }
-        let a = Fe::from_be_bytes(&bytes).unwrap();
-        let mut back = [0u8; 32];
-        a.mul(&a.invert()).write_be_bytes(&mut back);
-        let mut one = [0u8; 32];
-        one[31] = 1;
-        assert_eq!(back, one);
-        a.write_be_bytes(&mut back);
-        assert_eq!(back[..], bytes[..]);
-        assert!(Fe::from_be_bytes(&P_BYTES).is_none());
     }
 }
