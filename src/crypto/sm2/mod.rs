@@ -351,15 +351,9 @@ impl DecryptionKey {
         &self,
         ciphertext: &[u8],
     ) -> Result<SecretBytes<N>, CryptoError> {
-        use sm2::pkcs8::der::Decode;
-        let cipher =
-            Cipher::<sm2::Sm2, sm3::Sm3>::from_der(ciphertext).map_err(|_| CryptoError::Decrypt)?;
-        if cipher.c2().len() != N {
-            return Err(CryptoError::Decrypt);
-        }
-        let mut plain = Zeroizing::new([0u8; N]);
-        unwrap::decrypt(&self.digits, &cipher, &mut plain[..]).ok_or(CryptoError::Decrypt)?;
-        SecretBytes::from_slice(&plain[..]).ok_or(CryptoError::Decrypt)
+        exact_with(ciphertext, |cipher, plain| {
+            unwrap::decrypt(&self.digits, cipher, plain).is_some()
+        })
     }
 
     /// [`DecryptionKey::decrypt_der_exact`] by RustCrypto's decryption, as the service did
@@ -368,17 +362,9 @@ impl DecryptionKey {
         &self,
         ciphertext: &[u8],
     ) -> Result<SecretBytes<N>, CryptoError> {
-        use sm2::pkcs8::der::Decode;
-        let cipher =
-            Cipher::<sm2::Sm2, sm3::Sm3>::from_der(ciphertext).map_err(|_| CryptoError::Decrypt)?;
-        if cipher.c2().len() != N {
-            return Err(CryptoError::Decrypt);
-        }
-        let mut plain = Zeroizing::new([0u8; N]);
-        self.key
-            .decrypt_cipher_with_buf(&cipher, &mut plain[..])
-            .map_err(|_| CryptoError::Decrypt)?;
-        SecretBytes::from_slice(&plain[..]).ok_or(CryptoError::Decrypt)
+        exact_with(ciphertext, |cipher, plain| {
+            self.key.decrypt_cipher_with_buf(cipher, plain).is_ok()
+        })
     }
 
     /// Decrypts a GM/T 0009 DER ciphertext of any length (tests and tools).
@@ -390,6 +376,25 @@ impl DecryptionKey {
         unwrap::decrypt(&self.digits, &cipher, &mut plain[..]).ok_or(CryptoError::Decrypt)?;
         Ok(plain)
     }
+}
+
+/// Decodes a GM/T 0009 DER ciphertext whose C2 must be exactly `N` bytes and decrypts it
+/// with `decrypt` straight into wiping storage.
+fn exact_with<const N: usize>(
+    ciphertext: &[u8],
+    decrypt: impl FnOnce(&Cipher<'_, sm2::Sm2, sm3::Sm3>, &mut [u8]) -> bool,
+) -> Result<SecretBytes<N>, CryptoError> {
+    use sm2::pkcs8::der::Decode;
+    let cipher =
+        Cipher::<sm2::Sm2, sm3::Sm3>::from_der(ciphertext).map_err(|_| CryptoError::Decrypt)?;
+    if cipher.c2().len() != N {
+        return Err(CryptoError::Decrypt);
+    }
+    let mut plain = Zeroizing::new([0u8; N]);
+    if !decrypt(&cipher, &mut plain[..]) {
+        return Err(CryptoError::Decrypt);
+    }
+    SecretBytes::from_slice(&plain[..]).ok_or(CryptoError::Decrypt)
 }
 
 #[cfg(test)]
