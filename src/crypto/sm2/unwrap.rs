@@ -7,7 +7,7 @@
 //! carries Jacobian coordinates with the a = −3 doubling (3M + 5S), and the inversion is a
 //! fixed addition chain.
 //!
-//! Constant time, function by function:
+//! Constant time, function by function (the field and point functions are in `curve.rs`):
 //! - field operations are fiat-crypto's (no secret-dependent branch or index);
 //!   [`Fe::invert`] is a fixed chain of squarings and multiplications (the exponent p − 2 is
 //!   public);
