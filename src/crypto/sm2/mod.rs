@@ -2,8 +2,6 @@
 //! public-key encryption with ciphertexts in the GM/T 0009 DER form.
 
 mod curve;
-
-use curve::{Affine, Jacobian};
 mod signing;
 mod unwrap;
 
@@ -25,6 +23,7 @@ use sm2::{FieldBytes, ProjectivePoint, Scalar, Sm2};
 use sm2::{NonZeroScalar, SecretKey};
 use zeroize::Zeroizing;
 
+use self::curve::{Affine, Jacobian};
 use super::secret::SecretBytes;
 use super::wipe::Wiped;
 use super::{CryptoError, sm3};
