@@ -4,8 +4,8 @@ the reports the benches wrote, with a number in it. The figures are not judged (
 are meaningless); a missing row means a bench stopped measuring what the document quotes.
 
 Reports read: target/load-report.json, target/replicas-report.json,
-target/reference-report.json, target/identify-report.json, target/constant-time-report.json, and criterion's rows under
-target/criterion/<row>/new/estimates.json.
+target/reference-report.json, target/identify-report.json, target/constant-time-report.json,
+and criterion's rows under target/criterion/<row>/new/estimates.json.
 """
 
 import json

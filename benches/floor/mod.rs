@@ -140,8 +140,7 @@ impl Fixture {
     /// start, the session key unwrapped by RustCrypto's decryption instead of ours
     /// (`crypto::sm2::unwrap`), and the answer signed by RustCrypto's signing key
     /// (`ResponseSigner::sign`) instead of with nonces made ahead (`sign_answer`); the rest
-    /// the same. The floor is
-    /// compared with this row in the same run.
+    /// the same. The floor is compared with this row in the same run.
     pub fn floor_request_rustcrypto(&self) -> (Vec<u8>, String, SignedResponse) {
         use sm2::dsa::signature::Verifier as _;
         let credential = parse_authorization(Some(&self.authorization)).unwrap();

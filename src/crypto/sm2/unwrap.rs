@@ -51,6 +51,9 @@ impl SecretDigits {
         let shifted = Zeroizing::new((*d + Scalar::from(16u64)).to_bytes());
         // d + 16 wrapped past n exactly when d ≥ n − 16: then it is below 16.
         let wrapped = shifted[..31].ct_eq(&[0u8; 31]) & (shifted[31] >> 4).ct_eq(&0);
+        // The recoding `primeorder::Radix16Decomposition` does (the verifier uses it on public
+        // scalars), written here so that d's bytes and digits never sit in a value that is
+        // not wiped (that type derives `Debug` and does not zeroize).
         let be = Zeroizing::new(d.to_bytes());
         let mut digits = Zeroizing::new([0i8; DIGITS]);
         for (i, byte) in be.iter().rev().enumerate() {
@@ -113,7 +116,7 @@ pub(super) fn decrypt(
     let mut t_bits = 0u8;
     for (counter, (from, to)) in c2.chunks(32).zip(out.chunks_mut(32)).enumerate() {
         let counter = u32::try_from(counter + 1).ok()?;
-        let t = Sm3::new()
+        let mut t = Sm3::new()
             .chain_update(&x2y2[..])
             .chain_update(counter.to_be_bytes())
             .finalize();
@@ -121,7 +124,6 @@ pub(super) fn decrypt(
             t_bits |= k;
             *o = c ^ k;
         }
-        let mut t = t;
         t.zeroize();
     }
     let u = Sm3::new()
