@@ -8,7 +8,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use super::{KeyValue, Store, StoreError, Table, Visitor};
+use super::{KeyValue, Moved, Store, StoreError, Table, Visitor};
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -75,6 +75,26 @@ impl Store for MemoryStore {
     fn remove(&self, table: Table, key: &[u8]) -> Result<(), StoreError> {
         self.write(table).remove(key);
         Ok(())
+    }
+
+    fn move_value(
+        &self,
+        table: Table,
+        from: &[u8],
+        expected: &[u8],
+        to: &[u8],
+        value: Vec<u8>,
+    ) -> Result<Moved, StoreError> {
+        let mut tree = self.write(table);
+        if tree.get(from).map(Vec::as_slice) != Some(expected) {
+            return Ok(Moved::Gone);
+        }
+        tree.remove(from);
+        if tree.contains_key(to) {
+            return Ok(Moved::Kept);
+        }
+        tree.insert(to.to_vec(), value);
+        Ok(Moved::Placed)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use super::{Fetched, KeyValue, Read, Store, StoreError, Table, Visitor};
+use super::{Fetched, KeyValue, Moved, Read, Store, StoreError, Table, Visitor};
 
 /// The shortest time between two attempts to reopen a failed engine.
 pub const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -142,6 +142,17 @@ impl Store for RecoveringStore {
         self.run(|s| s.remove(table, key))
     }
 
+    fn move_value(
+        &self,
+        table: Table,
+        from: &[u8],
+        expected: &[u8],
+        to: &[u8],
+        value: Vec<u8>,
+    ) -> Result<Moved, StoreError> {
+        self.run(|s| s.move_value(table, from, expected, to, value))
+    }
+
     fn insert_at_flush(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
         self.run(|s| s.insert_at_flush(table, key, value))
     }
@@ -255,6 +266,17 @@ mod tests {
         fn remove(&self, t: Table, k: &[u8]) -> Result<(), StoreError> {
             self.check()?;
             self.inner.remove(t, k)
+        }
+        fn move_value(
+            &self,
+            t: Table,
+            f: &[u8],
+            e: &[u8],
+            to: &[u8],
+            v: Vec<u8>,
+        ) -> Result<Moved, StoreError> {
+            self.check()?;
+            self.inner.move_value(t, f, e, to, v)
         }
         fn flush(&self) -> Result<(), StoreError> {
             self.check()

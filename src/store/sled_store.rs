@@ -1,10 +1,13 @@
 //! [`Store`] on sled 0.34: one tree per table, atomic per key. No sled transactions or
 //! batches: either would put every later operation of the process behind sled's global
-//! reader-writer lock (see the [`Store`] trait).
+//! reader-writer lock (see the [`Store`] trait). The one two-key write, a move, is made
+//! atomic by a lock of our own that only writes take (sled locks the folder, so this
+//! process is the store's only writer).
 
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
-use super::{KeyValue, Store, StoreError, Table, Visitor};
+use super::{KeyValue, Moved, Store, StoreError, Table, Visitor};
 
 /// How long [`SledStore::open`] waits for a lock held by a closing handle or process.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -12,6 +15,10 @@ pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 pub struct SledStore {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// Held shared by every write and exclusively by [`Store::move_value`], so that no write
+    /// lands between a move's check of its source and the source's removal. Reads do not
+    /// take it: they may see a move's copy and source both, never neither.
+    writes: RwLock<()>,
     /// For a store opened as a copy ([`SledStore::open_copy`]): the copy's folder, removed
     /// after the database above is dropped, and the original's lock. Declared last, so
     /// dropped last.
@@ -76,6 +83,7 @@ impl SledStore {
         Ok(Self {
             db,
             trees,
+            writes: RwLock::new(()),
             copy: None,
         })
     }
@@ -128,6 +136,11 @@ impl SledStore {
     fn tree(&self, table: Table) -> &sled::Tree {
         &self.trees[table.index()]
     }
+
+    /// The shared hold a write takes. The lock guards no data, so a poisoned one is as good.
+    fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.writes.read().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -144,6 +157,7 @@ impl Store for SledStore {
     }
 
     fn insert(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.tree(table).insert(key, value).map_err(backend)?;
         Ok(())
     }
@@ -155,6 +169,7 @@ impl Store for SledStore {
         expected: Option<&[u8]>,
         new: Option<Vec<u8>>,
     ) -> Result<bool, StoreError> {
+        let _writing = self.writing();
         let swapped = self
             .tree(table)
             .compare_and_swap(key, expected, new)
@@ -163,8 +178,32 @@ impl Store for SledStore {
     }
 
     fn remove(&self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+        let _writing = self.writing();
         self.tree(table).remove(key).map_err(backend)?;
         Ok(())
+    }
+
+    fn move_value(
+        &self,
+        table: Table,
+        from: &[u8],
+        expected: &[u8],
+        to: &[u8],
+        value: Vec<u8>,
+    ) -> Result<Moved, StoreError> {
+        let _alone = self.writes.write().unwrap_or_else(|p| p.into_inner());
+        let tree = self.tree(table);
+        if tree.get(from).map_err(backend)?.as_deref() != Some(expected) {
+            return Ok(Moved::Gone);
+        }
+        // A crash (or a flush) between the two writes leaves the copy and the source both,
+        // which a mover handles as "moved before": never neither.
+        let placed = tree
+            .compare_and_swap(to, None as Option<&[u8]>, Some(value))
+            .map_err(backend)?
+            .is_ok();
+        tree.remove(from).map_err(backend)?;
+        Ok(if placed { Moved::Placed } else { Moved::Kept })
     }
 
     fn flush(&self) -> Result<(), StoreError> {

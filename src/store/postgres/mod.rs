@@ -35,7 +35,7 @@ use zeroize::Zeroizing;
 
 mod read_many;
 
-use super::{Fetched, KeyValue, Read, Store, StoreError, Table, Visitor};
+use super::{Fetched, KeyValue, Moved, Read, Store, StoreError, Table, Visitor};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -535,6 +535,40 @@ impl Store for PostgresStore {
     fn remove(&self, table: Table, key: &[u8]) -> Result<(), StoreError> {
         let sql = format!("DELETE FROM {} WHERE k = $1", relation(table));
         self.execute(&sql, &[&key]).map(|_| ())
+    }
+
+    fn move_value(
+        &self,
+        table: Table,
+        from: &[u8],
+        expected: &[u8],
+        to: &[u8],
+        value: Vec<u8>,
+    ) -> Result<Moved, StoreError> {
+        // One statement, so one transaction: the insert happens only if the delete did, and
+        // a concurrent delete of `from` (an erasure on another replica) waits for the row
+        // lock, then finds nothing to delete.
+        let t = relation(table);
+        let sql = format!(
+            "WITH gone AS (DELETE FROM {t} WHERE k = $1 AND v = $2 RETURNING k), \
+             placed AS (INSERT INTO {t} (k, v) SELECT $3, $4 FROM gone \
+             ON CONFLICT (k) DO NOTHING RETURNING k) \
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM placed)"
+        );
+        let mut connection = self.connection()?;
+        let statement = connection
+            .statement(&sql)
+            .map_err(|e| backend("prepare", e))?;
+        let row = connection
+            .client
+            .query_one(&statement, &[&from, &expected, &to, &value])
+            .map_err(|e| backend("move", e))?;
+        let (gone, placed): (i64, i64) = (row.get(0), row.get(1));
+        Ok(match (gone, placed) {
+            (0, _) => Moved::Gone,
+            (_, 0) => Moved::Kept,
+            _ => Moved::Placed,
+        })
     }
 
     fn insert_at_flush(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {

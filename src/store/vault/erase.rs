@@ -6,7 +6,18 @@ use zeroize::Zeroize;
 use super::layout::{index_map_old, is_history_key_of};
 use super::records::{ERASED_USER, Erased, RiskLogEntry, UserRecord};
 use super::{UserRef, Vault, VaultError};
-use crate::store::Table;
+use crate::store::{StoreError, Table};
+
+/// Passes an erasure makes before it gives up with a 503 (each pass after the first
+/// means a concurrent write changed the user's records: in practice one or two).
+const MAX_PASSES: usize = 16;
+
+/// What an erasure pass found but could not remove, per table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Unsettled {
+    user_data: usize,
+    history: usize,
+}
 
 impl Vault {
     /// Erases a user: the record holding their templates (under every key's blind index),
@@ -20,27 +31,63 @@ impl Vault {
         // What earlier requests wrote for the next flush (their logs and history) lands
         // first, so that the erasure finds it.
         self.flush()?;
-        let mut indexes: Vec<Vec<u8>> = user.indexes.iter().map(|i| i.to_vec()).collect();
+        let mut erased = Erased::default();
+        let mut indexes: Vec<Vec<u8>> = Vec::new();
+        // Records a pass found but could not remove were moved or changed meanwhile (by the
+        // rotation's sweep or an enrolment, possibly on another replica); the next pass
+        // finds them again. A pass that removes all it found has seen everything.
+        let mut unsettled = Unsettled::default();
+        for _ in 0..MAX_PASSES {
+            unsettled = self.erase_pass(user, &mut indexes, unsettled, &mut erased)?;
+            if unsettled == Unsettled::default() {
+                self.scrub_risk_logs(&indexes, &mut erased)?;
+                self.note_change(user_id, crate::obs::unix_now())?;
+                return Ok(erased);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "the user's records changed under each of {MAX_PASSES} attempts to erase them"
+        ))
+        .into())
+    }
+
+    /// One pass of an erasure: removes the user's record and history under every index
+    /// (adding index map entries that name theirs to `indexes`, and removing them), and
+    /// returns what it found but could not remove. Reads go from the oldest index to the
+    /// current one: a move only goes that way, and takes its source away in the same write
+    /// ([`crate::store::Store::move_value`]), so a record found nowhere was not in flight.
+    fn erase_pass(
+        &self,
+        user: &UserRef,
+        indexes: &mut Vec<Vec<u8>>,
+        told: Unsettled,
+        erased: &mut Erased,
+    ) -> Result<Unsettled, VaultError> {
         for (key, sealed) in self.store().scan(Table::Meta)? {
             let Some(old) = index_map_old(&key) else {
                 continue;
             };
             let new: Vec<u8> = self.unseal(Table::Meta, &key, &sealed)?;
-            if indexes.contains(&new) {
-                indexes.push(old.to_vec());
+            if user.indexes.iter().any(|index| index[..] == new[..]) {
+                if !indexes.iter().any(|index| index[..] == old[..]) {
+                    indexes.push(old.to_vec());
+                }
                 self.store().remove(Table::Meta, &key)?;
             }
         }
-        // What goes, found first: a rotation in progress is told how many records an
-        // erasure removes before they go (see `Rotation::erased`).
+        for index in user.indexes.iter().rev() {
+            if !indexes.iter().any(|known| known[..] == index[..]) {
+                indexes.push(index.to_vec());
+            }
+        }
         let mut records = Vec::new();
-        for index in &user.indexes {
+        for index in user.indexes.iter().rev() {
             if let Some(sealed) = self.store().get(Table::UserData, index)? {
                 records.push((index.to_vec(), sealed));
             }
         }
         let mut history = Vec::new();
-        for index in &indexes {
+        for index in indexes.iter() {
             for (key, value) in
                 self.store()
                     .scan_prefix_last(Table::FeatureHistory, index, usize::MAX)?
@@ -50,16 +97,24 @@ impl Vault {
                 }
             }
         }
-        self.note_erasure_in_rotation(records.len(), history.len())?;
-        let mut erased = Erased::default();
+        // What goes, told first: a rotation in progress is told how many records an
+        // erasure removes before they go (see `Rotation::erased`); what an earlier pass
+        // told and could not remove is among what this one found.
+        self.note_erasure_in_rotation(
+            records.len().saturating_sub(told.user_data),
+            history.len().saturating_sub(told.history),
+        )?;
+        let mut unsettled = Unsettled::default();
         for (index, sealed) in &records {
             let record: UserRecord = self.unseal(Table::UserData, index, sealed)?;
-            erased.templates += record.templates.len();
             if self
                 .store()
                 .compare_and_swap(Table::UserData, index, Some(sealed), None)?
             {
                 self.counted(Table::UserData, -1);
+                erased.templates += record.templates.len();
+            } else {
+                unsettled.user_data += 1;
             }
         }
         for (key, value) in &history {
@@ -69,8 +124,15 @@ impl Vault {
             {
                 self.counted(Table::FeatureHistory, -1);
                 erased.history += 1;
+            } else {
+                unsettled.history += 1;
             }
         }
+        Ok(unsettled)
+    }
+
+    /// Keeps only the decision in the risk log entries that name one of `indexes`.
+    fn scrub_risk_logs(&self, indexes: &[Vec<u8>], erased: &mut Erased) -> Result<(), VaultError> {
         let named: Vec<String> = indexes.iter().map(hex::encode).collect();
         for (key, sealed) in self.store().scan(Table::RiskLogs)? {
             let mut entry: RiskLogEntry = self.unseal(Table::RiskLogs, &key, &sealed)?;
@@ -87,8 +149,7 @@ impl Vault {
             self.store().insert(Table::RiskLogs, &key, scrubbed)?;
             erased.risk_logs_scrubbed += 1;
         }
-        self.note_change(user_id, crate::obs::unix_now())?;
-        Ok(erased)
+        Ok(())
     }
 
     /// Adds records an erasure is about to remove to the rotation's tally, if a rotation is

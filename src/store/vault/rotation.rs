@@ -5,11 +5,12 @@
 //! point resumes where it stopped without losing or duplicating a record:
 //!
 //! 1. `user_data`: decrypt, compute the new index from the sealed user id, record
-//!    old → new in the index map, create the record at the new index (compare-and-swap from
-//!    absent: a copy already there is the same user, moved earlier or by an enrolment), then
-//!    remove the old copy (compare-and-swap from the bytes read).
-//! 2. `feature_history`: key old index ‖ seq becomes new index ‖ seq (seq is unique), then
-//!    the old copy is removed.
+//!    old → new in the index map, then move the record to the new index in one write
+//!    ([`crate::store::Store::move_value`]): only if the old copy is still the bytes read
+//!    (an erasure since then must not be undone), and keeping a copy already at the new
+//!    index (the same user, moved earlier or by an enrolment).
+//! 2. `feature_history`: key old index ‖ seq becomes new index ‖ seq (seq is unique), moved
+//!    the same way.
 //! 3. `risk_logs`: same key, the user field mapped to the new index, replaced by
 //!    compare-and-swap.
 //!
@@ -26,12 +27,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::layout::{META_ROTATION_LEASE, split_history_key, user_index};
+use super::layout::{META_ROTATION_LEASE, index_map_key, split_history_key, user_index};
 use super::records::{HistoryRecord, RiskLogEntry, UserRecord};
 use super::status::table_totals;
 use super::{Vault, VaultError};
 use crate::obs::unix_now;
-use crate::store::{Table, audit, record};
+use crate::store::{Moved, Table, audit, record};
 
 /// Cursor value of a table swept to its end.
 const DONE: &[u8] = b"\xff\xffdone";
@@ -284,7 +285,12 @@ impl Vault {
         Ok(())
     }
 
-    fn move_record(&self, table: Table, key: &[u8], old: &[u8]) -> Result<(), VaultError> {
+    pub(super) fn move_record(
+        &self,
+        table: Table,
+        key: &[u8],
+        old: &[u8],
+    ) -> Result<(), VaultError> {
         match table {
             Table::UserData => {
                 let record: UserRecord = self.unseal(table, key, old)?;
@@ -302,16 +308,23 @@ impl Vault {
                     .ok_or_else(|| VaultError::Corrupt("a user key is not 32 bytes".into()))?;
                 self.map_index(&old_index, &new_index)?;
                 let sealed = self.seal_value(table, &new_index, &record)?;
-                // A copy already at the new index is this user's, moved before a restart or
-                // by an enrolment: keep it.
-                if self
+                match self
                     .store()
-                    .compare_and_swap(table, &new_index, None, Some(sealed))?
+                    .move_value(table, key, old, &new_index, sealed)?
                 {
-                    self.counted(table, 1);
-                }
-                if self.store().compare_and_swap(table, key, Some(old), None)? {
-                    self.counted(table, -1);
+                    Moved::Placed => {}
+                    // A copy already at the new index is this user's, moved before a
+                    // restart or by an enrolment: it stays.
+                    Moved::Kept => self.counted(table, -1),
+                    // Changed since the sweep read it: moved by an enrolment (the copy is
+                    // at the new index), or erased, and then the map entry written above
+                    // names nobody.
+                    Moved::Gone => {
+                        if self.store().get(table, &new_index)?.is_none() {
+                            self.store()
+                                .remove(Table::Meta, &index_map_key(&old_index))?;
+                        }
+                    }
                 }
             }
             Table::FeatureHistory => {
@@ -319,20 +332,21 @@ impl Vault {
                 let (old_index, seq) = split_history_key(key).ok_or_else(|| {
                     VaultError::Corrupt("a history key has the wrong length".into())
                 })?;
-                let new_index = self.mapped_index(old_index)?.ok_or_else(|| {
-                    VaultError::Corrupt("a history record belongs to no user record".into())
-                })?;
+                let Some(new_index) = self.mapped_index(old_index)? else {
+                    // An erasure removes the map entry, then the history: this record went
+                    // with it after the sweep read it.
+                    if self.store().get(table, key)?.as_deref() != Some(old) {
+                        return Ok(());
+                    }
+                    return Err(VaultError::Corrupt(
+                        "a history record belongs to no user record".into(),
+                    ));
+                };
                 let new_key = [new_index.as_slice(), seq].concat();
                 let sealed = self.seal_value(table, &new_key, &record)?;
                 // The same sequence number under the new index is this record, moved before
-                // a restart: keep it.
-                if self
-                    .store()
-                    .compare_and_swap(table, &new_key, None, Some(sealed))?
-                {
-                    self.counted(table, 1);
-                }
-                if self.store().compare_and_swap(table, key, Some(old), None)? {
+                // a restart: it stays. Gone: erased since the sweep read it.
+                if self.store().move_value(table, key, old, &new_key, sealed)? == Moved::Kept {
                     self.counted(table, -1);
                 }
             }

@@ -11,7 +11,7 @@ use super::records::{
 };
 use super::spent::spent_value;
 use super::{UserIndex, UserRef, Vault, VaultError};
-use crate::store::{Fetched, Read, Table};
+use crate::store::{Fetched, Moved, Read, Table};
 
 /// What [`Vault::enrolment_and_recent`] read.
 pub struct UserReading {
@@ -237,24 +237,17 @@ impl Vault {
             let sealed = self.seal_value(Table::UserData, &target, &record)?;
             match found {
                 Some((index, old)) if index != target => {
-                    // Moving to the current index: create it, then remove the old copy.
+                    // Moving to the current index, in one write (an erasure in between
+                    // must not be undone). A copy already there, or a changed source:
+                    // read again and apply the change to what is there now.
                     self.map_index(&index, &target)?;
-                    if self.store().compare_and_swap(
-                        Table::UserData,
-                        &target,
-                        None,
-                        Some(sealed),
-                    )? {
-                        self.counted(Table::UserData, 1);
-                        if self.store().compare_and_swap(
-                            Table::UserData,
-                            &index,
-                            Some(&old),
-                            None,
-                        )? {
-                            self.counted(Table::UserData, -1);
-                        }
-                        return Ok(record.take_templates());
+                    match self
+                        .store()
+                        .move_value(Table::UserData, &index, &old, &target, sealed)?
+                    {
+                        Moved::Placed => return Ok(record.take_templates()),
+                        Moved::Kept => self.counted(Table::UserData, -1),
+                        Moved::Gone => {}
                     }
                 }
                 found => {

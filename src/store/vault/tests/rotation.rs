@@ -367,6 +367,58 @@ mod bodies {
         let report = vault.verify_rotation().unwrap();
         assert!(report.passed(), "{:?}", report.problems);
     }
+    /// The sweep reads a batch, then an erasure removes a user in it before the sweep moves
+    /// that user's record and history: the moves find their sources gone and bring nothing
+    /// back (made of two compare-and-swaps, the move recreated the record at the new index:
+    /// a SIGKILL test caught one in CI), and leave no index map entry naming the user.
+    pub(super) fn a_sweep_that_read_a_user_before_the_erasure_brings_nothing_back(dir: &Backend) {
+        seed(dir, 1, 12);
+        let vault = open(dir, 2, &[1], OpenMode::Write).unwrap();
+        let read_users = vault.store().scan(Table::UserData).unwrap();
+        let read_history = vault.store().scan(Table::FeatureHistory).unwrap();
+        let id = "u7";
+        let old_index = vault
+            .user(id)
+            .indexes
+            .iter()
+            .find(|index| index != &vault.user(id).current())
+            .copied()
+            .expect("two keys, two indexes");
+        assert!(read_users.iter().any(|(key, _)| key[..] == old_index[..]));
+        let erased = vault.erase_user(&vault.user(id), id).unwrap();
+        assert_eq!((erased.templates, erased.history), (1, 1));
+        for (key, value) in &read_users {
+            vault.move_record(Table::UserData, key, value).unwrap();
+        }
+        for (key, value) in &read_history {
+            vault
+                .move_record(Table::FeatureHistory, key, value)
+                .unwrap();
+        }
+        vault.flush().unwrap();
+        for index in [old_index, *vault.user(id).current()] {
+            assert!(
+                vault
+                    .store()
+                    .get(Table::UserData, &index)
+                    .unwrap()
+                    .is_none()
+            );
+            let history = vault
+                .store()
+                .scan_prefix_last(Table::FeatureHistory, &index, usize::MAX)
+                .unwrap();
+            assert!(history.is_empty(), "history of {id} came back");
+            let map = crate::store::vault::layout::index_map_key(&index);
+            assert!(vault.store().get(Table::Meta, &map).unwrap().is_none());
+        }
+        assert!(vault.templates(&vault.user(id), id).unwrap().is_empty());
+        rotate_all(&vault);
+        assert_eq!(vault.verify_all().unwrap().user_data, 11);
+        let report = vault.verify_rotation().unwrap();
+        assert!(report.passed(), "{:?}", report.problems);
+    }
+
     /// `db salvage`: a record whose seal fails, one with a header past reading, and a
     /// risk log that no longer opens are left behind (and counted); everything else is
     /// copied, opens as a whole database, and new ids come after the copied ones.
@@ -445,6 +497,7 @@ every_backend!(
     salvage_keeps_what_opens_and_new_ids_follow_the_copied,
     a_copy_draws_ids_after_the_copied_records,
     erasure_during_a_rotation_leaves_nothing_under_either_index,
+    a_sweep_that_read_a_user_before_the_erasure_brings_nothing_back,
     rotation_moves_and_reindexes_every_record,
     enrolment_during_rotation_moves_the_user_and_loses_nothing,
     a_restart_resumes_from_the_cursor,
