@@ -19,6 +19,13 @@ struct Unsettled {
     history: usize,
 }
 
+/// Adds `index` to `indexes` unless it is there (passes find the same ones again).
+fn add_index(indexes: &mut Vec<Vec<u8>>, index: &[u8]) {
+    if !indexes.iter().any(|known| known[..] == *index) {
+        indexes.push(index.to_vec());
+    }
+}
+
 impl Vault {
     /// Erases a user: the record holding their templates (under every key's blind index),
     /// their feature history (also under older indexes that a rotation mapped to theirs),
@@ -69,16 +76,12 @@ impl Vault {
             };
             let new: Vec<u8> = self.unseal(Table::Meta, &key, &sealed)?;
             if user.indexes.iter().any(|index| index[..] == new[..]) {
-                if !indexes.iter().any(|index| index[..] == old[..]) {
-                    indexes.push(old.to_vec());
-                }
+                add_index(indexes, old);
                 self.store().remove(Table::Meta, &key)?;
             }
         }
         for index in user.indexes.iter().rev() {
-            if !indexes.iter().any(|known| known[..] == index[..]) {
-                indexes.push(index.to_vec());
-            }
+            add_index(indexes, index);
         }
         let mut records = Vec::new();
         for index in user.indexes.iter().rev() {
