@@ -155,6 +155,12 @@ pub async fn serve(
     let data_dir = config.storage.data_dir.clone();
     let settings = config.service_settings()?;
     check_attestation_device(&config)?;
+    if !crate::crypto::aead::constant_time_sm4() {
+        tracing::warn!(
+            "SM4 runs on the portable table-based code (no AES-NI here): slower, and its \
+             S-box lookups are exposed to cache timing by whoever shares this CPU's caches"
+        );
+    }
     let clients_file = clients_from_file(&config)?;
     let roster = custodians(&config, &keys)?;
     let listener = bind(config.listen_addr()?)?;

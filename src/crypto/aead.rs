@@ -2,16 +2,17 @@
 
 use aes_gcm::aead::consts::U12;
 use aes_gcm::{AeadInOut, AesGcm, KeyInit};
-use sm4::Sm4;
 
 use super::CryptoError;
 use super::secret::SecretBytes;
+use super::sm4_block::Sm4Block;
 
 pub const KEY_LEN: usize = 16;
 pub const NONCE_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
 
-type Sm4GcmCipher = AesGcm<Sm4, U12>;
+/// SM4 on AES-NI where the CPU has it, in constant time (`sm4_block`).
+type Sm4GcmCipher = AesGcm<Sm4Block, U12>;
 
 /// An SM4-GCM key schedule. Its SM4 round keys and GHASH state are wiped on drop (the
 /// `zeroize` features of `sm4` and `aes-gcm`).
@@ -50,6 +51,12 @@ impl Sm4Gcm {
             .decrypt_inout_detached(nonce.into(), aad, buffer.into(), tag.into())
             .map_err(|_| CryptoError::Authentication)
     }
+}
+
+/// Whether SM4 runs on this CPU's AES-NI, in constant time (else on the `sm4` crate's
+/// table-based code).
+pub fn constant_time_sm4() -> bool {
+    Sm4Block::new(&[0u8; KEY_LEN].into()).is_constant_time()
 }
 
 /// A fresh random nonce.

@@ -11,8 +11,10 @@ pub mod secret;
 #[cfg(feature = "server")]
 pub mod shamir;
 pub mod sm2;
-// `unsafe` here (and in risk/gallery/scan.rs only): wiping sm2 key types that do not wipe
-// themselves.
+// `unsafe` in its `ni` part: AES-NI intrinsics for SM4 (see the module comment).
+mod sm4_block;
+// `unsafe` here (and in sm4_block.rs and risk/gallery/scan.rs only): wiping sm2 key types
+// that do not wipe themselves.
 #[allow(unsafe_code)]
 mod wipe;
 
