@@ -260,9 +260,14 @@ impl PostgresStore {
             tracing::warn!("PostgreSQL: {weakness}");
         }
         let timeout_ms = options.timeout.as_millis();
+        // Generic plans: our statements are key lookups and range scans on a primary key, whose
+        // best plan never depends on the values; PostgreSQL's default re-planned the per-request
+        // read (`read_many`) about once in ten calls (pg_stat_statements over the replicas
+        // bench: 163 ms of planning per 13,600 requests, 8 ms with this).
         let session = format!(
             "-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} \
-             -c idle_in_transaction_session_timeout={timeout_ms}"
+             -c idle_in_transaction_session_timeout={timeout_ms} \
+             -c plan_cache_mode=force_generic_plan"
         );
         config.connect_timeout(options.timeout);
         let mut flush_config = config.clone();
