@@ -173,7 +173,7 @@ fn main() {
     // fixed-against-random classes: an all-zero key and message against random ones, each
     // class read from a table of the same shape. (A first version took the zeros from
     // constants and the random ones from a table: |t| 7.6, the reads and not SM4; with
-    // equal tables |t| < 2.1 in four runs of 20,000–40,000.)
+    // equal tables |t| at most 3.5 in five runs of 20,000–40,000.)
     let table = |random: bool| -> Vec<(SecretBytes<16>, [u8; 128])> {
         (0..CIPHERTEXTS)
             .map(|_| {
