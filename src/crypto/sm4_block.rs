@@ -146,26 +146,24 @@ impl BlockCipherEncBackend for NiBackend<'_> {
     }
 }
 
-/// FK of GB/T 32907's key schedule.
-const FK: [u32; 4] = [0xa3b1_bac6, 0x56aa_3350, 0x677d_9197, 0xb270_22dc];
-
-/// CK of the key schedule: byte j of CK[i] is (4i + j)·7 mod 256.
-const fn ck(i: usize) -> u32 {
-    let mut word = 0u32;
-    let mut j = 0;
-    while j < 4 {
-        word = (word << 8) | (((4 * i + j) * 7) % 256) as u32;
-        j += 1;
-    }
-    word
-}
-
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod ni {
     use std::arch::x86_64::*;
 
-    use super::{FK, ck};
+    /// FK of GB/T 32907's key schedule.
+    const FK: [u32; 4] = [0xa3b1_bac6, 0x56aa_3350, 0x677d_9197, 0xb270_22dc];
+
+    /// CK of the key schedule: byte j of CK[i] is (4i + j)·7 mod 256.
+    const fn ck(i: usize) -> u32 {
+        let mut word = 0u32;
+        let mut j = 0;
+        while j < 4 {
+            word = (word << 8) | (((4 * i + j) * 7) % 256) as u32;
+            j += 1;
+        }
+        word
+    }
 
     pub(super) fn available() -> bool {
         std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("ssse3")
