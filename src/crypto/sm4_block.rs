@@ -17,8 +17,9 @@
 //! Four blocks share a register, one 32-bit word each (transposed), so a round is the same
 //! instructions whatever the key and data: nothing secret chooses an address or a branch.
 //! The key schedule uses the same S-box. Tests: the standard's vectors (one block and the
-//! million-fold one), agreement with the `sm4` crate on random keys and blocks, SM4-GCM
-//! against OpenSSL and RFC 8998 elsewhere (`crypto::aead`, `tests/interop.rs`).
+//! million-fold one), agreement with the `sm4` crate on random keys and blocks (`tests.rs`);
+//! SM4-GCM on it against RFC 8998's vector (`tests/vectors.rs`) and the independent Python
+//! client's SM4-GCM (`tests/independent/`); timing in `benches/constant_time.rs`.
 
 use sm4::cipher::consts::{U8, U16};
 use sm4::cipher::{
@@ -27,7 +28,7 @@ use sm4::cipher::{
 };
 use zeroize::Zeroize;
 
-/// SM4 encryption with the fastest constant-time backend this CPU has.
+/// SM4 encryption: on AES-NI in constant time where the CPU has it, else the `sm4` crate's.
 #[derive(Clone)]
 pub struct Sm4Block(Backend);
 
